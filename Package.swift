@@ -1,0 +1,35 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layers (bottom-up; a layer imports only layers below it):
+//   CIOMMUSupport (C atomics) -> Platform -> Formats -> Hardware -> (Kernel, Simulation: later) -> iommu-sim
+// CReference holds plain-C reference implementations used only by the benchmarks.
+let package = Package(
+    name: "SwiftIOMMU",
+    products: [
+        .library(name: "Platform", targets: ["Platform"]),
+        .library(name: "Formats", targets: ["Formats"]),
+        .library(name: "Hardware", targets: ["Hardware"]),
+        .executable(name: "iommu-sim", targets: ["iommu-sim"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .target(name: "CIOMMUSupport", cSettings: [.unsafeFlags(["-mcx16"])]),
+        .target(name: "CReference", cSettings: [.unsafeFlags(["-O2"])]),
+        .target(name: "Platform", dependencies: ["CIOMMUSupport"]),
+        .target(name: "Formats", dependencies: ["Platform"]),
+        .target(name: "Hardware", dependencies: ["Platform", "Formats"]),
+        .executableTarget(
+            name: "iommu-sim",
+            dependencies: [
+                "Platform", "Formats", "Hardware", "CReference",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "PlatformTests", dependencies: ["Platform"]),
+        .testTarget(name: "FormatsTests", dependencies: ["Platform", "Formats"]),
+        .testTarget(name: "HardwareTests", dependencies: ["Platform", "Formats", "Hardware"]),
+    ]
+)

@@ -1,0 +1,17 @@
+#ifndef CIOMMU_SUPPORT_H
+#define CIOMMU_SUPPORT_H
+#include <stdint.h>
+#include <stdbool.h>
+
+/// Atomic 64-bit compare-exchange on simulated physical memory.
+/// On return *expected holds the value that was found.
+bool ciommu_cmpxchg64(void *address, uint64_t *expected, uint64_t desired);
+
+/// Atomic 128-bit compare-exchange (x86-64 CMPXCHG16B); address must be 16-byte aligned.
+/// expected[0] is the low quadword. On return expected holds the value that was found.
+bool ciommu_cmpxchg128(void *address, uint64_t expected[2], const uint64_t desired[2]);
+
+/// Atomic 64-bit OR (used by hardware to set accessed/dirty bits). Returns the old value.
+uint64_t ciommu_fetch_or64(void *address, uint64_t bits);
+
+#endif

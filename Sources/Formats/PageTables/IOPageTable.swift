@@ -1,0 +1,239 @@
+import Platform
+
+/// What an unmap collected for the caller to act on after the IOTLB flush: the range to
+/// invalidate and the table pages that became free (Linux `struct iommu_iotlb_gather` with
+/// its freelist). Freed tables must not be returned to the allocator before the flush that
+/// covers `start..<end` has completed.
+public struct UnmapGather: Sendable {
+    public var start: UInt64 = .max
+    public var end: UInt64 = 0
+    /// Largest leaf size cleared, for choosing the invalidation granule.
+    public var largestPage: UInt64 = 0
+    public var freedTables: [UInt64] = []
+
+    public init() {}
+
+    public var isEmpty: Bool { start >= end && freedTables.isEmpty }
+
+    @inlinable
+    public mutating func add(range lo: UInt64, _ hi: UInt64, pageSize: UInt64) {
+        if lo < start { start = lo }
+        if hi > end { end = hi }
+        if pageSize > largestPage { largestPage = pageSize }
+    }
+}
+
+/// Errors of page-table updates (Linux errno in the comment).
+public enum PageTableError: Error, Equatable, Sendable {
+    /// Address, size or physical address not aligned to 4 KiB, or size 0 (-EINVAL).
+    case misaligned
+    /// The range reaches past the input address width (-EINVAL / -ERANGE).
+    case outOfRange
+    /// Something is already mapped in the range (-EEXIST).
+    case alreadyMapped(iova: UInt64)
+    /// No frame for a page-table page (-ENOMEM).
+    case outOfMemory
+}
+
+/// A page table built by software in simulated memory: map a range with the largest page
+/// sizes that fit, unmap a range (splitting a superpage that is partly unmapped, stopping at
+/// the first hole), iova-to-phys, and teardown. Table pages become free only when an unmap
+/// covers a table's whole span (the rule of Linux `dma_pte_clear_level`) and are handed to
+/// the caller in the gather, to be freed after the IOTLB flush.
+///
+/// Updates are made so that a concurrent hardware walk sees either the old or the new
+/// translation: a new table is filled before it is linked; a superpage is split by
+/// building the equivalent table first and then swapping one 64-bit entry.
+public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
+    public let memory: PhysicalMemory
+    public let frames: FrameAllocator
+    /// Number of levels (4 or 5).
+    public let levels: Int
+    /// Largest leaf level used when mapping (1: 4 KiB only, 2: 2 MiB, 3: 1 GiB).
+    public let maxLeafLevel: Int
+    /// Output address mask (host address width).
+    public let addressMask: UInt64
+    /// Physical address of the top-level table.
+    public private(set) var root: UInt64
+    /// Table pages currently owned, including the root.
+    public private(set) var tablePages: Int = 1
+
+    /// Input addresses are `0..<inputLimit`.
+    public var inputLimit: UInt64 { PageTableGeometry.span(level: levels + 1) }
+
+    public init(memory: PhysicalMemory, frames: FrameAllocator, levels: Int, maxLeafLevel: Int = 3,
+                addressWidth: Int = 52) throws(PageTableError) {
+        guard (3...5).contains(levels), (1...3).contains(maxLeafLevel) else { throw .outOfRange }
+        self.memory = memory
+        self.frames = frames
+        self.levels = levels
+        self.maxLeafLevel = maxLeafLevel
+        self.addressMask = PageTableGeometry.addressMask(width: addressWidth)
+        do { root = try frames.allocate(.pageTable) } catch { throw .outOfMemory }
+    }
+
+    // MARK: Map
+
+    /// Maps `[iova, iova+size)` to `[physical, physical+size)` with `permissions`, using the
+    /// largest page size that both addresses and the remaining size allow.
+    /// On failure nothing stays mapped (the part already mapped is cleared again); the
+    /// caller must flush the range as after an unmap, since a device may have used it.
+    public func map(iova: UInt64, physical: UInt64, size: UInt64, permissions: PagePermissions) throws(PageTableError) {
+        guard size > 0, (iova | physical | size) & 0xFFF == 0 else { throw .misaligned }
+        guard iova < inputLimit, inputLimit - iova >= size, physical & ~addressMask == 0,
+              (physical &+ size &- 1) & ~(addressMask | 0xFFF) == 0 else { throw .outOfRange }
+        var done: UInt64 = 0
+        while done < size {
+            do {
+                done += try mapOne(iova: iova + done, physical: physical + done, remaining: size - done, permissions: permissions)
+            } catch {
+                if done > 0 {
+                    var undo = UnmapGather()
+                    _ = try? unmap(iova: iova, size: done, gather: &undo, freeTables: false)
+                }
+                throw error
+            }
+        }
+    }
+
+    /// Maps one page (the largest that fits) and returns its size.
+    @inline(__always)
+    private func mapOne(iova: UInt64, physical: UInt64, remaining: UInt64, permissions: PagePermissions) throws(PageTableError) -> UInt64 {
+        var target = 1
+        var l = maxLeafLevel
+        while l > 1 {
+            let span = PageTableGeometry.span(level: l)
+            if (iova | physical) & (span - 1) == 0 && remaining >= span { target = l; break }
+            l -= 1
+        }
+        var table = root
+        var level = levels
+        while true {
+            let slot = table + PageTableGeometry.index(iova, level: level) * 8
+            let raw = (try? memory.load64(slot)) ?? 0
+            let e = F.decode(raw, level: level, addressMask: addressMask)
+            if level == target {
+                if e.present {
+                    // A table where a superpage would go: use smaller pages under it.
+                    if !e.leaf && level > 1 { target -= 1; table = e.address; level -= 1; continue }
+                    throw .alreadyMapped(iova: iova)
+                }
+                try? memory.store64(slot, F.leaf(address: physical, permissions: permissions, level: level))
+                return PageTableGeometry.span(level: level)
+            }
+            if e.present {
+                if e.leaf { throw .alreadyMapped(iova: iova) }
+                table = e.address
+            } else {
+                let next: UInt64
+                do { next = try frames.allocate(.pageTable) } catch { throw .outOfMemory }
+                tablePages += 1
+                try? memory.store64(slot, F.table(address: next))
+                table = next
+            }
+            level -= 1
+        }
+    }
+
+    // MARK: Unmap
+
+    /// Unmaps `[iova, iova+size)`, stopping at the first hole. Returns the bytes unmapped
+    /// from `iova` on. A superpage only partly inside the range is split first; if no frame
+    /// is available for the split the unmap stops there (`outOfMemory` after the part done).
+    @discardableResult
+    public func unmap(iova: UInt64, size: UInt64, gather: inout UnmapGather, freeTables: Bool = true) throws(PageTableError) -> UInt64 {
+        guard size > 0, (iova | size) & 0xFFF == 0 else { throw .misaligned }
+        guard iova < inputLimit, inputLimit - iova >= size else { throw .outOfRange }
+        var outcome = ClearOutcome()
+        clear(table: root, level: levels, tableBase: 0, start: iova, end: iova + size,
+              gather: &gather, freeTables: freeTables, outcome: &outcome)
+        if outcome.outOfMemory && outcome.unmapped == 0 { throw .outOfMemory }
+        return outcome.unmapped
+    }
+
+    private struct ClearOutcome {
+        var unmapped: UInt64 = 0
+        var stopped = false
+        var outOfMemory = false
+    }
+
+    private func clear(table: UInt64, level: Int, tableBase: UInt64, start: UInt64, end: UInt64,
+                       gather: inout UnmapGather, freeTables: Bool, outcome: inout ClearOutcome) {
+        let span = PageTableGeometry.span(level: level)
+        var entryBase = tableBase + PageTableGeometry.index(start, level: level) * span
+        while entryBase < end && !outcome.stopped {
+            let entryEnd = entryBase + span
+            let lo = max(start, entryBase), hi = min(end, entryEnd)
+            let slot = table + PageTableGeometry.index(entryBase, level: level) * 8
+            let raw = (try? memory.load64(slot)) ?? 0
+            var e = F.decode(raw, level: level, addressMask: addressMask)
+            guard e.present else { outcome.stopped = true; return }
+            let whole = lo == entryBase && hi == entryEnd
+            if e.leaf && whole {
+                try? memory.store64(slot, 0)
+                outcome.unmapped += span
+                gather.add(range: entryBase, entryEnd, pageSize: span)
+            } else {
+                if e.leaf {
+                    // Split the superpage: an equivalent table first, then one 64-bit swap.
+                    guard let child = split(raw: raw, decoded: e, level: level) else {
+                        outcome.outOfMemory = true; outcome.stopped = true; return
+                    }
+                    try? memory.store64(slot, F.table(address: child))
+                    // The old superpage may be cached: the whole of it must be flushed.
+                    gather.add(range: entryBase, entryEnd, pageSize: span)
+                    e.address = child
+                }
+                clear(table: e.address, level: level - 1, tableBase: entryBase, start: lo, end: hi,
+                      gather: &gather, freeTables: freeTables, outcome: &outcome)
+                if whole && freeTables && !outcome.stopped {
+                    try? memory.store64(slot, 0)
+                    gather.freedTables.append(e.address)
+                    tablePages -= 1
+                }
+            }
+            entryBase = entryEnd
+        }
+    }
+
+    /// Builds a table at `level - 1` that maps what the superpage `raw` maps.
+    private func split(raw: UInt64, decoded e: DecodedPTE, level: Int) -> UInt64? {
+        guard let child = try? frames.allocate(.pageTable) else { return nil }
+        tablePages += 1
+        let sub = PageTableGeometry.span(level: level - 1)
+        let perms = e.permissions
+        for i in 0..<UInt64(512) {
+            try? memory.store64(child + i * 8, F.leaf(address: e.address + i * sub, permissions: perms, level: level - 1))
+        }
+        return child
+    }
+
+    // MARK: Lookup and teardown
+
+    /// Software iova-to-phys: the output address and rights, or nil when unmapped.
+    public func translate(_ iova: UInt64) -> (physical: UInt64, pageSize: UInt64, permissions: PagePermissions)? {
+        guard iova < inputLimit else { return nil }
+        guard let r = try? PageTableWalker.walk(F.self, memory: memory, root: root, levels: levels,
+                                                input: iova, addressMask: addressMask) else { return nil }
+        return (r.output(for: iova), 1 << r.pageShift, r.permissions)
+    }
+
+    /// Clears everything and hands every table page, the root included, to `gather`.
+    /// The table must not be used afterwards.
+    public func destroy(into gather: inout UnmapGather) {
+        collect(table: root, level: levels, into: &gather)
+        gather.add(range: 0, inputLimit, pageSize: PageTableGeometry.span(level: levels))
+        tablePages = 0
+    }
+
+    private func collect(table: UInt64, level: Int, into gather: inout UnmapGather) {
+        if level > 1 {
+            for i in 0..<UInt64(512) {
+                let raw = (try? memory.load64(table + i * 8)) ?? 0
+                let e = F.decode(raw, level: level, addressMask: addressMask)
+                if e.present && !e.leaf { collect(table: e.address, level: level - 1, into: &gather) }
+            }
+        }
+        gather.freedTables.append(table)
+    }
+}

@@ -1,0 +1,155 @@
+import Platform
+import Formats
+
+/// An emulated PCIe endpoint: a requester ID and a DMA engine whose requests go through
+/// its IOMMU unit as scheduler events, one 4 KiB-bounded chunk at a time, so DMA interleaves
+/// with software and with the unit's own work. Payloads are really copied to and from
+/// physical memory. (ATS with a device TLB and PRI arrive with the IO page-fault work.)
+public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
+    public enum Direction: Sendable { case toDevice, fromDevice }
+
+    /// One DMA transfer. `.fromDevice` writes `data` to memory at `address`;
+    /// `.toDevice` reads `length` bytes from memory at `address`.
+    public struct Request: Sendable {
+        public var direction: Direction
+        public var address: UInt64
+        public var length: Int
+        public var pasid: PASID?
+        public var privileged: Bool
+        public var data: [UInt8]
+
+        public static func write(_ address: UInt64, _ data: [UInt8], pasid: PASID? = nil, privileged: Bool = false) -> Request {
+            Request(direction: .fromDevice, address: address, length: data.count, pasid: pasid, privileged: privileged, data: data)
+        }
+        public static func read(_ address: UInt64, length: Int, pasid: PASID? = nil, privileged: Bool = false) -> Request {
+            Request(direction: .toDevice, address: address, length: length, pasid: pasid, privileged: privileged, data: [])
+        }
+    }
+
+    /// What became of a transfer.
+    public struct Completion: Sendable {
+        public var id: UInt64
+        public var request: Request
+        /// Bytes moved before the end or the first fault.
+        public var transferred: Int
+        public var fault: DMAFault?
+        /// Bytes read (for `.toDevice`).
+        public var data: [UInt8]
+        public var time: UInt64
+    }
+
+    public struct Counters: Equatable, Sendable {
+        public var requests: UInt64 = 0
+        public var completed: UInt64 = 0
+        public var faulted: UInt64 = 0
+        public var bytesRead: UInt64 = 0
+        public var bytesWritten: UInt64 = 0
+        public var deviceTLBInvalidations: UInt64 = 0
+        public var pageGroupResponses: UInt64 = 0
+    }
+
+    public let name: String
+    public let requesterID: RequesterID
+    public let unit: VTdUnit
+    public let trackID: UInt32
+    /// Time from issuing a request to its first chunk reaching the unit.
+    public var requestLatencyNs: UInt64 = 200
+    /// Time between consecutive 4 KiB chunks of one request.
+    public var chunkIntervalNs: UInt64 = 40
+    public private(set) var counters = Counters()
+    /// Recent faulted completions (bounded).
+    public private(set) var faults: [Completion] = []
+    public let faultLogLimit = 1024
+    public private(set) var pageGroupResponses: [PageGroupResponse] = []
+    private var nextID: UInt64 = 1
+
+    public init(name: String, requesterID: RequesterID, unit: VTdUnit) {
+        self.name = name
+        self.requesterID = requesterID
+        self.unit = unit
+        self.trackID = unit.platform.trace.track(named: name)
+        unit.connect(self)
+    }
+
+    /// Issues `request`; `completion` runs (as part of the last hardware event) when it ends.
+    @discardableResult
+    public func submit(_ request: Request, completion: ((Completion) -> Void)? = nil) -> UInt64 {
+        let id = nextID
+        nextID += 1
+        counters.requests += 1
+        let state = TransferState(id: id, request: request, completion: completion)
+        if request.direction == .toDevice { state.data = [UInt8](repeating: 0, count: max(0, request.length)) }
+        unit.platform.scheduler.schedule(after: requestLatencyNs, kind: .hardware) { [weak self] in self?.step(state) }
+        return id
+    }
+
+    private final class TransferState {
+        let id: UInt64
+        let request: Request
+        let completion: ((Completion) -> Void)?
+        var done = 0
+        var data: [UInt8] = []
+        init(id: UInt64, request: Request, completion: ((Completion) -> Void)?) {
+            self.id = id; self.request = request; self.completion = completion
+        }
+    }
+
+    /// Moves one chunk (up to the next 4 KiB boundary) and schedules the next.
+    private func step(_ s: TransferState) {
+        let r = s.request
+        let total = r.direction == .fromDevice ? r.data.count : max(0, r.length)
+        var fault: DMAFault?
+        if s.done < total {
+            let (iova, o) = r.address.addingReportingOverflow(UInt64(s.done))
+            let chunk = o ? 0 : min(total - s.done, Int(4096 - (iova & 0xFFF)))
+            var access: DMAAccess = r.direction == .fromDevice ? .write : .read
+            if r.privileged { access.insert(.privileged) }
+            let moved: Int
+            if o {
+                moved = 0
+                fault = DMAFault(address: r.address, reason: .smAddressBeyondMax)
+            } else if r.direction == .fromDevice {
+                (moved, fault) = r.data.withUnsafeBytes { all in
+                    unit.dmaWrite(source: requesterID, pasid: r.pasid, address: iova,
+                                  from: UnsafeRawBufferPointer(rebasing: all[s.done..<s.done + chunk]), access: access)
+                }
+                counters.bytesWritten += UInt64(moved)
+            } else {
+                let offset = s.done
+                (moved, fault) = s.data.withUnsafeMutableBytes { all in
+                    unit.dmaRead(source: requesterID, pasid: r.pasid, address: iova,
+                                 into: UnsafeMutableRawBufferPointer(rebasing: all[offset..<offset + chunk]), access: access)
+                }
+                counters.bytesRead += UInt64(moved)
+            }
+            s.done += moved
+            if fault == nil && s.done < total {
+                unit.platform.scheduler.schedule(after: chunkIntervalNs, kind: .hardware) { [weak self] in self?.step(s) }
+                return
+            }
+        }
+        let now = unit.platform.scheduler.now
+        let c = Completion(id: s.id, request: r, transferred: s.done, fault: fault, data: s.data, time: now)
+        counters.completed += 1
+        if fault != nil {
+            counters.faulted += 1
+            if faults.count < faultLogLimit { faults.append(c) }
+        }
+        let kind: TraceKind = r.direction == .fromDevice ? .dmaWrite : .dmaRead
+        unit.platform.trace.record(TraceEvent(time: now, kind: kind, track: trackID, a: r.address, b: UInt64(s.done), c: UInt64(total)))
+        s.completion?(c)
+    }
+
+    // MARK: VTdEndpointPort
+
+    /// Without ATS there is no device TLB: the invalidation completes at once.
+    public func receiveDeviceTLBInvalidation(pasid: PASID?, address: UInt64, sizeBit: Bool, global: Bool, completion: @escaping () -> Void) {
+        counters.deviceTLBInvalidations += 1
+        completion()
+    }
+
+    public func receivePageGroupResponse(_ response: PageGroupResponse) {
+        counters.pageGroupResponses += 1
+        if pageGroupResponses.count < 4096 { pageGroupResponses.append(response) }
+    }
+}

@@ -1,0 +1,277 @@
+import Platform
+import Formats
+
+extension VTdUnit {
+    var queueIsWide: Bool { invalidationQueueAddress & VTdQueueAddress.wideDescriptors != 0 }
+    var queueBytes: UInt64 { 4096 << (invalidationQueueAddress & 7) }
+    var queueBase: UInt64 { invalidationQueueAddress & ~0xFFF }
+    var descriptorBytes: UInt64 { queueIsWide ? 32 : 16 }
+
+    /// IQT_REG write (VT-d §6.5.2): bits 18:4 are the tail offset. A tail beyond the queue,
+    /// or not 256-bit aligned with DW = 1, is an invalidation queue error.
+    func writeQueueTail(_ value: UInt64) {
+        invalidationQueueTail = value & 0x7FFF0
+        guard invalidationQueueTail < queueBytes, !(queueIsWide && invalidationQueueTail & 0x10 != 0) else {
+            queueError(.invalidTail)
+            return
+        }
+        kickQueue()
+    }
+
+    /// Starts consuming descriptors if the queue is enabled, error-free, idle and not empty.
+    func kickQueue() {
+        guard globalStatus & VTdGlobal.queuedInvalidationEnable != 0,
+              faultStatus & VTdFaultStatus.invalidationQueueError == 0,
+              !queueStepScheduled, invalidationQueueHead != invalidationQueueTail,
+              invalidationQueueTail < queueBytes else { return }
+        queueStepScheduled = true
+        platform.scheduler.schedule(after: 0, kind: .hardware) { [weak self] in self?.fetchNextDescriptor() }
+    }
+
+    /// Fetches and decodes the descriptor at the head, then applies it after its latency.
+    func fetchNextDescriptor() {
+        queueStepScheduled = false
+        guard globalStatus & VTdGlobal.queuedInvalidationEnable != 0,
+              faultStatus & VTdFaultStatus.invalidationQueueError == 0,
+              invalidationQueueHead != invalidationQueueTail else { return }
+        let address = queueBase + invalidationQueueHead
+        var raw = RawDescriptor(0, 0)
+        do {
+            raw.qw0 = try memory.deviceLoad(address, as: UInt64.self)
+            raw.qw1 = try memory.deviceLoad(address + 8, as: UInt64.self)
+            if queueIsWide {
+                raw.qw2 = try memory.deviceLoad(address + 16, as: UInt64.self)
+                raw.qw3 = try memory.deviceLoad(address + 24, as: UInt64.self)
+            }
+        } catch {
+            queueError(.fetchError)
+            return
+        }
+        let descriptor: InvalidationDescriptor
+        switch InvalidationDescriptor.decode(raw, wide: queueIsWide) {
+        case .success(let d): descriptor = d
+        case .failure(.invalidType): queueError(.invalidType); return
+        case .failure(.reservedBits): queueError(.reservedBits); return
+        case .failure(.needsWideDescriptors): queueError(.needsWideDescriptors); return
+        }
+        if let reason = unsupported(descriptor) { queueError(reason); return }
+        let type = Int(descriptor.type)
+        var latency = configuration.latency.descriptorNs[type]
+        var drop = platform.faults.shouldFail(.invalidationDrop) && descriptor.type != InvalidationDescriptor.waitType
+        if descriptor.type == InvalidationDescriptor.waitType && platform.faults.shouldFail(.invalidationTimeout) {
+            drop = true
+        }
+        switch descriptorFaults[type] {
+        case .drop?: drop = true
+        case .delay(let ns)?: latency &+= ns
+        case nil: break
+        }
+        queueStepScheduled = true
+        platform.scheduler.schedule(after: latency, kind: .hardware) { [weak self] in
+            self?.complete(descriptor, raw: raw, dropped: drop)
+        }
+    }
+
+    /// Applies a fetched descriptor, advances the head and moves on.
+    func complete(_ descriptor: InvalidationDescriptor, raw: RawDescriptor, dropped: Bool) {
+        let c = countersStorage
+        let type = descriptor.type
+        let index = invalidationQueueHead / descriptorBytes
+        let advance = { [weak self] in
+            guard let self else { return }
+            self.invalidationQueueHead = (self.invalidationQueueHead + self.descriptorBytes) % self.queueBytes
+            self.queueStepScheduled = false
+            self.kickQueue()
+        }
+        if dropped {
+            c.pointee.descriptorsDropped &+= 1
+            platform.trace.record(TraceEvent(time: platform.scheduler.now, kind: .descriptorDropped, track: trackID,
+                                             a: UInt64(type), b: raw.qw0, c: index))
+            advance()
+            return
+        }
+        c.pointee.descriptors &+= 1
+        c.pointee.descriptorsByType[Int(type)] &+= 1
+        platform.trace.record(TraceEvent(time: platform.scheduler.now, kind: .descriptorCompleted, track: trackID,
+                                         a: UInt64(type), b: raw.qw0, c: index))
+        switch descriptor {
+        case .contextCache(let g): invalidateContextCache(g)
+        case .pasidCache(let g): invalidatePASIDCache(g)
+        case .iotlb(let g, _, _): invalidateIOTLB(g)
+        case .pasidIOTLB(let did, let pasid, let g): invalidatePASIDIOTLB(did: did, pasid: pasid, g)
+        case .wait(let w):
+            if w.statusWrite {
+                do { try memory.deviceStore(w.statusAddress, w.statusData) } catch {
+                    queueError(.invalidWaitAddress)
+                    return
+                }
+            }
+            c.pointee.waitsCompleted &+= 1
+            if w.interrupt {
+                invalidationCompletionStatus |= 1
+                raiseInterrupt(control: &invalidationEventControl, handler: onInvalidationEvent)
+            }
+        case .deviceTLB(let sid, _, _, let address, let s):
+            if let port = endpoints[sid.rawValue] {
+                queueStepScheduled = true
+                port.receiveDeviceTLBInvalidation(pasid: nil, address: address, sizeBit: s, global: false) { advance() }
+                return
+            }
+        case .pasidDeviceTLB(let sid, _, _, let pasid, let address, let s, let global):
+            if let port = endpoints[sid.rawValue] {
+                queueStepScheduled = true
+                port.receiveDeviceTLBInvalidation(pasid: pasid, address: address, sizeBit: s, global: global) { advance() }
+                return
+            }
+        case .pageGroupResponse(let r):
+            endpoints[r.requester.rawValue]?.receivePageGroupResponse(r)
+        }
+        advance()
+    }
+
+    /// A decodable descriptor this unit cannot act on, as an IQEI code.
+    func unsupported(_ d: InvalidationDescriptor) -> InvalidationQueueErrorCode? {
+        let mamv = configuration.capability.maximumAddressMask
+        switch d {
+        case .iotlb(.page(_, _, let am, _), _, _), .pasidIOTLB(_, _, .page(_, let am, _)):
+            return am > mamv ? .reservedBits : nil
+        case .deviceTLB, .pasidDeviceTLB:
+            return configuration.extendedCapability.deviceTLB ? nil : .invalidType
+        case .pageGroupResponse:
+            return configuration.extendedCapability.pageRequests ? nil : .invalidType
+        default:
+            return nil
+        }
+    }
+
+    /// Stops the queue with FSTS.IQE and the IQEI code; the head stays on the bad descriptor
+    /// until software clears IQE (VT-d §6.5.2.10).
+    func queueError(_ code: InvalidationQueueErrorCode) {
+        queueStepScheduled = false
+        countersStorage.pointee.invalidationQueueErrors &+= 1
+        faultStatus |= VTdFaultStatus.invalidationQueueError
+        invalidationQueueErrorRecord = UInt64(code.rawValue)
+        platform.trace.record(TraceEvent(time: platform.scheduler.now, kind: .invalidationQueueError, track: trackID,
+                                         a: UInt64(code.rawValue), b: invalidationQueueHead))
+        raiseInterrupt(control: &faultEventControl, handler: onFaultEvent)
+    }
+
+    // MARK: Cache invalidation
+
+    func invalidateContextCache(_ g: ContextCacheGranularity) {
+        let n: Int
+        switch g {
+        case .global, .domain:
+            // Scalable-mode context entries carry no DID: a domain-selective request drops
+            // everything (invalidating more than asked is always allowed).
+            n = contextCache.removeAll { _, _, _ in true }
+        case .device(_, let sid, let fm):
+            let mask: UInt64 = [0xFFFF, 0xFFFB, 0xFFF9, 0xFFF8][Int(fm & 3)]
+            let target = UInt64(sid.rawValue) & mask
+            n = contextCache.removeAll { key0, _, _ in key0 & mask == target }
+        }
+        countersStorage.pointee.contextEntriesInvalidated &+= UInt64(n)
+    }
+
+    func invalidatePASIDCache(_ g: PASIDCacheGranularity) {
+        let n: Int
+        switch g {
+        case .global: n = pasidCache.removeAll { _, _, _ in true }
+        case .domain(let did): n = pasidCache.removeAll { _, _, e in e.did == did.rawValue }
+        case .pasid(let did, let pasid):
+            n = pasidCache.removeAll { key0, _, e in e.did == did.rawValue && UInt32(key0 & 0xFFFFF) == pasid.rawValue }
+        }
+        countersStorage.pointee.pasidEntriesInvalidated &+= UInt64(n)
+    }
+
+    /// IOTLB invalidation (type 2): second-stage, nested and pass-through translations of a
+    /// DID (VT-d §6.5.2.3); page-selective drops every entry overlapping the range.
+    func invalidateIOTLB(_ g: IOTLBGranularity) {
+        let covers: (UInt8) -> Bool = { $0 != PGTT.firstStage.rawValue }
+        var n = 0
+        switch g {
+        case .global:
+            n = iotlb.removeAll { _, _, _ in true }
+        case .domain(let did):
+            n = iotlb.removeAll { _, k1, e in Self.did(k1) == did.rawValue && covers(e.pgtt) }
+        case .page(let did, let address, let am, _):
+            let (lo, hi) = Self.range(address, am)
+            n = removeOverlapping(lo: lo, hi: hi, probeKey1: { sizeClass in
+                Self.iotlbKey1(did: did.rawValue, pasid: 0, pgtt: PGTT.secondStage.rawValue, sizeClass: sizeClass)
+            }, scanForOthers: nestedEntries != 0) { k1, e in Self.did(k1) == did.rawValue && covers(e.pgtt) }
+        }
+        noteIOTLBRemoved(n)
+    }
+
+    /// PASID-based IOTLB invalidation (type 6): first-stage, nested and pass-through
+    /// translations of a (DID, PASID) (VT-d §6.5.2.4).
+    func invalidatePASIDIOTLB(did: DomainID, pasid: PASID, _ g: PASIDIOTLBGranularity) {
+        let covers: (UInt8) -> Bool = { $0 != PGTT.secondStage.rawValue }
+        let match: (UInt64, IOTLBEntry) -> Bool = { k1, e in
+            Self.did(k1) == did.rawValue && k1 & Self.pasidLessTag == 0 && UInt32(k1 & 0xFFFFF) == pasid.rawValue && covers(e.pgtt)
+        }
+        var n = 0
+        switch g {
+        case .pasid:
+            n = iotlb.removeAll { _, k1, e in match(k1, e) }
+        case .page(let address, let am, _):
+            let (lo, hi) = Self.range(address, am)
+            n = removeOverlapping(lo: lo, hi: hi, probeKey1: { sizeClass in
+                Self.iotlbKey1(did: did.rawValue, pasid: pasid.rawValue, pgtt: PGTT.firstStage.rawValue, sizeClass: sizeClass)
+            }, scanForOthers: false) { k1, e in match(k1, e) }
+        }
+        noteIOTLBRemoved(n)
+    }
+
+    /// Removes IOTLB entries overlapping `[lo, hi)` that `match`. Small ranges probe the
+    /// exact tags of each size class (`probeKey1`) and scan only when entries tagged some other
+    /// way may match (`scanForOthers`: nested translations, tagged per PASID, for a type-2
+    /// invalidation); large ranges scan the whole IOTLB.
+    private func removeOverlapping(lo: UInt64, hi: UInt64, probeKey1: (UInt64) -> UInt64, scanForOthers: Bool,
+                                   match: (UInt64, IOTLBEntry) -> Bool) -> Int {
+        let pages4K = (hi - lo) >> 12
+        if pages4K <= 64 {
+            var n = 0
+            for sizeClass in UInt64(0)...2 {
+                if sizeClass > 0 && superpageEntries == 0 { break }
+                let shift = 12 + 9 * sizeClass
+                var page = lo >> shift
+                let last = (hi - 1) >> shift
+                let k1 = probeKey1(sizeClass)
+                while page <= last {
+                    if iotlb.remove(page, k1) { n += 1 }
+                    page += 1
+                }
+            }
+            guard scanForOthers else { return n }
+            n += iotlb.removeAll { k0, k1, e in
+                guard k1 != probeKey1(k1 >> 52) else { return false }
+                let shift = UInt64(e.pageShift)
+                let start = k0 << shift, end = start + (1 << shift)
+                return start < hi && end > lo && match(k1, e)
+            }
+            return n
+        }
+        return iotlb.removeAll { k0, k1, e in
+            let shift = UInt64(e.pageShift)
+            let start = k0 << shift, end = start + (1 << shift)
+            return start < hi && end > lo && match(k1, e)
+        }
+    }
+
+    private func noteIOTLBRemoved(_ n: Int) {
+        countersStorage.pointee.iotlbEntriesInvalidated &+= UInt64(n)
+        if iotlb.count == 0 { superpageEntries = 0; nestedEntries = 0 }
+    }
+
+    static func did(_ key1: UInt64) -> UInt16 { UInt16(truncatingIfNeeded: key1 >> 20) }
+
+    /// The byte range of a page-selective invalidation: 2^AM pages from the address with its
+    /// low AM page bits ignored (VT-d §6.5.2.3).
+    static func range(_ address: UInt64, _ am: UInt8) -> (UInt64, UInt64) {
+        let size: UInt64 = 1 << (12 + UInt64(min(am, 52)))
+        let lo = address & ~(size - 1)
+        let (hi, o) = lo.addingReportingOverflow(size)
+        return (lo, o ? .max : hi)
+    }
+}

@@ -1,0 +1,145 @@
+import Platform
+import Formats
+
+/// The kind of a request a device makes.
+public struct DMAAccess: OptionSet, Hashable, Sendable {
+    public let rawValue: UInt8
+    @inlinable public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let read = DMAAccess(rawValue: 1)
+    public static let write = DMAAccess(rawValue: 2)
+    /// Execute request (PCIe ER, only with a PASID).
+    public static let execute = DMAAccess(rawValue: 4)
+    /// Privileged (supervisor) request (PCIe PMR, only with a PASID).
+    public static let privileged = DMAAccess(rawValue: 8)
+}
+
+/// The outcome of translating one request.
+public enum TranslationResult: Equatable, Sendable {
+    case translated(physical: UInt64, pageShift: UInt8, permissions: PagePermissions)
+    case fault(VTdFaultReason)
+}
+
+/// Something that receives what the unit forwards to endpoints: device-TLB invalidations and
+/// page group responses (PCIe messages through the fabric).
+public protocol VTdEndpointPort: AnyObject {
+    var requesterID: RequesterID { get }
+    /// A device-TLB invalidation request; the endpoint calls `completion` when done.
+    func receiveDeviceTLBInvalidation(pasid: PASID?, address: UInt64, sizeBit: Bool, global: Bool, completion: @escaping () -> Void)
+    /// A page group response.
+    func receivePageGroupResponse(_ response: PageGroupResponse)
+}
+
+/// An emulated Intel VT-d remapping hardware unit in scalable mode.
+///
+/// Software reaches it only through its registers (`read32/read64/write32/write64`), through
+/// structures in physical memory (root, context, PASID tables, page tables, the invalidation
+/// queue) and interrupts (`onFaultEvent`, `onInvalidationEvent`, delivered as scheduled
+/// software events). Its context cache, PASID cache and IOTLB behave like hardware caches:
+/// tagged as VT-d tags them, fixed capacity with LRU eviction, emptied only by the
+/// invalidation descriptors software issues.
+public final class VTdUnit: @unchecked Sendable {
+    public let configuration: VTdConfiguration
+    public let platform: PlatformContext
+    let memory: PhysicalMemory
+    public let trackID: UInt32
+
+    // Registers.
+    var rootTableAddressRegister: UInt64 = 0
+    /// Root table pointer latched by SRTP, and its translation-table mode.
+    var activeRootTable: UInt64 = 0
+    var activeTTM: UInt8 = 0
+    var globalStatus: UInt32 = 0
+    var translationEnabled = false
+    var faultStatus: UInt32 = 0
+    var faultEventControl: UInt32 = VTdEventControl.interruptMask
+    var invalidationEventControl: UInt32 = VTdEventControl.interruptMask
+    var invalidationCompletionStatus: UInt32 = 0
+    var invalidationQueueAddress: UInt64 = 0
+    var invalidationQueueHead: UInt64 = 0
+    var invalidationQueueTail: UInt64 = 0
+    var invalidationQueueErrorRecord: UInt64 = 0
+    var faultRecords: [(UInt64, UInt64)]
+    var nextFaultRecord = 0
+    var queueStepScheduled = false
+
+    // Caches.
+    let contextCache: TaggedCache<ContextCacheEntry>
+    let pasidCache: TaggedCache<PASIDCacheEntry>
+    let iotlb: TaggedCache<IOTLBEntry>
+    /// IOTLB entries by size class (4 KiB, 2 MiB, 1 GiB), so lookups skip empty classes.
+    var superpageEntries: UInt64 = 0
+    /// Nested translations inserted since the IOTLB was last empty (they are tagged per PASID).
+    var nestedEntries: UInt64 = 0
+
+    let countersStorage: UnsafeMutablePointer<VTdCounters>
+    let addressMask: UInt64
+
+    /// Per-type descriptor faults (test and exploration hook), index = type code.
+    public var descriptorFaults = [DescriptorFault?](repeating: nil, count: 16)
+    /// Interrupt handlers (software side), run as scheduled software events.
+    public var onFaultEvent: (() -> Void)?
+    public var onInvalidationEvent: (() -> Void)?
+    /// Observes every completed DMA access (the simulator's oracle hangs here).
+    public var accessObserver: ((DMAAccessRecord) -> Void)?
+    /// Endpoints reachable through this unit, by requester ID.
+    var endpoints: [UInt16: any VTdEndpointPort] = [:]
+
+    public init(configuration: VTdConfiguration = VTdConfiguration(), platform: PlatformContext) {
+        self.configuration = configuration
+        self.platform = platform
+        self.memory = platform.memory
+        self.trackID = platform.trace.track(named: configuration.name)
+        self.addressMask = PageTableGeometry.addressMask(width: configuration.hostAddressWidth)
+        contextCache = TaggedCache(capacity: configuration.contextCacheEntries, ways: configuration.contextCacheWays, empty: .empty)
+        pasidCache = TaggedCache(capacity: configuration.pasidCacheEntries, ways: configuration.pasidCacheWays, empty: .empty)
+        iotlb = TaggedCache(capacity: configuration.iotlbEntries, ways: configuration.iotlbWays, empty: .empty)
+        faultRecords = [(UInt64, UInt64)](repeating: (0, 0), count: configuration.capability.numberOfFaultRecords)
+        countersStorage = .allocate(capacity: 1)
+        countersStorage.initialize(to: VTdCounters())
+    }
+
+    deinit {
+        countersStorage.deinitialize(count: 1)
+        countersStorage.deallocate()
+    }
+
+    /// Event counters so far.
+    public var counters: VTdCounters { countersStorage.pointee }
+    public func resetCounters() { countersStorage.pointee = VTdCounters() }
+
+    /// Connects an endpoint so device-TLB invalidations and page responses reach it.
+    public func connect(_ endpoint: any VTdEndpointPort) { endpoints[endpoint.requesterID.rawValue] = endpoint }
+
+    /// Entries currently held by each cache.
+    public var cacheOccupancy: (context: Int, pasid: Int, iotlb: Int) { (contextCache.count, pasidCache.count, iotlb.count) }
+
+    // MARK: Interrupts
+
+    func raiseInterrupt(control: inout UInt32, handler: (() -> Void)?) {
+        if control & VTdEventControl.interruptMask != 0 {
+            control |= VTdEventControl.interruptPending
+            return
+        }
+        deliver(handler)
+    }
+
+    func deliver(_ handler: (() -> Void)?) {
+        countersStorage.pointee.interrupts += 1
+        platform.trace.record(TraceEvent(time: platform.scheduler.now, kind: .interrupt, track: trackID))
+        guard let handler else { return }
+        platform.scheduler.schedule(after: configuration.latency.interruptNs, kind: .software, handler)
+    }
+}
+
+/// One DMA access the unit performed (or refused), for observers.
+public struct DMAAccessRecord: Equatable, Sendable {
+    public var source: RequesterID
+    public var pasid: PASID?
+    public var address: UInt64
+    public var length: UInt64
+    public var access: DMAAccess
+    /// The physical address used, or nil when the request faulted.
+    public var physical: UInt64?
+    public var fault: VTdFaultReason?
+    public var time: UInt64
+}

@@ -1,0 +1,82 @@
+/// A named place where a failure can be injected (like the kernel's fail_nth sites).
+public struct FaultPoint: Hashable, Sendable, CustomStringConvertible {
+    public let name: String
+    public init(_ name: String) { self.name = name }
+    public var description: String { name }
+
+    /// Software frame allocation (page tables, queues, buffers).
+    public static let frameAlloc = FaultPoint("frame.alloc")
+    /// VT-d invalidation wait that never completes (reported as a time-out).
+    public static let invalidationTimeout = FaultPoint("hw.invalidation-timeout")
+    /// The unit drops an invalidation descriptor without applying it.
+    public static let invalidationDrop = FaultPoint("hw.invalidation-drop")
+}
+
+/// Decides, at named fault points, whether an operation should fail.
+///
+/// Modes mirror the kernel's fault-injection knobs: off (free on the hot path), count only
+/// (to learn how many points a run reaches), fail the Nth hit (fail_nth), or fail with a
+/// seeded probability. What fired is recorded so a sweep can check the matching rollback.
+public final class FaultInjector: @unchecked Sendable {
+    public enum Mode: Equatable, Sendable {
+        /// Never fail; nothing is counted.
+        case off
+        /// Never fail; count hits per point.
+        case count
+        /// Fail the `n`th hit (1-based) counted over `only` (or every point when nil).
+        case failNth(Int, only: FaultPoint? = nil)
+        /// Fail each hit of the points in `only` (every point when nil) with probability `p`.
+        case probability(Double, only: Set<FaultPoint>? = nil)
+    }
+
+    public var mode: Mode {
+        didSet { active = mode != .off }
+    }
+    @usableFromInline var active = false
+    private var rng: SeededRNG
+    public private(set) var hits: [FaultPoint: Int] = [:]
+    public private(set) var totalHits = 0
+    /// Hits that were made to fail, in order: the point and its global hit number.
+    public private(set) var fired: [(point: FaultPoint, hit: Int)] = []
+
+    public init(mode: Mode = .off, seed: UInt64 = 0) {
+        self.mode = mode
+        self.active = mode != .off
+        self.rng = SeededRNG(seed: seed ^ 0xFA17_FA17)
+    }
+
+    /// Whether the operation at `point` should fail now. Costs one branch when off.
+    @inlinable @inline(__always)
+    public func shouldFail(_ point: FaultPoint) -> Bool {
+        guard active else { return false }
+        return evaluate(point)
+    }
+
+    @usableFromInline
+    func evaluate(_ point: FaultPoint) -> Bool {
+        hits[point, default: 0] += 1
+        totalHits += 1
+        let fail: Bool
+        switch mode {
+        case .off, .count:
+            fail = false
+        case .failNth(let n, let only):
+            if let only {
+                fail = point == only && hits[point] == n
+            } else {
+                fail = totalHits == n
+            }
+        case .probability(let p, let only):
+            fail = (only?.contains(point) ?? true) && rng.chance(p)
+        }
+        if fail { fired.append((point, totalHits)) }
+        return fail
+    }
+
+    /// Forgets all counts and fired records (the mode is kept).
+    public func reset() {
+        hits = [:]
+        totalHits = 0
+        fired = []
+    }
+}

@@ -1,0 +1,230 @@
+/// Who an event belongs to: hardware (devices, IOMMU units, the fabric) or software
+/// (kernel work: interrupt handlers, work items, timers, scenario actions).
+///
+/// Only hardware events run at software yield points and inside software waits, so software
+/// is never re-entered behind its own locks (design §3).
+public enum EventKind: UInt8, Sendable {
+    case hardware, software
+}
+
+/// Identifies a scheduled event, for cancellation.
+public struct EventID: Hashable, Sendable {
+    public let raw: UInt64
+}
+
+/// A place in software where a real CPU could be overtaken by a device (between clearing a
+/// PTE and flushing, between writing a PASID entry and invalidating it, ...).
+public struct YieldSite: Hashable, Sendable, CustomStringConvertible {
+    public let name: String
+    public init(_ name: String) { self.name = name }
+    public var description: String { name }
+}
+
+/// How yield points behave.
+public struct YieldPolicy: Equatable, Sendable {
+    /// Chance that a yield point lets due hardware events run.
+    public var probability: Double
+    /// At a taken yield point, virtual time may advance by up to this many ns (CPU time
+    /// spent), so hardware events scheduled slightly later can overtake the CPU too.
+    public var maxAdvanceNs: UInt64
+
+    public init(probability: Double, maxAdvanceNs: UInt64) {
+        self.probability = probability
+        self.maxAdvanceNs = maxAdvanceNs
+    }
+
+    /// Yield points do nothing.
+    public static let never = YieldPolicy(probability: 0, maxAdvanceNs: 0)
+}
+
+/// Errors of waits on the scheduler.
+public enum SchedulerError: Error, Equatable, Sendable {
+    /// The condition did not hold before the virtual-time limit.
+    case timedOut(at: UInt64)
+}
+
+/// Discrete-event scheduler in virtual time (nanoseconds).
+///
+/// Events run in time order; events at the same instant run in an order chosen by the
+/// seeded RNG (a random tie-break key drawn when the event is scheduled). With the same
+/// seed and the same calls, the order is the same, always. There is no global state: each
+/// machine owns its scheduler.
+public final class Scheduler: @unchecked Sendable {
+    @usableFromInline struct Entry {
+        var time: UInt64
+        var tiebreak: UInt64
+        var id: UInt64
+        var action: () -> Void
+
+        @inline(__always)
+        func precedes(_ other: Entry) -> Bool {
+            if time != other.time { return time < other.time }
+            if tiebreak != other.tiebreak { return tiebreak < other.tiebreak }
+            return id < other.id
+        }
+    }
+
+    /// Current virtual time in ns.
+    public private(set) var now: UInt64 = 0
+    /// The seeded RNG for tie-breaks and yield decisions.
+    public private(set) var rng: SeededRNG
+    public let seed: UInt64
+    public var yieldPolicy: YieldPolicy = .never
+    public private(set) var eventsRun: UInt64 = 0
+    public private(set) var yieldsTaken: UInt64 = 0
+    public private(set) var yieldCounts: [YieldSite: Int] = [:]
+
+    private var hardwareHeap: [Entry] = []
+    private var softwareHeap: [Entry] = []
+    private var cancelled: Set<UInt64> = []
+    private var nextID: UInt64 = 1
+
+    public init(seed: UInt64) {
+        self.seed = seed
+        self.rng = SeededRNG(seed: seed)
+    }
+
+    /// Events waiting to run (including cancelled ones not yet reaped).
+    public var pendingCount: Int { hardwareHeap.count + softwareHeap.count - cancelled.count }
+
+    /// Draws a random number from the scheduler's stream (for components without their own).
+    public func random(below bound: UInt64) -> UInt64 { rng.next(below: bound) }
+
+    // MARK: Scheduling
+
+    /// Schedules `action` at virtual time `time` (events in the past run at `now`).
+    @discardableResult
+    public func schedule(at time: UInt64, kind: EventKind = .hardware, _ action: @escaping () -> Void) -> EventID {
+        let id = nextID
+        nextID += 1
+        let entry = Entry(time: max(time, now), tiebreak: rng.next(), id: id, action: action)
+        switch kind {
+        case .hardware: Self.push(entry, into: &hardwareHeap)
+        case .software: Self.push(entry, into: &softwareHeap)
+        }
+        return EventID(raw: id)
+    }
+
+    /// Schedules `action` `delay` ns from now (saturating).
+    @discardableResult
+    public func schedule(after delay: UInt64, kind: EventKind = .hardware, _ action: @escaping () -> Void) -> EventID {
+        let (t, overflow) = now.addingReportingOverflow(delay)
+        return schedule(at: overflow ? .max : t, kind: kind, action)
+    }
+
+    /// Cancels a pending event; cancelling an event that already ran does nothing.
+    public func cancel(_ id: EventID) {
+        if hardwareHeap.contains(where: { $0.id == id.raw }) || softwareHeap.contains(where: { $0.id == id.raw }) {
+            cancelled.insert(id.raw)
+        }
+    }
+
+    // MARK: Running
+
+    /// Runs the earliest event (of any kind, or hardware only), if it is due by `notAfter`.
+    /// Returns false when there was none.
+    @discardableResult
+    public func runNext(hardwareOnly: Bool = false, notAfter: UInt64 = .max) -> Bool {
+        while true {
+            let useHardware: Bool
+            if hardwareOnly || softwareHeap.isEmpty {
+                guard !hardwareHeap.isEmpty else { return false }
+                useHardware = true
+            } else if hardwareHeap.isEmpty {
+                useHardware = false
+            } else {
+                useHardware = hardwareHeap[0].precedes(softwareHeap[0])
+            }
+            let head = useHardware ? hardwareHeap[0] : softwareHeap[0]
+            guard head.time <= notAfter else { return false }
+            let entry = useHardware ? Self.pop(&hardwareHeap) : Self.pop(&softwareHeap)
+            if !cancelled.isEmpty, cancelled.remove(entry.id) != nil { continue }
+            if entry.time > now { now = entry.time }
+            eventsRun += 1
+            entry.action()
+            return true
+        }
+    }
+
+    /// Runs events until none is left (or `maxEvents` ran). Returns how many ran.
+    @discardableResult
+    public func runUntilIdle(maxEvents: Int = .max) -> Int {
+        var n = 0
+        while n < maxEvents, runNext() { n += 1 }
+        return n
+    }
+
+    /// Runs every event due at or before `time`, then sets the clock to `time`.
+    public func run(until time: UInt64) {
+        while runNext(notAfter: time) {}
+        if time > now { now = time }
+    }
+
+    /// Advances the clock by `delay` ns, running what falls due (CPU time spent).
+    public func advance(by delay: UInt64) {
+        let (t, o) = now.addingReportingOverflow(delay)
+        run(until: o ? .max : t)
+    }
+
+    /// Software waits for `condition`, letting only hardware run, for at most `timeoutNs`
+    /// of virtual time. Throws `.timedOut` (never hangs) if it does not hold by then.
+    public func wait(until condition: () -> Bool, timeoutNs: UInt64) throws(SchedulerError) {
+        let (deadline, o) = now.addingReportingOverflow(timeoutNs)
+        let limit = o ? UInt64.max : deadline
+        while !condition() {
+            guard runNext(hardwareOnly: true, notAfter: limit) else {
+                if limit > now { now = limit }
+                if condition() { return }
+                throw .timedOut(at: now)
+            }
+        }
+    }
+
+    /// A software yield point: the seed decides whether hardware overtakes the CPU here.
+    /// When it does, up to `yieldPolicy.maxAdvanceNs` of CPU time passes and due hardware
+    /// events run; software events never run here.
+    public func yieldPoint(_ site: YieldSite) {
+        guard yieldPolicy.probability > 0 else { return }
+        guard rng.chance(yieldPolicy.probability) else { return }
+        yieldsTaken += 1
+        yieldCounts[site, default: 0] += 1
+        let advanceBy = yieldPolicy.maxAdvanceNs > 0 ? rng.next(below: yieldPolicy.maxAdvanceNs + 1) : 0
+        let (t, o) = now.addingReportingOverflow(advanceBy)
+        let limit = o ? UInt64.max : t
+        while runNext(hardwareOnly: true, notAfter: limit) {}
+        if limit > now { now = limit }
+    }
+
+    // MARK: Binary heap
+
+    private static func push(_ e: Entry, into heap: inout [Entry]) {
+        heap.append(e)
+        var i = heap.count - 1
+        while i > 0 {
+            let parent = (i - 1) / 2
+            guard heap[i].precedes(heap[parent]) else { break }
+            heap.swapAt(i, parent)
+            i = parent
+        }
+    }
+
+    private static func pop(_ heap: inout [Entry]) -> Entry {
+        let top = heap[0]
+        let last = heap.removeLast()
+        if !heap.isEmpty {
+            heap[0] = last
+            var i = 0
+            let n = heap.count
+            while true {
+                let l = 2 * i + 1, r = l + 1
+                var m = i
+                if l < n, heap[l].precedes(heap[m]) { m = l }
+                if r < n, heap[r].precedes(heap[m]) { m = r }
+                if m == i { break }
+                heap.swapAt(i, m)
+                i = m
+            }
+        }
+        return top
+    }
+}

@@ -1,0 +1,77 @@
+/// What a trace event records. Arguments `a`, `b`, `c` are interpreted per kind.
+public enum TraceKind: UInt16, Sendable, CaseIterable {
+    /// a = IOVA, b = physical address, c = length. Track: the device.
+    case dmaRead, dmaWrite
+    /// a = IOVA, b = fault reason, c = PASID or `UInt64.max`. Track: the device.
+    case dmaFault
+    /// a = fault reason, b = address, c = source ID. Track: the IOMMU unit.
+    case faultRecorded
+    /// a = fault reason, b = address, c = source ID. Track: the IOMMU unit.
+    case faultDropped
+    /// a = descriptor type, b = qword 0, c = queue index. Track: the IOMMU unit.
+    case descriptorCompleted
+    /// a = descriptor type, b = qword 0, c = queue index. Track: the IOMMU unit.
+    case descriptorDropped
+    /// a = IQEI error code, b = head. Track: the IOMMU unit.
+    case invalidationQueueError
+    /// a = register offset, b = value. Track: the IOMMU unit.
+    case registerWrite
+    /// a = interrupt kind. Track: the raiser.
+    case interrupt
+    /// a = site id. Track: software.
+    case yieldPoint
+    /// free-form: a, b, c as the emitter defines.
+    case custom
+}
+
+/// One compact trace record (40 bytes, no references).
+public struct TraceEvent: Sendable, Equatable {
+    public var time: UInt64
+    public var kind: TraceKind
+    public var track: UInt32
+    public var a: UInt64
+    public var b: UInt64
+    public var c: UInt64
+
+    public init(time: UInt64, kind: TraceKind, track: UInt32, a: UInt64 = 0, b: UInt64 = 0, c: UInt64 = 0) {
+        self.time = time; self.kind = kind; self.track = track; self.a = a; self.b = b; self.c = c
+    }
+}
+
+/// An append-only buffer of trace events with named tracks. Recording costs one branch
+/// when disabled. Bounded: past `capacity` events, further ones are counted as dropped.
+public final class TraceBuffer: @unchecked Sendable {
+    public var enabled: Bool
+    public let capacity: Int
+    public private(set) var events: [TraceEvent] = []
+    public private(set) var dropped = 0
+    public private(set) var trackNames: [String] = []
+
+    public init(enabled: Bool = false, capacity: Int = 1 << 22) {
+        self.enabled = enabled
+        self.capacity = capacity
+    }
+
+    /// Registers a track (a device, a unit, a software context) and returns its id.
+    public func track(named name: String) -> UInt32 {
+        if let i = trackNames.firstIndex(of: name) { return UInt32(i) }
+        trackNames.append(name)
+        return UInt32(trackNames.count - 1)
+    }
+
+    @inlinable @inline(__always)
+    public func record(_ event: @autoclosure () -> TraceEvent) {
+        guard enabled else { return }
+        append(event())
+    }
+
+    @usableFromInline
+    func append(_ event: TraceEvent) {
+        if events.count < capacity { events.append(event) } else { dropped += 1 }
+    }
+
+    public func clear() {
+        events.removeAll(keepingCapacity: true)
+        dropped = 0
+    }
+}
