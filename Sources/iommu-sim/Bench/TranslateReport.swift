@@ -29,8 +29,8 @@ struct TranslateReport {
         return """
         translate (\(r.operations) ops per measurement, ns/op)
                                  p50      mean     C p50    C mean   Swift/C (p50)
-          IOTLB hit          \(pad(f(r.swiftHit.p50)))\(pad(f(r.swiftHit.mean)))\(pad(f(r.cHit.p50)))\(pad(f(r.cHit.mean)))\(f(hitRatio))x
-          miss + 4-level walk\(pad(f(r.swiftWalk.p50)))\(pad(f(r.swiftWalk.mean)))\(pad(f(r.cWalk.p50)))\(pad(f(r.cWalk.mean)))\(f(walkRatio))x
+          IOTLB hit          \(pad(f(r.swiftHit.p50)))\(pad(f(r.swiftHit.mean)))\(pad(f(r.cHit.p50)))\(pad(f(r.cHit.mean)))   \(f(hitRatio))x
+          miss + 4-level walk\(pad(f(r.swiftWalk.p50)))\(pad(f(r.swiftWalk.mean)))\(pad(f(r.cWalk.p50)))\(pad(f(r.cWalk.mean)))   \(f(walkRatio))x
           IOTLB hit rate: hit run \(f(rate(r.swiftHit) * 100))%, walk run \(f(rate(r.swiftWalk) * 100))%
         """
     }
