@@ -118,6 +118,18 @@ struct QueueAndRegisterTests {
         #expect(rig.unit.read32(VTdRegister.version) == 0x60)
     }
 
+    @Test("accesses to unknown register offsets, up to the top of the offset space, read zero and change nothing")
+    func unknownOffsets() throws {
+        let rig = try Rig()
+        let gsts = rig.unit.read32(VTdRegister.globalStatus)
+        for offset: UInt32 in [0x300, 0xFFFF_FFF8, 0xFFFF_FFFC, 0xFFFF_FFFF] {
+            #expect(rig.unit.read64(offset) == 0)
+            rig.unit.write64(offset, .max)
+            rig.unit.write32(offset, .max)
+        }
+        #expect(rig.unit.read32(VTdRegister.globalStatus) == gsts)
+    }
+
     @Test("fault records keep the first faults, set PFO when full, and resume after software clears them")
     func faultOverflow() throws {
         let rig = try Rig(configuration: VTdConfiguration(capability: .make(faultRecords: 2)))

@@ -61,7 +61,7 @@ extension VTdUnit {
         if descriptor.type == InvalidationDescriptor.waitType && platform.faults.shouldFail(.invalidationTimeout) {
             drop = true
         }
-        switch descriptorFaults[type] {
+        switch type < descriptorFaults.count ? descriptorFaults[type] : nil {
         case .drop?: drop = true
         case .delay(let ns)?: latency &+= ns
         case nil: break
@@ -269,7 +269,7 @@ extension VTdUnit {
     /// The byte range of a page-selective invalidation: 2^AM pages from the address with its
     /// low AM page bits ignored (VT-d §6.5.2.3).
     static func range(_ address: UInt64, _ am: UInt8) -> (UInt64, UInt64) {
-        let size: UInt64 = 1 << (12 + UInt64(min(am, 52)))
+        let size: UInt64 = 1 << (12 + UInt64(min(am, 51)))
         let lo = address & ~(size - 1)
         let (hi, o) = lo.addingReportingOverflow(size)
         return (lo, o ? .max : hi)

@@ -23,7 +23,7 @@ extension VTdUnit {
         default:
             if let (i, half) = faultRecordSlot(offset), half == 0 { return faultRecords[i].0 }
             if let (i, half) = faultRecordSlot(offset), half == 8 { return faultRecords[i].1 }
-            return UInt64(read32(offset)) | UInt64(read32(offset + 4)) << 32
+            return UInt64(read32(offset)) | UInt64(read32(offset &+ 4)) << 32
         }
     }
 
@@ -49,7 +49,7 @@ extension VTdUnit {
                 return
             }
             write32(offset, UInt32(truncatingIfNeeded: value))
-            write32(offset + 4, UInt32(truncatingIfNeeded: value >> 32))
+            write32(offset &+ 4, UInt32(truncatingIfNeeded: value >> 32))
         }
     }
 
