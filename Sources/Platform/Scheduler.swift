@@ -188,7 +188,8 @@ public final class Scheduler: @unchecked Sendable {
         guard rng.chance(yieldPolicy.probability) else { return }
         yieldsTaken += 1
         yieldCounts[site, default: 0] += 1
-        let advanceBy = yieldPolicy.maxAdvanceNs > 0 ? rng.next(below: yieldPolicy.maxAdvanceNs + 1) : 0
+        let m = yieldPolicy.maxAdvanceNs
+        let advanceBy = m == 0 ? 0 : m == .max ? rng.next() : rng.next(below: m + 1)
         let (t, o) = now.addingReportingOverflow(advanceBy)
         let limit = o ? UInt64.max : t
         while runNext(hardwareOnly: true, notAfter: limit) {}

@@ -319,6 +319,21 @@ struct SchedulerTests {
         #expect(s.yieldCounts[YieldSite("y")] == 20)
     }
 
+    @Test("a taken yield point with maxAdvanceNs = UInt64.max saturates instead of trapping")
+    func yieldMaxAdvanceSaturates() async {
+        // Run in a child process: an arithmetic-overflow trap must not take the test runner down.
+        await #expect(processExitsWith: .success) {
+            let s = Scheduler(seed: 15)
+            s.yieldPolicy = YieldPolicy(probability: 1, maxAdvanceNs: .max)
+            s.run(until: 10)
+            var ran = false
+            s.schedule(at: 20) { ran = true }
+            s.yieldPoint(YieldSite("huge"))
+            precondition(s.yieldsTaken == 1 && s.now >= 10)
+            precondition(ran == (s.now >= 20))
+        }
+    }
+
     // MARK: Determinism
 
     /// A scenario of randomly timed hardware and software events that spawn more events and

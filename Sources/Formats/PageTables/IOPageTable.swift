@@ -33,6 +33,9 @@ public enum PageTableError: Error, Equatable, Sendable {
     case alreadyMapped(iova: UInt64)
     /// No frame for a page-table page (-ENOMEM).
     case outOfMemory
+    /// Neither read nor write requested: such a leaf would be non-present (-EINVAL, as in
+    /// Linux `__domain_mapping`).
+    case noAccess
 }
 
 /// A page table built by software in simulated memory: map a range with the largest page
@@ -80,6 +83,7 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     /// caller must flush the range as after an unmap, since a device may have used it.
     public func map(iova: UInt64, physical: UInt64, size: UInt64, permissions: PagePermissions) throws(PageTableError) {
         guard size > 0, (iova | physical | size) & 0xFFF == 0 else { throw .misaligned }
+        guard !permissions.isDisjoint(with: .readWrite) else { throw .noAccess }
         guard iova < inputLimit, inputLimit - iova >= size, physical & ~addressMask == 0,
               (physical &+ size &- 1) & ~(addressMask | 0xFFF) == 0 else { throw .outOfRange }
         var done: UInt64 = 0

@@ -23,7 +23,9 @@ extension VTdUnit {
         default:
             if let (i, half) = faultRecordSlot(offset), half == 0 { return faultRecords[i].0 }
             if let (i, half) = faultRecordSlot(offset), half == 8 { return faultRecords[i].1 }
-            return UInt64(read32(offset)) | UInt64(read32(offset &+ 4)) << 32
+            // The upper half of an access at the very top of the offset space reads as zero.
+            let high = offset <= UInt32.max - 4 ? read32(offset + 4) : 0
+            return UInt64(read32(offset)) | UInt64(high) << 32
         }
     }
 
@@ -49,7 +51,7 @@ extension VTdUnit {
                 return
             }
             write32(offset, UInt32(truncatingIfNeeded: value))
-            write32(offset &+ 4, UInt32(truncatingIfNeeded: value >> 32))
+            if offset <= UInt32.max - 4 { write32(offset + 4, UInt32(truncatingIfNeeded: value >> 32)) }
         }
     }
 
