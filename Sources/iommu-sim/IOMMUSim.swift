@@ -26,14 +26,18 @@ struct TranslateCommand: ParsableCommand {
     var json = false
 
     @Option(help: "Translations per measurement (at least 1000000 recommended).")
-    var operations: Int = 2_000_000
+    var operations: Int = 1_000_000
+
+    @Option(help: "Interleaved Swift/C rounds; the report gives medians over them.")
+    var rounds: Int = 5
 
     func validate() throws {
         guard operations >= 1000 else { throw ValidationError("--operations must be at least 1000") }
+        guard (1...1000).contains(rounds) else { throw ValidationError("--rounds must be between 1 and 1000") }
     }
 
     func run() throws {
-        let r = try TranslateBenchmark(operations: operations).run()
+        let r = try TranslateBenchmark(operations: operations, rounds: rounds).run()
         print(TranslateReport(result: r).render(json: json))
     }
 }

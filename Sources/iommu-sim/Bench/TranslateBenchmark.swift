@@ -11,7 +11,8 @@ import CReference
 /// - Hit: 512 random pages (half the IOTLB, so no set overflows), random offsets.
 /// - Walk: 16384 contiguous pages visited in a fixed random order; with LRU and 16× the IOTLB
 ///   capacity every lookup misses, while the 128 KiB of leaf tables stay hot in CPU caches.
-/// Each run is timed in batches of 1000 translations; p50 is over batches, mean over all ops.
+/// Each measurement is timed in batches of 1000 translations; p50 is over batches, mean over
+/// all ops. Rounds interleave Swift and C; the report gives medians over rounds.
 nonisolated struct TranslateBenchmark {
     struct Figures {
         var p50: Double
@@ -21,9 +22,13 @@ nonisolated struct TranslateBenchmark {
         var misses: UInt64
     }
 
+    /// Medians over rounds; ratios are the median of each round's Swift/C p50 ratio (both
+    /// sides of a ratio ran back to back, so machine noise mostly cancels).
     struct Result {
         var swiftHit: Figures, cHit: Figures, swiftWalk: Figures, cWalk: Figures
+        var hitRatio: Double, walkRatio: Double
         var operations: Int
+        var rounds: Int
     }
 
     enum BenchFailure: Error, CustomStringConvertible {
@@ -38,6 +43,7 @@ nonisolated struct TranslateBenchmark {
     }
 
     let operations: Int
+    let rounds: Int
     let batch = 1000
 
     func run() throws -> Result {
@@ -95,14 +101,25 @@ nonisolated struct TranslateBenchmark {
         // Warm both (fills caches, touches tables), then measure.
         _ = measureSwift(unit, rid, hitStream, ops: 100_000)
         _ = measureC(ref, rid, hitStream, ops: 100_000)
-        let swiftHit = measureSwift(unit, rid, hitStream, ops: operations)
-        let cHit = measureC(ref, rid, hitStream, ops: operations)
-        let swiftWalk = measureSwift(unit, rid, walkStream, ops: operations)
-        let cWalk = measureC(ref, rid, walkStream, ops: operations)
-        guard swiftHit.checksum == cHit.checksum, swiftWalk.checksum == cWalk.checksum else {
-            throw BenchFailure.mismatch("checksums \(swiftHit.checksum)/\(cHit.checksum), \(swiftWalk.checksum)/\(cWalk.checksum)")
+        var runs: [(Figures, Figures, Figures, Figures)] = []
+        for _ in 0..<max(1, rounds) {
+            let round = (measureSwift(unit, rid, hitStream, ops: operations), measureC(ref, rid, hitStream, ops: operations),
+                         measureSwift(unit, rid, walkStream, ops: operations), measureC(ref, rid, walkStream, ops: operations))
+            guard round.0.checksum == round.1.checksum, round.2.checksum == round.3.checksum else {
+                throw BenchFailure.mismatch("checksums \(round.0.checksum)/\(round.1.checksum), \(round.2.checksum)/\(round.3.checksum)")
+            }
+            runs.append(round)
         }
-        return Result(swiftHit: swiftHit, cHit: cHit, swiftWalk: swiftWalk, cWalk: cWalk, operations: operations)
+        func median(_ v: [Double]) -> Double { let s = v.sorted(); return s[s.count / 2] }
+        func medianFigures(_ f: [Figures]) -> Figures {
+            Figures(p50: median(f.map(\.p50)), mean: median(f.map(\.mean)), checksum: f[0].checksum,
+                    hits: f.map(\.hits).reduce(0, +), misses: f.map(\.misses).reduce(0, +))
+        }
+        return Result(swiftHit: medianFigures(runs.map(\.0)), cHit: medianFigures(runs.map(\.1)),
+                      swiftWalk: medianFigures(runs.map(\.2)), cWalk: medianFigures(runs.map(\.3)),
+                      hitRatio: median(runs.map { $0.0.p50 / max($0.1.p50, 0.001) }),
+                      walkRatio: median(runs.map { $0.2.p50 / max($0.3.p50, 0.001) }),
+                      operations: operations, rounds: max(1, rounds))
     }
 
     private func summarize(_ samples: [Double], total: UInt64, ops: Int, checksum: UInt64, hits: UInt64, misses: UInt64) -> Figures {

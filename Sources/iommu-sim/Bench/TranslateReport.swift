@@ -4,13 +4,14 @@ struct TranslateReport {
 
     func render(json: Bool) -> String {
         let r = result
-        let hitRatio = r.swiftHit.p50 / max(r.cHit.p50, 0.001)
-        let walkRatio = r.swiftWalk.p50 / max(r.cWalk.p50, 0.001)
+        let hitRatio = r.hitRatio
+        let walkRatio = r.walkRatio
         func rate(_ f: TranslateBenchmark.Figures) -> Double { Double(f.hits) / Double(max(f.hits + f.misses, 1)) }
         if json {
             return JSON.object([
                 ("benchmark", .string("translate")),
                 ("operations", .int(Int64(r.operations))),
+                ("rounds", .int(Int64(r.rounds))),
                 ("iotlbHitNs", .double(r.swiftHit.p50)),
                 ("iotlbHitMeanNs", .double(r.swiftHit.mean)),
                 ("walkNs", .double(r.swiftWalk.p50)),
@@ -27,7 +28,7 @@ struct TranslateReport {
         }
         func f(_ v: Double) -> String { String((v * 100).rounded() / 100) }
         return """
-        translate (\(r.operations) ops per measurement, ns/op)
+        translate (\(r.operations) ops per measurement, medians of \(r.rounds) interleaved rounds, ns/op)
                                  p50      mean     C p50    C mean   Swift/C (p50)
           IOTLB hit          \(pad(f(r.swiftHit.p50)))\(pad(f(r.swiftHit.mean)))\(pad(f(r.cHit.p50)))\(pad(f(r.cHit.mean)))   \(f(hitRatio))x
           miss + 4-level walk\(pad(f(r.swiftWalk.p50)))\(pad(f(r.swiftWalk.mean)))\(pad(f(r.cWalk.p50)))\(pad(f(r.cWalk.mean)))   \(f(walkRatio))x
