@@ -150,7 +150,7 @@ struct CacheInvalidationTests {
     @Test("a dropped IOTLB descriptor leaves the stale translation in place (fault-injection mode)")
     func droppedDescriptor() throws {
         let (rig, _) = try staleSecondStage()
-        rig.unit.descriptorFaults[Int(InvalidationDescriptor.iotlbType)] = .drop
+        rig.unit.descriptorFaults[InvalidationDescriptor.iotlbType] = .drop
         try rig.bench.invalidate([.iotlb(.page(DomainID(5), address: 0x1000, addressMask: 0, invalidationHint: false))])
         #expect(rig.physical(0x1000) == 0x9000)
         #expect(rig.unit.counters.descriptorsDropped == 1)
@@ -159,7 +159,7 @@ struct CacheInvalidationTests {
     @Test("a delayed IOTLB descriptor takes effect only after its delay")
     func delayedDescriptor() throws {
         let (rig, _) = try staleSecondStage()
-        rig.unit.descriptorFaults[Int(InvalidationDescriptor.iotlbType)] = .delay(50_000)
+        rig.unit.descriptorFaults[InvalidationDescriptor.iotlbType] = .delay(50_000)
         try rig.bench.submit([.iotlb(.page(DomainID(5), address: 0x1000, addressMask: 0, invalidationHint: false))])
         rig.platform.scheduler.run(until: rig.platform.scheduler.now + 40_000)
         #expect(rig.physical(0x1000) == 0x9000)

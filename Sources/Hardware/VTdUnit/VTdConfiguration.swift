@@ -22,6 +22,11 @@ public struct VTdLatency: Equatable, Sendable {
         self.interruptNs = interruptNs
     }
 
+    /// The cost of a descriptor of `type` (the default 400 ns for types beyond the table).
+    public func descriptorLatency(_ type: UInt8) -> UInt64 {
+        Int(type) < descriptorNs.count ? descriptorNs[Int(type)] : 400
+    }
+
     /// Every descriptor and interrupt costs `ns`.
     public static func uniform(_ ns: UInt64) -> VTdLatency {
         VTdLatency(descriptorNs: [UInt64](repeating: ns, count: 16), interruptNs: ns)

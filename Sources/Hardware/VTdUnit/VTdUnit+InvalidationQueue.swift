@@ -55,13 +55,12 @@ extension VTdUnit {
         case .failure(.needsWideDescriptors): queueError(.needsWideDescriptors); return
         }
         if let reason = unsupported(descriptor) { queueError(reason); return }
-        let type = Int(descriptor.type)
-        var latency = configuration.latency.descriptorNs[type]
+        var latency = configuration.latency.descriptorLatency(descriptor.type)
         var drop = platform.faults.shouldFail(.invalidationDrop) && descriptor.type != InvalidationDescriptor.waitType
         if descriptor.type == InvalidationDescriptor.waitType && platform.faults.shouldFail(.invalidationTimeout) {
             drop = true
         }
-        switch type < descriptorFaults.count ? descriptorFaults[type] : nil {
+        switch descriptorFaults[descriptor.type] {
         case .drop?: drop = true
         case .delay(let ns)?: latency &+= ns
         case nil: break

@@ -74,8 +74,8 @@ public final class VTdUnit: @unchecked Sendable {
     let countersStorage: UnsafeMutablePointer<VTdCounters>
     let addressMask: UInt64
 
-    /// Per-type descriptor faults (test and exploration hook), index = type code.
-    public var descriptorFaults = [DescriptorFault?](repeating: nil, count: 16)
+    /// Per-type descriptor faults (test and exploration hook), keyed by descriptor type code.
+    public var descriptorFaults: [UInt8: DescriptorFault] = [:]
     /// Interrupt handlers (software side), run as scheduled software events.
     public var onFaultEvent: (() -> Void)?
     public var onInvalidationEvent: (() -> Void)?

@@ -8,7 +8,8 @@ import CReference
 ///
 /// Setup: one VT-d unit in scalable mode; device 00:01.0 with RID_PASID 0 → a second-stage
 /// PASID entry (DID 5) over a 4-level table of 4 KiB pages.
-/// - Hit: 512 random pages (half the IOTLB, so no set overflows), random offsets.
+/// - Hit: 512 random pages (half the IOTLB), random offsets, then only the 1024 addresses
+///   whose pages stay resident (pages of an overflowing IOTLB set would measure misses).
 /// - Walk: 16384 contiguous pages visited in a fixed random order; with LRU and 16× the IOTLB
 ///   capacity every lookup misses, while the 128 KiB of leaf tables stay hot in CPU caches.
 /// Each measurement is timed in batches of 1000 translations; p50 is over batches, mean over
