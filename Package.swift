@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Layers (bottom-up; a layer imports only layers below it):
-//   CIOMMUSupport (C atomics) -> Platform -> Formats -> Hardware -> (Kernel, Simulation: later) -> iommu-sim
+//   CIOMMUSupport (C atomics) -> Platform -> Formats -> Hardware -> Kernel -> Simulation -> iommu-sim
 // CReference holds plain-C reference implementations used only by the benchmarks.
 let package = Package(
     name: "SwiftIOMMU",
@@ -10,6 +10,8 @@ let package = Package(
         .library(name: "Platform", targets: ["Platform"]),
         .library(name: "Formats", targets: ["Formats"]),
         .library(name: "Hardware", targets: ["Hardware"]),
+        .library(name: "Kernel", targets: ["Kernel"]),
+        .library(name: "Simulation", targets: ["Simulation"]),
         .executable(name: "iommu-sim", targets: ["iommu-sim"]),
     ],
     dependencies: [
@@ -21,15 +23,18 @@ let package = Package(
         .target(name: "Platform", dependencies: ["CIOMMUSupport"]),
         .target(name: "Formats", dependencies: ["Platform"]),
         .target(name: "Hardware", dependencies: ["Platform", "Formats"]),
+        .target(name: "Kernel", dependencies: ["Platform", "Formats", "Hardware"]),
+        .target(name: "Simulation", dependencies: ["Platform", "Formats", "Hardware", "Kernel"]),
         .executableTarget(
             name: "iommu-sim",
             dependencies: [
-                "Platform", "Formats", "Hardware", "CReference",
+                "Platform", "Formats", "Hardware", "Kernel", "Simulation", "CReference",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "PlatformTests", dependencies: ["Platform"]),
         .testTarget(name: "FormatsTests", dependencies: ["Platform", "Formats"]),
         .testTarget(name: "HardwareTests", dependencies: ["Platform", "Formats", "Hardware"]),
+        .testTarget(name: "KernelTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "Simulation"]),
     ]
 )

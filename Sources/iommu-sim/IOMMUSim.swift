@@ -5,7 +5,8 @@ struct IOMMUSim: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "iommu-sim",
         abstract: "The Linux IOMMU subsystem over emulated VT-d hardware: simulate, check, measure.",
-        subcommands: [Bench.self]
+        subcommands: [RunCommand.self, Bench.self],
+        defaultSubcommand: nil
     )
 }
 

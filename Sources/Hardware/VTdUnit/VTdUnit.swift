@@ -143,3 +143,16 @@ public struct DMAAccessRecord: Equatable, Sendable {
     public var fault: VTdFaultReason?
     public var time: UInt64
 }
+
+extension VTdUnit {
+    /// How many IOTLB and PASID-cache entries are tagged with `did` right now. An inspection
+    /// hook for the simulator's oracle (a DID must not be reused while entries tagged with it
+    /// are cached); software never calls it.
+    public func cachedEntries(taggedWith did: DomainID) -> (iotlb: Int, pasidCache: Int) {
+        var tlb = 0, pc = 0
+        let d = UInt64(did.rawValue)
+        iotlb.forEach { _, key1, _ in if (key1 >> 20) & 0xFFFF == d { tlb += 1 } }
+        pasidCache.forEach { _, _, payload in if UInt64(payload.did) == d { pc += 1 } }
+        return (tlb, pc)
+    }
+}

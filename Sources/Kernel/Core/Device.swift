@@ -1,0 +1,89 @@
+import Formats
+
+/// What the platform tells the core about a device when it is probed.
+public struct DeviceDescription: Sendable {
+    public var name: String
+    public var requesterID: RequesterID
+    /// Index of the IOMMU unit (within its driver) the device sits behind.
+    public var unit: Int
+    /// Devices with the same key cannot be isolated from each other (no ACS, DMA aliases,
+    /// multifunction without isolation) and share one group. Nil: a group of its own.
+    public var groupKey: String?
+    /// PASIDs the device supports (0: no PASID capability).
+    public var maxPASIDs: UInt32
+    public var ats: Bool
+    public var pri: Bool
+    /// An external-facing device: always gets a strict DMA domain (Linux `pci_dev->untrusted`).
+    public var untrusted: Bool
+    /// A per-device default-domain preference (Linux `def_domain_type`), nil for none.
+    public var preferredDomain: DomainType?
+
+    public init(name: String, requesterID: RequesterID, unit: Int = 0, groupKey: String? = nil, maxPASIDs: UInt32 = 0,
+                ats: Bool = false, pri: Bool = false, untrusted: Bool = false, preferredDomain: DomainType? = nil) {
+        self.name = name; self.requesterID = requesterID; self.unit = unit; self.groupKey = groupKey
+        self.maxPASIDs = maxPASIDs; self.ats = ats; self.pri = pri; self.untrusted = untrusted
+        self.preferredDomain = preferredDomain
+    }
+}
+
+/// A fault the driver read from the hardware and the core reported for a device.
+public struct ReportedFault: Equatable, Sendable {
+    public var time: UInt64
+    public var unit: Int
+    public var record: FaultRecord
+}
+
+/// A device known to the IOMMU core (Linux `struct device` with its `dev_iommu`).
+public final class Device: @unchecked Sendable, CustomStringConvertible {
+    public let name: String
+    public let requesterID: RequesterID
+    public let unit: Int
+    /// PASIDs usable: the smaller of the device's and the unit's limits (Linux `max_pasids`).
+    public internal(set) var maxPASIDs: UInt32
+    public let ats: Bool
+    public let pri: Bool
+    public let untrusted: Bool
+    public let preferredDomain: DomainType?
+    /// The driver that probed it.
+    public let driver: any IOMMUDriver
+    /// The group, while the device is probed.
+    public internal(set) var group: Group?
+    public internal(set) var isReleased = false
+    /// The domain the device's RID traffic translates through right now (normally the
+    /// group's domain; the blocked domain after a failed rollback).
+    public internal(set) var attachedDomain: IOMMUDomain?
+    /// Driver-private state (Linux `dev_iommu->priv`).
+    public var driverData: AnyObject?
+    /// Faults reported for this device (the most recent `faultLogLimit`).
+    public internal(set) var faults: [ReportedFault] = []
+    public internal(set) var faultCount = 0
+    public let faultLogLimit = 256
+
+    init(_ d: DeviceDescription, driver: any IOMMUDriver) {
+        name = d.name; requesterID = d.requesterID; unit = d.unit; maxPASIDs = d.maxPASIDs
+        ats = d.ats; pri = d.pri; untrusted = d.untrusted; preferredDomain = d.preferredDomain
+        self.driver = driver
+    }
+
+    public var description: String { "\(name) [\(requesterID)]" }
+}
+
+/// Devices that cannot be isolated from each other (Linux `struct iommu_group`): they share
+/// one RID domain and one PASID space.
+public final class Group: @unchecked Sendable, CustomStringConvertible {
+    public let id: Int
+    public let key: String
+    public internal(set) var devices: [Device] = []
+    public internal(set) var defaultDomain: IOMMUDomain?
+    public internal(set) var blockingDomain: IOMMUDomain?
+    /// The domain every device of the group translates RID traffic through.
+    public internal(set) var domain: IOMMUDomain?
+    /// Domains attached to PASIDs (Linux `pasid_array`).
+    public internal(set) var pasidDomains: [UInt32: IOMMUDomain] = [:]
+    /// A user (VFIO/iommufd) owns the group's DMA: detach goes to the blocking domain.
+    public internal(set) var dmaOwned = false
+
+    init(id: Int, key: String) { self.id = id; self.key = key }
+
+    public var description: String { "group \(id)" }
+}

@@ -1,0 +1,94 @@
+import Platform
+import Formats
+
+/// How a driver changed a translation entry, so the simulator knows whether DMA could see
+/// a gap (no translation) while it happened.
+public enum UpdatePath: String, Equatable, Sendable {
+    /// There was no translation before.
+    case fresh
+    /// Hitless: one 64-bit store changed the entry (the DID stayed the same).
+    case singleWord
+    /// Hitless: a 128-bit compare-exchange switched the words carrying DID and table pointer.
+    case compareExchange128
+    /// Not hitless: the old entry was torn down (DMA blocked) before the new one was set up.
+    case teardownSetup
+    /// The translation was removed (blocked).
+    case removed
+    /// Nothing changed (same domain).
+    case unchanged
+
+    /// Whether every translation during the update used the old or the new entry.
+    public var isHitless: Bool { self != .teardownSetup }
+}
+
+/// A translation domain (Linux `struct iommu_domain`). Drivers subclass it and override the
+/// operations they support, as they fill `struct iommu_domain_ops`; the base class refuses
+/// each with `EOPNOTSUPP`. Overriding is class dispatch (one indirect call), not an
+/// existential, so the map/unmap paths stay cheap.
+open class IOMMUDomain: @unchecked Sendable, CustomStringConvertible {
+    /// A number unique within one core, for reports.
+    public internal(set) var id: Int = 0
+    public let type: DomainType
+    public internal(set) var flags: DomainFlags
+    /// The driver instance that made it; a domain attaches only to devices of that driver.
+    public let owner: ObjectIdentifier
+    /// Supported page sizes, one bit per size (Linux `pgsize_bitmap`).
+    public let pageSizes: UInt64
+    /// Last IOVA the domain can map (Linux `geometry.aperture_end`).
+    public let apertureEnd: UInt64
+    /// Set when the domain has been freed; every operation then fails with `ENOENT`.
+    public internal(set) var isDestroyed = false
+    /// Attachments through the core (RIDs and PASIDs); a domain in use cannot be freed.
+    public internal(set) var attachments = 0
+    /// A domain the core made (default/blocking) rather than a user.
+    public internal(set) var isCoreOwned = false
+
+    public init(type: DomainType, flags: DomainFlags = [], owner: ObjectIdentifier, pageSizes: UInt64 = 0, apertureEnd: UInt64 = 0) {
+        self.type = type; self.flags = flags; self.owner = owner
+        self.pageSizes = pageSizes; self.apertureEnd = apertureEnd
+    }
+
+    open var description: String { "domain \(id) (\(type)\(flags.contains(.deferredFlush) ? ", deferred flush" : ""))" }
+
+    // MARK: Operations (Linux iommu_domain_ops)
+
+    /// Makes this domain the RID translation of `device`, replacing `old` (nil: none yet).
+    /// On failure the device keeps its old translation.
+    open func attach(_ device: Device, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
+        throw .notSupported("\(self) cannot be attached")
+    }
+
+    /// Makes this domain the translation of (`device`, `pasid`), replacing `old`. The
+    /// blocked domain's version removes the PASID's translation. On failure the PASID keeps
+    /// its old configuration.
+    open func setDevicePASID(_ device: Device, pasid: PASID, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
+        throw .notSupported("\(self) cannot be attached to a PASID")
+    }
+
+    /// Maps `count` pages of `pageSize` at `iova` to `physical`. Returns the bytes mapped
+    /// before a failure (then it throws) or all of them.
+    open func mapPages(iova: UInt64, physical: UInt64, pageSize: UInt64, count: UInt64,
+                       permissions: PagePermissions) throws(IOMMUError) -> UInt64 {
+        throw .notSupported("\(self) has no page table")
+    }
+
+    /// Clears up to `count` pages of `pageSize` at `iova`, stopping at a hole; adds the range
+    /// and freed table pages to `gather`. Returns the bytes unmapped.
+    open func unmapPages(iova: UInt64, pageSize: UInt64, count: UInt64, gather: inout UnmapGather) -> UInt64 { 0 }
+
+    /// Invalidates the gathered range in every cache that may hold it, waits, then frees
+    /// the gathered table pages (Linux `iotlb_sync`).
+    open func iotlbSync(_ gather: inout UnmapGather) throws(IOMMUError) {}
+
+    /// Makes new mappings visible where the hardware caches non-present entries.
+    open func syncMap(iova: UInt64, size: UInt64) throws(IOMMUError) {}
+
+    /// Invalidates everything the domain may have cached (Linux `flush_iotlb_all`).
+    open func flushAll() throws(IOMMUError) {}
+
+    /// The physical address `iova` maps to, or nil.
+    open func iovaToPhys(_ iova: UInt64) -> UInt64? { nil }
+
+    /// Releases the driver's resources (page tables). Called once, when nothing is attached.
+    open func free() {}
+}

@@ -1,0 +1,128 @@
+import Platform
+import Formats
+
+extension IOMMUCore {
+    /// The page size to use at `iova`/`physical` for up to `size` bytes, and how many pages
+    /// of it to use before a larger page could start (Linux `iommu_pgsize`): the largest
+    /// supported size no bigger than the remaining length and the alignment of both addresses.
+    @inlinable
+    public static func pageSize(_ bitmap: UInt64, iova: UInt64, physical: UInt64, size: UInt64) -> (pageSize: UInt64, count: UInt64) {
+        let merged = iova | physical
+        // Sizes that fit the length.
+        var sizes = bitmap & (size >= 1 << 63 ? .max : (UInt64(1) << (64 - size.leadingZeroBitCount)) &- 1)
+        // Sizes the addresses are aligned to.
+        if merged != 0 { sizes &= (merged & (~merged &+ 1)) &* 2 &- 1 }
+        guard sizes != 0 else { return (0, 0) }
+        let pageSize = UInt64(1) << (63 - sizes.leadingZeroBitCount)
+        var length = size
+        // Stop where the next larger page size could start.
+        let bigger = bitmap & ~((pageSize << 1) &- 1)
+        if bigger != 0 {
+            let next = bigger & (~bigger &+ 1)
+            let offset = next - (merged & (next - 1))
+            if offset < length, length - offset >= next { length = offset }
+        }
+        return (pageSize, length / pageSize)
+    }
+
+    func checkPaging(_ domain: IOMMUDomain, _ iova: UInt64, _ size: UInt64, physical: UInt64 = 0) throws(IOMMUError) {
+        try checkAlive(domain)
+        guard domain.type.isPaging else { throw .invalidArgument("\(domain) is not a paging domain") }
+        guard domain.pageSizes != 0 else { throw .noDevice("\(domain) has no page sizes") }
+        let minimum = domain.pageSizes & (~domain.pageSizes &+ 1)
+        guard size > 0, (iova | physical | size) & (minimum - 1) == 0 else {
+            throw .invalidArgument("iova 0x\(String(iova, radix: 16)), size 0x\(String(size, radix: 16)) not aligned to 0x\(String(minimum, radix: 16))")
+        }
+        let (last, o) = iova.addingReportingOverflow(size - 1)
+        guard !o, last <= domain.apertureEnd else {
+            throw .outOfRange("[0x\(String(iova, radix: 16)), +0x\(String(size, radix: 16))) is beyond the aperture end 0x\(String(domain.apertureEnd, radix: 16))")
+        }
+    }
+
+    /// Maps `[iova, iova+size)` to `physical` in a paging domain (Linux `iommu_map`): page
+    /// sizes chosen by `pageSize`, then `syncMap`. On failure everything this call mapped is
+    /// unmapped and flushed again, and the error returned.
+    public func map(_ domain: IOMMUDomain, iova: UInt64, physical: UInt64, size: UInt64,
+                    permissions: PagePermissions) throws(IOMMUError) {
+        try checkPaging(domain, iova, size, physical: physical)
+        guard !permissions.isDisjoint(with: .readWrite) else { throw .invalidArgument("a mapping needs read or write permission") }
+        observer?.mapBegan(domain, iova: iova, physical: physical, size: size, permissions: permissions)
+        var mapped: UInt64 = 0
+        do throws(IOMMUError) {
+            while mapped < size {
+                let (pgsize, count) = Self.pageSize(domain.pageSizes, iova: iova + mapped, physical: physical + mapped, size: size - mapped)
+                guard count > 0 else { throw IOMMUError.invalidArgument("no page size fits") }
+                mapped += try domain.mapPages(iova: iova + mapped, physical: physical + mapped, pageSize: pgsize,
+                                              count: count, permissions: permissions)
+            }
+            yield(KernelYield.afterMap)
+            try domain.syncMap(iova: iova, size: size)
+        } catch {
+            // Undo: clear what was mapped, and flush the whole attempted range, since the
+            // device may have used a translation of it meanwhile.
+            var gather = UnmapGather()
+            if mapped > 0 { _ = unmapAll(domain, iova: iova, size: mapped, gather: &gather) }
+            gather.add(range: iova, iova + size, pageSize: 4096)
+            try? domain.iotlbSync(&gather)
+            observer?.mapEnded(domain, iova: iova, size: size, mapped: false)
+            throw error
+        }
+        observer?.mapEnded(domain, iova: iova, size: size, mapped: true)
+    }
+
+    /// Unmaps `[iova, iova+size)` (Linux `iommu_unmap`): clears page-table entries up to the
+    /// first hole, gathering the range and freed table pages, then `iotlbSync` invalidates the
+    /// range, waits for completion and frees the tables. When it returns, no device can use
+    /// the old translations. Returns the bytes unmapped; `ENOENT` if nothing is mapped at
+    /// `iova` (and nothing changes).
+    @discardableResult
+    public func unmap(_ domain: IOMMUDomain, iova: UInt64, size: UInt64) throws(IOMMUError) -> UInt64 {
+        try checkPaging(domain, iova, size)
+        guard domain.iovaToPhys(iova) != nil else { throw .notFound("nothing is mapped at 0x\(String(iova, radix: 16)) in \(domain)") }
+        observer?.unmapBegan(domain, iova: iova, size: size)
+        var gather = UnmapGather()
+        let unmapped = unmapAll(domain, iova: iova, size: size, gather: &gather)
+        yield(KernelYield.afterPTEClear)
+        try domain.iotlbSync(&gather)
+        observer?.unmapEnded(domain, iova: iova, requested: size, unmapped: unmapped)
+        return unmapped
+    }
+
+    func unmapAll(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, gather: inout UnmapGather) -> UInt64 {
+        var unmapped: UInt64 = 0
+        while unmapped < size {
+            let (pgsize, count) = Self.pageSize(domain.pageSizes, iova: iova + unmapped, physical: 0, size: size - unmapped)
+            guard count > 0 else { break }
+            let n = domain.unmapPages(iova: iova + unmapped, pageSize: pgsize, count: count, gather: &gather)
+            if n == 0 { break }
+            unmapped += n
+        }
+        return unmapped
+    }
+
+    /// The physical address `iova` translates to in `domain` (Linux `iommu_iova_to_phys`):
+    /// the IOVA itself for identity, nil for blocked or unmapped.
+    public func iovaToPhys(_ domain: IOMMUDomain, _ iova: UInt64) -> UInt64? {
+        switch domain.type {
+        case .identity: return iova
+        case .blocked: return nil
+        default: return domain.isDestroyed ? nil : domain.iovaToPhys(iova)
+        }
+    }
+
+    // MARK: Faults
+
+    /// A driver reports a non-recoverable fault read from `unit`'s fault-recording registers;
+    /// it is logged for the device that caused it (Linux `report_iommu_fault` / dmar_fault).
+    public func reportFault(driver: any IOMMUDriver, unit: Int, record: FaultRecord) {
+        let fault = ReportedFault(time: platform.scheduler.now, unit: unit, record: record)
+        let dev = device(driver: driver, unit: unit, requesterID: record.source)
+        if let dev {
+            dev.faultCount += 1
+            if dev.faults.count < dev.faultLogLimit { dev.faults.append(fault) }
+        } else {
+            unclaimedFaults += 1
+        }
+        observer?.faultReported(dev, fault)
+    }
+}

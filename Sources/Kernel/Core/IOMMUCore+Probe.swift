@@ -1,0 +1,155 @@
+import Platform
+import Formats
+
+extension IOMMUCore {
+    /// Probes devices behind `driver` (Linux `iommu_probe_device` for a bus): each is set up
+    /// by the driver and put in a group, then every new group gets a default domain chosen
+    /// by the policy and is attached to it. A device whose setup fails is left out and its
+    /// error thrown after the others are undone, so the call changes nothing on failure.
+    @discardableResult
+    public func probe(_ descriptions: [DeviceDescription], driver: any IOMMUDriver) throws(IOMMUError) -> [Device] {
+        guard drivers.contains(where: { $0 === driver }) else { throw .noDevice("driver \(driver.name) is not registered") }
+        var added: [Device] = []
+        var newGroups: [Group] = []
+        func undo() {
+            for d in added.reversed() { forget(d) }
+            for g in newGroups { groups.removeAll { $0 === g } }
+        }
+        for desc in descriptions {
+            guard desc.unit >= 0, desc.unit < driver.unitCount else {
+                undo(); throw .noDevice("\(desc.name): no IOMMU unit \(desc.unit) in \(driver.name)")
+            }
+            guard device(driver: driver, unit: desc.unit, requesterID: desc.requesterID) == nil,
+                  !added.contains(where: { $0.unit == desc.unit && $0.requesterID == desc.requesterID }) else {
+                undo(); throw .exists("\(desc.name): \(desc.requesterID) is already probed on unit \(desc.unit)")
+            }
+            let dev = Device(desc, driver: driver)
+            let unitLimit: UInt32
+            do { unitLimit = try driver.probeDevice(dev) } catch { undo(); throw error }
+            dev.maxPASIDs = min(desc.maxPASIDs, unitLimit)
+            let key = "\(ObjectIdentifier(driver).hashValue):\(desc.groupKey ?? "dev:\(desc.unit):\(desc.requesterID.rawValue)")"
+            let group: Group
+            if let g = groups.first(where: { $0.key == key }) {
+                group = g
+            } else {
+                group = Group(id: nextGroupID, key: key)
+                nextGroupID += 1
+                groups.append(group)
+                newGroups.append(group)
+            }
+            group.devices.append(dev)
+            dev.group = group
+            devices.append(dev)
+            added.append(dev)
+        }
+        for g in groups where g.defaultDomain == nil {
+            do { try setUpDefaultDomain(g) } catch { undo(); throw error }
+        }
+        // Devices joining an existing group take the group's current domain.
+        for d in added where d.attachedDomain == nil {
+            guard let g = d.group, let domain = g.domain else { continue }
+            do { try attachOne(d, to: domain, old: nil) } catch { undo(); throw error }
+        }
+        return added
+    }
+
+    /// Default domain type for a group (Linux `iommu_get_default_domain_type`): the policy,
+    /// overridden by device preferences (identity wins a conflict), and untrusted devices
+    /// always translated and strict.
+    func defaultDomainType(_ g: Group) -> (DomainType, DomainFlags) {
+        guard let first = g.devices.first else { return (.dma, []) }
+        let driver = first.driver
+        var type: DomainType = policy == .passthrough ? .identity : .dma
+        let preferences = g.devices.compactMap(\.preferredDomain)
+        if preferences.contains(.identity) { type = .identity } else if preferences.contains(.dma) { type = .dma }
+        let untrusted = g.devices.contains(where: \.untrusted)
+        if untrusted || driver.identityDomain == nil { type = .dma }
+        var flags: DomainFlags = []
+        if type == .dma, policy == .lazy, !untrusted, g.devices.allSatisfy({ driver.capable($0, .deferredFlush) }) {
+            flags.insert(.deferredFlush)
+        }
+        if g.devices.contains(where: { $0.maxPASIDs > 0 }) { flags.insert(.pasid) }
+        return (type, flags)
+    }
+
+    func setUpDefaultDomain(_ g: Group) throws(IOMMUError) {
+        guard let first = g.devices.first else { return }
+        let driver = first.driver
+        let (type, flags) = defaultDomainType(g)
+        let domain: IOMMUDomain
+        if type == .identity, let identity = driver.identityDomain {
+            domain = identity
+        } else {
+            if platform.faults.shouldFail(.domainAlloc) { throw .noMemory("default domain allocation (injected)") }
+            // The driver never sees deferredFlush (Linux IOMMU_DOMAIN_ALLOC_FLAGS masks DMA_FQ);
+            // the core sets it on the domain it gets back.
+            let d = try driver.allocPagingDomain(for: first, type: .dma, flags: flags.subtracting(.deferredFlush))
+            d.flags.formUnion(flags.intersection(.deferredFlush))
+            d.isCoreOwned = true
+            adopt(d)
+            domain = d
+        }
+        g.defaultDomain = domain
+        g.blockingDomain = driver.blockedDomain
+        // The first attach of the default domain must succeed (MUST_SUCCEED).
+        do {
+            try setGroupDomain(g, domain, mustSucceed: false)
+        } catch {
+            g.defaultDomain = nil
+            if liveDomains[domain.id] === domain { release(domain) }
+            throw error
+        }
+    }
+
+    /// Removes a device (Linux `iommu_release_device`): its PASIDs are detached, it is put in
+    /// the blocked domain (the driver's `release_domain`), the driver frees its state, and it
+    /// leaves its group; an empty group's default domain is freed.
+    public func release(_ device: Device) throws(IOMMUError) {
+        try checkProbed(device)
+        guard let g = device.group else { return }
+        if g.devices.count == 1 {
+            for (raw, domain) in g.pasidDomains.sorted(by: { $0.key < $1.key }) {
+                detachPASIDInternal(domain, from: g, pasid: PASID(truncating: raw))
+            }
+        } else if !g.pasidDomains.isEmpty {
+            // PASID attachments belong to the group: remove this device's entries only.
+            for (raw, domain) in g.pasidDomains.sorted(by: { $0.key < $1.key }) where device.maxPASIDs > 0 {
+                let pasid = PASID(truncating: raw)
+                observer?.transitionBegan(device, pasid: pasid, from: domain, to: nil)
+                _ = try? device.driver.blockedDomain.setDevicePASID(device, pasid: pasid, old: domain)
+                domain.attachments -= 1
+                observer?.transitionEnded(device, pasid: pasid, current: nil, path: .removed)
+            }
+        }
+        if let current = device.attachedDomain {
+            observer?.transitionBegan(device, pasid: nil, from: current, to: nil)
+            _ = try? device.driver.blockedDomain.attach(device, old: current)
+            current.attachments -= 1
+            device.attachedDomain = nil
+            observer?.transitionEnded(device, pasid: nil, current: nil, path: .removed)
+        }
+        forget(device)
+    }
+
+    /// Drops a device from the core's books (after it left every domain).
+    func forget(_ device: Device) {
+        if let current = device.attachedDomain {
+            _ = try? device.driver.blockedDomain.attach(device, old: current)
+            current.attachments -= 1
+            device.attachedDomain = nil
+        }
+        device.driver.releaseDevice(device)
+        device.isReleased = true
+        devices.removeAll { $0 === device }
+        guard let g = device.group else { return }
+        g.devices.removeAll { $0 === device }
+        device.group = nil
+        if g.devices.isEmpty {
+            if let d = g.defaultDomain, liveDomains[d.id] === d, d.attachments == 0 { release(d) }
+            g.defaultDomain = nil
+            g.domain = nil
+            g.pasidDomains = [:]
+            groups.removeAll { $0 === g }
+        }
+    }
+}

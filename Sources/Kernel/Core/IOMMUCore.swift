@@ -1,0 +1,154 @@
+import Platform
+import Formats
+
+extension FaultPoint {
+    /// A driver's domain-ID allocation.
+    public static let didAlloc = FaultPoint("kernel.did-alloc")
+    /// The core's global PASID allocation.
+    public static let pasidAlloc = FaultPoint("kernel.pasid-alloc")
+    /// A driver's domain allocation.
+    public static let domainAlloc = FaultPoint("kernel.domain-alloc")
+}
+
+/// The IOMMU core (the counterpart of drivers/iommu/iommu.c): devices and groups, domains
+/// and their lifetimes, default-domain policy, attach/detach/replace of a group's domain
+/// with rollback, PASID attach/replace/detach with a global PASID allocator, map/unmap with
+/// a gather and strict completion, and fault reporting.
+///
+/// Single-threaded: every call runs to completion except at yield points and hardware
+/// waits, where only hardware events run (design §3), so no call is re-entered.
+public final class IOMMUCore: @unchecked Sendable {
+    public let platform: PlatformContext
+    public var policy: DMAPolicy
+    public private(set) var drivers: [any IOMMUDriver] = []
+    public internal(set) var devices: [Device] = []
+    public internal(set) var groups: [Group] = []
+    /// Domains allocated and not yet freed (static domains excluded).
+    public internal(set) var liveDomains: [Int: IOMMUDomain] = [:]
+    public weak var observer: (any KernelObserver)?
+    public let pasids = PASIDAllocator()
+    var nextDomainID = 1
+    /// The path the driver took in the last successful RID or PASID attach.
+    public internal(set) var lastUpdatePath: UpdatePath = .fresh {
+        didSet { updatePathCounts[lastUpdatePath.rawValue, default: 0] += 1 }
+    }
+    /// How often each update path was taken.
+    public internal(set) var updatePathCounts: [String: Int] = [:]
+    /// Devices that fell to the blocked domain because even a rollback failed.
+    public internal(set) var blockedByRollback = 0
+    /// Faults from requester IDs no probed device has.
+    public internal(set) var unclaimedFaults = 0
+    var nextGroupID = 0
+
+    public init(platform: PlatformContext, policy: DMAPolicy = .strict) {
+        self.platform = platform
+        self.policy = policy
+    }
+
+    /// Adds a driver; its units can then have devices probed behind them.
+    public func register(_ driver: any IOMMUDriver) {
+        drivers.append(driver)
+        driver.register(with: self)
+    }
+
+    var scheduler: Scheduler { platform.scheduler }
+
+    func yield(_ site: YieldSite) { platform.scheduler.yieldPoint(site) }
+
+    /// Gives a driver-made domain its number and records it as live.
+    func adopt(_ domain: IOMMUDomain) {
+        domain.id = nextDomainID
+        nextDomainID += 1
+        liveDomains[domain.id] = domain
+    }
+
+    func checkAlive(_ domain: IOMMUDomain) throws(IOMMUError) {
+        guard !domain.isDestroyed else { throw .notFound("\(domain) was freed") }
+    }
+
+    func checkProbed(_ device: Device) throws(IOMMUError) {
+        guard !device.isReleased, device.group != nil else { throw .noDevice("\(device) is not probed") }
+    }
+
+    /// The core's view of the device's RID domain (what it last attached successfully).
+    public func domain(of device: Device) -> IOMMUDomain? { device.attachedDomain }
+
+    /// The domain attached to (`device`, `pasid`).
+    public func domain(of device: Device, pasid: PASID) -> IOMMUDomain? { device.group?.pasidDomains[pasid.rawValue] }
+
+    /// The device behind `unit` of `driver` with requester ID `rid`.
+    public func device(driver: any IOMMUDriver, unit: Int, requesterID rid: RequesterID) -> Device? {
+        devices.first { $0.driver === driver && $0.unit == unit && $0.requesterID == rid }
+    }
+
+    // MARK: Domains
+
+    /// Allocates a paging domain for use with `device` (Linux `iommu_paging_domain_alloc`,
+    /// `IOMMU_DOMAIN_UNMANAGED`): the user maps and unmaps it and attaches it explicitly.
+    public func allocDomain(for device: Device, flags: DomainFlags = []) throws(IOMMUError) -> IOMMUDomain {
+        try checkProbed(device)
+        guard flags.isDisjoint(with: .deferredFlush) else {
+            throw .invalidArgument("deferred flushing is a policy of DMA domains, not an allocation flag")
+        }
+        if platform.faults.shouldFail(.domainAlloc) { throw .noMemory("domain allocation (injected)") }
+        let d = try device.driver.allocPagingDomain(for: device, type: .unmanaged, flags: flags)
+        adopt(d)
+        return d
+    }
+
+    /// Frees a domain nothing is attached to (Linux `iommu_domain_free`).
+    public func freeDomain(_ domain: IOMMUDomain) throws(IOMMUError) {
+        try checkAlive(domain)
+        guard liveDomains[domain.id] === domain else { throw .invalidArgument("\(domain) is a static domain") }
+        guard domain.attachments == 0 else { throw .busy("\(domain) has \(domain.attachments) attachment(s)") }
+        guard !domain.isCoreOwned else { throw .busy("\(domain) is a group's default domain") }
+        release(domain)
+    }
+
+    func release(_ domain: IOMMUDomain) {
+        domain.isDestroyed = true
+        liveDomains[domain.id] = nil
+        domain.free()
+        observer?.domainFreed(domain)
+    }
+}
+
+/// The global PASID space (Linux `iommu_global_pasid_ida`): PASIDs from 1 up, each
+/// allocation bounded by the device's limit.
+public final class PASIDAllocator: @unchecked Sendable {
+    private var words = [UInt64](repeating: 0, count: Int(PASID.limit) / 64)
+    public private(set) var allocated = 0
+
+    init() { words[0] = 1 } // PASID 0 (IOMMU_NO_PASID) is never handed out.
+
+    /// The lowest free PASID in [1, limit), or nil.
+    func allocate(below limit: UInt32) -> PASID? {
+        let limit = min(limit, PASID.limit)
+        var w = 0
+        while w * 64 < Int(limit) {
+            let free = ~words[w]
+            if free != 0 {
+                let bit = free.trailingZeroBitCount
+                let value = UInt32(w * 64 + bit)
+                guard value < limit else { return nil }
+                words[w] |= 1 << UInt64(bit)
+                allocated += 1
+                return PASID(truncating: value)
+            }
+            w += 1
+        }
+        return nil
+    }
+
+    /// Whether `pasid` is allocated.
+    public func isAllocated(_ pasid: PASID) -> Bool {
+        words[Int(pasid.rawValue) / 64] & (1 << UInt64(pasid.rawValue % 64)) != 0
+    }
+
+    func free(_ pasid: PASID) -> Bool {
+        guard pasid.rawValue != 0, isAllocated(pasid) else { return false }
+        words[Int(pasid.rawValue) / 64] &= ~(1 << UInt64(pasid.rawValue % 64))
+        allocated -= 1
+        return true
+    }
+}

@@ -1,0 +1,72 @@
+import Platform
+import Formats
+
+/// The operations of an IOMMU driver the core uses (Linux `struct iommu_ops`). Domain
+/// operations live on the driver's `IOMMUDomain` subclasses.
+public protocol IOMMUDriver: AnyObject, Sendable {
+    var name: String { get }
+    /// Number of hardware units the driver manages.
+    var unitCount: Int { get }
+    /// Checks the device can be handled and sets up per-device state (`probe_device`).
+    /// Returns the PASID limit the unit supports for it.
+    func probeDevice(_ device: Device) throws(IOMMUError) -> UInt32
+    /// Frees per-device state; the device is already attached to the blocked domain.
+    func releaseDevice(_ device: Device)
+    /// A per-device capability (`capable`).
+    func capable(_ device: Device, _ capability: DriverCapability) -> Bool
+    /// The static blocking domain (`blocked_domain`); its PASID op removes a PASID.
+    var blockedDomain: IOMMUDomain { get }
+    /// The static identity domain, or nil if the hardware has no pass-through.
+    var identityDomain: IOMMUDomain? { get }
+    /// A new paging domain suitable for `device` (`domain_alloc_paging_flags`).
+    func allocPagingDomain(for device: Device, type: DomainType, flags: DomainFlags) throws(IOMMUError) -> IOMMUDomain
+    /// Called once when the driver is registered with a core, to report faults to it.
+    func register(with core: IOMMUCore)
+}
+
+/// Where simulation and tests watch the core: every change of what a device may reach is
+/// announced before it can take effect and again when it is complete. The oracle builds its
+/// intent model from these calls. All methods have empty defaults.
+public protocol KernelObserver: AnyObject {
+    func mapBegan(_ domain: IOMMUDomain, iova: UInt64, physical: UInt64, size: UInt64, permissions: PagePermissions)
+    func mapEnded(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, mapped: Bool)
+    func unmapBegan(_ domain: IOMMUDomain, iova: UInt64, size: UInt64)
+    /// `unmapped` bytes from `iova` are no longer mapped and their invalidation completed;
+    /// the rest of the `requested` range is as before.
+    func unmapEnded(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64)
+    /// (device, pasid) is about to move from `from` to `to` (nil PASID: RID traffic).
+    func transitionBegan(_ device: Device, pasid: PASID?, from: IOMMUDomain?, to: IOMMUDomain?)
+    /// The move ended with `current` in place (the new domain, or the old one after a
+    /// rollback, or the blocked domain) and the driver took `path`.
+    func transitionEnded(_ device: Device, pasid: PASID?, current: IOMMUDomain?, path: UpdatePath)
+    func domainFreed(_ domain: IOMMUDomain)
+    /// A driver handed out `did` on `unit`.
+    func domainIDAllocated(unit: Int, did: DomainID)
+    /// A driver gave `did` on `unit` back (after its invalidation).
+    func domainIDReleased(unit: Int, did: DomainID)
+    func faultReported(_ device: Device?, _ fault: ReportedFault)
+}
+
+extension KernelObserver {
+    public func mapBegan(_ domain: IOMMUDomain, iova: UInt64, physical: UInt64, size: UInt64, permissions: PagePermissions) {}
+    public func mapEnded(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, mapped: Bool) {}
+    public func unmapBegan(_ domain: IOMMUDomain, iova: UInt64, size: UInt64) {}
+    public func unmapEnded(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {}
+    public func transitionBegan(_ device: Device, pasid: PASID?, from: IOMMUDomain?, to: IOMMUDomain?) {}
+    public func transitionEnded(_ device: Device, pasid: PASID?, current: IOMMUDomain?, path: UpdatePath) {}
+    public func domainFreed(_ domain: IOMMUDomain) {}
+    public func domainIDAllocated(unit: Int, did: DomainID) {}
+    public func domainIDReleased(unit: Int, did: DomainID) {}
+    public func faultReported(_ device: Device?, _ fault: ReportedFault) {}
+}
+
+/// Places in software where hardware may overtake the CPU; the simulator's scheduler may
+/// run due hardware events there (design §3).
+public enum KernelYield {
+    public static let afterPTEClear = YieldSite("unmap.after-pte-clear")
+    public static let afterMap = YieldSite("map.after-pte-write")
+    public static let afterPASIDEntryWrite = YieldSite("pasid.after-entry-write")
+    public static let afterPresentClear = YieldSite("pasid.after-present-clear")
+    public static let insideReplace = YieldSite("replace.between-devices")
+    public static let beforeDIDRelease = YieldSite("did.before-release")
+}

@@ -1,0 +1,228 @@
+import Platform
+import Formats
+import Hardware
+
+/// Context and PASID tables in scalable mode (drivers/iommu/intel/pasid.c, VT-d §9.4–9.6).
+extension IntelIOMMU {
+    var memory: PhysicalMemory { platform.memory }
+
+    func load(_ pa: UInt64) throws(IOMMUError) -> UInt64 {
+        do { return try memory.load64(pa) } catch { throw .ioError("table read at 0x\(String(pa, radix: 16)): \(error)") }
+    }
+
+    func store(_ pa: UInt64, _ v: UInt64) throws(IOMMUError) {
+        do { try memory.store64(pa, v) } catch { throw .ioError("table write at 0x\(String(pa, radix: 16)): \(error)") }
+    }
+
+    func allocFrame(_ purpose: FrameAllocator.Purpose) throws(IOMMUError) -> UInt64 {
+        do { return try platform.frames.allocate(purpose) } catch { throw .noMemory("\(purpose) frame on \(name)") }
+    }
+
+    func freeFrame(_ pa: UInt64) { try? platform.frames.free(pa) }
+
+    /// Root-entry half that covers `rid` (lower: devfn 0–127, upper: 128–255).
+    func rootEntrySlot(_ rid: RequesterID) -> UInt64 { rootTable + UInt64(rid.bus) * 16 + (rid.devfn >= 128 ? 8 : 0) }
+
+    func contextTableKey(_ rid: RequesterID) -> UInt16 { UInt16(rid.bus) << 1 | (rid.devfn >= 128 ? 1 : 0) }
+
+    /// Sets up a device (Linux `intel_pasid_alloc_table` + `domain_context_mapping`): a PASID
+    /// directory sized for its PASIDs, and a present scalable-mode context entry pointing at
+    /// it, present bit written last. Returns the PASID limit its tables hold.
+    func probe(_ device: Device) throws(IOMMUError) -> UInt32 {
+        let rid = device.requesterID
+        guard devices[rid.rawValue] == nil else { throw .exists("\(rid) is already set up on \(name)") }
+        let unitPASIDs: UInt64 = extendedCapability.pasid ? UInt64(1) << UInt64(extendedCapability.pasidBits) : 1
+        let wanted = max(1, min(UInt64(device.maxPASIDs), unitPASIDs))
+        var pdts: UInt8 = 0
+        while (UInt64(1) << UInt64(pdts + 7)) * 64 < wanted && (UInt64(1) << UInt64(pdts + 8)) <= Self.maxDirectoryEntries { pdts += 1 }
+        let entries = UInt64(1) << UInt64(pdts + 7)
+        let rootSlot = rootEntrySlot(rid)
+        var half = try load(rootSlot)
+        var newTable: UInt64 = 0
+        if half & 1 == 0 {
+            newTable = try allocFrame(.contextTable)
+        }
+        let directory: UInt64
+        do { directory = try allocFrame(.pasidDirectory) } catch {
+            if newTable != 0 { freeFrame(newTable) }
+            throw error
+        }
+        if newTable != 0 {
+            half = newTable | 1
+            try store(rootSlot, half)
+        }
+        contextTableUsers[contextTableKey(rid), default: 0] += 1
+        let entry = ScalableContextEntry(present: true, fpd: false, deviceTLB: device.ats && extendedCapability.deviceTLB,
+                                         pasidEnable: extendedCapability.pasid, pageRequest: false, pdts: pdts,
+                                         pasidDirectory: directory, ridPASID: 0)
+        let address = (half & ~0xFFF) + UInt64(rid.devfn & 0x7F) * 32
+        try store(address + 8, entry.val.1); try store(address + 16, entry.val.2); try store(address + 24, entry.val.3)
+        try store(address, entry.val.0)
+        let info = VTdDeviceInfo(requesterID: rid, unit: index, pasidDirectory: directory, directoryEntries: entries, ats: device.ats)
+        devices[rid.rawValue] = info
+        device.driverData = info
+        return min(UInt32(clamping: unitPASIDs), info.pasidLimit)
+    }
+
+    /// Removes a device's context (Linux `domain_context_clear_one` + `intel_pasid_free_table`):
+    /// present bit cleared, context and PASID caches for it invalidated, then the entry
+    /// zeroed and its PASID tables freed; an emptied context table is unlinked and freed.
+    func release(_ device: Device) {
+        let rid = device.requesterID
+        guard let info = devices[rid.rawValue] else { return }
+        let rootSlot = rootEntrySlot(rid)
+        let half = (try? load(rootSlot)) ?? 0
+        var flushed = true
+        if half & 1 != 0 {
+            let address = (half & ~0xFFF) + UInt64(rid.devfn & 0x7F) * 32
+            let v0 = (try? load(address)) ?? 0
+            try? store(address, v0 & ~1)
+            do {
+                try queue.submitAndWait([.contextCache(.device(DomainIDAllocator.reserved, rid, functionMask: 0)), .pasidCache(.global)])
+            } catch { flushed = false }
+            for i in 0..<4 { try? store(address + UInt64(i) * 8, 0) }
+        }
+        devices[rid.rawValue] = nil
+        device.driverData = nil
+        // Tables the hardware might still walk through a stale context-cache entry are kept.
+        guard flushed else { return }
+        for (_, table) in info.leafTables { freeFrame(table) }
+        freeFrame(info.pasidDirectory)
+        let key = contextTableKey(rid)
+        contextTableUsers[key, default: 1] -= 1
+        if contextTableUsers[key] == 0, half & 1 != 0 {
+            contextTableUsers[key] = nil
+            try? store(rootSlot, 0)
+            freeFrame(half & ~0xFFF)
+        }
+    }
+
+    /// Address of the PASID-table entry of (`info`, `pasid`), allocating the leaf table when
+    /// asked (a new leaf is zeroed before it is linked, so hardware sees it empty).
+    func pasidEntryAddress(_ info: VTdDeviceInfo, _ pasid: UInt32, create: Bool) throws(IOMMUError) -> UInt64? {
+        guard pasid < info.pasidLimit else { throw .invalidArgument("PASID \(pasid) beyond the table of \(info.requesterID)") }
+        let (dir, slot) = PASIDDirectoryEntry.indices(of: pasid)
+        if let leaf = info.leafTables[dir] { return leaf + slot * PASIDEntry.size }
+        guard create else { return nil }
+        let leaf = try allocFrame(.pasidTable)
+        try store(info.pasidDirectory + dir * PASIDDirectoryEntry.size, PASIDDirectoryEntry(table: leaf).raw)
+        info.leafTables[dir] = leaf
+        return leaf + slot * PASIDEntry.size
+    }
+
+    func readEntry(_ address: UInt64) throws(IOMMUError) -> PASIDEntry {
+        var e = PASIDEntry()
+        for i in 0..<8 { e.val[i] = try load(address + UInt64(i) * 8) }
+        return e
+    }
+
+    /// Programs the PASID entry of (`device`, `pasid`) to `new`.
+    ///
+    /// - Not present: words 7…1 are written, then word 0 with the present bit (Linux
+    ///   `pasid_set_present` after a barrier); non-caching-mode hardware caches no
+    ///   non-present entries, so nothing needs invalidating.
+    /// - Present: hitless where it is safe: when only word 0 differs (same DID) one 64-bit
+    ///   store; when only the first 128 bits differ (DID, PGTT, table pointer) one 128-bit
+    ///   compare-exchange, since hardware fetches the entry in 128-bit chunks at least. Then
+    ///   the PASID cache and IOTLB are invalidated under the *old* DID. Otherwise the old
+    ///   entry is torn down first and the new one set up (not hitless: VT-d §6.5.3.3, and
+    ///   Linux's "Fix race condition during PASID entry replacement").
+    ///
+    /// `exposed` is set once hardware may have fetched `new` (so caches may hold entries
+    /// tagged with its DID even if this call then fails).
+    func programEntry(_ device: Device, pasid: UInt32, _ new: PASIDEntry, exposed: inout Bool) throws(IOMMUError) -> UpdatePath {
+        guard let info = devices[device.requesterID.rawValue] else { throw .noDevice("\(device) is not set up on \(name)") }
+        guard let address = try pasidEntryAddress(info, pasid, create: true) else { throw .ioError("no PASID table") }
+        let old = try readEntry(address)
+        guard old.present else {
+            exposed = true
+            try setUp(address, new)
+            return .fresh
+        }
+        if old == new { return .unchanged }
+        var path: UpdatePath = .teardownSetup
+        var sameTail = true
+        for i in 2..<8 where old.val[i] != new.val[i] { sameTail = false }
+        if sameTail && old.val[1] == new.val[1] {
+            exposed = true
+            try store(address, new.val[0])
+            path = .singleWord
+        } else if sameTail {
+            let r: (exchanged: Bool, original: (UInt64, UInt64))
+            do {
+                r = try memory.compareExchange128(address, expected: (old.val[0], old.val[1]), desired: (new.val[0], new.val[1]))
+            } catch { throw .ioError("PASID entry update: \(error)") }
+            if r.exchanged { path = .compareExchange128; exposed = true }
+        }
+        guard path != .teardownSetup else {
+            try tearDown(address, old, pasid: pasid, info: info)
+            exposed = true
+            try setUp(address, new)
+            return .teardownSetup
+        }
+        platform.scheduler.yieldPoint(KernelYield.afterPASIDEntryWrite)
+        do { try flushEntry(old, pasid: pasid, info: info) } catch {
+            // Keep the old configuration on error (the set_dev_pasid contract): put the old
+            // words back; the caller treats the new DID as possibly cached.
+            _ = try? memory.compareExchange128(address, expected: (new.val[0], new.val[1]), desired: (old.val[0], old.val[1]))
+            throw error
+        }
+        return path
+    }
+
+    func setUp(_ address: UInt64, _ e: PASIDEntry) throws(IOMMUError) {
+        for i in stride(from: 7, through: 1, by: -1) { try store(address + UInt64(i) * 8, e.val[i]) }
+        try store(address, e.val[0])
+    }
+
+    /// Removes the PASID entry of (`device`, `pasid`) if present. Returns false when the
+    /// invalidation failed (the caller must then not reuse the DID).
+    @discardableResult
+    func removeEntry(_ device: Device, pasid: UInt32) -> Bool {
+        guard let info = devices[device.requesterID.rawValue],
+              let address = try? pasidEntryAddress(info, pasid, create: false),
+              let old = try? readEntry(address), old.present else { return true }
+        do { try tearDown(address, old, pasid: pasid, info: info) } catch { return false }
+        return true
+    }
+
+    /// Teardown in the order VT-d §6.5.3.3 requires: clear the present bit only, invalidate
+    /// the PASID cache, IOTLB and device TLB for the old DID and wait, then zero the entry.
+    func tearDown(_ address: UInt64, _ old: PASIDEntry, pasid: UInt32, info: VTdDeviceInfo) throws(IOMMUError) {
+        try store(address, old.val[0] & ~1)
+        platform.scheduler.yieldPoint(KernelYield.afterPresentClear)
+        do { try flushEntry(old, pasid: pasid, info: info) } catch {
+            // Leave the entry non-present but unzeroed: nothing new can be cached from it.
+            throw error
+        }
+        for i in 0..<8 { try store(address + UInt64(i) * 8, 0) }
+    }
+
+    /// Invalidates what hardware may cache from `old` (Linux `pasid_cache_invalidation_with_pasid`,
+    /// `iotlb_invalidation_with_pasid` / DSI for second-stage, `devtlb_invalidation_with_pasid`).
+    func flushEntry(_ old: PASIDEntry, pasid: UInt32, info: VTdDeviceInfo) throws(IOMMUError) {
+        let did = old.did
+        let p = PASID(truncating: pasid)
+        var descriptors: [InvalidationDescriptor] = [.pasidCache(.pasid(did, p))]
+        switch old.pgtt {
+        case .secondStage?, .nested?: descriptors.append(.iotlb(.domain(did)))
+        default: descriptors.append(.pasidIOTLB(did, p, .pasid))
+        }
+        if info.ats && extendedCapability.deviceTLB {
+            descriptors.append(deviceTLBInvalidation(info.requesterID, pasid: pasid, address: 0, mask: 52))
+        }
+        try queue.submitAndWait(descriptors)
+    }
+
+    /// A device-TLB invalidation of 2^`mask` pages at `address` (PCIe ATS invalidate
+    /// request: with S set the range size is encoded in the low address bits).
+    func deviceTLBInvalidation(_ rid: RequesterID, pasid: UInt32, address: UInt64, mask: UInt8) -> InvalidationDescriptor {
+        var a = address & ~0xFFF
+        if mask > 0 { a |= ((UInt64(1) << UInt64(min(63, 12 + Int(mask) - 1))) - 1) & ~0xFFF }
+        if pasid == 0 {
+            return .deviceTLB(source: rid, pfsid: rid.rawValue, queueDepth: 0, address: a, sizeBit: mask > 0)
+        }
+        return .pasidDeviceTLB(source: rid, pfsid: rid.rawValue, queueDepth: 0, pasid: PASID(truncating: pasid),
+                               address: a, sizeBit: mask > 0, global: false)
+    }
+}

@@ -1,0 +1,94 @@
+import Platform
+import Formats
+import Hardware
+
+/// The Intel VT-d driver (the counterpart of drivers/iommu/intel/iommu.c): one instance
+/// manages a set of remapping units, as Linux's `intel_iommu_ops` covers every DMAR unit.
+/// It programs the emulated units only through their registers and through structures in
+/// physical memory.
+public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
+    public let name: String
+    public let platform: PlatformContext
+    public let units: [IntelIOMMU]
+    public private(set) weak var core: IOMMUCore?
+    private var blocked: VTdBlockedDomain!
+    private var identity: VTdIdentityDomain?
+
+    /// Brings up `hardware` (root tables, invalidation queues, translation enabled).
+    public init(name: String = "intel-iommu", platform: PlatformContext, hardware: [VTdUnit]) throws(IOMMUError) {
+        self.name = name
+        self.platform = platform
+        var made: [IntelIOMMU] = []
+        for (i, u) in hardware.enumerated() {
+            do { made.append(try IntelIOMMU(index: i, unit: u, platform: platform)) } catch {
+                for m in made { m.shutdown() }
+                throw error
+            }
+        }
+        units = made
+        blocked = VTdBlockedDomain(driver: self)
+        if units.allSatisfy({ $0.extendedCapability.passThrough }) { identity = VTdIdentityDomain(driver: self) }
+        for u in units {
+            u.driver = self
+            do { try u.enable() } catch {
+                for m in units { m.shutdown() }
+                throw error
+            }
+        }
+    }
+
+    /// Turns every unit off and frees their frames (after all devices are released).
+    public func shutdown() {
+        for u in units { u.shutdown() }
+    }
+
+    public var unitCount: Int { units.count }
+    public var blockedDomain: IOMMUDomain { blocked }
+    public var identityDomain: IOMMUDomain? { identity }
+
+    public func register(with core: IOMMUCore) { self.core = core }
+
+    func iommu(for device: Device) throws(IOMMUError) -> IntelIOMMU {
+        guard device.driver === self, device.unit >= 0, device.unit < units.count else {
+            throw .incompatible("\(device) is not behind \(name)")
+        }
+        return units[device.unit]
+    }
+
+    public func probeDevice(_ device: Device) throws(IOMMUError) -> UInt32 {
+        try iommu(for: device).probe(device)
+    }
+
+    public func releaseDevice(_ device: Device) {
+        guard let u = try? iommu(for: device) else { return }
+        u.release(device)
+    }
+
+    /// VT-d defers unmap invalidation happily (Linux `intel_iommu_capable` returns true for
+    /// `IOMMU_CAP_DEFERRED_FLUSH`), is coherent, and tracks dirty bits with SSADS.
+    public func capable(_ device: Device, _ capability: DriverCapability) -> Bool {
+        guard let u = try? iommu(for: device) else { return false }
+        switch capability {
+        case .cacheCoherency, .deferredFlush: return true
+        case .dirtyTracking: return u.extendedCapability.secondStageAD
+        }
+    }
+
+    /// A second-stage paging domain shaped by the device's unit (Linux
+    /// `intel_iommu_domain_alloc_paging_flags`): 4-level tables where supported, the superpage
+    /// sizes the unit offers.
+    public func allocPagingDomain(for device: Device, type: DomainType, flags: DomainFlags) throws(IOMMUError) -> IOMMUDomain {
+        let u = try iommu(for: device)
+        guard type.isPaging else { throw .invalidArgument("\(type) is not a paging type") }
+        guard u.extendedCapability.secondStage else { throw .notSupported("\(u.name) has no second-stage translation") }
+        let levels: Int
+        if u.capability.supportsSecondStage(levels: 4) { levels = 4 } else if u.capability.supportsSecondStage(levels: 5) { levels = 5 } else {
+            throw .notSupported("\(u.name) supports neither 4- nor 5-level tables")
+        }
+        let large = u.capability.secondStageLargePages
+        let maxLeaf = large & 2 != 0 ? 3 : large & 1 != 0 ? 2 : 1
+        if flags.contains(.nestParent) && !u.extendedCapability.nested { throw .notSupported("\(u.name) cannot nest") }
+        return try VTdPagingDomain(driver: self, type: type, flags: flags, levels: levels, maxLeafLevel: maxLeaf,
+                                   addressWidth: u.unit.configuration.hostAddressWidth)
+    }
+}

@@ -1,0 +1,96 @@
+import Platform
+import Formats
+import Hardware
+
+/// The driver's side of a unit's queued-invalidation interface (Linux `qi_submit_sync`,
+/// drivers/iommu/intel/dmar.c): descriptors are written at the tail in memory, IQT is
+/// advanced, and a wait descriptor with a status write tells software when the hardware
+/// has done everything before it.
+final class VTdInvalidationQueue {
+    let unit: VTdUnit
+    let platform: PlatformContext
+    let base: UInt64
+    let statusAddress: UInt64
+    /// 256-bit descriptors in one 4 KiB page.
+    let slots: UInt64 = 128
+    var tail: UInt64 = 0
+    var nextStatus: UInt32 = 1
+    /// Virtual time a wait may take before it is a time-out.
+    var timeoutNs: UInt64 = 1_000_000
+    /// Descriptors per submission before a wait (Linux `QI_MAX_BATCHED_DESC_COUNT`).
+    static let batchLimit = 16
+    private(set) var submissions: UInt64 = 0
+    private(set) var descriptorsSubmitted: UInt64 = 0
+    private(set) var timeouts: UInt64 = 0
+    private(set) var queueErrors: UInt64 = 0
+
+    init(unit: VTdUnit, platform: PlatformContext, base: UInt64, statusAddress: UInt64) {
+        self.unit = unit; self.platform = platform; self.base = base; self.statusAddress = statusAddress
+    }
+
+    /// Submits `descriptors` in batches, each followed by a wait descriptor, and waits for
+    /// each batch. Throws `ETIMEDOUT` if a wait does not complete, `EIO` if the hardware
+    /// reports an invalidation-queue error (the bad descriptor is replaced and the queue
+    /// restarted, as Linux `qi_check_fault` does).
+    func submitAndWait(_ descriptors: [InvalidationDescriptor]) throws(IOMMUError) {
+        var i = 0
+        repeat {
+            let end = min(descriptors.count, i + Self.batchLimit)
+            try submitBatch(descriptors[i..<end])
+            i = end
+        } while i < descriptors.count
+    }
+
+    private func write(_ d: InvalidationDescriptor) throws(IOMMUError) {
+        let raw = d.encode()
+        let slot = base + tail
+        do {
+            try platform.memory.store64(slot, raw.qw0); try platform.memory.store64(slot + 8, raw.qw1)
+            try platform.memory.store64(slot + 16, raw.qw2); try platform.memory.store64(slot + 24, raw.qw3)
+        } catch { throw .ioError("invalidation queue memory: \(error)") }
+        tail = (tail + 32) % (slots * 32)
+    }
+
+    private func submitBatch(_ batch: ArraySlice<InvalidationDescriptor>) throws(IOMMUError) {
+        // The queue is drained at every wait, so a batch always fits.
+        let status = nextStatus
+        nextStatus = nextStatus == .max ? 1 : nextStatus + 1
+        for d in batch { try write(d) }
+        try write(.wait(InvalidationWait(statusWrite: true, fence: true, statusData: status, statusAddress: statusAddress)))
+        submissions += 1
+        descriptorsSubmitted += UInt64(batch.count)
+        unit.write64(VTdRegister.invalidationQueueTail, tail)
+        let memory = platform.memory
+        let u = unit
+        let address = statusAddress
+        do {
+            try platform.scheduler.wait(until: {
+                (try? memory.load32(address)) == status || u.read32(VTdRegister.faultStatus) & VTdFaultStatus.invalidationQueueError != 0
+            }, timeoutNs: timeoutNs)
+        } catch {
+            timeouts += 1
+            throw .timedOut("invalidation wait on \(unit.configuration.name) did not complete")
+        }
+        if unit.read32(VTdRegister.faultStatus) & VTdFaultStatus.invalidationQueueError != 0 {
+            queueErrors += 1
+            recoverFromQueueError()
+            throw .ioError("invalidation queue error on \(unit.configuration.name)")
+        }
+    }
+
+    /// Replaces the descriptor at the head (the one the hardware refused) with a harmless
+    /// wait without status write, then clears IQE so the queue continues.
+    private func recoverFromQueueError() {
+        let head = unit.read64(VTdRegister.invalidationQueueHead)
+        let nop = InvalidationDescriptor.wait(InvalidationWait(statusWrite: false, fence: false)).encode()
+        let slot = base + (head % (slots * 32))
+        try? platform.memory.store64(slot, nop.qw0); try? platform.memory.store64(slot + 8, nop.qw1)
+        try? platform.memory.store64(slot + 16, 0); try? platform.memory.store64(slot + 24, 0)
+        unit.write32(VTdRegister.faultStatus, VTdFaultStatus.invalidationQueueError)
+        let memory = platform.memory
+        let u = unit
+        let t = tail
+        _ = try? platform.scheduler.wait(until: { u.read64(VTdRegister.invalidationQueueHead) == t }, timeoutNs: timeoutNs)
+        _ = memory
+    }
+}

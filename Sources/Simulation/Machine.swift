@@ -1,0 +1,61 @@
+import Platform
+import Formats
+import Hardware
+import Kernel
+
+/// One simulated computer: memory and scheduler, VT-d units, PCIe endpoints, the kernel
+/// (IOMMU core with the VT-d driver) and the oracle watching every DMA. There is no global
+/// state: many machines can run side by side.
+public final class Machine: @unchecked Sendable {
+    public let platform: PlatformContext
+    public let units: [VTdUnit]
+    public let driver: VTdDriver
+    public let core: IOMMUCore
+    public let oracle: Oracle
+    public private(set) var endpoints: [PCIeEndpoint] = []
+    /// Frames the scenario took for DMA buffers (freed at teardown).
+    public private(set) var buffers: [UInt64] = []
+
+    public init(seed: UInt64, memorySize: UInt64 = 256 << 20, units configurations: [VTdConfiguration],
+                policy: DMAPolicy = .strict) throws {
+        let platform = try PlatformContext(memorySize: memorySize, seed: seed)
+        self.platform = platform
+        units = configurations.map { VTdUnit(configuration: $0, platform: platform) }
+        oracle = Oracle(platform: platform, units: units)
+        core = IOMMUCore(platform: platform, policy: policy)
+        core.observer = oracle
+        driver = try VTdDriver(platform: platform, hardware: units)
+        core.register(driver)
+        let d = driver
+        oracle.reservedCheck = { d.units.allSatisfy { $0.domainIDs.reservedIntact } }
+    }
+
+    /// Probes devices and creates their endpoints.
+    @discardableResult
+    public func addDevices(_ descriptions: [DeviceDescription]) throws(IOMMUError) -> [(Device, PCIeEndpoint)] {
+        let devices = try core.probe(descriptions, driver: driver)
+        return devices.map { d in
+            let e = PCIeEndpoint(name: d.name, requesterID: d.requesterID, unit: units[d.unit])
+            endpoints.append(e)
+            return (d, e)
+        }
+    }
+
+    /// A zeroed frame for DMA data.
+    public func allocateBuffer() throws(IOMMUError) -> UInt64 {
+        do {
+            let f = try platform.frames.allocate(.dmaBuffer)
+            try platform.memory.zero(f, count: 4096)
+            buffers.append(f)
+            return f
+        } catch { throw .noMemory("DMA buffer") }
+    }
+
+    /// Returns every DMA buffer frame.
+    public func freeBuffers() {
+        for b in buffers { try? platform.frames.free(b) }
+        buffers = []
+    }
+
+    public var scheduler: Scheduler { platform.scheduler }
+}

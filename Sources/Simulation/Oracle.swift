@@ -1,0 +1,249 @@
+import Platform
+import Formats
+import Hardware
+import Kernel
+
+/// The isolation oracle (design §5): an intent model of what each (unit, RID, PASID) may
+/// reach, built from what software announced, and a check of every DMA access the hardware
+/// performed against it.
+///
+/// - Each domain has a shadow of its mappings: a range being mapped may or may not be
+///   visible yet; a range being unmapped stays permitted (stale) until its unmap, including
+///   the invalidation and wait, returns (strict); after that, using it is a violation.
+/// - A (RID, PASID) in transition from A to B may reach A ∪ B; after it, B alone; blocked
+///   or unattached, nothing. A fault during a transition the driver calls hitless, at an
+///   address A and B map alike, is a violation.
+/// - A fault outside any transition at an address the domain maps (settled, with the right
+///   permission) is a violation: the mapping should have been visible.
+/// - DIDs: never 0 or 1, never handed out twice, never handed out or released while the
+///   unit still caches entries tagged with them; the reserved ones stay reserved.
+/// - After teardown: no frame, DID, PASID or domain left.
+public final class Oracle: KernelObserver, @unchecked Sendable {
+    enum Ref: Equatable { case identity, paging(Int) }
+
+    struct Window {
+        var current: Ref?
+        var previous: Ref?
+        var inTransition = false
+        var alikeFaults: [String] = []
+    }
+
+    let platform: PlatformContext
+    let units: [VTdUnit]
+    private var shadows: [Int: ShadowMap] = [:]
+    private var graveyards: [Int: ShadowMap] = [:]
+    private var windows: [UInt64: Window] = [:]
+    private var liveDIDs: [Set<UInt16>]
+    public var reservedCheck: (() -> Bool)?
+
+    public private(set) var checks: UInt64 = 0
+    public private(set) var faultsSeen: UInt64 = 0
+    public private(set) var violationCount = 0
+    public private(set) var violations: [Violation] = []
+    public let violationLimit = 100
+    /// Faults that were expected (device blocked, address unmapped, transition not hitless).
+    public private(set) var expectedFaults: UInt64 = 0
+
+    public init(platform: PlatformContext, units: [VTdUnit]) {
+        self.platform = platform
+        self.units = units
+        liveDIDs = [Set<UInt16>](repeating: [], count: units.count)
+        for (i, u) in units.enumerated() {
+            u.accessObserver = { [unowned self] record in self.check(unit: i, record) }
+        }
+    }
+
+    func violate(_ invariant: String, _ detail: String) {
+        violationCount += 1
+        if violations.count < violationLimit {
+            violations.append(Violation(invariant: invariant, detail: detail, event: platform.scheduler.eventsRun,
+                                        time: platform.scheduler.now))
+        }
+    }
+
+    static func key(unit: Int, rid: RequesterID, pasid: UInt32) -> UInt64 {
+        UInt64(unit) << 40 | UInt64(rid.rawValue) << 20 | UInt64(pasid)
+    }
+
+    func ref(_ d: IOMMUDomain?) -> Ref? {
+        guard let d else { return nil }
+        switch d.type {
+        case .blocked: return nil
+        case .identity: return .identity
+        default: return .paging(d.id)
+        }
+    }
+
+    static func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+
+    // MARK: DMA checks
+
+    /// Does `r` permit a device access of `access` at `iova` landing on `physical`?
+    func permits(_ r: Ref, iova: UInt64, physical: UInt64, access: DMAAccess) -> Bool {
+        switch r {
+        case .identity: return physical == iova
+        case .paging(let id):
+            guard let region = shadows[id]?.lookup(iova) else { return false }
+            guard region.physical &+ (iova - region.start) == physical else { return false }
+            if access.contains(.write) && !region.permissions.contains(.write) { return false }
+            if access.contains(.read) && !access.contains(.write) && !region.permissions.contains(.read) { return false }
+            return true
+        }
+    }
+
+    /// Where `r` maps `iova` when the mapping is settled and allows `access`.
+    func settledTarget(_ r: Ref, iova: UInt64, access: DMAAccess) -> UInt64? {
+        switch r {
+        case .identity: return iova
+        case .paging(let id):
+            guard let region = shadows[id]?.lookup(iova), region.state == .settled else { return nil }
+            if access.contains(.write) && !region.permissions.contains(.write) { return nil }
+            if !access.contains(.write) && !region.permissions.contains(.read) { return nil }
+            return region.physical &+ (iova - region.start)
+        }
+    }
+
+    func check(unit: Int, _ a: DMAAccessRecord) {
+        checks &+= 1
+        let key = Self.key(unit: unit, rid: a.source, pasid: a.pasid?.rawValue ?? 0)
+        let w = windows[key]
+        let who = "\(a.source)\(a.pasid.map { " \($0)" } ?? "") on unit \(unit)"
+        if let pa = a.physical {
+            if let c = w?.current, permits(c, iova: a.address, physical: pa, access: a.access) { return }
+            if let p = w?.previous, permits(p, iova: a.address, physical: pa, access: a.access) { return }
+            guard let c = w?.current ?? w?.previous else {
+                violate("unpermitted-access", "\(who) reached \(Self.hex(pa)) at IOVA \(Self.hex(a.address)) with no domain attached")
+                return
+            }
+            if case .paging(let id) = c, let old = graveyards[id]?.lookup(a.address),
+               old.physical &+ (a.address - old.start) == pa {
+                violate("stale-translation", "\(who) reached \(Self.hex(pa)) through IOVA \(Self.hex(a.address)) of domain \(id) after its unmap returned")
+                return
+            }
+            violate("unpermitted-access", "\(who) reached \(Self.hex(pa)) at IOVA \(Self.hex(a.address)) (\(a.access.contains(.write) ? "write" : "read")), which its domain does not map there")
+            return
+        }
+        guard let reason = a.fault else { return }
+        faultsSeen &+= 1
+        guard var w, let current = w.current else { expectedFaults &+= 1; return }
+        if w.inTransition {
+            if let previous = w.previous, let t1 = settledTarget(previous, iova: a.address, access: a.access),
+               settledTarget(current, iova: a.address, access: a.access) == t1 {
+                w.alikeFaults.append("\(who) faulted (\(reason)) at IOVA \(Self.hex(a.address)), mapped alike in both domains")
+                windows[key] = w
+            } else {
+                expectedFaults &+= 1
+            }
+            return
+        }
+        if settledTarget(current, iova: a.address, access: a.access) != nil {
+            violate("unexpected-fault", "\(who) faulted (\(reason)) at IOVA \(Self.hex(a.address)), which its domain maps")
+        } else {
+            expectedFaults &+= 1
+        }
+    }
+
+    // MARK: KernelObserver
+
+    public func mapBegan(_ domain: IOMMUDomain, iova: UInt64, physical: UInt64, size: UInt64, permissions: PagePermissions) {
+        shadows[domain.id, default: ShadowMap()].insert(iova, iova + size, physical: physical, permissions: permissions, state: .mapping)
+        graveyards[domain.id]?.remove(iova, iova + size)
+    }
+
+    public func mapEnded(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, mapped: Bool) {
+        if mapped {
+            shadows[domain.id]?.setState(iova, iova + size, to: .settled, from: .mapping)
+        } else {
+            shadows[domain.id]?.remove(iova, iova + size)
+        }
+    }
+
+    public func unmapBegan(_ domain: IOMMUDomain, iova: UInt64, size: UInt64) {
+        shadows[domain.id]?.setState(iova, iova + size, to: .unmapping, from: .settled)
+    }
+
+    public func unmapEnded(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {
+        guard var s = shadows[domain.id] else { return }
+        var gone = graveyards[domain.id] ?? ShadowMap()
+        var a = iova
+        while a < iova + unmapped, let r = s.lookup(a) {
+            let end = min(r.end, iova + unmapped)
+            gone.insert(a, end, physical: r.physical + (a - r.start), permissions: r.permissions, state: .settled)
+            a = end
+        }
+        s.remove(iova, iova + unmapped)
+        s.setState(iova + unmapped, iova + requested, to: .settled, from: .unmapping)
+        shadows[domain.id] = s
+        graveyards[domain.id] = gone
+    }
+
+    public func transitionBegan(_ device: Device, pasid: PASID?, from: IOMMUDomain?, to: IOMMUDomain?) {
+        let key = Self.key(unit: device.unit, rid: device.requesterID, pasid: pasid?.rawValue ?? 0)
+        var w = windows[key] ?? Window()
+        w.previous = ref(from)
+        w.current = ref(to)
+        w.inTransition = true
+        w.alikeFaults = []
+        windows[key] = w
+    }
+
+    public func transitionEnded(_ device: Device, pasid: PASID?, current: IOMMUDomain?, path: UpdatePath) {
+        let key = Self.key(unit: device.unit, rid: device.requesterID, pasid: pasid?.rawValue ?? 0)
+        var w = windows[key] ?? Window()
+        if path.isHitless, path != .removed {
+            for f in w.alikeFaults { violate("replace-not-hitless", "\(f) during a \(path.rawValue) update") }
+        }
+        expectedFaults &+= UInt64(path.isHitless && path != .removed ? 0 : w.alikeFaults.count)
+        w = Window(current: ref(current))
+        if w.current == nil { windows[key] = nil } else { windows[key] = w }
+    }
+
+    public func domainFreed(_ domain: IOMMUDomain) {
+        if let s = shadows[domain.id], !s.isEmpty {
+            // Freeing a domain with mappings is allowed (the tables go with it); forget them.
+        }
+        shadows[domain.id] = nil
+        graveyards[domain.id] = nil
+    }
+
+    public func domainIDAllocated(unit: Int, did: DomainID) {
+        checks &+= 1
+        if did.rawValue < 2 { violate("did-reserved", "unit \(unit) handed out reserved \(did)") }
+        if !liveDIDs[unit].insert(did.rawValue).inserted { violate("did-double-allocation", "unit \(unit) handed out \(did) twice") }
+        let cached = units[unit].cachedEntries(taggedWith: did)
+        if cached.iotlb + cached.pasidCache > 0 {
+            violate("did-reuse-while-cached", "unit \(unit) reused \(did) while \(cached.iotlb) IOTLB and \(cached.pasidCache) PASID-cache entries tagged with it remain")
+        }
+        if let reservedCheck, !reservedCheck() { violate("did-reserved", "a reserved DID fell out of use") }
+    }
+
+    public func domainIDReleased(unit: Int, did: DomainID) {
+        checks &+= 1
+        liveDIDs[unit].remove(did.rawValue)
+        let cached = units[unit].cachedEntries(taggedWith: did)
+        if cached.iotlb + cached.pasidCache > 0 {
+            violate("did-released-while-cached", "unit \(unit) released \(did) while \(cached.iotlb) IOTLB and \(cached.pasidCache) PASID-cache entries tagged with it remain")
+        }
+    }
+
+    // MARK: Teardown
+
+    /// Checks nothing is left once everything was torn down and the driver shut down.
+    public func checkTeardown(core: IOMMUCore, driver: VTdDriver) {
+        checks &+= 1
+        let frames = platform.frames
+        if frames.inUse > 0 {
+            let parts = FrameAllocator.Purpose.allCases.compactMap { p in frames.inUse(p) > 0 ? "\(p): \(frames.inUse(p))" : nil }
+            violate("frame-leak", "\(frames.inUse) frame(s) still allocated after teardown (\(parts.joined(separator: ", ")))")
+        }
+        for u in driver.units {
+            if u.domainIDs.allocated > 0 { violate("did-leak", "\(u.unit.configuration.name) still has \(u.domainIDs.allocated) DID(s) allocated") }
+            if !u.domainIDs.quarantined.isEmpty {
+                violate("did-leak", "\(u.unit.configuration.name) quarantined \(u.domainIDs.quarantined.count) DID(s) after failed invalidations")
+            }
+            if !u.domainIDs.reservedIntact { violate("did-reserved", "\(u.unit.configuration.name) lost a reserved DID") }
+        }
+        if core.pasids.allocated > 0 { violate("pasid-leak", "\(core.pasids.allocated) PASID(s) still allocated") }
+        if !core.liveDomains.isEmpty { violate("domain-leak", "\(core.liveDomains.count) domain(s) not freed") }
+    }
+}

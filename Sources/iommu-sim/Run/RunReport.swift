@@ -1,0 +1,89 @@
+import Simulation
+
+/// Renders a `RunResult` as plain words or as deterministic JSON (wall-clock figures only
+/// under `host`).
+struct RunReport {
+    let result: RunResult
+
+    func json() -> JSON {
+        let r = result
+        let hostSeconds = Double(r.wallNs) / 1e9
+        return .object([
+            ("scenario", .string(r.scenario)),
+            ("seed", .uint(r.seed)),
+            ("virtualTimeNs", .uint(r.virtualTimeNs)),
+            ("eventsRun", .uint(r.eventsRun)),
+            ("yieldsTaken", .uint(r.yieldsTaken)),
+            ("dma", .object([
+                ("translations", .uint(r.translations)),
+                ("faults", .uint(r.translationFaults)),
+                ("faultsRecorded", .uint(r.faultsRecorded)),
+                ("devices", .array(r.devices.map { d in
+                    .object([("name", .string(d.name)), ("requests", .uint(d.requests)), ("faultedRequests", .uint(d.faultedRequests)),
+                             ("faultsReported", .int(Int64(d.faultsReported))), ("bytesRead", .uint(d.bytesRead)),
+                             ("bytesWritten", .uint(d.bytesWritten))])
+                })),
+            ])),
+            ("iotlb", .object([("hits", .uint(r.iotlbHits)), ("misses", .uint(r.iotlbMisses))])),
+            ("invalidations", .object([("total", .uint(r.invalidations)), ("waits", .uint(r.invalidationWaits)),
+                                       ("byType", .object(r.invalidationsByType.map { ($0.0, .uint($0.1)) }))])),
+            ("updatePaths", .object(r.updatePaths.map { ($0.0, .int(Int64($0.1))) })),
+            ("memory", .object([("peakFrames", .int(Int64(r.peakFrames))), ("framesLeft", .int(Int64(r.framesLeft)))])),
+            ("oracle", .object([
+                ("checks", .uint(r.oracleChecks)),
+                ("expectedFaults", .uint(r.expectedFaults)),
+                ("violationCount", .int(Int64(r.violationCount))),
+                ("violations", .array(r.violations.map { v in
+                    .object([("invariant", .string(v.invariant)), ("detail", .string(v.detail)),
+                             ("event", .uint(v.event)), ("timeNs", .uint(v.time))])
+                })),
+            ])),
+            ("host", .object([
+                ("wallNs", .uint(r.wallNs)),
+                ("translationsPerSecond", .double(hostSeconds > 0 ? Double(r.translations) / hostSeconds : 0)),
+            ])),
+        ])
+    }
+
+    func text() -> String {
+        let r = result
+        var out: [String] = []
+        out.append("Scenario \(r.scenario), seed \(r.seed): \(fmt(r.virtualTimeNs / 1000)) µs of virtual time, \(fmt(r.eventsRun)) events, \(fmt(r.yieldsTaken)) yields to hardware")
+        out.append("")
+        out.append("What happened:")
+        for (t, line) in r.log { out.append("  \(pad(fmt(t / 1000), 7)) µs  \(line)") }
+        out.append("")
+        out.append("DMA: \(fmt(r.translations)) translations, \(fmt(r.translationFaults)) faulted (\(fmt(r.faultsRecorded)) recorded by hardware)")
+        for d in r.devices {
+            out.append("  \(pad(d.name, 6)) \(pad(fmt(d.requests), 7)) requests, \(pad(fmt(d.faultedRequests), 4)) faulted, \(pad(String(d.faultsReported), 3)) faults reported to the core, \(fmt(d.bytesRead)) B read, \(fmt(d.bytesWritten)) B written")
+        }
+        let total = r.iotlbHits + r.iotlbMisses
+        let rate = total == 0 ? 0 : Double(r.iotlbHits) * 100 / Double(total)
+        out.append("IOTLB: \(fmt(r.iotlbHits)) hits, \(fmt(r.iotlbMisses)) misses (\(String(format1(rate)))% hits)")
+        out.append("Invalidations: \(fmt(r.invalidations)) descriptors (" + r.invalidationsByType.filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }.joined(separator: ", ") + "), \(fmt(r.invalidationWaits)) waits")
+        out.append("Entry updates: " + r.updatePaths.map { "\($0.0) \($0.1)" }.joined(separator: ", "))
+        out.append("Memory: peak \(r.peakFrames) frames, \(r.framesLeft) left after teardown")
+        out.append("Oracle: \(fmt(r.oracleChecks)) checks, \(fmt(r.expectedFaults)) expected faults, \(r.violationCount) violation(s)")
+        for v in r.violations { out.append("  \(v)") }
+        let secs = Double(r.wallNs) / 1e9
+        out.append("Host: \(format1(secs * 1000)) ms wall, \(fmt(UInt64(secs > 0 ? Double(r.translations) / secs : 0))) translations/s")
+        return out.joined(separator: "\n")
+    }
+
+    private func fmt(_ v: UInt64) -> String {
+        let s = String(v)
+        var out = ""
+        for (i, ch) in s.enumerated() {
+            if i > 0 && (s.count - i) % 3 == 0 { out.append(",") }
+            out.append(ch)
+        }
+        return out
+    }
+
+    private func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : String(repeating: " ", count: n - s.count) + s }
+
+    private func format1(_ v: Double) -> String {
+        let x = (v * 10).rounded() / 10
+        return String(x)
+    }
+}
