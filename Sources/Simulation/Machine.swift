@@ -26,6 +26,7 @@ public final class Machine: @unchecked Sendable {
         core.observer = oracle
         driver = try VTdDriver(platform: platform, hardware: units)
         core.register(driver)
+        oracle.trackedDriver = ObjectIdentifier(driver)
         let d = driver
         oracle.reservedCheck = { d.units.allSatisfy { $0.domainIDs.reservedIntact } }
     }

@@ -35,6 +35,11 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     private var windows: [UInt64: Window] = [:]
     private var liveDIDs: [Set<UInt16>]
     public var reservedCheck: (() -> Bool)?
+    /// The driver whose units the oracle watches (events of other drivers are ignored: their
+    /// unit indices mean other hardware). Nil: all.
+    public var trackedDriver: ObjectIdentifier?
+
+    func tracks(_ driver: any IOMMUDriver) -> Bool { trackedDriver == nil || trackedDriver == ObjectIdentifier(driver) }
 
     public private(set) var checks: UInt64 = 0
     public private(set) var faultsSeen: UInt64 = 0
@@ -107,7 +112,7 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
         checks &+= 1
         let key = Self.key(unit: unit, rid: a.source, pasid: a.pasid?.rawValue ?? 0)
         let w = windows[key]
-        let who = "\(a.source)\(a.pasid.map { " \($0)" } ?? "") on unit \(unit)"
+        var who: String { "\(a.source)\(a.pasid.map { " \($0)" } ?? "") on unit \(unit)" }
         if let pa = a.physical {
             if let c = w?.current, permits(c, iova: a.address, physical: pa, access: a.access) { return }
             if let p = w?.previous, permits(p, iova: a.address, physical: pa, access: a.access) { return }
@@ -146,15 +151,15 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     // MARK: KernelObserver
 
     public func mapBegan(_ domain: IOMMUDomain, iova: UInt64, physical: UInt64, size: UInt64, permissions: PagePermissions) {
-        shadows[domain.id, default: ShadowMap()].insert(iova, iova + size, physical: physical, permissions: permissions, state: .mapping)
-        graveyards[domain.id]?.remove(iova, iova + size)
+        shadows[domain.id, default: ShadowMap()].insertIntoHoles(iova, iova + size, physical: physical, permissions: permissions, state: .mapping)
     }
 
     public func mapEnded(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, mapped: Bool) {
         if mapped {
             shadows[domain.id]?.setState(iova, iova + size, to: .settled, from: .mapping)
+            graveyards[domain.id]?.remove(iova, iova + size)
         } else {
-            shadows[domain.id]?.remove(iova, iova + size)
+            shadows[domain.id]?.remove(iova, iova + size, inState: .mapping)
         }
     }
 
@@ -178,6 +183,7 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     }
 
     public func transitionBegan(_ device: Device, pasid: PASID?, from: IOMMUDomain?, to: IOMMUDomain?) {
+        guard tracks(device.driver) else { return }
         let key = Self.key(unit: device.unit, rid: device.requesterID, pasid: pasid?.rawValue ?? 0)
         var w = windows[key] ?? Window()
         w.previous = ref(from)
@@ -188,6 +194,7 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     }
 
     public func transitionEnded(_ device: Device, pasid: PASID?, current: IOMMUDomain?, path: UpdatePath) {
+        guard tracks(device.driver) else { return }
         let key = Self.key(unit: device.unit, rid: device.requesterID, pasid: pasid?.rawValue ?? 0)
         var w = windows[key] ?? Window()
         if path.isHitless, path != .removed {
@@ -206,7 +213,8 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
         graveyards[domain.id] = nil
     }
 
-    public func domainIDAllocated(unit: Int, did: DomainID) {
+    public func domainIDAllocated(driver: any IOMMUDriver, unit: Int, did: DomainID) {
+        guard tracks(driver), unit < units.count else { return }
         checks &+= 1
         if did.rawValue < 2 { violate("did-reserved", "unit \(unit) handed out reserved \(did)") }
         if !liveDIDs[unit].insert(did.rawValue).inserted { violate("did-double-allocation", "unit \(unit) handed out \(did) twice") }
@@ -217,7 +225,8 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
         if let reservedCheck, !reservedCheck() { violate("did-reserved", "a reserved DID fell out of use") }
     }
 
-    public func domainIDReleased(unit: Int, did: DomainID) {
+    public func domainIDReleased(driver: any IOMMUDriver, unit: Int, did: DomainID) {
+        guard tracks(driver), unit < units.count else { return }
         checks &+= 1
         liveDIDs[unit].remove(did.rawValue)
         let cached = units[unit].cachedEntries(taggedWith: did)

@@ -58,6 +58,35 @@ struct ShadowMap {
         regions.insert(Region(start: start, end: end, physical: physical, permissions: permissions, state: state), at: i)
     }
 
+    /// Inserts [start, end) → physical only where nothing is mapped yet (a map that overlaps
+    /// an existing mapping fails with EEXIST and must not disturb it).
+    mutating func insertIntoHoles(_ start: UInt64, _ end: UInt64, physical: UInt64, permissions: PagePermissions, state: State) {
+        guard start < end else { return }
+        var holes: [(UInt64, UInt64)] = []
+        var cursor = start
+        var i = firstIndex(endingAfter: start)
+        while i < regions.count && regions[i].start < end {
+            if regions[i].start > cursor { holes.append((cursor, regions[i].start)) }
+            cursor = max(cursor, regions[i].end)
+            i += 1
+        }
+        if cursor < end { holes.append((cursor, end)) }
+        for (a, b) in holes {
+            insert(a, b, physical: physical + (a - start), permissions: permissions, state: state)
+        }
+    }
+
+    /// Removes the regions in state `state` within [start, end).
+    mutating func remove(_ start: UInt64, _ end: UInt64, inState state: State) {
+        var doomed: [(UInt64, UInt64)] = []
+        var i = firstIndex(endingAfter: start)
+        while i < regions.count && regions[i].start < end {
+            if regions[i].state == state { doomed.append((max(start, regions[i].start), min(end, regions[i].end))) }
+            i += 1
+        }
+        for (a, b) in doomed { remove(a, b) }
+    }
+
     /// Sets the state of whatever is mapped in [start, end) (splitting at the edges).
     /// Only regions in state `from` (nil: any) change.
     mutating func setState(_ start: UInt64, _ end: UInt64, to state: State, from: State? = nil) {

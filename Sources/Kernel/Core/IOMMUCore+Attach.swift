@@ -85,6 +85,9 @@ extension IOMMUCore {
 
     func checkAttachable(_ domain: IOMMUDomain, _ group: Group) throws(IOMMUError) {
         try checkOwner(domain, group)
+        guard !domain.isCoreOwned || domain === group.defaultDomain else {
+            throw .invalidArgument("\(domain) is the default domain of another group")
+        }
         switch domain.type {
         case .blocked, .identity, .unmanaged, .dma, .nested: break
         case .sva: throw .invalidArgument("an SVA domain attaches to a PASID, not to a RID")

@@ -19,6 +19,8 @@ extension IOMMUCore {
         let bigger = bitmap & ~((pageSize << 1) &- 1)
         if bigger != 0 {
             let next = bigger & (~bigger &+ 1)
+            // A larger page can only start where IOVA and physical address are congruent.
+            guard (iova ^ physical) & (next - 1) == 0 else { return (pageSize, length / pageSize) }
             let offset = next - (merged & (next - 1))
             if offset < length, length - offset >= next { length = offset }
         }

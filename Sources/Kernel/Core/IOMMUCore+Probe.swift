@@ -120,6 +120,8 @@ extension IOMMUCore {
                 domain.attachments -= 1
                 observer?.transitionEnded(device, pasid: pasid, current: nil, path: .removed)
             }
+            // With no PASID-capable device left, the group's PASID attachments are gone.
+            if !g.devices.contains(where: { $0 !== device && $0.maxPASIDs > 0 }) { g.pasidDomains = [:] }
         }
         if let current = device.attachedDomain {
             observer?.transitionBegan(device, pasid: nil, from: current, to: nil)

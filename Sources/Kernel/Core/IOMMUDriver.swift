@@ -41,9 +41,9 @@ public protocol KernelObserver: AnyObject {
     func transitionEnded(_ device: Device, pasid: PASID?, current: IOMMUDomain?, path: UpdatePath)
     func domainFreed(_ domain: IOMMUDomain)
     /// A driver handed out `did` on `unit`.
-    func domainIDAllocated(unit: Int, did: DomainID)
+    func domainIDAllocated(driver: any IOMMUDriver, unit: Int, did: DomainID)
     /// A driver gave `did` on `unit` back (after its invalidation).
-    func domainIDReleased(unit: Int, did: DomainID)
+    func domainIDReleased(driver: any IOMMUDriver, unit: Int, did: DomainID)
     func faultReported(_ device: Device?, _ fault: ReportedFault)
 }
 
@@ -55,8 +55,8 @@ extension KernelObserver {
     public func transitionBegan(_ device: Device, pasid: PASID?, from: IOMMUDomain?, to: IOMMUDomain?) {}
     public func transitionEnded(_ device: Device, pasid: PASID?, current: IOMMUDomain?, path: UpdatePath) {}
     public func domainFreed(_ domain: IOMMUDomain) {}
-    public func domainIDAllocated(unit: Int, did: DomainID) {}
-    public func domainIDReleased(unit: Int, did: DomainID) {}
+    public func domainIDAllocated(driver: any IOMMUDriver, unit: Int, did: DomainID) {}
+    public func domainIDReleased(driver: any IOMMUDriver, unit: Int, did: DomainID) {}
     public func faultReported(_ device: Device?, _ fault: ReportedFault) {}
 }
 

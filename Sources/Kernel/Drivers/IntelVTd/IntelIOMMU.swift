@@ -111,7 +111,7 @@ public final class IntelIOMMU: @unchecked Sendable {
     func allocateDID() throws(IOMMUError) -> DomainID {
         if platform.faults.shouldFail(.didAlloc) { throw .noSpace("domain ID on \(name) (injected)") }
         guard let did = domainIDs.allocate() else { throw .noSpace("no free domain ID on \(name)") }
-        driver?.core?.observer?.domainIDAllocated(unit: index, did: did)
+        if let driver { driver.core?.observer?.domainIDAllocated(driver: driver, unit: index, did: did) }
         return did
     }
 
@@ -123,7 +123,7 @@ public final class IntelIOMMU: @unchecked Sendable {
             domainIDs.quarantine(did)
             return
         }
-        if domainIDs.free(did) { driver?.core?.observer?.domainIDReleased(unit: index, did: did) }
+        if domainIDs.free(did), let driver { driver.core?.observer?.domainIDReleased(driver: driver, unit: index, did: did) }
     }
 
     // MARK: Faults
