@@ -105,7 +105,7 @@ public struct Tour {
         try step("map A-only buffer") { try m.core.map(a, iova: 0x5000_0000, physical: try m.allocateBuffer(), size: 4096, permissions: .readWrite) }
         try step("map B-only buffer") { try m.core.map(b, iova: 0x6000_0000, physical: try m.allocateBuffer(), size: 4096, permissions: .readWrite) }
         try step("attach A to the gpu group") { try m.core.attach(a, to: gpuGroup) }
-        log.note("gpu group claimed by a user, \(a) attached (8 buffers mapped alike in A and \(b))")
+        log.note("gpu group claimed by a user; A = \(a) and B = \(b) map 8 buffers alike; A attached, traffic starts")
         let gpuTraffic = [TrafficStream(endpoint: gpu0EP, intervalNs: 300, scheduler: s),
                           TrafficStream(endpoint: gpu1EP, intervalNs: 300, scheduler: s)]
         for t in gpuTraffic { t.targets = shared; t.start() }
@@ -124,6 +124,7 @@ public struct Tour {
             }
             nicTraffic.targets.append(.init(address: nicIOVA(k), length: 8192))
             churnRound += 1
+            log.note("nic0 unmapped buffer \(k) (strict: invalidated before return) and mapped it to new pages")
         }
         for t in stride(from: 30_000 as UInt64, through: 110_000, by: 20_000) { s.run(until: t); try churn() }
 
@@ -140,6 +141,7 @@ public struct Tour {
 
         // PASID attach, replace under PASID traffic, detach.
         s.run(until: 150_000)
+        log.note("tb0: \(tb.faultCount) fault(s) read from \(m.units[tb.unit].configuration.name)'s fault registers and reported; \(tbEP.counters.faulted) request(s) stopped before touching memory")
         let pasid = try step("alloc PASID") { try m.core.allocGlobalPASID(for: gpu0) }
         let c = try step("alloc domain C") { try m.core.allocDomain(for: gpu0, flags: .pasid) }
         let d = try step("alloc domain D") { try m.core.allocDomain(for: gpu0, flags: .pasid) }
