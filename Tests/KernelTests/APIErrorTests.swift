@@ -109,6 +109,8 @@ struct APIErrorTests {
         #expect(apiErrno { try rig.core.map(d, iova: 0xFFFF_FFFF_FFFF_F000, physical: pa, size: 0x2000, permissions: .readWrite) } == 34,
                 "an IOVA range wrapping around is out of range, not a trap")
         #expect(apiErrno { _ = try rig.core.unmap(d, iova: end + 1, size: 4096) } == 34)
+        #expect(apiErrno { try rig.core.map(d, iova: 0x1000, physical: 0xFFFF_FFFF_FFFF_F000, size: 0x2000, permissions: .readWrite) } == 34,
+                "a physical range wrapping around is out of range, not a trap")
         // The last page of the aperture is mappable.
         try rig.core.map(d, iova: end - 0xFFF, physical: pa, size: 4096, permissions: .readWrite)
         #expect(rig.core.iovaToPhys(d, end - 0xFFF) == pa)

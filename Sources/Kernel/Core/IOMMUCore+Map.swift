@@ -35,6 +35,9 @@ extension IOMMUCore {
         guard size > 0, (iova | physical | size) & (minimum - 1) == 0 else {
             throw .invalidArgument("iova 0x\(String(iova, radix: 16)), size 0x\(String(size, radix: 16)) not aligned to 0x\(String(minimum, radix: 16))")
         }
+        guard !physical.addingReportingOverflow(size - 1).overflow else {
+            throw .outOfRange("physical range 0x\(String(physical, radix: 16)) +0x\(String(size, radix: 16)) wraps")
+        }
         let (last, o) = iova.addingReportingOverflow(size - 1)
         guard !o, last <= domain.apertureEnd else {
             throw .outOfRange("[0x\(String(iova, radix: 16)), +0x\(String(size, radix: 16))) is beyond the aperture end 0x\(String(domain.apertureEnd, radix: 16))")
