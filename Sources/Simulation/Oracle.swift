@@ -32,6 +32,8 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     let units: [VTdUnit]
     private var shadows: [Int: ShadowMap] = [:]
     private var graveyards: [Int: ShadowMap] = [:]
+    /// Ranges whose unmap could not invalidate: the hardware may use them for ever.
+    private var abandoned: [Int: ShadowMap] = [:]
     private var windows: [UInt64: Window] = [:]
     private var liveDIDs: [Set<UInt16>]
     public var reservedCheck: (() -> Bool)?
@@ -88,8 +90,11 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
         switch r {
         case .identity: return physical == iova
         case .paging(let id):
-            guard let region = shadows[id]?.lookup(iova) else { return false }
-            guard region.physical &+ (iova - region.start) == physical else { return false }
+            guard let region = shadows[id]?.lookup(iova) ?? abandoned[id]?.lookup(iova) else { return false }
+            guard region.physical &+ (iova - region.start) == physical else {
+                if let stale = abandoned[id]?.lookup(iova) { return stale.physical &+ (iova - stale.start) == physical }
+                return false
+            }
             if access.contains(.write) && !region.permissions.contains(.write) { return false }
             if access.contains(.read) && !access.contains(.write) && !region.permissions.contains(.read) { return false }
             return true
@@ -182,6 +187,21 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
         graveyards[domain.id] = gone
     }
 
+    public func unmapFailed(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {
+        guard var s = shadows[domain.id] else { return }
+        var lost = abandoned[domain.id] ?? ShadowMap()
+        var a = iova
+        while a < iova + unmapped, let r = s.lookup(a) {
+            let end = min(r.end, iova + unmapped)
+            lost.insert(a, end, physical: r.physical + (a - r.start), permissions: r.permissions, state: .settled)
+            a = end
+        }
+        s.remove(iova, iova + unmapped)
+        s.setState(iova + unmapped, iova + requested, to: .settled, from: .unmapping)
+        shadows[domain.id] = s
+        abandoned[domain.id] = lost
+    }
+
     public func transitionBegan(_ device: Device, pasid: PASID?, from: IOMMUDomain?, to: IOMMUDomain?) {
         guard tracks(device.driver) else { return }
         let key = Self.key(unit: device.unit, rid: device.requesterID, pasid: pasid?.rawValue ?? 0)
@@ -211,6 +231,7 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
         }
         shadows[domain.id] = nil
         graveyards[domain.id] = nil
+        abandoned[domain.id] = nil
     }
 
     public func domainIDAllocated(driver: any IOMMUDriver, unit: Int, did: DomainID) {

@@ -246,15 +246,16 @@ extension VTdUnit {
             n += iotlb.removeAll { k0, k1, e in
                 guard k1 != probeKey1(k1 >> 52) else { return false }
                 let shift = UInt64(e.pageShift)
-                let start = k0 << shift, end = start + (1 << shift)
-                return start < hi && end > lo && match(k1, e)
+                // Last byte, not end: the top canonical page would overflow.
+                let start = k0 << shift, last = start + ((1 << shift) - 1)
+                return start < hi && last >= lo && match(k1, e)
             }
             return n
         }
         return iotlb.removeAll { k0, k1, e in
             let shift = UInt64(e.pageShift)
-            let start = k0 << shift, end = start + (1 << shift)
-            return start < hi && end > lo && match(k1, e)
+            let start = k0 << shift, last = start + ((1 << shift) - 1)
+            return start < hi && last >= lo && match(k1, e)
         }
     }
 

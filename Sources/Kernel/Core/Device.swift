@@ -52,6 +52,9 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     /// The domain the device's RID traffic translates through right now (normally the
     /// group's domain; the blocked domain after a failed rollback).
     public internal(set) var attachedDomain: IOMMUDomain?
+    /// The PASIDs programmed for this device and their domains (a group's PASID attachment
+    /// reaches every PASID-capable device of the group present when it was made).
+    public internal(set) var attachedPASIDs: [UInt32: IOMMUDomain] = [:]
     /// Driver-private state (Linux `dev_iommu->priv`).
     public var driverData: AnyObject?
     /// Faults reported for this device (the most recent `faultLogLimit`).

@@ -88,7 +88,10 @@ extension IOMMUCore {
         var gather = UnmapGather()
         let unmapped = unmapAll(domain, iova: iova, size: size, gather: &gather)
         yield(KernelYield.afterPTEClear)
-        try domain.iotlbSync(&gather)
+        do { try domain.iotlbSync(&gather) } catch {
+            observer?.unmapFailed(domain, iova: iova, requested: size, unmapped: unmapped)
+            throw error
+        }
         observer?.unmapEnded(domain, iova: iova, requested: size, unmapped: unmapped)
         return unmapped
     }

@@ -31,6 +31,9 @@ extension IOMMUCore {
             throw .invalidArgument("\(pasid) is beyond the limit of \(d) (\(d.maxPASIDs))")
         }
         try checkOwner(domain, g)
+        guard !domain.isCoreOwned || domain === g.defaultDomain else {
+            throw .invalidArgument("\(domain) is the default domain of another group")
+        }
         switch domain.type {
         case .unmanaged, .dma:
             guard domain.flags.contains(.pasid) else { throw .notSupported("\(domain) was not allocated for PASID use") }
@@ -55,16 +58,17 @@ extension IOMMUCore {
             do {
                 let path = try domain.setDevicePASID(d, pasid: pasid, old: nil)
                 if !path.isHitless { worst = path }
+                d.attachedPASIDs[pasid.rawValue] = domain
+                domain.attachments += 1
                 done.append(d)
                 observer?.transitionEnded(d, pasid: pasid, current: domain, path: path)
             } catch {
                 observer?.transitionEnded(d, pasid: pasid, current: nil, path: .unchanged)
-                for u in done.reversed() { removePASID(u, pasid, from: domain) }
+                for u in done.reversed() { removePASID(u, pasid) }
                 throw error
             }
         }
         g.pasidDomains[pasid.rawValue] = domain
-        domain.attachments += done.count
         lastUpdatePath = worst
         return worst
     }
@@ -80,33 +84,38 @@ extension IOMMUCore {
         if old === domain { return .unchanged }
         var done: [Device] = []
         var worst = UpdatePath.singleWord
-        for (i, d) in g.devices.enumerated() where d.maxPASIDs > 0 {
+        for (i, d) in g.devices.enumerated() {
+            guard let current = d.attachedPASIDs[pasid.rawValue] else { continue }
             if i > 0 { yield(KernelYield.insideReplace) }
-            observer?.transitionBegan(d, pasid: pasid, from: old, to: domain)
+            observer?.transitionBegan(d, pasid: pasid, from: current, to: domain)
             do {
-                let path = try domain.setDevicePASID(d, pasid: pasid, old: old)
+                let path = try domain.setDevicePASID(d, pasid: pasid, old: current)
                 if !path.isHitless || worst == .singleWord { worst = path }
+                d.attachedPASIDs[pasid.rawValue] = domain
+                current.attachments -= 1
+                domain.attachments += 1
                 done.append(d)
                 observer?.transitionEnded(d, pasid: pasid, current: domain, path: path)
             } catch {
-                observer?.transitionEnded(d, pasid: pasid, current: old, path: .unchanged)
+                observer?.transitionEnded(d, pasid: pasid, current: current, path: .unchanged)
                 for u in done.reversed() {
                     observer?.transitionBegan(u, pasid: pasid, from: domain, to: old)
                     do {
                         let p = try old.setDevicePASID(u, pasid: pasid, old: domain)
+                        u.attachedPASIDs[pasid.rawValue] = old
+                        domain.attachments -= 1
+                        old.attachments += 1
                         observer?.transitionEnded(u, pasid: pasid, current: old, path: p)
                     } catch {
                         observer?.transitionEnded(u, pasid: pasid, current: domain, path: .unchanged)
-                        removePASID(u, pasid, from: domain)
-                        old.attachments -= 1
+                        removePASID(u, pasid)
                     }
                 }
+                dropEmptyPASIDSlot(g, pasid)
                 throw error
             }
         }
         g.pasidDomains[pasid.rawValue] = domain
-        old.attachments -= done.count
-        domain.attachments += done.count
         lastUpdatePath = worst
         return worst
     }
@@ -119,24 +128,31 @@ extension IOMMUCore {
         guard let g = device.group, g.pasidDomains[pasid.rawValue] === domain else {
             throw .notFound("\(domain) is not attached to \(pasid) of \(device)")
         }
-        detachPASIDInternal(domain, from: g, pasid: pasid)
+        detachPASIDInternal(from: g, pasid: pasid)
     }
 
-    func detachPASIDInternal(_ domain: IOMMUDomain, from g: Group, pasid: PASID) {
-        var n = 0
-        for (i, d) in g.devices.enumerated() where d.maxPASIDs > 0 {
-            if i > 0 { yield(KernelYield.insideReplace) }
-            removePASID(d, pasid, from: domain)
-            n += 1
+    func detachPASIDInternal(from g: Group, pasid: PASID) {
+        var first = true
+        for d in g.devices where d.attachedPASIDs[pasid.rawValue] != nil {
+            if !first { yield(KernelYield.insideReplace) }
+            first = false
+            removePASID(d, pasid)
         }
         g.pasidDomains[pasid.rawValue] = nil
-        domain.attachments -= n
     }
 
     /// Removes one device's PASID translation through the blocked domain (never fails).
-    func removePASID(_ d: Device, _ pasid: PASID, from domain: IOMMUDomain) {
+    func removePASID(_ d: Device, _ pasid: PASID) {
+        guard let domain = d.attachedPASIDs[pasid.rawValue] else { return }
         observer?.transitionBegan(d, pasid: pasid, from: domain, to: nil)
         _ = try? d.driver.blockedDomain.setDevicePASID(d, pasid: pasid, old: domain)
+        d.attachedPASIDs[pasid.rawValue] = nil
+        domain.attachments -= 1
         observer?.transitionEnded(d, pasid: pasid, current: nil, path: .removed)
+    }
+
+    /// Forgets a group's PASID slot once no device holds the PASID any more.
+    func dropEmptyPASIDSlot(_ g: Group, _ pasid: PASID) {
+        if !g.devices.contains(where: { $0.attachedPASIDs[pasid.rawValue] != nil }) { g.pasidDomains[pasid.rawValue] = nil }
     }
 }

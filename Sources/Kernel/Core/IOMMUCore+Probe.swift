@@ -23,14 +23,20 @@ extension IOMMUCore {
                   !added.contains(where: { $0.unit == desc.unit && $0.requesterID == desc.requesterID }) else {
                 undo(); throw .exists("\(desc.name): \(desc.requesterID) is already probed on unit \(desc.unit)")
             }
+            let key = "\(UInt(bitPattern: ObjectIdentifier(driver))):\(desc.groupKey ?? "dev:\(desc.unit):\(desc.requesterID.rawValue)")"
+            let existing = groups.first(where: { $0.key == key })
+            // A device joining a group with PASID attachments would share PASIDs it has no
+            // entries for.
+            if let existing, !existing.pasidDomains.isEmpty {
+                undo(); throw .busy("\(desc.name): \(existing) has PASIDs attached; detach them before adding devices")
+            }
             let dev = Device(desc, driver: driver)
             let unitLimit: UInt32
             do { unitLimit = try driver.probeDevice(dev) } catch { undo(); throw error }
             dev.maxPASIDs = min(desc.maxPASIDs, unitLimit)
-            let key = "\(ObjectIdentifier(driver).hashValue):\(desc.groupKey ?? "dev:\(desc.unit):\(desc.requesterID.rawValue)")"
             let group: Group
-            if let g = groups.first(where: { $0.key == key }) {
-                group = g
+            if let existing {
+                group = existing
             } else {
                 group = Group(id: nextGroupID, key: key)
                 nextGroupID += 1
@@ -107,21 +113,10 @@ extension IOMMUCore {
     public func release(_ device: Device) throws(IOMMUError) {
         try checkProbed(device)
         guard let g = device.group else { return }
-        if g.devices.count == 1 {
-            for (raw, domain) in g.pasidDomains.sorted(by: { $0.key < $1.key }) {
-                detachPASIDInternal(domain, from: g, pasid: PASID(truncating: raw))
-            }
-        } else if !g.pasidDomains.isEmpty {
-            // PASID attachments belong to the group: remove this device's entries only.
-            for (raw, domain) in g.pasidDomains.sorted(by: { $0.key < $1.key }) where device.maxPASIDs > 0 {
-                let pasid = PASID(truncating: raw)
-                observer?.transitionBegan(device, pasid: pasid, from: domain, to: nil)
-                _ = try? device.driver.blockedDomain.setDevicePASID(device, pasid: pasid, old: domain)
-                domain.attachments -= 1
-                observer?.transitionEnded(device, pasid: pasid, current: nil, path: .removed)
-            }
-            // With no PASID-capable device left, the group's PASID attachments are gone.
-            if !g.devices.contains(where: { $0 !== device && $0.maxPASIDs > 0 }) { g.pasidDomains = [:] }
+        for raw in device.attachedPASIDs.keys.sorted() {
+            let pasid = PASID(truncating: raw)
+            removePASID(device, pasid)
+            if !g.devices.contains(where: { $0 !== device && $0.attachedPASIDs[raw] != nil }) { g.pasidDomains[raw] = nil }
         }
         if let current = device.attachedDomain {
             observer?.transitionBegan(device, pasid: nil, from: current, to: nil)
@@ -135,10 +130,13 @@ extension IOMMUCore {
 
     /// Drops a device from the core's books (after it left every domain).
     func forget(_ device: Device) {
+        for raw in device.attachedPASIDs.keys.sorted() { removePASID(device, PASID(truncating: raw)) }
         if let current = device.attachedDomain {
+            observer?.transitionBegan(device, pasid: nil, from: current, to: nil)
             _ = try? device.driver.blockedDomain.attach(device, old: current)
             current.attachments -= 1
             device.attachedDomain = nil
+            observer?.transitionEnded(device, pasid: nil, current: nil, path: .removed)
         }
         device.driver.releaseDevice(device)
         device.isReleased = true
@@ -147,7 +145,9 @@ extension IOMMUCore {
         g.devices.removeAll { $0 === device }
         device.group = nil
         if g.devices.isEmpty {
-            if let d = g.defaultDomain, liveDomains[d.id] === d, d.attachments == 0 { release(d) }
+            if let d = g.defaultDomain, liveDomains[d.id] === d {
+                if d.attachments == 0 { release(d) } else { d.isCoreOwned = false }
+            }
             g.defaultDomain = nil
             g.domain = nil
             g.pasidDomains = [:]

@@ -35,6 +35,9 @@ public protocol KernelObserver: AnyObject {
     /// the rest of the `requested` range is as before.
     func unmapEnded(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64)
     /// (device, pasid) is about to move from `from` to `to` (nil PASID: RID traffic).
+    /// The PTEs of `unmapped` bytes were cleared but their invalidation failed: devices may
+    /// keep using the old translations indefinitely.
+    func unmapFailed(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64)
     func transitionBegan(_ device: Device, pasid: PASID?, from: IOMMUDomain?, to: IOMMUDomain?)
     /// The move ended with `current` in place (the new domain, or the old one after a
     /// rollback, or the blocked domain) and the driver took `path`.
@@ -52,6 +55,7 @@ extension KernelObserver {
     public func mapEnded(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, mapped: Bool) {}
     public func unmapBegan(_ domain: IOMMUDomain, iova: UInt64, size: UInt64) {}
     public func unmapEnded(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {}
+    public func unmapFailed(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {}
     public func transitionBegan(_ device: Device, pasid: PASID?, from: IOMMUDomain?, to: IOMMUDomain?) {}
     public func transitionEnded(_ device: Device, pasid: PASID?, current: IOMMUDomain?, path: UpdatePath) {}
     public func domainFreed(_ domain: IOMMUDomain) {}

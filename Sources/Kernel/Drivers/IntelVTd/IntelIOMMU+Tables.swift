@@ -155,7 +155,11 @@ extension IntelIOMMU {
             if r.exchanged { path = .compareExchange128; exposed = true }
         }
         guard path != .teardownSetup else {
-            try tearDown(address, old, pasid: pasid, info: info)
+            do { try tearDown(address, old, pasid: pasid, info: info) } catch {
+                // Keep the old configuration: make the old entry present again.
+                try? store(address, old.val[0])
+                throw error
+            }
             exposed = true
             try setUp(address, new)
             return .teardownSetup
@@ -163,8 +167,12 @@ extension IntelIOMMU {
         platform.scheduler.yieldPoint(KernelYield.afterPASIDEntryWrite)
         do { try flushEntry(old, pasid: pasid, info: info) } catch {
             // Keep the old configuration on error (the set_dev_pasid contract): put the old
-            // words back; the caller treats the new DID as possibly cached.
-            _ = try? memory.compareExchange128(address, expected: (new.val[0], new.val[1]), desired: (old.val[0], old.val[1]))
+            // words back, then drop what may have been cached from the new entry (tagged
+            // with the new DID). The caller treats the new DID as possibly cached anyway.
+            if path == .singleWord { try? store(address, old.val[0]) } else {
+                _ = try? memory.compareExchange128(address, expected: (new.val[0], new.val[1]), desired: (old.val[0], old.val[1]))
+            }
+            try? flushEntry(new, pasid: pasid, info: info)
             throw error
         }
         return path
@@ -181,7 +189,8 @@ extension IntelIOMMU {
     func removeEntry(_ device: Device, pasid: UInt32) -> Bool {
         guard let info = devices[device.requesterID.rawValue],
               let address = try? pasidEntryAddress(info, pasid, create: false),
-              let old = try? readEntry(address), old.present else { return true }
+              let old = try? readEntry(address), old.present || old.val[1] != 0 else { return true }
+        // A non-present entry with fields left is one whose teardown flush failed: flush again.
         do { try tearDown(address, old, pasid: pasid, info: info) } catch { return false }
         return true
     }

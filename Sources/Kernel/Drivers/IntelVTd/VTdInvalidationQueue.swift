@@ -52,7 +52,22 @@ final class VTdInvalidationQueue {
     }
 
     private func submitBatch(_ batch: ArraySlice<InvalidationDescriptor>) throws(IOMMUError) {
-        // The queue is drained at every wait, so a batch always fits.
+        // Normally the queue is empty here (every batch is waited for); after a time-out the
+        // hardware may still be behind, so wait for room as Linux's `qi_submit_sync` does.
+        let needed = UInt64(batch.count + 1)
+        let u0 = unit
+        let size = slots * 32
+        let t0 = tail
+        let free = { () -> UInt64 in
+            let head = u0.read64(VTdRegister.invalidationQueueHead) % size
+            return ((head &+ size &- t0 &- 32) % size) / 32
+        }
+        if free() < needed {
+            do { try platform.scheduler.wait(until: { free() >= needed }, timeoutNs: timeoutNs) } catch {
+                timeouts += 1
+                throw .timedOut("invalidation queue on \(unit.configuration.name) has no room")
+            }
+        }
         let status = nextStatus
         nextStatus = nextStatus == .max ? 1 : nextStatus + 1
         for d in batch { try write(d) }

@@ -23,8 +23,12 @@ struct CacheTag: Equatable {
 final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
     let pageTable: IOPageTable<SecondStageFormat>
     let levels: Int
-    /// DID and attachment count per unit index.
-    var unitDIDs: [Int: (did: DomainID, users: Int)] = [:]
+    /// DID, attachment count, and whether a failed invalidation may have left entries tagged
+    /// with it (then it is quarantined, not freed, on its last release), per unit index.
+    var unitDIDs: [Int: (did: DomainID, users: Int, tainted: Bool)] = [:]
+    /// The (unit, requester ID, PASID) entries that point at this domain (Linux `dev_pasids`):
+    /// only these hold a DID reference.
+    var entries: Set<UInt64> = []
     var tags: [CacheTag] = []
     /// Descriptors flushed because of this domain (for reports).
     private(set) var invalidations: UInt64 = 0
@@ -82,6 +86,7 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
             releaseDID(u, invalidated: !exposed)
             throw error
         }
+        entries.insert(Self.entryKey(u.index, device.requesterID, pasid))
         addTag(.iotlb, unit: u.index, did: did, pasid: pasid, device: device.requesterID)
         if device.ats && u.extendedCapability.deviceTLB {
             addTag(.deviceTLB, unit: u.index, did: did, pasid: pasid, device: device.requesterID)
@@ -90,8 +95,13 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
         return path
     }
 
+    static func entryKey(_ unit: Int, _ rid: RequesterID, _ pasid: UInt32) -> UInt64 {
+        UInt64(unit) << 40 | UInt64(rid.rawValue) << 20 | UInt64(pasid)
+    }
+
     override func removeDevice(_ device: Device, pasid: UInt32, invalidated: Bool) {
-        guard let u = try? driver.iommu(for: device), let did = unitDIDs[u.index]?.did else { return }
+        guard let u = try? driver.iommu(for: device), let did = unitDIDs[u.index]?.did,
+              entries.remove(Self.entryKey(u.index, device.requesterID, pasid)) != nil else { return }
         removeTag(.iotlb, unit: u.index, did: did, pasid: pasid, device: device.requesterID)
         removeTag(.deviceTLB, unit: u.index, did: did, pasid: pasid, device: device.requesterID)
         releaseDID(u, invalidated: invalidated)
@@ -100,11 +110,11 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
     /// One more attachment on `u`: the existing DID, or a new one (Linux `domain_attach_iommu`).
     private func acquireDID(_ u: IntelIOMMU) throws(IOMMUError) -> DomainID {
         if let info = unitDIDs[u.index] {
-            unitDIDs[u.index] = (info.did, info.users + 1)
+            unitDIDs[u.index] = (info.did, info.users + 1, info.tainted)
             return info.did
         }
         let did = try u.allocateDID()
-        unitDIDs[u.index] = (did, 1)
+        unitDIDs[u.index] = (did, 1, false)
         return did
     }
 
@@ -113,11 +123,11 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
     private func releaseDID(_ u: IntelIOMMU, invalidated: Bool) {
         guard let info = unitDIDs[u.index] else { return }
         if info.users > 1 {
-            unitDIDs[u.index] = (info.did, info.users - 1)
+            unitDIDs[u.index] = (info.did, info.users - 1, info.tainted || !invalidated)
             return
         }
         unitDIDs[u.index] = nil
-        u.releaseDID(info.did, invalidated: invalidated)
+        u.releaseDID(info.did, invalidated: invalidated && !info.tainted)
     }
 
     private func addTag(_ kind: CacheTag.Kind, unit: Int, did: DomainID, pasid: UInt32, device: RequesterID) {
