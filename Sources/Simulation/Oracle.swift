@@ -173,33 +173,29 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     }
 
     public func unmapEnded(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {
-        guard var s = shadows[domain.id] else { return }
-        var gone = graveyards[domain.id] ?? ShadowMap()
-        var a = iova
-        while a < iova + unmapped, let r = s.lookup(a) {
-            let end = min(r.end, iova + unmapped)
-            gone.insert(a, end, physical: r.physical + (a - r.start), permissions: r.permissions, state: .settled)
-            a = end
-        }
-        s.remove(iova, iova + unmapped)
-        s.setState(iova + unmapped, iova + requested, to: .settled, from: .unmapping)
-        shadows[domain.id] = s
-        graveyards[domain.id] = gone
+        retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &graveyards)
     }
 
     public func unmapFailed(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {
-        guard var s = shadows[domain.id] else { return }
-        var lost = abandoned[domain.id] ?? ShadowMap()
+        retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &abandoned)
+    }
+
+    /// Moves the unmapped part of an unmap from the domain's shadow into `store` (the
+    /// graveyard after a completed flush, the abandoned set after a failed one) and settles
+    /// the part of the request that was not unmapped.
+    private func retire(_ id: Int, iova: UInt64, requested: UInt64, unmapped: UInt64, into store: inout [Int: ShadowMap]) {
+        guard var s = shadows[id] else { return }
+        var moved = store[id] ?? ShadowMap()
         var a = iova
         while a < iova + unmapped, let r = s.lookup(a) {
             let end = min(r.end, iova + unmapped)
-            lost.insert(a, end, physical: r.physical + (a - r.start), permissions: r.permissions, state: .settled)
+            moved.insert(a, end, physical: r.physical + (a - r.start), permissions: r.permissions, state: .settled)
             a = end
         }
         s.remove(iova, iova + unmapped)
         s.setState(iova + unmapped, iova + requested, to: .settled, from: .unmapping)
-        shadows[domain.id] = s
-        abandoned[domain.id] = lost
+        shadows[id] = s
+        store[id] = moved
     }
 
     public func transitionBegan(_ device: Device, pasid: PASID?, from: IOMMUDomain?, to: IOMMUDomain?) {

@@ -88,7 +88,7 @@ public struct Tour {
         s.run(until: 20_000)
 
         // GPU group: a user takes it over and attaches domain A.
-        let gpuGroup = gpu0.group!
+        guard let gpuGroup = gpu0.group else { throw StepFailed(step: "gpu group", error: .noDevice("gpu0 has no group")) }
         try step("gpu claim DMA owner") { try m.core.claimDMAOwner(gpuGroup) }
         let a = try step("alloc domain A") { try m.core.allocDomain(for: gpu0, flags: .pasid) }
         let b = try step("alloc domain B") { try m.core.allocDomain(for: gpu0, flags: .pasid) }

@@ -19,7 +19,7 @@ extension IOMMUCore {
     public func attach(_ domain: IOMMUDomain, to group: Group) throws(IOMMUError) {
         try checkAlive(domain)
         try checkAttachable(domain, group)
-        guard isCoreDomain(group.domain, of: group) else { throw .busy("\(group) is attached to \(group.domain!) already") }
+        guard isCoreDomain(group.domain, of: group) else { throw .busy("\(group) is attached to \(group.domain.map { "\($0)" } ?? "a user domain") already") }
         try setGroupDomain(group, domain, mustSucceed: false)
     }
 
