@@ -1,0 +1,341 @@
+import Synchronization
+
+/// An IOVA space with per-CPU range caches (Linux `struct iova_domain` with its rcaches,
+/// drivers/iommu/iova.c): ranges come from an `IOVATree` top-down and size-aligned; ranges of
+/// up to 32 granules are recycled through per-CPU magazines (a loaded and a previous magazine
+/// of 127 frames per CPU and size class) and a shared depot of full magazines, trimmed back
+/// into the tree one magazine per 100 ms while it holds more than one per CPU.
+///
+/// Cached ranges stay allocated in the tree (as in Linux): the caches only remember them.
+/// Thread safe: one lock per CPU slot for its magazines, one for the tree and depot (taken in
+/// that order). A CPU slot's fast path takes only its own lock and allocates nothing.
+public final class IOVADomain: @unchecked Sendable {
+    /// Size classes cached: 1, 2, 4, … 32 granules (Linux `IOVA_RANGE_CACHE_MAX_SIZE`).
+    public static let cachedOrders = 6
+    /// Frames per magazine (Linux `IOVA_MAG_SIZE`).
+    public static let magazineSize = 127
+    /// Depot trim period (Linux `IOVA_DEPOT_DELAY`).
+    public static let depotDelayNs: UInt64 = 100_000_000
+
+    public let granuleShift: UInt64
+    /// Frames below this bound are addressable with 32 bits.
+    public let dma32PFN: UInt64
+    public let cpuCount: Int
+    let clock: @Sendable () -> UInt64
+
+    /// A magazine: word 0 is the count, words 1…127 the frames. Owned by exactly one holder
+    /// (a CPU slot, the depot or the spare list) at a time, under that holder's lock.
+    struct Magazine: @unchecked Sendable {
+        let words: UnsafeMutablePointer<UInt64>
+        static func make() -> Magazine {
+            let m = UnsafeMutablePointer<UInt64>.allocate(capacity: IOVADomain.magazineSize + 1)
+            m.initialize(repeating: 0, count: IOVADomain.magazineSize + 1)
+            return Magazine(words: m)
+        }
+        var pointee: UInt64 {
+            get { words.pointee }
+            nonmutating set { words.pointee = newValue }
+        }
+        subscript(i: Int) -> UInt64 {
+            get { words[i] }
+            nonmutating set { words[i] = newValue }
+        }
+        func deallocate() { words.deallocate() }
+    }
+
+    struct CPUCache {
+        var loaded: [Magazine]
+        var previous: [Magazine]
+    }
+
+    final class CPUSlot: Sendable {
+        let lock: Mutex<CPUCache>
+        init(_ c: sending CPUCache) { lock = Mutex(c) }
+    }
+
+    struct Shared {
+        var tree: IOVATree
+        /// Size of the last failed allocation below 4 GiB (Linux `max32_alloc_size`): larger
+        /// 32-bit requests fail at once until something below 4 GiB is freed.
+        var max32AllocSize: UInt64
+        var depot: [[Magazine]]
+        var spare: [Magazine] = []
+        var allMagazines: [Magazine] = []
+        var trimDue: UInt64?
+        var counters = IOVACounters()
+    }
+
+    let slots: [CPUSlot]
+    let shared: Mutex<Shared>
+
+    /// - Parameters:
+    ///   - granuleShift: log2 of the granule (the domain's smallest page, Linux `iova_shift`).
+    ///   - startPFN: lowest frame to hand out (frame 0 never is).
+    ///   - endPFN: highest frame that exists (the aperture end).
+    ///   - cpus: CPU slots with their own caches.
+    ///   - clock: nanoseconds, virtual in simulation or real in benchmarks (depot trimming).
+    public init(granuleShift: UInt64 = 12, startPFN: UInt64 = 1, endPFN: UInt64, cpus: Int = 1,
+                clock: @escaping @Sendable () -> UInt64) {
+        self.granuleShift = granuleShift
+        dma32PFN = granuleShift < 32 ? UInt64(1) << (32 - granuleShift) : 1
+        cpuCount = max(1, cpus)
+        self.clock = clock
+        var all: [Magazine] = []
+        func magazine() -> Magazine {
+            let m = Magazine.make()
+            all.append(m)
+            return m
+        }
+        var s: [CPUSlot] = []
+        for _ in 0..<cpuCount {
+            s.append(CPUSlot(CPUCache(loaded: (0..<Self.cachedOrders).map { _ in magazine() },
+                                      previous: (0..<Self.cachedOrders).map { _ in magazine() })))
+        }
+        slots = s
+        shared = Mutex(Shared(tree: IOVATree(start: startPFN, end: endPFN), max32AllocSize: .max,
+                              depot: [[Magazine]](repeating: [], count: Self.cachedOrders), allMagazines: all))
+    }
+
+    deinit {
+        shared.withLock { s in
+            for m in s.allMagazines { m.deallocate() }
+            s.allMagazines = []
+        }
+    }
+
+    /// The size actually allocated for `pages`: cached sizes round up to a power of two, so a
+    /// free returns the range to the right cache (Linux `alloc_iova_fast`).
+    @inlinable
+    public static func roundedSize(_ pages: UInt64) -> UInt64 {
+        guard pages > 1, pages < 1 << (cachedOrders - 1) + 1 else { return pages }
+        return UInt64(1) << UInt64(64 - (pages - 1).leadingZeroBitCount)
+    }
+
+    @inline(__always) static func order(_ size: UInt64) -> Int { 63 - size.leadingZeroBitCount }
+
+    // MARK: Allocate and free
+
+    /// Allocates `pages` granules ending at or below `limitPFN` (Linux `alloc_iova_fast`):
+    /// from CPU `cpu`'s cache when the size is cached, else from the tree; if that fails and
+    /// `flushOnFailure`, every cache is returned to the tree and the tree tried once more.
+    /// Returns the first frame, or nil.
+    public func allocate(pages: UInt64, limitPFN: UInt64, cpu: Int, flushOnFailure: Bool = true) -> UInt64? {
+        guard pages > 0, pages <= limitPFN else { return nil }
+        let size = Self.roundedSize(pages)
+        let order = Self.order(size)
+        if size == 1 << UInt64(order), order < Self.cachedOrders, let pfn = cacheGet(order: order, size: size, limit: limitPFN, cpu: cpu) {
+            return pfn
+        }
+        if let pfn = treeAllocate(size: size, limit: limitPFN) { return pfn }
+        guard flushOnFailure else { return nil }
+        flushCaches()
+        return treeAllocate(size: size, limit: limitPFN)
+    }
+
+    /// Frees a range from `allocate` (Linux `free_iova_fast`): into CPU `cpu`'s cache when
+    /// the size is cached, else back to the tree. Returns false if no such range is allocated
+    /// (only checked on the tree path; the caller vouches for cached sizes).
+    @discardableResult
+    public func free(pfn: UInt64, pages: UInt64, cpu: Int) -> Bool {
+        let size = Self.roundedSize(pages)
+        let order = Self.order(size)
+        if size == 1 << UInt64(order), order < Self.cachedOrders {
+            cacheInsert(order: order, pfn: pfn, cpu: cpu)
+            return true
+        }
+        return shared.withLock { s in treeFree(&s, pfn: pfn) }
+    }
+
+    /// Reserves [lo, hi] so it is never handed out (Linux `reserve_iova`).
+    @discardableResult
+    public func reserve(lo: UInt64, hi: UInt64) -> Bool {
+        shared.withLock { s in s.tree.insert(lo: lo, hi: hi) }
+    }
+
+    private func treeAllocate(size: UInt64, limit: UInt64) -> UInt64? {
+        shared.withLock { s in
+            let is32 = limit < dma32PFN
+            if is32 && size >= s.max32AllocSize {
+                s.counters.fastFails += 1
+                return nil
+            }
+            let align = size <= 1 ? 1 : UInt64(1) << UInt64(64 - (size - 1).leadingZeroBitCount)
+            s.counters.treeAllocations += 1
+            guard let lo = s.tree.findHighest(size: size, align: align, limit: limit), s.tree.insert(lo: lo, hi: lo + size - 1) else {
+                if is32 { s.max32AllocSize = size }
+                s.counters.failures += 1
+                return nil
+            }
+            return lo
+        }
+    }
+
+    private func treeFree(_ s: inout Shared, pfn: UInt64) -> Bool {
+        guard s.tree.remove(lo: pfn) != nil else { return false }
+        if pfn < dma32PFN { s.max32AllocSize = .max }
+        s.counters.treeFrees += 1
+        return true
+    }
+
+    // MARK: Per-CPU caches
+
+    private func cacheGet(order: Int, size: UInt64, limit: UInt64, cpu: Int) -> UInt64? {
+        let slot = slots[cpu % cpuCount]
+        let hit: UInt64? = slot.lock.withLock { c in
+            if let pfn = Self.pop(c.loaded[order], size: size, limit: limit) { return pfn }
+            if c.previous[order].pointee > 0 {
+                swap(&c.loaded[order], &c.previous[order])
+                if let pfn = Self.pop(c.loaded[order], size: size, limit: limit) { return pfn }
+            }
+            // A full magazine from the depot replaces the empty loaded one.
+            let empty = c.loaded[order]
+            guard empty.pointee == 0, let full = takeFromDepot(order: order) else { return nil }
+            shared.withLock { s in s.spare.append(empty) }
+            c.loaded[order] = full
+            return Self.pop(full, size: size, limit: limit)
+        }
+        if hit != nil { return hit }
+        return nil
+    }
+
+    /// Takes a frame at or below `limit - size + 1` from the magazine (from the top).
+    @inline(__always)
+    static func pop(_ m: Magazine, size: UInt64, limit: UInt64) -> UInt64? {
+        var i = Int(m.pointee)
+        let highest = limit - size + 1
+        while i > 0 {
+            let pfn = m[i]
+            if pfn <= highest {
+                m[i] = m[Int(m.pointee)]
+                m.pointee -= 1
+                return pfn
+            }
+            i -= 1
+        }
+        return nil
+    }
+
+    private func cacheInsert(order: Int, pfn: UInt64, cpu: Int) {
+        let slot = slots[cpu % cpuCount]
+        slot.lock.withLock { c in
+            var m = c.loaded[order]
+            if Int(m.pointee) == Self.magazineSize {
+                if Int(c.previous[order].pointee) < Self.magazineSize {
+                    swap(&c.loaded[order], &c.previous[order])
+                } else {
+                    // Both full: the loaded one goes to the depot, an empty one is loaded.
+                    let full = m
+                    let fresh = shared.withLock { s -> Magazine in
+                        s.depot[order].append(full)
+                        s.counters.depotPushes += 1
+                        trimDepot(&s)
+                        if let e = s.spare.popLast() { return e }
+                        let e = Magazine.make()
+                        s.allMagazines.append(e)
+                        return e
+                    }
+                    c.loaded[order] = fresh
+                }
+                m = c.loaded[order]
+            }
+            m.pointee += 1
+            m[Int(m.pointee)] = pfn
+        }
+    }
+
+    private func takeFromDepot(order: Int) -> Magazine? {
+        shared.withLock { s in
+            trimDepot(&s)
+            return s.depot[order].popLast()
+        }
+    }
+
+    /// Returns one depot magazine to the tree per `depotDelayNs` while the depot holds more
+    /// magazines than there are CPUs (Linux `iova_depot_work_func`).
+    private func trimDepot(_ s: inout Shared) {
+        let now = clock()
+        let total = s.depot.reduce(0) { $0 + $1.count }
+        guard total > cpuCount else { s.trimDue = nil; return }
+        guard let due = s.trimDue else { s.trimDue = now &+ Self.depotDelayNs; return }
+        guard now >= due else { return }
+        if let order = (0..<Self.cachedOrders).max(by: { s.depot[$0].count < s.depot[$1].count }), let m = s.depot[order].popLast() {
+            for i in 1...Int(m.pointee) where m.pointee > 0 { _ = treeFree(&s, pfn: m[i]) }
+            m.pointee = 0
+            s.spare.append(m)
+            s.counters.depotTrims += 1
+        }
+        s.trimDue = total - 1 > cpuCount ? now &+ Self.depotDelayNs : nil
+    }
+
+    /// Returns every cached range to the tree (Linux `free_global_cached_iovas` +
+    /// `free_cpu_cached_iovas`).
+    public func flushCaches() {
+        for slot in slots {
+            slot.lock.withLock { c in
+                shared.withLock { s in
+                    for order in 0..<Self.cachedOrders {
+                        for m in [c.loaded[order], c.previous[order]] where m.pointee > 0 {
+                            for i in 1...Int(m.pointee) { _ = treeFree(&s, pfn: m[i]) }
+                            m.pointee = 0
+                        }
+                    }
+                }
+            }
+        }
+        shared.withLock { s in
+            for order in 0..<Self.cachedOrders {
+                while let m = s.depot[order].popLast() {
+                    if m.pointee > 0 { for i in 1...Int(m.pointee) { _ = treeFree(&s, pfn: m[i]) } }
+                    m.pointee = 0
+                    s.spare.append(m)
+                }
+            }
+            s.trimDue = nil
+            s.counters.cacheFlushes += 1
+        }
+    }
+
+    // MARK: Inspection
+
+    /// Ranges allocated in the tree (cached ones included).
+    public var allocatedRanges: Int { shared.withLock { $0.tree.count } }
+
+    /// Ranges sitting in caches (per-CPU magazines and the depot).
+    public var cachedRanges: Int {
+        var n = 0
+        for slot in slots {
+            n += slot.lock.withLock { c in
+                (0..<Self.cachedOrders).reduce(0) { $0 + Int(c.loaded[$1].pointee) + Int(c.previous[$1].pointee) }
+            }
+        }
+        return n + shared.withLock { s in s.depot.reduce(0) { $0 + $1.reduce(0) { $0 + Int($1.pointee) } } }
+    }
+
+    public var depotMagazines: Int { shared.withLock { s in s.depot.reduce(0) { $0 + $1.count } } }
+
+    public var counters: IOVACounters { shared.withLock { $0.counters } }
+
+    /// Whether [pfn, pfn + pages) lies inside one allocated range.
+    public func isAllocated(pfn: UInt64, pages: UInt64) -> Bool {
+        shared.withLock { s in
+            let n = s.tree.find(containing: pfn)
+            guard n != IOVATree.none else { return false }
+            return s.tree.nodes[Int(n)].hi >= pfn + pages - 1
+        }
+    }
+
+    /// The tree's structural check (tests).
+    func validateTree() -> Bool { shared.withLock { $0.tree.validate() } }
+}
+
+/// What the IOVA allocator did.
+public struct IOVACounters: Equatable, Sendable {
+    public var treeAllocations: UInt64 = 0
+    public var treeFrees: UInt64 = 0
+    public var failures: UInt64 = 0
+    public var fastFails: UInt64 = 0
+    public var depotPushes: UInt64 = 0
+    public var depotTrims: UInt64 = 0
+    public var cacheFlushes: UInt64 = 0
+    public init() {}
+}

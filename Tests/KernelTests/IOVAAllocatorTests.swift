@@ -1,0 +1,220 @@
+import Testing
+import Synchronization
+import Platform
+@testable import Kernel
+
+/// A settable clock for depot trimming.
+final class IOVATestClock: @unchecked Sendable {
+    var now: UInt64 = 0
+}
+
+/// Brute-force reference: the highest `size`-block aligned to `align` at or below `limit` that
+/// avoids every allocated range.
+private func referenceHighest(_ ranges: [(UInt64, UInt64)], size: UInt64, align: UInt64, limit: UInt64, start: UInt64) -> UInt64? {
+    func fit(_ lo: UInt64, _ hi: UInt64) -> UInt64? {
+        guard hi >= lo, hi - lo + 1 >= size else { return nil }
+        let c = (hi - size + 1) & ~(align - 1)
+        return c >= lo ? c : nil
+    }
+    var top = limit
+    for (lo, hi) in ranges.sorted(by: { $0.0 > $1.0 }) where lo <= top {
+        if hi < top, let c = fit(hi + 1, top) { return c }
+        guard lo > start else { return nil }
+        top = lo - 1
+    }
+    return fit(start, top)
+}
+
+@Suite("IOVA allocator: tree, alignment, 32-bit rules, per-CPU caches")
+struct IOVAAllocatorTests {
+    func domain(end: UInt64 = (1 << 36) - 1, cpus: Int = 2, clock: IOVATestClock = IOVATestClock()) -> IOVADomain {
+        IOVADomain(granuleShift: 12, startPFN: 1, endPFN: end, cpus: cpus, clock: { clock.now })
+    }
+
+    @Test("allocation is top-down below the limit and size-aligned to the power of two above the size")
+    func topDownAligned() {
+        let d = domain()
+        let limit: UInt64 = 0xF_FFFF
+        #expect(d.allocate(pages: 1, limitPFN: limit, cpu: 0) == limit)
+        let four = d.allocate(pages: 4, limitPFN: limit, cpu: 0)
+        #expect(four.map { $0 % 4 == 0 && $0 + 3 < limit } == true)
+        let forty = d.allocate(pages: 40, limitPFN: limit, cpu: 0)   // beyond the cached sizes: aligned to 64
+        #expect(forty.map { $0 % 64 == 0 } == true)
+        #expect(d.validateTree())
+    }
+
+    @Test("cached sizes round up to a power of two; larger sizes are kept exact")
+    func roundedSizes() {
+        #expect(IOVADomain.roundedSize(1) == 1)
+        #expect(IOVADomain.roundedSize(3) == 4)
+        #expect(IOVADomain.roundedSize(17) == 32)
+        #expect(IOVADomain.roundedSize(32) == 32)
+        #expect(IOVADomain.roundedSize(33) == 33)
+    }
+
+    @Test("the tree finds the same placement as a brute-force search over random fragmentation", arguments: [UInt64(1), 2, 3])
+    func matchesReference(seed: UInt64) {
+        var tree = IOVATree(start: 1, end: 1 << 16)
+        var live: [(UInt64, UInt64)] = []
+        var rng = SeededRNG(seed: seed)
+        for _ in 0..<3000 {
+            if live.isEmpty || rng.next(below: 3) != 0 {
+                let size = 1 + rng.next(below: 200)
+                let align = UInt64(1) << rng.next(below: 8)
+                let limit = 1 + rng.next(below: 1 << 16)
+                let expected = referenceHighest(live, size: size, align: align, limit: min(limit, 1 << 16), start: 1)
+                let got = tree.findHighest(size: size, align: align, limit: limit)
+                #expect(got == expected, "size \(size) align \(align) limit \(limit)")
+                if let lo = got {
+                    let inserted = tree.insert(lo: lo, hi: lo + size - 1)
+                    #expect(inserted)
+                    live.append((lo, lo + size - 1))
+                }
+            } else {
+                let i = Int(rng.next(below: UInt64(live.count)))
+                let removed = tree.remove(lo: live[i].0)
+                #expect(removed == live[i].1)
+                live.remove(at: i)
+            }
+        }
+        #expect(tree.validate())
+        #expect(tree.count == live.count)
+    }
+
+    @Test("overlapping insertions and removals of ranges that do not exist are refused and change nothing")
+    func treeRefusesBadRequests() {
+        var tree = IOVATree(start: 1, end: 1000)
+        let first = tree.insert(lo: 10, hi: 20)
+        let overlapping = tree.insert(lo: 15, hi: 30)
+        let zero = tree.insert(lo: 0, hi: 5)
+        let beyond = tree.insert(lo: 990, hi: 2000)
+        let notStart = tree.remove(lo: 11)
+        let absent = tree.remove(lo: 500)
+        #expect(first)
+        #expect(!overlapping)
+        #expect(!zero, "frame 0 is never handed out")
+        #expect(!beyond)
+        #expect(notStart == nil)
+        #expect(absent == nil)
+        #expect(tree.count == 1 && tree.validate())
+    }
+
+    @Test("the fragmentation case from the allocator's history (500 + 12 + 499 MB) still finds the freed space")
+    func fragmentation() {
+        // A 2 GiB space (4 KiB granules, size-aligned as the DMA layer asks): allocate 500 MB,
+        // 12 MB, 499 MB, free the 500 MB and 499 MB ranges, then both sizes must fit again.
+        let d = IOVADomain(endPFN: (1 << 19) - 1, clock: { 0 })
+        let mb: UInt64 = 256
+        let limit: UInt64 = (1 << 19) - 1
+        let a = d.allocate(pages: 500 * mb, limitPFN: limit, cpu: 0)
+        let b = d.allocate(pages: 12 * mb, limitPFN: limit, cpu: 0)
+        let c = d.allocate(pages: 499 * mb, limitPFN: limit, cpu: 0)
+        #expect(a != nil && b != nil && c != nil)
+        #expect(d.free(pfn: a!, pages: 500 * mb, cpu: 0))
+        #expect(d.free(pfn: c!, pages: 499 * mb, cpu: 0))
+        #expect(d.allocate(pages: 500 * mb, limitPFN: limit, cpu: 0) != nil)
+        #expect(d.allocate(pages: 499 * mb, limitPFN: limit, cpu: 0) != nil)
+        #expect(d.validateTree())
+    }
+
+    @Test("a failed 32-bit allocation makes larger 32-bit requests fail fast until something below 4 GiB is freed")
+    func fastFail32() {
+        let d = domain()
+        let limit32 = d.dma32PFN - 1
+        // Leave one 8-frame hole below 4 GiB.
+        #expect(d.reserve(lo: 1, hi: limit32 - 8))
+        #expect(d.allocate(pages: 64, limitPFN: limit32, cpu: 0, flushOnFailure: false) == nil)
+        let before = d.counters.fastFails
+        #expect(d.allocate(pages: 128, limitPFN: limit32, cpu: 0, flushOnFailure: false) == nil)
+        #expect(d.counters.fastFails == before + 1)
+        let small = d.allocate(pages: 40, limitPFN: d.dma32PFN * 4, cpu: 0)
+        #expect(small.map { $0 >= d.dma32PFN } == true, "the full mask still works")
+        // A small 32-bit request still fits in the hole; freeing it resets the fast-fail size.
+        let eight = d.allocate(pages: 8, limitPFN: limit32, cpu: 0)
+        #expect(eight != nil)
+        #expect(d.free(pfn: d.allocate(pages: 33, limitPFN: d.dma32PFN * 4, cpu: 0)!, pages: 33, cpu: 0))
+        #expect(d.validateTree())
+    }
+
+    @Test("a freed cached-size range is reused from the same CPU's magazine, last in first out")
+    func magazineReuse() {
+        let d = domain()
+        let a = d.allocate(pages: 2, limitPFN: 1 << 30, cpu: 0)!
+        let b = d.allocate(pages: 2, limitPFN: 1 << 30, cpu: 0)!
+        d.free(pfn: a, pages: 2, cpu: 0)
+        d.free(pfn: b, pages: 2, cpu: 0)
+        #expect(d.cachedRanges == 2)
+        #expect(d.allocatedRanges == 2, "cached ranges stay allocated in the tree")
+        #expect(d.allocate(pages: 2, limitPFN: 1 << 30, cpu: 0) == b)
+        #expect(d.allocate(pages: 2, limitPFN: 1 << 30, cpu: 1) != a, "another CPU does not see CPU 0's magazine")
+    }
+
+    @Test("a cached range above the request's limit is not handed out")
+    func cacheRespectsLimit() {
+        let d = domain()
+        let high = d.allocate(pages: 1, limitPFN: 1 << 30, cpu: 0)!
+        d.free(pfn: high, pages: 1, cpu: 0)
+        let low = d.allocate(pages: 1, limitPFN: 1000, cpu: 0)
+        #expect(low.map { $0 <= 1000 } == true)
+    }
+
+    @Test("full magazines go to the depot, which is trimmed back to the tree one magazine per 100 ms")
+    func depotAndTrim() {
+        let clock = IOVATestClock()
+        let d = domain(cpus: 1, clock: clock)
+        var pfns: [UInt64] = []
+        for _ in 0..<(127 * 5) { pfns.append(d.allocate(pages: 1, limitPFN: 1 << 30, cpu: 0)!) }
+        for p in pfns { d.free(pfn: p, pages: 1, cpu: 0) }
+        #expect(d.depotMagazines >= 2)
+        let allocatedBefore = d.allocatedRanges
+        #expect(d.counters.depotTrims == 0, "nothing is trimmed before the delay")
+        clock.now = IOVADomain.depotDelayNs + 1
+        // Emptying the loaded and previous magazines makes the next allocation take from the
+        // depot, which runs the due trim.
+        for _ in 0..<300 { _ = d.allocate(pages: 1, limitPFN: 1 << 30, cpu: 0) }
+        #expect(d.counters.depotTrims >= 1)
+        #expect(d.allocatedRanges == allocatedBefore - 127, "one magazine went back to the tree")
+        #expect(d.validateTree())
+    }
+
+    @Test("when the tree is exhausted by cached ranges, allocation flushes the caches and retries once")
+    func flushAndRetry() {
+        let d = IOVADomain(endPFN: 64, cpus: 2, clock: { 0 })
+        var got: [UInt64] = []
+        while let p = d.allocate(pages: 1, limitPFN: 64, cpu: 0, flushOnFailure: false) { got.append(p) }
+        #expect(got.count == 64)
+        for p in got { d.free(pfn: p, pages: 1, cpu: 0) }
+        // CPU 1 has nothing cached and the tree is full: only a flush helps.
+        #expect(d.allocate(pages: 2, limitPFN: 64, cpu: 1, flushOnFailure: false) == nil)
+        #expect(d.allocate(pages: 2, limitPFN: 64, cpu: 1) != nil)
+        #expect(d.counters.cacheFlushes == 1)
+        #expect(d.cachedRanges == 0)
+    }
+
+    @Test("a long random soak keeps the tree valid and every live range allocated")
+    func soak() {
+        let d = domain(end: (1 << 24) - 1, cpus: 4)
+        var rng = SeededRNG(seed: 9)
+        var live: [(pfn: UInt64, pages: UInt64)] = []
+        for _ in 0..<50_000 {
+            if live.count < 2000 && (live.isEmpty || rng.next(below: 2) == 0) {
+                let pages = rng.next(below: 10) == 0 ? 33 + rng.next(below: 300) : 1 + rng.next(below: 32)
+                let limit = rng.next(below: 4) == 0 ? d.dma32PFN - 1 : (1 << 24) - 1
+                if let p = d.allocate(pages: pages, limitPFN: limit, cpu: Int(rng.next(below: 4))) {
+                    live.append((p, pages))
+                }
+            } else {
+                let i = Int(rng.next(below: UInt64(live.count)))
+                let r = live.remove(at: i)
+                #expect(d.free(pfn: r.pfn, pages: r.pages, cpu: Int(rng.next(below: 4))))
+            }
+        }
+        #expect(d.validateTree())
+        for r in live { #expect(d.isAllocated(pfn: r.pfn, pages: IOVADomain.roundedSize(r.pages))) }
+        // Live ranges never overlap.
+        let sorted = live.sorted { $0.pfn < $1.pfn }
+        for (x, y) in zip(sorted, sorted.dropFirst()) { #expect(x.pfn + IOVADomain.roundedSize(x.pages) <= y.pfn) }
+        d.flushCaches()
+        #expect(d.allocatedRanges == live.count)
+    }
+}
