@@ -85,19 +85,22 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
 
     // MARK: DMA checks
 
-    /// Does `r` permit a device access of `access` at `iova` landing on `physical`?
+    /// Where `region` sends `iova` for `access`, or nil if its permissions refuse it.
+    static func target(_ region: ShadowMap.Region?, iova: UInt64, access: DMAAccess) -> UInt64? {
+        guard let region else { return nil }
+        let needed: PagePermissions = access.contains(.write) ? .write : .read
+        guard region.permissions.contains(needed) else { return nil }
+        return region.physical &+ (iova - region.start)
+    }
+
+    /// Does `r` permit a device access of `access` at `iova` landing on `physical`? Mapped
+    /// ranges in any state count, and so do ranges whose unmap could not invalidate.
     func permits(_ r: Ref, iova: UInt64, physical: UInt64, access: DMAAccess) -> Bool {
         switch r {
         case .identity: return physical == iova
         case .paging(let id):
-            guard let region = shadows[id]?.lookup(iova) ?? abandoned[id]?.lookup(iova) else { return false }
-            guard region.physical &+ (iova - region.start) == physical else {
-                if let stale = abandoned[id]?.lookup(iova) { return stale.physical &+ (iova - stale.start) == physical }
-                return false
-            }
-            if access.contains(.write) && !region.permissions.contains(.write) { return false }
-            if access.contains(.read) && !access.contains(.write) && !region.permissions.contains(.read) { return false }
-            return true
+            return Self.target(shadows[id]?.lookup(iova), iova: iova, access: access) == physical
+                || Self.target(abandoned[id]?.lookup(iova), iova: iova, access: access) == physical
         }
     }
 
@@ -107,9 +110,7 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
         case .identity: return iova
         case .paging(let id):
             guard let region = shadows[id]?.lookup(iova), region.state == .settled else { return nil }
-            if access.contains(.write) && !region.permissions.contains(.write) { return nil }
-            if !access.contains(.write) && !region.permissions.contains(.read) { return nil }
-            return region.physical &+ (iova - region.start)
+            return Self.target(region, iova: iova, access: access)
         }
     }
 
@@ -212,19 +213,18 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     public func transitionEnded(_ device: Device, pasid: PASID?, current: IOMMUDomain?, path: UpdatePath) {
         guard tracks(device.driver) else { return }
         let key = Self.key(unit: device.unit, rid: device.requesterID, pasid: pasid?.rawValue ?? 0)
-        var w = windows[key] ?? Window()
-        if path.isHitless, path != .removed {
-            for f in w.alikeFaults { violate("replace-not-hitless", "\(f) during a \(path.rawValue) update") }
+        let faults = windows[key]?.alikeFaults ?? []
+        if path.isHitless && path != .removed {
+            for f in faults { violate("replace-not-hitless", "\(f) during a \(path.rawValue) update") }
+        } else {
+            expectedFaults &+= UInt64(faults.count)
         }
-        expectedFaults &+= UInt64(path.isHitless && path != .removed ? 0 : w.alikeFaults.count)
-        w = Window(current: ref(current))
+        let w = Window(current: ref(current))
         if w.current == nil { windows[key] = nil } else { windows[key] = w }
     }
 
+    /// Freeing a domain with mappings is allowed (the tables go with it): forget them.
     public func domainFreed(_ domain: IOMMUDomain) {
-        if let s = shadows[domain.id], !s.isEmpty {
-            // Freeing a domain with mappings is allowed (the tables go with it); forget them.
-        }
         shadows[domain.id] = nil
         graveyards[domain.id] = nil
         abandoned[domain.id] = nil

@@ -31,12 +31,9 @@ public struct Tour {
         var log = RunLog(scheduler: m.scheduler)
         let s = m.scheduler
         s.yieldPolicy = YieldPolicy(probability: 0.25, maxAdvanceNs: 3_000)
-        var stepName = "probe"
         func step<T>(_ name: String, _ body: () throws -> T) throws -> T {
-            stepName = name
             do { return try body() } catch let error as IOMMUError { throw StepFailed(step: name, error: error) }
         }
-        _ = stepName
 
         // Probe.
         let probed = try step("probe devices") {

@@ -112,25 +112,17 @@ extension IOMMUCore {
     /// leaves its group; an empty group's default domain is freed.
     public func release(_ device: Device) throws(IOMMUError) {
         try checkProbed(device)
-        guard let g = device.group else { return }
-        for raw in device.attachedPASIDs.keys.sorted() {
-            let pasid = PASID(truncating: raw)
-            removePASID(device, pasid)
-            if !g.devices.contains(where: { $0 !== device && $0.attachedPASIDs[raw] != nil }) { g.pasidDomains[raw] = nil }
-        }
-        if let current = device.attachedDomain {
-            observer?.transitionBegan(device, pasid: nil, from: current, to: nil)
-            _ = try? device.driver.blockedDomain.attach(device, old: current)
-            current.attachments -= 1
-            device.attachedDomain = nil
-            observer?.transitionEnded(device, pasid: nil, current: nil, path: .removed)
-        }
         forget(device)
     }
 
-    /// Drops a device from the core's books (after it left every domain).
+    /// Takes a device out of every domain and off the core's books (also the undo of a
+    /// failed probe).
     func forget(_ device: Device) {
-        for raw in device.attachedPASIDs.keys.sorted() { removePASID(device, PASID(truncating: raw)) }
+        for raw in device.attachedPASIDs.keys.sorted() {
+            let pasid = PASID(truncating: raw)
+            removePASID(device, pasid)
+            if let g = device.group { dropEmptyPASIDSlot(g, pasid) }
+        }
         if let current = device.attachedDomain {
             observer?.transitionBegan(device, pasid: nil, from: current, to: nil)
             _ = try? device.driver.blockedDomain.attach(device, old: current)

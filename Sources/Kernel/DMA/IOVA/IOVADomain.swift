@@ -14,6 +14,8 @@ public final class IOVADomain: @unchecked Sendable {
     public static let cachedOrders = 6
     /// Frames per magazine (Linux `IOVA_MAG_SIZE`).
     public static let magazineSize = 127
+    /// Largest cached size in granules (Linux `iova_rcache_range`).
+    public static let maxCachedSize: UInt64 = 1 << UInt64(cachedOrders - 1)
     /// Depot trim period (Linux `IOVA_DEPOT_DELAY`).
     public static let depotDelayNs: UInt64 = 100_000_000
 
@@ -107,7 +109,7 @@ public final class IOVADomain: @unchecked Sendable {
     /// free returns the range to the right cache (Linux `alloc_iova_fast`).
     @inlinable
     public static func roundedSize(_ pages: UInt64) -> UInt64 {
-        guard pages > 1, pages < 1 << (cachedOrders - 1) + 1 else { return pages }
+        guard pages > 1, pages <= maxCachedSize else { return pages }
         return UInt64(1) << UInt64(64 - (pages - 1).leadingZeroBitCount)
     }
 
@@ -122,8 +124,7 @@ public final class IOVADomain: @unchecked Sendable {
     public func allocate(pages: UInt64, limitPFN: UInt64, cpu: Int, flushOnFailure: Bool = true) -> UInt64? {
         guard pages > 0, pages <= limitPFN else { return nil }
         let size = Self.roundedSize(pages)
-        let order = Self.order(size)
-        if size == 1 << UInt64(order), order < Self.cachedOrders, let pfn = cacheGet(order: order, size: size, limit: limitPFN, cpu: cpu) {
+        if size <= Self.maxCachedSize, let pfn = cacheGet(order: Self.order(size), size: size, limit: limitPFN, cpu: cpu) {
             return pfn
         }
         if let pfn = treeAllocate(size: size, limit: limitPFN) { return pfn }
@@ -138,9 +139,8 @@ public final class IOVADomain: @unchecked Sendable {
     @discardableResult
     public func free(pfn: UInt64, pages: UInt64, cpu: Int) -> Bool {
         let size = Self.roundedSize(pages)
-        let order = Self.order(size)
-        if size == 1 << UInt64(order), order < Self.cachedOrders {
-            cacheInsert(order: order, pfn: pfn, cpu: cpu)
+        if size <= Self.maxCachedSize {
+            cacheInsert(order: Self.order(size), pfn: pfn, cpu: cpu)
             return true
         }
         return shared.withLock { s in treeFree(&s, pfn: pfn) }
@@ -170,6 +170,14 @@ public final class IOVADomain: @unchecked Sendable {
         }
     }
 
+    /// Returns every frame in `m` to the tree and empties it.
+    private func drain(_ m: Magazine, _ s: inout Shared) {
+        while m.pointee > 0 {
+            _ = treeFree(&s, pfn: m[Int(m.pointee)])
+            m.pointee -= 1
+        }
+    }
+
     private func treeFree(_ s: inout Shared, pfn: UInt64) -> Bool {
         guard s.tree.remove(lo: pfn) != nil else { return false }
         if pfn < dma32PFN { s.max32AllocSize = .max }
@@ -180,8 +188,7 @@ public final class IOVADomain: @unchecked Sendable {
     // MARK: Per-CPU caches
 
     private func cacheGet(order: Int, size: UInt64, limit: UInt64, cpu: Int) -> UInt64? {
-        let slot = slots[cpu % cpuCount]
-        let hit: UInt64? = slot.lock.withLock { c in
+        slots[cpu % cpuCount].lock.withLock { c in
             if let pfn = Self.pop(c.loaded[order], size: size, limit: limit) { return pfn }
             if c.previous[order].pointee > 0 {
                 swap(&c.loaded[order], &c.previous[order])
@@ -194,8 +201,6 @@ public final class IOVADomain: @unchecked Sendable {
             c.loaded[order] = full
             return Self.pop(full, size: size, limit: limit)
         }
-        if hit != nil { return hit }
-        return nil
     }
 
     /// Takes a frame at or below `limit - size + 1` from the magazine (from the top).
@@ -259,8 +264,7 @@ public final class IOVADomain: @unchecked Sendable {
         guard let due = s.trimDue else { s.trimDue = now &+ Self.depotDelayNs; return }
         guard now >= due else { return }
         if let order = (0..<Self.cachedOrders).max(by: { s.depot[$0].count < s.depot[$1].count }), let m = s.depot[order].popLast() {
-            for i in 1...Int(m.pointee) where m.pointee > 0 { _ = treeFree(&s, pfn: m[i]) }
-            m.pointee = 0
+            drain(m, &s)
             s.spare.append(m)
             s.counters.depotTrims += 1
         }
@@ -274,10 +278,8 @@ public final class IOVADomain: @unchecked Sendable {
             slot.lock.withLock { c in
                 shared.withLock { s in
                     for order in 0..<Self.cachedOrders {
-                        for m in [c.loaded[order], c.previous[order]] where m.pointee > 0 {
-                            for i in 1...Int(m.pointee) { _ = treeFree(&s, pfn: m[i]) }
-                            m.pointee = 0
-                        }
+                        drain(c.loaded[order], &s)
+                        drain(c.previous[order], &s)
                     }
                 }
             }
@@ -285,8 +287,7 @@ public final class IOVADomain: @unchecked Sendable {
         shared.withLock { s in
             for order in 0..<Self.cachedOrders {
                 while let m = s.depot[order].popLast() {
-                    if m.pointee > 0 { for i in 1...Int(m.pointee) { _ = treeFree(&s, pfn: m[i]) } }
-                    m.pointee = 0
+                    drain(m, &s)
                     s.spare.append(m)
                 }
             }

@@ -200,10 +200,9 @@ extension IntelIOMMU {
     func tearDown(_ address: UInt64, _ old: PASIDEntry, pasid: UInt32, info: VTdDeviceInfo) throws(IOMMUError) {
         try store(address, old.val[0] & ~1)
         platform.scheduler.yieldPoint(KernelYield.afterPresentClear)
-        do { try flushEntry(old, pasid: pasid, info: info) } catch {
-            // Leave the entry non-present but unzeroed: nothing new can be cached from it.
-            throw error
-        }
+        // On failure the entry stays non-present but unzeroed: nothing new can be cached
+        // from it, and the next removal flushes it again.
+        try flushEntry(old, pasid: pasid, info: info)
         for i in 0..<8 { try store(address + UInt64(i) * 8, 0) }
     }
 

@@ -11,8 +11,9 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
     public let platform: PlatformContext
     public let units: [IntelIOMMU]
     public private(set) weak var core: IOMMUCore?
-    private var blocked: VTdBlockedDomain!
-    private var identity: VTdIdentityDomain?
+    private lazy var blocked = VTdBlockedDomain(driver: self)
+    private lazy var identity: VTdIdentityDomain? =
+        units.allSatisfy { $0.extendedCapability.passThrough } ? VTdIdentityDomain(driver: self) : nil
 
     /// Brings up `hardware` (root tables, invalidation queues, translation enabled).
     public init(name: String = "intel-iommu", platform: PlatformContext, hardware: [VTdUnit]) throws(IOMMUError) {
@@ -26,8 +27,6 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
             }
         }
         units = made
-        blocked = VTdBlockedDomain(driver: self)
-        if units.allSatisfy({ $0.extendedCapability.passThrough }) { identity = VTdIdentityDomain(driver: self) }
         for u in units {
             u.driver = self
             do { try u.enable() } catch {

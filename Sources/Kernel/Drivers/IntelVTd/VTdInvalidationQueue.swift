@@ -102,10 +102,8 @@ final class VTdInvalidationQueue {
         try? platform.memory.store64(slot, nop.qw0); try? platform.memory.store64(slot + 8, nop.qw1)
         try? platform.memory.store64(slot + 16, 0); try? platform.memory.store64(slot + 24, 0)
         unit.write32(VTdRegister.faultStatus, VTdFaultStatus.invalidationQueueError)
-        let memory = platform.memory
         let u = unit
         let t = tail
         _ = try? platform.scheduler.wait(until: { u.read64(VTdRegister.invalidationQueueHead) == t }, timeoutNs: timeoutNs)
-        _ = memory
     }
 }

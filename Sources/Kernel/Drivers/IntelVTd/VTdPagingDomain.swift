@@ -50,14 +50,6 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
 
     // MARK: Attach
 
-    override func attach(_ device: Device, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
-        try setTranslation(device, pasid: 0, old: old)
-    }
-
-    override func setDevicePASID(_ device: Device, pasid: PASID, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
-        try setTranslation(device, pasid: pasid.rawValue, old: old)
-    }
-
     /// Checks the unit can walk this domain's tables (Linux `paging_domain_compatible`).
     func checkCompatible(_ u: IntelIOMMU) throws(IOMMUError) {
         guard u.extendedCapability.secondStage, u.capability.supportsSecondStage(levels: levels) else {
@@ -74,7 +66,7 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
     /// Points (`device`, `pasid`) at this domain: take a DID reference on the unit, program
     /// the entry (hitless when the hardware allows), add cache tags, then let the old domain
     /// drop its tags and DID reference. On failure the old configuration stays.
-    private func setTranslation(_ device: Device, pasid: UInt32, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
+    override func setTranslation(_ device: Device, pasid: UInt32, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
         let u = try driver.iommu(for: device)
         try checkCompatible(u)
         let did = try acquireDID(u)
@@ -130,8 +122,12 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
         u.releaseDID(info.did, invalidated: invalidated && !info.tainted)
     }
 
+    private func tagIndex(_ kind: CacheTag.Kind, unit: Int, did: DomainID, pasid: UInt32, device: RequesterID) -> Int? {
+        tags.firstIndex { $0.kind == kind && $0.unit == unit && $0.did == did && $0.pasid == pasid && $0.device == device }
+    }
+
     private func addTag(_ kind: CacheTag.Kind, unit: Int, did: DomainID, pasid: UInt32, device: RequesterID) {
-        if let i = tags.firstIndex(where: { $0.kind == kind && $0.unit == unit && $0.did == did && $0.pasid == pasid && $0.device == device }) {
+        if let i = tagIndex(kind, unit: unit, did: did, pasid: pasid, device: device) {
             tags[i].users += 1
             return
         }
@@ -141,7 +137,7 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
     }
 
     private func removeTag(_ kind: CacheTag.Kind, unit: Int, did: DomainID, pasid: UInt32, device: RequesterID) {
-        guard let i = tags.firstIndex(where: { $0.kind == kind && $0.unit == unit && $0.did == did && $0.pasid == pasid && $0.device == device }) else { return }
+        guard let i = tagIndex(kind, unit: unit, did: did, pasid: pasid, device: device) else { return }
         tags[i].users -= 1
         if tags[i].users == 0 { tags.remove(at: i) }
     }

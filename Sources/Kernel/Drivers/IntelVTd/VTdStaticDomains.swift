@@ -14,6 +14,20 @@ class VTdDomain: IOMMUDomain, @unchecked Sendable {
     /// (`device`, `pasid`) no longer uses this domain; `invalidated` tells whether the
     /// caches were flushed of its old entry.
     func removeDevice(_ device: Device, pasid: UInt32, invalidated: Bool) {}
+
+    /// Points (`device`, `pasid`) at this domain, replacing `old`; RID traffic uses
+    /// RID_PASID 0. Each VT-d domain kind implements this once.
+    func setTranslation(_ device: Device, pasid: UInt32, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
+        throw .notSupported("\(self) cannot be attached")
+    }
+
+    override func attach(_ device: Device, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
+        try setTranslation(device, pasid: 0, old: old)
+    }
+
+    override func setDevicePASID(_ device: Device, pasid: PASID, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
+        try setTranslation(device, pasid: pasid.rawValue, old: old)
+    }
 }
 
 /// The static blocking domain (Linux `blocking_domain` in intel/iommu.c): attaching it tears
@@ -27,15 +41,7 @@ final class VTdBlockedDomain: VTdDomain, @unchecked Sendable {
 
     override var description: String { "blocked domain" }
 
-    override func attach(_ device: Device, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
-        try block(device, pasid: 0, old: old)
-    }
-
-    override func setDevicePASID(_ device: Device, pasid: PASID, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
-        try block(device, pasid: pasid.rawValue, old: old)
-    }
-
-    private func block(_ device: Device, pasid: UInt32, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
+    override func setTranslation(_ device: Device, pasid: UInt32, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
         let u = try driver.iommu(for: device)
         let ok = u.removeEntry(device, pasid: pasid)
         (old as? VTdDomain)?.removeDevice(device, pasid: pasid, invalidated: ok)
@@ -53,15 +59,7 @@ final class VTdIdentityDomain: VTdDomain, @unchecked Sendable {
 
     override var description: String { "identity domain" }
 
-    override func attach(_ device: Device, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
-        try set(device, pasid: 0, old: old)
-    }
-
-    override func setDevicePASID(_ device: Device, pasid: PASID, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
-        try set(device, pasid: pasid.rawValue, old: old)
-    }
-
-    private func set(_ device: Device, pasid: UInt32, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
+    override func setTranslation(_ device: Device, pasid: UInt32, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
         let u = try driver.iommu(for: device)
         guard u.extendedCapability.passThrough else { throw .incompatible("\(u.name) has no pass-through") }
         let entry = PASIDEntry.make(pgtt: .passThrough, did: DomainIDAllocator.shared)
