@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Why a frame could not be allocated or freed.
 public enum FrameError: Error, Equatable, Sendable {
     /// No free frame left in the allocator's region (Linux: -ENOMEM).
@@ -14,6 +16,8 @@ public enum FrameError: Error, Equatable, Sendable {
 /// handed out, zeroed and unbacked when freed. Every allocation is counted (`inUse`, `peak`,
 /// per-purpose tallies), so a scenario can assert that teardown leaked nothing.
 /// Freeing a frame that is not allocated is reported, never a trap.
+///
+/// Thread safe (one lock): page tables grow from several threads in the DMA benchmarks.
 public final class FrameAllocator: @unchecked Sendable {
     /// What a frame is used for; counted separately so leaks name their owner.
     public enum Purpose: Int, CaseIterable, Sendable {
@@ -24,18 +28,23 @@ public final class FrameAllocator: @unchecked Sendable {
     public let firstFrame: UInt64
     public let endFrame: UInt64
     public let faults: FaultInjector?
+    /// Called with each frame's address as it is freed, before it can be handed out again
+    /// (the simulator's oracle checks that no cache may still reach it). Set before use.
+    public var freeObserver: ((UInt64, Purpose) -> Void)?
 
-    private var nextFresh: UInt64
-    private var freeList: [UInt64] = []
-    /// Allocation bitmap over the region (1 = allocated), for `free` validation.
-    private var allocated: [UInt64]
-    private var purposeOf: [UInt8]
-
-    public private(set) var inUse: Int = 0
-    public private(set) var peak: Int = 0
-    public private(set) var totalAllocations: Int = 0
-    public private(set) var totalFrees: Int = 0
-    public private(set) var inUseByPurpose = [Int](repeating: 0, count: Purpose.allCases.count)
+    struct State {
+        var nextFresh: UInt64
+        var freeList: [UInt64] = []
+        /// Allocation bitmap over the region (1 = allocated), for `free` validation.
+        var allocated: [UInt64]
+        var purposeOf: [UInt8]
+        var inUse = 0
+        var peak = 0
+        var totalAllocations = 0
+        var totalFrees = 0
+        var inUseByPurpose = [Int](repeating: 0, count: Purpose.allCases.count)
+    }
+    private let state: Mutex<State>
 
     /// An allocator over frames `[firstFrame, endFrame)` of `memory`.
     public init(memory: PhysicalMemory, firstFrame: UInt64 = 1, endFrame: UInt64? = nil, faults: FaultInjector? = nil) {
@@ -43,36 +52,45 @@ public final class FrameAllocator: @unchecked Sendable {
         self.memory = memory
         self.firstFrame = min(firstFrame, end)
         self.endFrame = end
-        self.nextFresh = self.firstFrame
         self.faults = faults
         let count = Int(end - self.firstFrame)
-        self.allocated = [UInt64](repeating: 0, count: (count + 63) / 64)
-        self.purposeOf = [UInt8](repeating: 0, count: count)
+        state = Mutex(State(nextFresh: self.firstFrame, allocated: [UInt64](repeating: 0, count: (count + 63) / 64),
+                            purposeOf: [UInt8](repeating: 0, count: count)))
     }
 
     /// Frames still available.
-    public var available: Int { Int(endFrame - nextFresh) + freeList.count }
+    public var available: Int { state.withLock { Int(endFrame - $0.nextFresh) + $0.freeList.count } }
+    public var inUse: Int { state.withLock { $0.inUse } }
+    public var peak: Int { state.withLock { $0.peak } }
+    public var totalAllocations: Int { state.withLock { $0.totalAllocations } }
+    public var totalFrees: Int { state.withLock { $0.totalFrees } }
 
     /// Allocates one zeroed, backed frame and returns its physical address.
     public func allocate(_ purpose: Purpose = .other) throws(FrameError) -> UInt64 {
         if let faults, faults.shouldFail(.frameAlloc) { throw .injected }
-        let frame: UInt64
-        if let f = freeList.popLast() {
-            frame = f
-        } else if nextFresh < endFrame {
-            frame = nextFresh
-            nextFresh += 1
-        } else {
-            throw .outOfMemory
+        let first = firstFrame, end = endFrame
+        let frame: UInt64? = state.withLock { s in
+            let frame: UInt64
+            if let f = s.freeList.popLast() {
+                frame = f
+            } else if s.nextFresh < end {
+                frame = s.nextFresh
+                s.nextFresh += 1
+            } else {
+                return nil
+            }
+            let i = Int(frame - first)
+            s.allocated[i >> 6] |= 1 << UInt64(i & 63)
+            s.purposeOf[i] = UInt8(purpose.rawValue)
+            s.inUse += 1
+            s.inUseByPurpose[purpose.rawValue] += 1
+            s.totalAllocations += 1
+            if s.inUse > s.peak { s.peak = s.inUse }
+            return frame
         }
-        do { try memory.populate(frame: frame) } catch { throw .outOfMemory }
-        let i = Int(frame - firstFrame)
-        allocated[i >> 6] |= 1 << UInt64(i & 63)
-        purposeOf[i] = UInt8(purpose.rawValue)
-        inUse += 1
-        inUseByPurpose[purpose.rawValue] += 1
-        totalAllocations += 1
-        if inUse > peak { peak = inUse }
+        guard let frame else { throw .outOfMemory }
+        // Frames are inside memory by construction; populating is idempotent.
+        try? memory.populate(frame: frame)
         return frame << PhysicalMemory.frameShift
     }
 
@@ -84,13 +102,20 @@ public final class FrameAllocator: @unchecked Sendable {
         }
         let i = Int(frame - firstFrame)
         let bit: UInt64 = 1 << UInt64(i & 63)
-        guard allocated[i >> 6] & bit != 0 else { throw .notAllocated(address: address) }
-        allocated[i >> 6] &= ~bit
+        // Claim the frame first (so a double free is refused), zero it, then publish it.
+        let purpose: Purpose? = state.withLock { s in
+            guard s.allocated[i >> 6] & bit != 0 else { return nil }
+            s.allocated[i >> 6] &= ~bit
+            let p = Purpose(rawValue: Int(s.purposeOf[i])) ?? .other
+            s.inUse -= 1
+            s.inUseByPurpose[p.rawValue] -= 1
+            s.totalFrees += 1
+            return p
+        }
+        guard let purpose else { throw .notAllocated(address: address) }
+        freeObserver?(address, purpose)
         try? memory.discard(frame: frame)
-        freeList.append(frame)
-        inUse -= 1
-        inUseByPurpose[Int(purposeOf[i])] -= 1
-        totalFrees += 1
+        state.withLock { $0.freeList.append(frame) }
     }
 
     /// Whether `address` is a frame this allocator currently holds as allocated.
@@ -98,9 +123,9 @@ public final class FrameAllocator: @unchecked Sendable {
         let frame = address >> PhysicalMemory.frameShift
         guard frame >= firstFrame, frame < endFrame else { return false }
         let i = Int(frame - firstFrame)
-        return allocated[i >> 6] & (1 << UInt64(i & 63)) != 0
+        return state.withLock { $0.allocated[i >> 6] & (1 << UInt64(i & 63)) != 0 }
     }
 
     /// Frames in use for `purpose`.
-    public func inUse(_ purpose: Purpose) -> Int { inUseByPurpose[purpose.rawValue] }
+    public func inUse(_ purpose: Purpose) -> Int { state.withLock { $0.inUseByPurpose[purpose.rawValue] } }
 }

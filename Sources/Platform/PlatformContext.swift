@@ -1,3 +1,8 @@
+import Synchronization
+#if canImport(Dispatch)
+import Dispatch
+#endif
+
 /// What every simulated component of one machine shares: its memory, the software frame
 /// allocator, the scheduler, fault injection and tracing. One per machine; no globals, so
 /// many machines can run side by side in one process.
@@ -7,6 +12,18 @@ public final class PlatformContext: @unchecked Sendable {
     public let scheduler: Scheduler
     public let faults: FaultInjector
     public let trace: TraceBuffer
+
+    /// Whether software runs on real threads (benchmarks) rather than in the simulator's
+    /// single thread. Then waits for hardware spend its modelled latency as real time,
+    /// timers are real timers and clocks read the host's clock. Set before use.
+    public var realThreads = false {
+        didSet { scheduler.realTimeWaits = realThreads }
+    }
+
+    /// Serialises software that drives hardware and waits for it (submitting invalidations
+    /// and waiting for their completion, Linux's `qi->q_lock`). In simulation hardware runs
+    /// inside such waits, so with real threads only one thread may run it at a time.
+    private let hardwareLock = Mutex<Void>(())
 
     /// A platform with `memorySize` bytes of RAM (default 4 GiB), seeded with `seed`.
     public init(memorySize: UInt64 = 4 << 30, seed: UInt64 = 0) throws(MemoryError) {
@@ -18,5 +35,29 @@ public final class PlatformContext: @unchecked Sendable {
         self.frames = FrameAllocator(memory: memory, firstFrame: 1, faults: faults)
         self.scheduler = Scheduler(seed: seed)
         self.trace = TraceBuffer()
+    }
+
+    /// Runs `body` holding the hardware lock (not re-entrant).
+    public func withHardware<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        hardwareLock._unsafeLock()
+        defer { hardwareLock._unsafeUnlock() }
+        return try body()
+    }
+
+    /// Nanoseconds: virtual time in simulation, the host's monotonic clock with real threads.
+    public func clockNs() -> UInt64 {
+        realThreads ? HostClock.now() : scheduler.now
+    }
+
+    /// Runs `action` as software after `delayNs` (a kernel timer): a software event in
+    /// simulation, a real timer with real threads.
+    public func startTimer(afterNs delayNs: UInt64, _ action: @escaping @Sendable () -> Void) {
+        if realThreads {
+            #if canImport(Dispatch)
+            DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(min(delayNs, UInt64(Int.max)))), execute: action)
+            #endif
+        } else {
+            scheduler.schedule(after: delayNs, kind: .software, action)
+        }
     }
 }

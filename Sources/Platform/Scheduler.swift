@@ -70,6 +70,10 @@ public final class Scheduler: @unchecked Sendable {
     public private(set) var rng: SeededRNG
     public let seed: UInt64
     public var yieldPolicy: YieldPolicy = .never
+    /// Real-thread runs (benchmarks): a software wait also spends, as real time in the
+    /// calling thread, the virtual time the hardware took to satisfy it, so modelled
+    /// hardware latency costs what it would on a real machine.
+    public var realTimeWaits = false
     public private(set) var eventsRun: UInt64 = 0
     public private(set) var yieldsTaken: UInt64 = 0
     public private(set) var yieldCounts: [YieldSite: Int] = [:]
@@ -171,6 +175,8 @@ public final class Scheduler: @unchecked Sendable {
     public func wait(until condition: () -> Bool, timeoutNs: UInt64) throws(SchedulerError) {
         let (deadline, o) = now.addingReportingOverflow(timeoutNs)
         let limit = o ? UInt64.max : deadline
+        let start = now
+        defer { if realTimeWaits { HostClock.spin(now &- start) } }
         while !condition() {
             guard runNext(hardwareOnly: true, notAfter: limit) else {
                 if limit > now { now = limit }

@@ -12,12 +12,14 @@ public final class Machine: @unchecked Sendable {
     public let driver: VTdDriver
     public let core: IOMMUCore
     public let oracle: Oracle
+    /// The DMA API (dma-iommu) over the core, with `cpus` CPU slots.
+    public let dma: IOMMUDMA
     public private(set) var endpoints: [PCIeEndpoint] = []
     /// Frames the scenario took for DMA buffers (freed at teardown).
     public private(set) var buffers: [UInt64] = []
 
     public init(seed: UInt64, memorySize: UInt64 = 256 << 20, units configurations: [VTdConfiguration],
-                policy: DMAPolicy = .strict) throws {
+                policy: DMAPolicy = .strict, cpus: Int = 2) throws {
         let platform = try PlatformContext(memorySize: memorySize, seed: seed)
         self.platform = platform
         units = configurations.map { VTdUnit(configuration: $0, platform: platform) }
@@ -26,7 +28,11 @@ public final class Machine: @unchecked Sendable {
         core.observer = oracle
         driver = try VTdDriver(platform: platform, hardware: units)
         core.register(driver)
+        dma = IOMMUDMA(core: core, cpus: cpus)
         oracle.trackedDriver = ObjectIdentifier(driver)
+        platform.frames.freeObserver = { [unowned oracle] address, purpose in
+            if purpose == .pageTable { oracle.frameFreed(address) }
+        }
         let d = driver
         oracle.reservedCheck = { d.units.allSatisfy { $0.domainIDs.reservedIntact } }
     }

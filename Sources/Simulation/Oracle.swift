@@ -17,6 +17,10 @@ import Kernel
 ///   permission) is a violation: the mapping should have been visible.
 /// - DIDs: never 0 or 1, never handed out twice, never handed out or released while the
 ///   unit still caches entries tagged with them; the reserved ones stay reserved.
+/// - Deferred unmaps (flush queue): the range stays permitted until a flush that began
+///   after the unmap has completed; mapping any of it again before that is a violation (the
+///   hole deferred mode must not open), and so is freeing a table page the unmap unlinked
+///   (strict or deferred) before its invalidation completed.
 /// - After teardown: no frame, DID, PASID or domain left.
 public final class Oracle: KernelObserver, @unchecked Sendable {
     enum Ref: Equatable { case identity, paging(Int) }
@@ -34,6 +38,16 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     private var graveyards: [Int: ShadowMap] = [:]
     /// Ranges whose unmap could not invalidate: the hardware may use them for ever.
     private var abandoned: [Int: ShadowMap] = [:]
+    /// Deferred unmaps waiting for a flush, and those a running flush covers: both still
+    /// permitted (stale), and their IOVAs must not be mapped again yet.
+    private var deferred: [Int: ShadowMap] = [:]
+    private var covering: [Int: ShadowMap] = [:]
+    /// Unlinked table pages that must not be freed yet (frame → domain), and per domain
+    /// those of strict unmaps in progress, of deferred unmaps, and of the running flush.
+    private var pendingTables: [UInt64: Int] = [:]
+    private var strictTables: [Int: [UInt64]] = [:]
+    private var deferredTables: [Int: [UInt64]] = [:]
+    private var coveringTables: [Int: [UInt64]] = [:]
     private var windows: [UInt64: Window] = [:]
     private var liveDIDs: [Set<UInt16>]
     public var reservedCheck: (() -> Bool)?
@@ -101,6 +115,8 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
         case .paging(let id):
             return Self.target(shadows[id]?.lookup(iova), iova: iova, access: access) == physical
                 || Self.target(abandoned[id]?.lookup(iova), iova: iova, access: access) == physical
+                || Self.target(deferred[id]?.lookup(iova), iova: iova, access: access) == physical
+                || Self.target(covering[id]?.lookup(iova), iova: iova, access: access) == physical
         }
     }
 
@@ -157,10 +173,15 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     // MARK: KernelObserver
 
     public func mapBegan(_ domain: IOMMUDomain, iova: UInt64, physical: UInt64, size: UInt64, permissions: PagePermissions) {
+        checks &+= 1
+        if let r = deferred[domain.id]?.firstOverlap(iova, iova + size) ?? covering[domain.id]?.firstOverlap(iova, iova + size) {
+            violate("iova-reused-before-flush", "\(domain) maps IOVA \(Self.hex(max(iova, r.start))) again before the flush covering its deferred unmap completed")
+        }
         shadows[domain.id, default: ShadowMap()].insertIntoHoles(iova, iova + size, physical: physical, permissions: permissions, state: .mapping)
     }
 
     public func mapEnded(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, mapped: Bool) {
+        releaseStrictTables(domain.id)
         if mapped {
             shadows[domain.id]?.setState(iova, iova + size, to: .settled, from: .mapping)
             graveyards[domain.id]?.remove(iova, iova + size)
@@ -174,11 +195,57 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     }
 
     public func unmapEnded(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {
+        releaseStrictTables(domain.id)
         retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &graveyards)
     }
 
     public func unmapFailed(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {
+        // Tables of a failed unmap stay pending: the core keeps them with the domain.
+        strictTables[domain.id] = nil
         retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &abandoned)
+    }
+
+    public func tablesDetached(_ domain: IOMMUDomain, _ tables: [UInt64]) {
+        for t in tables { pendingTables[t] = domain.id }
+        strictTables[domain.id, default: []] += tables
+    }
+
+    private func releaseStrictTables(_ id: Int) {
+        guard let tables = strictTables.removeValue(forKey: id) else { return }
+        for t in tables { pendingTables[t] = nil }
+    }
+
+    public func unmapDeferred(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64, tables: [UInt64]) {
+        retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &deferred)
+        for t in tables { pendingTables[t] = domain.id }
+        deferredTables[domain.id, default: []] += tables
+    }
+
+    public func deferredFlushBegan(_ domain: IOMMUDomain) {
+        let id = domain.id
+        if let d = deferred.removeValue(forKey: id) { covering[id, default: ShadowMap()].merge(d) }
+        if let t = deferredTables.removeValue(forKey: id) { coveringTables[id, default: []] += t }
+    }
+
+    public func deferredFlushEnded(_ domain: IOMMUDomain, completed: Bool) {
+        let id = domain.id
+        let c = covering.removeValue(forKey: id)
+        let t = coveringTables.removeValue(forKey: id) ?? []
+        if completed {
+            if let c { graveyards[id, default: ShadowMap()].merge(c) }
+            for f in t { pendingTables[f] = nil }
+        } else {
+            if let c { deferred[id, default: ShadowMap()].merge(c) }
+            deferredTables[id, default: []] += t
+        }
+    }
+
+    /// Every frame the software frees passes here before it can be reused.
+    public func frameFreed(_ address: UInt64) {
+        checks &+= 1
+        if let id = pendingTables.removeValue(forKey: address) {
+            violate("table-freed-before-flush", "table page \(Self.hex(address)) of domain \(id) was freed before the invalidation of the unmap that unlinked it completed")
+        }
     }
 
     /// Moves the unmapped part of an unmap from the domain's shadow into `store` (the
@@ -225,9 +292,17 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
 
     /// Freeing a domain with mappings is allowed (the tables go with it): forget them.
     public func domainFreed(_ domain: IOMMUDomain) {
-        shadows[domain.id] = nil
-        graveyards[domain.id] = nil
-        abandoned[domain.id] = nil
+        let id = domain.id
+        shadows[id] = nil
+        graveyards[id] = nil
+        abandoned[id] = nil
+        deferred[id] = nil
+        covering[id] = nil
+        strictTables[id] = nil
+        deferredTables[id] = nil
+        coveringTables[id] = nil
+        // The domain was detached everywhere with a full invalidation: its pages may go.
+        pendingTables = pendingTables.filter { $0.value != id }
     }
 
     public func domainIDAllocated(driver: any IOMMUDriver, unit: Int, did: DomainID) {

@@ -111,4 +111,16 @@ struct ShadowMap {
     }
 
     var isEmpty: Bool { regions.isEmpty }
+
+    /// The first region overlapping [start, end), if any.
+    func firstOverlap(_ start: UInt64, _ end: UInt64) -> Region? {
+        let i = firstIndex(endingAfter: start)
+        guard i < regions.count, regions[i].start < end else { return nil }
+        return regions[i]
+    }
+
+    /// Adds every region of `other` (replacing what it overlaps).
+    mutating func merge(_ other: ShadowMap) {
+        for r in other.regions { insert(r.start, r.end, physical: r.physical, permissions: r.permissions, state: r.state) }
+    }
 }

@@ -1,4 +1,5 @@
 import Platform
+import Synchronization
 
 /// What an unmap collected for the caller to act on after the IOTLB flush: the range to
 /// invalidate and the table pages that became free (Linux `struct iommu_iotlb_gather` with
@@ -47,6 +48,11 @@ public enum PageTableError: Error, Equatable, Sendable {
 /// Updates are made so that a concurrent hardware walk sees either the old or the new
 /// translation: a new table is filled before it is linked; a superpage is split by
 /// building the equivalent table first and then swapping one 64-bit entry.
+///
+/// Several threads may map and unmap disjoint ranges at once (the DMA API does): a new
+/// table is linked with a 64-bit compare-exchange, and the loser of a race frees its page
+/// and uses the winner's (as Linux `pfn_to_dma_pte` does). A table is only freed by an
+/// unmap covering its whole span, which the caller owns.
 public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     public let memory: PhysicalMemory
     public let frames: FrameAllocator
@@ -59,7 +65,8 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     /// Physical address of the top-level table.
     public private(set) var root: UInt64
     /// Table pages currently owned, including the root.
-    public private(set) var tablePages: Int = 1
+    public var tablePages: Int { tablePageCount.load(ordering: .relaxed) }
+    private let tablePageCount = Atomic<Int>(1)
 
     /// Input addresses are `0..<inputLimit`.
     public var inputLimit: UInt64 { PageTableGeometry.span(level: levels + 1) }
@@ -131,9 +138,18 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
             } else {
                 let next: UInt64
                 do { next = try frames.allocate(.pageTable) } catch { throw .outOfMemory }
-                tablePages += 1
-                try? memory.store64(slot, F.table(address: next))
-                table = next
+                let link = F.table(address: next)
+                let (linked, found) = (try? memory.compareExchange64(slot, expected: raw, desired: link)) ?? (false, raw)
+                if linked {
+                    tablePageCount.add(1, ordering: .relaxed)
+                    table = next
+                } else {
+                    // Another thread linked a table here first: use it.
+                    try? frames.free(next)
+                    let winner = F.decode(found, level: level, addressMask: addressMask)
+                    guard winner.present, !winner.leaf else { throw .alreadyMapped(iova: iova) }
+                    table = winner.address
+                }
             }
             level -= 1
         }
@@ -193,7 +209,7 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
                 if whole && freeTables && !outcome.stopped {
                     try? memory.store64(slot, 0)
                     gather.freedTables.append(e.address)
-                    tablePages -= 1
+                    tablePageCount.subtract(1, ordering: .relaxed)
                 }
             }
             entryBase = entryEnd
@@ -203,7 +219,7 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     /// Builds a table at `level - 1` that maps what the superpage `raw` maps.
     private func split(raw: UInt64, decoded e: DecodedPTE, level: Int) -> UInt64? {
         guard let child = try? frames.allocate(.pageTable) else { return nil }
-        tablePages += 1
+        tablePageCount.add(1, ordering: .relaxed)
         let sub = PageTableGeometry.span(level: level - 1)
         let perms = e.permissions
         for i in 0..<UInt64(512) {
@@ -227,7 +243,7 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     public func destroy(into gather: inout UnmapGather) {
         collect(table: root, level: levels, into: &gather)
         gather.add(range: 0, inputLimit, pageSize: PageTableGeometry.span(level: levels))
-        tablePages = 0
+        tablePageCount.store(0, ordering: .relaxed)
     }
 
     private func collect(table: UInt64, level: Int, into gather: inout UnmapGather) {

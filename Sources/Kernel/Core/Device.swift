@@ -1,4 +1,5 @@
 import Formats
+import Synchronization
 
 /// What the platform tells the core about a device when it is probed.
 public struct DeviceDescription: Sendable {
@@ -61,6 +62,12 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     public internal(set) var faults: [ReportedFault] = []
     public internal(set) var faultCount = 0
     public let faultLogLimit = 256
+    /// Addresses the device can generate for streaming DMA (Linux `dma_mask`); 64 bits, as
+    /// after the `dma_set_mask(DMA_BIT_MASK(64))` nearly every modern driver makes.
+    public internal(set) var dmaMask: UInt64 = .max
+    /// Try IOVAs below 4 GiB first (Linux `pci_32bit_workaround`); cleared for good the
+    /// first time that space is exhausted for the device.
+    public let dmaTry32BitFirst = Atomic<Bool>(true)
 
     init(_ d: DeviceDescription, driver: any IOMMUDriver) {
         name = d.name; requesterID = d.requesterID; unit = d.unit; maxPASIDs = d.maxPASIDs

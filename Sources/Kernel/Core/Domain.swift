@@ -1,5 +1,6 @@
 import Platform
 import Formats
+import Synchronization
 
 /// How a driver changed a translation entry, so the simulator knows whether DMA could see
 /// a gap (no translation) while it happened.
@@ -42,6 +43,10 @@ open class IOMMUDomain: @unchecked Sendable, CustomStringConvertible {
     public internal(set) var attachments = 0
     /// A domain the core made (default/blocking) rather than a user.
     public internal(set) var isCoreOwned = false
+    /// The DMA API's state for a DMA domain (Linux `iova_cookie`): IOVA space, flush queue.
+    public internal(set) var dmaCookie: DMACookie?
+    /// Table pages whose invalidation failed; freed with the domain.
+    let quarantinedTables = Mutex<[UInt64]>([])
 
     public init(type: DomainType, flags: DomainFlags = [], owner: ObjectIdentifier, pageSizes: UInt64 = 0, apertureEnd: UInt64 = 0) {
         self.type = type; self.flags = flags; self.owner = owner
@@ -76,8 +81,9 @@ open class IOMMUDomain: @unchecked Sendable, CustomStringConvertible {
     /// and freed table pages to `gather`. Returns the bytes unmapped.
     open func unmapPages(iova: UInt64, pageSize: UInt64, count: UInt64, gather: inout UnmapGather) -> UInt64 { 0 }
 
-    /// Invalidates the gathered range in every cache that may hold it, waits, then frees
-    /// the gathered table pages (Linux `iotlb_sync`).
+    /// Invalidates the gathered range in every cache that may hold it and waits (Linux
+    /// `iotlb_sync`). The core frees the gathered table pages once this returns (Linux frees
+    /// them at the end of the driver's `iotlb_sync`: the same point in time).
     open func iotlbSync(_ gather: inout UnmapGather) throws(IOMMUError) {}
 
     /// Makes new mappings visible where the hardware caches non-present entries.

@@ -68,8 +68,11 @@ extension IOMMUCore {
             var gather = UnmapGather()
             if mapped > 0 { _ = unmapAll(domain, iova: iova, size: mapped, gather: &gather) }
             gather.add(range: iova, iova + size, pageSize: 4096)
-            try? domain.iotlbSync(&gather)
+            observer?.tablesDetached(domain, gather.freedTables)
+            let flushed: Bool
+            do { try domain.iotlbSync(&gather); flushed = true } catch { flushed = false }
             observer?.mapEnded(domain, iova: iova, size: size, mapped: false)
+            putPages(domain, gather.freedTables, flushed: flushed)
             throw error
         }
         observer?.mapEnded(domain, iova: iova, size: size, mapped: true)
@@ -77,23 +80,70 @@ extension IOMMUCore {
 
     /// Unmaps `[iova, iova+size)` (Linux `iommu_unmap`): clears page-table entries up to the
     /// first hole, gathering the range and freed table pages, then `iotlbSync` invalidates the
-    /// range, waits for completion and frees the tables. When it returns, no device can use
-    /// the old translations. Returns the bytes unmapped; `ENOENT` if nothing is mapped at
-    /// `iova` (and nothing changes).
+    /// range and waits for completion, and only then are the tables freed. When it returns,
+    /// no device can use the old translations. Returns the bytes unmapped; `ENOENT` if
+    /// nothing is mapped at `iova` (and nothing changes).
     @discardableResult
     public func unmap(_ domain: IOMMUDomain, iova: UInt64, size: UInt64) throws(IOMMUError) -> UInt64 {
         try checkPaging(domain, iova, size)
         guard domain.iovaToPhys(iova) != nil else { throw .notFound("nothing is mapped at 0x\(String(iova, radix: 16)) in \(domain)") }
+        let observer = self.observer
         observer?.unmapBegan(domain, iova: iova, size: size)
         var gather = UnmapGather()
         let unmapped = unmapAll(domain, iova: iova, size: size, gather: &gather)
+        if !gather.freedTables.isEmpty { observer?.tablesDetached(domain, gather.freedTables) }
         yield(KernelYield.afterPTEClear)
         do { try domain.iotlbSync(&gather) } catch {
             observer?.unmapFailed(domain, iova: iova, requested: size, unmapped: unmapped)
+            putPages(domain, gather.freedTables, flushed: false)
             throw error
         }
         observer?.unmapEnded(domain, iova: iova, requested: size, unmapped: unmapped)
+        putPages(domain, gather.freedTables, flushed: true)
         return unmapped
+    }
+
+    /// Clears `[iova, iova+size)` without invalidating (Linux `iommu_unmap_fast` with a
+    /// queued gather): the caller must queue the range and the gathered table pages on a
+    /// flush queue, which frees them after a flush that started later has completed
+    /// (`flushDeferred`). Until then devices may still use the old translations.
+    public func unmapDeferred(_ domain: IOMMUDomain, iova: UInt64, size: UInt64,
+                              gather: inout UnmapGather) throws(IOMMUError) -> UInt64 {
+        try checkPaging(domain, iova, size)
+        guard domain.iovaToPhys(iova) != nil else { throw .notFound("nothing is mapped at 0x\(String(iova, radix: 16)) in \(domain)") }
+        let observer = self.observer
+        observer?.unmapBegan(domain, iova: iova, size: size)
+        let before = gather.freedTables.count
+        let unmapped = unmapAll(domain, iova: iova, size: size, gather: &gather)
+        yield(KernelYield.afterPTEClear)
+        observer?.unmapDeferred(domain, iova: iova, requested: size, unmapped: unmapped,
+                                tables: gather.freedTables.count > before ? Array(gather.freedTables[before...]) : [])
+        return unmapped
+    }
+
+    /// Invalidates everything `domain` may have cached and waits (Linux `fq_flush_iotlb`'s
+    /// `flush_iotlb_all`). Deferred unmaps made before the call are complete when it
+    /// returns without error.
+    public func flushDeferred(_ domain: IOMMUDomain) throws(IOMMUError) {
+        let observer = self.observer
+        observer?.deferredFlushBegan(domain)
+        do { try domain.flushAll() } catch {
+            observer?.deferredFlushEnded(domain, completed: false)
+            throw error
+        }
+        observer?.deferredFlushEnded(domain, completed: true)
+    }
+
+    /// Frees page-table pages whose translations were invalidated (Linux
+    /// `iommu_put_pages_list`). Pages whose invalidation failed may still be reachable from
+    /// hardware caches: they are kept with the domain and freed with it.
+    public func putPages(_ domain: IOMMUDomain, _ tables: [UInt64], flushed: Bool) {
+        guard !tables.isEmpty else { return }
+        if flushed {
+            for t in tables { try? platform.frames.free(t) }
+        } else {
+            domain.quarantinedTables.withLock { $0.append(contentsOf: tables) }
+        }
     }
 
     func unmapAll(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, gather: inout UnmapGather) -> UInt64 {

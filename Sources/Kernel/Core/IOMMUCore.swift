@@ -105,11 +105,17 @@ public final class IOMMUCore: @unchecked Sendable {
         release(domain)
     }
 
+    /// Frees a domain nothing is attached to: every cached translation of it was
+    /// invalidated when its last attachment was torn down, so queued and quarantined table
+    /// pages can go with it.
     func release(_ domain: IOMMUDomain) {
         domain.isDestroyed = true
         liveDomains[domain.id] = nil
-        domain.free()
         observer?.domainFreed(domain)
+        domain.dmaCookie?.destroy()
+        domain.dmaCookie = nil
+        for t in domain.quarantinedTables.withLock({ q in let all = q; q = []; return all }) { try? platform.frames.free(t) }
+        domain.free()
     }
 }
 

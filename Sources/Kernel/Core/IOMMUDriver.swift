@@ -22,6 +22,13 @@ public protocol IOMMUDriver: AnyObject, Sendable {
     func allocPagingDomain(for device: Device, type: DomainType, flags: DomainFlags) throws(IOMMUError) -> IOMMUDomain
     /// Called once when the driver is registered with a core, to report faults to it.
     func register(with core: IOMMUCore)
+    /// Whether invalidations for the device are expensive enough that a single large flush
+    /// queue pays off (Linux `dev->iommu->shadow_on_flush`). Default: no.
+    func invalidationsAreExpensive(_ device: Device) -> Bool
+}
+
+extension IOMMUDriver {
+    public func invalidationsAreExpensive(_ device: Device) -> Bool { false }
 }
 
 /// Where simulation and tests watch the core: every change of what a device may reach is
@@ -38,6 +45,16 @@ public protocol KernelObserver: AnyObject {
     /// The PTEs of `unmapped` bytes were cleared but their invalidation failed: devices may
     /// keep using the old translations indefinitely.
     func unmapFailed(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64)
+    /// The PTEs of `unmapped` bytes were cleared and their invalidation deferred to a flush
+    /// queue: devices may use them until a flush that begins later completes. `tables` were
+    /// unlinked and wait for that flush too.
+    func unmapDeferred(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64, tables: [UInt64])
+    /// Table pages were unlinked by an unmap; they must not be freed before its invalidation.
+    func tablesDetached(_ domain: IOMMUDomain, _ tables: [UInt64])
+    /// A flush of everything the domain may have cached starts (flush queue).
+    func deferredFlushBegan(_ domain: IOMMUDomain)
+    /// That flush ended; if `completed`, deferred unmaps made before it began are done.
+    func deferredFlushEnded(_ domain: IOMMUDomain, completed: Bool)
     func transitionBegan(_ device: Device, pasid: PASID?, from: IOMMUDomain?, to: IOMMUDomain?)
     /// The move ended with `current` in place (the new domain, or the old one after a
     /// rollback, or the blocked domain) and the driver took `path`.
@@ -56,6 +73,10 @@ extension KernelObserver {
     public func unmapBegan(_ domain: IOMMUDomain, iova: UInt64, size: UInt64) {}
     public func unmapEnded(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {}
     public func unmapFailed(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {}
+    public func unmapDeferred(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64, tables: [UInt64]) {}
+    public func tablesDetached(_ domain: IOMMUDomain, _ tables: [UInt64]) {}
+    public func deferredFlushBegan(_ domain: IOMMUDomain) {}
+    public func deferredFlushEnded(_ domain: IOMMUDomain, completed: Bool) {}
     public func transitionBegan(_ device: Device, pasid: PASID?, from: IOMMUDomain?, to: IOMMUDomain?) {}
     public func transitionEnded(_ device: Device, pasid: PASID?, current: IOMMUDomain?, path: UpdatePath) {}
     public func domainFreed(_ domain: IOMMUDomain) {}

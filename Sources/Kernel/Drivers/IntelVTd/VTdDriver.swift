@@ -11,6 +11,9 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
     public let platform: PlatformContext
     public let units: [IntelIOMMU]
     public private(set) weak var core: IOMMUCore?
+    /// Report invalidations as expensive so DMA domains use one large flush queue (what
+    /// Linux's s390 driver does with `shadow_on_flush`; a knob here, for experiments).
+    public var shadowOnFlush = false
     private lazy var blocked = VTdBlockedDomain(driver: self)
     private lazy var identity: VTdIdentityDomain? =
         units.allSatisfy { $0.extendedCapability.passThrough } ? VTdIdentityDomain(driver: self) : nil
@@ -72,6 +75,8 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
         case .dirtyTracking: return u.extendedCapability.secondStageAD
         }
     }
+
+    public func invalidationsAreExpensive(_ device: Device) -> Bool { shadowOnFlush }
 
     /// A second-stage paging domain shaped by the device's unit (Linux
     /// `intel_iommu_domain_alloc_paging_flags`): 4-level tables where supported, the superpage

@@ -32,13 +32,17 @@ final class VTdInvalidationQueue {
     /// each batch. Throws `ETIMEDOUT` if a wait does not complete, `EIO` if the hardware
     /// reports an invalidation-queue error (the bad descriptor is replaced and the queue
     /// restarted, as Linux `qi_check_fault` does).
+    /// Holds the platform's hardware lock throughout (Linux holds `qi->q_lock` from writing
+    /// the descriptors until the wait completes).
     func submitAndWait(_ descriptors: [InvalidationDescriptor]) throws(IOMMUError) {
-        var i = 0
-        repeat {
-            let end = min(descriptors.count, i + Self.batchLimit)
-            try submitBatch(descriptors[i..<end])
-            i = end
-        } while i < descriptors.count
+        try platform.withHardware { () throws(IOMMUError) in
+            var i = 0
+            repeat {
+                let end = min(descriptors.count, i + Self.batchLimit)
+                try submitBatch(descriptors[i..<end])
+                i = end
+            } while i < descriptors.count
+        }
     }
 
     private func write(_ d: InvalidationDescriptor) throws(IOMMUError) {

@@ -30,8 +30,6 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
     /// only these hold a DID reference.
     var entries: Set<UInt64> = []
     var tags: [CacheTag] = []
-    /// Descriptors flushed because of this domain (for reports).
-    private(set) var invalidations: UInt64 = 0
 
     init(driver: VTdDriver, type: DomainType, flags: DomainFlags, levels: Int, maxLeafLevel: Int, addressWidth: Int) throws(IOMMUError) {
         do {
@@ -175,9 +173,6 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
         if gather.start < gather.end {
             try flushRange(start: gather.start, end: gather.end - 1, hint: gather.freedTables.isEmpty)
         }
-        // Only now, with no translation through them cached, may the tables be reused.
-        for t in gather.freedTables { try? driver.platform.frames.free(t) }
-        gather = UnmapGather()
     }
 
     override func syncMap(iova: UInt64, size: UInt64) throws(IOMMUError) {
@@ -241,7 +236,6 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
                 }
                 i += 1
             }
-            invalidations += UInt64(batch.count)
             do { try u.queue.submitAndWait(batch) } catch { if firstError == nil { firstError = error } }
         }
         if let firstError { throw firstError }

@@ -1,0 +1,128 @@
+import Platform
+import Formats
+import Synchronization
+
+/// The DMA API's state for one DMA domain (Linux `struct iommu_dma_cookie`): the IOVA
+/// space, the record of live mappings, the flush queue when unmaps are deferred, and
+/// per-CPU counters.
+public final class DMACookie: @unchecked Sendable {
+    public let domain: IOMMUDomain
+    unowned let core: IOMMUCore
+    public let iova: IOVADomain
+    /// log2 of the granule: the domain's smallest page (Linux `iova_shift`).
+    public let granuleShift: UInt64
+    let live: LiveMappings
+    let cpus: Int
+    /// Per-CPU counters, one 128-byte line per CPU so CPUs do not share lines.
+    private let stats: UnsafeMutablePointer<Atomic<UInt64>>
+    static let statWords = 16
+    enum Stat: Int { case maps, unmaps, strictInvalidations, mapFailures, fallbacksTo64Bit, lostPages }
+    /// IOVA frames and table pages given up after a failed flush (never reused).
+    private let lost = Mutex<(ranges: Int, tables: [UInt64])>((0, []))
+
+    init(domain: IOMMUDomain, core: IOMMUCore, cpus: Int, queue: FlushQueueOptions?) {
+        self.domain = domain
+        self.core = core
+        self.cpus = max(1, cpus)
+        let sizes = domain.pageSizes
+        granuleShift = UInt64(sizes.trailingZeroBitCount)
+        let platform = core.platform
+        iova = IOVADomain(granuleShift: granuleShift, startPFN: 1, endPFN: domain.apertureEnd >> granuleShift,
+                          cpus: self.cpus, clock: { platform.clockNs() })
+        live = LiveMappings(capacity: 4096)
+        stats = .allocate(capacity: self.cpus * Self.statWords)
+        for i in 0..<(self.cpus * Self.statWords) { (stats + i).initialize(to: Atomic(0)) }
+        if let queue { flushQueueStorage = FlushQueue(cookie: self, options: queue, cpus: self.cpus) }
+    }
+
+    /// The flush queue, nil in strict mode. Set once in init (the queue needs the cookie).
+    private var flushQueueStorage: FlushQueue?
+    var queue: FlushQueue? { flushQueueStorage }
+
+    deinit {
+        stats.deinitialize(count: cpus * Self.statWords)
+        stats.deallocate()
+    }
+
+    /// Whether unmaps are deferred to a flush queue.
+    public var isDeferred: Bool { flushQueueStorage != nil }
+    public var queueOptions: FlushQueueOptions? { flushQueueStorage?.options }
+
+    @inline(__always)
+    func count(_ s: Stat, cpu: Int, _ n: UInt64 = 1) {
+        stats[(cpu % cpus) * Self.statWords + s.rawValue].add(n, ordering: .relaxed)
+    }
+
+    private func total(_ s: Stat) -> UInt64 {
+        (0..<cpus).reduce(0) { $0 + stats[$1 * Self.statWords + s.rawValue].load(ordering: .relaxed) }
+    }
+
+    func lostToFailedFlush(pfn: UInt64, pages: UInt64, tables: [UInt64]) {
+        lost.withLock { $0.ranges += 1; $0.tables += tables }
+        count(.lostPages, cpu: 0, pages)
+    }
+
+    /// The domain is being freed (after its last detach invalidated everything).
+    func destroy() {
+        flushQueueStorage?.destroy()
+        let tables = lost.withLock { l in let t = l.tables; l.tables = []; return t }
+        core.putPages(domain, tables, flushed: true)
+    }
+
+    /// A snapshot of what the DMA layer did for this domain.
+    public var statistics: DMAStatistics {
+        var s = DMAStatistics()
+        s.maps = total(.maps)
+        s.unmaps = total(.unmaps)
+        s.mapFailures = total(.mapFailures)
+        s.strictInvalidations = total(.strictInvalidations)
+        s.fallbacksTo64Bit = total(.fallbacksTo64Bit)
+        s.pagesLostToFailedFlush = total(.lostPages)
+        s.liveMappings = live.count
+        if let q = flushQueueStorage {
+            s.flushes = q.flushes.load(ordering: .relaxed)
+            s.fullQueueFlushes = q.fullFlushes.load(ordering: .relaxed)
+            s.timerFlushes = q.timerFlushes.load(ordering: .relaxed)
+            s.rolloverFlushes = q.rolloverFlushes.load(ordering: .relaxed)
+            s.failedFlushes = q.failedFlushes.load(ordering: .relaxed)
+            s.entriesQueued = q.queued
+            s.entriesFreed = q.freed
+            s.entriesPending = q.pending
+        }
+        return s
+    }
+}
+
+/// What the DMA layer did for one domain.
+public struct DMAStatistics: Equatable, Sendable {
+    public var maps: UInt64 = 0
+    public var unmaps: UInt64 = 0
+    public var mapFailures: UInt64 = 0
+    /// Range invalidations + waits issued by strict unmaps.
+    public var strictInvalidations: UInt64 = 0
+    /// Whole-domain flushes of the flush queue, and why.
+    public var flushes: UInt64 = 0
+    public var fullQueueFlushes: UInt64 = 0
+    public var timerFlushes: UInt64 = 0
+    public var rolloverFlushes: UInt64 = 0
+    public var failedFlushes: UInt64 = 0
+    public var entriesQueued: UInt64 = 0
+    public var entriesFreed: UInt64 = 0
+    public var entriesPending: Int = 0
+    /// Times a device's 32-bit-first allocation failed and it moved to its full mask.
+    public var fallbacksTo64Bit: UInt64 = 0
+    public var pagesLostToFailedFlush: UInt64 = 0
+    public var liveMappings: Int = 0
+    public init() {}
+
+    /// Invalidation operations (each: descriptors + a wait) per unmap.
+    public var invalidationsPerUnmap: Double {
+        unmaps == 0 ? 0 : Double(strictInvalidations + flushes) / Double(unmaps)
+    }
+
+    /// Entries freed per completed flush.
+    public var entriesPerFlush: Double {
+        let done = flushes - failedFlushes
+        return done == 0 ? 0 : Double(entriesFreed) / Double(done)
+    }
+}

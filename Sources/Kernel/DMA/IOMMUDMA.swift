@@ -1,0 +1,236 @@
+import Platform
+import Formats
+import Synchronization
+
+/// The DMA API over IOMMU domains (the counterpart of drivers/iommu/dma-iommu.c): streaming
+/// mappings of pages and scatter lists for devices whose default domain is a DMA domain,
+/// with IOVAs from a per-domain `IOVADomain` and strict or deferred (flush-queue) unmap.
+///
+/// Calls name the CPU they run on (`cpu`): per-CPU IOVA caches and flush queues are picked
+/// by it. Different CPUs may call at once from real threads; one CPU slot belongs to one
+/// thread at a time.
+public final class IOMMUDMA: @unchecked Sendable {
+    public let core: IOMMUCore
+    /// CPU slots for per-CPU caches and queues.
+    public let cpus: Int
+    private let setup = Mutex<Void>(())
+
+    public init(core: IOMMUCore, cpus: Int = 1) {
+        self.core = core
+        self.cpus = max(1, cpus)
+    }
+
+    // MARK: Device setup
+
+    /// Sets the device's streaming DMA mask (Linux `dma_set_mask`): addresses the device can
+    /// generate, at least 32 bits (Linux drivers may go lower; the IOMMU DMA layer here
+    /// needs a 4 GiB window to place anything).
+    public func setMask(_ device: Device, bits: Int) throws(IOMMUError) {
+        try core.checkProbed(device)
+        guard (12...64).contains(bits) else { throw .invalidArgument("DMA mask of \(bits) bits") }
+        device.dmaMask = bits == 64 ? .max : (UInt64(1) << UInt64(bits)) - 1
+    }
+
+    /// The DMA state of the device's default domain, made on first use (Linux
+    /// `iommu_dma_init_domain`): flush queue only for a domain flagged `deferredFlush`,
+    /// a single large queue if the driver says the device's invalidations are expensive.
+    /// Nil for an identity default domain (DMA addresses are physical).
+    public func cookie(for device: Device) throws(IOMMUError) -> DMACookie? {
+        guard let g = device.group, let domain = g.defaultDomain else { throw .noDevice("\(device) is not probed") }
+        guard g.domain === domain, !g.dmaOwned else {
+            throw .busy("\(device)'s group is owned by a user domain; the DMA API cannot be used")
+        }
+        if let c = domain.dmaCookie { return c }
+        switch domain.type {
+        case .identity: return nil
+        case .dma: break
+        default: throw .invalidArgument("\(domain) is not a DMA domain")
+        }
+        return setup.withLock { _ in
+            if let c = domain.dmaCookie { return c }
+            var options: FlushQueueOptions?
+            if domain.flags.contains(.deferredFlush) {
+                options = g.devices.contains(where: { $0.driver.invalidationsAreExpensive($0) }) ? .single : .perCPU
+            }
+            let c = DMACookie(domain: domain, core: core, cpus: cpus, queue: options)
+            domain.dmaCookie = c
+            return c
+        }
+    }
+
+    // MARK: Pages
+
+    /// Maps `size` bytes at `physical` for `device` and returns the DMA address (Linux
+    /// `iommu_dma_map_page`): the range is widened to whole granules, an IOVA allocated
+    /// below the device's mask (below 4 GiB first), and mapped with the direction's rights.
+    public func mapPage(_ device: Device, physical: UInt64, size: UInt64, direction: DMADirection, cpu: Int = 0) throws(IOMMUError) -> UInt64 {
+        guard size > 0 else { throw .invalidArgument("a DMA mapping of 0 bytes") }
+        guard !physical.addingReportingOverflow(size - 1).overflow else { throw .invalidArgument("buffer 0x\(String(physical, radix: 16)) +\(size) wraps") }
+        guard let cookie = try cookie(for: device) else { return try direct(device, physical, size) }
+        let shift = cookie.granuleShift
+        let mask = (UInt64(1) << shift) - 1
+        let offset = physical & mask
+        let (span, o) = (offset + size).addingReportingOverflow(mask)
+        guard !o else { throw .invalidArgument("buffer of \(size) bytes is too large") }
+        let pages = span >> shift
+        let pfn = try allocateIOVA(cookie, device, pages: pages, cpu: cpu)
+        let iova = pfn << shift
+        do {
+            try core.map(cookie.domain, iova: iova, physical: physical - offset, size: pages << shift, permissions: direction.permissions)
+        } catch {
+            cookie.iova.free(pfn: pfn, pages: pages, cpu: cpu)
+            cookie.count(.mapFailures, cpu: cpu)
+            throw error
+        }
+        cookie.live.insert(pfn: pfn, pages: pages)
+        cookie.count(.maps, cpu: cpu)
+        return iova + offset
+    }
+
+    /// Unmaps what `mapPage` returned (Linux `iommu_dma_unmap_page`). Strict: the
+    /// invalidation has completed and the IOVA is free when it returns. Deferred: the range
+    /// waits in the flush queue. `ENOENT` for an address with no mapping (never mapped, or
+    /// already unmapped), `EINVAL` for a size other than the mapped one; nothing changes.
+    public func unmapPage(_ device: Device, address: UInt64, size: UInt64, cpu: Int = 0) throws(IOMMUError) {
+        guard size > 0 else { throw .invalidArgument("a DMA unmap of 0 bytes") }
+        guard let cookie = try cookie(for: device) else { return }
+        let shift = cookie.granuleShift
+        let mask = (UInt64(1) << shift) - 1
+        let offset = address & mask
+        let (span, o) = (offset + size).addingReportingOverflow(mask)
+        guard !o else { throw .invalidArgument("unmap of \(size) bytes is too large") }
+        try unmapRange(cookie, pfn: address >> shift, pages: span >> shift, cpu: cpu)
+    }
+
+    // MARK: Scatter lists
+
+    /// Maps a scatter list into one contiguous IOVA range (Linux `iommu_dma_map_sg`): each
+    /// segment is widened to whole granules keeping its offset, and the segments follow
+    /// each other. A bad segment (empty, wrapping) fails the call before anything changes;
+    /// a failure while mapping undoes the segments already mapped.
+    public func mapSG(_ device: Device, _ segments: [ScatterSegment], direction: DMADirection, cpu: Int = 0) throws(IOMMUError) -> DMAScatterMapping {
+        guard !segments.isEmpty else { throw .invalidArgument("an empty scatter list") }
+        for (i, s) in segments.enumerated() {
+            guard s.length > 0 else { throw .invalidArgument("scatter segment \(i) has length 0") }
+            guard !s.physical.addingReportingOverflow(s.length - 1).overflow else {
+                throw .invalidArgument("scatter segment \(i) at 0x\(String(s.physical, radix: 16)) +\(s.length) wraps")
+            }
+        }
+        guard let cookie = try cookie(for: device) else {
+            var addresses: [UInt64] = []
+            for s in segments { addresses.append(try direct(device, s.physical, s.length)) }
+            return DMAScatterMapping(addresses: addresses, lengths: segments.map(\.length), iova: 0, size: 0)
+        }
+        let shift = cookie.granuleShift
+        let mask = (UInt64(1) << shift) - 1
+        var total: UInt64 = 0
+        for (i, s) in segments.enumerated() {
+            let (span, o1) = ((s.physical & mask) + s.length).addingReportingOverflow(mask)
+            let (t, o2) = total.addingReportingOverflow(span & ~mask)
+            guard !o1, !o2 else { throw .invalidArgument("scatter list too large at segment \(i)") }
+            total = t
+        }
+        let pages = total >> shift
+        let pfn = try allocateIOVA(cookie, device, pages: pages, cpu: cpu)
+        let base = pfn << shift
+        var cursor = base
+        var addresses: [UInt64] = []
+        addresses.reserveCapacity(segments.count)
+        do {
+            for s in segments {
+                let offset = s.physical & mask
+                let span = ((offset + s.length) + mask) & ~mask
+                try core.map(cookie.domain, iova: cursor, physical: s.physical - offset, size: span, permissions: direction.permissions)
+                addresses.append(cursor + offset)
+                cursor += span
+            }
+        } catch {
+            if cursor > base { _ = try? core.unmap(cookie.domain, iova: base, size: cursor - base) }
+            cookie.iova.free(pfn: pfn, pages: pages, cpu: cpu)
+            cookie.count(.mapFailures, cpu: cpu)
+            throw error
+        }
+        cookie.live.insert(pfn: pfn, pages: pages)
+        cookie.count(.maps, cpu: cpu)
+        return DMAScatterMapping(addresses: addresses, lengths: segments.map(\.length), iova: base, size: total)
+    }
+
+    /// Unmaps a scatter list mapped by `mapSG` (Linux `iommu_dma_unmap_sg`: the whole span).
+    public func unmapSG(_ device: Device, _ mapping: DMAScatterMapping, cpu: Int = 0) throws(IOMMUError) {
+        guard let cookie = try cookie(for: device) else { return }
+        guard mapping.size > 0 else { throw .invalidArgument("an empty scatter mapping") }
+        let mask = (UInt64(1) << cookie.granuleShift) - 1
+        guard mapping.iova & mask == 0, mapping.size & mask == 0 else { throw .invalidArgument("scatter mapping not granule aligned") }
+        try unmapRange(cookie, pfn: mapping.iova >> cookie.granuleShift, pages: mapping.size >> cookie.granuleShift, cpu: cpu)
+    }
+
+    // MARK: Internals
+
+    /// Identity domain: DMA goes straight to physical memory (Linux dma-direct), if the
+    /// device can address it.
+    private func direct(_ device: Device, _ physical: UInt64, _ size: UInt64) throws(IOMMUError) -> UInt64 {
+        guard physical + (size - 1) <= device.dmaMask else {
+            throw .outOfRange("buffer at 0x\(String(physical, radix: 16)) is beyond \(device)'s DMA mask (no bounce buffers)")
+        }
+        return physical
+    }
+
+    private func unmapRange(_ cookie: DMACookie, pfn: UInt64, pages: UInt64, cpu: Int) throws(IOMMUError) {
+        var found: UInt64?
+        guard cookie.live.remove(pfn: pfn, pages: pages, found: &found) else {
+            if let found {
+                throw .invalidArgument("0x\(String(pfn << cookie.granuleShift, radix: 16)) was mapped with \(found) granule(s), not \(pages)")
+            }
+            throw .notFound("no DMA mapping at 0x\(String(pfn << cookie.granuleShift, radix: 16))")
+        }
+        let iova = pfn << cookie.granuleShift
+        let size = pages << cookie.granuleShift
+        if let queue = cookie.queue {
+            var gather = UnmapGather()
+            do { _ = try core.unmapDeferred(cookie.domain, iova: iova, size: size, gather: &gather) } catch {
+                cookie.live.insert(pfn: pfn, pages: pages)
+                throw error
+            }
+            queue.queue(pfn: pfn, pages: pages, tables: gather.freedTables, cpu: cpu)
+        } else {
+            do { try core.unmap(cookie.domain, iova: iova, size: size) } catch {
+                if case .notFound = error {
+                    cookie.live.insert(pfn: pfn, pages: pages)
+                } else {
+                    // The invalidation failed: the range may still be cached, so its IOVA is
+                    // never handed out again.
+                    cookie.lostToFailedFlush(pfn: pfn, pages: pages, tables: [])
+                }
+                throw error
+            }
+            cookie.count(.strictInvalidations, cpu: cpu)
+            cookie.iova.free(pfn: pfn, pages: pages, cpu: cpu)
+        }
+        cookie.count(.unmaps, cpu: cpu)
+    }
+
+    /// An IOVA range of `pages` granules below the device's limit (Linux
+    /// `iommu_dma_alloc_iova`): below 4 GiB first while that works for the device (then its
+    /// full mask for good), the per-CPU caches flushed and retried inside the allocator;
+    /// and if the space is still exhausted, the flush queue is flushed so the ranges it holds
+    /// come back, and the allocation retried once (the rollover point).
+    private func allocateIOVA(_ cookie: DMACookie, _ device: Device, pages: UInt64, cpu: Int) throws(IOMMUError) -> UInt64 {
+        let iovad = cookie.iova
+        let limit = min(device.dmaMask, cookie.domain.apertureEnd)
+        let limitPFN = limit >> cookie.granuleShift
+        guard pages <= limitPFN else {
+            throw .outOfRange("\(pages) granule(s) do not fit below \(device)'s DMA limit 0x\(String(limit, radix: 16))")
+        }
+        if limitPFN >= iovad.dma32PFN, device.dmaTry32BitFirst.load(ordering: .relaxed) {
+            if let pfn = iovad.allocate(pages: pages, limitPFN: iovad.dma32PFN - 1, cpu: cpu, flushOnFailure: false) { return pfn }
+            if device.dmaTry32BitFirst.exchange(false, ordering: .relaxed) { cookie.count(.fallbacksTo64Bit, cpu: cpu) }
+        }
+        if let pfn = iovad.allocate(pages: pages, limitPFN: limitPFN, cpu: cpu) { return pfn }
+        if let queue = cookie.queue {
+            queue.rolloverFlushes.add(1, ordering: .relaxed)
+            queue.flushAndFreeAll(cpu: cpu)
+            if let pfn = iovad.allocate(pages: pages, limitPFN: limitPFN, cpu: cpu) { return pfn }
+        }
+        throw .noMemory("IOVA space below 0x\(String(limit, radix: 16)) exhausted for \(pages) granule(s)")
+    }
+}
