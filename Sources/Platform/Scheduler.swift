@@ -69,7 +69,7 @@ public final class Scheduler: @unchecked Sendable {
     /// The seeded RNG for tie-breaks and yield decisions.
     public private(set) var rng: SeededRNG
     public let seed: UInt64
-    public var yieldPolicy: YieldPolicy = .never
+    @exclusivity(unchecked) public var yieldPolicy: YieldPolicy = .never
     /// Real-thread runs (benchmarks): a software wait also spends, as real time in the
     /// calling thread, the virtual time the hardware took to satisfy it, so modelled
     /// hardware latency costs what it would on a real machine.

@@ -63,13 +63,13 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     /// Output address mask (host address width).
     public let addressMask: UInt64
     /// Physical address of the top-level table.
-    public private(set) var root: UInt64
+    @exclusivity(unchecked) public private(set) var root: UInt64
     /// Table pages currently owned, including the root.
     public var tablePages: Int { tablePageCount.load(ordering: .relaxed) }
     private let tablePageCount = Atomic<Int>(1)
 
     /// Input addresses are `0..<inputLimit`.
-    public var inputLimit: UInt64 { PageTableGeometry.span(level: levels + 1) }
+    public let inputLimit: UInt64
 
     public init(memory: PhysicalMemory, frames: FrameAllocator, levels: Int, maxLeafLevel: Int = 3,
                 addressWidth: Int = 52) throws(PageTableError) {
@@ -79,6 +79,7 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
         self.levels = levels
         self.maxLeafLevel = maxLeafLevel
         self.addressMask = PageTableGeometry.addressMask(width: addressWidth)
+        self.inputLimit = PageTableGeometry.span(level: levels + 1)
         do { root = try frames.allocate(.pageTable) } catch { throw .outOfMemory }
     }
 
@@ -88,6 +89,10 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     /// largest page size that both addresses and the remaining size allow.
     /// On failure nothing stays mapped (the part already mapped is cleared again); the
     /// caller must flush the range as after an unmap, since a device may have used it.
+    // Pre-specialized for the formats the drivers use, so callers in other modules do not
+    // run the generic code (format calls through witness tables).
+    @_specialize(exported: true, where F == SecondStageFormat)
+    @_specialize(exported: true, where F == FirstStageFormat)
     public func map(iova: UInt64, physical: UInt64, size: UInt64, permissions: PagePermissions) throws(PageTableError) {
         guard size > 0, (iova | physical | size) & 0xFFF == 0 else { throw .misaligned }
         guard !permissions.isDisjoint(with: .readWrite) else { throw .noAccess }
@@ -161,6 +166,8 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     /// from `iova` on. A superpage only partly inside the range is split first; if no frame
     /// is available for the split the unmap stops there (`outOfMemory` after the part done).
     @discardableResult
+    @_specialize(exported: true, where F == SecondStageFormat)
+    @_specialize(exported: true, where F == FirstStageFormat)
     public func unmap(iova: UInt64, size: UInt64, gather: inout UnmapGather, freeTables: Bool = true) throws(PageTableError) -> UInt64 {
         guard size > 0, (iova | size) & 0xFFF == 0 else { throw .misaligned }
         guard iova < inputLimit, inputLimit - iova >= size else { throw .outOfRange }
@@ -231,6 +238,8 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     // MARK: Lookup and teardown
 
     /// Software iova-to-phys: the output address and rights, or nil when unmapped.
+    @_specialize(exported: true, where F == SecondStageFormat)
+    @_specialize(exported: true, where F == FirstStageFormat)
     public func translate(_ iova: UInt64) -> (physical: UInt64, pageSize: UInt64, permissions: PagePermissions)? {
         guard iova < inputLimit else { return nil }
         guard let r = try? PageTableWalker.walk(F.self, memory: memory, root: root, levels: levels,

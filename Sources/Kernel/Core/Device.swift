@@ -48,7 +48,13 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     /// The driver that probed it.
     public let driver: any IOMMUDriver
     /// The group, while the device is probed.
-    public internal(set) var group: Group?
+    @exclusivity(unchecked) public internal(set) var group: Group? {
+        didSet { dmaCookieCache = nil }
+    }
+    /// The DMA API's cookie while the device may use it (its group is in its default DMA
+    /// domain and not user-owned); cleared by every change of that. Not counted: the cookie
+    /// lives as long as the default domain, which outlives this state.
+    @exclusivity(unchecked) var dmaCookieCache: Unmanaged<DMACookie>?
     public internal(set) var isReleased = false
     /// The domain the device's RID traffic translates through right now (normally the
     /// group's domain; the blocked domain after a failed rollback).
@@ -64,7 +70,7 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     public let faultLogLimit = 256
     /// Addresses the device can generate for streaming DMA (Linux `dma_mask`); 64 bits, as
     /// after the `dma_set_mask(DMA_BIT_MASK(64))` nearly every modern driver makes.
-    public internal(set) var dmaMask: UInt64 = .max
+    @exclusivity(unchecked) public internal(set) var dmaMask: UInt64 = .max
     /// Try IOVAs below 4 GiB first (Linux `pci_32bit_workaround`); cleared for good the
     /// first time that space is exhausted for the device.
     public let dmaTry32BitFirst = Atomic<Bool>(true)
@@ -84,14 +90,18 @@ public final class Group: @unchecked Sendable, CustomStringConvertible {
     public let id: Int
     public let key: String
     public internal(set) var devices: [Device] = []
-    public internal(set) var defaultDomain: IOMMUDomain?
+    @exclusivity(unchecked) public internal(set) var defaultDomain: IOMMUDomain?
     public internal(set) var blockingDomain: IOMMUDomain?
     /// The domain every device of the group translates RID traffic through.
-    public internal(set) var domain: IOMMUDomain?
+    @exclusivity(unchecked) public internal(set) var domain: IOMMUDomain? {
+        didSet { if domain !== oldValue { for d in devices { d.dmaCookieCache = nil } } }
+    }
     /// Domains attached to PASIDs (Linux `pasid_array`).
     public internal(set) var pasidDomains: [UInt32: IOMMUDomain] = [:]
     /// A user (VFIO/iommufd) owns the group's DMA: detach goes to the blocking domain.
-    public internal(set) var dmaOwned = false
+    @exclusivity(unchecked) public internal(set) var dmaOwned = false {
+        didSet { for d in devices { d.dmaCookieCache = nil } }
+    }
 
     init(id: Int, key: String) { self.id = id; self.key = key }
 

@@ -38,19 +38,25 @@ open class IOMMUDomain: @unchecked Sendable, CustomStringConvertible {
     /// Last IOVA the domain can map (Linux `geometry.aperture_end`).
     public let apertureEnd: UInt64
     /// Set when the domain has been freed; every operation then fails with `ENOENT`.
-    public internal(set) var isDestroyed = false
+    @exclusivity(unchecked) public internal(set) var isDestroyed = false
     /// Attachments through the core (RIDs and PASIDs); a domain in use cannot be freed.
     public internal(set) var attachments = 0
     /// A domain the core made (default/blocking) rather than a user.
     public internal(set) var isCoreOwned = false
     /// The DMA API's state for a DMA domain (Linux `iova_cookie`): IOVA space, flush queue.
-    public internal(set) var dmaCookie: DMACookie?
+    @exclusivity(unchecked) public internal(set) var dmaCookie: DMACookie?
     /// Table pages whose invalidation failed; freed with the domain.
     let quarantinedTables = Mutex<[UInt64]>([])
 
     public init(type: DomainType, flags: DomainFlags = [], owner: ObjectIdentifier, pageSizes: UInt64 = 0, apertureEnd: UInt64 = 0) {
         self.type = type; self.flags = flags; self.owner = owner
         self.pageSizes = pageSizes; self.apertureEnd = apertureEnd
+    }
+
+    deinit {
+        // A cookie or queue someone still holds (a pending timer) must not act for a dead
+        // domain. Freeing nothing here: the machine's memory goes with it.
+        dmaCookie?.markDead()
     }
 
     open var description: String { "domain \(id) (\(type)\(flags.contains(.deferredFlush) ? ", deferred flush" : ""))" }

@@ -86,11 +86,11 @@ extension IOMMUCore {
     @discardableResult
     public func unmap(_ domain: IOMMUDomain, iova: UInt64, size: UInt64) throws(IOMMUError) -> UInt64 {
         try checkPaging(domain, iova, size)
-        guard domain.iovaToPhys(iova) != nil else { throw .notFound("nothing is mapped at 0x\(String(iova, radix: 16)) in \(domain)") }
         let observer = self.observer
         observer?.unmapBegan(domain, iova: iova, size: size)
         var gather = UnmapGather()
         let unmapped = unmapAll(domain, iova: iova, size: size, gather: &gather)
+        guard unmapped > 0 else { throw nothingMapped(domain, iova, size) }
         if !gather.freedTables.isEmpty { observer?.tablesDetached(domain, gather.freedTables) }
         yield(KernelYield.afterPTEClear)
         do { try domain.iotlbSync(&gather) } catch {
@@ -110,11 +110,11 @@ extension IOMMUCore {
     public func unmapDeferred(_ domain: IOMMUDomain, iova: UInt64, size: UInt64,
                               gather: inout UnmapGather) throws(IOMMUError) -> UInt64 {
         try checkPaging(domain, iova, size)
-        guard domain.iovaToPhys(iova) != nil else { throw .notFound("nothing is mapped at 0x\(String(iova, radix: 16)) in \(domain)") }
         let observer = self.observer
         observer?.unmapBegan(domain, iova: iova, size: size)
         let before = gather.freedTables.count
         let unmapped = unmapAll(domain, iova: iova, size: size, gather: &gather)
+        guard unmapped > 0 else { throw nothingMapped(domain, iova, size) }
         yield(KernelYield.afterPTEClear)
         observer?.unmapDeferred(domain, iova: iova, requested: size, unmapped: unmapped,
                                 tables: gather.freedTables.count > before ? Array(gather.freedTables[before...]) : [])
@@ -144,6 +144,13 @@ extension IOMMUCore {
         } else {
             domain.quarantinedTables.withLock { $0.append(contentsOf: tables) }
         }
+    }
+
+    /// Nothing was mapped at `iova` (the clear stopped at once): nothing changed; tell the
+    /// observer the unmap ended with 0 bytes.
+    private func nothingMapped(_ domain: IOMMUDomain, _ iova: UInt64, _ size: UInt64) -> IOMMUError {
+        observer?.unmapEnded(domain, iova: iova, requested: size, unmapped: 0)
+        return .notFound("nothing is mapped at 0x\(String(iova, radix: 16)) in \(domain)")
     }
 
     func unmapAll(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, gather: inout UnmapGather) -> UInt64 {

@@ -25,7 +25,7 @@ public final class IOMMUCore: @unchecked Sendable {
     public internal(set) var groups: [Group] = []
     /// Domains allocated and not yet freed (static domains excluded).
     public internal(set) var liveDomains: [Int: IOMMUDomain] = [:]
-    public weak var observer: (any KernelObserver)?
+    @exclusivity(unchecked) public weak var observer: (any KernelObserver)?
     public let pasids = PASIDAllocator()
     var nextDomainID = 1
     /// The path the driver took in the last successful RID or PASID attach.
@@ -53,7 +53,11 @@ public final class IOMMUCore: @unchecked Sendable {
 
     var scheduler: Scheduler { platform.scheduler }
 
-    func yield(_ site: YieldSite) { platform.scheduler.yieldPoint(site) }
+    @inline(__always)
+    func yield(_ site: YieldSite) {
+        guard platform.scheduler.yieldPolicy.probability > 0 else { return }
+        platform.scheduler.yieldPoint(site)
+    }
 
     /// Gives a driver-made domain its number and records it as live.
     func adopt(_ domain: IOMMUDomain) {

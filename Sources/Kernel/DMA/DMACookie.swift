@@ -6,8 +6,9 @@ import Synchronization
 /// space, the record of live mappings, the flush queue when unmaps are deferred, and
 /// per-CPU counters.
 public final class DMACookie: @unchecked Sendable {
-    public let domain: IOMMUDomain
-    unowned let core: IOMMUCore
+    /// The domain owns its cookie and callers reach the cookie through a live domain, so
+    /// this back reference is not counted (no ARC traffic on the map/unmap path).
+    public unowned(unsafe) let domain: IOMMUDomain
     public let iova: IOVADomain
     /// log2 of the granule: the domain's smallest page (Linux `iova_shift`).
     public let granuleShift: UInt64
@@ -17,12 +18,9 @@ public final class DMACookie: @unchecked Sendable {
     private let stats: UnsafeMutablePointer<Atomic<UInt64>>
     static let statWords = 16
     enum Stat: Int { case maps, unmaps, strictInvalidations, mapFailures, fallbacksTo64Bit, lostPages }
-    /// IOVA frames and table pages given up after a failed flush (never reused).
-    private let lost = Mutex<(ranges: Int, tables: [UInt64])>((0, []))
 
     init(domain: IOMMUDomain, core: IOMMUCore, cpus: Int, queue: FlushQueueOptions?) {
         self.domain = domain
-        self.core = core
         self.cpus = max(1, cpus)
         let sizes = domain.pageSizes
         granuleShift = UInt64(sizes.trailingZeroBitCount)
@@ -32,11 +30,11 @@ public final class DMACookie: @unchecked Sendable {
         live = LiveMappings(capacity: 4096)
         stats = .allocate(capacity: self.cpus * Self.statWords)
         for i in 0..<(self.cpus * Self.statWords) { (stats + i).initialize(to: Atomic(0)) }
-        if let queue { flushQueueStorage = FlushQueue(cookie: self, options: queue, cpus: self.cpus) }
+        if let queue { flushQueueStorage = FlushQueue(core: core, domain: domain, iova: iova, options: queue, cpus: self.cpus) }
     }
 
     /// The flush queue, nil in strict mode. Set once in init (the queue needs the cookie).
-    private var flushQueueStorage: FlushQueue?
+    @exclusivity(unchecked) private var flushQueueStorage: FlushQueue?
     var queue: FlushQueue? { flushQueueStorage }
 
     deinit {
@@ -57,16 +55,19 @@ public final class DMACookie: @unchecked Sendable {
         (0..<cpus).reduce(0) { $0 + stats[$1 * Self.statWords + s.rawValue].load(ordering: .relaxed) }
     }
 
-    func lostToFailedFlush(pfn: UInt64, pages: UInt64, tables: [UInt64]) {
-        lost.withLock { $0.ranges += 1; $0.tables += tables }
-        count(.lostPages, cpu: 0, pages)
+    /// A strict unmap's invalidation failed: its IOVA range is never handed out again.
+    func lostToFailedFlush(pages: UInt64, cpu: Int) {
+        count(.lostPages, cpu: cpu, pages)
     }
 
     /// The domain is being freed (after its last detach invalidated everything).
     func destroy() {
         flushQueueStorage?.destroy()
-        let tables = lost.withLock { l in let t = l.tables; l.tables = []; return t }
-        core.putPages(domain, tables, flushed: true)
+    }
+
+    /// The domain is gone without a teardown: nothing may be freed or flushed for it.
+    func markDead() {
+        flushQueueStorage?.destroyed.store(true, ordering: .releasing)
     }
 
     /// A snapshot of what the DMA layer did for this domain.
@@ -77,7 +78,7 @@ public final class DMACookie: @unchecked Sendable {
         s.mapFailures = total(.mapFailures)
         s.strictInvalidations = total(.strictInvalidations)
         s.fallbacksTo64Bit = total(.fallbacksTo64Bit)
-        s.pagesLostToFailedFlush = total(.lostPages)
+        s.pagesLostToFailedFlush = total(.lostPages) + (flushQueueStorage?.lostPages.load(ordering: .relaxed) ?? 0)
         s.liveMappings = live.count
         if let q = flushQueueStorage {
             s.flushes = q.flushes.load(ordering: .relaxed)

@@ -62,20 +62,17 @@ final class FlushQueue: @unchecked Sendable {
         var count: Int { Int(tail &- head) }
     }
 
-    final class RingBox: @unchecked Sendable {
-        let lock: Mutex<Ring>
-        let cpu: Int
-        init(size: Int, cpu: Int) {
-            let p = UnsafeMutablePointer<Entry>.allocate(capacity: size)
-            lock = Mutex(Ring(entries: p, size: UInt64(size)))
-            self.cpu = cpu
-        }
-        deinit { lock.withLock { $0.entries.deallocate() } }
-    }
-
     let options: FlushQueueOptions
-    let rings: [RingBox]
-    unowned let cookie: DMACookie
+    /// The rings (one, or one per CPU), in raw storage so reaching one costs no reference
+    /// counting.
+    let rings: UnsafeMutablePointer<Mutex<Ring>>
+    let ringCount: Int
+    let iova: IOVADomain
+    /// Back references, not counted: the core owns the domain, which owns its cookie, which
+    /// owns this queue. A timer holds the queue itself, and once the domain is freed or gone
+    /// (`destroyed`) the queue touches neither.
+    unowned(unsafe) let core: IOMMUCore
+    unowned(unsafe) let domain: IOMMUDomain
     /// Flushes started and finished (Linux `fq_flush_start_cnt`, `fq_flush_finish_cnt`).
     let started = Atomic<UInt64>(0)
     let finished = Atomic<UInt64>(0)
@@ -88,12 +85,26 @@ final class FlushQueue: @unchecked Sendable {
     let rolloverFlushes = Atomic<UInt64>(0)
     let failedFlushes = Atomic<UInt64>(0)
     let destroyed = Atomic<Bool>(false)
+    /// IOVA granules and table pages given up because a flush failed with a full ring.
+    let lostPages = Atomic<UInt64>(0)
+    let lostTables = Mutex<[UInt64]>([])
 
-    init(cookie: DMACookie, options: FlushQueueOptions, cpus: Int) {
-        self.cookie = cookie
+    init(core: IOMMUCore, domain: IOMMUDomain, iova: IOVADomain, options: FlushQueueOptions, cpus: Int) {
+        self.core = core
+        self.domain = domain
+        self.iova = iova
         self.options = options
-        let n = options.kind == .single ? 1 : max(1, cpus)
-        rings = (0..<n).map { RingBox(size: options.size, cpu: $0) }
+        ringCount = options.kind == .single ? 1 : max(1, cpus)
+        rings = .allocate(capacity: ringCount)
+        for i in 0..<ringCount {
+            (rings + i).initialize(to: Mutex(Ring(entries: .allocate(capacity: options.size), size: UInt64(options.size))))
+        }
+    }
+
+    deinit {
+        for i in 0..<ringCount { rings[i].withLock { $0.entries.deallocate() } }
+        rings.deinitialize(count: ringCount)
+        rings.deallocate()
     }
 
     // MARK: Queueing
@@ -102,8 +113,7 @@ final class FlushQueue: @unchecked Sendable {
     /// clear happened before: the lock acquisition orders it before any flush that could
     /// free the entry.
     func queue(pfn: UInt64, pages: UInt64, tables: [UInt64], cpu: Int) {
-        let box = rings.count == 1 ? rings[0] : rings[cpu % rings.count]
-        box.lock.withLock { r in
+        rings[ringCount == 1 ? 0 : cpu % ringCount].withLock { r in
             freeCompleted(&r, cpu: cpu)
             if r.isFull {
                 fullFlushes.add(1, ordering: .relaxed)
@@ -113,7 +123,8 @@ final class FlushQueue: @unchecked Sendable {
             if r.isFull {
                 // Nothing could be freed: the flush failed. The IOVA and tables stay
                 // allocated for ever rather than be reused while possibly cached.
-                cookie.lostToFailedFlush(pfn: pfn, pages: pages, tables: tables)
+                lostPages.add(pages, ordering: .relaxed)
+                lostTables.withLock { $0 += tables }
                 return
             }
             let i = Int(r.tail % r.size)
@@ -124,7 +135,7 @@ final class FlushQueue: @unchecked Sendable {
             r.queued &+= 1
         }
         if uncoveredSince.load(ordering: .relaxed) == 0 {
-            _ = uncoveredSince.compareExchange(expected: 0, desired: max(1, cookie.core.platform.clockNs()), ordering: .relaxed)
+            _ = uncoveredSince.compareExchange(expected: 0, desired: max(1, core.platform.clockNs()), ordering: .relaxed)
         }
         if !timerOn.load(ordering: .relaxed), !timerOn.exchange(true, ordering: .acquiringAndReleasing) {
             armTimer(afterNs: options.timeoutNs)
@@ -138,14 +149,19 @@ final class FlushQueue: @unchecked Sendable {
             let e = r.entries[Int(r.head % r.size)]
             guard e.tag < done else { break }
             if e.hasSpill {
-                cookie.core.putPages(cookie.domain, r.spill.removeValue(forKey: e.pfn) ?? [], flushed: true)
+                freeTables(r.spill.removeValue(forKey: e.pfn) ?? [])
             } else if e.table != 0 {
-                cookie.core.putPages(cookie.domain, [e.table], flushed: true)
+                freeTables([e.table])
             }
-            cookie.iova.free(pfn: e.pfn, pages: e.pages, cpu: cpu)
+            iova.free(pfn: e.pfn, pages: e.pages, cpu: cpu)
             r.head &+= 1
             r.freed &+= 1
         }
+    }
+
+    private func freeTables(_ tables: [UInt64]) {
+        guard !tables.isEmpty else { return }
+        core.putPages(domain, tables, flushed: true)
     }
 
     // MARK: Flushing
@@ -156,7 +172,8 @@ final class FlushQueue: @unchecked Sendable {
         started.add(1, ordering: .acquiringAndReleasing)
         flushes.add(1, ordering: .relaxed)
         do {
-            try cookie.core.flushDeferred(cookie.domain)
+            guard !destroyed.load(ordering: .acquiring) else { return }
+            try core.flushDeferred(domain)
             finished.add(1, ordering: .acquiringAndReleasing)
         } catch {
             // Not counted as finished: entries wait for the next flush that succeeds.
@@ -171,13 +188,13 @@ final class FlushQueue: @unchecked Sendable {
     }
 
     func freeAllCompleted(cpu: Int) {
-        for box in rings {
-            box.lock.withLock { r in freeCompleted(&r, cpu: rings.count == 1 ? cpu : box.cpu) }
+        for i in 0..<ringCount {
+            rings[i].withLock { r in freeCompleted(&r, cpu: ringCount == 1 ? cpu : i) }
         }
     }
 
     private func armTimer(afterNs delay: UInt64) {
-        cookie.core.platform.startTimer(afterNs: delay) { [weak self] in self?.timerFired() }
+        core.platform.startTimer(afterNs: delay) { [self] in timerFired() }
     }
 
     /// The timer (Linux `fq_flush_timeout`): flush if the oldest uncovered entry has waited
@@ -186,7 +203,7 @@ final class FlushQueue: @unchecked Sendable {
         guard !destroyed.load(ordering: .acquiring) else { return }
         timerOn.store(false, ordering: .releasing)
         let since = uncoveredSince.load(ordering: .relaxed)
-        let now = cookie.core.platform.clockNs()
+        let now = core.platform.clockNs()
         if since != 0 {
             let due = since &+ options.timeoutNs
             if now >= due {
@@ -200,22 +217,23 @@ final class FlushQueue: @unchecked Sendable {
     }
 
     /// Entries waiting in all rings.
-    var pending: Int { rings.reduce(0) { $0 + $1.lock.withLock { $0.count } } }
-    var queued: UInt64 { rings.reduce(0) { $0 + $1.lock.withLock { $0.queued } } }
-    var freed: UInt64 { rings.reduce(0) { $0 + $1.lock.withLock { $0.freed } } }
+    var pending: Int { (0..<ringCount).reduce(0) { n, i in n + rings[i].withLock { $0.count } } }
+    var queued: UInt64 { (0..<ringCount).reduce(0) { n, i in n + rings[i].withLock { $0.queued } } }
+    var freed: UInt64 { (0..<ringCount).reduce(0) { n, i in n + rings[i].withLock { $0.freed } } }
 
     /// The domain is going away, detached and fully invalidated: free queued tables (the
     /// IOVA space goes with the domain) and stop the timer (Linux `iommu_dma_free_fq`).
     func destroy() {
-        destroyed.store(true, ordering: .releasing)
-        for box in rings {
-            box.lock.withLock { r in
+        guard !destroyed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        freeTables(lostTables.withLock { t in let all = t; t = []; return all })
+        for i in 0..<ringCount {
+            rings[i].withLock { r in
                 while r.head != r.tail {
                     let e = r.entries[Int(r.head % r.size)]
                     if e.hasSpill {
-                        cookie.core.putPages(cookie.domain, r.spill.removeValue(forKey: e.pfn) ?? [], flushed: true)
+                        freeTables(r.spill.removeValue(forKey: e.pfn) ?? [])
                     } else if e.table != 0 {
-                        cookie.core.putPages(cookie.domain, [e.table], flushed: true)
+                        freeTables([e.table])
                     }
                     r.head &+= 1
                 }

@@ -36,11 +36,15 @@ public final class IOMMUDMA: @unchecked Sendable {
     /// a single large queue if the driver says the device's invalidations are expensive.
     /// Nil for an identity default domain (DMA addresses are physical).
     public func cookie(for device: Device) throws(IOMMUError) -> DMACookie? {
+        if let c = device.dmaCookieCache { return c.takeUnretainedValue() }
         guard let g = device.group, let domain = g.defaultDomain else { throw .noDevice("\(device) is not probed") }
         guard g.domain === domain, !g.dmaOwned else {
             throw .busy("\(device)'s group is owned by a user domain; the DMA API cannot be used")
         }
-        if let c = domain.dmaCookie { return c }
+        if let c = domain.dmaCookie {
+            device.dmaCookieCache = Unmanaged.passUnretained(c)
+            return c
+        }
         switch domain.type {
         case .identity: return nil
         case .dma: break
@@ -54,6 +58,7 @@ public final class IOMMUDMA: @unchecked Sendable {
             }
             let c = DMACookie(domain: domain, core: core, cpus: cpus, queue: options)
             domain.dmaCookie = c
+            device.dmaCookieCache = Unmanaged.passUnretained(c)
             return c
         }
     }
@@ -199,7 +204,7 @@ public final class IOMMUDMA: @unchecked Sendable {
                 } else {
                     // The invalidation failed: the range may still be cached, so its IOVA is
                     // never handed out again.
-                    cookie.lostToFailedFlush(pfn: pfn, pages: pages, tables: [])
+                    cookie.lostToFailedFlush(pages: pages, cpu: cpu)
                 }
                 throw error
             }

@@ -45,14 +45,13 @@ public final class IOVADomain: @unchecked Sendable {
         func deallocate() { words.deallocate() }
     }
 
-    struct CPUCache {
-        var loaded: [Magazine]
-        var previous: [Magazine]
-    }
-
-    final class CPUSlot: Sendable {
-        let lock: Mutex<CPUCache>
-        init(_ c: sending CPUCache) { lock = Mutex(c) }
+    /// One CPU's magazines, one loaded and one previous per size class. Plain pointers
+    /// (owned by the domain), padded so two CPUs' slots never share a cache line.
+    struct CPUCache: @unchecked Sendable {
+        var loaded: UnsafeMutablePointer<Magazine>
+        var previous: UnsafeMutablePointer<Magazine>
+        var padding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     }
 
     struct Shared {
@@ -67,7 +66,8 @@ public final class IOVADomain: @unchecked Sendable {
         var counters = IOVACounters()
     }
 
-    let slots: [CPUSlot]
+    /// The CPU slots, in raw storage so reaching one costs no reference counting.
+    let slots: UnsafeMutablePointer<Mutex<CPUCache>>
     let shared: Mutex<Shared>
 
     /// - Parameters:
@@ -88,12 +88,16 @@ public final class IOVADomain: @unchecked Sendable {
             all.append(m)
             return m
         }
-        var s: [CPUSlot] = []
-        for _ in 0..<cpuCount {
-            s.append(CPUSlot(CPUCache(loaded: (0..<Self.cachedOrders).map { _ in magazine() },
-                                      previous: (0..<Self.cachedOrders).map { _ in magazine() })))
+        slots = .allocate(capacity: cpuCount)
+        for i in 0..<cpuCount {
+            let loaded = UnsafeMutablePointer<Magazine>.allocate(capacity: Self.cachedOrders)
+            let previous = UnsafeMutablePointer<Magazine>.allocate(capacity: Self.cachedOrders)
+            for o in 0..<Self.cachedOrders {
+                (loaded + o).initialize(to: magazine())
+                (previous + o).initialize(to: magazine())
+            }
+            (slots + i).initialize(to: Mutex(CPUCache(loaded: loaded, previous: previous)))
         }
-        slots = s
         shared = Mutex(Shared(tree: IOVATree(start: startPFN, end: endPFN), max32AllocSize: .max,
                               depot: [[Magazine]](repeating: [], count: Self.cachedOrders), allMagazines: all))
     }
@@ -103,6 +107,14 @@ public final class IOVADomain: @unchecked Sendable {
             for m in s.allMagazines { m.deallocate() }
             s.allMagazines = []
         }
+        for i in 0..<cpuCount {
+            slots[i].withLock { c in
+                c.loaded.deallocate()
+                c.previous.deallocate()
+            }
+        }
+        slots.deinitialize(count: cpuCount)
+        slots.deallocate()
     }
 
     /// The size actually allocated for `pages`: cached sizes round up to a power of two, so a
@@ -188,7 +200,7 @@ public final class IOVADomain: @unchecked Sendable {
     // MARK: Per-CPU caches
 
     private func cacheGet(order: Int, size: UInt64, limit: UInt64, cpu: Int) -> UInt64? {
-        slots[cpu % cpuCount].lock.withLock { c in
+        slots[cpu % cpuCount].withLock { c in
             if let pfn = Self.pop(c.loaded[order], size: size, limit: limit) { return pfn }
             if c.previous[order].pointee > 0 {
                 swap(&c.loaded[order], &c.previous[order])
@@ -221,8 +233,7 @@ public final class IOVADomain: @unchecked Sendable {
     }
 
     private func cacheInsert(order: Int, pfn: UInt64, cpu: Int) {
-        let slot = slots[cpu % cpuCount]
-        slot.lock.withLock { c in
+        slots[cpu % cpuCount].withLock { c in
             var m = c.loaded[order]
             if Int(m.pointee) == Self.magazineSize {
                 if Int(c.previous[order].pointee) < Self.magazineSize {
@@ -274,8 +285,8 @@ public final class IOVADomain: @unchecked Sendable {
     /// Returns every cached range to the tree (Linux `free_global_cached_iovas` +
     /// `free_cpu_cached_iovas`).
     public func flushCaches() {
-        for slot in slots {
-            slot.lock.withLock { c in
+        for i in 0..<cpuCount {
+            slots[i].withLock { c in
                 shared.withLock { s in
                     for order in 0..<Self.cachedOrders {
                         drain(c.loaded[order], &s)
@@ -304,8 +315,8 @@ public final class IOVADomain: @unchecked Sendable {
     /// Ranges sitting in caches (per-CPU magazines and the depot).
     public var cachedRanges: Int {
         var n = 0
-        for slot in slots {
-            n += slot.lock.withLock { c in
+        for i in 0..<cpuCount {
+            n += slots[i].withLock { c in
                 (0..<Self.cachedOrders).reduce(0) { $0 + Int(c.loaded[$1].pointee) + Int(c.previous[$1].pointee) }
             }
         }

@@ -39,7 +39,8 @@ public final class IntelIOMMU: @unchecked Sendable {
     var devices: [UInt16: VTdDeviceInfo] = [:]
     /// Devices per context table (by bus and half), to free a table when it empties.
     var contextTableUsers: [UInt16: Int] = [:]
-    weak var driver: VTdDriver?
+    /// The driver that owns this unit (set once at bring-up; not counted).
+    unowned(unsafe) var driver: VTdDriver?
     public private(set) var isEnabled = false
     /// Fault records read and reported; overflows (PFO) seen.
     public internal(set) var faultsHandled = 0

@@ -10,7 +10,8 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
     public let name: String
     public let platform: PlatformContext
     public let units: [IntelIOMMU]
-    public private(set) weak var core: IOMMUCore?
+    /// The core this driver is registered with (it owns the driver; not counted).
+    public private(set) unowned(unsafe) var core: IOMMUCore?
     /// Report invalidations as expensive so DMA domains use one large flush queue (what
     /// Linux's s390 driver does with `shadow_on_flush`; a knob here, for experiments).
     public var shadowOnFlush = false

@@ -30,6 +30,9 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
     /// only these hold a DID reference.
     var entries: Set<UInt64> = []
     var tags: [CacheTag] = []
+    /// Tags on units in caching mode (which cache non-present entries): then new mappings
+    /// must be flushed too. Kept so the map path need not scan the tags.
+    @exclusivity(unchecked) var cachingModeTags = 0
 
     init(driver: VTdDriver, type: DomainType, flags: DomainFlags, levels: Int, maxLeafLevel: Int, addressWidth: Int) throws(IOMMUError) {
         do {
@@ -131,13 +134,17 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
         }
         // Keep tags of one unit together so flushes batch per unit.
         let tag = CacheTag(kind: kind, unit: unit, did: did, pasid: pasid, device: device, users: 1)
+        if driver.units[unit].capability.cachingMode { cachingModeTags += 1 }
         if let last = tags.lastIndex(where: { $0.unit == unit }) { tags.insert(tag, at: last + 1) } else { tags.append(tag) }
     }
 
     private func removeTag(_ kind: CacheTag.Kind, unit: Int, did: DomainID, pasid: UInt32, device: RequesterID) {
         guard let i = tagIndex(kind, unit: unit, did: did, pasid: pasid, device: device) else { return }
         tags[i].users -= 1
-        if tags[i].users == 0 { tags.remove(at: i) }
+        if tags[i].users == 0 {
+            tags.remove(at: i)
+            if driver.units[unit].capability.cachingMode { cachingModeTags -= 1 }
+        }
     }
 
     // MARK: Map and unmap
@@ -178,7 +185,7 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
     override func syncMap(iova: UInt64, size: UInt64) throws(IOMMUError) {
         // Caching-mode hardware may cache non-present entries: flush the new range (Linux
         // `cache_tag_flush_range_np`). Otherwise nothing is needed (no write buffer).
-        guard tags.contains(where: { driver.units[$0.unit].capability.cachingMode }) else { return }
+        guard cachingModeTags > 0 else { return }
         try flushRange(start: iova, end: iova + size - 1, hint: true)
     }
 

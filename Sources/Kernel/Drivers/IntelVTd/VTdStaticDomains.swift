@@ -4,7 +4,9 @@ import Hardware
 
 /// What every VT-d domain can be asked when a device leaves it.
 class VTdDomain: IOMMUDomain, @unchecked Sendable {
-    unowned let driver: VTdDriver
+    /// The driver outlives its domains (both belong to one machine); not counted, so the
+    /// map/unmap path pays no reference counting for it.
+    unowned(unsafe) let driver: VTdDriver
 
     init(driver: VTdDriver, type: DomainType, flags: DomainFlags = [], pageSizes: UInt64 = 0, apertureEnd: UInt64 = 0) {
         self.driver = driver

@@ -1,0 +1,66 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Runs `body(i)` for i in 0..<count on that many real OS threads at once and waits for all
+/// (benchmarks: per-thread CPU slots need real threads, not a task pool).
+func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    final class Job: @unchecked Sendable {
+        let run: () -> Void
+        init(_ run: @escaping () -> Void) { self.run = run }
+    }
+    var threads: [pthread_t] = []
+    for i in 0..<count {
+        let job = Unmanaged.passRetained(Job { body(i) }).toOpaque()
+        var t = pthread_t()
+        let rc = pthread_create(&t, nil, { arg in
+            guard let arg else { return nil }
+            Unmanaged<Job>.fromOpaque(arg).takeRetainedValue().run()
+            return nil
+        }, job)
+        if rc == 0 {
+            threads.append(t)
+        } else {
+            // No thread: run it here rather than lose the work.
+            Unmanaged<Job>.fromOpaque(job).takeRetainedValue().run()
+        }
+    }
+    for t in threads { pthread_join(t, nil) }
+}
+
+/// Latency samples (ns) with mean and percentiles.
+struct Samples {
+    var values: [Double] = []
+    var total: Double = 0
+    var count = 0
+
+    init(capacity: Int) { values.reserveCapacity(capacity) }
+
+    mutating func add(_ v: Double, weight: Int = 1) {
+        if values.count < values.capacity { values.append(v) }
+        total += v * Double(weight)
+        count += weight
+    }
+
+    mutating func merge(_ o: Samples) {
+        values += o.values
+        total += o.total
+        count += o.count
+    }
+
+    var mean: Double { count == 0 ? 0 : total / Double(count) }
+
+    func percentile(_ p: Double) -> Double {
+        guard !values.isEmpty else { return 0 }
+        let s = values.sorted()
+        return s[min(s.count - 1, Int(Double(s.count) * p))]
+    }
+}
+
+func median(_ v: [Double]) -> Double {
+    guard !v.isEmpty else { return 0 }
+    let s = v.sorted()
+    return s[s.count / 2]
+}
