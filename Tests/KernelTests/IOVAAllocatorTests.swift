@@ -52,7 +52,7 @@ struct IOVAAllocatorTests {
         #expect(IOVADomain.roundedSize(33) == 33)
     }
 
-    @Test("the tree finds the same placement as a brute-force search over random fragmentation", arguments: [UInt64(1), 2, 3])
+    @Test("the exact search finds the brute-force placement; the budgeted one a valid block exactly when one exists", arguments: [UInt64(1), 2, 3])
     func matchesReference(seed: UInt64) {
         var tree = IOVATree(start: 1, end: 1 << 16)
         var live: [(UInt64, UInt64)] = []
@@ -63,8 +63,14 @@ struct IOVAAllocatorTests {
                 let align = UInt64(1) << rng.next(below: 8)
                 let limit = 1 + rng.next(below: 1 << 16)
                 let expected = referenceHighest(live, size: size, align: align, limit: min(limit, 1 << 16), start: 1)
-                let got = tree.findHighest(size: size, align: align, limit: limit)
+                let got = tree.findHighest(size: size, align: align, limit: limit, budget: .max)
                 #expect(got == expected, "size \(size) align \(align) limit \(limit)")
+                let quick = tree.findHighest(size: size, align: align, limit: limit)
+                #expect((quick == nil) == (expected == nil))
+                if let q = quick {
+                    #expect(q % align == 0 && q >= 1 && q + size - 1 <= min(limit, 1 << 16))
+                    #expect(!live.contains { $0.0 <= q + size - 1 && q <= $0.1 }, "the budgeted block is free")
+                }
                 if let lo = got {
                     let inserted = tree.insert(lo: lo, hi: lo + size - 1)
                     #expect(inserted)

@@ -173,7 +173,7 @@ public final class IOVADomain: @unchecked Sendable {
             }
             let align = size <= 1 ? 1 : UInt64(1) << UInt64(64 - (size - 1).leadingZeroBitCount)
             s.counters.treeAllocations += 1
-            guard let lo = s.tree.findHighest(size: size, align: align, limit: limit), s.tree.insert(lo: lo, hi: lo + size - 1) else {
+            guard let lo = s.tree.findHighest(size: size, align: align, limit: limit), s.tree.insertFree(lo: lo, hi: lo + size - 1) else {
                 if is32 { s.max32AllocSize = size }
                 s.counters.failures += 1
                 return nil

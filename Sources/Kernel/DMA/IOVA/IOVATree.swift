@@ -121,6 +121,11 @@ struct IOVATree {
     /// Inserts [lo, hi], which must be free. Returns false if it overlaps an allocated range.
     mutating func insert(lo: UInt64, hi: UInt64) -> Bool {
         guard lo <= hi, lo >= start, hi <= end &+ 1, !overlaps(lo: lo, hi: hi) else { return false }
+        return insertFree(lo: lo, hi: hi)
+    }
+
+    /// Inserts [lo, hi] that `findHighest` just found free (no overlap check).
+    mutating func insertFree(lo: UInt64, hi: UInt64) -> Bool {
         var added = false
         root = insert(root, lo: lo, hi: hi, predecessorHi: start &- 1, added: &added)
         if added { count += 1 }
@@ -243,23 +248,43 @@ struct IOVATree {
 
     // MARK: Allocate
 
+    /// Nodes an exact search may visit before it settles for a gap that fits whatever its
+    /// alignment.
+    static let searchBudget = 8
+
     /// The highest `size`-frame block aligned to `align` (a power of two) that lies in a free
     /// gap, at or below `limit` and at or above `start`. Top-down, as Linux allocates.
-    /// - Complexity: O(log n) descents; alignment misses can add a few more.
-    func findHighest(size: UInt64, align: UInt64, limit: UInt64) -> UInt64? {
+    ///
+    /// Gaps as large as `size` whose aligned block does not fit make an exact search visit
+    /// many nodes when the space is fragmented (Linux's walk has the same weakness). So the
+    /// exact search has a budget; when it runs out, the highest gap of at least
+    /// `size + align - 1` frames, which always holds an aligned block, is taken instead, a
+    /// straight O(log n) descent. Only if no such gap exists does the exact search run to
+    /// the end. (Linux's cached node likewise trades the strictly highest block for speed.)
+    func findHighest(size: UInt64, align: UInt64, limit: UInt64, budget exactBudget: Int = searchBudget) -> UInt64? {
         guard size > 0 else { return nil }
-        return search(root, size: size, align: align, limit: min(limit, end))
+        let limit = min(limit, end)
+        var budget = exactBudget
+        if let found = search(root, size: size, minGap: size, align: align, limit: limit, budget: &budget) { return found }
+        guard budget <= 0 else { return nil } // the exact search saw everything: nothing fits
+        var unlimited = Int.max
+        let (roomy, o) = size.addingReportingOverflow(align &- 1)
+        if !o, let found = search(root, size: size, minGap: roomy, align: align, limit: limit, budget: &unlimited) { return found }
+        return search(root, size: size, minGap: size, align: align, limit: limit, budget: &unlimited)
     }
 
-    private func search(_ n: Int32, size: UInt64, align: UInt64, limit: UInt64) -> UInt64? {
-        guard n != Self.none else { return nil }
+    /// Highest aligned block of `size` in a gap of at least `minGap`, visiting at most
+    /// `budget` nodes.
+    private func search(_ n: Int32, size: UInt64, minGap: UInt64, align: UInt64, limit: UInt64, budget: inout Int) -> UInt64? {
+        guard n != Self.none, budget > 0 else { return nil }
+        budget -= 1
         let node = nodes[Int(n)]
-        guard node.maxGap >= size else { return nil }
+        guard node.maxGap >= minGap else { return nil }
         let gapStart = node.lo &- node.gapBelow
         if gapStart <= limit {
             // Higher gaps first: the right subtree, then this node's own gap.
-            if let found = search(node.right, size: size, align: align, limit: limit) { return found }
-            if node.gapBelow >= size {
+            if let found = search(node.right, size: size, minGap: minGap, align: align, limit: limit, budget: &budget) { return found }
+            if node.gapBelow >= minGap {
                 let top = min(node.lo &- 1, limit)
                 if top >= gapStart, top &- gapStart &+ 1 >= size {
                     let candidate = (top &- size &+ 1) & ~(align &- 1)
@@ -267,7 +292,7 @@ struct IOVATree {
                 }
             }
         }
-        return search(node.left, size: size, align: align, limit: limit)
+        return search(node.left, size: size, minGap: minGap, align: align, limit: limit, budget: &budget)
     }
 
     /// Walks every range in order (for checks and flushes).
