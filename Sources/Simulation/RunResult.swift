@@ -37,12 +37,14 @@ public struct RunResult: Sendable {
     public var peakFrames: Int
     public var framesLeft: Int
     public var churnRounds: Int
+    /// What the DMA API did for the lazy device (flush-queue figures).
+    public var dmaAPI: DMAStatistics
     public var log: [(time: UInt64, text: String)]
     /// Host wall-clock time of the run (not deterministic).
     public var wallNs: UInt64
 
     init(scenario: String, seed: UInt64, machine m: Machine, endpoints: [PCIeEndpoint], faultsReported: [(String, Int)],
-         log: [(time: UInt64, text: String)], churnRounds: Int, wallNs: UInt64) {
+         dmaAPI: DMAStatistics = DMAStatistics(), log: [(time: UInt64, text: String)], churnRounds: Int, wallNs: UInt64) {
         self.scenario = scenario
         self.seed = seed
         virtualTimeNs = m.scheduler.now
@@ -82,6 +84,7 @@ public struct RunResult: Sendable {
         peakFrames = m.platform.frames.peak
         framesLeft = m.platform.frames.inUse
         self.churnRounds = churnRounds
+        self.dmaAPI = dmaAPI
         self.log = log
         self.wallNs = wallNs
     }

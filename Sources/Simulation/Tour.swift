@@ -8,7 +8,10 @@ import Kernel
 /// over, attaches to domain A and replaces with B under traffic (hitless); a PASID attached
 /// to domain C, replaced with D under PASID traffic, then detached; an NVMe drive in an
 /// identity domain; an untrusted Thunderbolt device that DMAs to an unmapped IOVA (the fault
-/// is reported and no memory is touched); then a clean teardown checked for leaks.
+/// is reported and no memory is touched); a second NIC under the lazy policy that uses the
+/// DMA API on two CPUs, its unmaps deferred to per-CPU flush queues (a burst fills one and
+/// flushes it; the timer flushes the rest); then a clean teardown checked for leaks.
+/// The policy is lazy: trusted DMA devices get flush queues, the untrusted one stays strict.
 public struct Tour {
     public struct StepFailed: Error, CustomStringConvertible {
         public var step: String
@@ -27,7 +30,7 @@ public struct Tour {
         let m = try Machine(seed: seed, memorySize: 256 << 20, units: [
             VTdConfiguration(name: "dmar0"),
             VTdConfiguration(name: "dmar1", iotlbEntries: 256),
-        ])
+        ], policy: .lazy, cpus: 2)
         var log = RunLog(scheduler: m.scheduler)
         let s = m.scheduler
         s.yieldPolicy = YieldPolicy(probability: 0.25, maxAdvanceNs: 3_000)
@@ -46,10 +49,11 @@ public struct Tour {
                 DeviceDescription(name: "nvme0", requesterID: RequesterID(bus: 1, device: 0, function: 0), unit: 1,
                                   preferredDomain: .identity),
                 DeviceDescription(name: "tb0", requesterID: RequesterID(bus: 2, device: 0, function: 0), unit: 1, untrusted: true),
+                DeviceDescription(name: "nic1", requesterID: RequesterID(bus: 0, device: 4, function: 0), unit: 1),
             ])
         }
         let (nic, nicEP) = probed[0], (gpu0, gpu0EP) = probed[1], (gpu1, gpu1EP) = probed[2]
-        let (nvme, nvmeEP) = probed[3], (tb, tbEP) = probed[4]
+        let (nvme, nvmeEP) = probed[3], (tb, tbEP) = probed[4], (nic1, nic1EP) = probed[5]
         for g in m.core.groups {
             log.note("\(g) [\(g.devices.map(\.name).joined(separator: ", "))] probed with default \(g.defaultDomain.map { "\($0)" } ?? "none")")
         }
@@ -81,6 +85,20 @@ public struct Tour {
         let tbTraffic = TrafficStream(endpoint: tbEP, intervalNs: 2_000, scheduler: s)
         tbTraffic.targets = [.init(address: 0x1_0000, length: 4096)]
         tbTraffic.start()
+
+        // nic1: the DMA API with deferred unmap, buffers mapped from two CPUs.
+        var rxRing: [(address: UInt64, cpu: Int)] = []
+        let nic1Traffic = TrafficStream(endpoint: nic1EP, intervalNs: 450, scheduler: s)
+        for i in 0..<8 {
+            let address = try step("nic1 dma_map_page \(i)") {
+                try m.dma.mapPage(nic1, physical: try m.allocateBuffer() + 0x80, size: 2048, direction: .fromDevice, cpu: i % 2)
+            }
+            rxRing.append((address, i % 2))
+            nic1Traffic.targets.append(.init(address: address, length: 2048, write: true))
+        }
+        let nic1Cookie = try step("nic1 DMA state") { try m.dma.cookie(for: nic1) }
+        log.note("nic1 mapped 8 receive buffers with the DMA API (IOVAs below 4 GiB, \(nic1Cookie?.queueOptions.map { "\($0.kind.rawValue) flush queues of \($0.size)" } ?? "strict"))")
+        nic1Traffic.start()
 
         s.run(until: 20_000)
 
@@ -120,8 +138,18 @@ public struct Tour {
                 }
             }
             nicTraffic.targets.append(.init(address: nicIOVA(k), length: 8192))
+            // nic1 recycles a receive buffer through the DMA API: the unmap is queued.
+            let r = Int(s.random(below: UInt64(rxRing.count)))
+            let old = rxRing[r]
+            nic1Traffic.targets.removeAll { $0.address == old.address }
+            try step("nic1 dma_unmap_page") { try m.dma.unmapPage(nic1, address: old.address, size: 2048, cpu: old.cpu) }
+            let fresh = try step("nic1 dma_map_page") {
+                try m.dma.mapPage(nic1, physical: try m.allocateBuffer() + 0x80, size: 2048, direction: .fromDevice, cpu: 1 - old.cpu)
+            }
+            rxRing[r] = (fresh, 1 - old.cpu)
+            nic1Traffic.targets.append(.init(address: fresh, length: 2048, write: true))
             churnRound += 1
-            log.note("nic0 unmapped buffer \(k) (strict: invalidated before return) and mapped it to new pages")
+            log.note("nic0 unmapped buffer \(k) (strict: invalidated before return) and mapped it to new pages; nic1 recycled a buffer (unmap deferred)")
         }
         for t in stride(from: 30_000 as UInt64, through: 110_000, by: 20_000) { s.run(until: t); try churn() }
 
@@ -168,10 +196,29 @@ public struct Tour {
         try step("free \(pasid)") { try m.core.freeGlobalPASID(pasid) }
         log.note("\(pasid) detached and freed")
 
+        // A burst of short-lived nic1 mappings on CPU 0 fills its flush queue: it flushes at once.
+        let scratch = try step("nic1 scratch buffer") { try m.allocateBuffer() }
+        for _ in 0..<300 {
+            try step("nic1 burst") {
+                let a = try m.dma.mapPage(nic1, physical: scratch, size: 4096, direction: .toDevice, cpu: 0)
+                try m.dma.unmapPage(nic1, address: a, size: 4096, cpu: 0)
+            }
+        }
+        if let st = nic1Cookie?.statistics {
+            log.note("nic1 burst of 300 map/unmap pairs on CPU 0: \(st.fullQueueFlushes) full-queue flush(es), \(st.entriesFreed) entries freed, \(st.entriesPending) pending")
+        }
+
         // Stop traffic and let in-flight DMA drain.
         s.run(until: 300_000)
-        for t in [nicTraffic, nvmeTraffic, tbTraffic] + gpuTraffic { t.stop() }
+        for t in [nicTraffic, nvmeTraffic, tbTraffic, nic1Traffic] + gpuTraffic { t.stop() }
         s.run(until: 320_000)
+        for rx in rxRing { try step("nic1 dma_unmap_page") { try m.dma.unmapPage(nic1, address: rx.address, size: 2048, cpu: rx.cpu) } }
+        let pendingBefore = nic1Cookie?.statistics.entriesPending ?? 0
+        // Idle: the flush-queue timer (10 ms) covers what the queues still hold.
+        s.run(until: s.now + 10_500_000)
+        if let st = nic1Cookie?.statistics {
+            log.note("nic1 unmapped its ring; \(pendingBefore) deferred unmap(s) waited for the timer: \(st.timerFlushes) timer flush(es), \(st.entriesPending) left; \(st.flushes) flushes for \(st.unmaps) unmaps in all")
+        }
         log.note("traffic stopped; tearing down")
 
         // Teardown.
@@ -180,8 +227,9 @@ public struct Tour {
         for dom in [a, b, c, d] { try step("free \(dom)") { try m.core.freeDomain(dom) } }
         for i in 0..<16 { _ = try step("nic0 unmap \(i)") { try m.core.unmap(nicDomain, iova: nicIOVA(i), size: 8192) } }
         _ = try step("tb0 unmap") { try m.core.unmap(tbDomain, iova: 0x1_0000, size: 4096) }
-        let faultsByDevice = [nic, gpu0, gpu1, nvme, tb].map { ($0.name, $0.faultCount) }
-        for dev in [nic, gpu0, gpu1, nvme, tb] { try step("release \(dev.name)") { try m.core.release(dev) } }
+        let faultsByDevice = [nic, gpu0, gpu1, nvme, tb, nic1].map { ($0.name, $0.faultCount) }
+        let dmaStatistics = nic1Cookie?.statistics ?? DMAStatistics()
+        for dev in [nic, gpu0, gpu1, nvme, tb, nic1] { try step("release \(dev.name)") { try m.core.release(dev) } }
         s.run(until: s.now + 10_000)
         m.driver.shutdown()
         m.freeBuffers()
@@ -189,8 +237,8 @@ public struct Tour {
         log.note("teardown complete: \(m.platform.frames.inUse) frames, \(m.core.pasids.allocated) PASIDs, \(m.core.liveDomains.count) domains left")
 
         let wall = ContinuousClock.now - start
-        return RunResult(scenario: Self.name, seed: seed, machine: m, endpoints: [nicEP, gpu0EP, gpu1EP, nvmeEP, tbEP],
-                         faultsReported: faultsByDevice, log: log.lines, churnRounds: churnRound,
+        return RunResult(scenario: Self.name, seed: seed, machine: m, endpoints: [nicEP, gpu0EP, gpu1EP, nvmeEP, tbEP, nic1EP],
+                         faultsReported: faultsByDevice, dmaAPI: dmaStatistics, log: log.lines, churnRounds: churnRound,
                          wallNs: UInt64(wall.components.seconds) * 1_000_000_000 + UInt64(wall.components.attoseconds / 1_000_000_000))
     }
 }

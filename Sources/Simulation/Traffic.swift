@@ -9,7 +9,11 @@ public final class TrafficStream: @unchecked Sendable {
     public struct Target: Equatable, Sendable {
         public var address: UInt64
         public var length: UInt64
-        public init(address: UInt64, length: UInt64) { self.address = address; self.length = length }
+        /// Only writes (a receive buffer mapped from-device).
+        public var writeOnly: Bool
+        public init(address: UInt64, length: UInt64, write writeOnly: Bool = false) {
+            self.address = address; self.length = length; self.writeOnly = writeOnly
+        }
     }
 
     public let endpoint: PCIeEndpoint
@@ -39,7 +43,7 @@ public final class TrafficStream: @unchecked Sendable {
             let length = min(t.length, 256 << scheduler.random(below: 5))
             let offset = t.length > length ? scheduler.random(below: (t.length - length) / 64 + 1) * 64 : 0
             issued += 1
-            if scheduler.random(below: 2) == 0 {
+            if scheduler.random(below: 2) == 0 || t.writeOnly {
                 let byte = UInt8(truncatingIfNeeded: issued)
                 endpoint.submit(.write(t.address + offset, [UInt8](repeating: byte, count: Int(length)), pasid: pasid))
             } else {

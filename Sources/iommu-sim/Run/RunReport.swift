@@ -28,6 +28,13 @@ struct RunReport {
             ("invalidations", .object([("total", .uint(r.invalidations)), ("waits", .uint(r.invalidationWaits)),
                                        ("byType", .object(r.invalidationsByType.map { ($0.0, .uint($0.1)) }))])),
             ("updatePaths", .object(r.updatePaths.map { ($0.0, .int(Int64($0.1))) })),
+            ("dmaAPI", .object([
+                ("maps", .uint(r.dmaAPI.maps)), ("unmaps", .uint(r.dmaAPI.unmaps)),
+                ("flushes", .uint(r.dmaAPI.flushes)), ("fullQueueFlushes", .uint(r.dmaAPI.fullQueueFlushes)),
+                ("timerFlushes", .uint(r.dmaAPI.timerFlushes)), ("rolloverFlushes", .uint(r.dmaAPI.rolloverFlushes)),
+                ("entriesPerFlush", .double(r.dmaAPI.entriesPerFlush)),
+                ("invalidationsPerUnmap", .double(r.dmaAPI.invalidationsPerUnmap)),
+            ])),
             ("memory", .object([("peakFrames", .int(Int64(r.peakFrames))), ("framesLeft", .int(Int64(r.framesLeft)))])),
             ("oracle", .object([
                 ("checks", .uint(r.oracleChecks)),
@@ -62,6 +69,8 @@ struct RunReport {
         out.append("IOTLB: \(fmt(r.iotlbHits)) hits, \(fmt(r.iotlbMisses)) misses (\(String(format1(rate)))% hits)")
         out.append("Invalidations: \(fmt(r.invalidations)) descriptors (" + r.invalidationsByType.filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }.joined(separator: ", ") + "), \(fmt(r.invalidationWaits)) waits")
         out.append("Entry updates: " + r.updatePaths.map { "\($0.0) \($0.1)" }.joined(separator: ", "))
+        let q = r.dmaAPI
+        out.append("DMA API (nic1, lazy): \(q.maps) maps, \(q.unmaps) unmaps, \(q.flushes) flushes (full \(q.fullQueueFlushes), timer \(q.timerFlushes)), \(format1(q.entriesPerFlush)) entries/flush")
         out.append("Memory: peak \(r.peakFrames) frames, \(r.framesLeft) left after teardown")
         out.append("Oracle: \(fmt(r.oracleChecks)) checks, \(fmt(r.expectedFaults)) expected faults, \(r.violationCount) violation(s)")
         for v in r.violations { out.append("  \(v)") }
