@@ -65,7 +65,7 @@ public final class Scheduler: @unchecked Sendable {
     }
 
     /// Current virtual time in ns.
-    public private(set) var now: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var now: UInt64 = 0
     /// The seeded RNG for tie-breaks and yield decisions.
     public private(set) var rng: SeededRNG
     public let seed: UInt64
@@ -73,7 +73,10 @@ public final class Scheduler: @unchecked Sendable {
     /// Real-thread runs (benchmarks): a software wait also spends, as real time in the
     /// calling thread, the virtual time the hardware took to satisfy it, so modelled
     /// hardware latency costs what it would on a real machine.
-    public var realTimeWaits = false
+    @exclusivity(unchecked) public var realTimeWaits = false
+    /// Hardware work done inline in real-thread runs (no events) that the next wait must
+    /// still spend as real time.
+    @exclusivity(unchecked) public var realTimeDebtNs: UInt64 = 0
     public private(set) var eventsRun: UInt64 = 0
     public private(set) var yieldsTaken: UInt64 = 0
     public private(set) var yieldCounts: [YieldSite: Int] = [:]
@@ -176,7 +179,12 @@ public final class Scheduler: @unchecked Sendable {
         let (deadline, o) = now.addingReportingOverflow(timeoutNs)
         let limit = o ? UInt64.max : deadline
         let start = now
-        defer { if realTimeWaits { HostClock.spin(now &- start) } }
+        defer {
+            if realTimeWaits {
+                HostClock.spin((now &- start) &+ realTimeDebtNs)
+                realTimeDebtNs = 0
+            }
+        }
         while !condition() {
             guard runNext(hardwareOnly: true, notAfter: limit) else {
                 if limit > now { now = limit }

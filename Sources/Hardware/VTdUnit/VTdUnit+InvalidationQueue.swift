@@ -24,12 +24,18 @@ extension VTdUnit {
               faultStatus & VTdFaultStatus.invalidationQueueError == 0,
               !queueStepScheduled, invalidationQueueHead != invalidationQueueTail,
               invalidationQueueTail < queueBytes else { return }
+        if platform.realThreads {
+            // Real-thread runs: the hardware works in the thread that kicked it (which holds
+            // the platform's hardware lock); its latency is owed as real time to the wait.
+            fetchNextDescriptor(inline: true)
+            return
+        }
         queueStepScheduled = true
         platform.scheduler.schedule(after: 0, kind: .hardware) { [weak self] in self?.fetchNextDescriptor() }
     }
 
     /// Fetches and decodes the descriptor at the head, then applies it after its latency.
-    func fetchNextDescriptor() {
+    func fetchNextDescriptor(inline: Bool = false) {
         queueStepScheduled = false
         guard globalStatus & VTdGlobal.queuedInvalidationEnable != 0,
               faultStatus & VTdFaultStatus.invalidationQueueError == 0,
@@ -60,15 +66,29 @@ extension VTdUnit {
         if descriptor.type == InvalidationDescriptor.waitType && platform.faults.shouldFail(.invalidationTimeout) {
             drop = true
         }
-        switch descriptorFaults[descriptor.type] {
-        case .drop?: drop = true
-        case .delay(let ns)?: latency &+= ns
-        case nil: break
+        if !descriptorFaults.isEmpty {
+            switch descriptorFaults[descriptor.type] {
+            case .drop?: drop = true
+            case .delay(let ns)?: latency &+= ns
+            case nil: break
+            }
         }
         queueStepScheduled = true
+        if inline {
+            platform.scheduler.realTimeDebtNs &+= latency
+            complete(descriptor, raw: raw, dropped: drop)
+            return
+        }
         platform.scheduler.schedule(after: latency, kind: .hardware) { [weak self] in
             self?.complete(descriptor, raw: raw, dropped: drop)
         }
+    }
+
+    /// The descriptor at the head is done: move on to the next.
+    func advanceHead() {
+        invalidationQueueHead = (invalidationQueueHead + descriptorBytes) % queueBytes
+        queueStepScheduled = false
+        kickQueue()
     }
 
     /// Applies a fetched descriptor, advances the head and moves on.
@@ -76,17 +96,11 @@ extension VTdUnit {
         let c = countersStorage
         let type = descriptor.type
         let index = invalidationQueueHead / descriptorBytes
-        let advance = { [weak self] in
-            guard let self else { return }
-            self.invalidationQueueHead = (self.invalidationQueueHead + self.descriptorBytes) % self.queueBytes
-            self.queueStepScheduled = false
-            self.kickQueue()
-        }
         if dropped {
             c.pointee.descriptorsDropped &+= 1
             platform.trace.record(TraceEvent(time: platform.scheduler.now, kind: .descriptorDropped, track: trackID,
                                              a: UInt64(type), b: raw.qw0, c: index))
-            advance()
+            advanceHead()
             return
         }
         c.pointee.descriptors &+= 1
@@ -113,19 +127,19 @@ extension VTdUnit {
         case .deviceTLB(let sid, _, _, let address, let s):
             if let port = endpoints[sid.rawValue] {
                 queueStepScheduled = true
-                port.receiveDeviceTLBInvalidation(pasid: nil, address: address, sizeBit: s, global: false) { advance() }
+                port.receiveDeviceTLBInvalidation(pasid: nil, address: address, sizeBit: s, global: false) { [weak self] in self?.advanceHead() }
                 return
             }
         case .pasidDeviceTLB(let sid, _, _, let pasid, let address, let s, let global):
             if let port = endpoints[sid.rawValue] {
                 queueStepScheduled = true
-                port.receiveDeviceTLBInvalidation(pasid: pasid, address: address, sizeBit: s, global: global) { advance() }
+                port.receiveDeviceTLBInvalidation(pasid: pasid, address: address, sizeBit: s, global: global) { [weak self] in self?.advanceHead() }
                 return
             }
         case .pageGroupResponse(let r):
             endpoints[r.requester.rawValue]?.receivePageGroupResponse(r)
         }
-        advance()
+        advanceHead()
     }
 
     /// A decodable descriptor this unit cannot act on, as an IQEI code.

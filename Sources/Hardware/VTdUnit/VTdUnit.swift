@@ -44,38 +44,38 @@ public final class VTdUnit: @unchecked Sendable {
     public let trackID: UInt32
 
     // Registers.
-    var rootTableAddressRegister: UInt64 = 0
+    @exclusivity(unchecked) var rootTableAddressRegister: UInt64 = 0
     /// Root table pointer latched by SRTP, and its translation-table mode.
-    var activeRootTable: UInt64 = 0
-    var activeTTM: UInt8 = 0
-    var globalStatus: UInt32 = 0
-    var translationEnabled = false
-    var faultStatus: UInt32 = 0
-    var faultEventControl: UInt32 = VTdEventControl.interruptMask
-    var invalidationEventControl: UInt32 = VTdEventControl.interruptMask
-    var invalidationCompletionStatus: UInt32 = 0
-    var invalidationQueueAddress: UInt64 = 0
-    var invalidationQueueHead: UInt64 = 0
-    var invalidationQueueTail: UInt64 = 0
-    var invalidationQueueErrorRecord: UInt64 = 0
-    var faultRecords: [(UInt64, UInt64)]
-    var nextFaultRecord = 0
-    var queueStepScheduled = false
+    @exclusivity(unchecked) var activeRootTable: UInt64 = 0
+    @exclusivity(unchecked) var activeTTM: UInt8 = 0
+    @exclusivity(unchecked) var globalStatus: UInt32 = 0
+    @exclusivity(unchecked) var translationEnabled = false
+    @exclusivity(unchecked) var faultStatus: UInt32 = 0
+    @exclusivity(unchecked) var faultEventControl: UInt32 = VTdEventControl.interruptMask
+    @exclusivity(unchecked) var invalidationEventControl: UInt32 = VTdEventControl.interruptMask
+    @exclusivity(unchecked) var invalidationCompletionStatus: UInt32 = 0
+    @exclusivity(unchecked) var invalidationQueueAddress: UInt64 = 0
+    @exclusivity(unchecked) var invalidationQueueHead: UInt64 = 0
+    @exclusivity(unchecked) var invalidationQueueTail: UInt64 = 0
+    @exclusivity(unchecked) var invalidationQueueErrorRecord: UInt64 = 0
+    @exclusivity(unchecked) var faultRecords: [(UInt64, UInt64)]
+    @exclusivity(unchecked) var nextFaultRecord = 0
+    @exclusivity(unchecked) var queueStepScheduled = false
 
     // Caches.
     let contextCache: TaggedCache<ContextCacheEntry>
     let pasidCache: TaggedCache<PASIDCacheEntry>
     let iotlb: TaggedCache<IOTLBEntry>
     /// IOTLB entries by size class (4 KiB, 2 MiB, 1 GiB), so lookups skip empty classes.
-    var superpageEntries: UInt64 = 0
+    @exclusivity(unchecked) var superpageEntries: UInt64 = 0
     /// Nested translations inserted since the IOTLB was last empty (they are tagged per PASID).
-    var nestedEntries: UInt64 = 0
+    @exclusivity(unchecked) var nestedEntries: UInt64 = 0
 
     let countersStorage: UnsafeMutablePointer<VTdCounters>
     let addressMask: UInt64
 
     /// Per-type descriptor faults (test and exploration hook), keyed by descriptor type code.
-    public var descriptorFaults: [UInt8: DescriptorFault] = [:]
+    @exclusivity(unchecked) public var descriptorFaults: [UInt8: DescriptorFault] = [:]
     /// Interrupt handlers (software side), run as scheduled software events.
     public var onFaultEvent: (() -> Void)?
     public var onInvalidationEvent: (() -> Void)?
