@@ -41,7 +41,7 @@ public struct TraceEvent: Sendable, Equatable {
 /// An append-only buffer of trace events with named tracks. Recording costs one branch
 /// when disabled. Bounded: past `capacity` events, further ones are counted as dropped.
 public final class TraceBuffer: @unchecked Sendable {
-    public var enabled: Bool
+    @exclusivity(unchecked) public var enabled: Bool
     public let capacity: Int
     public private(set) var events: [TraceEvent] = []
     public private(set) var dropped = 0

@@ -13,19 +13,22 @@ final class VTdInvalidationQueue {
     let statusAddress: UInt64
     /// 256-bit descriptors in one 4 KiB page.
     let slots: UInt64 = 128
-    var tail: UInt64 = 0
-    var nextStatus: UInt32 = 1
+    @exclusivity(unchecked) var tail: UInt64 = 0
+    @exclusivity(unchecked) var nextStatus: UInt32 = 1
     /// Virtual time a wait may take before it is a time-out.
     var timeoutNs: UInt64 = 1_000_000
     /// Descriptors per submission before a wait (Linux `QI_MAX_BATCHED_DESC_COUNT`).
     static let batchLimit = 16
-    private(set) var submissions: UInt64 = 0
-    private(set) var descriptorsSubmitted: UInt64 = 0
-    private(set) var timeouts: UInt64 = 0
-    private(set) var queueErrors: UInt64 = 0
+    @exclusivity(unchecked) private(set) var submissions: UInt64 = 0
+    @exclusivity(unchecked) private(set) var descriptorsSubmitted: UInt64 = 0
+    @exclusivity(unchecked) private(set) var timeouts: UInt64 = 0
+    @exclusivity(unchecked) private(set) var queueErrors: UInt64 = 0
+
+    let memory: PhysicalMemory
 
     init(unit: VTdUnit, platform: PlatformContext, base: UInt64, statusAddress: UInt64) {
         self.unit = unit; self.platform = platform; self.base = base; self.statusAddress = statusAddress
+        memory = platform.memory
     }
 
     /// Submits `descriptors` in batches, each followed by a wait descriptor, and waits for
@@ -35,11 +38,15 @@ final class VTdInvalidationQueue {
     /// Holds the platform's hardware lock throughout (Linux holds `qi->q_lock` from writing
     /// the descriptors until the wait completes).
     func submitAndWait(_ descriptors: [InvalidationDescriptor]) throws(IOMMUError) {
+        try descriptors.withUnsafeBufferPointer { d throws(IOMMUError) in try submitAndWait(d) }
+    }
+
+    func submitAndWait(_ descriptors: UnsafeBufferPointer<InvalidationDescriptor>) throws(IOMMUError) {
         try platform.withHardware { () throws(IOMMUError) in
             var i = 0
             repeat {
                 let end = min(descriptors.count, i + Self.batchLimit)
-                try submitBatch(descriptors[i..<end])
+                try submitBatch(UnsafeBufferPointer(rebasing: descriptors[i..<end]))
                 i = end
             } while i < descriptors.count
         }
@@ -49,13 +56,13 @@ final class VTdInvalidationQueue {
         let raw = d.encode()
         let slot = base + tail
         do {
-            try platform.memory.store64(slot, raw.qw0); try platform.memory.store64(slot + 8, raw.qw1)
-            try platform.memory.store64(slot + 16, raw.qw2); try platform.memory.store64(slot + 24, raw.qw3)
+            try memory.store64(slot, raw.qw0); try memory.store64(slot + 8, raw.qw1)
+            try memory.store64(slot + 16, raw.qw2); try memory.store64(slot + 24, raw.qw3)
         } catch { throw .ioError("invalidation queue memory: \(error)") }
         tail = (tail + 32) % (slots * 32)
     }
 
-    private func submitBatch(_ batch: ArraySlice<InvalidationDescriptor>) throws(IOMMUError) {
+    private func submitBatch(_ batch: UnsafeBufferPointer<InvalidationDescriptor>) throws(IOMMUError) {
         // Normally the queue is empty here (every batch is waited for); after a time-out the
         // hardware may still be behind, so wait for room as Linux's `qi_submit_sync` does.
         let needed = UInt64(batch.count + 1)

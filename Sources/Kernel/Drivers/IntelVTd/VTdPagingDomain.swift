@@ -227,23 +227,30 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
             let u = driver.units[unitIndex]
             let whole = start == 0 && end == .max
             let psi = !whole && u.capability.pageSelectiveInvalidation && mask <= u.capability.maximumAddressMask
-            var batch: [InvalidationDescriptor] = []
-            var seenDIDs: [DomainID] = []
-            while i < tags.count && tags[i].unit == unitIndex {
-                let t = tags[i]
-                switch t.kind {
-                case .iotlb:
-                    if !seenDIDs.contains(t.did) {
-                        seenDIDs.append(t.did)
-                        batch.append(psi ? .iotlb(.page(t.did, address: address, addressMask: mask, invalidationHint: hint))
-                                         : .iotlb(.domain(t.did)))
+            var last = i
+            while last < tags.count && tags[last].unit == unitIndex { last += 1 }
+            // The unit's descriptors, built on the stack (no allocation per flush).
+            let result = withUnsafeTemporaryAllocation(of: InvalidationDescriptor.self, capacity: last - i) { batch -> IOMMUError? in
+                var n = 0
+                for k in i..<last {
+                    let t = tags[k]
+                    switch t.kind {
+                    case .iotlb:
+                        // Second-stage entries are tagged by DID alone: one descriptor per DID.
+                        if tags[i..<k].contains(where: { $0.kind == .iotlb && $0.did == t.did }) { continue }
+                        (batch.baseAddress! + n).initialize(to: psi ? .iotlb(.page(t.did, address: address, addressMask: mask, invalidationHint: hint))
+                                                                   : .iotlb(.domain(t.did)))
+                    case .deviceTLB:
+                        (batch.baseAddress! + n).initialize(to: u.deviceTLBInvalidation(t.device, pasid: t.pasid, address: whole ? 0 : address, mask: whole ? 52 : mask))
                     }
-                case .deviceTLB:
-                    batch.append(u.deviceTLBInvalidation(t.device, pasid: t.pasid, address: whole ? 0 : address, mask: whole ? 52 : mask))
+                    n += 1
                 }
-                i += 1
+                defer { batch.baseAddress!.deinitialize(count: n) }
+                do throws(IOMMUError) { try u.queue.submitAndWait(UnsafeBufferPointer(rebasing: batch[0..<n])) } catch { return error }
+                return nil
             }
-            do { try u.queue.submitAndWait(batch) } catch { if firstError == nil { firstError = error } }
+            if let result, firstError == nil { firstError = result }
+            i = last
         }
         if let firstError { throw firstError }
     }
