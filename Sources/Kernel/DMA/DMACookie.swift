@@ -9,6 +9,7 @@ public final class DMACookie: @unchecked Sendable {
     /// The domain owns its cookie and callers reach the cookie through a live domain, so
     /// this back reference is not counted (no ARC traffic on the map/unmap path).
     public unowned(unsafe) let domain: IOMMUDomain
+    private let domainRef: Unmanaged<IOMMUDomain>
     public let iova: IOVADomain
     /// log2 of the granule: the domain's smallest page (Linux `iova_shift`).
     public let granuleShift: UInt64
@@ -21,6 +22,7 @@ public final class DMACookie: @unchecked Sendable {
 
     init(domain: IOMMUDomain, core: IOMMUCore, cpus: Int, queue: FlushQueueOptions?) {
         self.domain = domain
+        domainRef = Unmanaged.passUnretained(domain)
         self.cpus = max(1, cpus)
         let sizes = domain.pageSizes
         granuleShift = UInt64(sizes.trailingZeroBitCount)
@@ -30,12 +32,24 @@ public final class DMACookie: @unchecked Sendable {
         live = LiveMappings(capacity: 4096)
         stats = .allocate(capacity: self.cpus * Self.statWords)
         for i in 0..<(self.cpus * Self.statWords) { (stats + i).initialize(to: Atomic(0)) }
-        if let queue { flushQueueStorage = FlushQueue(core: core, domain: domain, iova: iova, options: queue, cpus: self.cpus) }
+        if let queue {
+            let q = FlushQueue(core: core, domain: domain, iova: iova, options: queue, cpus: self.cpus)
+            flushQueueStorage = q
+            queueRef = Unmanaged.passUnretained(q)
+        }
     }
 
     /// The flush queue, nil in strict mode. Set once in init (the queue needs the cookie).
     @exclusivity(unchecked) private var flushQueueStorage: FlushQueue?
     var queue: FlushQueue? { flushQueueStorage }
+    /// The same, borrowed without reference counting on the unmap path.
+    private(set) var queueRef: Unmanaged<FlushQueue>?
+
+    /// Runs `body` with the domain borrowed (no reference counting: the domain owns us).
+    @inline(__always)
+    func withDomain<R>(_ body: (IOMMUDomain) throws(IOMMUError) -> R) throws(IOMMUError) -> R {
+        try domainRef._withUnsafeGuaranteedRef { d in Result { () throws(IOMMUError) in try body(d) } }.get()
+    }
 
     deinit {
         stats.deinitialize(count: cpus * Self.statWords)

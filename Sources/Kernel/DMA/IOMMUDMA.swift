@@ -71,7 +71,18 @@ public final class IOMMUDMA: @unchecked Sendable {
     public func mapPage(_ device: Device, physical: UInt64, size: UInt64, direction: DMADirection, cpu: Int = 0) throws(IOMMUError) -> UInt64 {
         guard size > 0 else { throw .invalidArgument("a DMA mapping of 0 bytes") }
         guard !physical.addingReportingOverflow(size - 1).overflow else { throw .invalidArgument("buffer 0x\(String(physical, radix: 16)) +\(size) wraps") }
+        // The fast path borrows the cookie without counting a reference: shared objects'
+        // reference counts are contended cache lines when several CPUs map at once.
+        if let cached = device.dmaCookieCache {
+            return try cached._withUnsafeGuaranteedRef { c in
+                Result { () throws(IOMMUError) in try mapPage(c, device, physical: physical, size: size, direction: direction, cpu: cpu) }
+            }.get()
+        }
         guard let cookie = try cookie(for: device) else { return try direct(device, physical, size) }
+        return try mapPage(cookie, device, physical: physical, size: size, direction: direction, cpu: cpu)
+    }
+
+    private func mapPage(_ cookie: DMACookie, _ device: Device, physical: UInt64, size: UInt64, direction: DMADirection, cpu: Int) throws(IOMMUError) -> UInt64 {
         let shift = cookie.granuleShift
         let mask = (UInt64(1) << shift) - 1
         let offset = physical & mask
@@ -81,7 +92,9 @@ public final class IOMMUDMA: @unchecked Sendable {
         let pfn = try allocateIOVA(cookie, device, pages: pages, cpu: cpu)
         let iova = pfn << shift
         do {
-            try core.map(cookie.domain, iova: iova, physical: physical - offset, size: pages << shift, permissions: direction.permissions)
+            try cookie.withDomain { d throws(IOMMUError) in
+                try core.map(d, iova: iova, physical: physical - offset, size: pages << shift, permissions: direction.permissions)
+            }
         } catch {
             cookie.iova.free(pfn: pfn, pages: pages, cpu: cpu)
             cookie.count(.mapFailures, cpu: cpu)
@@ -98,7 +111,16 @@ public final class IOMMUDMA: @unchecked Sendable {
     /// already unmapped), `EINVAL` for a size other than the mapped one; nothing changes.
     public func unmapPage(_ device: Device, address: UInt64, size: UInt64, cpu: Int = 0) throws(IOMMUError) {
         guard size > 0 else { throw .invalidArgument("a DMA unmap of 0 bytes") }
+        if let cached = device.dmaCookieCache {
+            return try cached._withUnsafeGuaranteedRef { c in
+                Result { () throws(IOMMUError) in try unmapPage(c, address: address, size: size, cpu: cpu) }
+            }.get()
+        }
         guard let cookie = try cookie(for: device) else { return }
+        try unmapPage(cookie, address: address, size: size, cpu: cpu)
+    }
+
+    private func unmapPage(_ cookie: DMACookie, address: UInt64, size: UInt64, cpu: Int) throws(IOMMUError) {
         let shift = cookie.granuleShift
         let mask = (UInt64(1) << shift) - 1
         let offset = address & mask
@@ -190,15 +212,17 @@ public final class IOMMUDMA: @unchecked Sendable {
         }
         let iova = pfn << cookie.granuleShift
         let size = pages << cookie.granuleShift
-        if let queue = cookie.queue {
+        if let queue = cookie.queueRef {
             var gather = UnmapGather()
-            do { _ = try core.unmapDeferred(cookie.domain, iova: iova, size: size, gather: &gather) } catch {
+            do {
+                _ = try cookie.withDomain { d throws(IOMMUError) in try core.unmapDeferred(d, iova: iova, size: size, gather: &gather) }
+            } catch {
                 cookie.live.insert(pfn: pfn, pages: pages)
                 throw error
             }
-            queue.queue(pfn: pfn, pages: pages, tables: gather.freedTables, cpu: cpu)
+            queue._withUnsafeGuaranteedRef { $0.queue(pfn: pfn, pages: pages, tables: gather.freedTables, cpu: cpu) }
         } else {
-            do { try core.unmap(cookie.domain, iova: iova, size: size) } catch {
+            do { _ = try cookie.withDomain { d throws(IOMMUError) in try core.unmap(d, iova: iova, size: size) } } catch {
                 if case .notFound = error {
                     cookie.live.insert(pfn: pfn, pages: pages)
                 } else {

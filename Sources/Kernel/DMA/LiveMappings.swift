@@ -16,7 +16,6 @@ final class LiveMappings: @unchecked Sendable {
     private let mask: Int
     private let overflow = Mutex<[UInt64: UInt64]>([:])
     private let overflowCount = Atomic<Int>(0)
-    let live = Atomic<Int>(0)
 
     /// A table with room for about `capacity` live mappings before probing gets long.
     init(capacity: Int) {
@@ -52,14 +51,12 @@ final class LiveMappings: @unchecked Sendable {
             if k == Self.empty || k == Self.tombstone,
                keys[i].compareExchange(expected: k, desired: key, ordering: .acquiringAndReleasing).exchanged {
                 values[i].store(pages, ordering: .releasing)
-                live.add(1, ordering: .relaxed)
                 return
             }
             i = (i + 1) & mask
         }
         overflow.withLock { $0[key] = pages }
         overflowCount.add(1, ordering: .releasing)
-        live.add(1, ordering: .relaxed)
     }
 
     /// Removes `pfn` if it is live with exactly `pages`. Returns false (and changes nothing)
@@ -78,7 +75,6 @@ final class LiveMappings: @unchecked Sendable {
                     found = nil
                     return false
                 }
-                live.subtract(1, ordering: .relaxed)
                 return true
             }
             i = (i + 1) & mask
@@ -91,12 +87,17 @@ final class LiveMappings: @unchecked Sendable {
             o[key] = nil
             return true
         }
-        if removed {
-            overflowCount.subtract(1, ordering: .relaxed)
-            live.subtract(1, ordering: .relaxed)
-        }
+        if removed { overflowCount.subtract(1, ordering: .relaxed) }
         return removed
     }
 
-    var count: Int { live.load(ordering: .relaxed) }
+    /// Live mappings, counted by a scan (statistics only: no shared counter on the hot path).
+    var count: Int {
+        var n = 0
+        for i in 0...mask {
+            let k = keys[i].load(ordering: .relaxed)
+            if k != Self.empty && k != Self.tombstone { n += 1 }
+        }
+        return n + overflow.withLock { $0.count }
+    }
 }

@@ -28,7 +28,8 @@ enum JSON {
         case .uint(let v): return String(v)
         case .double(let v):
             guard v.isFinite else { return "null" }
-            return String((v * 100).rounded() / 100)
+            // Two decimals for figures, eight for small ratios (invalidations per unmap).
+            return abs(v) >= 1 || v == 0 ? String((v * 100).rounded() / 100) : String((v * 1e8).rounded() / 1e8)
         case .bool(let b): return b ? "true" : "false"
         case .null: return "null"
         }
