@@ -171,11 +171,33 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     public func unmap(iova: UInt64, size: UInt64, gather: inout UnmapGather, freeTables: Bool = true) throws(PageTableError) -> UInt64 {
         guard size > 0, (iova | size) & 0xFFF == 0 else { throw .misaligned }
         guard iova < inputLimit, inputLimit - iova >= size else { throw .outOfRange }
+        if size == 0x1000, let done = unmapOne4K(iova, gather: &gather) { return done }
         var outcome = ClearOutcome()
         clear(table: root, level: levels, tableBase: 0, start: iova, end: iova + size,
               gather: &gather, freeTables: freeTables, outcome: &outcome)
         if outcome.outOfMemory && outcome.unmapped == 0 { throw .outOfMemory }
         return outcome.unmapped
+    }
+
+    /// The common DMA case, one 4 KiB page mapped by a level-1 leaf: a straight descent and
+    /// one store. Nil when the page is not mapped that way (the general path decides).
+    @inline(__always)
+    private func unmapOne4K(_ iova: UInt64, gather: inout UnmapGather) -> UInt64? {
+        var table = root
+        var level = levels
+        while level > 1 {
+            let raw = (try? memory.load64(table + PageTableGeometry.index(iova, level: level) * 8)) ?? 0
+            let e = F.decode(raw, level: level, addressMask: addressMask)
+            guard e.present, !e.leaf else { return nil }
+            table = e.address
+            level -= 1
+        }
+        let slot = table + PageTableGeometry.index(iova, level: 1) * 8
+        let raw = (try? memory.load64(slot)) ?? 0
+        guard F.decode(raw, level: 1, addressMask: addressMask).present else { return nil }
+        try? memory.store64(slot, 0)
+        gather.add(range: iova, iova + 0x1000, pageSize: 0x1000)
+        return 0x1000
     }
 
     private struct ClearOutcome {
