@@ -16,7 +16,7 @@ public final class PlatformContext: @unchecked Sendable {
     /// Whether software runs on real threads (benchmarks) rather than in the simulator's
     /// single thread. Then waits for hardware spend its modelled latency as real time,
     /// timers are real timers and clocks read the host's clock. Set before use.
-    public var realThreads = false {
+    @exclusivity(unchecked) public var realThreads = false {
         didSet { scheduler.realTimeWaits = realThreads }
     }
 
@@ -35,6 +35,14 @@ public final class PlatformContext: @unchecked Sendable {
         self.frames = FrameAllocator(memory: memory, firstFrame: 1, faults: faults)
         self.scheduler = Scheduler(seed: seed)
         self.trace = TraceBuffer()
+    }
+
+    /// A reference that events scheduled by `owner` hold instead of a weak one (a weak
+    /// reference gives its target a side table, which makes every retain and release of a hot
+    /// object slow). The owner clears it in `deinit`, so a late event finds nothing.
+    public final class BackRef<Owner: AnyObject>: @unchecked Sendable {
+        public unowned(unsafe) var target: Owner?
+        public init() {}
     }
 
     /// Runs `body` holding the hardware lock (not re-entrant).

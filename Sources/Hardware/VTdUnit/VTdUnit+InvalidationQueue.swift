@@ -31,7 +31,7 @@ extension VTdUnit {
             return
         }
         queueStepScheduled = true
-        platform.scheduler.schedule(after: 0, kind: .hardware) { [weak self] in self?.fetchNextDescriptor() }
+        platform.scheduler.schedule(after: 0, kind: .hardware) { [ref] in ref.target?.fetchNextDescriptor() }
     }
 
     /// Fetches and decodes the descriptor at the head, then applies it after its latency.
@@ -79,8 +79,8 @@ extension VTdUnit {
             complete(descriptor, raw: raw, dropped: drop)
             return
         }
-        platform.scheduler.schedule(after: latency, kind: .hardware) { [weak self] in
-            self?.complete(descriptor, raw: raw, dropped: drop)
+        platform.scheduler.schedule(after: latency, kind: .hardware) { [ref] in
+            ref.target?.complete(descriptor, raw: raw, dropped: drop)
         }
     }
 
@@ -127,13 +127,13 @@ extension VTdUnit {
         case .deviceTLB(let sid, _, _, let address, let s):
             if let port = endpoints[sid.rawValue] {
                 queueStepScheduled = true
-                port.receiveDeviceTLBInvalidation(pasid: nil, address: address, sizeBit: s, global: false) { [weak self] in self?.advanceHead() }
+                port.receiveDeviceTLBInvalidation(pasid: nil, address: address, sizeBit: s, global: false) { [ref] in ref.target?.advanceHead() }
                 return
             }
         case .pasidDeviceTLB(let sid, _, _, let pasid, let address, let s, let global):
             if let port = endpoints[sid.rawValue] {
                 queueStepScheduled = true
-                port.receiveDeviceTLBInvalidation(pasid: pasid, address: address, sizeBit: s, global: global) { [weak self] in self?.advanceHead() }
+                port.receiveDeviceTLBInvalidation(pasid: pasid, address: address, sizeBit: s, global: global) { [ref] in ref.target?.advanceHead() }
                 return
             }
         case .pageGroupResponse(let r):

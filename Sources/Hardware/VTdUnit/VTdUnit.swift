@@ -96,9 +96,14 @@ public final class VTdUnit: @unchecked Sendable {
         faultRecords = [(UInt64, UInt64)](repeating: (0, 0), count: configuration.capability.numberOfFaultRecords)
         countersStorage = .allocate(capacity: 1)
         countersStorage.initialize(to: VTdCounters())
+        ref.target = self
     }
 
+    /// What this unit's scheduled events hold (cleared when the unit goes).
+    let ref = PlatformContext.BackRef<VTdUnit>()
+
     deinit {
+        ref.target = nil
         countersStorage.deinitialize(count: 1)
         countersStorage.deallocate()
     }

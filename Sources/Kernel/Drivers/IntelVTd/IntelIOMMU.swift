@@ -49,6 +49,11 @@ public final class IntelIOMMU: @unchecked Sendable {
     /// Most PASID-directory entries one frame holds (PDTS 2: 512 × 64 = 32768 PASIDs).
     static let maxDirectoryEntries: UInt64 = 512
 
+    /// What the fault interrupt handler holds instead of a weak reference (cleared in deinit).
+    let ref = PlatformContext.BackRef<IntelIOMMU>()
+
+    deinit { ref.target = nil }
+
     init(index: Int, unit: VTdUnit, platform: PlatformContext) throws(IOMMUError) {
         self.index = index
         self.unit = unit
@@ -70,6 +75,7 @@ public final class IntelIOMMU: @unchecked Sendable {
         }
         rootTable = got[0]; queueFrame = got[1]; statusFrame = got[2]
         queue = VTdInvalidationQueue(unit: unit, platform: platform, base: queueFrame, statusAddress: statusFrame)
+        ref.target = self
     }
 
     var name: String { unit.configuration.name }
@@ -87,7 +93,7 @@ public final class IntelIOMMU: @unchecked Sendable {
         unit.write64(VTdRegister.invalidationQueueTail, 0)
         unit.write32(VTdRegister.globalCommand, VTdGlobal.queuedInvalidationEnable)
         try queue.submitAndWait([.contextCache(.global), .pasidCache(.global), .iotlb(.global)])
-        unit.onFaultEvent = { [weak self] in self?.handleFaultInterrupt() }
+        unit.onFaultEvent = { [ref] in ref.target?.handleFaultInterrupt() }
         unit.write32(VTdRegister.faultEventControl, 0)
         unit.write32(VTdRegister.globalCommand, VTdGlobal.queuedInvalidationEnable | VTdGlobal.translationEnable)
         guard unit.read32(VTdRegister.globalStatus) & VTdGlobal.translationEnable != 0 else {
