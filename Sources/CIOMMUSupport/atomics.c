@@ -17,3 +17,7 @@ bool ciommu_cmpxchg128(void *address, uint64_t expected[2], const uint64_t desir
 uint64_t ciommu_fetch_or64(void *address, uint64_t bits) {
     return __atomic_fetch_or((uint64_t *)address, bits, __ATOMIC_SEQ_CST);
 }
+
+uint64_t ciommu_fetch_and64(void *address, uint64_t bits) {
+    return __atomic_fetch_and((uint64_t *)address, bits, __ATOMIC_SEQ_CST);
+}

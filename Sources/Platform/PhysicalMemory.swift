@@ -94,7 +94,8 @@ public final class PhysicalMemory: @unchecked Sendable {
         guard frame < frameCount else { throw .outOfRange(address: frame << Self.frameShift) }
         memset(base + Int(frame << Self.frameShift), 0, Int(Self.frameSize))
         let word = Int(frame >> 6), bit: UInt64 = 1 << (frame & 63)
-        backedBits[word] &= ~bit
+        // Atomic: other frames of the word may be backed concurrently (populate).
+        _ = ciommu_fetch_and64(UnsafeMutableRawPointer(backedBits + word), ~bit)
     }
 
     @usableFromInline

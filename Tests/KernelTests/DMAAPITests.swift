@@ -308,6 +308,47 @@ struct DMAAPITests {
         #expect(rig.violations.isEmpty, "\(rig.violations)")
     }
 
+    @Test("a CPU slot out of range, sizes that overflow, and a rounded size beyond a small mask are typed errors, never traps")
+    func overflowAndCPUErrors() throws {
+        let (rig, nic, _) = try nic()
+        let dma = rig.machine.dma
+        #expect(errName { _ = try dma.mapPage(nic, physical: 0x10_0000, size: 4096, direction: .toDevice, cpu: -1) } == "EINVAL")
+        #expect(errName { _ = try dma.mapPage(nic, physical: 0x10_0000, size: 4096, direction: .toDevice, cpu: 2) } == "EINVAL")
+        #expect(errName { try dma.unmapPage(nic, address: 0x1000, size: 4096, cpu: -5) } == "EINVAL")
+        #expect(errName { try dma.unmapPage(nic, address: 1, size: .max) } == "EINVAL")
+        #expect(errName { _ = try dma.mapPage(nic, physical: 1, size: .max, direction: .toDevice) } == "EINVAL")
+        #expect(errName { _ = try dma.mapSG(nic, [ScatterSegment(physical: 1, length: .max)], direction: .toDevice) } == "EINVAL")
+        try dma.setMask(nic, bits: 16) // frames 1…15: 9 pages round up to 16, which cannot fit
+        #expect(errName { _ = try dma.mapPage(nic, physical: 0x10_0000, size: 0x9000, direction: .toDevice) } == "ENOMEM")
+        #expect(try dma.cookie(for: nic)?.statistics.liveMappings == 0)
+    }
+
+    @Test("after a failed flush, one successful flush frees every entry queued before it (before or after the failure), and the timer stays armed")
+    func failedFlushThenSuccess() throws {
+        let (rig, nic, _) = try nic(.lazy)
+        let dma = rig.machine.dma
+        let pa = try rig.machine.allocateBuffer()
+        let a = try dma.mapPage(nic, physical: pa, size: 4096, direction: .toDevice)
+        try dma.unmapPage(nic, address: a, size: 4096)
+        let cookie = try #require(try dma.cookie(for: nic))
+        let queue = try #require(cookie.queue)
+        // The unit never completes wait descriptors: the flush times out.
+        rig.machine.units[0].descriptorFaults[InvalidationDescriptor.waitType] = .drop
+        #expect(!queue.flush())
+        #expect(cookie.statistics.failedFlushes == 1)
+        let since = queue.uncoveredSince.load(ordering: .relaxed), timerOn = queue.timerOn.load(ordering: .relaxed)
+        #expect(since != 0, "the entry still counts for the timer")
+        #expect(timerOn)
+        rig.machine.units[0].descriptorFaults = [:]
+        // An unmap after the failed flush: the next flush started later covers it too.
+        let b = try dma.mapPage(nic, physical: pa, size: 4096, direction: .toDevice)
+        try dma.unmapPage(nic, address: b, size: 4096)
+        #expect(cookie.statistics.entriesPending == 2)
+        #expect(queue.flush())
+        queue.freeAllCompleted(cpu: 0)
+        #expect(cookie.statistics.entriesPending == 0, "one successful flush that started later is enough")
+    }
+
     @Test("the DMA API refuses a device whose group a user owns")
     func ownedGroupRefused() throws {
         let (rig, nic, _) = try nic()

@@ -14,4 +14,7 @@ bool ciommu_cmpxchg128(void *address, uint64_t expected[2], const uint64_t desir
 /// Atomic 64-bit OR (used by hardware to set accessed/dirty bits). Returns the old value.
 uint64_t ciommu_fetch_or64(void *address, uint64_t bits);
 
+/// Atomic AND of `bits` into the 64-bit word at `address`; returns the previous value.
+uint64_t ciommu_fetch_and64(void *address, uint64_t bits);
+
 #endif

@@ -62,7 +62,7 @@ public final class DMACookie: @unchecked Sendable {
 
     @inline(__always)
     func count(_ s: Stat, cpu: Int, _ n: UInt64 = 1) {
-        stats[(cpu % cpus) * Self.statWords + s.rawValue].add(n, ordering: .relaxed)
+        stats[FlushQueue.slot(cpu, cpus) * Self.statWords + s.rawValue].add(n, ordering: .relaxed)
     }
 
     private func total(_ s: Stat) -> UInt64 {
@@ -137,7 +137,7 @@ public struct DMAStatistics: Equatable, Sendable {
 
     /// Entries freed per completed flush.
     public var entriesPerFlush: Double {
-        let done = flushes - failedFlushes
+        let done = flushes > failedFlushes ? flushes - failedFlushes : 0
         return done == 0 ? 0 : Double(entriesFreed) / Double(done)
     }
 }

@@ -30,8 +30,11 @@ public struct FlushQueueOptions: Equatable, Sendable {
 /// Deferred unmap invalidation (the flush queue of drivers/iommu/dma-iommu.c): an unmapped
 /// IOVA range and its unlinked table pages wait in a ring until a flush of the whole domain
 /// that *started after* they were queued has finished; only then are they freed. Two
-/// counters tell which flushes qualify: an entry is tagged with the number of flushes
-/// started when it was queued, and is free once more flushes than that have finished.
+/// counters tell which flushes qualify (Linux `fq_flush_start_cnt`/`fq_flush_finish_cnt`):
+/// an entry is tagged with the number of flushes started when it was queued, and is free
+/// once a flush with a higher ticket has completed. Here the second counter is the highest
+/// ticket completed rather than a count of completions, so a failed flush, or flushes
+/// completing out of order on real threads, never holds back entries a later flush covered.
 ///
 /// Flushes happen when a ring is full (at once, in the unmapping thread), from a timer, and
 /// when IOVA allocation fails (the rollover point, so an exhausted space first gets back
@@ -75,7 +78,7 @@ final class FlushQueue: @unchecked Sendable {
     /// (`destroyed`) the queue touches neither.
     unowned(unsafe) let core: IOMMUCore
     unowned(unsafe) let domain: IOMMUDomain
-    /// Flushes started and finished (Linux `fq_flush_start_cnt`, `fq_flush_finish_cnt`).
+    /// Flushes started, and the highest ticket (start number) of a completed flush.
     let started = Atomic<UInt64>(0)
     let finished = Atomic<UInt64>(0)
     let timerOn = Atomic<Bool>(false)
@@ -115,11 +118,14 @@ final class FlushQueue: @unchecked Sendable {
     /// clear happened before: the lock acquisition orders it before any flush that could
     /// free the entry.
     func queue(pfn: UInt64, pages: UInt64, tables: [UInt64], cpu: Int) {
-        rings[ringCount == 1 ? 0 : cpu % ringCount].withLock { r in
+        // Order the PTE clear before reading the flush tag (Linux's smp_mb in queue_iova): a
+        // flush that starts after the tag is read must see the cleared entry.
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        rings[Self.slot(cpu, ringCount)].withLock { r in
             freeCompleted(&r, cpu: cpu)
             if r.isFull {
                 fullFlushes.add(1, ordering: .relaxed)
-                flush()
+                _ = flush()
                 freeCompleted(&r, cpu: cpu)
             }
             if r.isFull {
@@ -130,19 +136,27 @@ final class FlushQueue: @unchecked Sendable {
                 return
             }
             let i = Int(r.tail % r.size)
-            r.entries[i] = Entry(pfn: pfn, pages: pages, tag: started.load(ordering: .acquiring),
+            r.entries[i] = Entry(pfn: pfn, pages: pages, tag: started.load(ordering: .sequentiallyConsistent),
                                  table: tables.first ?? 0, hasSpill: tables.count > 1)
             if tables.count > 1 { r.spill[pfn] = tables }
             r.tail &+= 1
             r.queued &+= 1
         }
-        if uncoveredSince.load(ordering: .relaxed) == 0 {
-            _ = uncoveredSince.compareExchange(expected: 0, desired: max(1, core.platform.clockNs()), ordering: .relaxed)
+        if uncoveredSince.load(ordering: .sequentiallyConsistent) == 0 {
+            _ = uncoveredSince.compareExchange(expected: 0, desired: max(1, core.platform.clockNs()), ordering: .sequentiallyConsistent)
         }
-        if !timerOn.load(ordering: .relaxed), !timerOn.exchange(true, ordering: .acquiringAndReleasing) {
-            armTimer(afterNs: options.timeoutNs)
+        armTimerIfOff(afterNs: options.timeoutNs)
+    }
+
+    private func armTimerIfOff(afterNs delay: UInt64) {
+        if !timerOn.load(ordering: .sequentiallyConsistent), !timerOn.exchange(true, ordering: .sequentiallyConsistent) {
+            armTimer(afterNs: delay)
         }
     }
+
+    /// A CPU number as a slot index (never negative).
+    @inline(__always)
+    static func slot(_ cpu: Int, _ n: Int) -> Int { n == 1 ? 0 : Int(UInt(bitPattern: cpu) % UInt(n)) }
 
     /// Frees entries at the head that a finished flush covers (Linux `fq_ring_free_locked`).
     private func freeCompleted(_ r: inout Ring, cpu: Int) {
@@ -169,18 +183,29 @@ final class FlushQueue: @unchecked Sendable {
     // MARK: Flushing
 
     /// Invalidates everything the domain may cache and waits (Linux `fq_flush_iotlb`).
-    func flush() {
-        uncoveredSince.store(0, ordering: .relaxed)
-        started.add(1, ordering: .acquiringAndReleasing)
+    /// Returns whether it completed.
+    @discardableResult
+    func flush() -> Bool {
+        guard !destroyed.load(ordering: .acquiring) else { return false }
+        let since = uncoveredSince.exchange(0, ordering: .sequentiallyConsistent)
+        let ticket = started.add(1, ordering: .sequentiallyConsistent).newValue
         flushes.add(1, ordering: .relaxed)
         do {
-            guard !destroyed.load(ordering: .acquiring) else { return }
             try core.flushDeferred(domain)
-            finished.add(1, ordering: .acquiringAndReleasing)
         } catch {
-            // Not counted as finished: entries wait for the next flush that succeeds.
+            // Entries stay queued for a later flush; the timer must still cover them.
             failedFlushes.add(1, ordering: .relaxed)
+            if since != 0 { _ = uncoveredSince.compareExchange(expected: 0, desired: since, ordering: .sequentiallyConsistent) }
+            armTimerIfOff(afterNs: options.timeoutNs)
+            return false
         }
+        var done = finished.load(ordering: .sequentiallyConsistent)
+        while done < ticket {
+            let (exchanged, found) = finished.compareExchange(expected: done, desired: ticket, ordering: .sequentiallyConsistent)
+            if exchanged { break }
+            done = found
+        }
+        return true
     }
 
     /// Flushes and frees every ring (the timer's work, and the rollover point).
@@ -195,6 +220,11 @@ final class FlushQueue: @unchecked Sendable {
         }
     }
 
+    /// Re-arms the timer while anything is still queued, so no entry is left without one.
+    private func rearmIfPending() {
+        if pending > 0 { armTimerIfOff(afterNs: options.timeoutNs) }
+    }
+
     private func armTimer(afterNs delay: UInt64) {
         core.platform.startTimer(afterNs: delay) { [self] in timerFired() }
     }
@@ -203,19 +233,20 @@ final class FlushQueue: @unchecked Sendable {
     /// its timeout, else wait for that moment; then free what is complete.
     func timerFired() {
         guard !destroyed.load(ordering: .acquiring) else { return }
-        timerOn.store(false, ordering: .releasing)
-        let since = uncoveredSince.load(ordering: .relaxed)
+        timerOn.store(false, ordering: .sequentiallyConsistent)
+        let since = uncoveredSince.load(ordering: .sequentiallyConsistent)
         let now = core.platform.clockNs()
         if since != 0 {
             let due = since &+ options.timeoutNs
             if now >= due {
                 timerFlushes.add(1, ordering: .relaxed)
                 flush()
-            } else if !timerOn.exchange(true, ordering: .acquiringAndReleasing) {
-                armTimer(afterNs: due - now)
+            } else {
+                armTimerIfOff(afterNs: due - now)
             }
         }
         freeAllCompleted(cpu: 0)
+        rearmIfPending()
     }
 
     /// Entries waiting in all rings.

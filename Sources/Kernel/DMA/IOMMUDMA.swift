@@ -23,8 +23,7 @@ public final class IOMMUDMA: @unchecked Sendable {
     // MARK: Device setup
 
     /// Sets the device's streaming DMA mask (Linux `dma_set_mask`): addresses the device can
-    /// generate, at least 32 bits (Linux drivers may go lower; the IOMMU DMA layer here
-    /// needs a 4 GiB window to place anything).
+    /// generate, 12 to 64 bits.
     public func setMask(_ device: Device, bits: Int) throws(IOMMUError) {
         try core.checkProbed(device)
         guard (12...64).contains(bits) else { throw .invalidArgument("DMA mask of \(bits) bits") }
@@ -71,6 +70,7 @@ public final class IOMMUDMA: @unchecked Sendable {
     public func mapPage(_ device: Device, physical: UInt64, size: UInt64, direction: DMADirection, cpu: Int = 0) throws(IOMMUError) -> UInt64 {
         guard size > 0 else { throw .invalidArgument("a DMA mapping of 0 bytes") }
         guard !physical.addingReportingOverflow(size - 1).overflow else { throw .invalidArgument("buffer 0x\(String(physical, radix: 16)) +\(size) wraps") }
+        try checkCPU(cpu)
         // The fast path borrows the cookie without counting a reference: shared objects'
         // reference counts are contended cache lines when several CPUs map at once.
         if let cached = device.dmaCookieCache {
@@ -86,8 +86,9 @@ public final class IOMMUDMA: @unchecked Sendable {
         let shift = cookie.granuleShift
         let mask = (UInt64(1) << shift) - 1
         let offset = physical & mask
-        let (span, o) = (offset + size).addingReportingOverflow(mask)
-        guard !o else { throw .invalidArgument("buffer of \(size) bytes is too large") }
+        let (end, o1) = offset.addingReportingOverflow(size)
+        let (span, o2) = end.addingReportingOverflow(mask)
+        guard !o1, !o2 else { throw .invalidArgument("buffer of \(size) bytes is too large") }
         let pages = span >> shift
         let pfn = try allocateIOVA(cookie, device, pages: pages, cpu: cpu)
         let iova = pfn << shift
@@ -111,6 +112,7 @@ public final class IOMMUDMA: @unchecked Sendable {
     /// already unmapped), `EINVAL` for a size other than the mapped one; nothing changes.
     public func unmapPage(_ device: Device, address: UInt64, size: UInt64, cpu: Int = 0) throws(IOMMUError) {
         guard size > 0 else { throw .invalidArgument("a DMA unmap of 0 bytes") }
+        try checkCPU(cpu)
         if let cached = device.dmaCookieCache {
             return try cached._withUnsafeGuaranteedRef { c in
                 Result { () throws(IOMMUError) in try unmapPage(c, address: address, size: size, cpu: cpu) }
@@ -124,8 +126,9 @@ public final class IOMMUDMA: @unchecked Sendable {
         let shift = cookie.granuleShift
         let mask = (UInt64(1) << shift) - 1
         let offset = address & mask
-        let (span, o) = (offset + size).addingReportingOverflow(mask)
-        guard !o else { throw .invalidArgument("unmap of \(size) bytes is too large") }
+        let (end, o1) = offset.addingReportingOverflow(size)
+        let (span, o2) = end.addingReportingOverflow(mask)
+        guard !o1, !o2 else { throw .invalidArgument("unmap of \(size) bytes is too large") }
         try unmapRange(cookie, pfn: address >> shift, pages: span >> shift, cpu: cpu)
     }
 
@@ -137,6 +140,7 @@ public final class IOMMUDMA: @unchecked Sendable {
     /// a failure while mapping undoes the segments already mapped.
     public func mapSG(_ device: Device, _ segments: [ScatterSegment], direction: DMADirection, cpu: Int = 0) throws(IOMMUError) -> DMAScatterMapping {
         guard !segments.isEmpty else { throw .invalidArgument("an empty scatter list") }
+        try checkCPU(cpu)
         for (i, s) in segments.enumerated() {
             guard s.length > 0 else { throw .invalidArgument("scatter segment \(i) has length 0") }
             guard !s.physical.addingReportingOverflow(s.length - 1).overflow else {
@@ -152,9 +156,10 @@ public final class IOMMUDMA: @unchecked Sendable {
         let mask = (UInt64(1) << shift) - 1
         var total: UInt64 = 0
         for (i, s) in segments.enumerated() {
-            let (span, o1) = ((s.physical & mask) + s.length).addingReportingOverflow(mask)
+            let (end, o0) = (s.physical & mask).addingReportingOverflow(s.length)
+            let (span, o1) = end.addingReportingOverflow(mask)
             let (t, o2) = total.addingReportingOverflow(span & ~mask)
-            guard !o1, !o2 else { throw .invalidArgument("scatter list too large at segment \(i)") }
+            guard !o0, !o1, !o2 else { throw .invalidArgument("scatter list too large at segment \(i)") }
             total = t
         }
         let pages = total >> shift
@@ -184,6 +189,7 @@ public final class IOMMUDMA: @unchecked Sendable {
 
     /// Unmaps a scatter list mapped by `mapSG` (Linux `iommu_dma_unmap_sg`: the whole span).
     public func unmapSG(_ device: Device, _ mapping: DMAScatterMapping, cpu: Int = 0) throws(IOMMUError) {
+        try checkCPU(cpu)
         guard let cookie = try cookie(for: device) else { return }
         guard mapping.size > 0 else { throw .invalidArgument("an empty scatter mapping") }
         let mask = (UInt64(1) << cookie.granuleShift) - 1
@@ -192,6 +198,10 @@ public final class IOMMUDMA: @unchecked Sendable {
     }
 
     // MARK: Internals
+
+    private func checkCPU(_ cpu: Int) throws(IOMMUError) {
+        guard cpu >= 0, cpu < cpus else { throw .invalidArgument("CPU \(cpu) is not one of the \(cpus) CPU slots") }
+    }
 
     /// Identity domain: DMA goes straight to physical memory (Linux dma-direct), if the
     /// device can address it.

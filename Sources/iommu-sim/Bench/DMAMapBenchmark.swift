@@ -127,7 +127,10 @@ struct DMAMapBenchmark {
         for r in all { map.merge(r.0); unmap.merge(r.1); pairs += r.2 }
         let stats = cookie.statistics
         let descriptors = unit.counters.descriptorsByType[Int(InvalidationDescriptor.iotlbType)] - descriptorsBefore
-        platform.realThreads = false
+        // Tear down (the flush queue stops acting, so a pending real timer finds nothing to
+        // do); the platform stays in real-thread mode for any timer still in flight.
+        try? core.release(device)
+        driver.shutdown()
         return Result(options: o, map: map, unmap: unmap, pairs: pairs, elapsedNs: durationNs, stats: stats,
                       iotlbDescriptors: descriptors)
     }

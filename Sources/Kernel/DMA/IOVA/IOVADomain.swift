@@ -134,8 +134,8 @@ public final class IOVADomain: @unchecked Sendable {
     /// `flushOnFailure`, every cache is returned to the tree and the tree tried once more.
     /// Returns the first frame, or nil.
     public func allocate(pages: UInt64, limitPFN: UInt64, cpu: Int, flushOnFailure: Bool = true) -> UInt64? {
-        guard pages > 0, pages <= limitPFN else { return nil }
         let size = Self.roundedSize(pages)
+        guard pages > 0, size <= limitPFN else { return nil }
         if size <= Self.maxCachedSize, let pfn = cacheGet(order: Self.order(size), size: size, limit: limitPFN, cpu: cpu) {
             return pfn
         }
@@ -200,7 +200,7 @@ public final class IOVADomain: @unchecked Sendable {
     // MARK: Per-CPU caches
 
     private func cacheGet(order: Int, size: UInt64, limit: UInt64, cpu: Int) -> UInt64? {
-        slots[cpu % cpuCount].withLock { c in
+        slots[Int(UInt(bitPattern: cpu) % UInt(cpuCount))].withLock { c in
             if let pfn = Self.pop(c.loaded[order], size: size, limit: limit) { return pfn }
             if c.previous[order].pointee > 0 {
                 swap(&c.loaded[order], &c.previous[order])
@@ -233,7 +233,7 @@ public final class IOVADomain: @unchecked Sendable {
     }
 
     private func cacheInsert(order: Int, pfn: UInt64, cpu: Int) {
-        slots[cpu % cpuCount].withLock { c in
+        slots[Int(UInt(bitPattern: cpu) % UInt(cpuCount))].withLock { c in
             var m = c.loaded[order]
             if Int(m.pointee) == Self.magazineSize {
                 if Int(c.previous[order].pointee) < Self.magazineSize {
