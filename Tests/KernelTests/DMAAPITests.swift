@@ -349,6 +349,20 @@ struct DMAAPITests {
         #expect(cookie.statistics.entriesPending == 0, "one successful flush that started later is enough")
     }
 
+    @Test("a failed map whose undo cannot be invalidated fails with EIO and its IOVA is never handed out again")
+    func failedUndoLosesIOVA() throws {
+        let (rig, nic, _) = try nic()
+        let dma = rig.machine.dma
+        let cookie = try #require(try dma.cookie(for: nic))
+        rig.machine.units[0].descriptorFaults[InvalidationDescriptor.waitType] = .drop
+        // Beyond the unit's 46-bit host address width: the map fails, and so does the flush undoing it.
+        #expect(errName { _ = try dma.mapPage(nic, physical: 1 << 50, size: 4096, direction: .toDevice) } == "EIO")
+        let s = cookie.statistics
+        #expect(s.mapFailures == 1 && s.pagesLostToFailedFlush == 1)
+        #expect(cookie.iova.cachedRanges == 0, "the range did not go back to a cache")
+        #expect(cookie.iova.allocatedRanges == 1, "it stays allocated for good")
+    }
+
     @Test("the DMA API refuses a device whose group a user owns")
     func ownedGroupRefused() throws {
         let (rig, nic, _) = try nic()

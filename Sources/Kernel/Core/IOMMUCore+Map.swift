@@ -71,8 +71,12 @@ extension IOMMUCore {
             observer?.tablesDetached(domain, gather.freedTables)
             let flushed: Bool
             do { try domain.iotlbSync(&gather); flushed = true } catch { flushed = false }
+            // If the undo could not be invalidated, devices may keep using what was mapped:
+            // say so (the range must never be handed out again) and fail with EIO.
+            if !flushed { observer?.unmapFailed(domain, iova: iova, requested: size, unmapped: size) }
             observer?.mapEnded(domain, iova: iova, size: size, mapped: false)
             putPages(domain, gather.freedTables, flushed: flushed)
+            if !flushed { throw .ioError("\(error); undoing the partial map could not be invalidated") }
             throw error
         }
         observer?.mapEnded(domain, iova: iova, size: size, mapped: true)

@@ -131,7 +131,7 @@ final class FlushQueue: @unchecked Sendable {
             if r.isFull {
                 // Nothing could be freed: the flush failed. The IOVA and tables stay
                 // allocated for ever rather than be reused while possibly cached.
-                lostPages.add(pages, ordering: .relaxed)
+                lostPages.add(IOVADomain.roundedSize(pages), ordering: .relaxed)
                 lostTables.withLock { $0 += tables }
                 return
             }

@@ -97,8 +97,7 @@ public final class IOMMUDMA: @unchecked Sendable {
                 try core.map(d, iova: iova, physical: physical - offset, size: pages << shift, permissions: direction.permissions)
             }
         } catch {
-            cookie.iova.free(pfn: pfn, pages: pages, cpu: cpu)
-            cookie.count(.mapFailures, cpu: cpu)
+            release(cookie, pfn: pfn, pages: pages, after: error, cpu: cpu)
             throw error
         }
         cookie.live.insert(pfn: pfn, pages: pages)
@@ -177,9 +176,11 @@ public final class IOMMUDMA: @unchecked Sendable {
                 cursor += span
             }
         } catch {
-            if cursor > base { _ = try? core.unmap(cookie.domain, iova: base, size: cursor - base) }
-            cookie.iova.free(pfn: pfn, pages: pages, cpu: cpu)
-            cookie.count(.mapFailures, cpu: cpu)
+            var undoError: IOMMUError?
+            if cursor > base {
+                do { _ = try core.unmap(cookie.domain, iova: base, size: cursor - base) } catch { undoError = .ioError("\(error)") }
+            }
+            release(cookie, pfn: pfn, pages: pages, after: undoError ?? error, cpu: cpu)
             throw error
         }
         cookie.live.insert(pfn: pfn, pages: pages)
@@ -198,6 +199,16 @@ public final class IOMMUDMA: @unchecked Sendable {
     }
 
     // MARK: Internals
+
+    /// Gives back the IOVA of a failed map, unless the failure was a failed invalidation:
+    /// then what was mapped may still be cached, and the range is never reused.
+    private func release(_ cookie: DMACookie, pfn: UInt64, pages: UInt64, after error: IOMMUError, cpu: Int) {
+        cookie.count(.mapFailures, cpu: cpu)
+        switch error {
+        case .ioError, .timedOut: cookie.lostToFailedFlush(pages: IOVADomain.roundedSize(pages), cpu: cpu)
+        default: cookie.iova.free(pfn: pfn, pages: pages, cpu: cpu)
+        }
+    }
 
     private func checkCPU(_ cpu: Int) throws(IOMMUError) {
         guard cpu >= 0, cpu < cpus else { throw .invalidArgument("CPU \(cpu) is not one of the \(cpus) CPU slots") }
@@ -238,7 +249,7 @@ public final class IOMMUDMA: @unchecked Sendable {
                 } else {
                     // The invalidation failed: the range may still be cached, so its IOVA is
                     // never handed out again.
-                    cookie.lostToFailedFlush(pages: pages, cpu: cpu)
+                    cookie.lostToFailedFlush(pages: IOVADomain.roundedSize(pages), cpu: cpu)
                 }
                 throw error
             }
