@@ -231,6 +231,7 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
             while last < tags.count && tags[last].unit == unitIndex { last += 1 }
             // The unit's descriptors, built on the stack (no allocation per flush).
             let result = withUnsafeTemporaryAllocation(of: InvalidationDescriptor.self, capacity: last - i) { batch -> IOMMUError? in
+                guard let base = batch.baseAddress else { return nil }
                 var n = 0
                 for k in i..<last {
                     let t = tags[k]
@@ -238,14 +239,14 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
                     case .iotlb:
                         // Second-stage entries are tagged by DID alone: one descriptor per DID.
                         if tags[i..<k].contains(where: { $0.kind == .iotlb && $0.did == t.did }) { continue }
-                        (batch.baseAddress! + n).initialize(to: psi ? .iotlb(.page(t.did, address: address, addressMask: mask, invalidationHint: hint))
+                        (base + n).initialize(to: psi ? .iotlb(.page(t.did, address: address, addressMask: mask, invalidationHint: hint))
                                                                    : .iotlb(.domain(t.did)))
                     case .deviceTLB:
-                        (batch.baseAddress! + n).initialize(to: u.deviceTLBInvalidation(t.device, pasid: t.pasid, address: whole ? 0 : address, mask: whole ? 52 : mask))
+                        (base + n).initialize(to: u.deviceTLBInvalidation(t.device, pasid: t.pasid, address: whole ? 0 : address, mask: whole ? 52 : mask))
                     }
                     n += 1
                 }
-                defer { batch.baseAddress!.deinitialize(count: n) }
+                defer { base.deinitialize(count: n) }
                 do throws(IOMMUError) { try u.queue.submitAndWait(UnsafeBufferPointer(rebasing: batch[0..<n])) } catch { return error }
                 return nil
             }
