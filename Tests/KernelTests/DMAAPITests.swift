@@ -363,6 +363,19 @@ struct DMAAPITests {
         #expect(cookie.iova.allocatedRanges == 1, "it stays allocated for good")
     }
 
+    @Test("unmapping 4 KiB of a superpage when no frame is left for the split is ENOMEM, not ENOENT, and the mapping stays")
+    func splitOutOfMemory() throws {
+        let rig = try KernelRig()
+        let (nic, _) = try rig.add("nic", dev: 3)
+        let d = try rig.core.allocDomain(for: nic)
+        try rig.core.map(d, iova: 0x4000_0000, physical: 0x20_0000, size: 0x20_0000, permissions: .readWrite)
+        rig.platform.faults.mode = .probability(1, only: [.frameAlloc])
+        #expect(errName { try rig.core.unmap(d, iova: 0x4000_0000, size: 4096) } == "ENOMEM")
+        rig.platform.faults.mode = .off
+        #expect(rig.core.iovaToPhys(d, 0x4000_0000) == 0x20_0000)
+        #expect(rig.violations.isEmpty, "\(rig.violations)")
+    }
+
     @Test("the DMA API refuses a device whose group a user owns")
     func ownedGroupRefused() throws {
         let (rig, nic, _) = try nic()

@@ -154,6 +154,8 @@ extension IOMMUCore {
     /// observer the unmap ended with 0 bytes.
     private func nothingMapped(_ domain: IOMMUDomain, _ iova: UInt64, _ size: UInt64) -> IOMMUError {
         observer?.unmapEnded(domain, iova: iova, requested: size, unmapped: 0)
+        // Still mapped: a superpage that had to be split found no frame for the new table.
+        if domain.iovaToPhys(iova) != nil { return .noMemory("splitting the superpage at 0x\(String(iova, radix: 16)) in \(domain)") }
         return .notFound("nothing is mapped at 0x\(String(iova, radix: 16)) in \(domain)")
     }
 
