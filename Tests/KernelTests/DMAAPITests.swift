@@ -385,6 +385,53 @@ struct DMAAPITests {
         #expect(errName { _ = try rig.machine.dma.mapPage(nic, physical: 0x10_0000, size: 4096, direction: .toDevice) } == "EBUSY")
     }
 
+    @Test("random DMA API calls with random, often invalid, arguments never trap and leave the live mappings consistent",
+          arguments: [DMAPolicy.strict, .lazy])
+    func randomCalls(policy: DMAPolicy) throws {
+        let (rig, nic, _) = try nic(policy, seed: 7)
+        let dma = rig.machine.dma
+        var rng = SeededRNG(seed: 99)
+        var live: [(UInt64, UInt64)] = []
+        var maps: [DMAScatterMapping] = []
+        func pick(_ values: [UInt64]) -> UInt64 { values[Int(rng.next(below: UInt64(values.count)))] }
+        let sizes: [UInt64] = [0, 1, 2, 4095, 4096, 4097, 0x9000, 1 << 20, .max, .max - 1]
+        let addresses: [UInt64] = [0, 1, 0x1000, 0x10_0000 + 0x123, 1 << 50, .max, .max - 4095]
+        for _ in 0..<3000 {
+            let cpu = Int(rng.next(below: 4)) - 1 // -1…2: some invalid
+            switch rng.next(below: 6) {
+            case 0:
+                if let a = try? dma.mapPage(nic, physical: pick(addresses), size: pick(sizes), direction: .bidirectional, cpu: cpu) {
+                    live.append((a, 0))
+                }
+            case 1:
+                let size = 1 + rng.next(below: 3 * 4096)
+                if let a = try? dma.mapPage(nic, physical: 0x10_0000 + rng.next(below: 4096), size: size, direction: .toDevice, cpu: max(cpu, 0)) {
+                    live.append((a, size))
+                }
+            case 2 where !live.isEmpty:
+                let i = Int(rng.next(below: UInt64(live.count)))
+                let (a, size) = live[i]
+                // Sometimes the wrong size: must be refused without change.
+                let asked = rng.next(below: 4) == 0 ? size + 4096 : size
+                if size > 0, (try? dma.unmapPage(nic, address: a, size: asked, cpu: max(cpu, 0))) != nil { live.remove(at: i) }
+            case 3:
+                _ = try? dma.unmapPage(nic, address: pick(addresses), size: pick(sizes), cpu: cpu)
+            case 4:
+                let segs = (0..<Int(1 + rng.next(below: 3))).map { _ in ScatterSegment(physical: pick(addresses), length: pick(sizes)) }
+                if let m = try? dma.mapSG(nic, segs, direction: .fromDevice, cpu: cpu) { maps.append(m) }
+            default:
+                if let m = maps.popLast() { #expect((try? dma.unmapSG(nic, m, cpu: 0)) != nil) }
+            }
+        }
+        let cookie = try #require(try dma.cookie(for: nic))
+        let sized = live.filter { $0.1 > 0 }.count + live.filter { $0.1 == 0 }.count
+        #expect(cookie.statistics.liveMappings == sized + maps.count)
+        for m in maps { try dma.unmapSG(nic, m) }
+        for (a, size) in live where size > 0 { try dma.unmapPage(nic, address: a, size: size) }
+        rig.settle()
+        #expect(rig.violations.isEmpty, "\(rig.violations)")
+    }
+
     // MARK: Oracle rules
 
     @Test("the oracle flags an IOVA mapped again before the flush covering its deferred unmap")
