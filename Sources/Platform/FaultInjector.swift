@@ -32,7 +32,7 @@ public final class FaultInjector: @unchecked Sendable {
     public var mode: Mode {
         didSet { active = mode != .off }
     }
-    @usableFromInline var active = false
+    @exclusivity(unchecked) @usableFromInline var active = false
     private var rng: SeededRNG
     public private(set) var hits: [FaultPoint: Int] = [:]
     public private(set) var totalHits = 0

@@ -164,11 +164,11 @@ public final class PhysicalMemory: @unchecked Sendable {
         base.storeBytes(of: value.littleEndian, toByteOffset: Int(pa), as: T.self)
     }
 
-    @inlinable public func load64(_ pa: UInt64) throws(MemoryError) -> UInt64 { try load(pa, as: UInt64.self) }
+    @inlinable @inline(__always) public func load64(_ pa: UInt64) throws(MemoryError) -> UInt64 { try load(pa, as: UInt64.self) }
     @inlinable public func load32(_ pa: UInt64) throws(MemoryError) -> UInt32 { try load(pa, as: UInt32.self) }
     @inlinable public func load16(_ pa: UInt64) throws(MemoryError) -> UInt16 { try load(pa, as: UInt16.self) }
     @inlinable public func load8(_ pa: UInt64) throws(MemoryError) -> UInt8 { try load(pa, as: UInt8.self) }
-    @inlinable public func store64(_ pa: UInt64, _ v: UInt64) throws(MemoryError) { try store(pa, v) }
+    @inlinable @inline(__always) public func store64(_ pa: UInt64, _ v: UInt64) throws(MemoryError) { try store(pa, v) }
     @inlinable public func store32(_ pa: UInt64, _ v: UInt32) throws(MemoryError) { try store(pa, v) }
     @inlinable public func store16(_ pa: UInt64, _ v: UInt16) throws(MemoryError) { try store(pa, v) }
     @inlinable public func store8(_ pa: UInt64, _ v: UInt8) throws(MemoryError) { try store(pa, v) }
