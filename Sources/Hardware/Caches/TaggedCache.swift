@@ -19,12 +19,12 @@ final class TaggedCache<Payload> {
     let ways: Int
     let setShift: UInt64
     let setMask: UInt64
-    var clock: UInt64 = 0
+    @exclusivity(unchecked) var clock: UInt64 = 0
     let capacity: Int
     /// Valid entries.
-    private(set) var count = 0
+    @exclusivity(unchecked) private(set) var count = 0
     /// Entries evicted by capacity.
-    private(set) var evictions: UInt64 = 0
+    @exclusivity(unchecked) private(set) var evictions: UInt64 = 0
 
     /// `capacity` is rounded up to `ways` times a power of two (at least one set).
     init(capacity: Int, ways: Int, empty: Payload) {
