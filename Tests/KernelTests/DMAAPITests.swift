@@ -380,8 +380,9 @@ struct DMAAPITests {
     func ownedGroupRefused() throws {
         let (rig, nic, _) = try nic()
         let user = try rig.core.allocDomain(for: nic)
-        try rig.core.claimDMAOwner(nic.group!)
-        try rig.core.attach(user, to: nic.group!)
+        let group = try #require(nic.group)
+        try rig.core.claimDMAOwner(group)
+        try rig.core.attach(user, to: group)
         #expect(errName { _ = try rig.machine.dma.mapPage(nic, physical: 0x10_0000, size: 4096, direction: .toDevice) } == "EBUSY")
     }
 

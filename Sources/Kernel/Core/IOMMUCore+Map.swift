@@ -89,12 +89,9 @@ extension IOMMUCore {
     /// nothing is mapped at `iova` (and nothing changes).
     @discardableResult
     public func unmap(_ domain: IOMMUDomain, iova: UInt64, size: UInt64) throws(IOMMUError) -> UInt64 {
-        try checkPaging(domain, iova, size)
-        let observer = self.observer
-        observer?.unmapBegan(domain, iova: iova, size: size)
         var gather = UnmapGather()
-        let unmapped = unmapAll(domain, iova: iova, size: size, gather: &gather)
-        guard unmapped > 0 else { throw nothingMapped(domain, iova, size) }
+        let unmapped = try clearPTEs(domain, iova: iova, size: size, gather: &gather)
+        let observer = self.observer
         if !gather.freedTables.isEmpty { observer?.tablesDetached(domain, gather.freedTables) }
         yield(KernelYield.afterPTEClear)
         do { try domain.iotlbSync(&gather) } catch {
@@ -113,12 +110,8 @@ extension IOMMUCore {
     /// (`flushDeferred`). Until then devices may still use the old translations.
     public func unmapDeferred(_ domain: IOMMUDomain, iova: UInt64, size: UInt64,
                               gather: inout UnmapGather) throws(IOMMUError) -> UInt64 {
-        try checkPaging(domain, iova, size)
-        let observer = self.observer
-        observer?.unmapBegan(domain, iova: iova, size: size)
         let before = gather.freedTables.count
-        let unmapped = unmapAll(domain, iova: iova, size: size, gather: &gather)
-        guard unmapped > 0 else { throw nothingMapped(domain, iova, size) }
+        let unmapped = try clearPTEs(domain, iova: iova, size: size, gather: &gather)
         yield(KernelYield.afterPTEClear)
         observer?.unmapDeferred(domain, iova: iova, requested: size, unmapped: unmapped,
                                 tables: gather.freedTables.count > before ? Array(gather.freedTables[before...]) : [])
@@ -148,6 +141,16 @@ extension IOMMUCore {
         } else {
             domain.quarantinedTables.withLock { $0.append(contentsOf: tables) }
         }
+    }
+
+    /// The part both unmaps share: checks, announcement, and the PTE clear up to the first
+    /// hole. Nothing cleared is an error and changes nothing.
+    private func clearPTEs(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, gather: inout UnmapGather) throws(IOMMUError) -> UInt64 {
+        try checkPaging(domain, iova, size)
+        observer?.unmapBegan(domain, iova: iova, size: size)
+        let unmapped = unmapAll(domain, iova: iova, size: size, gather: &gather)
+        guard unmapped > 0 else { throw nothingMapped(domain, iova, size) }
+        return unmapped
     }
 
     /// Nothing was mapped at `iova` (the clear stopped at once): nothing changed; tell the

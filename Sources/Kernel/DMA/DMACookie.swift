@@ -8,8 +8,8 @@ import Synchronization
 public final class DMACookie: @unchecked Sendable {
     /// The domain owns its cookie and callers reach the cookie through a live domain, so
     /// this back reference is not counted (no ARC traffic on the map/unmap path).
-    public unowned(unsafe) let domain: IOMMUDomain
     private let domainRef: Unmanaged<IOMMUDomain>
+    public var domain: IOMMUDomain { domainRef.takeUnretainedValue() }
     public let iova: IOVADomain
     /// log2 of the granule: the domain's smallest page (Linux `iova_shift`).
     public let granuleShift: UInt64
@@ -20,8 +20,13 @@ public final class DMACookie: @unchecked Sendable {
     static let statWords = 16
     enum Stat: Int { case maps, unmaps, strictInvalidations, mapFailures, fallbacksTo64Bit, lostPages }
 
-    init(domain: IOMMUDomain, core: IOMMUCore, cpus: Int, queue: FlushQueueOptions?) {
-        self.domain = domain
+    /// The flush queue; nil in strict mode.
+    let queue: FlushQueue?
+    /// The same, borrowed on the unmap path (loading `queue` would count a reference on an
+    /// object every CPU shares).
+    let queueRef: Unmanaged<FlushQueue>?
+
+    init(domain: IOMMUDomain, core: IOMMUCore, cpus: Int, queue options: FlushQueueOptions?) {
         domainRef = Unmanaged.passUnretained(domain)
         self.cpus = max(1, cpus)
         let sizes = domain.pageSizes
@@ -32,23 +37,27 @@ public final class DMACookie: @unchecked Sendable {
         live = LiveMappings(capacity: 4096)
         stats = .allocate(capacity: self.cpus * Self.statWords)
         for i in 0..<(self.cpus * Self.statWords) { (stats + i).initialize(to: Atomic(0)) }
-        if let queue {
-            let q = FlushQueue(core: core, domain: domain, iova: iova, options: queue, cpus: self.cpus)
-            flushQueueStorage = q
-            queueRef = Unmanaged.passUnretained(q)
-        }
+        let (space, slots) = (iova, self.cpus)
+        queue = options.map { FlushQueue(core: core, domain: domain, iova: space, options: $0, cpus: slots) }
+        queueRef = queue.map { Unmanaged.passUnretained($0) }
     }
-
-    /// The flush queue, nil in strict mode. Set once in init (the queue needs the cookie).
-    @exclusivity(unchecked) private var flushQueueStorage: FlushQueue?
-    var queue: FlushQueue? { flushQueueStorage }
-    /// The same, borrowed without reference counting on the unmap path.
-    private(set) var queueRef: Unmanaged<FlushQueue>?
 
     /// Runs `body` with the domain borrowed (no reference counting: the domain owns us).
     @inline(__always)
     func withDomain<R>(_ body: (IOMMUDomain) throws(IOMMUError) -> R) throws(IOMMUError) -> R {
-        try domainRef._withUnsafeGuaranteedRef { d in Result { () throws(IOMMUError) in try body(d) } }.get()
+        try domainRef.borrow(body)
+    }
+
+    /// The granule offset of `start` and the granules that cover `length` bytes from it;
+    /// nil if the range's end does not fit in 64 bits.
+    @inline(__always)
+    func granules(from start: UInt64, length: UInt64) -> (offset: UInt64, pages: UInt64)? {
+        let mask = (UInt64(1) << granuleShift) - 1
+        let offset = start & mask
+        let (end, o1) = offset.addingReportingOverflow(length)
+        let (span, o2) = end.addingReportingOverflow(mask)
+        guard !o1, !o2 else { return nil }
+        return (offset, span >> granuleShift)
     }
 
     deinit {
@@ -57,12 +66,12 @@ public final class DMACookie: @unchecked Sendable {
     }
 
     /// Whether unmaps are deferred to a flush queue.
-    public var isDeferred: Bool { flushQueueStorage != nil }
-    public var queueOptions: FlushQueueOptions? { flushQueueStorage?.options }
+    public var isDeferred: Bool { queue != nil }
+    public var queueOptions: FlushQueueOptions? { queue?.options }
 
     @inline(__always)
     func count(_ s: Stat, cpu: Int, _ n: UInt64 = 1) {
-        stats[FlushQueue.slot(cpu, cpus) * Self.statWords + s.rawValue].add(n, ordering: .relaxed)
+        stats[cpuSlot(cpu, cpus) * Self.statWords + s.rawValue].add(n, ordering: .relaxed)
     }
 
     private func total(_ s: Stat) -> UInt64 {
@@ -76,12 +85,12 @@ public final class DMACookie: @unchecked Sendable {
 
     /// The domain is being freed (after its last detach invalidated everything).
     func destroy() {
-        flushQueueStorage?.destroy()
+        queue?.destroy()
     }
 
     /// The domain is gone without a teardown: nothing may be freed or flushed for it.
     func markDead() {
-        flushQueueStorage?.destroyed.store(true, ordering: .releasing)
+        queue?.destroyed.store(true, ordering: .releasing)
     }
 
     /// A snapshot of what the DMA layer did for this domain.
@@ -92,9 +101,9 @@ public final class DMACookie: @unchecked Sendable {
         s.mapFailures = total(.mapFailures)
         s.strictInvalidations = total(.strictInvalidations)
         s.fallbacksTo64Bit = total(.fallbacksTo64Bit)
-        s.pagesLostToFailedFlush = total(.lostPages) + (flushQueueStorage?.lostPages.load(ordering: .relaxed) ?? 0)
+        s.pagesLostToFailedFlush = total(.lostPages) + (queue?.lostPages.load(ordering: .relaxed) ?? 0)
         s.liveMappings = live.count
-        if let q = flushQueueStorage {
+        if let q = queue {
             s.flushes = q.flushes.load(ordering: .relaxed)
             s.fullQueueFlushes = q.fullFlushes.load(ordering: .relaxed)
             s.timerFlushes = q.timerFlushes.load(ordering: .relaxed)

@@ -121,7 +121,7 @@ final class FlushQueue: @unchecked Sendable {
         // Order the PTE clear before reading the flush tag (Linux's smp_mb in queue_iova): a
         // flush that starts after the tag is read must see the cleared entry.
         atomicMemoryFence(ordering: .sequentiallyConsistent)
-        rings[Self.slot(cpu, ringCount)].withLock { r in
+        rings[cpuSlot(cpu, ringCount)].withLock { r in
             freeCompleted(&r, cpu: cpu)
             if r.isFull {
                 fullFlushes.add(1, ordering: .relaxed)
@@ -154,24 +154,25 @@ final class FlushQueue: @unchecked Sendable {
         }
     }
 
-    /// A CPU number as a slot index (never negative).
-    @inline(__always)
-    static func slot(_ cpu: Int, _ n: Int) -> Int { n == 1 ? 0 : Int(UInt(bitPattern: cpu) % UInt(n)) }
-
     /// Frees entries at the head that a finished flush covers (Linux `fq_ring_free_locked`).
     private func freeCompleted(_ r: inout Ring, cpu: Int) {
         let done = finished.load(ordering: .acquiring)
         while r.head != r.tail {
             let e = r.entries[Int(r.head % r.size)]
             guard e.tag < done else { break }
-            if e.hasSpill {
-                freeTables(r.spill.removeValue(forKey: e.pfn) ?? [])
-            } else if e.table != 0 {
-                freeTables([e.table])
-            }
+            releaseTables(of: e, &r)
             iova.free(pfn: e.pfn, pages: e.pages, cpu: cpu)
             r.head &+= 1
             r.freed &+= 1
+        }
+    }
+
+    /// Frees the table pages an entry's unmap unlinked.
+    private func releaseTables(of e: Entry, _ r: inout Ring) {
+        if e.hasSpill {
+            freeTables(r.spill.removeValue(forKey: e.pfn) ?? [])
+        } else if e.table != 0 {
+            freeTables([e.table])
         }
     }
 
@@ -262,12 +263,7 @@ final class FlushQueue: @unchecked Sendable {
         for i in 0..<ringCount {
             rings[i].withLock { r in
                 while r.head != r.tail {
-                    let e = r.entries[Int(r.head % r.size)]
-                    if e.hasSpill {
-                        freeTables(r.spill.removeValue(forKey: e.pfn) ?? [])
-                    } else if e.table != 0 {
-                        freeTables([e.table])
-                    }
+                    releaseTables(of: r.entries[Int(r.head % r.size)], &r)
                     r.head &+= 1
                 }
             }

@@ -71,25 +71,16 @@ public final class IOMMUDMA: @unchecked Sendable {
         guard size > 0 else { throw .invalidArgument("a DMA mapping of 0 bytes") }
         guard !physical.addingReportingOverflow(size - 1).overflow else { throw .invalidArgument("buffer 0x\(String(physical, radix: 16)) +\(size) wraps") }
         try checkCPU(cpu)
-        // The fast path borrows the cookie without counting a reference: shared objects'
-        // reference counts are contended cache lines when several CPUs map at once.
-        if let cached = device.dmaCookieCache {
-            return try cached._withUnsafeGuaranteedRef { c in
-                Result { () throws(IOMMUError) in try mapPage(c, device, physical: physical, size: size, direction: direction, cpu: cpu) }
-            }.get()
+        return try withCookie(device, identity: { () throws(IOMMUError) in try direct(device, physical, size) }) { cookie throws(IOMMUError) in
+            try mapPage(cookie, device, physical: physical, size: size, direction: direction, cpu: cpu)
         }
-        guard let cookie = try cookie(for: device) else { return try direct(device, physical, size) }
-        return try mapPage(cookie, device, physical: physical, size: size, direction: direction, cpu: cpu)
     }
 
     private func mapPage(_ cookie: DMACookie, _ device: Device, physical: UInt64, size: UInt64, direction: DMADirection, cpu: Int) throws(IOMMUError) -> UInt64 {
         let shift = cookie.granuleShift
-        let mask = (UInt64(1) << shift) - 1
-        let offset = physical & mask
-        let (end, o1) = offset.addingReportingOverflow(size)
-        let (span, o2) = end.addingReportingOverflow(mask)
-        guard !o1, !o2 else { throw .invalidArgument("buffer of \(size) bytes is too large") }
-        let pages = span >> shift
+        guard let (offset, pages) = cookie.granules(from: physical, length: size) else {
+            throw .invalidArgument("buffer of \(size) bytes is too large")
+        }
         let pfn = try allocateIOVA(cookie, device, pages: pages, cpu: cpu)
         let iova = pfn << shift
         do {
@@ -112,23 +103,12 @@ public final class IOMMUDMA: @unchecked Sendable {
     public func unmapPage(_ device: Device, address: UInt64, size: UInt64, cpu: Int = 0) throws(IOMMUError) {
         guard size > 0 else { throw .invalidArgument("a DMA unmap of 0 bytes") }
         try checkCPU(cpu)
-        if let cached = device.dmaCookieCache {
-            return try cached._withUnsafeGuaranteedRef { c in
-                Result { () throws(IOMMUError) in try unmapPage(c, address: address, size: size, cpu: cpu) }
-            }.get()
+        try withCookie(device, identity: {}) { cookie throws(IOMMUError) in
+            guard let (_, pages) = cookie.granules(from: address, length: size) else {
+                throw .invalidArgument("unmap of \(size) bytes is too large")
+            }
+            try unmapRange(cookie, pfn: address >> cookie.granuleShift, pages: pages, cpu: cpu)
         }
-        guard let cookie = try cookie(for: device) else { return }
-        try unmapPage(cookie, address: address, size: size, cpu: cpu)
-    }
-
-    private func unmapPage(_ cookie: DMACookie, address: UInt64, size: UInt64, cpu: Int) throws(IOMMUError) {
-        let shift = cookie.granuleShift
-        let mask = (UInt64(1) << shift) - 1
-        let offset = address & mask
-        let (end, o1) = offset.addingReportingOverflow(size)
-        let (span, o2) = end.addingReportingOverflow(mask)
-        guard !o1, !o2 else { throw .invalidArgument("unmap of \(size) bytes is too large") }
-        try unmapRange(cookie, pfn: address >> shift, pages: span >> shift, cpu: cpu)
     }
 
     // MARK: Scatter lists
@@ -152,27 +132,28 @@ public final class IOMMUDMA: @unchecked Sendable {
             return DMAScatterMapping(addresses: addresses, lengths: segments.map(\.length), iova: 0, size: 0)
         }
         let shift = cookie.granuleShift
-        let mask = (UInt64(1) << shift) - 1
-        var total: UInt64 = 0
+        var pages: UInt64 = 0
+        var spans: [(offset: UInt64, pages: UInt64)] = []
+        spans.reserveCapacity(segments.count)
         for (i, s) in segments.enumerated() {
-            let (end, o0) = (s.physical & mask).addingReportingOverflow(s.length)
-            let (span, o1) = end.addingReportingOverflow(mask)
-            let (t, o2) = total.addingReportingOverflow(span & ~mask)
-            guard !o0, !o1, !o2 else { throw .invalidArgument("scatter list too large at segment \(i)") }
-            total = t
+            guard let g = cookie.granules(from: s.physical, length: s.length),
+                  case let (t, o) = pages.addingReportingOverflow(g.pages), !o, t <= UInt64.max >> shift else {
+                throw .invalidArgument("scatter list too large at segment \(i)")
+            }
+            spans.append(g)
+            pages = t
         }
-        let pages = total >> shift
+        let total = pages << shift
         let pfn = try allocateIOVA(cookie, device, pages: pages, cpu: cpu)
         let base = pfn << shift
         var cursor = base
         var addresses: [UInt64] = []
         addresses.reserveCapacity(segments.count)
         do {
-            for s in segments {
-                let offset = s.physical & mask
-                let span = ((offset + s.length) + mask) & ~mask
-                try core.map(cookie.domain, iova: cursor, physical: s.physical - offset, size: span, permissions: direction.permissions)
-                addresses.append(cursor + offset)
+            for (s, g) in zip(segments, spans) {
+                let span = g.pages << shift
+                try core.map(cookie.domain, iova: cursor, physical: s.physical - g.offset, size: span, permissions: direction.permissions)
+                addresses.append(cursor + g.offset)
                 cursor += span
             }
         } catch {
@@ -210,6 +191,17 @@ public final class IOMMUDMA: @unchecked Sendable {
         }
     }
 
+    /// Runs `body` with the device's DMA cookie, or `identity` when DMA addresses are
+    /// physical. The fast path borrows the cached cookie without counting a reference:
+    /// shared objects' reference counts are contended cache lines when CPUs map at once.
+    @inline(__always)
+    private func withCookie<R>(_ device: Device, identity: () throws(IOMMUError) -> R,
+                               _ body: (DMACookie) throws(IOMMUError) -> R) throws(IOMMUError) -> R {
+        if let cached = device.dmaCookieCache { return try cached.borrow(body) }
+        guard let cookie = try cookie(for: device) else { return try identity() }
+        return try body(cookie)
+    }
+
     private func checkCPU(_ cpu: Int) throws(IOMMUError) {
         guard cpu >= 0, cpu < cpus else { throw .invalidArgument("CPU \(cpu) is not one of the \(cpus) CPU slots") }
     }
@@ -244,9 +236,11 @@ public final class IOMMUDMA: @unchecked Sendable {
             queue._withUnsafeGuaranteedRef { $0.queue(pfn: pfn, pages: pages, tables: gather.freedTables, cpu: cpu) }
         } else {
             do { _ = try cookie.withDomain { d throws(IOMMUError) in try core.unmap(d, iova: iova, size: size) } } catch {
-                if case .notFound = error {
+                switch error {
+                case .notFound, .noMemory:
+                    // Nothing was cleared (no mapping, or no frame to split a superpage).
                     cookie.live.insert(pfn: pfn, pages: pages)
-                } else {
+                default:
                     // The invalidation failed: the range may still be cached, so its IOVA is
                     // never handed out again.
                     cookie.lostToFailedFlush(pages: IOVADomain.roundedSize(pages), cpu: cpu)

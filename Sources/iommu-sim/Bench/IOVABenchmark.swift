@@ -109,8 +109,8 @@ struct IOVABenchmark {
             swiftLive[i] = (p, pages); cLive[i] = (q, pages)
         }
         let tenth = max(1, operations / 10)
-        func p99(_ v: ArraySlice<Double>) -> Double { let s = v.sorted(); return s.isEmpty ? 0 : s[min(s.count - 1, Int(Double(s.count) * 0.99))] }
-        return Slow(swift: sw, c: cs, swiftFirstP99: p99(sw.values.prefix(tenth)), swiftLastP99: p99(sw.values.suffix(tenth)),
-                    cFirstP99: p99(cs.values.prefix(tenth)), cLastP99: p99(cs.values.suffix(tenth)))
+        return Slow(swift: sw, c: cs,
+                    swiftFirstP99: percentileOf(sw.values.prefix(tenth), 0.99), swiftLastP99: percentileOf(sw.values.suffix(tenth), 0.99),
+                    cFirstP99: percentileOf(cs.values.prefix(tenth), 0.99), cLastP99: percentileOf(cs.values.suffix(tenth), 0.99))
     }
 }

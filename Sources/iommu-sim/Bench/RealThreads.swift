@@ -52,11 +52,14 @@ struct Samples {
 
     var mean: Double { count == 0 ? 0 : total / Double(count) }
 
-    func percentile(_ p: Double) -> Double {
-        guard !values.isEmpty else { return 0 }
-        let s = values.sorted()
-        return s[min(s.count - 1, Int(Double(s.count) * p))]
-    }
+    func percentile(_ p: Double) -> Double { percentileOf(values, p) }
+}
+
+/// The `p` quantile (0…1) of `values`, 0 when empty.
+func percentileOf<C: Collection<Double>>(_ values: C, _ p: Double) -> Double {
+    guard !values.isEmpty else { return 0 }
+    let s = values.sorted()
+    return s[min(s.count - 1, Int(Double(s.count) * p))]
 }
 
 func median(_ v: [Double]) -> Double {

@@ -200,7 +200,7 @@ public final class IOVADomain: @unchecked Sendable {
     // MARK: Per-CPU caches
 
     private func cacheGet(order: Int, size: UInt64, limit: UInt64, cpu: Int) -> UInt64? {
-        slots[Int(UInt(bitPattern: cpu) % UInt(cpuCount))].withLock { c in
+        slots[cpuSlot(cpu, cpuCount)].withLock { c in
             if let pfn = Self.pop(c.loaded[order], size: size, limit: limit) { return pfn }
             if c.previous[order].pointee > 0 {
                 swap(&c.loaded[order], &c.previous[order])
@@ -233,7 +233,7 @@ public final class IOVADomain: @unchecked Sendable {
     }
 
     private func cacheInsert(order: Int, pfn: UInt64, cpu: Int) {
-        slots[Int(UInt(bitPattern: cpu) % UInt(cpuCount))].withLock { c in
+        slots[cpuSlot(cpu, cpuCount)].withLock { c in
             var m = c.loaded[order]
             if Int(m.pointee) == Self.magazineSize {
                 if Int(c.previous[order].pointee) < Self.magazineSize {
