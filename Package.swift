@@ -16,6 +16,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         .target(name: "CIOMMUSupport", cSettings: [.unsafeFlags(["-mcx16"])]),
@@ -24,7 +25,11 @@ let package = Package(
         .target(name: "Formats", dependencies: ["Platform"]),
         .target(name: "Hardware", dependencies: ["Platform", "Formats"]),
         .target(name: "Kernel", dependencies: ["Platform", "Formats", "Hardware"]),
-        .target(name: "Simulation", dependencies: ["Platform", "Formats", "Hardware", "Kernel"]),
+        .target(
+            name: "Simulation",
+            dependencies: ["Platform", "Formats", "Hardware", "Kernel", .product(name: "Yams", package: "Yams")],
+            resources: [.copy("Scenarios")]
+        ),
         .executableTarget(
             name: "iommu-sim",
             dependencies: [

@@ -10,6 +10,11 @@ public struct FaultPoint: Hashable, Sendable, CustomStringConvertible {
     public static let invalidationTimeout = FaultPoint("hw.invalidation-timeout")
     /// The unit drops an invalidation descriptor without applying it.
     public static let invalidationDrop = FaultPoint("hw.invalidation-drop")
+    /// The unit applies a descriptor `invalidationDelayNs` late (within the driver's wait).
+    public static let invalidationDelay = FaultPoint("hw.invalidation-delay")
+    public static let invalidationDelayNs: UInt64 = 20_000
+    /// A fault finds the fault-recording registers full: it is lost and PFO is set.
+    public static let faultRecordOverflow = FaultPoint("hw.fault-overflow")
 }
 
 /// Decides, at named fault points, whether an operation should fail.

@@ -20,6 +20,11 @@ public enum TraceKind: UInt16, Sendable, CaseIterable {
     case interrupt
     /// a = site id. Track: software.
     case yieldPoint
+    /// A stretch of software work: a = label id, b = begin time, c = end time (the event's
+    /// time is the end). Track: the software context.
+    case span
+    /// A sampled counter: a = label id, b = value × 1000. Track: the counter's owner.
+    case counter
     /// free-form: a, b, c as the emitter defines.
     case custom
 }
@@ -68,6 +73,17 @@ public final class TraceBuffer: @unchecked Sendable {
     @usableFromInline
     func append(_ event: TraceEvent) {
         if events.count < capacity { events.append(event) } else { dropped += 1 }
+    }
+
+    public private(set) var labels: [String] = []
+    private var labelIDs: [String: UInt64] = [:]
+
+    /// The id of a label (span names, counter names), registering it on first use.
+    public func label(_ name: String) -> UInt64 {
+        if let id = labelIDs[name] { return id }
+        labels.append(name)
+        labelIDs[name] = UInt64(labels.count - 1)
+        return UInt64(labels.count - 1)
     }
 
     public func clear() {

@@ -140,6 +140,67 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
         s.completion?(c)
     }
 
+    // MARK: Streaming DMA (simulator traffic)
+
+    /// Largest write TLP (Max_Payload_Size) and read request (Max_Read_Request_Size): each
+    /// TLP of a streamed transfer is translated on its own, as the unit sees it.
+    public var maxPayloadBytes = 256
+    public var maxReadRequestBytes = 512
+    /// Payload staging for streamed transfers (a device's internal buffer), allocated once.
+    private lazy var staging: UnsafeMutableRawBufferPointer = {
+        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 64)
+        for i in 0..<4096 { b[i] = UInt8(truncatingIfNeeded: i &* 31 &+ 7) }
+        return b
+    }()
+
+    deinit {
+        // The staging buffer exists only if a streamed transfer ran.
+        if stagingAllocated { staging.deallocate() }
+    }
+    private var stagingAllocated = false
+
+    /// Performs a transfer now, as TLPs reaching the unit at this instant (no events, no
+    /// allocation): a write moves the device's staging bytes to memory, a read moves memory
+    /// into them. Stops at the first fault. Returns the bytes moved and the fault.
+    @discardableResult
+    public func transferNow(write: Bool, address: UInt64, length: Int, pasid: PASID? = nil) -> (transferred: Int, fault: DMAFault?) {
+        stagingAllocated = true
+        let buffer = staging
+        counters.requests &+= 1
+        let tlp = write ? maxPayloadBytes : maxReadRequestBytes
+        var done = 0
+        var fault: DMAFault?
+        while done < length {
+            let (iova, o) = address.addingReportingOverflow(UInt64(done))
+            if o { fault = DMAFault(address: address, reason: .smAddressBeyondMax); break }
+            let n = min(length - done, tlp, Int(4096 - (iova & 0xFFF)))
+            let offset = Int(iova & 0xFFF)
+            let moved: Int
+            if write {
+                (moved, fault) = unit.dmaWrite(source: requesterID, pasid: pasid, address: iova,
+                                               from: UnsafeRawBufferPointer(rebasing: buffer[offset..<offset + n]))
+            } else {
+                (moved, fault) = unit.dmaRead(source: requesterID, pasid: pasid, address: iova,
+                                              into: UnsafeMutableRawBufferPointer(rebasing: buffer[offset..<offset + n]))
+            }
+            done += moved
+            if fault != nil { break }
+        }
+        if write { counters.bytesWritten &+= UInt64(done) } else { counters.bytesRead &+= UInt64(done) }
+        counters.completed &+= 1
+        let now = unit.platform.scheduler.now
+        if let fault {
+            counters.faulted &+= 1
+            if faults.count < faultLogLimit {
+                let r = write ? Request(direction: .fromDevice, address: address, length: length, pasid: pasid, privileged: false, data: [])
+                              : Request.read(address, length: length, pasid: pasid)
+                faults.append(Completion(id: 0, request: r, transferred: done, fault: fault, data: [], time: now))
+            }
+        }
+        unit.platform.trace.record(TraceEvent(time: now, kind: write ? .dmaWrite : .dmaRead, track: trackID, a: address, b: UInt64(done), c: UInt64(length)))
+        return (done, fault)
+    }
+
     // MARK: VTdEndpointPort
 
     /// Without ATS there is no device TLB: the invalidation completes at once.

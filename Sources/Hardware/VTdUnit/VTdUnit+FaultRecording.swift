@@ -22,7 +22,8 @@ extension VTdUnit {
     /// The fault event is raised when PPF goes from clear to set.
     func recordFault(_ record: FaultRecord) {
         let now = platform.scheduler.now
-        if faultStatus & VTdFaultStatus.primaryFaultOverflow != 0 || faultRecords[nextFaultRecord].1 & (1 << 63) != 0 {
+        if faultStatus & VTdFaultStatus.primaryFaultOverflow != 0 || faultRecords[nextFaultRecord].1 & (1 << 63) != 0
+            || platform.faults.shouldFail(.faultRecordOverflow) {
             faultStatus |= VTdFaultStatus.primaryFaultOverflow
             countersStorage.pointee.faultsLostToOverflow &+= 1
             platform.trace.record(TraceEvent(time: now, kind: .faultDropped, track: trackID, a: UInt64(record.reason),

@@ -66,6 +66,7 @@ extension VTdUnit {
         if descriptor.type == InvalidationDescriptor.waitType && platform.faults.shouldFail(.invalidationTimeout) {
             drop = true
         }
+        if platform.faults.shouldFail(.invalidationDelay) { latency &+= FaultPoint.invalidationDelayNs }
         if !descriptorFaults.isEmpty {
             switch descriptorFaults[descriptor.type] {
             case .drop?: drop = true
@@ -287,5 +288,14 @@ extension VTdUnit {
         let lo = address & ~(size - 1)
         let (hi, o) = lo.addingReportingOverflow(size)
         return (lo, o ? .max : hi)
+    }
+}
+
+extension VTdUnit {
+    /// Descriptors between head and tail: submitted and not yet fetched (for traces).
+    public var invalidationQueueDepth: Int {
+        guard invalidationQueueAddress != 0 else { return 0 }
+        let size = queueBytes
+        return Int(((invalidationQueueTail &+ size &- invalidationQueueHead) % size) / descriptorBytes)
     }
 }

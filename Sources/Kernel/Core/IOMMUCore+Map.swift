@@ -93,6 +93,10 @@ extension IOMMUCore {
         let unmapped = try clearPTEs(domain, iova: iova, size: size, gather: &gather)
         let observer = self.observer
         if !gather.freedTables.isEmpty { observer?.tablesDetached(domain, gather.freedTables) }
+        if !injectedBugs.isEmpty, injectedBugs.contains(.freeTablesBeforeFlush) {
+            putPages(domain, gather.freedTables, flushed: true)
+            gather.freedTables.removeAll()
+        }
         yield(KernelYield.afterPTEClear)
         do { try domain.iotlbSync(&gather) } catch {
             observer?.unmapFailed(domain, iova: iova, requested: size, unmapped: unmapped)

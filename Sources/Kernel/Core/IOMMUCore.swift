@@ -39,6 +39,8 @@ public final class IOMMUCore: @unchecked Sendable {
     /// Faults from requester IDs no probed device has.
     public internal(set) var unclaimedFaults = 0
     var nextGroupID = 0
+    /// Broken behaviour to show the oracle catching it (oracle-strength checks only).
+    @exclusivity(unchecked) public var injectedBugs: InjectedBugs = []
 
     public init(platform: PlatformContext, policy: DMAPolicy = .strict) {
         self.platform = platform

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Simulation
 
 struct RunCommand: ParsableCommand {
@@ -7,8 +8,8 @@ struct RunCommand: ParsableCommand {
         abstract: "Run a scenario (default: the built-in tour) with the oracle checking every DMA, and report."
     )
 
-    @Argument(help: "Scenario to run (built-in: tour).")
-    var scenario: String = Tour.name
+    @Argument(help: "A built-in scenario (see `iommu-sim scenarios`) or a YAML scenario file.")
+    var scenario: String = "tour"
 
     @Option(help: "Seed for the scheduler, yield points and workloads; the same seed gives the same run.")
     var seed: UInt64 = 1
@@ -16,26 +17,86 @@ struct RunCommand: ParsableCommand {
     @Flag(help: "Print a JSON report (keys scenario, seed, virtualTimeNs, dma, iotlb, invalidations, oracle, host).")
     var json = false
 
-    func validate() throws {
-        guard scenario == Tour.name else {
-            throw ValidationError("unknown scenario '\(scenario)'; built-in scenarios: \(Tour.name)")
-        }
-    }
+    @Option(help: "Write a Chrome trace-event JSON file (opens in Perfetto / chrome://tracing).")
+    var trace: String?
+
+    @Option(help: "Inject a broken behaviour to see the oracle catch it: \(Breakage.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var `break`: [String] = []
+
+    @Option(name: .customLong("fail-nth"), help: "Fail the Nth fault-injection point hit (as `faults` does for its run N); failing steps are reported and the run goes on.")
+    var failNth: Int?
 
     func run() throws {
-        let result: RunResult
+        let loaded = try loadScenario(scenario)
+        var options = ScenarioRunner.Options(seed: seed)
+        options.trace = trace != nil
+        if let failNth {
+            guard failNth >= 1 else { throw ValidationError("--fail-nth must be at least 1") }
+            options.faultMode = .failNth(failNth)
+            options.tolerant = true
+        }
+        options.breakage = Set(try `break`.map { b in
+            guard let x = Breakage(rawValue: b) else { throw ValidationError("unknown breakage '\(b)'") }
+            return x
+        })
+        let outcome: ScenarioOutcome
         do {
-            result = try Tour(seed: seed).run()
-        } catch let failed as Tour.StepFailed {
+            outcome = try ScenarioRunner(scenario: loaded, options: options).run()
+        } catch let failed as ScenarioRunner.StepFailed {
             throw RunFailure(message: "\(failed)")
         }
-        let report = RunReport(result: result)
+        if let trace, let buffer = outcome.trace {
+            let data = ChromeTrace.render(buffer, scenario: loaded.name, seed: seed, unitNames: Set(loaded.units.map(\.name)))
+            do { try data.write(to: URL(fileURLWithPath: trace)) } catch {
+                throw RunFailure(message: "cannot write \(trace): \(error.localizedDescription)")
+            }
+        }
+        var report = RunReport(result: outcome.result, expectationFailures: outcome.expectationFailures)
+        report.steps = outcome.steps.map { s in
+            "\(s.time) ns \(s.label)\(s.line > 0 ? " (line \(s.line))" : ""): \(s.error ?? "succeeded")\(s.injected ? " [injected fault fired]" : "")"
+                + (s.notRolledBack.isEmpty ? "" : "; NOT rolled back: " + s.notRolledBack.joined(separator: "; "))
+        }
         print(json ? report.json().render() : report.text())
-        if result.violationCount > 0 { throw ExitCode(1) }
+        if outcome.result.violationCount > 0 || !outcome.expectationFailures.isEmpty { throw ExitCode(1) }
+    }
+}
+
+/// Loads a built-in scenario or a file; a bad file is reported with file:line and exits 2.
+func loadScenario(_ nameOrPath: String) throws -> Scenario {
+    do { return try BuiltinScenarios.load(nameOrPath) } catch let e as ScenarioError {
+        FileHandle.standardError.write(Data("error: \(e)\n".utf8))
+        throw ExitCode(2)
     }
 }
 
 struct RunFailure: Error, CustomStringConvertible {
     var message: String
     var description: String { message }
+}
+
+struct ScenariosCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "scenarios", abstract: "List the built-in scenarios.")
+
+    @Flag(help: "Print a built-in scenario's YAML instead (with --show NAME).")
+    var yaml = false
+
+    @Option(help: "Print this built-in scenario's YAML.")
+    var show: String?
+
+    func run() throws {
+        if let show {
+            guard let text = BuiltinScenarios.text(named: show) else { throw ValidationError("no built-in scenario '\(show)'") }
+            print(text, terminator: "")
+            return
+        }
+        for name in BuiltinScenarios.names {
+            let s = try? BuiltinScenarios.load(name)
+            print("\(name.padding(toLength: 16, withPad: " ", startingAt: 0)) \(s.map { firstSentence($0.description) } ?? "")")
+        }
+    }
+
+    private func firstSentence(_ text: String) -> String {
+        let t = text.split(separator: ";").first.map(String.init) ?? text
+        return t.count > 100 ? String(t.prefix(97)) + "..." : t
+    }
 }

@@ -4,6 +4,9 @@ import Simulation
 /// under `host`).
 struct RunReport {
     let result: RunResult
+    var expectationFailures: [String] = []
+    /// Failed steps and steps in which an injected fault fired.
+    var steps: [String] = []
 
     func json() -> JSON {
         let r = result
@@ -45,6 +48,8 @@ struct RunReport {
                              ("event", .uint(v.event)), ("timeNs", .uint(v.time))])
                 })),
             ])),
+            ("failedSteps", .array(steps.map { .string($0) })),
+            ("expectationFailures", .array(expectationFailures.map { .string($0) })),
             ("host", .object([
                 ("wallNs", .uint(r.wallNs)),
                 ("translationsPerSecond", .double(hostSeconds > 0 ? Double(r.translations) / hostSeconds : 0)),
@@ -70,10 +75,20 @@ struct RunReport {
         out.append("Invalidations: \(fmt(r.invalidations)) descriptors (" + r.invalidationsByType.filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }.joined(separator: ", ") + "), \(fmt(r.invalidationWaits)) waits")
         out.append("Entry updates: " + r.updatePaths.map { "\($0.0) \($0.1)" }.joined(separator: ", "))
         let q = r.dmaAPI
-        out.append("DMA API (nic1, lazy): \(q.maps) maps, \(q.unmaps) unmaps, \(q.flushes) flushes (full \(q.fullQueueFlushes), timer \(q.timerFlushes)), \(format1(q.entriesPerFlush)) entries/flush")
+        out.append("DMA API (first DMA ring): \(q.maps) maps, \(q.unmaps) unmaps, \(q.flushes) flushes (full \(q.fullQueueFlushes), timer \(q.timerFlushes)), \(format1(q.entriesPerFlush)) entries/flush")
         out.append("Memory: peak \(r.peakFrames) frames, \(r.framesLeft) left after teardown")
         out.append("Oracle: \(fmt(r.oracleChecks)) checks, \(fmt(r.expectedFaults)) expected faults, \(r.violationCount) violation(s)")
         for v in r.violations { out.append("  \(v)") }
+        if !steps.isEmpty {
+            out.append("Steps that failed or met an injected fault:")
+            for x in steps { out.append("  \(x)") }
+        }
+        if expectationFailures.isEmpty {
+            out.append("Expectations: met")
+        } else {
+            out.append("Expectations NOT met:")
+            for e in expectationFailures { out.append("  \(e)") }
+        }
         let secs = Double(r.wallNs) / 1e9
         out.append("Host: \(format1(secs * 1000)) ms wall, \(fmt(UInt64(secs > 0 ? Double(r.translations) / secs : 0))) translations/s")
         return out.joined(separator: "\n")

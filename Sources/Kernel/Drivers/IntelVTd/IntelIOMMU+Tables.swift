@@ -41,6 +41,9 @@ extension IntelIOMMU {
         var newTable: UInt64 = 0
         if half & 1 == 0 {
             newTable = try allocFrame(.contextTable)
+        } else if !retainedContextTables.isEmpty {
+            // A context table kept after a failed flush is in use again.
+            retainedContextTables.removeAll { $0 == half & ~0xFFF }
         }
         let directory: UInt64
         do { directory = try allocFrame(.pasidDirectory) } catch {
@@ -84,16 +87,22 @@ extension IntelIOMMU {
         }
         devices[rid.rawValue] = nil
         device.driverData = nil
-        // Tables the hardware might still walk through a stale context-cache entry are kept.
-        guard flushed else { return }
-        for (_, table) in info.leafTables { freeFrame(table) }
-        freeFrame(info.pasidDirectory)
+        // Tables the hardware might still walk through a stale context-cache entry are kept
+        // until translation is switched off (`shutdown`), never handed out again before.
+        let release: (UInt64) -> Void = flushed ? { [self] in freeFrame($0) } : { [self] in retainedFrames.append($0) }
+        for (_, table) in info.leafTables { release(table) }
+        release(info.pasidDirectory)
         let key = contextTableKey(rid)
         contextTableUsers[key, default: 1] -= 1
         if contextTableUsers[key] == 0, half & 1 != 0 {
             contextTableUsers[key] = nil
-            try? store(rootSlot, 0)
-            freeFrame(half & ~0xFFF)
+            if flushed {
+                try? store(rootSlot, 0)
+                freeFrame(half & ~0xFFF)
+            } else {
+                // The root entry keeps pointing at the (empty) context table until shutdown.
+                retainedContextTables.append(half & ~0xFFF)
+            }
         }
     }
 
@@ -154,6 +163,13 @@ extension IntelIOMMU {
             } catch { throw .ioError("PASID entry update: \(error)") }
             if r.exchanged { path = .compareExchange128; exposed = true }
         }
+        if path != .teardownSetup, bugs.contains(.replaceThroughNonPresent) {
+            // Injected bug: a window with no translation, reported as hitless.
+            try tearDown(address, old, pasid: pasid, info: info)
+            try setUp(address, new)
+            exposed = true
+            return path
+        }
         guard path != .teardownSetup else {
             do { try tearDown(address, old, pasid: pasid, info: info) } catch {
                 // Keep the old configuration: make the old entry present again.
@@ -190,6 +206,7 @@ extension IntelIOMMU {
         guard let info = devices[device.requesterID.rawValue],
               let address = try? pasidEntryAddress(info, pasid, create: false),
               let old = try? readEntry(address), old.present || old.val[1] != 0 else { return true }
+        if old.present, bugs.contains(.releaseDIDBeforeFlush) { releaseDIDEarly(old.did) }
         // A non-present entry with fields left is one whose teardown flush failed: flush again.
         do { try tearDown(address, old, pasid: pasid, info: info) } catch { return false }
         return true
@@ -202,16 +219,16 @@ extension IntelIOMMU {
         platform.scheduler.yieldPoint(KernelYield.afterPresentClear)
         // On failure the entry stays non-present but unzeroed: nothing new can be cached
         // from it, and the next removal flushes it again.
-        try flushEntry(old, pasid: pasid, info: info)
+        try flushEntry(old, pasid: pasid, info: info, pasidCache: !bugs.contains(.skipPASIDCacheInvalidation))
         for i in 0..<8 { try store(address + UInt64(i) * 8, 0) }
     }
 
     /// Invalidates what hardware may cache from `old` (Linux `pasid_cache_invalidation_with_pasid`,
     /// `iotlb_invalidation_with_pasid` / DSI for second-stage, `devtlb_invalidation_with_pasid`).
-    func flushEntry(_ old: PASIDEntry, pasid: UInt32, info: VTdDeviceInfo) throws(IOMMUError) {
+    func flushEntry(_ old: PASIDEntry, pasid: UInt32, info: VTdDeviceInfo, pasidCache: Bool = true) throws(IOMMUError) {
         let did = old.did
         let p = PASID(truncating: pasid)
-        var descriptors: [InvalidationDescriptor] = [.pasidCache(.pasid(did, p))]
+        var descriptors: [InvalidationDescriptor] = pasidCache ? [.pasidCache(.pasid(did, p))] : []
         switch old.pgtt {
         case .secondStage?, .nested?: descriptors.append(.iotlb(.domain(did)))
         default: descriptors.append(.pasidIOTLB(did, p, .pasid))

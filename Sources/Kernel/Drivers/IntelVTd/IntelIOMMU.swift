@@ -42,6 +42,12 @@ public final class IntelIOMMU: @unchecked Sendable {
     /// The driver that owns this unit (set once at bring-up; not counted).
     unowned(unsafe) var driver: VTdDriver?
     public private(set) var isEnabled = false
+    /// Frames kept after a failed invalidation (the hardware may still walk them through a
+    /// stale cache entry): freed only once translation is off.
+    var retainedFrames: [UInt64] = []
+    var retainedContextTables: [UInt64] = []
+    /// DIDs an injected bug released early (their regular release is skipped).
+    var releasedEarly: Set<UInt16> = []
     /// Fault records read and reported; overflows (PFO) seen.
     public internal(set) var faultsHandled = 0
     public internal(set) var overflowsSeen = 0
@@ -108,6 +114,12 @@ public final class IntelIOMMU: @unchecked Sendable {
         unit.write32(VTdRegister.globalCommand, 0)
         unit.write32(VTdRegister.faultEventControl, VTdEventControl.interruptMask)
         unit.onFaultEvent = nil
+        // Translation is off: tables kept after failed invalidations can go now. A context
+        // table is still linked from the root table until now (reused if a device came back).
+        for f in retainedFrames { try? platform.frames.free(f) }
+        retainedFrames = []
+        for f in retainedContextTables { try? platform.frames.free(f) }
+        retainedContextTables = []
         for f in [rootTable, queueFrame, statusFrame] { try? platform.frames.free(f) }
         isEnabled = false
     }
@@ -125,12 +137,24 @@ public final class IntelIOMMU: @unchecked Sendable {
     /// Gives a DID back. The caller has already invalidated every cache entry tagged with
     /// it (or, if that failed, the DID is quarantined instead and never reused).
     func releaseDID(_ did: DomainID, invalidated: Bool) {
+        if !releasedEarly.isEmpty, releasedEarly.remove(did.rawValue) != nil { return }
         platform.scheduler.yieldPoint(KernelYield.beforeDIDRelease)
         guard invalidated else {
             domainIDs.quarantine(did)
             return
         }
         if domainIDs.free(did), let driver { driver.core?.observer?.domainIDReleased(driver: driver, unit: index, did: did) }
+    }
+
+    /// Broken behaviour injected through the core (oracle-strength checks only).
+    var bugs: InjectedBugs { driver?.core?.injectedBugs ?? [] }
+
+    /// Injected bug `releaseDIDBeforeFlush`: the DID goes back to the allocator now, before
+    /// the invalidation that should precede it; the later regular release is skipped.
+    func releaseDIDEarly(_ did: DomainID) {
+        guard domainIDs.free(did) else { return }
+        releasedEarly.insert(did.rawValue)
+        if let driver { driver.core?.observer?.domainIDReleased(driver: driver, unit: index, did: did) }
     }
 
     // MARK: Faults

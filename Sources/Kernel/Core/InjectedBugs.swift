@@ -1,0 +1,17 @@
+/// Deliberately broken kernel behaviour, for checking that the simulator's oracle catches the
+/// ordering bugs real drivers have had. Never set outside oracle-strength runs.
+public struct InjectedBugs: OptionSet, Hashable, Sendable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    /// The driver gives a DID back to the allocator before the invalidation of the entry
+    /// that used it (entries tagged with it may still be cached when it is handed out again).
+    public static let releaseDIDBeforeFlush = InjectedBugs(rawValue: 1 << 0)
+    /// The core frees unlinked page-table pages before the IOTLB flush of the unmap.
+    public static let freeTablesBeforeFlush = InjectedBugs(rawValue: 1 << 1)
+    /// The driver replaces a present PASID entry by clearing it and writing the new one
+    /// (a window with no translation) while telling the core the update was hitless.
+    public static let replaceThroughNonPresent = InjectedBugs(rawValue: 1 << 2)
+    /// PASID entry teardown clears the entry without invalidating the PASID cache.
+    public static let skipPASIDCacheInvalidation = InjectedBugs(rawValue: 1 << 3)
+}

@@ -1,0 +1,102 @@
+import Platform
+import Formats
+import Hardware
+
+/// A device's DMA engine under a workload: every `intervalNs` (hardware time) it issues
+/// `burst` requests, each to a random posted buffer of its sets, of a random size, as TLPs
+/// that reach the unit at once. An IOTLB miss stalls the stream by the walk's memory
+/// accesses × `walkAccessNs`. Per request nothing is allocated and no event is scheduled.
+final class DMAStreamEngine {
+    let endpoint: PCIeEndpoint
+    let unit: VTdUnit
+    let scheduler: Scheduler
+    var sets: [LiveBuffers]
+    var pasid: PASID?
+    let intervalNs: UInt64
+    let burst: Int
+    let direction: Scenario.Direction
+    let minBytes: Int
+    let maxBytes: Int
+    let walkAccessNs: UInt64
+    /// Called (rarely: at most every `sampleNs`) to record trace counters.
+    var sampler: (() -> Void)?
+    var sampleNs: UInt64 = 2_000
+    private var lastSample: UInt64 = 0
+    private(set) var running = false
+    private(set) var issued: UInt64 = 0
+    private var generation: UInt64 = 0
+    private let ref = PlatformContext.BackRef<DMAStreamEngine>()
+    private var tickAction: (() -> Void)!
+
+    init(endpoint: PCIeEndpoint, sets: [LiveBuffers], pasid: PASID?, intervalNs: UInt64, burst: Int,
+         direction: Scenario.Direction, minBytes: Int, maxBytes: Int, walkAccessNs: UInt64) {
+        self.endpoint = endpoint
+        self.unit = endpoint.unit
+        self.scheduler = endpoint.unit.platform.scheduler
+        self.sets = sets
+        self.pasid = pasid
+        self.intervalNs = max(1, intervalNs)
+        self.burst = burst
+        self.direction = direction
+        self.minBytes = minBytes
+        self.maxBytes = max(minBytes, maxBytes)
+        self.walkAccessNs = walkAccessNs
+        ref.target = self
+        tickAction = { [ref] in ref.target?.tick() }
+    }
+
+    deinit { ref.target = nil }
+
+    func start() {
+        guard !running else { return }
+        running = true
+        generation &+= 1
+        let g = generation
+        scheduler.schedule(after: scheduler.random(below: intervalNs) + 1, kind: .hardware) { [ref] in
+            guard let s = ref.target, s.generation == g else { return }
+            s.tick()
+        }
+    }
+
+    func stop() { running = false }
+
+    private func tick() {
+        guard running else { return }
+        var stall: UInt64 = 0
+        let walksBefore = walkAccessNs > 0 ? unit.counters.walkMemoryAccesses : 0
+        for _ in 0..<burst { issueOne() }
+        if walkAccessNs > 0 { stall = (unit.counters.walkMemoryAccesses &- walksBefore) &* walkAccessNs }
+        if let sampler, scheduler.now &- lastSample >= sampleNs {
+            lastSample = scheduler.now
+            sampler()
+        }
+        scheduler.schedule(after: intervalNs / 2 + scheduler.random(below: intervalNs) + stall, kind: .hardware, tickAction)
+    }
+
+    @inline(__always)
+    private func issueOne() {
+        let n = sets.count
+        guard n > 0 else { return }
+        let set = sets[n == 1 ? 0 : Int(scheduler.random(below: UInt64(n)))]
+        let count = set.count
+        guard count > 0 else { return }
+        let k = Int(scheduler.random(below: UInt64(count)))
+        guard set.live[k] else { return }
+        let span = UInt64(maxBytes - minBytes)
+        var length = UInt64(minBytes) + (span == 0 ? 0 : scheduler.random(below: span + 1))
+        length = max(64, length & ~63)
+        length = min(length, set.length)
+        let room = set.length - length
+        let offset = room >= 64 ? scheduler.random(below: room / 64 + 1) * 64 : 0
+        let write: Bool
+        if set.writeOnly { write = true } else if set.readOnly { write = false } else {
+            switch direction {
+            case .read: write = false
+            case .write: write = true
+            case .both: write = scheduler.random(below: 2) == 0
+            }
+        }
+        issued &+= 1
+        endpoint.transferNow(write: write, address: set.addresses[k] &+ offset, length: Int(length), pasid: pasid)
+    }
+}

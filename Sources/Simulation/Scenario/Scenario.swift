@@ -1,0 +1,168 @@
+import Platform
+import Formats
+import Hardware
+import Kernel
+
+/// A scenario as a scenario file describes it (checked, names resolved to indices): the
+/// machine, its IOMMU units and devices, buffer sets, workloads, timed actions and what the
+/// run must show. `ScenarioLoader` builds it from YAML; `ScenarioRunner` runs it.
+public struct Scenario: Sendable {
+    /// Where a value came from in the file, for messages.
+    public struct Source: Sendable, CustomStringConvertible {
+        public var file: String
+        public var line: Int
+        public var description: String { "\(file):\(line)" }
+    }
+
+    public struct Machine: Sendable {
+        public var memoryMiB: UInt64 = 256
+        public var cpus = 2
+        public var policy: DMAPolicy = .strict
+        public var yield: YieldPolicy = .never
+        /// Virtual time the idle phase before teardown lasts (lets flush-queue timers fire).
+        public var settleNs: UInt64 = 10_500_000
+    }
+
+    public struct Unit: Sendable {
+        public var name: String
+        public var configuration: VTdConfiguration
+        /// Device stall per page-table memory access on an IOTLB miss.
+        public var walkAccessNs: UInt64
+    }
+
+    public struct DeviceSpec: Sendable {
+        public var description: DeviceDescription
+        public var unitName: String
+        /// Largest write TLP (PCIe Max_Payload_Size) and read request (Max_Read_Request_Size):
+        /// each TLP is translated on its own.
+        public var maxPayload: Int
+        public var maxReadRequest: Int
+    }
+
+    /// A named set of equal buffers in one domain: `count` buffers of `pages` pages, the
+    /// first at `iova`, then every `stride` bytes. `like` shares another set's frames.
+    public struct BufferSet: Sendable {
+        public var name: String
+        /// A device name (its default domain) or a user domain name.
+        public var domain: String
+        public var iova: UInt64
+        public var count: Int
+        public var pages: Int
+        public var stride: UInt64
+        public var permissions: PagePermissions
+        public var like: Int?
+        public var source: Source
+    }
+
+    public enum Direction: String, Sendable { case read, write, both }
+
+    public enum Workload: Sendable {
+        /// A device reading and writing the live buffers of some sets.
+        case dma(DMAStream)
+        /// Every `periodNs`, unmap a random buffer of a set and map it to fresh frames.
+        case churn(Churn)
+        /// A receive ring through the DMA API: buffers mapped with dma_map_page, written by
+        /// the device, recycled (unmap + map on another CPU) every `recycleNs`.
+        case dmaRing(DMARing)
+    }
+
+    public struct DMAStream: Sendable {
+        public var device: Int
+        public var pasid: String?
+        public var buffers: [Int]
+        public var intervalNs: UInt64
+        public var burst: Int
+        public var direction: Direction
+        public var minBytes: Int
+        public var maxBytes: Int
+    }
+
+    public struct Churn: Sendable {
+        public var buffers: Int
+        public var periodNs: UInt64
+    }
+
+    public struct DMARing: Sendable {
+        public var device: Int
+        public var count: Int
+        public var size: UInt64
+        public var offset: UInt64
+        public var direction: DMADirection
+        public var recycleNs: UInt64
+        public var intervalNs: UInt64
+    }
+
+    public struct WorkloadSpec: Sendable {
+        public var name: String
+        public var kind: Workload
+        public var start: UInt64
+        public var stop: UInt64?
+        public var source: Source
+    }
+
+    public enum Action: Sendable {
+        case allocDomain(name: String, device: Int, flags: DomainFlags)
+        case freeDomain(String)
+        case map(buffers: Int)
+        case unmap(buffers: Int)
+        case claimOwner(device: Int)
+        case releaseOwner(device: Int)
+        case attach(domain: String, device: Int)
+        case replace(domain: String, device: Int)
+        case detach(domain: String, device: Int)
+        case allocPASID(name: String, device: Int)
+        case freePASID(String)
+        case attachPASID(pasid: String, device: Int, domain: String)
+        case replacePASID(pasid: String, device: Int, domain: String)
+        case detachPASID(pasid: String, device: Int, domain: String)
+        /// The device is reset: its group passes through the blocked domain for `ns`
+        /// (Linux pci_dev_reset_iommu_prepare/done).
+        case reset(device: Int, ns: UInt64)
+        /// One-off DMA from a device (`count` requests, `stride` apart).
+        case dma(device: Int, address: UInt64, length: Int, count: Int, stride: UInt64, write: Bool, pasid: String?)
+        /// `pairs` map+unmap pairs through the DMA API on one CPU.
+        case dmaBurst(device: Int, pairs: Int, cpu: Int)
+        case start(workload: Int)
+        case stop(workload: Int)
+        case retarget(workload: Int, buffers: [Int])
+        /// Sets the fault injector (`nil` mode: off).
+        case inject(FaultInjector.Mode)
+        /// Makes a unit mistreat invalidation descriptors of one type (nil: behave again).
+        case descriptorFault(unit: Int, type: UInt8, fault: DescriptorFault?)
+    }
+
+    public struct TimedAction: Sendable {
+        public var at: UInt64
+        public var action: Action
+        public var source: Source
+        /// What the step is, in words (for logs, traces and failures).
+        public var label: String
+    }
+
+    public struct FaultExpectation: Sendable {
+        public var device: Int
+        public var atLeast: Int
+        public var atMost: Int?
+    }
+
+    public struct Expectations: Sendable {
+        public var violations: Int? = 0
+        public var framesLeft: Int? = 0
+        public var faults: [FaultExpectation] = []
+        public var minTranslations: UInt64?
+    }
+
+    public var name: String
+    public var description: String
+    public var file: String
+    public var machine = Machine()
+    public var units: [Unit] = []
+    public var devices: [DeviceSpec] = []
+    public var buffers: [BufferSet] = []
+    public var workloads: [WorkloadSpec] = []
+    /// Sorted by time (stable: file order within an instant).
+    public var actions: [TimedAction] = []
+    public var expect = Expectations()
+    /// Virtual time at which the timed phase ends (traffic stops, teardown begins).
+    public var endNs: UInt64 = 0
+}

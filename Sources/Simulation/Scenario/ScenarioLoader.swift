@@ -1,0 +1,489 @@
+import Yams
+import Platform
+import Formats
+import Hardware
+import Kernel
+
+/// Reads a scenario file (YAML) into a checked `Scenario`. Every key is known, every value
+/// in range and every reference names something the file declares; otherwise a
+/// `ScenarioError` says where and what was expected, and nothing runs.
+public enum ScenarioLoader {
+    public static func load(yaml text: String, file: String) throws(ScenarioError) -> Scenario {
+        let root: Node
+        do {
+            guard let node = try Yams.compose(yaml: text) else {
+                throw ScenarioError(file: file, line: 1, column: 1, field: "", message: "the file is empty; expected a scenario mapping")
+            }
+            root = node
+        } catch let e as ScenarioError {
+            throw e
+        } catch let e as YamlError {
+            throw syntaxError(e, file: file)
+        } catch {
+            throw ScenarioError(file: file, line: 1, column: 1, field: "", message: "not YAML: \(error)")
+        }
+        var p = Parser(file: file)
+        return try p.scenario(YAMLField(node: root, path: "", file: file))
+    }
+
+    static func syntaxError(_ e: YamlError, file: String) -> ScenarioError {
+        switch e {
+        case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
+            return ScenarioError(file: file, line: mark.line, column: mark.column, field: "", message: "YAML syntax: \(problem)")
+        default:
+            return ScenarioError(file: file, line: 1, column: 1, field: "", message: "YAML: \(e)")
+        }
+    }
+}
+
+private struct Parser {
+    let file: String
+    var s: Scenario
+
+    init(file: String) {
+        self.file = file
+        s = Scenario(name: "", description: "", file: file)
+    }
+
+    // Names declared by the file, resolved in a first pass so references may point forward.
+    var unitIndex: [String: Int] = [:]
+    var deviceIndex: [String: Int] = [:]
+    var bufferIndex: [String: Int] = [:]
+    var workloadIndex: [String: Int] = [:]
+    var userDomains: Set<String> = []
+    var pasidNames: Set<String> = []
+
+    mutating func scenario(_ root: YAMLField) throws(ScenarioError) -> Scenario {
+        let m = try root.mapping()
+        s.name = try m.required("name", "the scenario's name").string()
+        s.description = try m.optional("description")?.string() ?? ""
+        if let f = m.optional("machine") { try machine(f) }
+        let unitList = try m.required("units", "the IOMMU units").list()
+        guard !unitList.isEmpty else { throw m.field.error("'units' is empty; expected at least one IOMMU unit") }
+        for u in unitList { try unit(u) }
+        for d in try m.required("devices", "the PCIe devices").list() { try device(d) }
+        // Declarations referenced by buffers and workloads come from the actions list.
+        let actionList = try m.optional("actions")?.list() ?? []
+        try declare(actionList)
+        if let f = m.optional("buffers") { for b in try f.list() { try buffer(b) } }
+        if let f = m.optional("workloads") { for w in try f.list() { try declareWorkload(w) } }
+        if let f = m.optional("workloads") { for (i, w) in try f.list().enumerated() { try workload(w, index: i) } }
+        for a in actionList { try action(a) }
+        s.actions = s.actions.enumerated().sorted { ($0.element.at, $0.offset) < ($1.element.at, $1.offset) }.map(\.element)
+        if let f = m.optional("expect") { try expectations(f) }
+        let lastAction = s.actions.last?.at ?? 0
+        let lastStop = s.workloads.compactMap(\.stop).max() ?? 0
+        if let f = m.optional("end-ns") {
+            s.endNs = try f.unsigned(in: 0...(1 << 50))
+            guard s.endNs >= max(lastAction, lastStop) else {
+                throw f.error("expected a time no earlier than the last action or workload stop (\(max(lastAction, lastStop)) ns)")
+            }
+        } else {
+            s.endNs = max(lastAction, lastStop)
+        }
+        try m.finish()
+        return s
+    }
+
+    // MARK: Machine and topology
+
+    mutating func machine(_ f: YAMLField) throws(ScenarioError) {
+        let m = try f.mapping()
+        if let v = m.optional("memory-mib") { s.machine.memoryMiB = try v.unsigned(in: 4...4096) }
+        if let v = m.optional("cpus") { s.machine.cpus = try v.int(in: 1...256) }
+        if let v = m.optional("policy") {
+            s.machine.policy = DMAPolicy(rawValue: try v.oneOf(DMAPolicy.allCases.map(\.rawValue)))!
+        }
+        if let v = m.optional("settle-ns") { s.machine.settleNs = try v.unsigned(in: 0...(1 << 40)) }
+        if let v = m.optional("yield") {
+            let y = try v.mapping()
+            let p = try y.required("probability", "chance a yield point lets hardware run first").double(in: 0...1)
+            let adv = try y.optional("max-advance-ns")?.unsigned(in: 0...1_000_000_000) ?? 0
+            s.machine.yield = YieldPolicy(probability: p, maxAdvanceNs: adv)
+            try y.finish()
+        }
+        try m.finish()
+    }
+
+    mutating func unit(_ f: YAMLField) throws(ScenarioError) {
+        let m = try f.mapping()
+        let nameField = try m.required("name", "the unit's name, e.g. dmar0")
+        let name = try nameField.string()
+        guard unitIndex[name] == nil else { throw nameField.error("unit '\(name)' is declared twice") }
+        var domainIDBits = 16, pasidBits = 20, faultRecords = 8
+        var cachingMode = false, levels = [4, 5]
+        if let v = m.optional("domain-id-bits") { domainIDBits = try v.oneOf(["4", "6", "8", "10", "12", "14", "16"]).count == 0 ? 16 : Int(try v.string())! }
+        if let v = m.optional("pasid-bits") { pasidBits = try v.int(in: 1...20) }
+        if let v = m.optional("fault-records") { faultRecords = try v.int(in: 1...256) }
+        if let v = m.optional("caching-mode") { cachingMode = try v.bool() }
+        if let v = m.optional("levels") { levels = [try v.int(in: 4...5)] }
+        var config = VTdConfiguration(name: name,
+                                      capability: .make(domainIDBits: domainIDBits, sagawLevels: levels, faultRecords: faultRecords,
+                                                        cachingMode: cachingMode),
+                                      extendedCapability: .make(pasidBits: pasidBits))
+        if let v = m.optional("iotlb-entries") { config.iotlbEntries = try v.int(in: 4...65536) }
+        if let v = m.optional("iotlb-ways") { config.iotlbWays = try v.int(in: 1...64) }
+        if let v = m.optional("context-cache-entries") { config.contextCacheEntries = try v.int(in: 1...65536) }
+        if let v = m.optional("pasid-cache-entries") { config.pasidCacheEntries = try v.int(in: 1...65536) }
+        guard config.iotlbEntries % config.iotlbWays == 0 else {
+            throw f.error("iotlb-entries (\(config.iotlbEntries)) must be a multiple of iotlb-ways (\(config.iotlbWays))")
+        }
+        var walkAccessNs: UInt64 = 0
+        if let v = m.optional("latency") {
+            let l = try v.mapping()
+            var lat = config.latency
+            if let x = l.optional("invalidation-ns") {
+                let ns = try x.unsigned(in: 0...1_000_000_000)
+                for t in [InvalidationDescriptor.iotlbType, InvalidationDescriptor.pasidIOTLBType,
+                          InvalidationDescriptor.deviceTLBType, InvalidationDescriptor.pasidDeviceTLBType] {
+                    lat.descriptorNs[Int(t)] = ns
+                }
+            }
+            if let x = l.optional("cache-invalidation-ns") {
+                let ns = try x.unsigned(in: 0...1_000_000_000)
+                lat.descriptorNs[Int(InvalidationDescriptor.contextCacheType)] = ns
+                lat.descriptorNs[Int(InvalidationDescriptor.pasidCacheType)] = ns
+            }
+            if let x = l.optional("wait-ns") { lat.descriptorNs[Int(InvalidationDescriptor.waitType)] = try x.unsigned(in: 0...1_000_000_000) }
+            if let x = l.optional("interrupt-ns") { lat.interruptNs = try x.unsigned(in: 0...1_000_000_000) }
+            if let x = l.optional("walk-access-ns") { walkAccessNs = try x.unsigned(in: 0...1_000_000) }
+            if let x = l.optional("pri-round-trip-ns") {
+                throw x.error("PRI is not modelled by this build (it arrives with the IO page-fault work); remove this key")
+            }
+            try l.finish()
+            config.latency = lat
+        }
+        try m.finish()
+        unitIndex[name] = s.units.count
+        s.units.append(.init(name: name, configuration: config, walkAccessNs: walkAccessNs))
+    }
+
+    static func parseRID(_ text: String) -> RequesterID? {
+        // bb:dd.f
+        let parts = text.split(separator: ":")
+        guard parts.count == 2, let bus = UInt8(parts[0], radix: 16) else { return nil }
+        let df = parts[1].split(separator: ".")
+        guard df.count == 2, let dev = UInt8(df[0], radix: 16), dev < 32, let fn = UInt8(df[1], radix: 16), fn < 8 else { return nil }
+        return RequesterID(bus: bus, device: dev, function: fn)
+    }
+
+    mutating func device(_ f: YAMLField) throws(ScenarioError) {
+        let m = try f.mapping()
+        let nameField = try m.required("name", "the device's name")
+        let name = try nameField.string()
+        guard deviceIndex[name] == nil else { throw nameField.error("device '\(name)' is declared twice") }
+        let ridField = try m.required("rid", "the requester ID as bus:device.function, e.g. 00:02.0")
+        guard let rid = Self.parseRID(try ridField.string()) else {
+            throw ridField.error("expected a requester ID as bus:device.function in hex (e.g. 00:02.0), got '\(try ridField.string())'")
+        }
+        if let other = s.devices.first(where: { $0.description.requesterID == rid }) {
+            throw ridField.error("requester ID \(rid) is already \(other.description.name)'s")
+        }
+        let unitField = try m.required("unit", "the IOMMU unit it sits behind")
+        let unitName = try unitField.string()
+        guard let unit = unitIndex[unitName] else { throw unitField.error("no unit named '\(unitName)'; units: \(s.units.map(\.name).joined(separator: ", "))") }
+        let group = try m.optional("group")?.string()
+        let pasids = try m.optional("pasids")?.unsigned(in: 0...(1 << 20)) ?? 0
+        let ats = try m.optional("ats")?.bool() ?? false
+        let pri = try m.optional("pri")?.bool() ?? false
+        if pri && !ats { throw f.error("pri needs ats (a page request is answered by a retried ATS translation)") }
+        let untrusted = try m.optional("untrusted")?.bool() ?? false
+        var preferred: DomainType?
+        if let v = m.optional("default-domain") {
+            switch try v.oneOf(["auto", "identity", "dma"]) {
+            case "identity": preferred = .identity
+            case "dma": preferred = .dma
+            default: preferred = nil
+            }
+        }
+        let mps = try m.optional("max-payload")?.oneOf(["128", "256", "512", "1024", "2048", "4096"]) ?? "256"
+        let mrrs = try m.optional("max-read-request")?.oneOf(["128", "256", "512", "1024", "2048", "4096"]) ?? "512"
+        try m.finish()
+        deviceIndex[name] = s.devices.count
+        s.devices.append(.init(description: DeviceDescription(name: name, requesterID: rid, unit: unit, groupKey: group, maxPASIDs: UInt32(pasids),
+                                                              ats: ats, pri: pri, untrusted: untrusted, preferredDomain: preferred),
+                               unitName: unitName, maxPayload: Int(mps)!, maxReadRequest: Int(mrrs)!))
+    }
+
+    // MARK: References
+
+    func deviceRef(_ f: YAMLField) throws(ScenarioError) -> Int {
+        let n = try f.string()
+        guard let i = deviceIndex[n] else { throw f.error("no device named '\(n)'; devices: \(s.devices.map(\.description.name).joined(separator: ", "))") }
+        return i
+    }
+
+    /// A domain reference: a device name (its default domain) or a user domain.
+    func domainRef(_ f: YAMLField, userOnly: Bool = false) throws(ScenarioError) -> String {
+        let n = try f.string()
+        if userDomains.contains(n) { return n }
+        if !userOnly, deviceIndex[n] != nil { return n }
+        let choices = userOnly ? userDomains.sorted() : userDomains.sorted() + s.devices.map(\.description.name)
+        throw f.error("no \(userOnly ? "user " : "")domain named '\(n)' (user domains come from alloc-domain actions\(userOnly ? "" : "; a device name means its default domain")); known: \(choices.joined(separator: ", "))")
+    }
+
+    func pasidRef(_ f: YAMLField) throws(ScenarioError) -> String {
+        let n = try f.string()
+        guard pasidNames.contains(n) else { throw f.error("no PASID named '\(n)' (PASIDs come from alloc-pasid actions)") }
+        return n
+    }
+
+    func bufferRef(_ f: YAMLField) throws(ScenarioError) -> Int {
+        let n = try f.string()
+        guard let i = bufferIndex[n] else { throw f.error("no buffer set named '\(n)'; buffers: \(s.buffers.map(\.name).joined(separator: ", "))") }
+        return i
+    }
+
+    func workloadRef(_ f: YAMLField) throws(ScenarioError) -> Int {
+        let n = try f.string()
+        guard let i = workloadIndex[n] else { throw f.error("no workload named '\(n)'") }
+        return i
+    }
+
+    func source(_ f: YAMLField) -> Scenario.Source { .init(file: file, line: f.line) }
+
+    // MARK: Buffers and workloads
+
+    mutating func buffer(_ f: YAMLField) throws(ScenarioError) {
+        let m = try f.mapping()
+        let nameField = try m.required("name", "the buffer set's name")
+        let name = try nameField.string()
+        guard bufferIndex[name] == nil else { throw nameField.error("buffer set '\(name)' is declared twice") }
+        let domain = try domainRef(try m.required("domain", "a device (its default domain) or a user domain"))
+        var like: Int?
+        if let v = m.optional("like") { like = try bufferRef(v) }
+        let base = like.map { s.buffers[$0] }
+        let iova = try m.optional("iova")?.unsigned(in: 0...(1 << 56)) ?? base?.iova ?? 0
+        guard iova & 0xFFF == 0 else { throw f.error("iova must be 4 KiB aligned") }
+        let count = try m.optional("count")?.int(in: 1...4096) ?? base?.count ?? 1
+        let pages = try m.optional("pages")?.int(in: 1...4096) ?? base?.pages ?? 1
+        let stride = try m.optional("stride")?.unsigned(in: 0x1000...(1 << 40)) ?? base?.stride ?? UInt64(pages) * 4096
+        guard stride & 0xFFF == 0, stride >= UInt64(pages) * 4096 else {
+            throw f.error("stride must be 4 KiB aligned and at least pages × 4096 (\(pages * 4096))")
+        }
+        guard iova + stride * UInt64(count) <= 1 << 57 else { throw f.error("the set reaches beyond a 57-bit address space") }
+        var perms = base?.permissions ?? .readWrite
+        if let v = m.optional("access") {
+            switch try v.oneOf(["rw", "read", "write"]) {
+            case "read": perms = .read
+            case "write": perms = .write
+            default: perms = .readWrite
+            }
+        }
+        if let like, base.map({ $0.count != count || $0.pages != pages }) ?? false {
+            throw f.error("a set 'like' \(s.buffers[like].name) shares its frames: count and pages must match")
+        }
+        try m.finish()
+        bufferIndex[name] = s.buffers.count
+        s.buffers.append(.init(name: name, domain: domain, iova: iova, count: count, pages: pages, stride: stride,
+                               permissions: perms, like: like, source: source(f)))
+    }
+
+    mutating func declareWorkload(_ f: YAMLField) throws(ScenarioError) {
+        let m = try f.mapping()
+        let nameField = try m.required("name", "the workload's name")
+        let name = try nameField.string()
+        guard workloadIndex[name] == nil else { throw nameField.error("workload '\(name)' is declared twice") }
+        workloadIndex[name] = workloadIndex.count
+    }
+
+    mutating func workload(_ f: YAMLField, index: Int) throws(ScenarioError) {
+        let m = try f.mapping()
+        let name = try m.required("name", "the workload's name").string()
+        let type = try m.required("type", "dma, churn or dma-ring").oneOf(["dma", "churn", "dma-ring"])
+        let start = try m.optional("start")?.unsigned(in: 0...(1 << 50))
+        let stop = try m.optional("stop")?.unsigned(in: 0...(1 << 50))
+        if let start, let stop, stop < start { throw f.error("stop (\(stop)) is before start (\(start))") }
+        let kind: Scenario.Workload
+        switch type {
+        case "dma":
+            let device = try deviceRef(try m.required("device", "the device doing DMA"))
+            let buffers = try m.required("buffers", "buffer sets it reads and writes").listOrOne().map { (b) throws(ScenarioError) in try bufferRef(b) }
+            let pasid = try m.optional("pasid").map { (p) throws(ScenarioError) in try pasidRef(p) }
+            let interval = try m.optional("interval-ns")?.unsigned(in: 1...1_000_000_000) ?? 500
+            let burst = try m.optional("burst")?.int(in: 1...1024) ?? 1
+            var dir = Scenario.Direction.both
+            if let v = m.optional("direction") { dir = Scenario.Direction(rawValue: try v.oneOf(["read", "write", "both"]))! }
+            var minB = 256, maxB = 4096
+            if let v = m.optional("size") {
+                let r = try v.list()
+                guard r.count == 2 else { throw v.error("expected [min, max] in bytes") }
+                minB = try r[0].int(in: 1...(1 << 20)); maxB = try r[1].int(in: minB...(1 << 20))
+            }
+            kind = .dma(.init(device: device, pasid: pasid, buffers: buffers, intervalNs: interval, burst: burst,
+                              direction: dir, minBytes: minB, maxBytes: maxB))
+        case "churn":
+            let b = try bufferRef(try m.required("buffers", "the buffer set to churn"))
+            let period = try m.optional("period-ns")?.unsigned(in: 1...(1 << 40)) ?? 20_000
+            kind = .churn(.init(buffers: b, periodNs: period))
+        default:
+            let device = try deviceRef(try m.required("device", "the device owning the ring"))
+            let count = try m.optional("count")?.int(in: 1...4096) ?? 8
+            let size = try m.optional("size")?.unsigned(in: 1...(1 << 24)) ?? 2048
+            let offset = try m.optional("offset")?.unsigned(in: 0...4095) ?? 0
+            var dir = DMADirection.fromDevice
+            if let v = m.optional("direction") {
+                switch try v.oneOf(["to-device", "from-device", "bidirectional"]) {
+                case "to-device": dir = .toDevice
+                case "bidirectional": dir = .bidirectional
+                default: dir = .fromDevice
+                }
+            }
+            let recycle = try m.optional("recycle-ns")?.unsigned(in: 1...(1 << 40)) ?? 20_000
+            let interval = try m.optional("interval-ns")?.unsigned(in: 1...1_000_000_000) ?? 500
+            kind = .dmaRing(.init(device: device, count: count, size: size, offset: offset, direction: dir,
+                                  recycleNs: recycle, intervalNs: interval))
+        }
+        try m.finish()
+        _ = index
+        s.workloads.append(.init(name: name, kind: kind, start: start ?? 0, stop: stop, source: source(f)))
+    }
+
+    // MARK: Actions
+
+    static let actionKinds = ["alloc-domain", "free-domain", "map", "unmap", "claim-owner", "release-owner", "attach", "replace",
+                              "detach", "alloc-pasid", "free-pasid", "attach-pasid", "replace-pasid", "detach-pasid", "reset",
+                              "dma", "dma-burst", "start", "stop", "retarget", "inject", "descriptor-fault"]
+
+    /// First pass: the names alloc-domain and alloc-pasid declare.
+    mutating func declare(_ list: [YAMLField]) throws(ScenarioError) {
+        for f in list {
+            guard case .mapping(let m) = f.node else { continue }
+            for (k, v) in m where k.string == "do" {
+                let field = YAMLField(node: v, path: "\(f.path).do", file: file)
+                guard let kind = field.scalarText, kind == "alloc-domain" || kind == "alloc-pasid" else { continue }
+                guard let nameNode = m["name"] else { continue }
+                let nf = YAMLField(node: nameNode, path: "\(f.path).name", file: file)
+                let name = try nf.string()
+                if kind == "alloc-domain" {
+                    guard deviceIndex[name] == nil else { throw nf.error("'\(name)' is a device name; a user domain needs its own name") }
+                    guard userDomains.insert(name).inserted else { throw nf.error("domain '\(name)' is allocated twice") }
+                } else {
+                    guard pasidNames.insert(name).inserted else { throw nf.error("PASID '\(name)' is allocated twice") }
+                }
+            }
+        }
+    }
+
+    mutating func action(_ f: YAMLField) throws(ScenarioError) {
+        let m = try f.mapping()
+        let at = try m.required("at", "virtual time in ns").unsigned(in: 0...(1 << 50))
+        let kindField = try m.required("do", "what to do: \(Self.actionKinds.joined(separator: ", "))")
+        let kind = try kindField.oneOf(Self.actionKinds)
+        func dev() throws(ScenarioError) -> Int { try deviceRef(try m.required("device", "a device name")) }
+        func name(_ what: String) throws(ScenarioError) -> String { try m.required("name", what).string() }
+        func dom() throws(ScenarioError) -> String { try domainRef(try m.required("domain", "a user domain"), userOnly: true) }
+        func pasid() throws(ScenarioError) -> String { try pasidRef(try m.required("pasid", "a PASID name")) }
+        let action: Scenario.Action
+        var label: String
+        switch kind {
+        case "alloc-domain":
+            let n = try name("the new domain's name"), d = try dev()
+            var flags: DomainFlags = []
+            if let v = m.optional("pasid") { if try v.bool() { flags.insert(.pasid) } }
+            action = .allocDomain(name: n, device: d, flags: flags)
+            label = "alloc domain \(n)"
+        case "free-domain":
+            let n = try dom(); action = .freeDomain(n); label = "free domain \(n)"
+        case "map", "unmap":
+            let b = try bufferRef(try m.required("buffers", "a buffer set"))
+            action = kind == "map" ? .map(buffers: b) : .unmap(buffers: b)
+            label = "\(kind) \(s.buffers[b].name)"
+        case "claim-owner": let d = try dev(); action = .claimOwner(device: d); label = "claim DMA owner of \(devName(d))'s group"
+        case "release-owner": let d = try dev(); action = .releaseOwner(device: d); label = "release DMA owner of \(devName(d))'s group"
+        case "attach", "replace", "detach":
+            let d = try dev(), n = try dom()
+            action = kind == "attach" ? .attach(domain: n, device: d) : kind == "replace" ? .replace(domain: n, device: d) : .detach(domain: n, device: d)
+            label = "\(kind) \(n) \(kind == "detach" ? "from" : "to") \(devName(d))'s group"
+        case "alloc-pasid":
+            let n = try name("the PASID's name"), d = try dev()
+            action = .allocPASID(name: n, device: d); label = "alloc PASID \(n)"
+        case "free-pasid": let p = try pasid(); action = .freePASID(p); label = "free PASID \(p)"
+        case "attach-pasid", "replace-pasid", "detach-pasid":
+            let p = try pasid(), d = try dev(), n = try dom()
+            switch kind {
+            case "attach-pasid": action = .attachPASID(pasid: p, device: d, domain: n)
+            case "replace-pasid": action = .replacePASID(pasid: p, device: d, domain: n)
+            default: action = .detachPASID(pasid: p, device: d, domain: n)
+            }
+            label = "\(kind) \(p) of \(devName(d)) \(kind == "detach-pasid" ? "from" : "to") \(n)"
+        case "reset":
+            let d = try dev()
+            let ns = try m.optional("duration-ns")?.unsigned(in: 0...(1 << 40)) ?? 1_000
+            action = .reset(device: d, ns: ns); label = "reset \(devName(d))"
+        case "dma":
+            let d = try dev()
+            let address = try m.required("address", "the DMA address").unsigned()
+            let length = try m.optional("length")?.int(in: 1...(1 << 20)) ?? 64
+            let count = try m.optional("count")?.int(in: 1...4096) ?? 1
+            let stride = try m.optional("stride")?.unsigned(in: 0...(1 << 40)) ?? 0x1000
+            let write = try m.optional("write")?.bool() ?? true
+            let p = try m.optional("pasid").map { (x) throws(ScenarioError) in try pasidRef(x) }
+            action = .dma(device: d, address: address, length: length, count: count, stride: stride, write: write, pasid: p)
+            label = "\(devName(d)) \(write ? "writes" : "reads") 0x\(String(address, radix: 16))\(count > 1 ? " (\(count) times)" : "")"
+        case "dma-burst":
+            let d = try dev()
+            let pairs = try m.optional("pairs")?.int(in: 1...1_000_000) ?? 1
+            let cpu = try m.optional("cpu")?.int(in: 0...(s.machine.cpus - 1)) ?? 0
+            action = .dmaBurst(device: d, pairs: pairs, cpu: cpu); label = "\(devName(d)) burst of \(pairs) dma map/unmap pairs on CPU \(cpu)"
+        case "start", "stop":
+            let w = try workloadRef(try m.required("workload", "a workload name"))
+            action = kind == "start" ? .start(workload: w) : .stop(workload: w); label = "\(kind) \(workloadName(w))"
+        case "retarget":
+            let w = try workloadRef(try m.required("workload", "a dma workload"))
+            let b = try m.required("buffers", "buffer sets").listOrOne().map { (x) throws(ScenarioError) in try bufferRef(x) }
+            action = .retarget(workload: w, buffers: b); label = "retarget \(workloadName(w))"
+        case "inject":
+            let pointField = m.optional("point")
+            let point = try pointField.map { (p) throws(ScenarioError) in FaultPoint(try p.string()) }
+            if let nth = m.optional("nth") {
+                action = .inject(.failNth(try nth.int(in: 1...Int(Int32.max)), only: point))
+            } else if let p = m.optional("probability") {
+                action = .inject(.probability(try p.double(in: 0...1), only: point.map { [$0] }))
+            } else if try m.optional("off")?.bool() ?? false {
+                action = .inject(.off)
+            } else {
+                throw f.error("inject needs 'nth' (fail the Nth hit), 'probability' or 'off: true'")
+            }
+            label = "inject \(point?.name ?? "any point")"
+        default: // descriptor-fault
+            let uf = try m.required("unit", "the unit")
+            guard let u = unitIndex[try uf.string()] else { throw uf.error("no unit named '\(try uf.string())'") }
+            let types: [String: UInt8] = ["context-cache": InvalidationDescriptor.contextCacheType, "iotlb": InvalidationDescriptor.iotlbType,
+                                          "device-tlb": InvalidationDescriptor.deviceTLBType, "pasid-iotlb": InvalidationDescriptor.pasidIOTLBType,
+                                          "pasid-cache": InvalidationDescriptor.pasidCacheType, "wait": InvalidationDescriptor.waitType]
+            let tf = try m.required("type", "the descriptor type")
+            let t = types[try tf.oneOf(types.keys.sorted())]!
+            var fault: DescriptorFault?
+            if let d = m.optional("delay-ns") { fault = .delay(try d.unsigned(in: 0...(1 << 40))) }
+            if try m.optional("drop")?.bool() ?? false { fault = .drop }
+            action = .descriptorFault(unit: u, type: t, fault: fault)
+            label = "\(s.units[u].name): \(fault.map { "\($0)" } ?? "normal") \(try tf.string()) descriptors"
+        }
+        try m.finish()
+        s.actions.append(.init(at: at, action: action, source: source(f), label: label))
+    }
+
+    func devName(_ i: Int) -> String { s.devices[i].description.name }
+    func workloadName(_ i: Int) -> String { workloadIndex.first { $0.value == i }?.key ?? "workload \(i)" }
+
+    // MARK: Expectations
+
+    mutating func expectations(_ f: YAMLField) throws(ScenarioError) {
+        let m = try f.mapping()
+        if let v = m.optional("violations") { s.expect.violations = v.scalarText == "any" ? nil : try v.int(in: 0...Int(Int32.max)) }
+        if let v = m.optional("frames-left") { s.expect.framesLeft = try v.int(in: 0...Int(Int32.max)) }
+        if let v = m.optional("min-translations") { s.expect.minTranslations = try v.unsigned() }
+        if let v = m.optional("faults") {
+            for e in try v.list() {
+                let em = try e.mapping()
+                let d = try deviceRef(try em.required("device", "the device"))
+                let lo = try em.optional("at-least")?.int(in: 0...Int(Int32.max)) ?? 0
+                let hi = try em.optional("at-most")?.int(in: lo...Int(Int32.max))
+                try em.finish()
+                s.expect.faults.append(.init(device: d, atLeast: lo, atMost: hi))
+            }
+        }
+        try m.finish()
+    }
+}

@@ -1,0 +1,153 @@
+import ArgumentParser
+import Foundation
+import Simulation
+
+/// Progress on stderr, only when it is a terminal.
+final class Progress: @unchecked Sendable {
+    let enabled = isatty(STDERR_FILENO) != 0
+    private let lock = NSLock()
+    private var last: UInt64 = 0
+    private let start = DispatchTime.now().uptimeNanoseconds
+
+    func update(done: Int, total: Int, extra: String) {
+        guard enabled else { return }
+        lock.lock(); defer { lock.unlock() }
+        let now = DispatchTime.now().uptimeNanoseconds
+        guard done == total || now - last > 200_000_000 else { return }
+        last = now
+        let secs = Double(now - start) / 1e9
+        let rate = secs > 0 ? Double(done) / secs : 0
+        let eta = rate > 0 ? Double(total - done) / rate : 0
+        let line = String(format: "\r%d/%d runs, %.0f/s, %@, ETA %.0f s   ", done, total, rate, extra, eta)
+        FileHandle.standardError.write(Data(line.utf8))
+        if done == total { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+}
+
+struct ExploreCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "explore",
+        abstract: "Run a scenario under every seed of a range; report each broken invariant once, with the seed that shows it soonest."
+    )
+
+    @Argument(help: "A built-in scenario or a YAML scenario file.")
+    var scenario: String = "tour"
+
+    @Option(help: "Seeds to run, as A..B (inclusive).")
+    var seeds: String = "1..100"
+
+    @Option(help: "Worker threads (default: the number of cores). The result does not depend on it.")
+    var jobs: Int?
+
+    @Flag(help: "Print JSON (keys scenario, runs, violations[{seed, invariant, detail, seeds, timeNs, replay}], wallNs, seedsPerMinute).")
+    var json = false
+
+    @Option(help: "Inject a broken behaviour (see `run --help`).")
+    var `break`: [String] = []
+
+    func parseSeeds() throws -> ClosedRange<UInt64> {
+        let parts = seeds.components(separatedBy: "..")
+        guard parts.count == 2, let a = UInt64(parts[0]), let b = UInt64(parts[1]), a <= b, b - a < 100_000_000 else {
+            throw ValidationError("--seeds must be A..B with A ≤ B (e.g. 1..500), got '\(seeds)'")
+        }
+        return a...b
+    }
+
+    func run() throws {
+        let range = try parseSeeds()
+        if let jobs, !(1...1024).contains(jobs) { throw ValidationError("--jobs must be between 1 and 1024") }
+        let loaded = try loadScenario(scenario)
+        let breakage = Set(try `break`.map { b in
+            guard let x = Breakage(rawValue: b) else { throw ValidationError("unknown breakage '\(b)'") }
+            return x
+        })
+        let progress = Progress()
+        let report = Explorer(scenario: loaded, breakage: breakage).run(
+            seeds: range, jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount) { done, total, violating in
+            progress.update(done: done, total: total, extra: "\(violating) with violations")
+        }
+        let breakFlags = `break`.map { " --break \($0)" }.joined()
+        func replay(_ seed: UInt64) -> String { "iommu-sim run \(scenario) --seed \(seed)\(breakFlags) --trace t.json" }
+        if json {
+            let j = JSON.object([
+                ("scenario", .string(report.scenario)),
+                ("seeds", .string("\(range.lowerBound)..\(range.upperBound)")),
+                ("runs", .int(Int64(report.runs))),
+                ("violations", .array(report.findings.map { f in
+                    .object([("seed", .uint(f.seed)), ("invariant", .string(f.invariant)), ("detail", .string(f.detail)),
+                             ("seeds", .int(Int64(f.seeds))), ("timeNs", .uint(f.timeNs)), ("replay", .string(replay(f.seed)))])
+                })),
+                ("host", .object([("wallNs", .uint(report.wallNs)), ("seedsPerMinute", .double(report.seedsPerMinute)),
+                                  ("translations", .uint(report.translations))])),
+            ])
+            print(j.render())
+        } else {
+            print("Explored \(report.scenario) over seeds \(range.lowerBound)...\(range.upperBound): \(report.runs) runs, \(report.findings.count) distinct violation(s)")
+            for f in report.findings {
+                print("  [\(f.invariant)] in \(f.seeds) seed(s); soonest: seed \(f.seed) at \(f.timeNs) ns: \(f.detail)")
+                print("    replay: \(replay(f.seed))")
+            }
+            print(String(format: "Host: %.1f s wall, %.0f seeds/min", Double(report.wallNs) / 1e9, report.seedsPerMinute))
+        }
+        if !report.findings.isEmpty { throw ExitCode(1) }
+    }
+}
+
+struct FaultsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "faults",
+        abstract: "fail_nth sweep: fail each fault-injection point the scenario reaches, one run each; check errors, rollback and leaks."
+    )
+
+    @Argument(help: "A built-in scenario or a YAML scenario file.")
+    var scenario: String = "tour"
+
+    @Option(help: "Seed of the runs.")
+    var seed: UInt64 = 1
+
+    @Option(help: "Worker threads (default: the number of cores).")
+    var jobs: Int?
+
+    @Flag(help: "Print JSON (keys points, runs, leaks, inconsistencies, failures[{n, point, kind, detail}], ...).")
+    var json = false
+
+    func run() throws {
+        if let jobs, !(1...1024).contains(jobs) { throw ValidationError("--jobs must be between 1 and 1024") }
+        let loaded = try loadScenario(scenario)
+        let progress = Progress()
+        let r = try FaultSweep(scenario: loaded, seed: seed).run(jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount) { done, total in
+            progress.update(done: done, total: total, extra: "fail_nth")
+        }
+        if json {
+            let j = JSON.object([
+                ("scenario", .string(r.scenario)), ("seed", .uint(r.seed)),
+                ("points", .int(Int64(r.points))),
+                ("pointsByName", .object(r.pointsByName.map { ($0.0, .int(Int64($0.1))) })),
+                ("runs", .int(Int64(r.runs))),
+                ("leaks", .int(Int64(r.leaks))),
+                ("inconsistencies", .int(Int64(r.inconsistencies))),
+                ("returnedError", .int(Int64(r.returnedError))),
+                ("absorbed", .int(Int64(r.absorbed))),
+                ("absorbedByPoint", .object(r.absorbedByPoint.map { ($0.0, .int(Int64($0.1))) })),
+                ("caughtByOracle", .int(Int64(r.caughtByOracle))),
+                ("failures", .array(r.failures.map { f in
+                    .object([("n", .int(Int64(f.n))), ("point", .string(f.point)), ("kind", .string(f.kind)), ("detail", .string(f.detail)),
+                             ("replay", .string("iommu-sim run \(scenario) --seed \(seed) --fail-nth \(f.n)"))])
+                })),
+                ("host", .object([("wallNs", .uint(r.wallNs))])),
+            ])
+            print(j.render())
+        } else {
+            print("fail_nth sweep of \(r.scenario) (seed \(r.seed)): \(r.points) injection points, \(r.runs) runs")
+            print("  points: " + r.pointsByName.map { "\($0.0) \($0.1)" }.joined(separator: ", "))
+            print("  failed step returned its error: \(r.returnedError); absorbed (fallback or hardware outside a step): \(r.absorbed) [\(r.absorbedByPoint.map { "\($0.0) \($0.1)" }.joined(separator: ", "))]; dropped descriptors caught by the oracle: \(r.caughtByOracle)")
+            print("  leaks: \(r.leaks), inconsistencies: \(r.inconsistencies), failures: \(r.failures.count)")
+            for f in r.failures.prefix(50) {
+                print("    N=\(f.n) \(f.point): \(f.kind): \(f.detail)")
+                print("      replay: iommu-sim run \(scenario) --seed \(seed) --fail-nth \(f.n)")
+            }
+            print(String(format: "Host: %.1f s wall", Double(r.wallNs) / 1e9))
+        }
+        if r.leaks > 0 || r.inconsistencies > 0 || !r.failures.isEmpty { throw ExitCode(1) }
+    }
+}
