@@ -41,5 +41,6 @@ let package = Package(
         .testTarget(name: "FormatsTests", dependencies: ["Platform", "Formats"]),
         .testTarget(name: "HardwareTests", dependencies: ["Platform", "Formats", "Hardware"]),
         .testTarget(name: "KernelTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "Simulation"]),
+        .testTarget(name: "SimulationTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "Simulation"]),
     ]
 )

@@ -55,7 +55,8 @@ public enum ChromeTrace {
                 let dur = e.c >= e.b ? e.c - e.b : 0
                 emit("{\"name\":\(quote(label(e.a))),\"cat\":\"software\",\"ph\":\"X\",\"ts\":\(us(e.b)),\"dur\":\(us(dur)),\(head)}")
             case .counter:
-                emit("{\"name\":\(quote(label(e.a))),\"cat\":\"counter\",\"ph\":\"C\",\"ts\":\(us(e.time)),\"pid\":\(p),\"args\":{\(quote(t.trackNames[Int(e.track)])):\(Double(e.b) / 1000)}}")
+                let owner = Int(e.track) < t.trackNames.count ? t.trackNames[Int(e.track)] : "track \(e.track)"
+                emit("{\"name\":\(quote("\(owner) \(label(e.a))")),\"cat\":\"counter\",\"ph\":\"C\",\"ts\":\(us(e.time)),\"pid\":\(p),\"tid\":\(e.track),\"args\":{\"value\":\(Double(e.b) / 1000)}}")
             case .custom:
                 emit("{\"name\":\"event\",\"ph\":\"i\",\"s\":\"t\",\"ts\":\(us(e.time)),\(head),\"args\":{\"a\":\(e.a),\"b\":\(e.b),\"c\":\(e.c)}}")
             }
