@@ -37,6 +37,11 @@ public final class Machine: @unchecked Sendable {
         oracle.reservedCheck = { d.units.allSatisfy { $0.domainIDs.reservedIntact } }
     }
 
+    deinit {
+        // Endpoints and units reference each other; without this a machine would never be freed.
+        for u in units { u.disconnectAll() }
+    }
+
     /// Probes devices and creates their endpoints.
     @discardableResult
     public func addDevices(_ descriptions: [DeviceDescription]) throws(IOMMUError) -> [(Device, PCIeEndpoint)] {

@@ -34,21 +34,21 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
 
     let platform: PlatformContext
     let units: [VTdUnit]
-    private var shadows: [Int: ShadowMap] = [:]
-    private var graveyards: [Int: ShadowMap] = [:]
+    @exclusivity(unchecked) private var shadows: [Int: ShadowMap] = [:]
+    @exclusivity(unchecked) private var graveyards: [Int: ShadowMap] = [:]
     /// Ranges whose unmap could not invalidate: the hardware may use them for ever.
-    private var abandoned: [Int: ShadowMap] = [:]
+    @exclusivity(unchecked) private var abandoned: [Int: ShadowMap] = [:]
     /// Deferred unmaps waiting for a flush, and those a running flush covers: both still
     /// permitted (stale), and their IOVAs must not be mapped again yet.
-    private var deferred: [Int: ShadowMap] = [:]
-    private var covering: [Int: ShadowMap] = [:]
+    @exclusivity(unchecked) private var deferred: [Int: ShadowMap] = [:]
+    @exclusivity(unchecked) private var covering: [Int: ShadowMap] = [:]
     /// Unlinked table pages that must not be freed yet (frame → domain), and per domain
     /// those of strict unmaps in progress, of deferred unmaps, and of the running flush.
     private var pendingTables: [UInt64: Int] = [:]
     private var strictTables: [Int: [UInt64]] = [:]
     private var deferredTables: [Int: [UInt64]] = [:]
     private var coveringTables: [Int: [UInt64]] = [:]
-    private var windows: [UInt64: Window] = [:]
+    @exclusivity(unchecked) private var windows: [UInt64: Window] = [:]
     private var liveDIDs: [Set<UInt16>]
     public var reservedCheck: (() -> Bool)?
     /// The driver whose units the oracle watches (events of other drivers are ignored: their
@@ -57,7 +57,7 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
 
     func tracks(_ driver: any IOMMUDriver) -> Bool { trackedDriver == nil || trackedDriver == ObjectIdentifier(driver) }
 
-    public private(set) var checks: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var checks: UInt64 = 0
     public private(set) var faultsSeen: UInt64 = 0
     public private(set) var violationCount = 0
     public private(set) var violations: [Violation] = []
@@ -65,12 +65,41 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     /// Faults that were expected (device blocked, address unmapped, transition not hitless).
     public private(set) var expectedFaults: UInt64 = 0
 
+    /// A cache of recently permitted translations, valid while nothing the oracle tracks has
+    /// changed (`generation`): most DMA hits a settled mapping it just checked, and needs no
+    /// hash lookup then.
+    struct FastEntry {
+        var key: UInt64 = .max
+        var start: UInt64 = 0
+        var end: UInt64 = 0
+        var physical: UInt64 = 0
+        var permissions: PagePermissions = []
+        var generation: UInt64 = 0
+    }
+    static let fastSlots = 64
+    /// Raw storage (no reference counting on the DMA path); freed in deinit.
+    private let fast: UnsafeMutablePointer<FastEntry> = {
+        let p = UnsafeMutablePointer<FastEntry>.allocate(capacity: Oracle.fastSlots)
+        p.initialize(repeating: FastEntry(), count: Oracle.fastSlots)
+        return p
+    }()
+    /// Bumped by every event that changes what is permitted.
+    @exclusivity(unchecked) private var generation: UInt64 = 1
+
+    @inline(__always)
+    static func fastSlot(_ key: UInt64, _ iova: UInt64) -> Int {
+        Int(truncatingIfNeeded: ((key &* 0x9E37_79B9_7F4A_7C15) ^ ((iova >> 12) &* 0xC2B2_AE3D_27D4_EB4F)) >> 58)
+    }
+
+    deinit { fast.deallocate() }
+
     public init(platform: PlatformContext, units: [VTdUnit]) {
         self.platform = platform
         self.units = units
         liveDIDs = [Set<UInt16>](repeating: [], count: units.count)
         for (i, u) in units.enumerated() {
-            u.accessObserver = { [unowned self] record in self.check(unit: i, record) }
+            // The oracle outlives its units' use of it (one machine owns both).
+            u.accessObserver = { [unowned(unsafe) self] record in self.check(unit: i, record) }
         }
     }
 
@@ -133,10 +162,31 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     func check(unit: Int, _ a: DMAAccessRecord) {
         checks &+= 1
         let key = Self.key(unit: unit, rid: a.source, pasid: a.pasid?.rawValue ?? 0)
+        let needed: PagePermissions = a.access.contains(.write) ? .write : .read
+        let slot = Self.fastSlot(key, a.address)
+        if let pa = a.physical {
+            let f = fast[slot]
+            if f.generation == generation, f.key == key, a.address >= f.start, a.address < f.end,
+               f.physical &+ (a.address &- f.start) == pa, f.permissions.contains(needed) { return }
+        }
         let w = windows[key]
         var who: String { "\(a.source)\(a.pasid.map { " \($0)" } ?? "") on unit \(unit)" }
         if let pa = a.physical {
-            if let c = w?.current, permits(c, iova: a.address, physical: pa, access: a.access) { return }
+            if let c = w?.current, permits(c, iova: a.address, physical: pa, access: a.access) {
+                // Cache what settled mapping (or identity) permitted it, while nothing changes.
+                if w?.previous == nil {
+                    switch c {
+                    case .identity:
+                        fast[slot] = FastEntry(key: key, start: 0, end: .max, physical: 0, permissions: [.read, .write], generation: generation)
+                    case .paging(let id):
+                        if let r = shadows[id]?.lookup(a.address), r.state == .settled, Self.target(r, iova: a.address, access: a.access) == pa {
+                            fast[slot] = FastEntry(key: key, start: r.start, end: r.end, physical: r.physical,
+                                                   permissions: r.permissions, generation: generation)
+                        }
+                    }
+                }
+                return
+            }
             if let p = w?.previous, permits(p, iova: a.address, physical: pa, access: a.access) { return }
             guard let c = w?.current ?? w?.previous else {
                 violate("unpermitted-access", "\(who) reached \(Self.hex(pa)) at IOVA \(Self.hex(a.address)) with no domain attached")
@@ -173,6 +223,7 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     // MARK: KernelObserver
 
     public func mapBegan(_ domain: IOMMUDomain, iova: UInt64, physical: UInt64, size: UInt64, permissions: PagePermissions) {
+        generation &+= 1
         checks &+= 1
         if let r = deferred[domain.id]?.firstOverlap(iova, iova + size) ?? covering[domain.id]?.firstOverlap(iova, iova + size) {
             violate("iova-reused-before-flush", "\(domain) maps IOVA \(Self.hex(max(iova, r.start))) again before the flush covering its deferred unmap completed")
@@ -181,6 +232,7 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     }
 
     public func mapEnded(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, mapped: Bool) {
+        generation &+= 1
         releaseStrictTables(domain.id)
         if mapped {
             shadows[domain.id]?.setState(iova, iova + size, to: .settled, from: .mapping)
@@ -191,15 +243,18 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     }
 
     public func unmapBegan(_ domain: IOMMUDomain, iova: UInt64, size: UInt64) {
+        generation &+= 1
         shadows[domain.id]?.setState(iova, iova + size, to: .unmapping, from: .settled)
     }
 
     public func unmapEnded(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {
+        generation &+= 1
         releaseStrictTables(domain.id)
         retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &graveyards)
     }
 
     public func unmapFailed(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {
+        generation &+= 1
         // Tables of a failed unmap stay pending: the core keeps them with the domain.
         strictTables[domain.id] = nil
         retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &abandoned)
@@ -216,18 +271,21 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     }
 
     public func unmapDeferred(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64, tables: [UInt64]) {
+        generation &+= 1
         retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &deferred)
         for t in tables { pendingTables[t] = domain.id }
         deferredTables[domain.id, default: []] += tables
     }
 
     public func deferredFlushBegan(_ domain: IOMMUDomain) {
+        generation &+= 1
         let id = domain.id
         if let d = deferred.removeValue(forKey: id) { covering[id, default: ShadowMap()].merge(d) }
         if let t = deferredTables.removeValue(forKey: id) { coveringTables[id, default: []] += t }
     }
 
     public func deferredFlushEnded(_ domain: IOMMUDomain, completed: Bool) {
+        generation &+= 1
         let id = domain.id
         let c = covering.removeValue(forKey: id)
         let t = coveringTables.removeValue(forKey: id) ?? []
@@ -267,6 +325,7 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     }
 
     public func transitionBegan(_ device: Device, pasid: PASID?, from: IOMMUDomain?, to: IOMMUDomain?) {
+        generation &+= 1
         guard tracks(device.driver) else { return }
         let key = Self.key(unit: device.unit, rid: device.requesterID, pasid: pasid?.rawValue ?? 0)
         var w = windows[key] ?? Window()
@@ -278,6 +337,7 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     }
 
     public func transitionEnded(_ device: Device, pasid: PASID?, current: IOMMUDomain?, path: UpdatePath) {
+        generation &+= 1
         guard tracks(device.driver) else { return }
         let key = Self.key(unit: device.unit, rid: device.requesterID, pasid: pasid?.rawValue ?? 0)
         let faults = windows[key]?.alikeFaults ?? []
@@ -292,6 +352,7 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
 
     /// Freeing a domain with mappings is allowed (the tables go with it): forget them.
     public func domainFreed(_ domain: IOMMUDomain) {
+        generation &+= 1
         let id = domain.id
         shadows[id] = nil
         graveyards[id] = nil

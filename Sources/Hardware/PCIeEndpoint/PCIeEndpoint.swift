@@ -56,9 +56,9 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
     public var requestLatencyNs: UInt64 = 200
     /// Time between consecutive 4 KiB chunks of one request.
     public var chunkIntervalNs: UInt64 = 40
-    public private(set) var counters = Counters()
+    @exclusivity(unchecked) public private(set) var counters = Counters()
     /// Recent faulted completions (bounded).
-    public private(set) var faults: [Completion] = []
+    @exclusivity(unchecked) public private(set) var faults: [Completion] = []
     public let faultLogLimit = 1024
     public private(set) var pageGroupResponses: [PageGroupResponse] = []
     private var nextID: UInt64 = 1
@@ -68,6 +68,7 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
         self.requesterID = requesterID
         self.unit = unit
         self.trackID = unit.platform.trace.track(named: name)
+        ref.target = self
         unit.connect(self)
     }
 
@@ -79,7 +80,7 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
         counters.requests += 1
         let state = TransferState(id: id, request: request, completion: completion)
         if request.direction == .toDevice { state.data = [UInt8](repeating: 0, count: max(0, request.length)) }
-        unit.platform.scheduler.schedule(after: requestLatencyNs, kind: .hardware) { [weak self] in self?.step(state) }
+        unit.platform.scheduler.schedule(after: requestLatencyNs, kind: .hardware) { [ref] in ref.target?.step(state) }
         return id
     }
 
@@ -124,7 +125,7 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
             }
             s.done += moved
             if fault == nil && s.done < total {
-                unit.platform.scheduler.schedule(after: chunkIntervalNs, kind: .hardware) { [weak self] in self?.step(s) }
+                unit.platform.scheduler.schedule(after: chunkIntervalNs, kind: .hardware) { [ref] in ref.target?.step(s) }
                 return
             }
         }
@@ -144,8 +145,8 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
 
     /// Largest write TLP (Max_Payload_Size) and read request (Max_Read_Request_Size): each
     /// TLP of a streamed transfer is translated on its own, as the unit sees it.
-    public var maxPayloadBytes = 256
-    public var maxReadRequestBytes = 512
+    @exclusivity(unchecked) public var maxPayloadBytes = 256
+    @exclusivity(unchecked) public var maxReadRequestBytes = 512
     /// Payload staging for streamed transfers (a device's internal buffer), allocated once.
     private lazy var staging: UnsafeMutableRawBufferPointer = {
         let b = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 64)
@@ -153,11 +154,15 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
         return b
     }()
 
+    /// What scheduled chunk events hold (cleared in deinit, so late events find nothing).
+    private let ref = PlatformContext.BackRef<PCIeEndpoint>()
+
     deinit {
+        ref.target = nil
         // The staging buffer exists only if a streamed transfer ran.
         if stagingAllocated { staging.deallocate() }
     }
-    private var stagingAllocated = false
+    @exclusivity(unchecked) private var stagingAllocated = false
 
     /// Performs a transfer now, as TLPs reaching the unit at this instant (no events, no
     /// allocation): a write moves the device's staging bytes to memory, a read moves memory

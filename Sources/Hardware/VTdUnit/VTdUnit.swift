@@ -80,7 +80,7 @@ public final class VTdUnit: @unchecked Sendable {
     public var onFaultEvent: (() -> Void)?
     public var onInvalidationEvent: (() -> Void)?
     /// Observes every completed DMA access (the simulator's oracle hangs here).
-    public var accessObserver: ((DMAAccessRecord) -> Void)?
+    @exclusivity(unchecked) public var accessObserver: ((DMAAccessRecord) -> Void)?
     /// Endpoints reachable through this unit, by requester ID.
     var endpoints: [UInt16: any VTdEndpointPort] = [:]
 
@@ -114,6 +114,9 @@ public final class VTdUnit: @unchecked Sendable {
 
     /// Connects an endpoint so device-TLB invalidations and page responses reach it.
     public func connect(_ endpoint: any VTdEndpointPort) { endpoints[endpoint.requesterID.rawValue] = endpoint }
+
+    /// Forgets every connected endpoint (they hold the unit: the machine breaks the cycle).
+    public func disconnectAll() { endpoints = [:] }
 
     /// Entries currently held by each cache.
     public var cacheOccupancy: (context: Int, pasid: Int, iotlb: Int) { (contextCache.count, pasidCache.count, iotlb.count) }

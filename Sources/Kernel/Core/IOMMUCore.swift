@@ -25,7 +25,9 @@ public final class IOMMUCore: @unchecked Sendable {
     public internal(set) var groups: [Group] = []
     /// Domains allocated and not yet freed (static domains excluded).
     public internal(set) var liveDomains: [Int: IOMMUDomain] = [:]
-    @exclusivity(unchecked) public weak var observer: (any KernelObserver)?
+    /// Held strongly: a weak reference would give the observer a side table and make every
+    /// retain of it slow (the oracle is called on every DMA); observers hold no core reference.
+    @exclusivity(unchecked) public var observer: (any KernelObserver)?
     public let pasids = PASIDAllocator()
     var nextDomainID = 1
     /// The path the driver took in the last successful RID or PASID attach.

@@ -10,8 +10,8 @@ final class DMAStreamEngine {
     let endpoint: PCIeEndpoint
     let unit: VTdUnit
     let scheduler: Scheduler
-    var sets: [LiveBuffers]
-    var pasid: PASID?
+    @exclusivity(unchecked) var sets: [LiveBuffers]
+    @exclusivity(unchecked) var pasid: PASID?
     let intervalNs: UInt64
     let burst: Int
     let direction: Scenario.Direction
@@ -19,12 +19,12 @@ final class DMAStreamEngine {
     let maxBytes: Int
     let walkAccessNs: UInt64
     /// Called (rarely: at most every `sampleNs`) to record trace counters.
-    var sampler: (() -> Void)?
+    @exclusivity(unchecked) var sampler: (() -> Void)?
     var sampleNs: UInt64 = 2_000
-    private var lastSample: UInt64 = 0
-    private(set) var running = false
-    private(set) var issued: UInt64 = 0
-    private var generation: UInt64 = 0
+    @exclusivity(unchecked) private var lastSample: UInt64 = 0
+    @exclusivity(unchecked) private(set) var running = false
+    @exclusivity(unchecked) private(set) var issued: UInt64 = 0
+    @exclusivity(unchecked) private var generation: UInt64 = 0
     private let ref = PlatformContext.BackRef<DMAStreamEngine>()
     private var tickAction: (() -> Void)!
 

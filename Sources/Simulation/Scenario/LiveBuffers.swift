@@ -8,10 +8,10 @@ import Kernel
 final class LiveBuffers {
     let name: String
     /// DMA address of each buffer.
-    var addresses: [UInt64]
+    @exclusivity(unchecked) var addresses: [UInt64]
     /// Frames behind each buffer, page by page.
     var frames: [[UInt64]]
-    var live: [Bool]
+    @exclusivity(unchecked) var live: [Bool]
     let length: UInt64
     /// The device may only write (a receive buffer) or only read.
     let writeOnly: Bool
