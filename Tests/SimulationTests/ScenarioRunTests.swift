@@ -67,6 +67,29 @@ struct ScenarioRunTests {
         #expect(o.expectationFailures.contains { $0.contains("violation") })
     }
 
+    @Test("a device reset blocks its DMA for the reset (faults the oracle expects) and puts the domain back")
+    func reset() throws {
+        let yaml = """
+        name: reset
+        machine: {policy: strict, yield: {probability: 0.3, max-advance-ns: 1000}}
+        units: [{name: dmar0}]
+        devices: [{name: nic0, rid: "00:02.0", unit: dmar0}]
+        buffers: [{name: rx, domain: nic0, iova: 0x100000, count: 4}]
+        workloads:
+          - {name: rx-dma, type: dma, device: nic0, buffers: rx, interval-ns: 100, burst: 2, pattern: sequential, stop: 30000}
+        actions:
+          - {at: 0, do: map, buffers: rx}
+          - {at: 10000, do: reset, device: nic0, duration-ns: 3000}
+        end-ns: 40000
+        """
+        let o = try runScenario(try ScenarioLoader.load(yaml: yaml, file: "reset.yaml"))
+        #expect(o.result.violationCount == 0, "\(o.result.violations)")
+        let nic = try #require(o.result.devices.first)
+        #expect(nic.faultedRequests > 0, "DMA during the reset window is blocked")
+        #expect(nic.faultedRequests < nic.requests / 2, "and only then")
+        #expect(o.result.log.contains { $0.text.contains("reset nic0: blocked for 3000 ns, back in domain") })
+    }
+
     @Test("the same seed gives the same run; a trace does not change it")
     func deterministicWithTrace() throws {
         let s = try ScenarioLoader.load(yaml: smallScenario, file: "small.yaml")

@@ -18,6 +18,10 @@ final class DMAStreamEngine {
     let minBytes: Int
     let maxBytes: Int
     let walkAccessNs: UInt64
+    /// Sequential pattern: buffers in order, each from its start (a ring), sizes still random.
+    let sequential: Bool
+    @exclusivity(unchecked) private var cursorSet = 0
+    @exclusivity(unchecked) private var cursorBuffer = 0
     /// Called (rarely: at most every `sampleNs`) to record trace counters.
     @exclusivity(unchecked) var sampler: (() -> Void)?
     var sampleNs: UInt64 = 2_000
@@ -29,7 +33,8 @@ final class DMAStreamEngine {
     private var tickAction: (() -> Void)!
 
     init(endpoint: PCIeEndpoint, sets: [LiveBuffers], pasid: PASID?, intervalNs: UInt64, burst: Int,
-         direction: Scenario.Direction, minBytes: Int, maxBytes: Int, walkAccessNs: UInt64) {
+         direction: Scenario.Direction, minBytes: Int, maxBytes: Int, walkAccessNs: UInt64, sequential: Bool = false) {
+        self.sequential = sequential
         self.endpoint = endpoint
         self.unit = endpoint.unit
         self.scheduler = endpoint.unit.platform.scheduler
@@ -77,17 +82,26 @@ final class DMAStreamEngine {
     private func issueOne() {
         let n = sets.count
         guard n > 0 else { return }
-        let set = sets[n == 1 ? 0 : Int(scheduler.random(below: UInt64(n)))]
-        let count = set.count
-        guard count > 0 else { return }
-        let k = Int(scheduler.random(below: UInt64(count)))
+        let set: LiveBuffers
+        let k: Int
+        if sequential {
+            if cursorSet >= n { cursorSet = 0 }
+            set = sets[cursorSet]
+            if cursorBuffer >= set.count { cursorBuffer = 0; cursorSet = (cursorSet + 1) % n; return }
+            k = cursorBuffer
+            cursorBuffer += 1
+        } else {
+            set = sets[n == 1 ? 0 : Int(scheduler.random(below: UInt64(n)))]
+            guard set.count > 0 else { return }
+            k = Int(scheduler.random(below: UInt64(set.count)))
+        }
         guard set.live[k] else { return }
         let span = UInt64(maxBytes - minBytes)
         var length = UInt64(minBytes) + (span == 0 ? 0 : scheduler.random(below: span + 1))
         length = max(64, length & ~63)
         length = min(length, set.length)
         let room = set.length - length
-        let offset = room >= 64 ? scheduler.random(below: room / 64 + 1) * 64 : 0
+        let offset = sequential || room < 64 ? 0 : scheduler.random(below: room / 64 + 1) * 64
         let write: Bool
         if set.writeOnly { write = true } else if set.readOnly { write = false } else {
             switch direction {

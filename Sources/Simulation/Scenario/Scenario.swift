@@ -75,6 +75,8 @@ public struct Scenario: Sendable {
         public var direction: Direction
         public var minBytes: Int
         public var maxBytes: Int
+        /// Walk the buffers in order (a ring) instead of picking at random.
+        public var sequential: Bool
     }
 
     public struct Churn: Sendable {

@@ -310,8 +310,9 @@ private struct Parser {
                 guard r.count == 2 else { throw v.error("expected [min, max] in bytes") }
                 minB = try r[0].int(in: 1...(1 << 20)); maxB = try r[1].int(in: minB...(1 << 20))
             }
+            let sequential = try m.optional("pattern")?.oneOf(["random", "sequential"]) == "sequential"
             kind = .dma(.init(device: device, pasid: pasid, buffers: buffers, intervalNs: interval, burst: burst,
-                              direction: dir, minBytes: minB, maxBytes: maxB))
+                              direction: dir, minBytes: minB, maxBytes: maxB, sequential: sequential))
         case "churn":
             let b = try bufferRef(try m.required("buffers", "the buffer set to churn"))
             let period = try m.optional("period-ns")?.unsigned(in: 1...(1 << 40)) ?? 20_000

@@ -208,7 +208,8 @@ public final class ScenarioRunner {
                 let e = endpoints[d.device]
                 let engine = DMAStreamEngine(endpoint: e, sets: d.buffers.map { sets[$0] }, pasid: nil, intervalNs: d.intervalNs,
                                              burst: d.burst, direction: d.direction, minBytes: d.minBytes, maxBytes: d.maxBytes,
-                                             walkAccessNs: scenario.units[scenario.devices[d.device].description.unit].walkAccessNs)
+                                             walkAccessNs: scenario.units[scenario.devices[d.device].description.unit].walkAccessNs,
+                                             sequential: d.sequential)
                 attachSampler(engine)
                 streams.append(engine); churns.append(nil); rings.append(nil)
             case .churn(let c):
@@ -561,7 +562,9 @@ public final class ScenarioRunner {
         let blocked = devices[d].driver.blockedDomain
         guard step("\(label): block", line: line, { () throws(IOMMUError) in try m.core.replace(g, with: blocked) }) else { return }
         m.scheduler.advance(by: ns)
-        step("\(label): restore", line: line) { () throws(IOMMUError) in try m.core.replace(g, with: previous) }
+        if step("\(label): restore", line: line, { () throws(IOMMUError) in try m.core.replace(g, with: previous) }) {
+            note("\(label): blocked for \(ns) ns, back in \(previous)")
+        }
     }
 
     // MARK: Teardown
