@@ -22,7 +22,7 @@ import Kernel
 ///   hole deferred mode must not open), and so is freeing a table page the unmap unlinked
 ///   (strict or deferred) before its invalidation completed.
 /// - After teardown: no frame, DID, PASID or domain left.
-public final class Oracle: KernelObserver, @unchecked Sendable {
+public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable {
     enum Ref: Equatable { case identity, paging(Int) }
 
     struct Window {
@@ -83,7 +83,8 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
         p.initialize(repeating: FastEntry(), count: Oracle.fastSlots)
         return p
     }()
-    /// Bumped by every event that changes what is permitted.
+    /// Bumped by every event that can take a permission away (unmaps, transitions, flush
+    /// completions, domain frees); maps only add permissions and leave the cache valid.
     @exclusivity(unchecked) private var generation: UInt64 = 1
 
     @inline(__always)
@@ -97,9 +98,10 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
         self.platform = platform
         self.units = units
         liveDIDs = [Set<UInt16>](repeating: [], count: units.count)
+        super.init()
         for (i, u) in units.enumerated() {
             // The oracle outlives its units' use of it (one machine owns both).
-            u.accessObserver = { [unowned(unsafe) self] record in self.check(unit: i, record) }
+            u.attachChecker(self, index: i)
         }
     }
 
@@ -159,7 +161,7 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
         }
     }
 
-    func check(unit: Int, _ a: DMAAccessRecord) {
+    public override func check(unit: Int, _ a: DMAAccessRecord) {
         checks &+= 1
         let key = Self.key(unit: unit, rid: a.source, pasid: a.pasid?.rawValue ?? 0)
         let needed: PagePermissions = a.access.contains(.write) ? .write : .read
@@ -223,7 +225,6 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     // MARK: KernelObserver
 
     public func mapBegan(_ domain: IOMMUDomain, iova: UInt64, physical: UInt64, size: UInt64, permissions: PagePermissions) {
-        generation &+= 1
         checks &+= 1
         if let r = deferred[domain.id]?.firstOverlap(iova, iova + size) ?? covering[domain.id]?.firstOverlap(iova, iova + size) {
             violate("iova-reused-before-flush", "\(domain) maps IOVA \(Self.hex(max(iova, r.start))) again before the flush covering its deferred unmap completed")
@@ -232,7 +233,6 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     }
 
     public func mapEnded(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, mapped: Bool) {
-        generation &+= 1
         releaseStrictTables(domain.id)
         if mapped {
             shadows[domain.id]?.setState(iova, iova + size, to: .settled, from: .mapping)
@@ -278,7 +278,6 @@ public final class Oracle: KernelObserver, @unchecked Sendable {
     }
 
     public func deferredFlushBegan(_ domain: IOMMUDomain) {
-        generation &+= 1
         let id = domain.id
         if let d = deferred.removeValue(forKey: id) { covering[id, default: ShadowMap()].merge(d) }
         if let t = deferredTables.removeValue(forKey: id) { coveringTables[id, default: []] += t }

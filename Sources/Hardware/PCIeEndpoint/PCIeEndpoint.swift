@@ -148,7 +148,7 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
     @exclusivity(unchecked) public var maxPayloadBytes = 256
     @exclusivity(unchecked) public var maxReadRequestBytes = 512
     /// Payload staging for streamed transfers (a device's internal buffer), allocated once.
-    private lazy var staging: UnsafeMutableRawBufferPointer = {
+    private let staging: UnsafeMutableRawBufferPointer = {
         let b = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 64)
         for i in 0..<4096 { b[i] = UInt8(truncatingIfNeeded: i &* 31 &+ 7) }
         return b
@@ -159,17 +159,14 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
 
     deinit {
         ref.target = nil
-        // The staging buffer exists only if a streamed transfer ran.
-        if stagingAllocated { staging.deallocate() }
+        staging.deallocate()
     }
-    @exclusivity(unchecked) private var stagingAllocated = false
 
     /// Performs a transfer now, as TLPs reaching the unit at this instant (no events, no
     /// allocation): a write moves the device's staging bytes to memory, a read moves memory
     /// into them. Stops at the first fault. Returns the bytes moved and the fault.
     @discardableResult
     public func transferNow(write: Bool, address: UInt64, length: Int, pasid: PASID? = nil) -> (transferred: Int, fault: DMAFault?) {
-        stagingAllocated = true
         let buffer = staging
         counters.requests &+= 1
         let tlp = write ? maxPayloadBytes : maxReadRequestBytes

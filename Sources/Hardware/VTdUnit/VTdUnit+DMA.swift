@@ -31,15 +31,15 @@ extension VTdUnit {
     private func transfer(source: RequesterID, pasid: PASID?, address: UInt64, count: Int, access: DMAAccess,
                           copy: (UInt64, Int, Int) throws(MemoryError) -> Void) -> (transferred: Int, fault: DMAFault?) {
         var done = 0
+        let now = platform.scheduler.now
         while done < count {
             let (iova, o) = address.addingReportingOverflow(UInt64(done))
             guard !o else { return (done, DMAFault(address: address, reason: .smAddressBeyondMax)) }
             let chunk = min(count - done, Int(4096 - (iova & 0xFFF)))
-            let now = platform.scheduler.now
             switch translate(source: source, pasid: pasid, address: iova, access: access) {
             case .fault(let reason):
-                accessObserver?(DMAAccessRecord(source: source, pasid: pasid, address: iova, length: UInt64(chunk),
-                                                access: access, physical: nil, fault: reason, time: now))
+                reportAccess(DMAAccessRecord(source: source, pasid: pasid, address: iova, length: UInt64(chunk),
+                                             access: access, physical: nil, fault: reason, time: now))
                 platform.trace.record(TraceEvent(time: now, kind: .dmaFault, track: trackID, a: iova, b: UInt64(reason.rawValue),
                                                  c: pasid.map { UInt64($0.rawValue) } ?? .max))
                 return (done, DMAFault(address: iova, reason: reason))
@@ -48,8 +48,8 @@ extension VTdUnit {
                     return (done, DMAFault(address: iova, reason: nil))
                 }
                 countersStorage.pointee.dmaBytes &+= UInt64(chunk)
-                accessObserver?(DMAAccessRecord(source: source, pasid: pasid, address: iova, length: UInt64(chunk),
-                                                access: access, physical: pa, fault: nil, time: now))
+                reportAccess(DMAAccessRecord(source: source, pasid: pasid, address: iova, length: UInt64(chunk),
+                                             access: access, physical: pa, fault: nil, time: now))
             }
             done += chunk
         }

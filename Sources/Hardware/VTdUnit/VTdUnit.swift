@@ -81,6 +81,8 @@ public final class VTdUnit: @unchecked Sendable {
     public var onInvalidationEvent: (() -> Void)?
     /// Observes every completed DMA access (the simulator's oracle hangs here).
     @exclusivity(unchecked) public var accessObserver: ((DMAAccessRecord) -> Void)?
+    @exclusivity(unchecked) var accessChecker: Unmanaged<DMAAccessChecker>?
+    @exclusivity(unchecked) var accessCheckerIndex = 0
     /// Endpoints reachable through this unit, by requester ID.
     var endpoints: [UInt16: any VTdEndpointPort] = [:]
 
@@ -136,6 +138,32 @@ public final class VTdUnit: @unchecked Sendable {
         platform.trace.record(TraceEvent(time: platform.scheduler.now, kind: .interrupt, track: trackID))
         guard let handler else { return }
         platform.scheduler.schedule(after: configuration.latency.interruptNs, kind: .software, handler)
+    }
+}
+
+/// Something that checks every DMA access a unit performs (the simulator's oracle). A class,
+/// held unretained by the unit, so the per-access call costs no reference counting.
+open class DMAAccessChecker {
+    public init() {}
+    /// Called for every access `unit` (the index given at `attach`) performed or refused.
+    open func check(unit: Int, _ record: DMAAccessRecord) {}
+}
+
+extension VTdUnit {
+    /// Makes `checker` see every access, as unit number `index`. The checker must outlive the
+    /// unit's DMA (the machine owns both).
+    public func attachChecker(_ checker: DMAAccessChecker, index: Int) {
+        accessChecker = Unmanaged.passUnretained(checker)
+        accessCheckerIndex = index
+    }
+
+    @inline(__always)
+    func reportAccess(_ record: DMAAccessRecord) {
+        if let c = accessChecker {
+            let i = accessCheckerIndex
+            c._withUnsafeGuaranteedRef { $0.check(unit: i, record) }
+        }
+        if let o = accessObserver { o(record) }
     }
 }
 
