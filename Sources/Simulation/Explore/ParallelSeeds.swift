@@ -26,7 +26,8 @@ enum ParallelJobs {
                 }
             }
         }
-        return state.withLock { s in s.results.map { $0! } }
+        // Every index ran exactly once (the workers stop only when `next` reached `count`).
+        return state.withLock { s in s.results.compactMap { $0 } }
     }
 
     /// The number of cores this process may use.

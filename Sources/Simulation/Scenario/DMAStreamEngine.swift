@@ -30,7 +30,7 @@ final class DMAStreamEngine {
     @exclusivity(unchecked) private(set) var issued: UInt64 = 0
     @exclusivity(unchecked) private var generation: UInt64 = 0
     private let ref = PlatformContext.BackRef<DMAStreamEngine>()
-    private var tickAction: (() -> Void)!
+    private var tickAction: () -> Void = {}
 
     init(endpoint: PCIeEndpoint, sets: [LiveBuffers], pasid: PASID?, intervalNs: UInt64, burst: Int,
          direction: Scenario.Direction, minBytes: Int, maxBytes: Int, walkAccessNs: UInt64, sequential: Bool = false) {

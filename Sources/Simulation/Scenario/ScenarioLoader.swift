@@ -92,7 +92,7 @@ private struct Parser {
         if let v = m.optional("memory-mib") { s.machine.memoryMiB = try v.unsigned(in: 4...4096) }
         if let v = m.optional("cpus") { s.machine.cpus = try v.int(in: 1...256) }
         if let v = m.optional("policy") {
-            s.machine.policy = DMAPolicy(rawValue: try v.oneOf(DMAPolicy.allCases.map(\.rawValue)))!
+            s.machine.policy = DMAPolicy(rawValue: try v.oneOf(DMAPolicy.allCases.map(\.rawValue))) ?? .strict
         }
         if let v = m.optional("settle-ns") { s.machine.settleNs = try v.unsigned(in: 0...(1 << 40)) }
         if let v = m.optional("yield") {
@@ -112,7 +112,7 @@ private struct Parser {
         guard unitIndex[name] == nil else { throw nameField.error("unit '\(name)' is declared twice") }
         var domainIDBits = 16, pasidBits = 20, faultRecords = 8
         var cachingMode = false, levels = [4, 5]
-        if let v = m.optional("domain-id-bits") { domainIDBits = try v.oneOf(["4", "6", "8", "10", "12", "14", "16"]).count == 0 ? 16 : Int(try v.string())! }
+        if let v = m.optional("domain-id-bits") { domainIDBits = Int(try v.oneOf(["4", "6", "8", "10", "12", "14", "16"])) ?? 16 }
         if let v = m.optional("pasid-bits") { pasidBits = try v.int(in: 1...20) }
         if let v = m.optional("fault-records") { faultRecords = try v.int(in: 1...256) }
         if let v = m.optional("caching-mode") { cachingMode = try v.bool() }
@@ -202,7 +202,7 @@ private struct Parser {
         deviceIndex[name] = s.devices.count
         s.devices.append(.init(description: DeviceDescription(name: name, requesterID: rid, unit: unit, groupKey: group, maxPASIDs: UInt32(pasids),
                                                               ats: ats, pri: pri, untrusted: untrusted, preferredDomain: preferred),
-                               unitName: unitName, maxPayload: Int(mps)!, maxReadRequest: Int(mrrs)!))
+                               unitName: unitName, maxPayload: Int(mps) ?? 256, maxReadRequest: Int(mrrs) ?? 512))
     }
 
     // MARK: References
@@ -303,7 +303,7 @@ private struct Parser {
             let interval = try m.optional("interval-ns")?.unsigned(in: 1...1_000_000_000) ?? 500
             let burst = try m.optional("burst")?.int(in: 1...1024) ?? 1
             var dir = Scenario.Direction.both
-            if let v = m.optional("direction") { dir = Scenario.Direction(rawValue: try v.oneOf(["read", "write", "both"]))! }
+            if let v = m.optional("direction") { dir = Scenario.Direction(rawValue: try v.oneOf(["read", "write", "both"])) ?? .both }
             var minB = 256, maxB = 4096
             if let v = m.optional("size") {
                 let r = try v.list()
@@ -415,8 +415,8 @@ private struct Parser {
         case "dma":
             let d = try dev()
             let address = try m.required("address", "the DMA address").unsigned()
-            let length = try m.optional("length")?.int(in: 1...(1 << 20)) ?? 64
-            let count = try m.optional("count")?.int(in: 1...4096) ?? 1
+            let length = try m.optional("length")?.int(in: 1...65536) ?? 64
+            let count = try m.optional("count")?.int(in: 1...1024) ?? 1
             let stride = try m.optional("stride")?.unsigned(in: 0...(1 << 40)) ?? 0x1000
             let write = try m.optional("write")?.bool() ?? true
             let p = try m.optional("pasid").map { (x) throws(ScenarioError) in try pasidRef(x) }
@@ -454,7 +454,7 @@ private struct Parser {
                                           "device-tlb": InvalidationDescriptor.deviceTLBType, "pasid-iotlb": InvalidationDescriptor.pasidIOTLBType,
                                           "pasid-cache": InvalidationDescriptor.pasidCacheType, "wait": InvalidationDescriptor.waitType]
             let tf = try m.required("type", "the descriptor type")
-            let t = types[try tf.oneOf(types.keys.sorted())]!
+            let t = types[try tf.oneOf(types.keys.sorted())] ?? InvalidationDescriptor.iotlbType
             var fault: DescriptorFault?
             if let d = m.optional("delay-ns") { fault = .delay(try d.unsigned(in: 0...(1 << 40))) }
             if try m.optional("drop")?.bool() ?? false { fault = .drop }

@@ -57,10 +57,7 @@ struct ExploreCommand: ParsableCommand {
         let range = try parseSeeds()
         if let jobs, !(1...1024).contains(jobs) { throw ValidationError("--jobs must be between 1 and 1024") }
         let loaded = try loadScenario(scenario)
-        let breakage = Set(try `break`.map { b in
-            guard let x = Breakage(rawValue: b) else { throw ValidationError("unknown breakage '\(b)'") }
-            return x
-        })
+        let breakage = try parseBreakage(`break`)
         let progress = Progress()
         let report = Explorer(scenario: loaded, breakage: breakage).run(
             seeds: range, jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount) { done, total, violating in

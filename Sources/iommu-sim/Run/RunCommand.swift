@@ -35,10 +35,7 @@ struct RunCommand: ParsableCommand {
             options.faultMode = .failNth(failNth)
             options.tolerant = true
         }
-        options.breakage = Set(try `break`.map { b in
-            guard let x = Breakage(rawValue: b) else { throw ValidationError("unknown breakage '\(b)'") }
-            return x
-        })
+        options.breakage = try parseBreakage(`break`)
         let outcome: ScenarioOutcome
         do {
             outcome = try ScenarioRunner(scenario: loaded, options: options).run()
@@ -67,6 +64,16 @@ func loadScenario(_ nameOrPath: String) throws -> Scenario {
         FileHandle.standardError.write(Data("error: \(e)\n".utf8))
         throw ExitCode(2)
     }
+}
+
+/// `--break` values as breakages (a ValidationError names the unknown one and the choices).
+func parseBreakage(_ names: [String]) throws -> Set<Breakage> {
+    Set(try names.map { b in
+        guard let x = Breakage(rawValue: b) else {
+            throw ValidationError("unknown breakage '\(b)'; one of: \(Breakage.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return x
+    })
 }
 
 struct RunFailure: Error, CustomStringConvertible {
