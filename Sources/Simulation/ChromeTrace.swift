@@ -9,7 +9,7 @@ import Formats
 public enum ChromeTrace {
     static let devicesPID = 1, unitsPID = 2, softwarePID = 3
 
-    public static func render(_ t: TraceBuffer, scenario: String, seed: UInt64, unitNames: Set<String> = [], softwareTracks: Set<String> = ["software"]) -> Data {
+    public static func render(_ t: TraceBuffer, scenario: String, seed: UInt64, unitNames: Set<String>, softwareTracks: Set<String> = ["software"]) -> Data {
         var out = "{\"displayTimeUnit\":\"ns\",\"otherData\":{\"scenario\":\(quote(scenario)),\"seed\":\(seed),\"droppedEvents\":\(t.dropped)},\"traceEvents\":[\n"
         var first = true
         func emit(_ s: String) {
@@ -20,7 +20,7 @@ public enum ChromeTrace {
         func pid(_ track: UInt32) -> Int {
             let name = Int(track) < t.trackNames.count ? t.trackNames[Int(track)] : ""
             if softwareTracks.contains(name) { return softwarePID }
-            if unitNames.contains(name) || name.hasPrefix("dmar") { return unitsPID }
+            if unitNames.contains(name) { return unitsPID }
             return devicesPID
         }
         emit("{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":\(devicesPID),\"args\":{\"name\":\"devices\"}}")
@@ -89,18 +89,5 @@ public enum ChromeTrace {
         }
     }
 
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
-            }
-        }
-        return out + "\""
-    }
+    static func quote(_ s: String) -> String { JSONText.quote(s) }
 }

@@ -52,10 +52,9 @@ public struct FaultSweep: Sendable {
         var countOptions = ScenarioRunner.Options(seed: seed)
         countOptions.tolerant = true
         countOptions.faultMode = .count
-        let runner = ScenarioRunner(scenario: scenario, options: countOptions)
-        let clean = try runner.run()
+        let clean = try ScenarioRunner(scenario: scenario, options: countOptions).run()
         let points = clean.pointHits
-        var report = Report(scenario: scenario.name, seed: seed, points: points, pointsByName: runner.pointHitsByName,
+        var report = Report(scenario: scenario.name, seed: seed, points: points, pointsByName: clean.pointHitsByName,
                             runs: points + 1, leaks: 0, inconsistencies: 0, returnedError: 0, absorbed: 0, absorbedByPoint: [], caughtByOracle: 0,
                             failures: [], wallNs: 0)
         if clean.result.violationCount > 0 || clean.steps.contains(where: { $0.error != nil }) {

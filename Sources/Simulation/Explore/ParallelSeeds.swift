@@ -29,9 +29,6 @@ enum ParallelJobs {
         // Every index ran exactly once (the workers stop only when `next` reached `count`).
         return state.withLock { s in s.results.compactMap { $0 } }
     }
-
-    /// The number of cores this process may use.
-    static var cores: Int { max(1, ProcessInfo.processInfo.activeProcessorCount) }
 }
 
 /// Shared state of a `ParallelJobs.map` (guarded by its mutex).

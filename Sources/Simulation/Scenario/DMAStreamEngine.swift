@@ -28,7 +28,8 @@ final class DMAStreamEngine {
     @exclusivity(unchecked) private var lastSample: UInt64 = 0
     @exclusivity(unchecked) private(set) var running = false
     @exclusivity(unchecked) private(set) var issued: UInt64 = 0
-    @exclusivity(unchecked) private var generation: UInt64 = 0
+    /// A tick is scheduled: a restart after a stop continues that chain rather than adding one.
+    @exclusivity(unchecked) private var tickPending = false
     private let ref = PlatformContext.BackRef<DMAStreamEngine>()
     private var tickAction: () -> Void = {}
 
@@ -55,17 +56,15 @@ final class DMAStreamEngine {
     func start() {
         guard !running else { return }
         running = true
-        generation &+= 1
-        let g = generation
-        scheduler.schedule(after: scheduler.random(below: intervalNs) + 1, kind: .hardware) { [ref] in
-            guard let s = ref.target, s.generation == g else { return }
-            s.tick()
-        }
+        guard !tickPending else { return }
+        tickPending = true
+        scheduler.schedule(after: scheduler.random(below: intervalNs) + 1, kind: .hardware, tickAction)
     }
 
     func stop() { running = false }
 
     private func tick() {
+        tickPending = false
         guard running else { return }
         var stall: UInt64 = 0
         let walksBefore = walkAccessNs > 0 ? unit.counters.walkMemoryAccesses : 0
@@ -75,6 +74,7 @@ final class DMAStreamEngine {
             lastSample = scheduler.now
             sampler()
         }
+        tickPending = true
         scheduler.schedule(after: intervalNs / 2 + scheduler.random(below: intervalNs) + stall, kind: .hardware, tickAction)
     }
 

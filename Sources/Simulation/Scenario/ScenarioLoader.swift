@@ -66,8 +66,9 @@ private struct Parser {
         let actionList = try m.optional("actions")?.list() ?? []
         try declare(actionList)
         if let f = m.optional("buffers") { for b in try f.list() { try buffer(b) } }
-        if let f = m.optional("workloads") { for w in try f.list() { try declareWorkload(w) } }
-        if let f = m.optional("workloads") { for (i, w) in try f.list().enumerated() { try workload(w, index: i) } }
+        let workloadList = try m.optional("workloads")?.list() ?? []
+        for w in workloadList { try declareWorkload(w) }
+        for w in workloadList { try workload(w) }
         for a in actionList { try action(a) }
         s.actions = s.actions.enumerated().sorted { ($0.element.at, $0.offset) < ($1.element.at, $1.offset) }.map(\.element)
         if let f = m.optional("expect") { try expectations(f) }
@@ -287,7 +288,7 @@ private struct Parser {
         workloadIndex[name] = workloadIndex.count
     }
 
-    mutating func workload(_ f: YAMLField, index: Int) throws(ScenarioError) {
+    mutating func workload(_ f: YAMLField) throws(ScenarioError) {
         let m = try f.mapping()
         let name = try m.required("name", "the workload's name").string()
         let type = try m.required("type", "dma, churn or dma-ring").oneOf(["dma", "churn", "dma-ring"])
@@ -336,7 +337,6 @@ private struct Parser {
                                   recycleNs: recycle, intervalNs: interval))
         }
         try m.finish()
-        _ = index
         s.workloads.append(.init(name: name, kind: kind, start: start ?? 0, stop: stop, source: source(f)))
     }
 

@@ -52,12 +52,25 @@ public final class ScenarioRunner {
         }
     }
 
+    /// A run already happened (a runner runs once: its machine holds that run's state).
+    public struct AlreadyRan: Error, CustomStringConvertible {
+        public var description: String { "a ScenarioRunner runs its scenario once" }
+    }
+
     public let scenario: Scenario
     public let options: Options
-    public init(scenario: Scenario, options: Options) { self.scenario = scenario; self.options = options }
+
+    /// Builds the machine the scenario describes (it runs on `run()`).
+    public init(scenario: Scenario, options: Options) throws {
+        self.scenario = scenario
+        self.options = options
+        m = try Machine(seed: options.seed, memorySize: scenario.machine.memoryMiB << 20, units: scenario.units.map(\.configuration),
+                        policy: scenario.machine.policy, cpus: scenario.machine.cpus)
+    }
 
     // Run state.
-    private var m: Machine!
+    private let m: Machine
+    private var ran = false
     private var devices: [Device] = []
     private var endpoints: [PCIeEndpoint] = []
     private var userDomains: [String: IOMMUDomain] = [:]
@@ -88,17 +101,19 @@ public final class ScenarioRunner {
         var running = false
         var generation: UInt64 = 0
         var started = false
-        init(spec: Scenario.DMARing, buffers: LiveBuffers, cpus: Int) {
+        /// The device's DMA API figures once its ring is torn down.
+        var statistics: DMAStatistics?
+        init(spec: Scenario.DMARing, buffers: LiveBuffers) {
             self.spec = spec; self.buffers = buffers; self.cpus = [Int](repeating: 0, count: buffers.count)
         }
     }
 
     /// Runs the scenario. Throws `StepFailed` when a step fails (unless `tolerant`).
     public func run() throws -> ScenarioOutcome {
+        guard !ran else { throw AlreadyRan() }
+        ran = true
         let start = ContinuousClock.now
         let sc = scenario
-        m = try Machine(seed: options.seed, memorySize: sc.machine.memoryMiB << 20, units: sc.units.map(\.configuration),
-                        policy: sc.machine.policy, cpus: sc.machine.cpus)
         let s = m.scheduler
         s.yieldPolicy = sc.machine.yield
         if options.trace {
@@ -123,27 +138,23 @@ public final class ScenarioRunner {
                 note("\(g) [\(g.devices.map(\.name).joined(separator: ", "))] probed with default \(g.defaultDomain.map { "\($0)" } ?? "none")")
             }
             setUpWorkloads()
-            try timedPhase()
+            timedPhase()
         }
         if let abort { throw abort }
         teardown(probed: probed)
         if let abort { throw abort }
 
         let wall = ContinuousClock.now - start
-        pointHitsByName = m.platform.faults.hits.map { ($0.key.name, $0.value) }.sorted { $0.0 < $1.0 }
         let faults = devices.map { ($0.name, $0.faultCount) }
-        let dma = rings.lazy.compactMap { $0 }.first.flatMap { dmaStats[ObjectIdentifier(devices[$0.spec.device])] } ?? DMAStatistics()
+        let dma = rings.lazy.compactMap { $0 }.first?.statistics ?? DMAStatistics()
         let result = RunResult(scenario: sc.name, seed: options.seed, machine: m, endpoints: endpoints, faultsReported: faults,
                                dmaAPI: dma, log: log, churnRounds: churnRounds,
                                wallNs: UInt64(wall.components.seconds) * 1_000_000_000 + UInt64(wall.components.attoseconds / 1_000_000_000))
         return ScenarioOutcome(result: result, steps: records, expectationFailures: checkExpectations(result),
                                trace: options.trace ? m.platform.trace : nil, injected: m.platform.faults.fired.map { ($0.point.name, $0.hit) },
-                               pointHits: m.platform.faults.totalHits)
+                               pointHitsByName: m.platform.faults.hits.map { ($0.key.name, $0.value) }.sorted { $0.0 < $1.0 })
     }
 
-    private var dmaStats: [ObjectIdentifier: DMAStatistics] = [:]
-    /// Fault-point hits by name in the last run (with the injector counting).
-    public private(set) var pointHitsByName: [(String, Int)] = []
 
     // MARK: Steps
 
@@ -217,7 +228,7 @@ public final class ScenarioRunner {
             case .dmaRing(let r):
                 let b = LiveBuffers(name: w.name, count: r.count, length: r.size,
                                     writeOnly: r.direction == .fromDevice, readOnly: r.direction == .toDevice)
-                let ring = RingState(spec: r, buffers: b, cpus: scenario.machine.cpus)
+                let ring = RingState(spec: r, buffers: b)
                 let e = endpoints[r.device]
                 ring.stream = DMAStreamEngine(endpoint: e, sets: [b], pasid: nil, intervalNs: r.intervalNs, burst: 1,
                                               direction: .both, minBytes: 256, maxBytes: Int(min(r.size, 4096)),
@@ -375,7 +386,7 @@ public final class ScenarioRunner {
 
     private enum Item { case action(Scenario.TimedAction), start(Int), stop(Int) }
 
-    private func timedPhase() throws {
+    private func timedPhase() {
         // At one instant: the file's actions first (in file order), then workload starts and stops.
         var items: [(at: UInt64, order: Int, item: Item)] = []
         for a in scenario.actions { items.append((a.at, items.count, .action(a))) }
@@ -465,7 +476,7 @@ public final class ScenarioRunner {
         case .dma(let d, let address, let length, let count, let stride, let write, let p):
             let e = endpoints[d]
             let pa = p.flatMap { pasids[$0] }
-            if p != nil && pa == nil { note("\(label) skipped: PASID \(p!) is not allocated"); return }
+            if let p, pa == nil { note("\(label) skipped: PASID \(p) is not allocated"); return }
             for i in 0..<count {
                 let (addr, o) = address.addingReportingOverflow(UInt64(i) &* stride)
                 if o { break }
@@ -594,8 +605,7 @@ public final class ScenarioRunner {
         }
         s.run(until: s.now + scenario.machine.settleNs)
         for r in rings.compactMap({ $0 }) {
-            let dev = devices[r.spec.device]
-            if let c = (try? m.dma.cookie(for: dev)) ?? nil { dmaStats[ObjectIdentifier(dev)] = c.statistics }
+            if let c = (try? m.dma.cookie(for: devices[r.spec.device])) ?? nil { r.statistics = c.statistics }
         }
         note("traffic stopped; tearing down")
         // PASIDs: detach and free.
@@ -661,6 +671,8 @@ public struct ScenarioOutcome: @unchecked Sendable {
     public var trace: TraceBuffer?
     /// Injected faults that fired: point and global hit number.
     public var injected: [(String, Int)]
-    /// Fault-point hits counted (with the injector counting).
-    public var pointHits: Int
+    /// Fault-point hits by point name (with the injector counting).
+    public var pointHitsByName: [(String, Int)]
+    /// All fault-point hits counted.
+    public var pointHits: Int { pointHitsByName.reduce(0) { $0 + $1.1 } }
 }
