@@ -94,6 +94,33 @@ public final class FrameAllocator: @unchecked Sendable {
         return frame << PhysicalMemory.frameShift
     }
 
+    /// Allocates `count` physically contiguous zeroed frames (queues larger than a page, as
+    /// the 64 KiB page request queue). They come from the never-used part of the region and
+    /// are freed one by one with `free`. Returns the first frame's address.
+    public func allocateContiguous(_ count: Int, _ purpose: Purpose = .other) throws(FrameError) -> UInt64 {
+        guard count > 0 else { throw .outOfMemory }
+        if let faults, faults.shouldFail(.frameAlloc) { throw .injected }
+        let first = firstFrame, end = endFrame
+        let start: UInt64? = state.withLock { s in
+            guard end - s.nextFresh >= UInt64(count) else { return nil }
+            let start = s.nextFresh
+            s.nextFresh += UInt64(count)
+            for frame in start..<start + UInt64(count) {
+                let i = Int(frame - first)
+                s.allocated[i >> 6] |= 1 << UInt64(i & 63)
+                s.purposeOf[i] = UInt8(purpose.rawValue)
+            }
+            s.inUse += count
+            s.inUseByPurpose[purpose.rawValue] += count
+            s.totalAllocations += count
+            if s.inUse > s.peak { s.peak = s.inUse }
+            return start
+        }
+        guard let start else { throw .outOfMemory }
+        for frame in start..<start + UInt64(count) { try? memory.populate(frame: frame) }
+        return start << PhysicalMemory.frameShift
+    }
+
     /// Returns the frame at `address` (zeroed and unbacked). Errors if it is not allocated.
     public func free(_ address: UInt64) throws(FrameError) {
         let frame = address >> PhysicalMemory.frameShift

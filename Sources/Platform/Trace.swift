@@ -25,6 +25,12 @@ public enum TraceKind: UInt16, Sendable, CaseIterable {
     case span
     /// A sampled counter: a = label id, b = value × 1000. Track: the counter's owner.
     case counter
+    /// A page request entered the unit: a = page address, b = PRG index | LPIG << 9 | stop << 10,
+    /// c = PASID or `UInt64.max`. Track: the device.
+    case pageRequest
+    /// A page group response reached the device: a = PRG index, b = response code,
+    /// c = PASID or `UInt64.max`. Track: the device.
+    case pageResponse
     /// free-form: a, b, c as the emitter defines.
     case custom
 }

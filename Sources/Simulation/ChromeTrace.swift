@@ -57,6 +57,11 @@ public enum ChromeTrace {
             case .counter:
                 let owner = Int(e.track) < t.trackNames.count ? t.trackNames[Int(e.track)] : "track \(e.track)"
                 emit("{\"name\":\(quote("\(owner) \(label(e.a))")),\"cat\":\"counter\",\"ph\":\"C\",\"ts\":\(us(e.time)),\"pid\":\(p),\"tid\":\(e.track),\"args\":{\"value\":\(Double(e.b) / 1000)}}")
+            case .pageRequest:
+                let stop = e.b & (1 << 10) != 0
+                emit("{\"name\":\"\(stop ? "stop marker" : "page request")\",\"cat\":\"iopf\",\"ph\":\"i\",\"s\":\"t\",\"ts\":\(us(e.time)),\(head),\"args\":{\"address\":\"\(hex(e.a))\",\"group\":\(e.b & 0x1FF),\"last\":\(e.b & (1 << 9) != 0)\(e.c == .max ? "" : ",\"pasid\":\(e.c)")}}")
+            case .pageResponse:
+                emit("{\"name\":\"page response\",\"cat\":\"iopf\",\"ph\":\"i\",\"s\":\"t\",\"ts\":\(us(e.time)),\(head),\"args\":{\"group\":\(e.a),\"code\":\(e.b)\(e.c == .max ? "" : ",\"pasid\":\(e.c)")}}")
             case .custom:
                 emit("{\"name\":\"event\",\"ph\":\"i\",\"s\":\"t\",\"ts\":\(us(e.time)),\(head),\"args\":{\"a\":\(e.a),\"b\":\(e.b),\"c\":\(e.c)}}")
             }

@@ -4,7 +4,8 @@ import Formats
 /// An emulated PCIe endpoint: a requester ID and a DMA engine whose requests go through
 /// its IOMMU unit as scheduler events, one 4 KiB-bounded chunk at a time, so DMA interleaves
 /// with software and with the unit's own work. Payloads are really copied to and from
-/// physical memory. (ATS with a device TLB and PRI arrive with the IO page-fault work.)
+/// physical memory. With ATS it also has a device TLB and makes translated requests; with
+/// PRI it asks for pages with page request groups (PCIeEndpoint+ATS.swift).
 public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
     public enum Direction: Sendable { case toDevice, fromDevice }
 
@@ -56,18 +57,44 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
     public var requestLatencyNs: UInt64 = 200
     /// Time between consecutive 4 KiB chunks of one request.
     public var chunkIntervalNs: UInt64 = 40
-    @exclusivity(unchecked) public private(set) var counters = Counters()
+    @exclusivity(unchecked) public internal(set) var counters = Counters()
     /// Recent faulted completions (bounded).
     @exclusivity(unchecked) public private(set) var faults: [Completion] = []
     public let faultLogLimit = 1024
-    public private(set) var pageGroupResponses: [PageGroupResponse] = []
+    public internal(set) var pageGroupResponses: [PageGroupResponse] = []
     private var nextID: UInt64 = 1
 
-    public init(name: String, requesterID: RequesterID, unit: VTdUnit) {
+    /// The fabric to the unit.
+    public let link: PCIeLink
+    /// PASIDs the device's PASID capability allows (0: no PASID capability).
+    public var maxPASIDs: UInt32 = 0
+    /// ATS: the device TLB (keyed by 4 KiB page and PASID) and whether translations are used.
+    public let atsConfiguration: ATSConfiguration
+    let deviceTLB: TaggedCache<DeviceTLBEntry>
+    /// PRI: configuration and state (outstanding groups, credits, PASID use).
+    public var priConfiguration: PRIConfiguration
+    @exclusivity(unchecked) public internal(set) var priState = PRIState()
+    /// Ways this device breaks the protocol on purpose (guest-controlled behaviour).
+    public var misbehaviour: Misbehaviour = []
+    /// ATS and PRI event counts.
+    @exclusivity(unchecked) public internal(set) var atsCounters = ATSCounters()
+    /// Told of protocol anomalies seen at the device (the simulator's oracle listens).
+    public var onAnomaly: ((PRIAnomaly) -> Void)?
+    /// Accesses waiting for credits or a group index, oldest first.
+    var creditWaiters: [ATSOperation] = []
+    /// `stopPASID` calls waiting for their PASID's outstanding groups to be answered.
+    var stopWaiters: [(PASID, () -> Void)] = []
+
+    public init(name: String, requesterID: RequesterID, unit: VTdUnit,
+                ats: ATSConfiguration = ATSConfiguration(), pri: PRIConfiguration = PRIConfiguration()) {
         self.name = name
         self.requesterID = requesterID
         self.unit = unit
         self.trackID = unit.platform.trace.track(named: name)
+        self.link = PCIeLink(scheduler: unit.platform.scheduler, latencyNs: unit.configuration.latency.linkNs)
+        self.atsConfiguration = ats
+        self.deviceTLB = TaggedCache(capacity: max(1, ats.deviceTLBEntries), ways: max(1, ats.deviceTLBWays), empty: .empty)
+        self.priConfiguration = pri
         ref.target = self
         unit.connect(self)
     }
@@ -148,14 +175,14 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
     @exclusivity(unchecked) public var maxPayloadBytes = 256
     @exclusivity(unchecked) public var maxReadRequestBytes = 512
     /// Payload staging for streamed transfers (a device's internal buffer), allocated once.
-    private let staging: UnsafeMutableRawBufferPointer = {
+    let staging: UnsafeMutableRawBufferPointer = {
         let b = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 64)
         for i in 0..<4096 { b[i] = UInt8(truncatingIfNeeded: i &* 31 &+ 7) }
         return b
     }()
 
     /// What scheduled chunk events hold (cleared in deinit, so late events find nothing).
-    private let ref = PlatformContext.BackRef<PCIeEndpoint>()
+    let ref = PlatformContext.BackRef<PCIeEndpoint>()
 
     deinit {
         ref.target = nil
@@ -203,16 +230,4 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
         return (done, fault)
     }
 
-    // MARK: VTdEndpointPort
-
-    /// Without ATS there is no device TLB: the invalidation completes at once.
-    public func receiveDeviceTLBInvalidation(pasid: PASID?, address: UInt64, sizeBit: Bool, global: Bool, completion: @escaping () -> Void) {
-        counters.deviceTLBInvalidations += 1
-        completion()
-    }
-
-    public func receivePageGroupResponse(_ response: PageGroupResponse) {
-        counters.pageGroupResponses += 1
-        if pageGroupResponses.count < 4096 { pageGroupResponses.append(response) }
-    }
 }

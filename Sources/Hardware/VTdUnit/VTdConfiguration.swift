@@ -7,6 +7,11 @@ public struct VTdLatency: Equatable, Sendable {
     public var descriptorNs: [UInt64]
     /// From a fault/completion event to the interrupt handler running.
     public var interruptNs: UInt64
+    /// One way through the PCIe fabric between a device and the unit (page requests and
+    /// responses, ATS translations, device-TLB invalidations and their completions).
+    public var linkNs: UInt64 = 250
+    /// A device TLB's time to apply an invalidation request before it completes.
+    public var deviceTLBInvalidationNs: UInt64 = 500
 
     public init(descriptorNs: [UInt64]? = nil, interruptNs: UInt64 = 500) {
         var d = descriptorNs ?? [UInt64](repeating: 400, count: 16)
@@ -96,5 +101,20 @@ public struct VTdCounters: Equatable, Sendable {
     public var pasidEntriesInvalidated: UInt64 = 0
     public var interrupts: UInt64 = 0
     public var dmaBytes: UInt64 = 0
+    /// Page requests that reached the unit, were written to the queue, were answered by the
+    /// unit itself (PASID not present, PRE clear, queue full), and queue overflows.
+    public var pageRequests: UInt64 = 0
+    public var pageRequestsQueued: UInt64 = 0
+    public var pageRequestsAutoResponded: UInt64 = 0
+    public var pageRequestOverflows: UInt64 = 0
+    public var pageResponsesSent: UInt64 = 0
+    /// ATS translation requests answered; translated requests let through or refused.
+    public var atsTranslations: UInt64 = 0
+    public var translatedRequests: UInt64 = 0
+    public var translatedRequestsRefused: UInt64 = 0
+    /// Page-drain waits that had to wait for the fabric.
+    public var drainsHeld: UInt64 = 0
+    /// Invalidation completions from devices that answer no request (ignored).
+    public var unsolicitedCompletions: UInt64 = 0
     public init() {}
 }

@@ -97,6 +97,14 @@ extension VTdUnit {
         let c = countersStorage
         let type = descriptor.type
         let index = invalidationQueueHead / descriptorBytes
+        if !dropped, case .wait(let w) = descriptor, w.pageDrain, !pageTrafficIdle {
+            // Page drain (VT-d §7.10): the wait completes only once the page requests and
+            // responses in flight between devices and the unit are out of the fabric.
+            c.pointee.drainsHeld &+= 1
+            parkedDrain = (descriptor, raw)
+            queueStepScheduled = true
+            return
+        }
         if dropped {
             c.pointee.descriptorsDropped &+= 1
             platform.trace.record(TraceEvent(time: platform.scheduler.now, kind: .descriptorDropped, track: trackID,
@@ -138,7 +146,7 @@ extension VTdUnit {
                 return
             }
         case .pageGroupResponse(let r):
-            endpoints[r.requester.rawValue]?.receivePageGroupResponse(r)
+            sendPageResponse(r)
         }
         advanceHead()
     }

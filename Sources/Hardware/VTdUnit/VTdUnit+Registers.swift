@@ -20,6 +20,9 @@ extension VTdUnit {
         case VTdRegister.invalidationQueueTail: return invalidationQueueTail
         case VTdRegister.invalidationQueueAddress: return invalidationQueueAddress
         case VTdRegister.invalidationQueueErrorRecord: return invalidationQueueErrorRecord
+        case VTdRegister.pageRequestQueueHead: return pageRequestQueueHead
+        case VTdRegister.pageRequestQueueTail: return pageRequestQueueTail
+        case VTdRegister.pageRequestQueueAddress: return pageRequestQueueAddress
         default:
             if let (i, half) = faultRecordSlot(offset), half == 0 { return faultRecords[i].0 }
             if let (i, half) = faultRecordSlot(offset), half == 8 { return faultRecords[i].1 }
@@ -41,7 +44,16 @@ extension VTdUnit {
             invalidationQueueAddress = value & (addressMask | 0x807)
         case VTdRegister.invalidationQueueTail:
             writeQueueTail(value)
-        case VTdRegister.invalidationQueueHead, VTdRegister.capability, VTdRegister.extendedCapability,
+        case VTdRegister.pageRequestQueueAddress:
+            pageRequestQueueAddress = value & (addressMask | 0x7)
+            pageRequestQueueHead = 0
+            pageRequestQueueTail = 0
+        case VTdRegister.pageRequestQueueHead:
+            // Software consumes entries by moving the head (bits 18:5); beyond the queue is ignored.
+            let v = value & 0x7FFE0
+            if v < pageRequestQueueBytes { pageRequestQueueHead = v }
+        case VTdRegister.pageRequestQueueTail,
+             VTdRegister.invalidationQueueHead, VTdRegister.capability, VTdRegister.extendedCapability,
              VTdRegister.invalidationQueueErrorRecord:
             return
         default:
@@ -69,6 +81,12 @@ extension VTdUnit {
         case VTdRegister.faultEventControl: return faultEventControl
         case VTdRegister.invalidationCompletionStatus: return invalidationCompletionStatus
         case VTdRegister.invalidationEventControl: return invalidationEventControl
+        case VTdRegister.pageRequestStatus: return pageRequestStatus
+        case VTdRegister.pageRequestEventControl: return pageRequestEventControl
+        case VTdRegister.pageRequestQueueHead, VTdRegister.pageRequestQueueTail, VTdRegister.pageRequestQueueAddress:
+            return UInt32(truncatingIfNeeded: read64(offset))
+        case VTdRegister.pageRequestQueueHead + 4, VTdRegister.pageRequestQueueTail + 4, VTdRegister.pageRequestQueueAddress + 4:
+            return UInt32(truncatingIfNeeded: read64(offset - 4) >> 32)
         case VTdRegister.capability, VTdRegister.extendedCapability, VTdRegister.rootTableAddress,
              VTdRegister.invalidationQueueHead, VTdRegister.invalidationQueueTail, VTdRegister.invalidationQueueAddress,
              VTdRegister.invalidationQueueErrorRecord:
@@ -107,6 +125,15 @@ extension VTdUnit {
             invalidationEventControl = setMask(invalidationEventControl, value, handler: onInvalidationEvent)
         case VTdRegister.invalidationCompletionStatus:
             if value & 1 != 0 { invalidationCompletionStatus &= ~1 }
+        case VTdRegister.pageRequestStatus:
+            // PPR and PRO are RW1C.
+            pageRequestStatus &= ~(value & (VTdPageRequestStatus.pending | VTdPageRequestStatus.overflow))
+        case VTdRegister.pageRequestEventControl:
+            pageRequestEventControl = setMask(pageRequestEventControl, value, handler: onPageRequestEvent)
+        case VTdRegister.pageRequestQueueHead, VTdRegister.pageRequestQueueAddress:
+            write64(offset, (read64(offset) & 0xFFFF_FFFF_0000_0000) | UInt64(value))
+        case VTdRegister.pageRequestQueueHead + 4, VTdRegister.pageRequestQueueAddress + 4:
+            write64(offset - 4, (read64(offset - 4) & 0xFFFF_FFFF) | UInt64(value) << 32)
         case VTdRegister.rootTableAddress, VTdRegister.invalidationQueueAddress, VTdRegister.invalidationQueueTail:
             write64(offset, (read64(offset) & 0xFFFF_FFFF_0000_0000) | UInt64(value))
         case VTdRegister.rootTableAddress + 4, VTdRegister.invalidationQueueAddress + 4, VTdRegister.invalidationQueueTail + 4:

@@ -27,6 +27,8 @@ public protocol VTdEndpointPort: AnyObject {
     func receiveDeviceTLBInvalidation(pasid: PASID?, address: UInt64, sizeBit: Bool, global: Bool, completion: @escaping () -> Void)
     /// A page group response.
     func receivePageGroupResponse(_ response: PageGroupResponse)
+    /// The fabric between the endpoint and the unit.
+    var link: PCIeLink { get }
 }
 
 /// An emulated Intel VT-d remapping hardware unit in scalable mode.
@@ -61,6 +63,14 @@ public final class VTdUnit: @unchecked Sendable {
     @exclusivity(unchecked) var faultRecords: [(UInt64, UInt64)]
     @exclusivity(unchecked) var nextFaultRecord = 0
     @exclusivity(unchecked) var queueStepScheduled = false
+    // Page request queue registers (VT-d §11.4.11).
+    @exclusivity(unchecked) var pageRequestQueueAddress: UInt64 = 0
+    @exclusivity(unchecked) var pageRequestQueueHead: UInt64 = 0
+    @exclusivity(unchecked) var pageRequestQueueTail: UInt64 = 0
+    @exclusivity(unchecked) var pageRequestStatus: UInt32 = 0
+    @exclusivity(unchecked) var pageRequestEventControl: UInt32 = VTdEventControl.interruptMask
+    /// A page-drain wait descriptor held until no page traffic is in the fabric (§7.10).
+    @exclusivity(unchecked) var parkedDrain: (InvalidationDescriptor, RawDescriptor)?
 
     // Caches.
     let contextCache: TaggedCache<ContextCacheEntry>
@@ -79,6 +89,7 @@ public final class VTdUnit: @unchecked Sendable {
     /// Interrupt handlers (software side), run as scheduled software events.
     public var onFaultEvent: (() -> Void)?
     public var onInvalidationEvent: (() -> Void)?
+    public var onPageRequestEvent: (() -> Void)?
     /// Observes every completed DMA access (the simulator's oracle hangs here).
     @exclusivity(unchecked) public var accessObserver: ((DMAAccessRecord) -> Void)?
     @exclusivity(unchecked) var accessChecker: Unmanaged<DMAAccessChecker>?
@@ -115,7 +126,10 @@ public final class VTdUnit: @unchecked Sendable {
     public func resetCounters() { countersStorage.pointee = VTdCounters() }
 
     /// Connects an endpoint so device-TLB invalidations and page responses reach it.
-    public func connect(_ endpoint: any VTdEndpointPort) { endpoints[endpoint.requesterID.rawValue] = endpoint }
+    public func connect(_ endpoint: any VTdEndpointPort) {
+        endpoints[endpoint.requesterID.rawValue] = endpoint
+        endpoint.link.onPageTrafficLeft = { [ref] in ref.target?.pageTrafficLeft() }
+    }
 
     /// Forgets every connected endpoint (they hold the unit: the machine breaks the cycle).
     public func disconnectAll() { endpoints = [:] }
@@ -178,6 +192,9 @@ public struct DMAAccessRecord: Equatable, Sendable {
     public var physical: UInt64?
     public var fault: VTdFaultReason?
     public var time: UInt64
+    /// A translated request (PCIe AT = translated): the device used a translation from its
+    /// device TLB; `address` is the untranslated address that translation was for.
+    public var translated: Bool = false
 }
 
 extension VTdUnit {

@@ -1,0 +1,138 @@
+import Platform
+import Formats
+
+/// The page request side of the unit (VT-d §7.4, §7.10): page requests from devices are
+/// checked against the context and PASID entries, written into the page request queue in
+/// memory, or answered by the unit itself; page group responses travel back through the
+/// fabric; a page-drain wait completes only when no page traffic is in flight.
+extension VTdUnit {
+    var pageRequestQueueBytes: UInt64 { 4096 << (pageRequestQueueAddress & 7) }
+    var pageRequestQueueBase: UInt64 { pageRequestQueueAddress & ~0xFFF }
+
+    /// A page request message has reached the unit from the device with `d.requester`.
+    public func receivePageRequest(_ d: PageRequestDescriptor) {
+        let c = countersStorage
+        c.pointee.pageRequests &+= 1
+        let now = platform.scheduler.now
+        platform.trace.record(TraceEvent(time: now, kind: .pageRequest, track: trackID, a: d.address,
+                                         b: UInt64(d.groupIndex) | (d.lastInGroup ? 1 << 9 : 0) | (d.isStopMarker ? 1 << 10 : 0),
+                                         c: d.pasid.map { UInt64($0.rawValue) } ?? .max))
+        // A request that needs an answer (the last of its group) gets one from the unit
+        // whenever it does not reach software. A stop marker needs none.
+        let needsResponse = d.lastInGroup && !d.isStopMarker
+        func autoRespond(_ code: PageResponseCode) {
+            c.pointee.pageRequestsAutoResponded &+= 1
+            guard needsResponse else { return }
+            sendPageResponse(PageGroupResponse(requester: d.requester, pasid: d.pasid, responseCode: code.rawValue,
+                                               groupIndex: d.groupIndex))
+        }
+        guard translationEnabled, configuration.extendedCapability.pageRequests, pageRequestQueueAddress != 0 else {
+            autoRespond(.invalidRequest)
+            return
+        }
+        // Context: present with PRE set (VT-d §7.4.1.1: otherwise a fault and an Invalid
+        // Request response).
+        let ctx: ContextCacheEntry
+        if let hit = contextCache.lookup(UInt64(d.requester.rawValue), 0) {
+            ctx = hit.pointee.payload
+        } else {
+            switch fetchContext(d.requester) {
+            case .success(let e): ctx = e
+            case .failure(let f):
+                if !f.fpd { recordPageRequestFault(f.reason, d) }
+                autoRespond(.invalidRequest)
+                return
+            }
+        }
+        guard ctx.flags & ContextCacheEntry.pageRequest != 0 else {
+            if ctx.flags & ContextCacheEntry.fpd == 0 { recordPageRequestFault(.smPREClear, d) }
+            autoRespond(.invalidRequest)
+            return
+        }
+        // PASID entry: a request for a PASID whose entry is not present is answered Invalid
+        // Request by the unit (the PASID was torn down; software never sees it).
+        let effective: UInt32
+        if let p = d.pasid {
+            guard ctx.flags & ContextCacheEntry.pasidEnable != 0, p.rawValue < ctx.pasidLimit else {
+                autoRespond(.invalidRequest)
+                return
+            }
+            effective = p.rawValue
+        } else {
+            effective = ctx.ridPASID
+        }
+        let pkey = UInt64(d.requester.rawValue) << 20 | UInt64(effective)
+        if pasidCache.lookup(pkey, 0) == nil {
+            switch fetchPASIDEntry(ctx, pasid: effective) {
+            case .success(let e): pasidCache.insert(pkey, 0, e)
+            case .failure:
+                autoRespond(.invalidRequest)
+                return
+            }
+        }
+        // Queue full (one slot is always left empty): set PRO and answer Success so the
+        // device retries later (VT-d §7.4.1.2).
+        let size = pageRequestQueueBytes
+        let tail = pageRequestQueueTail % size
+        if (tail + PageRequestDescriptor.size) % size == pageRequestQueueHead % size {
+            c.pointee.pageRequestOverflows &+= 1
+            pageRequestStatus |= VTdPageRequestStatus.overflow
+            autoRespond(.success)
+            return
+        }
+        let raw = d.encode()
+        let at = pageRequestQueueBase + tail
+        do {
+            try memory.deviceStore(at, raw.qw0)
+            try memory.deviceStore(at + 8, raw.qw1)
+            try memory.deviceStore(at + 16, raw.qw2)
+            try memory.deviceStore(at + 24, raw.qw3)
+        } catch {
+            autoRespond(.responseFailure)
+            return
+        }
+        pageRequestQueueTail = (tail + PageRequestDescriptor.size) % size
+        c.pointee.pageRequestsQueued &+= 1
+        // The page request event is raised when PPR goes from clear to set.
+        if pageRequestStatus & VTdPageRequestStatus.pending == 0 {
+            pageRequestStatus |= VTdPageRequestStatus.pending
+            raiseInterrupt(control: &pageRequestEventControl, handler: onPageRequestEvent)
+        }
+    }
+
+    private func recordPageRequestFault(_ reason: VTdFaultReason, _ d: PageRequestDescriptor) {
+        countersStorage.pointee.faults &+= 1
+        recordFault(FaultRecord(source: d.requester, reason: reason.rawValue, address: d.address, pasid: d.pasid,
+                                isRead: !d.write, execute: d.execute, privileged: d.privileged))
+    }
+
+    /// Sends a page group response to the device it names (dropped if there is none).
+    func sendPageResponse(_ r: PageGroupResponse) {
+        guard let port = endpoints[r.requester.rawValue] else { return }
+        countersStorage.pointee.pageResponsesSent &+= 1
+        port.link.down(pageResponse: true) { port.receivePageGroupResponse(r) }
+    }
+
+    /// An invalidation completion message for no invalidation the unit requested (a
+    /// misbehaving device): counted and ignored.
+    public func receiveUnsolicitedInvalidationCompletion(from source: RequesterID) {
+        countersStorage.pointee.unsolicitedCompletions &+= 1
+    }
+
+    /// Whether no page request or response is in flight on any link.
+    var pageTrafficIdle: Bool { endpoints.values.allSatisfy { $0.link.pageTrafficIdle } }
+
+    /// A page message left the fabric: a held page-drain wait may complete now.
+    func pageTrafficLeft() {
+        guard let (d, raw) = parkedDrain, pageTrafficIdle else { return }
+        parkedDrain = nil
+        complete(d, raw: raw, dropped: false)
+    }
+
+    /// Entries between head and tail (for traces and tests).
+    public var pageRequestQueueDepth: Int {
+        guard pageRequestQueueAddress != 0 else { return 0 }
+        let size = pageRequestQueueBytes
+        return Int(((pageRequestQueueTail &+ size &- pageRequestQueueHead) % size) / PageRequestDescriptor.size)
+    }
+}
