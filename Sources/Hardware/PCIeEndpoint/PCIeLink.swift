@@ -14,10 +14,14 @@ public final class PCIeLink: @unchecked Sendable {
     /// Arrival time of the last message queued in each direction.
     private var lastUp: UInt64 = 0
     private var lastDown: UInt64 = 0
-    /// Page requests sent upstream and not yet arrived; page responses sent downstream and
-    /// not yet arrived (the page-drain wait completes only when both are zero).
-    public private(set) var pageRequestsInFlight = 0
-    public private(set) var pageResponsesInFlight = 0
+    /// Page requests sent upstream and arrived; page responses sent downstream and arrived
+    /// (monotonic: each lane is FIFO, so "arrived ≥ n" means the first n are out).
+    public private(set) var pageRequestsSent: UInt64 = 0
+    public private(set) var pageRequestsArrived: UInt64 = 0
+    public private(set) var pageResponsesSent: UInt64 = 0
+    public private(set) var pageResponsesArrived: UInt64 = 0
+    public var pageRequestsInFlight: UInt64 { pageRequestsSent - pageRequestsArrived }
+    public var pageResponsesInFlight: UInt64 { pageResponsesSent - pageResponsesArrived }
     /// Told whenever a page message leaves the fabric (the unit's drain listens).
     var onPageTrafficLeft: (() -> Void)?
 
@@ -38,9 +42,9 @@ public final class PCIeLink: @unchecked Sendable {
 
     /// Sends a message from the device towards the unit; `deliver` runs when it arrives.
     func up(pageRequest: Bool = false, _ deliver: @escaping () -> Void) {
-        if pageRequest { pageRequestsInFlight += 1 }
+        if pageRequest { pageRequestsSent += 1 }
         scheduler.schedule(at: arrival(after: &lastUp), kind: .hardware) { [self] in
-            if pageRequest { pageRequestsInFlight -= 1 }
+            if pageRequest { pageRequestsArrived += 1 }
             deliver()
             if pageRequest { onPageTrafficLeft?() }
         }
@@ -48,9 +52,9 @@ public final class PCIeLink: @unchecked Sendable {
 
     /// Sends a message from the unit towards the device; `deliver` runs when it arrives.
     func down(pageResponse: Bool = false, _ deliver: @escaping () -> Void) {
-        if pageResponse { pageResponsesInFlight += 1 }
+        if pageResponse { pageResponsesSent += 1 }
         scheduler.schedule(at: arrival(after: &lastDown), kind: .hardware) { [self] in
-            if pageResponse { pageResponsesInFlight -= 1 }
+            if pageResponse { pageResponsesArrived += 1 }
             deliver()
             if pageResponse { onPageTrafficLeft?() }
         }

@@ -93,17 +93,20 @@ extension VTdUnit {
     }
 
     /// Applies a fetched descriptor, advances the head and moves on.
-    func complete(_ descriptor: InvalidationDescriptor, raw: RawDescriptor, dropped: Bool) {
+    func complete(_ descriptor: InvalidationDescriptor, raw: RawDescriptor, dropped: Bool, drained: Bool = false) {
         let c = countersStorage
         let type = descriptor.type
         let index = invalidationQueueHead / descriptorBytes
-        if !dropped, case .wait(let w) = descriptor, w.pageDrain, !pageTrafficIdle {
+        if !dropped, !drained, case .wait(let w) = descriptor, w.pageDrain {
             // Page drain (VT-d §7.10): the wait completes only once the page requests and
-            // responses in flight between devices and the unit are out of the fabric.
-            c.pointee.drainsHeld &+= 1
-            parkedDrain = (descriptor, raw)
-            queueStepScheduled = true
-            return
+            // responses in flight between devices and the unit now are out of the fabric.
+            let targets = pageTrafficInFlight()
+            if !targets.isEmpty {
+                c.pointee.drainsHeld &+= 1
+                parkedDrain = (descriptor, raw, targets)
+                queueStepScheduled = true
+                return
+            }
         }
         if dropped {
             c.pointee.descriptorsDropped &+= 1

@@ -119,14 +119,20 @@ extension VTdUnit {
         countersStorage.pointee.unsolicitedCompletions &+= 1
     }
 
-    /// Whether no page request or response is in flight on any link.
-    var pageTrafficIdle: Bool { endpoints.values.allSatisfy { $0.link.pageTrafficIdle } }
+    /// What must still arrive, per link, for the page traffic in flight now to be out.
+    func pageTrafficInFlight() -> [(PCIeLink, UInt64, UInt64)] {
+        endpoints.values.compactMap { port in
+            let l = port.link
+            return l.pageTrafficIdle ? nil : (l, l.pageRequestsSent, l.pageResponsesSent)
+        }
+    }
 
     /// A page message left the fabric: a held page-drain wait may complete now.
     func pageTrafficLeft() {
-        guard let (d, raw) = parkedDrain, pageTrafficIdle else { return }
+        guard let (d, raw, targets) = parkedDrain,
+              targets.allSatisfy({ $0.0.pageRequestsArrived >= $0.1 && $0.0.pageResponsesArrived >= $0.2 }) else { return }
         parkedDrain = nil
-        complete(d, raw: raw, dropped: false)
+        complete(d, raw: raw, dropped: false, drained: true)
     }
 
     /// Entries between head and tail (for traces and tests).

@@ -69,8 +69,9 @@ public final class VTdUnit: @unchecked Sendable {
     @exclusivity(unchecked) var pageRequestQueueTail: UInt64 = 0
     @exclusivity(unchecked) var pageRequestStatus: UInt32 = 0
     @exclusivity(unchecked) var pageRequestEventControl: UInt32 = VTdEventControl.interruptMask
-    /// A page-drain wait descriptor held until no page traffic is in the fabric (§7.10).
-    @exclusivity(unchecked) var parkedDrain: (InvalidationDescriptor, RawDescriptor)?
+    /// A page-drain wait descriptor held until the page traffic that was in the fabric when
+    /// it was reached is out (§7.10): per link, the request and response counts to arrive.
+    @exclusivity(unchecked) var parkedDrain: (InvalidationDescriptor, RawDescriptor, [(PCIeLink, UInt64, UInt64)])?
 
     // Caches.
     let contextCache: TaggedCache<ContextCacheEntry>

@@ -62,6 +62,12 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     /// The PASIDs programmed for this device and their domains (a group's PASID attachment
     /// reaches every PASID-capable device of the group present when it was made).
     public internal(set) var attachedPASIDs: [UInt32: IOMMUDomain] = [:]
+    /// Fault reporting state while the device is on a fault queue (Linux `fault_param`).
+    var faultParam: FaultParam?
+    /// Whether the device reports recoverable faults (it is on a fault queue).
+    public var reportsPageFaults: Bool { faultParam != nil }
+    /// The user API's number for the device (iommufd `dev_id`), set at probe.
+    public internal(set) var objectID: UInt32 = 0
     /// Driver-private state (Linux `dev_iommu->priv`).
     public var driverData: AnyObject?
     /// Faults reported for this device (the most recent `faultLogLimit`).

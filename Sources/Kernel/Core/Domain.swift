@@ -45,6 +45,9 @@ open class IOMMUDomain: @unchecked Sendable, CustomStringConvertible {
     public internal(set) var isCoreOwned = false
     /// The DMA API's state for a DMA domain (Linux `iova_cookie`): IOVA space, flush queue.
     @exclusivity(unchecked) public internal(set) var dmaCookie: DMACookie?
+    /// Who takes recoverable faults of devices attached to it (Linux `iopf_handler`); nil:
+    /// page requests are answered Invalid Request.
+    public internal(set) var iopfHandler: (any IOPFHandler)?
     /// Table pages whose invalidation failed; freed with the domain.
     let quarantinedTables = Mutex<[UInt64]>([])
 
@@ -97,6 +100,10 @@ open class IOMMUDomain: @unchecked Sendable, CustomStringConvertible {
 
     /// Invalidates everything the domain may have cached (Linux `flush_iotlb_all`).
     open func flushAll() throws(IOMMUError) {}
+
+    /// Invalidates [start, end] wherever this domain's translations may be cached, and waits
+    /// (SVA: the mmu-notifier's `arch_invalidate_secondary_tlbs`).
+    open func invalidateRange(start: UInt64, end: UInt64) throws(IOMMUError) {}
 
     /// The physical address `iova` maps to, or nil.
     open func iovaToPhys(_ iova: UInt64) -> UInt64? { nil }

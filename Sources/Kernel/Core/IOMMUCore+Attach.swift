@@ -135,6 +135,7 @@ extension IOMMUCore {
         dev.attachedDomain = new
         lastUpdatePath = path
         observer?.transitionEnded(dev, pasid: nil, current: new, path: path)
+        faultHandlerDetached(old, dev, pasid: nil, new: new)
     }
 
     /// Puts a device back in `old` (MUST_SUCCEED); failing that, in the blocked domain.
@@ -157,5 +158,6 @@ extension IOMMUCore {
         dev.attachedDomain = blocked
         blockedByRollback += 1
         observer?.transitionEnded(dev, pasid: nil, current: blocked, path: .removed)
+        faultHandlerDetached(current, dev, pasid: nil, new: blocked)
     }
 }

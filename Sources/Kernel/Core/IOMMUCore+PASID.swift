@@ -96,6 +96,7 @@ extension IOMMUCore {
                 domain.attachments += 1
                 done.append(d)
                 observer?.transitionEnded(d, pasid: pasid, current: domain, path: path)
+                faultHandlerDetached(current, d, pasid: pasid, new: domain)
             } catch {
                 observer?.transitionEnded(d, pasid: pasid, current: current, path: .unchanged)
                 for u in done.reversed() {
@@ -149,6 +150,7 @@ extension IOMMUCore {
         d.attachedPASIDs[pasid.rawValue] = nil
         domain.attachments -= 1
         observer?.transitionEnded(d, pasid: pasid, current: nil, path: .removed)
+        faultHandlerDetached(domain, d, pasid: pasid, new: nil)
     }
 
     /// Forgets a group's PASID slot once no device holds the PASID any more.

@@ -31,6 +31,8 @@ extension IOMMUCore {
                 undo(); throw .busy("\(desc.name): \(existing) has PASIDs attached; detach them before adding devices")
             }
             let dev = Device(desc, driver: driver)
+            dev.objectID = nextDeviceObjectID
+            nextDeviceObjectID &+= 1
             let unitLimit: UInt32
             do { unitLimit = try driver.probeDevice(dev) } catch { undo(); throw error }
             dev.maxPASIDs = min(desc.maxPASIDs, unitLimit)
@@ -129,6 +131,7 @@ extension IOMMUCore {
             current.attachments -= 1
             device.attachedDomain = nil
             observer?.transitionEnded(device, pasid: nil, current: nil, path: .removed)
+            faultHandlerDetached(current, device, pasid: nil, new: nil)
         }
         device.driver.releaseDevice(device)
         device.isReleased = true

@@ -41,6 +41,21 @@ public final class IOMMUCore: @unchecked Sendable {
     /// Faults from requester IDs no probed device has.
     public internal(set) var unclaimedFaults = 0
     var nextGroupID = 0
+    var nextDeviceObjectID: UInt32 = 1
+    /// Simulated processes alive, and SVA binds.
+    public internal(set) var processes: [Process] = []
+    public internal(set) var svaHandles: [SVAHandle] = []
+    var nextProcessID = 0
+    /// IO page-fault counts: requests reported, groups built, requests no handler took,
+    /// responses by code (success, invalid, failure), answers to groups already answered,
+    /// partial requests dropped over the limit, partial lists discarded after overflows.
+    public internal(set) var pageFaultsReported = 0
+    public internal(set) var pageFaultGroups = 0
+    public internal(set) var pageFaultsWithoutHandler = 0
+    public internal(set) var pageResponses = [0, 0, 0]
+    public internal(set) var lateResponses = 0
+    public internal(set) var partialsDropped = 0
+    public internal(set) var partialsDiscarded = 0
     /// Broken behaviour to show the oracle catching it (oracle-strength checks only).
     @exclusivity(unchecked) public var injectedBugs: InjectedBugs = []
 

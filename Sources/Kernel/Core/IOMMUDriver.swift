@@ -25,10 +25,21 @@ public protocol IOMMUDriver: AnyObject, Sendable {
     /// Whether invalidations for the device are expensive enough that a single large flush
     /// queue pays off (Linux `dev->iommu->shadow_on_flush`). Default: no.
     func invalidationsAreExpensive(_ device: Device) -> Bool
+    /// Whether `pageResponse` reaches devices (Linux: `ops->page_response` is set).
+    var supportsPageResponse: Bool { get }
+    /// Sends the response of the group `fault` ends to the device (`page_response`).
+    func pageResponse(_ device: Device, to fault: PageFault, code: PageResponseCode)
+    /// A domain sharing `process`'s address space with `device` (`domain_alloc_sva`).
+    func allocSVADomain(for device: Device, process: Process) throws(IOMMUError) -> IOMMUDomain
 }
 
 extension IOMMUDriver {
     public func invalidationsAreExpensive(_ device: Device) -> Bool { false }
+    public var supportsPageResponse: Bool { false }
+    public func pageResponse(_ device: Device, to fault: PageFault, code: PageResponseCode) {}
+    public func allocSVADomain(for device: Device, process: Process) throws(IOMMUError) -> IOMMUDomain {
+        throw .notSupported("\(name) has no SVA")
+    }
 }
 
 /// Where simulation and tests watch the core: every change of what a device may reach is
@@ -65,6 +76,10 @@ public protocol KernelObserver: AnyObject {
     /// A driver gave `did` on `unit` back (after its invalidation).
     func domainIDReleased(driver: any IOMMUDriver, unit: Int, did: DomainID)
     func faultReported(_ device: Device?, _ fault: ReportedFault)
+    /// A driver reported a page request of `device` to the core.
+    func pageFaultReported(_ device: Device, _ fault: PageFault)
+    /// The core sent the response for the group `fault` ends.
+    func pageResponseSent(_ device: Device, _ fault: PageFault, _ code: PageResponseCode)
 }
 
 extension KernelObserver {
@@ -83,6 +98,8 @@ extension KernelObserver {
     public func domainIDAllocated(driver: any IOMMUDriver, unit: Int, did: DomainID) {}
     public func domainIDReleased(driver: any IOMMUDriver, unit: Int, did: DomainID) {}
     public func faultReported(_ device: Device?, _ fault: ReportedFault) {}
+    public func pageFaultReported(_ device: Device, _ fault: PageFault) {}
+    public func pageResponseSent(_ device: Device, _ fault: PageFault, _ code: PageResponseCode) {}
 }
 
 /// Places in software where hardware may overtake the CPU; the simulator's scheduler may

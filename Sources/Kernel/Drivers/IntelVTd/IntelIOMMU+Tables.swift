@@ -55,15 +55,17 @@ extension IntelIOMMU {
             try store(rootSlot, half)
         }
         contextTableUsers[contextTableKey(rid), default: 0] += 1
+        let pri = device.pri && extendedCapability.pageRequests && pageRequestQueue != 0
         let entry = ScalableContextEntry(present: true, fpd: false, deviceTLB: device.ats && extendedCapability.deviceTLB,
-                                         pasidEnable: extendedCapability.pasid, pageRequest: false, pdts: pdts,
+                                         pasidEnable: extendedCapability.pasid, pageRequest: pri, pdts: pdts,
                                          pasidDirectory: directory, ridPASID: 0)
         let address = (half & ~0xFFF) + UInt64(rid.devfn & 0x7F) * 32
         try store(address + 8, entry.val.1); try store(address + 16, entry.val.2); try store(address + 24, entry.val.3)
         try store(address, entry.val.0)
-        let info = VTdDeviceInfo(requesterID: rid, unit: index, pasidDirectory: directory, directoryEntries: entries, ats: device.ats)
+        let info = VTdDeviceInfo(device: device, unit: index, pasidDirectory: directory, directoryEntries: entries, ats: device.ats, pri: pri)
         devices[rid.rawValue] = info
         device.driverData = info
+        if pri, let q = iopfQueue, let core = driver?.core { try? core.iopfAddDevice(device, to: q) }
         return min(UInt32(clamping: unitPASIDs), info.pasidLimit)
     }
 
@@ -84,6 +86,12 @@ extension IntelIOMMU {
                 try queue.submitAndWait([.contextCache(.device(DomainIDAllocator.reserved, rid, functionMask: 0)), .pasidCache(.global)])
             } catch { flushed = false }
             for i in 0..<4 { try? store(address + UInt64(i) * 8, 0) }
+        }
+        if info.pri {
+            // PRE is off now: hand what is still queued to the core, then leave the fault
+            // queue, which answers every pending group (Linux `iopf_queue_remove_device`).
+            handlePageRequests()
+            driver?.core?.iopfRemoveDevice(device)
         }
         devices[rid.rawValue] = nil
         device.driverData = nil
@@ -221,6 +229,7 @@ extension IntelIOMMU {
         // from it, and the next removal flushes it again.
         try flushEntry(old, pasid: pasid, info: info, pasidCache: !bugs.contains(.skipPASIDCacheInvalidation))
         for i in 0..<8 { try store(address + UInt64(i) * 8, 0) }
+        if !bugs.contains(.skipPageRequestDrain) { drainPageRequests(info, pasid: pasid, did: old.did, pgtt: old.pgtt) }
     }
 
     /// Invalidates what hardware may cache from `old` (Linux `pasid_cache_invalidation_with_pasid`,

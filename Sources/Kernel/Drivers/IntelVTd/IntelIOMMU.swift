@@ -13,9 +13,14 @@ final class VTdDeviceInfo {
     /// Leaf PASID tables by directory index.
     var leafTables: [UInt64: UInt64] = [:]
     let ats: Bool
-    init(requesterID: RequesterID, unit: Int, pasidDirectory: UInt64, directoryEntries: UInt64, ats: Bool) {
-        self.requesterID = requesterID; self.unit = unit; self.pasidDirectory = pasidDirectory
-        self.directoryEntries = directoryEntries; self.ats = ats
+    /// Page requests enabled in its context entry (PRE) and reported to the core.
+    let pri: Bool
+    /// The core's device (it outlives this state, which goes at release).
+    unowned(unsafe) let device: Device
+    init(device: Device, unit: Int, pasidDirectory: UInt64, directoryEntries: UInt64, ats: Bool, pri: Bool) {
+        self.device = device
+        self.requesterID = device.requesterID; self.unit = unit; self.pasidDirectory = pasidDirectory
+        self.directoryEntries = directoryEntries; self.ats = ats; self.pri = pri
     }
     /// PASIDs the tables can hold.
     var pasidLimit: UInt32 { UInt32(directoryEntries * 64) }
@@ -51,6 +56,19 @@ public final class IntelIOMMU: @unchecked Sendable {
     /// Fault records read and reported; overflows (PFO) seen.
     public internal(set) var faultsHandled = 0
     public internal(set) var overflowsSeen = 0
+    /// The page request queue (0: none) and the core's fault queue for this unit.
+    var pageRequestQueue: UInt64 = 0
+    public internal(set) var iopfQueue: IOPFQueue?
+    /// Page request handling: handler passes, descriptors handled, bad ones, stop markers
+    /// dropped, overflows cleared, PASID drains and their errors, responses that failed.
+    public internal(set) var pageRequestPasses = 0
+    public internal(set) var pageRequestsHandled = 0
+    public internal(set) var badPageRequests = 0
+    public internal(set) var stopMarkersDropped = 0
+    public internal(set) var pageRequestOverflowsCleared = 0
+    public internal(set) var pageRequestDrains = 0
+    public internal(set) var pageRequestDrainErrors = 0
+    public internal(set) var pageResponsesLost = 0
 
     /// Most PASID-directory entries one frame holds (PDTS 2: 512 × 64 = 32768 PASIDs).
     static let maxDirectoryEntries: UInt64 = 512
@@ -99,6 +117,7 @@ public final class IntelIOMMU: @unchecked Sendable {
         unit.write64(VTdRegister.invalidationQueueTail, 0)
         unit.write32(VTdRegister.globalCommand, VTdGlobal.queuedInvalidationEnable)
         try queue.submitAndWait([.contextCache(.global), .pasidCache(.global), .iotlb(.global)])
+        try enablePageRequests()
         unit.onFaultEvent = { [ref] in ref.target?.handleFaultInterrupt() }
         unit.write32(VTdRegister.faultEventControl, 0)
         unit.write32(VTdRegister.globalCommand, VTdGlobal.queuedInvalidationEnable | VTdGlobal.translationEnable)
@@ -114,6 +133,7 @@ public final class IntelIOMMU: @unchecked Sendable {
         unit.write32(VTdRegister.globalCommand, 0)
         unit.write32(VTdRegister.faultEventControl, VTdEventControl.interruptMask)
         unit.onFaultEvent = nil
+        disablePageRequests()
         // Translation is off: tables kept after failed invalidations can go now. A context
         // table is still linked from the root table until now (reused if a device came back).
         for f in retainedFrames { try? platform.frames.free(f) }

@@ -49,7 +49,27 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
     public var blockedDomain: IOMMUDomain { blocked }
     public var identityDomain: IOMMUDomain? { identity }
 
-    public func register(with core: IOMMUCore) { self.core = core }
+    public func register(with core: IOMMUCore) {
+        self.core = core
+        for u in units where u.iopfQueue == nil { u.iopfQueue = core.allocIOPFQueue(name: "iopf-\(u.name)") }
+    }
+
+    public var supportsPageResponse: Bool { true }
+
+    /// Linux `intel_iommu_page_response`: a page group response descriptor carrying the
+    /// requester ID, the PASID when the request needs it, the code and the group index.
+    public func pageResponse(_ device: Device, to fault: PageFault, code: PageResponseCode) {
+        guard let u = try? iommu(for: device) else { return }
+        u.sendResponse(device.requesterID, pasid: fault.flags.contains(.needsPASID) ? fault.pasid : nil,
+                       groupIndex: fault.groupIndex, code)
+    }
+
+    /// Linux `intel_svm_domain_alloc`: needs first-stage translation and PASIDs on the unit.
+    public func allocSVADomain(for device: Device, process: Process) throws(IOMMUError) -> IOMMUDomain {
+        let u = try iommu(for: device)
+        guard u.extendedCapability.firstStage, u.extendedCapability.pasid else { throw .notSupported("\(u.name) cannot do SVA") }
+        return VTdSVADomain(driver: self, process: process)
+    }
 
     func iommu(for device: Device) throws(IOMMUError) -> IntelIOMMU {
         guard device.driver === self, device.unit >= 0, device.unit < units.count else {

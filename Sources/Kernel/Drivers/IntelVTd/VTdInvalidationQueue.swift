@@ -37,16 +37,18 @@ final class VTdInvalidationQueue {
     /// restarted, as Linux `qi_check_fault` does).
     /// Holds the platform's hardware lock throughout (Linux holds `qi->q_lock` from writing
     /// the descriptors until the wait completes).
-    func submitAndWait(_ descriptors: [InvalidationDescriptor]) throws(IOMMUError) {
-        try descriptors.withUnsafeBufferPointer { d throws(IOMMUError) in try submitAndWait(d) }
+    /// With `drain`, each batch's wait descriptor also drains page requests and responses
+    /// (PD, Linux `QI_OPT_WAIT_DRAIN`).
+    func submitAndWait(_ descriptors: [InvalidationDescriptor], drain: Bool = false) throws(IOMMUError) {
+        try descriptors.withUnsafeBufferPointer { d throws(IOMMUError) in try submitAndWait(d, drain: drain) }
     }
 
-    func submitAndWait(_ descriptors: UnsafeBufferPointer<InvalidationDescriptor>) throws(IOMMUError) {
+    func submitAndWait(_ descriptors: UnsafeBufferPointer<InvalidationDescriptor>, drain: Bool = false) throws(IOMMUError) {
         try platform.withHardware { () throws(IOMMUError) in
             var i = 0
             repeat {
                 let end = min(descriptors.count, i + Self.batchLimit)
-                try submitBatch(UnsafeBufferPointer(rebasing: descriptors[i..<end]))
+                try submitBatch(UnsafeBufferPointer(rebasing: descriptors[i..<end]), drain: drain)
                 i = end
             } while i < descriptors.count
         }
@@ -62,7 +64,7 @@ final class VTdInvalidationQueue {
         tail = (tail + 32) % (slots * 32)
     }
 
-    private func submitBatch(_ batch: UnsafeBufferPointer<InvalidationDescriptor>) throws(IOMMUError) {
+    private func submitBatch(_ batch: UnsafeBufferPointer<InvalidationDescriptor>, drain: Bool) throws(IOMMUError) {
         // Normally the queue is empty here (every batch is waited for); after a time-out the
         // hardware may still be behind, so wait for room as Linux's `qi_submit_sync` does.
         let needed = UInt64(batch.count + 1)
@@ -82,7 +84,7 @@ final class VTdInvalidationQueue {
         let status = nextStatus
         nextStatus = nextStatus == .max ? 1 : nextStatus + 1
         for d in batch { try write(d) }
-        try write(.wait(InvalidationWait(statusWrite: true, fence: true, statusData: status, statusAddress: statusAddress)))
+        try write(.wait(InvalidationWait(statusWrite: true, fence: true, pageDrain: drain, statusData: status, statusAddress: statusAddress)))
         submissions += 1
         descriptorsSubmitted += UInt64(batch.count)
         unit.write64(VTdRegister.invalidationQueueTail, tail)

@@ -1,0 +1,138 @@
+import Platform
+import Formats
+
+/// A fault queue for user space (the iommufd fault object, drivers/iommu/iommufd/eventq.c):
+/// a domain allocated with it delivers its page request groups here; user space reads whole
+/// groups as records and writes one response per group, by cookie. Nothing is answered on a
+/// timer: a group waits until user space answers, its attachment is detached or replaced,
+/// or the queue is closed (then it is answered Invalid Request).
+public final class FaultQueue: IOPFHandler, @unchecked Sendable {
+    /// One fault record as `read` returns it (`struct iommu_hwpt_pgfault`, 40 bytes).
+    public struct Record: Equatable, Sendable {
+        /// `IOMMU_PGFAULT_FLAGS_PASID_VALID` (bit 0), `LAST_PAGE` (bit 1), as reported.
+        public var flags: UInt32
+        public var devID: UInt32
+        public var pasid: UInt32
+        public var groupIndex: UInt32
+        /// `IOMMU_PGFAULT_PERM_READ/WRITE/EXEC/PRIV` (bits 0–3).
+        public var permissions: UInt32
+        public var address: UInt64
+        /// A hint, always 0 (as in Linux).
+        public var length: UInt32
+        public var cookie: UInt32
+        public static let size = 40
+    }
+
+    /// Response codes user space may write (`IOMMUFD_PAGE_RESP_*`).
+    public static let responseSuccess: UInt32 = 0
+    public static let responseInvalid: UInt32 = 1
+
+    unowned(unsafe) let core: IOMMUCore
+    /// Groups not yet read, oldest first.
+    private var deliver: [IOPFGroup] = []
+    /// Groups read and not yet answered, by cookie.
+    private var responses: [UInt32: IOPFGroup] = [:]
+    private var nextCookie: UInt32 = 1
+    public private(set) var isClosed = false
+    public private(set) var groupsDelivered = 0
+    public private(set) var autoResponses = 0
+    /// Called when a group arrives (the reader's wake-up; poll's EPOLLIN).
+    public var onReadable: (() -> Void)?
+
+    init(core: IOMMUCore) { self.core = core }
+
+    /// Groups waiting to be read, and read groups waiting for their response.
+    public var undelivered: Int { deliver.count }
+    public var awaitingResponse: Int { responses.count }
+
+    // MARK: IOPFHandler
+
+    public func handle(_ group: IOPFGroup) throws(IOMMUError) {
+        guard !isClosed else { throw .noDevice("the fault queue is closed") }
+        deliver.append(group)
+        onReadable?()
+    }
+
+    /// Answers Invalid Request every group of (`device`, `pasid`) on `domain`, read or not
+    /// (Linux `iommufd_auto_response_faults`).
+    public func detached(_ device: Device, pasid: PASID?, from domain: IOMMUDomain) {
+        let match = { (g: IOPFGroup) in g.device === device && g.pasid == pasid && g.domain === domain }
+        let unread = deliver.filter(match)
+        deliver.removeAll(where: match)
+        let read = responses.filter { match($0.value) }.sorted { $0.key < $1.key }
+        for (cookie, _) in read { responses[cookie] = nil }
+        for g in unread + read.map(\.value) {
+            autoResponses += 1
+            core.respond(g, .invalidRequest)
+        }
+    }
+
+    // MARK: User API
+
+    /// Reads whole groups, at most `maxRecords` records (Linux `read()` with a buffer of
+    /// `maxRecords` × 40 bytes): a group that does not fit stays for the next read. Each
+    /// group gets a cookie that all its records carry.
+    public func read(maxRecords: Int) -> [Record] {
+        var out: [Record] = []
+        while let g = deliver.first, out.count + g.faults.count <= maxRecords {
+            deliver.removeFirst()
+            var cookie = nextCookie
+            while responses[cookie] != nil || cookie == 0 { cookie &+= 1 }
+            nextCookie = cookie &+ 1
+            g.cookie = cookie
+            responses[cookie] = g
+            groupsDelivered += 1
+            for f in g.faults {
+                out.append(Record(flags: f.flags.rawValue, devID: g.device.objectID, pasid: f.pasid.rawValue,
+                                  groupIndex: UInt32(f.groupIndex), permissions: f.permissions.rawValue,
+                                  address: f.address, length: 0, cookie: cookie))
+            }
+        }
+        return out
+    }
+
+    /// Writes one response (Linux `write()` of a `struct iommu_hwpt_page_response`): the code
+    /// must be SUCCESS (0) or INVALID (1) and the cookie one that was read and not answered;
+    /// otherwise `EINVAL` and nothing changes.
+    public func respond(cookie: UInt32, code: UInt32) throws(IOMMUError) {
+        let c: PageResponseCode
+        switch code {
+        case Self.responseSuccess: c = .success
+        case Self.responseInvalid: c = .invalidRequest
+        default: throw .invalidArgument("response code \(code) (only SUCCESS 0 and INVALID 1)")
+        }
+        guard let g = responses.removeValue(forKey: cookie) else { throw .invalidArgument("unknown cookie \(cookie)") }
+        core.respond(g, c)
+    }
+
+    /// Closes the queue (the fd released): every group still here is answered Invalid Request.
+    public func close() {
+        guard !isClosed else { return }
+        isClosed = true
+        let all = deliver + responses.sorted { $0.key < $1.key }.map(\.value)
+        deliver = []
+        responses = [:]
+        for g in all {
+            autoResponses += 1
+            core.respond(g, .invalidRequest)
+        }
+    }
+}
+
+extension IOMMUCore {
+    /// A new fault queue for user space (Linux `IOMMU_FAULT_QUEUE_ALLOC`).
+    public func allocFaultQueue() -> FaultQueue { FaultQueue(core: self) }
+
+    /// Makes `queue` take the recoverable faults of `domain` (Linux `IOMMU_HWPT_ALLOC` with
+    /// `IOMMU_HWPT_FAULT_ID_VALID`): only for user domains not yet attached anywhere.
+    public func setFaultQueue(_ queue: FaultQueue, for domain: IOMMUDomain) throws(IOMMUError) {
+        try checkAlive(domain)
+        guard domain.type == .unmanaged || domain.type == .nested else {
+            throw .invalidArgument("\(domain) is not a user domain")
+        }
+        guard !domain.flags.contains(.nestParent) else { throw .invalidArgument("a nesting parent cannot take faults") }
+        guard domain.attachments == 0 else { throw .busy("\(domain) is attached already") }
+        guard !queue.isClosed else { throw .invalidArgument("the fault queue is closed") }
+        domain.iopfHandler = queue
+    }
+}
