@@ -46,9 +46,12 @@ public final class Machine: @unchecked Sendable {
     @discardableResult
     public func addDevices(_ descriptions: [DeviceDescription]) throws(IOMMUError) -> [(Device, PCIeEndpoint)] {
         let devices = try core.probe(descriptions, driver: driver)
-        return devices.map { d in
-            let e = PCIeEndpoint(name: d.name, requesterID: d.requesterID, unit: units[d.unit])
+        return zip(devices, descriptions).map { d, desc in
+            let e = PCIeEndpoint(name: d.name, requesterID: d.requesterID, unit: units[d.unit],
+                                 ats: ATSConfiguration(enabled: desc.ats), pri: PRIConfiguration(enabled: desc.pri))
+            e.maxPASIDs = desc.maxPASIDs
             endpoints.append(e)
+            oracle.watch(e, unit: d.unit)
             return (d, e)
         }
     }

@@ -251,6 +251,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         generation &+= 1
         releaseStrictTables(domain.id)
         retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &graveyards)
+        checkDeviceTLBs(domain, iova: iova, size: unmapped)
     }
 
     public func unmapFailed(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {
@@ -387,11 +388,63 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         }
     }
 
+    // MARK: Devices: device TLBs and page requests
+
+    /// Endpoints by (unit, requester ID), for device-TLB checks.
+    private var endpoints: [UInt64: PCIeEndpoint] = [:]
+
+    /// Watches an endpoint: protocol anomalies it sees are violations, and its device TLB is
+    /// checked after every unmap of a domain it is attached to.
+    public func watch(_ e: PCIeEndpoint, unit: Int) {
+        endpoints[UInt64(unit) << 16 | UInt64(e.requesterID.rawValue)] = e
+        e.onAnomaly = { [unowned self] a in
+            switch a {
+            case .unexpectedResponse(let p, let g):
+                violate("page-response-unexpected", "\(e.name) got a response for group \(g)\(p.map { " of \($0)" } ?? "") it had no request outstanding for")
+            case .responseCrossedPASIDReuse(let p, let g):
+                violate("page-response-crossed-pasid", "a response for group \(g) sent under an earlier use of \(p) reached \(e.name) after the PASID was started again")
+            }
+        }
+    }
+
+    /// No device-TLB entry may outlive the unmap that should have invalidated it: after the
+    /// unmap (and its invalidations) completed, no device attached to the domain may cache
+    /// any page of the range.
+    private func checkDeviceTLBs(_ domain: IOMMUDomain, iova: UInt64, size: UInt64) {
+        guard size > 0, !endpoints.isEmpty else { return }
+        let me = Ref.paging(domain.id)
+        for (key, w) in windows where w.current == me || w.previous == me {
+            let unit = key >> 40, rid = UInt16(truncatingIfNeeded: key >> 20), pasid = UInt32(key & 0xFFFFF)
+            guard let e = endpoints[unit << 16 | UInt64(rid)] else { continue }
+            let stale = e.deviceTLBEntries(pasid: pasid == 0 ? nil : PASID(truncating: pasid), start: iova, end: iova + size - 1)
+            if let first = stale.first {
+                violate("stale-device-tlb", "\(e.name)\(pasid == 0 ? "" : " PASID \(pasid)") still caches \(Self.hex(first.address)) → \(Self.hex(first.physical)) after the unmap of \(Self.hex(iova))+\(Self.hex(size)) in domain \(domain.id) completed")
+            }
+        }
+    }
+
+    /// A stop marker is never a fault: drivers drop it before the core sees it.
+    public func pageFaultReported(_ device: Device, _ fault: PageFault) {
+        checks &+= 1
+        if fault.isLast && fault.permissions.isDisjoint(with: [.read, .write]) {
+            violate("stop-marker-reported", "\(device) stop marker (group \(fault.groupIndex)) was reported to the core as a fault")
+        }
+    }
+
+    /// Every page request group a device sent was answered once: none is outstanding after
+    /// teardown.
+    public func checkPageRequestsAnswered() {
+        for e in endpoints.values.sorted(by: { $0.name < $1.name }) where e.priState.outstandingGroups > 0 {
+            violate("page-request-unanswered", "\(e.name) still waits for \(e.priState.outstandingGroups) page request group response(s)")
+        }
+    }
+
     // MARK: Teardown
 
     /// Checks nothing is left once everything was torn down and the driver shut down.
     public func checkTeardown(core: IOMMUCore, driver: VTdDriver) {
         checks &+= 1
+        checkPageRequestsAnswered()
         let frames = platform.frames
         if frames.inUse > 0 {
             let parts = FrameAllocator.Purpose.allCases.compactMap { p in frames.inUse(p) > 0 ? "\(p): \(frames.inUse(p))" : nil }

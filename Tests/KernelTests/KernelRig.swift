@@ -26,9 +26,9 @@ struct KernelRig {
     /// Probes one device and returns it with its endpoint.
     @discardableResult
     func add(_ name: String, bus: UInt8 = 0, dev: UInt8, fn: UInt8 = 0, unit: Int = 0, group: String? = nil,
-             pasids: UInt32 = 0, untrusted: Bool = false, prefer: DomainType? = nil) throws -> (Device, PCIeEndpoint) {
+             pasids: UInt32 = 0, untrusted: Bool = false, prefer: DomainType? = nil, ats: Bool = false, pri: Bool = false) throws -> (Device, PCIeEndpoint) {
         try machine.addDevices([DeviceDescription(name: name, requesterID: Self.rid(bus, dev, fn), unit: unit, groupKey: group,
-                                                  maxPASIDs: pasids, untrusted: untrusted, preferredDomain: prefer)])[0]
+                                                  maxPASIDs: pasids, ats: ats, pri: pri, untrusted: untrusted, preferredDomain: prefer)])[0]
     }
 
     /// Maps `pages` fresh buffer pages at `iova` in `domain`; returns their physical addresses.
@@ -59,6 +59,17 @@ struct KernelRig {
         ep.submit(.read(address, length: bytes, pasid: pasid)) { done = $0 }
         try? scheduler.wait(until: { done != nil }, timeoutNs: 1_000_000)
         return done
+    }
+
+    /// An ATS access through `ep`, run until it ends (software events included: the PRQ
+    /// handler and fault work run as they would).
+    func atsAccess(_ ep: PCIeEndpoint, pasid: PASID?, _ address: UInt64, length: Int = 4096, write: Bool = true,
+                   limitNs: UInt64 = 10_000_000) -> ATSAccessResult? {
+        var result: ATSAccessResult?
+        ep.atsAccess(pasid: pasid, address: address, length: length, write: write) { result = $0 }
+        let deadline = scheduler.now + limitNs
+        while result == nil && scheduler.runNext(notAfter: deadline) {}
+        return result
     }
 
     /// Runs every pending event (interrupt handlers included).

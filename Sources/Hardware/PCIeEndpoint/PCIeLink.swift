@@ -33,9 +33,11 @@ public final class PCIeLink: @unchecked Sendable {
     /// Whether no page request or response is between device and unit.
     public var pageTrafficIdle: Bool { pageRequestsInFlight == 0 && pageResponsesInFlight == 0 }
 
+    /// Each message arrives strictly after the one before it on its lane (events at the same
+    /// instant run in a seeded random order, which would break the FIFO).
     private func arrival(after last: inout UInt64) -> UInt64 {
         let (t, o) = scheduler.now.addingReportingOverflow(latencyNs)
-        let at = max(o ? .max : t, last)
+        let at = max(o ? .max : t, last == 0 ? 0 : last &+ 1)
         last = at
         return at
     }

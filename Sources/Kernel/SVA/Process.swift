@@ -112,9 +112,9 @@ public final class Process: @unchecked Sendable, CustomStringConvertible {
         }
         for d in svaDomains {
             if failed {
-                core.observer?.unmapFailed(d, iova: address, requested: end - address, unmapped: UInt64(pages.count) << 12)
+                core.observer?.unmapFailed(d, iova: address, requested: end - address, unmapped: end - address)
             } else {
-                core.observer?.unmapEnded(d, iova: address, requested: end - address, unmapped: UInt64(pages.count) << 12)
+                core.observer?.unmapEnded(d, iova: address, requested: end - address, unmapped: end - address)
             }
         }
         // A device may still hold a translation when the invalidation failed: keep the frames.

@@ -112,7 +112,7 @@ extension IntelIOMMU {
     }
 
     /// Whether a descriptor of `rid` and `pasid` (0: without PASID) is still in the queue.
-    func pageRequestQueueHolds(_ rid: RequesterID, pasid: UInt32) -> Bool {
+    public func pageRequestQueueHolds(_ rid: RequesterID, pasid: UInt32) -> Bool {
         let size = pageRequestQueueBytes
         let tail = unit.read64(VTdRegister.pageRequestQueueTail) % size
         var head = unit.read64(VTdRegister.pageRequestQueueHead) % size
