@@ -78,6 +78,8 @@ final class FlushQueue: @unchecked Sendable {
     /// (`destroyed`) the queue touches neither.
     unowned(unsafe) let core: IOMMUCore
     unowned(unsafe) let domain: IOMMUDomain
+    /// The core's lifetime: a timer that fires after the core is gone does nothing.
+    let lifetime: CoreLifetime
     /// Flushes started, and the highest ticket (start number) of a completed flush.
     let started = Atomic<UInt64>(0)
     let finished = Atomic<UInt64>(0)
@@ -97,6 +99,7 @@ final class FlushQueue: @unchecked Sendable {
     init(core: IOMMUCore, domain: IOMMUDomain, iova: IOVADomain, options: FlushQueueOptions, cpus: Int) {
         self.core = core
         self.domain = domain
+        self.lifetime = core.lifetime
         self.iova = iova
         self.options = options
         ringCount = options.kind == .single ? 1 : max(1, cpus)
@@ -233,6 +236,10 @@ final class FlushQueue: @unchecked Sendable {
     /// The timer (Linux `fq_flush_timeout`): flush if the oldest uncovered entry has waited
     /// its timeout, else wait for that moment; then free what is complete.
     func timerFired() {
+        lifetime.whileAlive { timerBody() }
+    }
+
+    private func timerBody() {
         guard !destroyed.load(ordering: .acquiring) else { return }
         timerOn.store(false, ordering: .sequentiallyConsistent)
         let since = uncoveredSince.load(ordering: .sequentiallyConsistent)
