@@ -43,6 +43,16 @@ public final class FrameAllocator: @unchecked Sendable {
         var totalAllocations = 0
         var totalFrees = 0
         var inUseByPurpose = [Int](repeating: 0, count: Purpose.allCases.count)
+
+        /// Marks frame number `i` of the region allocated for `purpose` and counts it.
+        mutating func take(_ i: Int, _ purpose: Purpose) {
+            allocated[i >> 6] |= 1 << UInt64(i & 63)
+            purposeOf[i] = UInt8(purpose.rawValue)
+            inUse += 1
+            inUseByPurpose[purpose.rawValue] += 1
+            totalAllocations += 1
+            if inUse > peak { peak = inUse }
+        }
     }
     private let state: Mutex<State>
 
@@ -79,13 +89,7 @@ public final class FrameAllocator: @unchecked Sendable {
             } else {
                 return nil
             }
-            let i = Int(frame - first)
-            s.allocated[i >> 6] |= 1 << UInt64(i & 63)
-            s.purposeOf[i] = UInt8(purpose.rawValue)
-            s.inUse += 1
-            s.inUseByPurpose[purpose.rawValue] += 1
-            s.totalAllocations += 1
-            if s.inUse > s.peak { s.peak = s.inUse }
+            s.take(Int(frame - first), purpose)
             return frame
         }
         guard let frame else { throw .outOfMemory }
@@ -105,15 +109,7 @@ public final class FrameAllocator: @unchecked Sendable {
             guard end - s.nextFresh >= UInt64(count) else { return nil }
             let start = s.nextFresh
             s.nextFresh += UInt64(count)
-            for frame in start..<start + UInt64(count) {
-                let i = Int(frame - first)
-                s.allocated[i >> 6] |= 1 << UInt64(i & 63)
-                s.purposeOf[i] = UInt8(purpose.rawValue)
-            }
-            s.inUse += count
-            s.inUseByPurpose[purpose.rawValue] += count
-            s.totalAllocations += count
-            if s.inUse > s.peak { s.peak = s.inUse }
+            for frame in start..<start + UInt64(count) { s.take(Int(frame - first), purpose) }
             return start
         }
         guard let start else { throw .outOfMemory }

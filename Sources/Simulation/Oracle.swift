@@ -390,13 +390,14 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
 
     // MARK: Devices: device TLBs and page requests
 
-    /// Endpoints by (unit, requester ID), for device-TLB checks.
+    /// Endpoints with ATS by (unit, requester ID), for device-TLB and page-request checks
+    /// (without ATS a device has neither a device TLB nor page requests).
     private var endpoints: [UInt64: PCIeEndpoint] = [:]
 
     /// Watches an endpoint: protocol anomalies it sees are violations, and its device TLB is
     /// checked after every unmap of a domain it is attached to.
     public func watch(_ e: PCIeEndpoint, unit: Int) {
-        endpoints[UInt64(unit) << 16 | UInt64(e.requesterID.rawValue)] = e
+        if e.atsConfiguration.enabled { endpoints[UInt64(unit) << 16 | UInt64(e.requesterID.rawValue)] = e }
         e.onAnomaly = { [unowned self] a in
             switch a {
             case .unexpectedResponse(let p, let g):

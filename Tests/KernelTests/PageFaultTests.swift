@@ -79,6 +79,17 @@ struct PageFaultTests {
         #expect(rig.violations.contains { $0.invariant == "stale-device-tlb" })
     }
 
+    @Test func addressesAndLengthsAtTheTopOfTheSpaceAreErrorsNotTraps() throws {
+        let (rig, _, ep, proc, h) = try Self.svaRig()
+        #expect(throws: IOMMUError.self) { try proc.munmap(address: 0x4000_0000, length: .max) }
+        #expect(throws: IOMMUError.self) { try proc.munmap(address: 0xFFFF_FFFF_FFFF_F000, length: 4096) }
+        // An access whose end wraps past the top of the address space asks for pages and fails cleanly.
+        let r = rig.atsAccess(ep, pasid: h.pasid, 0xFFFF_FFFF_FFFF_F800, length: 8192, write: true)
+        #expect(r != nil)
+        #expect(r?.outcome != .completed)
+        #expect(rig.violations.isEmpty)
+    }
+
     @Test func pageRequestsWithoutAFaultHandlerAreAnsweredInvalid() throws {
         let rig = try KernelRig()
         let (_, ep) = try rig.add("nic", dev: 2, ats: true, pri: true)

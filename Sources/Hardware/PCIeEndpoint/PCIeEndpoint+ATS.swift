@@ -268,9 +268,10 @@ extension PCIeEndpoint {
         guard priConfiguration.enabled, !priState.failed else { finish(op, .noAccess); return }
         if isStopped(op.pasid) { finish(op, .stopped); return }
         guard op.retries < priConfiguration.retryLimit else { finish(op, .retriesExhausted); return }
-        let start = (op.address &+ UInt64(op.done)) & ~0xFFF
-        let end = op.address &+ UInt64(op.length)
-        let remainingPages = Int(min(UInt64(Int.max), ((end &- start) + 0xFFF) >> 12))
+        let va = op.address &+ UInt64(op.done)
+        let start = va & ~0xFFF
+        // Bytes left from the page start (length is at most 16 MiB: no overflow, whatever the address).
+        let remainingPages = (op.length - op.done + Int(va & 0xFFF) + 0xFFF) >> 12
         let pages = max(1, min(remainingPages, priConfiguration.maxPagesPerGroup, max(1, priConfiguration.credits)))
         let overCredit = priState.creditsInUse + pages > priConfiguration.credits
         guard !overCredit || misbehaviour.contains(.exceedCredits), let index = allocateGroupIndex() else {

@@ -32,20 +32,20 @@ extension VTdUnit {
         }
         // Context: present with PRE set (VT-d §7.4.1.1: otherwise a fault and an Invalid
         // Request response).
+        var access: DMAAccess = d.write ? .write : .read
+        if d.execute { access.insert(.execute) }
+        if d.privileged { access.insert(.privileged) }
         let ctx: ContextCacheEntry
-        if let hit = contextCache.lookup(UInt64(d.requester.rawValue), 0) {
-            ctx = hit.pointee.payload
-        } else {
-            switch fetchContext(d.requester) {
-            case .success(let e): ctx = e
-            case .failure(let f):
-                if !f.fpd { recordPageRequestFault(f.reason, d) }
-                autoRespond(.invalidRequest)
-                return
-            }
+        switch contextEntry(d.requester) {
+        case .success(let e): ctx = e
+        case .failure(let f):
+            noteFault(f.reason, source: d.requester, pasid: d.pasid, address: d.address, access: access, fpd: f.fpd)
+            autoRespond(.invalidRequest)
+            return
         }
         guard ctx.flags & ContextCacheEntry.pageRequest != 0 else {
-            if ctx.flags & ContextCacheEntry.fpd == 0 { recordPageRequestFault(.smPREClear, d) }
+            noteFault(.smPREClear, source: d.requester, pasid: d.pasid, address: d.address, access: access,
+                      fpd: ctx.flags & ContextCacheEntry.fpd != 0)
             autoRespond(.invalidRequest)
             return
         }
@@ -98,12 +98,6 @@ extension VTdUnit {
             pageRequestStatus |= VTdPageRequestStatus.pending
             raiseInterrupt(control: &pageRequestEventControl, handler: onPageRequestEvent)
         }
-    }
-
-    private func recordPageRequestFault(_ reason: VTdFaultReason, _ d: PageRequestDescriptor) {
-        countersStorage.pointee.faults &+= 1
-        recordFault(FaultRecord(source: d.requester, reason: reason.rawValue, address: d.address, pasid: d.pasid,
-                                isRead: !d.write, execute: d.execute, privileged: d.privileged))
     }
 
     /// Sends a page group response to the device it names (dropped if there is none).

@@ -393,7 +393,8 @@ extension VTdUnit {
     }
 
     
-    static func isCanonical(_ address: UInt64, levels: Int) -> Bool {
+    /// Whether `address` is canonical for a first-stage walk of `levels` levels (48 or 57 bits).
+    public static func isCanonical(_ address: UInt64, levels: Int) -> Bool {
         let bits = levels == 5 ? 57 : 48
         let top = Int64(bitPattern: address) >> (bits - 1)
         return top == 0 || top == -1

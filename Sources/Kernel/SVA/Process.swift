@@ -96,8 +96,10 @@ public final class Process: @unchecked Sendable, CustomStringConvertible {
     /// only then are the frames freed.
     public func munmap(address: UInt64, length: UInt64) throws(IOMMUError) {
         guard address & 0xFFF == 0, length > 0 else { throw .invalidArgument("munmap needs a page-aligned range") }
-        let (end, o) = address.addingReportingOverflow((length + 0xFFF) & ~0xFFF)
-        guard !o, end <= Self.userLimit else { throw .outOfRange("munmap beyond the user address space") }
+        guard address < Self.userLimit, length <= Self.userLimit - address else {
+            throw .outOfRange("munmap beyond the user address space")
+        }
+        let end = address + ((length + 0xFFF) & ~0xFFF)
         let pages = residentPages.keys.filter { $0 >= address && $0 < end }.sorted()
         var frames: [UInt64] = []
         var gather = UnmapGather()

@@ -64,7 +64,7 @@ extension IOMMUCore {
             // group gets exactly one response (Linux answers every request here; Intel's own
             // bad-request path answers only LPIG ones).
             pageFaultsWithoutHandler += 1
-            if fault.isLast { sendPageResponse(device, fault, .invalidRequest, group: nil) }
+            if fault.isLast { sendPageResponse(device, fault, .invalidRequest) }
             return
         }
         guard fault.isLast else {
@@ -95,10 +95,10 @@ extension IOMMUCore {
         }
         group.isPending = false
         group.device.faultParam?.pending[ObjectIdentifier(group)] = nil
-        sendPageResponse(group.device, group.last, code, group: group)
+        sendPageResponse(group.device, group.last, code)
     }
 
-    func sendPageResponse(_ device: Device, _ fault: PageFault, _ code: PageResponseCode, group: IOPFGroup?) {
+    func sendPageResponse(_ device: Device, _ fault: PageFault, _ code: PageResponseCode) {
         observer?.pageResponseSent(device, fault, code)
         pageResponses[Int(code.rawValue == 0xF ? 2 : code.rawValue)] += 1
         device.driver.pageResponse(device, to: fault, code: code)

@@ -86,7 +86,7 @@ extension IntelIOMMU {
         }
         // Linux `prq_event_thread` bad-request checks: a non-canonical address, a privileged
         // request with read or write, an execute request with read; and an unknown device.
-        let canonical = d.pasid == nil || VTdUnitAddress.isCanonical48(d.address)
+        let canonical = d.pasid == nil || VTdUnit.isCanonical(d.address, levels: 4)
         guard canonical, !(d.privileged && (d.read || d.write)), !(d.execute && d.read),
               let info = devices[d.requester.rawValue], let core = driver?.core else {
             badPageRequests += 1
@@ -134,19 +134,13 @@ extension IntelIOMMU {
     func drainPageRequests(_ info: VTdDeviceInfo, pasid: UInt32, did: DomainID, pgtt: PGTT?) {
         guard info.pri, pageRequestQueue != 0 else { return }
         pageRequestDrains += 1
-        var rounds = 0
-        while pageRequestQueueHolds(info.requesterID, pasid: pasid) && rounds < 4 {
-            handlePageRequests()
-            rounds += 1
-        }
+        // One handler pass consumes up to the tail it reads; nothing arrives while it runs.
+        if pageRequestQueueHolds(info.requesterID, pasid: pasid) { handlePageRequests() }
         driver?.core?.flushFaultWork(info.device)
         let p = PASID(truncating: pasid)
         for _ in 0..<8 {
             var ds: [InvalidationDescriptor] = [.wait(InvalidationWait(statusWrite: false, fence: true))]
-            switch pgtt {
-            case .secondStage?, .nested?, nil: ds.append(.iotlb(.domain(did)))
-            default: ds.append(.pasidIOTLB(did, p, .pasid))
-            }
+            ds.append(iotlbInvalidation(did: did, pasid: p, pgtt: pgtt))
             if info.ats && extendedCapability.deviceTLB {
                 ds.append(deviceTLBInvalidation(info.requesterID, pasid: pasid, address: 0, mask: 52))
             }
@@ -154,13 +148,5 @@ extension IntelIOMMU {
             guard unit.read32(VTdRegister.pageRequestStatus) & VTdPageRequestStatus.overflow != 0 else { return }
             handlePageRequests()
         }
-    }
-}
-
-/// Address checks the driver shares with the hardware model.
-enum VTdUnitAddress {
-    static func isCanonical48(_ a: UInt64) -> Bool {
-        let top = Int64(bitPattern: a) >> 47
-        return top == 0 || top == -1
     }
 }

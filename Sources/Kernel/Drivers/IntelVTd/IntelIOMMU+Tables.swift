@@ -238,14 +238,20 @@ extension IntelIOMMU {
         let did = old.did
         let p = PASID(truncating: pasid)
         var descriptors: [InvalidationDescriptor] = pasidCache ? [.pasidCache(.pasid(did, p))] : []
-        switch old.pgtt {
-        case .secondStage?, .nested?: descriptors.append(.iotlb(.domain(did)))
-        default: descriptors.append(.pasidIOTLB(did, p, .pasid))
-        }
+        descriptors.append(iotlbInvalidation(did: did, pasid: p, pgtt: old.pgtt))
         if info.ats && extendedCapability.deviceTLB {
             descriptors.append(deviceTLBInvalidation(info.requesterID, pasid: pasid, address: 0, mask: 52))
         }
         try queue.submitAndWait(descriptors)
+    }
+
+    /// What drops the IOTLB entries of a PASID entry with `pgtt`: second-stage and nested
+    /// translations are tagged by DID (domain-selective), the others by DID and PASID.
+    func iotlbInvalidation(did: DomainID, pasid: PASID, pgtt: PGTT?) -> InvalidationDescriptor {
+        switch pgtt {
+        case .secondStage?, .nested?: return .iotlb(.domain(did))
+        default: return .pasidIOTLB(did, pasid, .pasid)
+        }
     }
 
     /// A device-TLB invalidation of 2^`mask` pages at `address` (PCIe ATS invalidate
