@@ -42,13 +42,19 @@ public final class Machine: @unchecked Sendable {
         for u in units { u.disconnectAll() }
     }
 
-    /// Probes devices and creates their endpoints.
+    /// Probes devices and creates their endpoints; `ats` and `pri` give each endpoint's
+    /// device-TLB and PRI settings (default sizes when absent; enabled as the description says).
     @discardableResult
-    public func addDevices(_ descriptions: [DeviceDescription]) throws(IOMMUError) -> [(Device, PCIeEndpoint)] {
+    public func addDevices(_ descriptions: [DeviceDescription], ats: [ATSConfiguration] = [],
+                           pri: [PRIConfiguration] = []) throws(IOMMUError) -> [(Device, PCIeEndpoint)] {
         let devices = try core.probe(descriptions, driver: driver)
-        return zip(devices, descriptions).map { d, desc in
-            let e = PCIeEndpoint(name: d.name, requesterID: d.requesterID, unit: units[d.unit],
-                                 ats: ATSConfiguration(enabled: desc.ats), pri: PRIConfiguration(enabled: desc.pri))
+        return zip(devices, descriptions).enumerated().map { i, pair in
+            let (d, desc) = pair
+            var a = i < ats.count ? ats[i] : ATSConfiguration()
+            var p = i < pri.count ? pri[i] : PRIConfiguration()
+            a.enabled = desc.ats
+            p.enabled = desc.pri
+            let e = PCIeEndpoint(name: d.name, requesterID: d.requesterID, unit: units[d.unit], ats: a, pri: p)
             e.maxPASIDs = desc.maxPASIDs
             endpoints.append(e)
             oracle.watch(e, unit: d.unit)

@@ -39,12 +39,16 @@ public struct RunResult: Sendable {
     public var churnRounds: Int
     /// What the DMA API did for the lazy device (flush-queue figures).
     public var dmaAPI: DMAStatistics
+    /// IO page-fault figures from devices, units, driver, core and user fault queues, in
+    /// `pageFaultCounterNames` order (scenario expectations name them).
+    public var pageFaultCounters: [(String, UInt64)]
     public var log: [(time: UInt64, text: String)]
     /// Host wall-clock time of the run (not deterministic).
     public var wallNs: UInt64
 
     init(scenario: String, seed: UInt64, machine m: Machine, endpoints: [PCIeEndpoint], faultsReported: [(String, Int)],
-         dmaAPI: DMAStatistics = DMAStatistics(), log: [(time: UInt64, text: String)], churnRounds: Int, wallNs: UInt64) {
+         dmaAPI: DMAStatistics = DMAStatistics(), userAutoResponses: Int = 0, log: [(time: UInt64, text: String)],
+         churnRounds: Int, wallNs: UInt64) {
         self.scenario = scenario
         self.seed = seed
         virtualTimeNs = m.scheduler.now
@@ -85,7 +89,50 @@ public struct RunResult: Sendable {
         framesLeft = m.platform.frames.inUse
         self.churnRounds = churnRounds
         self.dmaAPI = dmaAPI
+        pageFaultCounters = Self.pageFaultCounters(m, endpoints: endpoints, userAutoResponses: userAutoResponses)
         self.log = log
         self.wallNs = wallNs
     }
+
+    /// The IO page-fault counters a run reports, in order.
+    public static let pageFaultCounterNames = [
+        "ats-accesses", "ats-completed", "ats-failed", "device-tlb-hits", "translated-requests", "page-request-groups",
+        "page-requests", "stop-markers", "credit-waits", "responses-received", "unexpected-responses", "stale-responses",
+        "prq-queued", "prq-overflows", "unit-auto-responses", "stop-markers-discarded", "unsolicited-completions", "page-faults", "fault-groups",
+        "faults-without-handler", "responses-success", "responses-invalid", "responses-failure", "late-responses",
+        "partials-discarded", "stop-markers-dropped", "prq-overflows-cleared", "pasid-drains", "user-auto-responses",
+    ]
+
+    static func pageFaultCounters(_ m: Machine, endpoints: [PCIeEndpoint], userAutoResponses: Int) -> [(String, UInt64)] {
+        var a = ATSCounters()
+        for e in endpoints {
+            let x = e.atsCounters
+            a.accesses += x.accesses; a.completed += x.completed; a.failed += x.failed; a.deviceTLBHits += x.deviceTLBHits
+            a.translatedRequests += x.translatedRequests; a.groups += x.groups; a.pageRequests += x.pageRequests
+            a.stopMarkers += x.stopMarkers; a.creditWaits += x.creditWaits; a.responses += x.responses
+            a.unexpectedResponses += x.unexpectedResponses; a.staleResponses += x.staleResponses
+        }
+        var u = VTdCounters()
+        for x in m.units.map(\.counters) {
+            u.pageRequestsQueued += x.pageRequestsQueued; u.pageRequestOverflows += x.pageRequestOverflows
+            u.pageRequestsAutoResponded += x.pageRequestsAutoResponded; u.stopMarkersDiscarded += x.stopMarkersDiscarded
+            u.unsolicitedCompletions += x.unsolicitedCompletions
+        }
+        let d = m.driver.units
+        let c = m.core
+        let values: [UInt64] = [
+            a.accesses, a.completed, a.failed, a.deviceTLBHits, a.translatedRequests, a.groups,
+            a.pageRequests, a.stopMarkers, a.creditWaits, a.responses, a.unexpectedResponses, a.staleResponses,
+            u.pageRequestsQueued, u.pageRequestOverflows, u.pageRequestsAutoResponded, u.stopMarkersDiscarded, u.unsolicitedCompletions,
+            UInt64(c.pageFaultsReported), UInt64(c.pageFaultGroups), UInt64(c.pageFaultsWithoutHandler),
+            UInt64(c.pageResponses[0]), UInt64(c.pageResponses[1]), UInt64(c.pageResponses[2]), UInt64(c.lateResponses),
+            UInt64(c.partialsDiscarded), UInt64(d.reduce(0) { $0 + $1.stopMarkersDropped }),
+            UInt64(d.reduce(0) { $0 + $1.pageRequestOverflowsCleared }), UInt64(d.reduce(0) { $0 + $1.pageRequestDrains }),
+            UInt64(userAutoResponses),
+        ]
+        return Array(zip(pageFaultCounterNames, values))
+    }
+
+    /// A page-fault counter by name (0 when unknown).
+    public func pageFaultCounter(_ name: String) -> UInt64 { pageFaultCounters.first { $0.0 == name }?.1 ?? 0 }
 }

@@ -90,9 +90,16 @@ struct OracleStrengthTests {
         // translates through the cached entry into the old domain.
         (.pasidEntryClearedWithoutInvalidation, "pasid-detach", ["unpermitted-access", "did-released-while-cached"],
          "PASID entry cleared without PASID-cache invalidation"),
+        // SVA unbind without the page-request drain: a response the old owner's fault work
+        // sends after the PASID was handed to the next process reaches the device under the
+        // new owner's use of the PASID.
+        (.pageRequestDrainSkipped, "pasid-teardown", ["page-response-crossed-pasid"], "PASID teardown without the PRQ drain"),
+        // munmap (and unmap flushes) without the device-TLB invalidation: the ATS device keeps
+        // translating the unmapped region from its device TLB.
+        (.deviceTLBInvalidationSkipped, "sva-faults", ["stale-device-tlb"], "unmap without device-TLB invalidation"),
     ]
 
-    @Test("each broken behaviour is caught in seeds 1...3", arguments: 0..<5)
+    @Test("each broken behaviour is caught in seeds 1...3", arguments: 0..<7)
     func caught(index: Int) throws {
         let (breakage, scenario, invariants, what) = Self.cases[index]
         let s = try BuiltinScenarios.load(scenario)

@@ -107,6 +107,8 @@ public struct VTdCounters: Equatable, Sendable {
     public var pageRequestsQueued: UInt64 = 0
     public var pageRequestsAutoResponded: UInt64 = 0
     public var pageRequestOverflows: UInt64 = 0
+    /// Stop markers the unit did not queue (no PASID entry, queue full): they need no answer.
+    public var stopMarkersDiscarded: UInt64 = 0
     public var pageResponsesSent: UInt64 = 0
     /// ATS translation requests answered; translated requests let through or refused.
     public var atsTranslations: UInt64 = 0

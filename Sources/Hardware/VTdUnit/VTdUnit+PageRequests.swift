@@ -21,8 +21,11 @@ extension VTdUnit {
         // whenever it does not reach software. A stop marker needs none.
         let needsResponse = d.lastInGroup && !d.isStopMarker
         func autoRespond(_ code: PageResponseCode) {
+            guard needsResponse else {
+                if d.isStopMarker { c.pointee.stopMarkersDiscarded &+= 1 }
+                return
+            }
             c.pointee.pageRequestsAutoResponded &+= 1
-            guard needsResponse else { return }
             sendPageResponse(PageGroupResponse(requester: d.requester, pasid: d.pasid, responseCode: code.rawValue,
                                                groupIndex: d.groupIndex))
         }

@@ -20,6 +20,6 @@ extension InjectedBugs {
     /// PASID teardown skips the page request drain (no handler pass, no fault-work flush, no
     /// VT-d §7.10 drain): responses for the old owner may reach the PASID's next owner.
     public static let skipPageRequestDrain = InjectedBugs(rawValue: 1 << 4)
-    /// The SVA unmap path (mmu notifier) skips the device-TLB invalidation.
+    /// Unmap flushes (paging domains and the SVA mmu notifier) skip the device-TLB invalidation.
     public static let skipDeviceTLBInvalidation = InjectedBugs(rawValue: 1 << 5)
 }

@@ -37,6 +37,11 @@ public struct Scenario: Sendable {
         /// each TLP is translated on its own.
         public var maxPayload: Int
         public var maxReadRequest: Int
+        /// Device TLB and PRI settings (used when the description has ATS / PRI).
+        public var ats = ATSConfiguration()
+        public var pri = PRIConfiguration()
+        /// Protocol breaches the device commits (a guest-controlled device).
+        public var misbehaviour: Misbehaviour = []
     }
 
     /// A named set of equal buffers in one domain: `count` buffers of `pages` pages, the
@@ -64,6 +69,38 @@ public struct Scenario: Sendable {
         /// A receive ring through the DMA API: buffers mapped with dma_map_page, written by
         /// the device, recycled (unmap + map on another CPU) every `recycleNs`.
         case dmaRing(DMARing)
+        /// A device accessing memory through ATS (device TLB, translation requests, PRI on a
+        /// miss): the pages of a process region through an SVA bind, or an IOVA window.
+        case ats(ATSStream)
+        /// User space serving a fault queue: reads whole groups, maps the pages it agrees to
+        /// into the domain the device is attached to, answers SUCCESS (INVALID outside).
+        case faultHandler(FaultHandler)
+    }
+
+    public struct ATSStream: Sendable {
+        public var device: Int
+        /// An SVA bind (its PASID) and a region of its process, or nil: RID-only accesses
+        /// to the IOVA window.
+        public var bind: String?
+        public var region: String?
+        public var iova: UInt64
+        public var windowPages: Int
+        public var pagesPerAccess: Int
+        public var intervalNs: UInt64
+        /// Accesses in flight at most (each waits for its faults).
+        public var outstanding: Int
+        public var direction: Direction
+    }
+
+    public struct FaultHandler: Sendable {
+        public var queue: String
+        /// IOVA window the handler maps on demand; a fault outside it is answered INVALID.
+        public var iova: UInt64
+        public var windowPages: Int
+        /// Think time between a wake-up and the answer.
+        public var latencyNs: UInt64
+        /// Records one read takes at most.
+        public var batch: Int
     }
 
     public struct DMAStream: Sendable {
@@ -103,7 +140,7 @@ public struct Scenario: Sendable {
     }
 
     public enum Action: Sendable {
-        case allocDomain(name: String, device: Int, flags: DomainFlags)
+        case allocDomain(name: String, device: Int, flags: DomainFlags, faultQueue: String?)
         case freeDomain(String)
         case map(buffers: Int)
         case unmap(buffers: Int)
@@ -131,6 +168,20 @@ public struct Scenario: Sendable {
         case inject(FaultInjector.Mode)
         /// Makes a unit mistreat invalidation descriptors of one type (nil: behave again).
         case descriptorFault(unit: Int, type: UInt8, fault: DescriptorFault?)
+        /// SVA: a process, a mapping in it, its removal, the process's exit.
+        case createProcess(String)
+        case mmap(process: String, region: String, pages: Int, permissions: PagePermissions)
+        case munmap(region: String)
+        case exitProcess(String)
+        /// Binds a device to a process (the device driver then programs the PASID into the
+        /// device: it starts using it).
+        case svaBind(name: String, device: Int, process: String)
+        /// The device driver stops the device's use of the PASID (with a stop marker, or by
+        /// waiting for its outstanding page requests), then unbinds.
+        case svaUnbind(bind: String, stopMarker: Bool)
+        /// An iommufd fault object; domains allocated with it deliver faults there.
+        case allocFaultQueue(String)
+        case closeFaultQueue(String)
     }
 
     public struct TimedAction: Sendable {
@@ -147,11 +198,19 @@ public struct Scenario: Sendable {
         public var atMost: Int?
     }
 
+    /// A bound on one of the run's IO page-fault counters (`RunResult.pageFaultCounters`).
+    public struct CounterExpectation: Sendable {
+        public var name: String
+        public var atLeast: UInt64
+        public var atMost: UInt64?
+    }
+
     public struct Expectations: Sendable {
         public var violations: Int? = 0
         public var framesLeft: Int? = 0
         public var faults: [FaultExpectation] = []
         public var minTranslations: UInt64?
+        public var counters: [CounterExpectation] = []
     }
 
     public var name: String

@@ -52,6 +52,10 @@ private struct Parser {
     var workloadIndex: [String: Int] = [:]
     var userDomains: Set<String> = []
     var pasidNames: Set<String> = []
+    var processNames: Set<String> = []
+    var regionNames: Set<String> = []
+    var bindNames: [String: Int] = [:]
+    var faultQueueNames: Set<String> = []
 
     mutating func scenario(_ root: YAMLField) throws(ScenarioError) -> Scenario {
         let m = try root.mapping()
@@ -148,9 +152,13 @@ private struct Parser {
             if let x = l.optional("wait-ns") { lat.descriptorNs[Int(InvalidationDescriptor.waitType)] = try x.unsigned(in: 0...1_000_000_000) }
             if let x = l.optional("interrupt-ns") { lat.interruptNs = try x.unsigned(in: 0...1_000_000_000) }
             if let x = l.optional("walk-access-ns") { walkAccessNs = try x.unsigned(in: 0...1_000_000) }
+            // The PCIe link between unit and devices, one way; a PRI round trip crosses it twice.
+            if let x = l.optional("link-ns") { lat.linkNs = try x.unsigned(in: 0...1_000_000_000) }
             if let x = l.optional("pri-round-trip-ns") {
-                throw x.error("PRI is not modelled by this build (it arrives with the IO page-fault work); remove this key")
+                guard l.optional("link-ns") == nil else { throw x.error("give link-ns or pri-round-trip-ns, not both") }
+                lat.linkNs = try x.unsigned(in: 0...2_000_000_000) / 2
             }
+            if let x = l.optional("device-tlb-invalidation-ns") { lat.deviceTLBInvalidationNs = try x.unsigned(in: 0...1_000_000_000) }
             try l.finish()
             config.latency = lat
         }
@@ -199,11 +207,33 @@ private struct Parser {
         }
         let mps = try m.optional("max-payload")?.oneOf(["128", "256", "512", "1024", "2048", "4096"]) ?? "256"
         let mrrs = try m.optional("max-read-request")?.oneOf(["128", "256", "512", "1024", "2048", "4096"]) ?? "512"
+        var atsConfig = ATSConfiguration(enabled: ats)
+        var priConfig = PRIConfiguration(enabled: pri)
+        if let v = m.optional("device-tlb-entries") {
+            guard ats else { throw v.error("device-tlb-entries needs ats: true") }
+            atsConfig.deviceTLBEntries = try v.int(in: 4...65536)
+            guard atsConfig.deviceTLBEntries % atsConfig.deviceTLBWays == 0 else { throw v.error("expected a multiple of \(atsConfig.deviceTLBWays)") }
+        }
+        for key in ["credits", "pages-per-group", "retry-limit", "misbehaviour"] where !pri {
+            if let v = m.optional(key) { throw v.error("\(key) needs pri: true") }
+        }
+        // PCIe PRI capability: Outstanding Page Request Allocation is a 32-bit count.
+        if let v = m.optional("credits") { priConfig.credits = try v.int(in: 1...65536) }
+        if let v = m.optional("pages-per-group") { priConfig.maxPagesPerGroup = try v.int(in: 1...512) }
+        if let v = m.optional("retry-limit") { priConfig.retryLimit = try v.int(in: 1...1024) }
+        var misbehaviour: Misbehaviour = []
+        if let v = m.optional("misbehaviour") {
+            let kinds: [String: Misbehaviour] = ["exceed-credits": .exceedCredits, "reuse-group-indices": .reuseGroupIndices,
+                                                 "unsolicited-completions": .unsolicitedCompletions,
+                                                 "requests-after-stop": .requestsAfterStop, "all": .all]
+            for k in try v.listOrOne() { misbehaviour.formUnion(kinds[try k.oneOf(kinds.keys.sorted())] ?? []) }
+        }
         try m.finish()
         deviceIndex[name] = s.devices.count
         s.devices.append(.init(description: DeviceDescription(name: name, requesterID: rid, unit: unit, groupKey: group, maxPASIDs: UInt32(pasids),
                                                               ats: ats, pri: pri, untrusted: untrusted, preferredDomain: preferred),
-                               unitName: unitName, maxPayload: Int(mps) ?? 256, maxReadRequest: Int(mrrs) ?? 512))
+                               unitName: unitName, maxPayload: Int(mps) ?? 256, maxReadRequest: Int(mrrs) ?? 512,
+                               ats: atsConfig, pri: priConfig, misbehaviour: misbehaviour))
     }
 
     // MARK: References
@@ -227,6 +257,18 @@ private struct Parser {
         let n = try f.string()
         guard pasidNames.contains(n) else { throw f.error("no PASID named '\(n)' (PASIDs come from alloc-pasid actions)") }
         return n
+    }
+
+    func nameRef(_ f: YAMLField, in names: Set<String>, what: String, from: String) throws(ScenarioError) -> String {
+        let n = try f.string()
+        guard names.contains(n) else {
+            throw f.error("no \(what) named '\(n)' (\(what)s come from \(from) actions)\(names.isEmpty ? "" : "; known: \(names.sorted().joined(separator: ", "))")")
+        }
+        return n
+    }
+
+    func bindRef(_ f: YAMLField) throws(ScenarioError) -> String {
+        try nameRef(f, in: Set(bindNames.keys), what: "SVA bind", from: "sva-bind")
     }
 
     func bufferRef(_ f: YAMLField) throws(ScenarioError) -> Int {
@@ -291,7 +333,7 @@ private struct Parser {
     mutating func workload(_ f: YAMLField) throws(ScenarioError) {
         let m = try f.mapping()
         let name = try m.required("name", "the workload's name").string()
-        let type = try m.required("type", "dma, churn or dma-ring").oneOf(["dma", "churn", "dma-ring"])
+        let type = try m.required("type", "dma, churn, dma-ring, ats or fault-handler").oneOf(["dma", "churn", "dma-ring", "ats", "fault-handler"])
         let start = try m.optional("start")?.unsigned(in: 0...(1 << 50))
         let stop = try m.optional("stop")?.unsigned(in: 0...(1 << 50))
         if let start, let stop, stop < start { throw f.error("stop (\(stop)) is before start (\(start))") }
@@ -318,6 +360,39 @@ private struct Parser {
             let b = try bufferRef(try m.required("buffers", "the buffer set to churn"))
             let period = try m.optional("period-ns")?.unsigned(in: 1...(1 << 40)) ?? 20_000
             kind = .churn(.init(buffers: b, periodNs: period))
+        case "ats":
+            let device = try deviceRef(try m.required("device", "the ATS device"))
+            guard s.devices[device].description.ats else { throw f.error("device '\(devName(device))' has no ATS (ats: true)") }
+            var bind: String?, region: String?
+            var iova: UInt64 = 0, window = 0
+            if let b = m.optional("bind") {
+                bind = try bindRef(b)
+                guard bindNames[bind ?? ""] == device else { throw b.error("bind '\(bind ?? "")' is of another device") }
+                region = try nameRef(try m.required("region", "a region of the bound process (from mmap)"), in: regionNames,
+                                     what: "region", from: "mmap")
+                if let v = m.optional("iova") { throw v.error("an SVA stream addresses its region; iova is for streams without a bind") }
+            } else {
+                iova = try m.required("iova", "the IOVA window's start (or bind + region for SVA)").unsigned(in: 0...(1 << 56))
+                guard iova & 0xFFF == 0 else { throw f.error("iova must be 4 KiB aligned") }
+                window = try m.required("pages", "the IOVA window's size in pages").int(in: 1...(1 << 20))
+                if let v = m.optional("region") { throw v.error("region needs bind") }
+            }
+            let per = try m.optional("pages-per-access")?.int(in: 1...4096) ?? 1
+            let interval = try m.optional("interval-ns")?.unsigned(in: 1...1_000_000_000) ?? 1_000
+            let outstanding = try m.optional("outstanding")?.int(in: 1...4096) ?? 4
+            var dir = Scenario.Direction.both
+            if let v = m.optional("direction") { dir = Scenario.Direction(rawValue: try v.oneOf(["read", "write", "both"])) ?? .both }
+            kind = .ats(.init(device: device, bind: bind, region: region, iova: iova, windowPages: window, pagesPerAccess: per,
+                              intervalNs: interval, outstanding: outstanding, direction: dir))
+        case "fault-handler":
+            let q = try nameRef(try m.required("queue", "the fault queue it serves"), in: faultQueueNames, what: "fault queue",
+                                from: "alloc-fault-queue")
+            let iova = try m.required("iova", "the IOVA window it maps on demand").unsigned(in: 0...(1 << 56))
+            guard iova & 0xFFF == 0 else { throw f.error("iova must be 4 KiB aligned") }
+            let window = try m.required("pages", "the window's size in pages").int(in: 1...(1 << 20))
+            let latency = try m.optional("latency-ns")?.unsigned(in: 0...1_000_000_000) ?? 2_000
+            let batch = try m.optional("batch")?.int(in: 1...4096) ?? 64
+            kind = .faultHandler(.init(queue: q, iova: iova, windowPages: window, latencyNs: latency, batch: batch))
         default:
             let device = try deviceRef(try m.required("device", "the device owning the ring"))
             let count = try m.optional("count")?.int(in: 1...4096) ?? 8
@@ -344,23 +419,38 @@ private struct Parser {
 
     static let actionKinds = ["alloc-domain", "free-domain", "map", "unmap", "claim-owner", "release-owner", "attach", "replace",
                               "detach", "alloc-pasid", "free-pasid", "attach-pasid", "replace-pasid", "detach-pasid", "reset",
-                              "dma", "dma-burst", "start", "stop", "retarget", "inject", "descriptor-fault"]
+                              "dma", "dma-burst", "start", "stop", "retarget", "inject", "descriptor-fault",
+                              "create-process", "mmap", "munmap", "exit", "sva-bind", "sva-unbind", "alloc-fault-queue",
+                              "close-fault-queue"]
 
-    /// First pass: the names alloc-domain and alloc-pasid declare.
+    /// First pass: the names alloc-domain, alloc-pasid, create-process, mmap, sva-bind and
+    /// alloc-fault-queue declare.
     mutating func declare(_ list: [YAMLField]) throws(ScenarioError) {
+        let declaring: Set<String> = ["alloc-domain", "alloc-pasid", "create-process", "mmap", "sva-bind", "alloc-fault-queue"]
         for f in list {
             guard case .mapping(let m) = f.node else { continue }
             for (k, v) in m where k.string == "do" {
                 let field = YAMLField(node: v, path: "\(f.path).do", file: file)
-                guard let kind = field.scalarText, kind == "alloc-domain" || kind == "alloc-pasid" else { continue }
+                guard let kind = field.scalarText, declaring.contains(kind) else { continue }
                 guard let nameNode = m["name"] else { continue }
                 let nf = YAMLField(node: nameNode, path: "\(f.path).name", file: file)
                 let name = try nf.string()
-                if kind == "alloc-domain" {
+                switch kind {
+                case "alloc-domain":
                     guard deviceIndex[name] == nil else { throw nf.error("'\(name)' is a device name; a user domain needs its own name") }
                     guard userDomains.insert(name).inserted else { throw nf.error("domain '\(name)' is allocated twice") }
-                } else {
+                case "alloc-pasid":
                     guard pasidNames.insert(name).inserted else { throw nf.error("PASID '\(name)' is allocated twice") }
+                case "create-process":
+                    guard processNames.insert(name).inserted else { throw nf.error("process '\(name)' is created twice") }
+                case "mmap":
+                    guard regionNames.insert(name).inserted else { throw nf.error("region '\(name)' is mapped twice") }
+                case "sva-bind":
+                    guard bindNames[name] == nil else { throw nf.error("SVA bind '\(name)' is made twice") }
+                    guard let dn = m["device"]?.string, let d = deviceIndex[dn] else { bindNames[name] = -1; continue }
+                    bindNames[name] = d
+                default:
+                    guard faultQueueNames.insert(name).inserted else { throw nf.error("fault queue '\(name)' is allocated twice") }
                 }
             }
         }
@@ -375,6 +465,9 @@ private struct Parser {
         func name(_ what: String) throws(ScenarioError) -> String { try m.required("name", what).string() }
         func dom() throws(ScenarioError) -> String { try domainRef(try m.required("domain", "a user domain"), userOnly: true) }
         func pasid() throws(ScenarioError) -> String { try pasidRef(try m.required("pasid", "a PASID name")) }
+        func process() throws(ScenarioError) -> String {
+            try nameRef(try m.required("process", "a process (from create-process)"), in: processNames, what: "process", from: "create-process")
+        }
         let action: Scenario.Action
         var label: String
         switch kind {
@@ -382,8 +475,11 @@ private struct Parser {
             let n = try name("the new domain's name"), d = try dev()
             var flags: DomainFlags = []
             if let v = m.optional("pasid") { if try v.bool() { flags.insert(.pasid) } }
-            action = .allocDomain(name: n, device: d, flags: flags)
-            label = "alloc domain \(n)"
+            let q = try m.optional("fault-queue").map { (v) throws(ScenarioError) in
+                try nameRef(v, in: faultQueueNames, what: "fault queue", from: "alloc-fault-queue")
+            }
+            action = .allocDomain(name: n, device: d, flags: flags, faultQueue: q)
+            label = "alloc domain \(n)\(q.map { " with fault queue \($0)" } ?? "")"
         case "free-domain":
             let n = try dom(); action = .freeDomain(n); label = "free domain \(n)"
         case "map", "unmap":
@@ -447,7 +543,7 @@ private struct Parser {
                 throw f.error("inject needs 'nth' (fail the Nth hit), 'probability' or 'off: true'")
             }
             label = "inject \(point?.name ?? "any point")"
-        default: // descriptor-fault
+        case "descriptor-fault":
             let uf = try m.required("unit", "the unit")
             guard let u = unitIndex[try uf.string()] else { throw uf.error("no unit named '\(try uf.string())'") }
             let types: [String: UInt8] = ["context-cache": InvalidationDescriptor.contextCacheType, "iotlb": InvalidationDescriptor.iotlbType,
@@ -460,6 +556,40 @@ private struct Parser {
             if try m.optional("drop")?.bool() ?? false { fault = .drop }
             action = .descriptorFault(unit: u, type: t, fault: fault)
             label = "\(s.units[u].name): \(fault.map { "\($0)" } ?? "normal") \(try tf.string()) descriptors"
+        case "create-process":
+            let n = try name("the process's name"); action = .createProcess(n); label = "create process \(n)"
+        case "mmap":
+            let n = try name("the region's name")
+            let p = try process()
+            let pages = try m.required("pages", "the region's size in pages").int(in: 1...(1 << 20))
+            var perms = PagePermissions.readWrite
+            if let v = m.optional("access") {
+                switch try v.oneOf(["rw", "read", "write"]) {
+                case "read": perms = .read
+                case "write": perms = .write
+                default: perms = .readWrite
+                }
+            }
+            action = .mmap(process: p, region: n, pages: pages, permissions: perms)
+            label = "\(p) mmaps \(n) (\(pages) pages)"
+        case "munmap":
+            let r = try nameRef(try m.required("region", "a region (from mmap)"), in: regionNames, what: "region", from: "mmap")
+            action = .munmap(region: r); label = "munmap \(r)"
+        case "exit":
+            let p = try process(); action = .exitProcess(p); label = "\(p) exits"
+        case "sva-bind":
+            let n = try name("the bind's name"), d = try dev(), p = try process()
+            action = .svaBind(name: n, device: d, process: p); label = "SVA bind \(devName(d)) to \(p)"
+        case "sva-unbind":
+            let b = try bindRef(try m.required("bind", "an SVA bind"))
+            let marker = try m.optional("stop-marker")?.bool() ?? true
+            action = .svaUnbind(bind: b, stopMarker: marker)
+            label = "stop the PASID of \(b) (\(marker ? "stop marker" : "wait for its page requests")) and unbind"
+        case "alloc-fault-queue":
+            let n = try name("the fault queue's name"); action = .allocFaultQueue(n); label = "alloc fault queue \(n)"
+        default: // close-fault-queue
+            let q = try nameRef(try m.required("queue", "a fault queue"), in: faultQueueNames, what: "fault queue", from: "alloc-fault-queue")
+            action = .closeFaultQueue(q); label = "close fault queue \(q)"
         }
         try m.finish()
         s.actions.append(.init(at: at, action: action, source: source(f), label: label))
@@ -484,6 +614,21 @@ private struct Parser {
                 try em.finish()
                 s.expect.faults.append(.init(device: d, atLeast: lo, atMost: hi))
             }
+        }
+        if let v = m.optional("counters") {
+            let c = try v.mapping()
+            for key in c.keys {
+                guard let f = c.optional(key) else { continue }
+                guard RunResult.pageFaultCounterNames.contains(key) else {
+                    throw f.error("no counter named '\(key)'; counters: \(RunResult.pageFaultCounterNames.joined(separator: ", "))")
+                }
+                let b = try f.mapping()
+                let lo = try b.optional("at-least")?.unsigned() ?? 0
+                let hi = try b.optional("at-most")?.unsigned(in: lo...UInt64.max)
+                try b.finish()
+                s.expect.counters.append(.init(name: key, atLeast: lo, atMost: hi))
+            }
+            try c.finish()
         }
         try m.finish()
     }

@@ -15,6 +15,11 @@ public enum Breakage: String, CaseIterable, Sendable {
     case replaceThroughNonPresent = "replace-through-non-present"
     /// PASID teardown without a PASID-cache invalidation.
     case pasidEntryClearedWithoutInvalidation = "pasid-cleared-without-cache-invalidation"
+    /// PASID teardown without the page-request drain (no handler pass, no fault-work flush,
+    /// no page-drain wait).
+    case pageRequestDrainSkipped = "page-request-drain-skipped"
+    /// Unmaps skip the device-TLB invalidation (ATS devices keep stale translations).
+    case deviceTLBInvalidationSkipped = "device-tlb-invalidation-skipped"
 }
 
 /// Runs a `Scenario` on a fresh `Machine`: probes, runs timed actions and workloads in
@@ -69,19 +74,29 @@ public final class ScenarioRunner {
     }
 
     // Run state.
-    private let m: Machine
+    let m: Machine
     private var ran = false
-    private var devices: [Device] = []
-    private var endpoints: [PCIeEndpoint] = []
-    private var userDomains: [String: IOMMUDomain] = [:]
+    var devices: [Device] = []
+    var endpoints: [PCIeEndpoint] = []
+    var userDomains: [String: IOMMUDomain] = [:]
     private var pasids: [String: PASID] = [:]
     private var sets: [LiveBuffers] = []
     private var streams: [DMAStreamEngine?] = []
     private var churns: [ChurnState?] = []
     private var rings: [RingState?] = []
+    var atsStreams: [ATSStreamEngine?] = []
+    var faultHandlers: [FaultHandlerState?] = []
+    // SVA and user fault queues (ScenarioRunner+PageFaults.swift).
+    var processes: [String: Process] = [:]
+    var regions: [String: Region] = [:]
+    var binds: [String: SVAHandle] = [:]
+    var faultQueues: [String: FaultQueue] = [:]
+    /// Pages user-space fault handlers mapped, per domain (unmapped before the domain goes).
+    var userFaultPages: [ObjectIdentifier: (domain: IOMMUDomain, pages: Set<UInt64>)] = [:]
+    var userAutoResponses = 0
     private var log: [(time: UInt64, text: String)] = []
     private(set) var records: [StepRecord] = []
-    private var abort: StepFailed?
+    var abort: StepFailed?
     private var softwareTrack: UInt32 = 0
     private var churnRounds = 0
 
@@ -125,7 +140,7 @@ public final class ScenarioRunner {
 
         // Probe.
         let probed = step("probe devices", line: 0) { () throws(IOMMUError) in
-            let pairs = try m.addDevices(sc.devices.map(\.description))
+            let pairs = try m.addDevices(sc.devices.map(\.description), ats: sc.devices.map(\.ats), pri: sc.devices.map(\.pri))
             devices = pairs.map(\.0)
             endpoints = pairs.map(\.1)
         }
@@ -133,6 +148,7 @@ public final class ScenarioRunner {
             for (i, e) in endpoints.enumerated() {
                 e.maxPayloadBytes = sc.devices[i].maxPayload
                 e.maxReadRequestBytes = sc.devices[i].maxReadRequest
+                e.misbehaviour = sc.devices[i].misbehaviour
             }
             for g in m.core.groups {
                 note("\(g) [\(g.devices.map(\.name).joined(separator: ", "))] probed with default \(g.defaultDomain.map { "\($0)" } ?? "none")")
@@ -148,7 +164,7 @@ public final class ScenarioRunner {
         let faults = devices.map { ($0.name, $0.faultCount) }
         let dma = rings.lazy.compactMap { $0 }.first?.statistics ?? DMAStatistics()
         let result = RunResult(scenario: sc.name, seed: options.seed, machine: m, endpoints: endpoints, faultsReported: faults,
-                               dmaAPI: dma, log: log, churnRounds: churnRounds,
+                               dmaAPI: dma, userAutoResponses: userAutoResponses, log: log, churnRounds: churnRounds,
                                wallNs: UInt64(wall.components.seconds) * 1_000_000_000 + UInt64(wall.components.attoseconds / 1_000_000_000))
         return ScenarioOutcome(result: result, steps: records, expectationFailures: checkExpectations(result),
                                trace: options.trace ? m.platform.trace : nil, injected: m.platform.faults.fired.map { ($0.point.name, $0.hit) },
@@ -158,12 +174,12 @@ public final class ScenarioRunner {
 
     // MARK: Steps
 
-    private func note(_ text: String) { log.append((m.scheduler.now, text)) }
+    func note(_ text: String) { log.append((m.scheduler.now, text)) }
 
     /// Runs one software step: traces it, records failures and injected faults, checks that a
     /// failed step rolled back. Returns whether it succeeded.
     @discardableResult
-    private func step(_ label: String, line: Int, rollback: (() -> Void)? = nil, _ body: () throws(IOMMUError) -> Void) -> Bool {
+    func step(_ label: String, line: Int, rollback: (() -> Void)? = nil, _ body: () throws(IOMMUError) -> Void) -> Bool {
         guard abort == nil else { return false }
         let fired = m.platform.faults.fired.count
         let before = options.tolerant ? StateSnapshot(m) : nil
@@ -201,6 +217,8 @@ public final class ScenarioRunner {
             case .tablesFreedBeforeFlush: bugs.insert(.freeTablesBeforeFlush)
             case .replaceThroughNonPresent: bugs.insert(.replaceThroughNonPresent)
             case .pasidEntryClearedWithoutInvalidation: bugs.insert(.skipPASIDCacheInvalidation)
+            case .pageRequestDrainSkipped: bugs.insert(.skipPageRequestDrain)
+            case .deviceTLBInvalidationSkipped: bugs.insert(.skipDeviceTLBInvalidation)
             }
         }
         m.core.injectedBugs = bugs
@@ -225,6 +243,16 @@ public final class ScenarioRunner {
                 streams.append(engine); churns.append(nil); rings.append(nil)
             case .churn(let c):
                 streams.append(nil); churns.append(ChurnState(set: c.buffers, periodNs: c.periodNs)); rings.append(nil)
+            case .ats(let a):
+                streams.append(nil); churns.append(nil); rings.append(nil)
+                atsStreams.append(makeATSStream(a))
+                faultHandlers.append(nil)
+                continue
+            case .faultHandler(let h):
+                streams.append(nil); churns.append(nil); rings.append(nil)
+                atsStreams.append(nil)
+                faultHandlers.append(FaultHandlerState(spec: h))
+                continue
             case .dmaRing(let r):
                 let b = LiveBuffers(name: w.name, count: r.count, length: r.size,
                                     writeOnly: r.direction == .fromDevice, readOnly: r.direction == .toDevice)
@@ -236,6 +264,8 @@ public final class ScenarioRunner {
                 if let st = ring.stream { attachSampler(st) }
                 streams.append(nil); churns.append(nil); rings.append(ring)
             }
+            atsStreams.append(nil)
+            faultHandlers.append(nil)
         }
     }
 
@@ -261,7 +291,13 @@ public final class ScenarioRunner {
 
     private func startWorkload(_ i: Int, line: Int) {
         let spec = scenario.workloads[i]
-        if let st = streams[i] {
+        if let a = atsStreams[i] {
+            a.start()
+            note("\(spec.name) starts")
+        } else if let h = faultHandlers[i] {
+            startFaultHandler(h)
+            note("\(spec.name) starts")
+        } else if let st = streams[i] {
             if case .dma(let d) = spec.kind, let p = d.pasid {
                 guard let pasid = pasids[p] else {
                     // The PASID was never allocated (its allocation failed in a sweep): nothing to run.
@@ -291,6 +327,14 @@ public final class ScenarioRunner {
     }
 
     private func stopWorkload(_ i: Int) {
+        if let a = atsStreams[i], a.running {
+            a.stop()
+            note("\(scenario.workloads[i].name) stops: \(a.summary)")
+        }
+        if let h = faultHandlers[i], h.running {
+            h.running = false
+            note("\(scenario.workloads[i].name) stops")
+        }
         streams[i]?.stop()
         churns[i]?.running = false
         if let r = rings[i] { r.running = false; r.stream?.stop() }
@@ -431,14 +475,24 @@ public final class ScenarioRunner {
         let line = a.source.line
         let label = a.label
         switch a.action {
-        case .allocDomain(let name, let device, let flags):
+        case .allocDomain(let name, let device, let flags, let queue):
             step(label, line: line) { () throws(IOMMUError) in
-                userDomains[name] = try m.core.allocDomain(for: devices[device], flags: flags)
+                let d = try m.core.allocDomain(for: devices[device], flags: flags)
+                if let queue {
+                    guard let q = faultQueues[queue] else {
+                        try? m.core.freeDomain(d)
+                        throw .notFound("fault queue \(queue) is not allocated")
+                    }
+                    do throws(IOMMUError) { try m.core.setFaultQueue(q, for: d) } catch { try? m.core.freeDomain(d); throw error }
+                }
+                userDomains[name] = d
             }
             if let d = userDomains[name] { note("\(name) = \(d) allocated") }
         case .freeDomain(let name):
             step(label, line: line) { () throws(IOMMUError) in
-                try m.core.freeDomain(try domain(named: name))
+                let d = try domain(named: name)
+                try unmapUserFaultPages(of: d)
+                try m.core.freeDomain(d)
                 userDomains[name] = nil
             }
         case .map(let b): mapSet(b, label: label, line: line)
@@ -508,6 +562,8 @@ public final class ScenarioRunner {
         case .descriptorFault(let u, let type, let fault):
             m.units[u].descriptorFaults[type] = fault
             note(label)
+        case .createProcess, .mmap, .munmap, .exitProcess, .svaBind, .svaUnbind, .allocFaultQueue, .closeFaultQueue:
+            performPageFaultAction(a)
         }
     }
 
@@ -590,8 +646,13 @@ public final class ScenarioRunner {
             m.oracle.checkTeardown(core: m.core, driver: m.driver)
             return
         }
-        for i in scenario.workloads.indices { stopWorkload(i) }
+        // Devices stop starting accesses; user-space fault handlers keep serving until the
+        // accesses in flight have ended (as a VMM quiesces a device before tearing it down).
+        for i in scenario.workloads.indices where faultHandlers[i] == nil { stopWorkload(i) }
         s.run(until: s.now + 20_000)
+        let deadline = s.now + 20_000_000
+        while atsStreams.contains(where: { ($0?.inFlight ?? 0) > 0 }) && s.runNext(notAfter: deadline) {}
+        for i in scenario.workloads.indices { stopWorkload(i) }
         // DMA rings: unmap what is still posted; the flush-queue timer covers the rest.
         for r in rings.compactMap({ $0 }) {
             let dev = devices[r.spec.device]
@@ -608,6 +669,7 @@ public final class ScenarioRunner {
             if let c = (try? m.dma.cookie(for: devices[r.spec.device])) ?? nil { r.statistics = c.statistics }
         }
         note("traffic stopped; tearing down")
+        tearDownPageFaultUsers()
         // PASIDs: detach and free.
         for (name, p) in pasids.sorted(by: { $0.key < $1.key }) {
             for g in m.core.groups {
@@ -652,6 +714,11 @@ public final class ScenarioRunner {
         if let v = e.violations, r.violationCount != v { out.append("expected \(v) violation(s), found \(r.violationCount)") }
         if let f = e.framesLeft, r.framesLeft != f { out.append("expected \(f) frame(s) left after teardown, found \(r.framesLeft)") }
         if let t = e.minTranslations, r.translations < t { out.append("expected at least \(t) translations, found \(r.translations)") }
+        for c in e.counters {
+            let v = r.pageFaultCounter(c.name)
+            if v < c.atLeast { out.append("expected \(c.name) at least \(c.atLeast), found \(v)") }
+            if let hi = c.atMost, v > hi { out.append("expected \(c.name) at most \(hi), found \(v)") }
+        }
         for f in e.faults {
             let name = scenario.devices[f.device].description.name
             let n = r.devices.first { $0.name == name }?.faultsReported ?? 0

@@ -38,6 +38,7 @@ struct RunReport {
                 ("entriesPerFlush", .double(r.dmaAPI.entriesPerFlush)),
                 ("invalidationsPerUnmap", .double(r.dmaAPI.invalidationsPerUnmap)),
             ])),
+            ("pageFaults", .object(r.pageFaultCounters.map { (Self.camel($0.0), .uint($0.1)) })),
             ("memory", .object([("peakFrames", .int(Int64(r.peakFrames))), ("framesLeft", .int(Int64(r.framesLeft)))])),
             ("oracle", .object([
                 ("checks", .uint(r.oracleChecks)),
@@ -76,6 +77,12 @@ struct RunReport {
         out.append("Entry updates: " + r.updatePaths.map { "\($0.0) \($0.1)" }.joined(separator: ", "))
         let q = r.dmaAPI
         out.append("DMA API (first DMA ring): \(q.maps) maps, \(q.unmaps) unmaps, \(q.flushes) flushes (full \(q.fullQueueFlushes), timer \(q.timerFlushes)), \(format1(q.entriesPerFlush)) entries/flush")
+        if r.pageFaultCounter("ats-accesses") + r.pageFaultCounter("page-faults") + r.pageFaultCounter("page-requests") > 0 {
+            let c = r.pageFaultCounter
+            out.append("ATS/PRI: \(fmt(c("ats-accesses"))) accesses (\(fmt(c("ats-completed"))) completed, \(fmt(c("ats-failed"))) failed), \(fmt(c("device-tlb-hits"))) device-TLB hits, \(fmt(c("page-request-groups"))) page request groups (\(fmt(c("page-requests"))) requests), \(fmt(c("stop-markers"))) stop markers, \(fmt(c("credit-waits"))) credit waits")
+            out.append("Page request queue: \(fmt(c("prq-queued"))) queued, \(fmt(c("prq-overflows"))) overflows (\(fmt(c("prq-overflows-cleared"))) cleared), \(fmt(c("unit-auto-responses"))) answered by the unit, \(fmt(c("pasid-drains"))) PASID drains, \(fmt(c("stop-markers-dropped"))) stop markers dropped by the driver, \(fmt(c("stop-markers-discarded"))) by the unit")
+            out.append("Fault pipeline: \(fmt(c("page-faults"))) faults in \(fmt(c("fault-groups"))) groups, responses success \(fmt(c("responses-success"))) / invalid \(fmt(c("responses-invalid"))) / failure \(fmt(c("responses-failure"))), \(fmt(c("faults-without-handler"))) without handler, \(fmt(c("late-responses"))) late, \(fmt(c("user-auto-responses"))) auto-answered on detach/close")
+        }
         out.append("Memory: peak \(r.peakFrames) frames, \(r.framesLeft) left after teardown")
         out.append("Oracle: \(fmt(r.oracleChecks)) checks, \(fmt(r.expectedFaults)) expected faults, \(r.violationCount) violation(s)")
         for v in r.violations { out.append("  \(v)") }
@@ -92,6 +99,12 @@ struct RunReport {
         let secs = Double(r.wallNs) / 1e9
         out.append("Host: \(format1(secs * 1000)) ms wall, \(fmt(UInt64(secs > 0 ? Double(r.translations) / secs : 0))) translations/s")
         return out.joined(separator: "\n")
+    }
+
+    /// "prq-overflows" → "prqOverflows".
+    static func camel(_ name: String) -> String {
+        let parts = name.split(separator: "-")
+        return parts.enumerated().map { $0.offset == 0 ? String($0.element) : $0.element.prefix(1).uppercased() + $0.element.dropFirst() }.joined()
     }
 
     private func fmt(_ v: UInt64) -> String {

@@ -242,6 +242,7 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
                         (base + n).initialize(to: psi ? .iotlb(.page(t.did, address: address, addressMask: mask, invalidationHint: hint))
                                                                    : .iotlb(.domain(t.did)))
                     case .deviceTLB:
+                        if u.bugs.contains(.skipDeviceTLBInvalidation) { continue }
                         (base + n).initialize(to: u.deviceTLBInvalidation(t.device, pasid: t.pasid, address: whole ? 0 : address, mask: whole ? 52 : mask))
                     }
                     n += 1
