@@ -27,7 +27,7 @@ let package = Package(
         .target(name: "Kernel", dependencies: ["Platform", "Formats", "Hardware"]),
         .target(
             name: "Simulation",
-            dependencies: ["Platform", "Formats", "Hardware", "Kernel", .product(name: "Yams", package: "Yams")],
+            dependencies: ["CIOMMUSupport", "Platform", "Formats", "Hardware", "Kernel", .product(name: "Yams", package: "Yams")],
             resources: [.copy("Scenarios")]
         ),
         .executableTarget(

@@ -17,4 +17,21 @@ uint64_t ciommu_fetch_or64(void *address, uint64_t bits);
 /// Atomic AND of `bits` into the 64-bit word at `address`; returns the previous value.
 uint64_t ciommu_fetch_and64(void *address, uint64_t bits);
 
+/// Sequentially consistent loads and stores, for queue indices and flags shared by threads.
+uint64_t ciommu_load64(const void *address);
+void ciommu_store64(void *address, uint64_t value);
+uint32_t ciommu_load32(const void *address);
+void ciommu_store32(void *address, uint32_t value);
+uint32_t ciommu_exchange32(void *address, uint32_t value);
+uint32_t ciommu_fetch_add32(void *address, uint32_t value);
+
+/// A spin-wait hint (x86 PAUSE, Arm YIELD).
+void ciommu_cpu_relax(void);
+
+/// Sleeps while the 32-bit word at `address` equals `expected` (Linux futex; elsewhere a
+/// yield). Spurious returns are allowed: callers re-check their condition.
+void ciommu_futex_wait(uint32_t *address, uint32_t expected);
+/// Wakes every thread sleeping on `address`.
+void ciommu_futex_wake(uint32_t *address);
+
 #endif
