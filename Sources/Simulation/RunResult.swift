@@ -120,17 +120,26 @@ public struct RunResult: Sendable {
         }
         let d = m.driver.units
         let c = m.core
-        let values: [UInt64] = [
-            a.accesses, a.completed, a.failed, a.deviceTLBHits, a.translatedRequests, a.groups,
-            a.pageRequests, a.stopMarkers, a.creditWaits, a.responses, a.unexpectedResponses, a.staleResponses,
-            u.pageRequestsQueued, u.pageRequestOverflows, u.pageRequestsAutoResponded, u.stopMarkersDiscarded, u.unsolicitedCompletions,
-            UInt64(c.pageFaultsReported), UInt64(c.pageFaultGroups), UInt64(c.pageFaultsWithoutHandler),
-            UInt64(c.pageResponses[0]), UInt64(c.pageResponses[1]), UInt64(c.pageResponses[2]), UInt64(c.lateResponses),
-            UInt64(c.partialsDiscarded), UInt64(d.reduce(0) { $0 + $1.stopMarkersDropped }),
-            UInt64(d.reduce(0) { $0 + $1.pageRequestOverflowsCleared }), UInt64(d.reduce(0) { $0 + $1.pageRequestDrains }),
-            UInt64(userAutoResponses),
+        // In `pageFaultCounterNames` order (a test checks the two agree).
+        return [
+            ("ats-accesses", a.accesses), ("ats-completed", a.completed), ("ats-failed", a.failed),
+            ("device-tlb-hits", a.deviceTLBHits), ("translated-requests", a.translatedRequests),
+            ("page-request-groups", a.groups), ("page-requests", a.pageRequests), ("stop-markers", a.stopMarkers),
+            ("credit-waits", a.creditWaits), ("responses-received", a.responses),
+            ("unexpected-responses", a.unexpectedResponses), ("stale-responses", a.staleResponses),
+            ("prq-queued", u.pageRequestsQueued), ("prq-overflows", u.pageRequestOverflows),
+            ("unit-auto-responses", u.pageRequestsAutoResponded), ("stop-markers-discarded", u.stopMarkersDiscarded),
+            ("unsolicited-completions", u.unsolicitedCompletions),
+            ("page-faults", UInt64(c.pageFaultsReported)), ("fault-groups", UInt64(c.pageFaultGroups)),
+            ("faults-without-handler", UInt64(c.pageFaultsWithoutHandler)),
+            ("responses-success", UInt64(c.pageResponses[0])), ("responses-invalid", UInt64(c.pageResponses[1])),
+            ("responses-failure", UInt64(c.pageResponses[2])), ("late-responses", UInt64(c.lateResponses)),
+            ("partials-discarded", UInt64(c.partialsDiscarded)),
+            ("stop-markers-dropped", UInt64(d.reduce(0) { $0 + $1.stopMarkersDropped })),
+            ("prq-overflows-cleared", UInt64(d.reduce(0) { $0 + $1.pageRequestOverflowsCleared })),
+            ("pasid-drains", UInt64(d.reduce(0) { $0 + $1.pageRequestDrains })),
+            ("user-auto-responses", UInt64(userAutoResponses)),
         ]
-        return Array(zip(pageFaultCounterNames, values))
     }
 
     /// A page-fault counter by name (0 when unknown).

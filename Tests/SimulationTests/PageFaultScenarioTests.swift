@@ -54,6 +54,7 @@ struct PageFaultScenarioTests {
         #expect(r.pageFaultCounter("responses-success") == r.pageFaultCounter("fault-groups"), "every group of a resolvable fault is answered SUCCESS once")
         #expect(r.pageFaultCounter("ats-completed") > 0)
         #expect(r.pageFaultCounter("pasid-drains") > 0, "the unbind drained the PASID")
+        #expect(r.pageFaultCounters.map(\.0) == RunResult.pageFaultCounterNames, "the counters a run reports are the names expectations accept")
         #expect(r.framesLeft == 0)
     }
 
@@ -130,7 +131,7 @@ struct IOPFRoundTripTests {
             if handOff == .polling { #expect(r.sleeps == 0) }
         }
         #expect(platform.frames.inUse == before, "each run gives its page tables back")
-        #expect(rt.wakeLatencyNs(iterations: 50, gapNs: 1000) > 0)
+        #expect(try rt.wakeLatencyNs(iterations: 50, gapNs: 1000) > 0)
     }
 
     @Test("bad sizes are refused with an error, not a trap")
@@ -140,5 +141,6 @@ struct IOPFRoundTripTests {
         #expect(throws: IOPFRoundTrip.Failure.self) { try rt.run(handOff: .polling, groups: 0, groupSize: 1) }
         #expect(throws: IOPFRoundTrip.Failure.self) { try rt.run(handOff: .polling, groups: 10, groupSize: 600) }
         #expect(throws: IOPFRoundTrip.Failure.self) { try rt.run(handOff: .polling, groups: 10, groupSize: 32, credits: 8) }
+        #expect(throws: IOPFRoundTrip.Failure.self) { try rt.wakeLatencyNs(iterations: 0, gapNs: 0) }
     }
 }

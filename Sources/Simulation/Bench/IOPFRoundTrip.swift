@@ -61,8 +61,8 @@ public final class IOPFRoundTrip: @unchecked Sendable {
     let frames: FrameAllocator
     let prqBase: UInt64
     let responseBase: UInt64
-    /// Shared words, each on its own cache line: PQT, PQH, response tail and head, the
-    /// event count, the handler's armed (sleeping) flag, the stop flag and handler errors.
+    /// Shared words, each on its own cache line: PQT, PQH, response tail and head, handler
+    /// errors, the event count, the handler's armed (sleeping) flag and the stop flag.
     let shared: UnsafeMutableRawPointer
     let dataFrames: [UInt64]
     let requester = RequesterID(bus: 0, device: 6, function: 0)
@@ -95,6 +95,7 @@ public final class IOPFRoundTrip: @unchecked Sendable {
     private var prqHead: UnsafeMutableRawPointer { shared + 64 }
     private var responseTail: UnsafeMutableRawPointer { shared + 128 }
     private var responseHead: UnsafeMutableRawPointer { shared + 192 }
+    private var handlerErrors: UnsafeMutableRawPointer { shared + 256 }
     private var events: UnsafeMutablePointer<UInt32> { (shared + 320).assumingMemoryBound(to: UInt32.self) }
     private var sleeping: UnsafeMutableRawPointer { shared + 384 }
     private var stopFlag: UnsafeMutableRawPointer { shared + 448 }
@@ -124,11 +125,11 @@ public final class IOPFRoundTrip: @unchecked Sendable {
         outcome.initialize(repeating: 0, count: 4)
         defer { outcome.deallocate() }
         let root = table.root
-        runPair(
+        try runPair(
             device: { [self] in
                 let start = Self.now()
                 outcome[0] = self.device(groups: groups, groupSize: groupSize, credits: credits, gapNs: gapNs, root: root, latencies: latencies)
-                outcome[3] = Int(Self.now() - start)
+                outcome[3] = Int(Self.now() &- start)
                 ciommu_store32(self.stopFlag, 1)
                 ciommu_fetch_add32(self.events, 1)
                 ciommu_futex_wake(self.events)
@@ -208,7 +209,7 @@ public final class IOPFRoundTrip: @unchecked Sendable {
             guard ciommu_load64(responseTail) != responseHeadValue else {
                 spins += 1
                 if spins & 0xFFFFF == 0 && Self.now() - lastProgress > 10_000_000_000 {
-                    writeToStandardError("iopf: no response for 10 s: sent \(sent) done \(done) tail \(tail) head \(ciommu_load64(prqHead)) responses \(ciommu_load64(responseTail)) sleeping \(ciommu_load32(sleeping)) events \(ciommu_load32(events)) handlerErrors \(ciommu_load64(shared + 448 + 8))")
+                    writeToStandardError("iopf: no response for 10 s: sent \(sent) done \(done) tail \(tail) head \(ciommu_load64(prqHead)) responses \(ciommu_load64(responseTail)) sleeping \(ciommu_load32(sleeping)) events \(ciommu_load32(events)) handlerErrors \(ciommu_load64(handlerErrors))")
                     return errors + groups - done
                 }
                 ciommu_cpu_relax(); continue
@@ -278,7 +279,7 @@ public final class IOPFRoundTrip: @unchecked Sendable {
                 }
                 head = (head + PageRequestDescriptor.size) % size
                 ciommu_store64(prqHead, head)
-                guard let d = decoded else { errors += 1; ciommu_store64(shared + 448 + 8, UInt64(errors)); continue }
+                guard let d = decoded else { errors += 1; ciommu_store64(handlerErrors, UInt64(errors)); continue }
                 // The SVA handler makes the page resident (handle_mm_fault).
                 do {
                     try table.map(iova: d.address & ~0xFFF, physical: pool[next], size: 4096, permissions: perms)
@@ -307,7 +308,8 @@ public final class IOPFRoundTrip: @unchecked Sendable {
     /// The platform's floor for a blocking hand-off: the median time from waking a thread
     /// asleep on a futex (after `gapNs` of quiet) until it has answered through a spun-on
     /// word — the hand-off cost a blocking round trip cannot go below.
-    public func wakeLatencyNs(iterations: Int = 2000, gapNs: UInt64) -> Double {
+    public func wakeLatencyNs(iterations: Int = 2000, gapNs: UInt64) throws -> Double {
+        guard iterations > 0 else { throw Failure(description: "iterations > 0") }
         let words = UnsafeMutablePointer<UInt32>.allocate(capacity: 32)
         words.initialize(repeating: 0, count: 32)
         defer { words.deallocate() }
@@ -317,7 +319,7 @@ public final class IOPFRoundTrip: @unchecked Sendable {
         func waitChange(_ w: UnsafeMutablePointer<UInt32>, from v: UInt32) {
             while ciommu_load32(w) == v { ciommu_futex_wait(w, v) }
         }
-        runPair(
+        try runPair(
             device: {
                 for i in 0..<iterations {
                     let quiet = Self.now() &+ gapNs
@@ -341,26 +343,23 @@ public final class IOPFRoundTrip: @unchecked Sendable {
         return Double(v[v.count / 2])
     }
 
-    /// Runs the two sides on two OS threads and waits for both.
-    private func runPair(device: @escaping () -> Void, handler: @escaping () -> Void) {
+    /// Runs `handler` on a thread of its own and `device` on the calling thread, and waits
+    /// for both. No thread, no run: an error.
+    private func runPair(device: () -> Void, handler: @escaping () -> Void) throws {
         final class Job { let run: () -> Void; init(_ r: @escaping () -> Void) { run = r } }
-        var threads: [pthread_t] = []
-        for body in [handler, device] {
-            let job = Unmanaged.passRetained(Job(body)).toOpaque()
-            var t = pthread_t()
-            let rc = pthread_create(&t, nil, { arg in
-                guard let arg else { return nil }
-                Unmanaged<Job>.fromOpaque(arg).takeRetainedValue().run()
-                return nil
-            }, job)
-            if rc == 0 { threads.append(t) } else {
-                // Without a second thread the pair cannot run: stop the handler at once.
-                let j = Unmanaged<Job>.fromOpaque(job).takeRetainedValue()
-                ciommu_store32(stopFlag, 1)
-                j.run()
-            }
+        let job = Unmanaged.passRetained(Job(handler)).toOpaque()
+        var t = pthread_t()
+        let rc = pthread_create(&t, nil, { arg in
+            guard let arg else { return nil }
+            Unmanaged<Job>.fromOpaque(arg).takeRetainedValue().run()
+            return nil
+        }, job)
+        guard rc == 0 else {
+            Unmanaged<Job>.fromOpaque(job).release()
+            throw Failure(description: "no handler thread (pthread_create: \(rc))")
         }
-        for t in threads { pthread_join(t, nil) }
+        device()
+        pthread_join(t, nil)
     }
 }
 

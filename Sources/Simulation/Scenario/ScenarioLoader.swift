@@ -217,7 +217,8 @@ private struct Parser {
         for key in ["credits", "pages-per-group", "retry-limit", "misbehaviour"] where !pri {
             if let v = m.optional(key) { throw v.error("\(key) needs pri: true") }
         }
-        // PCIe PRI capability: Outstanding Page Request Allocation is a 32-bit count.
+        // PCIe PRI capability: the Outstanding Page Request Allocation (a 32-bit register;
+        // capped here at what a run can hold).
         if let v = m.optional("credits") { priConfig.credits = try v.int(in: 1...65536) }
         if let v = m.optional("pages-per-group") { priConfig.maxPagesPerGroup = try v.int(in: 1...512) }
         if let v = m.optional("retry-limit") { priConfig.retryLimit = try v.int(in: 1...1024) }
@@ -257,6 +258,20 @@ private struct Parser {
         let n = try f.string()
         guard pasidNames.contains(n) else { throw f.error("no PASID named '\(n)' (PASIDs come from alloc-pasid actions)") }
         return n
+    }
+
+    /// `access: rw | read | write`.
+    static func access(_ f: YAMLField) throws(ScenarioError) -> PagePermissions {
+        switch try f.oneOf(["rw", "read", "write"]) {
+        case "read": .read
+        case "write": .write
+        default: .readWrite
+        }
+    }
+
+    /// `direction: read | write | both` of a device stream.
+    static func direction(_ f: YAMLField) throws(ScenarioError) -> Scenario.Direction {
+        Scenario.Direction(rawValue: try f.oneOf(["read", "write", "both"])) ?? .both
     }
 
     func nameRef(_ f: YAMLField, in names: Set<String>, what: String, from: String) throws(ScenarioError) -> String {
@@ -305,14 +320,7 @@ private struct Parser {
             throw f.error("stride must be 4 KiB aligned and at least pages × 4096 (\(pages * 4096))")
         }
         guard iova + stride * UInt64(count) <= 1 << 57 else { throw f.error("the set reaches beyond a 57-bit address space") }
-        var perms = base?.permissions ?? .readWrite
-        if let v = m.optional("access") {
-            switch try v.oneOf(["rw", "read", "write"]) {
-            case "read": perms = .read
-            case "write": perms = .write
-            default: perms = .readWrite
-            }
-        }
+        let perms = try m.optional("access").map(Self.access) ?? base?.permissions ?? .readWrite
         if let like, base.map({ $0.count != count || $0.pages != pages }) ?? false {
             throw f.error("a set 'like' \(s.buffers[like].name) shares its frames: count and pages must match")
         }
@@ -345,8 +353,7 @@ private struct Parser {
             let pasid = try m.optional("pasid").map { (p) throws(ScenarioError) in try pasidRef(p) }
             let interval = try m.optional("interval-ns")?.unsigned(in: 1...1_000_000_000) ?? 500
             let burst = try m.optional("burst")?.int(in: 1...1024) ?? 1
-            var dir = Scenario.Direction.both
-            if let v = m.optional("direction") { dir = Scenario.Direction(rawValue: try v.oneOf(["read", "write", "both"])) ?? .both }
+            let dir = try m.optional("direction").map(Self.direction) ?? .both
             var minB = 256, maxB = 4096
             if let v = m.optional("size") {
                 let r = try v.list()
@@ -366,8 +373,9 @@ private struct Parser {
             var bind: String?, region: String?
             var iova: UInt64 = 0, window = 0
             if let b = m.optional("bind") {
-                bind = try bindRef(b)
-                guard bindNames[bind ?? ""] == device else { throw b.error("bind '\(bind ?? "")' is of another device") }
+                let name = try bindRef(b)
+                guard bindNames[name] == device else { throw b.error("bind '\(name)' is not a bind of device '\(devName(device))'") }
+                bind = name
                 region = try nameRef(try m.required("region", "a region of the bound process (from mmap)"), in: regionNames,
                                      what: "region", from: "mmap")
                 if let v = m.optional("iova") { throw v.error("an SVA stream addresses its region; iova is for streams without a bind") }
@@ -380,8 +388,7 @@ private struct Parser {
             let per = try m.optional("pages-per-access")?.int(in: 1...4096) ?? 1
             let interval = try m.optional("interval-ns")?.unsigned(in: 1...1_000_000_000) ?? 1_000
             let outstanding = try m.optional("outstanding")?.int(in: 1...4096) ?? 4
-            var dir = Scenario.Direction.both
-            if let v = m.optional("direction") { dir = Scenario.Direction(rawValue: try v.oneOf(["read", "write", "both"])) ?? .both }
+            let dir = try m.optional("direction").map(Self.direction) ?? .both
             kind = .ats(.init(device: device, bind: bind, region: region, iova: iova, windowPages: window, pagesPerAccess: per,
                               intervalNs: interval, outstanding: outstanding, direction: dir))
         case "fault-handler":
@@ -562,14 +569,7 @@ private struct Parser {
             let n = try name("the region's name")
             let p = try process()
             let pages = try m.required("pages", "the region's size in pages").int(in: 1...(1 << 20))
-            var perms = PagePermissions.readWrite
-            if let v = m.optional("access") {
-                switch try v.oneOf(["rw", "read", "write"]) {
-                case "read": perms = .read
-                case "write": perms = .write
-                default: perms = .readWrite
-                }
-            }
+            let perms = try m.optional("access").map(Self.access) ?? .readWrite
             action = .mmap(process: p, region: n, pages: pages, permissions: perms)
             label = "\(p) mmaps \(n) (\(pages) pages)"
         case "munmap":

@@ -44,8 +44,8 @@ extension ScenarioRunner {
             step(label, line: line) { () throws(IOMMUError) in
                 guard let r = regions[region], r.mapped else { throw .notFound("region \(region) is not mapped") }
                 guard let p = processes[r.process] else { throw .notFound("process \(r.process) does not exist") }
-                regions[region]?.mapped = false
                 try p.munmap(address: r.address, length: UInt64(r.pages) << 12)
+                regions[region]?.mapped = false
                 note(label)
             }
         case .exitProcess(let name):
@@ -190,21 +190,22 @@ extension ScenarioRunner {
     private func mapUserFaultPages(_ pages: [UInt64], into d: IOMMUDomain) throws(IOMMUError) {
         let key = ObjectIdentifier(d)
         var mine = userFaultPages[key]?.pages ?? []
+        defer { if !mine.isEmpty { userFaultPages[key] = (d, mine) } }
         for p in pages where !mine.contains(p) {
             let frame = try m.allocateBuffer()
             try m.core.map(d, iova: p, physical: frame, size: 4096, permissions: .readWrite)
             mine.insert(p)
-            userFaultPages[key] = (d, mine)
         }
     }
 
     /// Unmaps what user-space fault handlers mapped in `d` (before the domain is freed).
+    /// What an error leaves mapped stays recorded.
     func unmapUserFaultPages(of d: IOMMUDomain) throws(IOMMUError) {
         let key = ObjectIdentifier(d)
-        guard let entry = userFaultPages[key] else { return }
+        guard let entry = userFaultPages.removeValue(forKey: key), !d.isDestroyed else { return }
         var left = entry.pages
-        defer { userFaultPages[key] = left.isEmpty ? nil : (d, left) }
-        for p in entry.pages.sorted() where !d.isDestroyed {
+        defer { if !left.isEmpty { userFaultPages[key] = (d, left) } }
+        for p in entry.pages.sorted() {
             _ = try m.core.unmap(d, iova: p, size: 4096)
             left.remove(p)
         }

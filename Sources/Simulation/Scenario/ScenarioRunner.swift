@@ -231,7 +231,10 @@ public final class ScenarioRunner {
             LiveBuffers(name: b.name, count: b.count, length: UInt64(b.pages) * 4096,
                         writeOnly: b.permissions == .write, readOnly: b.permissions == .read)
         }
+        // One slot per workload in each table; the workload's kind fills one of them.
         for w in scenario.workloads {
+            var stream: DMAStreamEngine?, churn: ChurnState?, ring: RingState?
+            var ats: ATSStreamEngine?, handler: FaultHandlerState?
             switch w.kind {
             case .dma(let d):
                 let e = endpoints[d.device]
@@ -240,32 +243,27 @@ public final class ScenarioRunner {
                                              walkAccessNs: scenario.units[scenario.devices[d.device].description.unit].walkAccessNs,
                                              sequential: d.sequential)
                 attachSampler(engine)
-                streams.append(engine); churns.append(nil); rings.append(nil)
+                stream = engine
             case .churn(let c):
-                streams.append(nil); churns.append(ChurnState(set: c.buffers, periodNs: c.periodNs)); rings.append(nil)
+                churn = ChurnState(set: c.buffers, periodNs: c.periodNs)
             case .ats(let a):
-                streams.append(nil); churns.append(nil); rings.append(nil)
-                atsStreams.append(makeATSStream(a))
-                faultHandlers.append(nil)
-                continue
+                ats = makeATSStream(a)
             case .faultHandler(let h):
-                streams.append(nil); churns.append(nil); rings.append(nil)
-                atsStreams.append(nil)
-                faultHandlers.append(FaultHandlerState(spec: h))
-                continue
+                handler = FaultHandlerState(spec: h)
             case .dmaRing(let r):
                 let b = LiveBuffers(name: w.name, count: r.count, length: r.size,
                                     writeOnly: r.direction == .fromDevice, readOnly: r.direction == .toDevice)
-                let ring = RingState(spec: r, buffers: b)
+                let state = RingState(spec: r, buffers: b)
                 let e = endpoints[r.device]
-                ring.stream = DMAStreamEngine(endpoint: e, sets: [b], pasid: nil, intervalNs: r.intervalNs, burst: 1,
-                                              direction: .both, minBytes: 256, maxBytes: Int(min(r.size, 4096)),
-                                              walkAccessNs: scenario.units[scenario.devices[r.device].description.unit].walkAccessNs)
-                if let st = ring.stream { attachSampler(st) }
-                streams.append(nil); churns.append(nil); rings.append(ring)
+                let engine = DMAStreamEngine(endpoint: e, sets: [b], pasid: nil, intervalNs: r.intervalNs, burst: 1,
+                                             direction: .both, minBytes: 256, maxBytes: Int(min(r.size, 4096)),
+                                             walkAccessNs: scenario.units[scenario.devices[r.device].description.unit].walkAccessNs)
+                attachSampler(engine)
+                state.stream = engine
+                ring = state
             }
-            atsStreams.append(nil)
-            faultHandlers.append(nil)
+            streams.append(stream); churns.append(churn); rings.append(ring)
+            atsStreams.append(ats); faultHandlers.append(handler)
         }
     }
 
@@ -479,11 +477,10 @@ public final class ScenarioRunner {
             step(label, line: line) { () throws(IOMMUError) in
                 let d = try m.core.allocDomain(for: devices[device], flags: flags)
                 if let queue {
-                    guard let q = faultQueues[queue] else {
-                        try? m.core.freeDomain(d)
-                        throw .notFound("fault queue \(queue) is not allocated")
-                    }
-                    do throws(IOMMUError) { try m.core.setFaultQueue(q, for: d) } catch { try? m.core.freeDomain(d); throw error }
+                    do throws(IOMMUError) {
+                        guard let q = faultQueues[queue] else { throw .notFound("fault queue \(queue) is not allocated") }
+                        try m.core.setFaultQueue(q, for: d)
+                    } catch { try? m.core.freeDomain(d); throw error }
                 }
                 userDomains[name] = d
             }

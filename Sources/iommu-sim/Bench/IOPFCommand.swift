@@ -2,6 +2,8 @@ import ArgumentParser
 import Platform
 import Simulation
 
+extension IOPFRoundTrip.HandOff: ExpressibleByArgument {}
+
 /// `iommu-sim bench iopf`: the IO page-fault round trip with real threads (device thread →
 /// page request queue → handler → page group response → retried translation), single
 /// requests and groups, with blocking and polling hand-off.
@@ -11,7 +13,7 @@ struct IOPFCommand: ParsableCommand {
         abstract: "IO page-fault round trip on real threads: p50/p99 ns and faults per second, single requests and groups of 32."
     )
 
-    @Option(help: "Single-request round trips per round.")
+    @Option(help: "Single-page requests per pipelined round (one-at-a-time rounds take a quarter of them).")
     var faults: Int = 50_000
     @Option(help: "Groups per round in the batched run.")
     var groups: Int = 10_000
@@ -24,7 +26,7 @@ struct IOPFCommand: ParsableCommand {
     @Option(help: "Rounds; the report gives medians over them.")
     var rounds: Int = 5
     @Option(help: "Hand-off for the headline keys: blocking (the handler sleeps until the event) or polling.")
-    var handOff: String = "blocking"
+    var handOff: IOPFRoundTrip.HandOff = .blocking
     @Flag(help: "Print JSON (keys p50Ns, p99Ns, faultsPerSecond, batchedFaultsPerSecond, and per hand-off figures).")
     var json = false
 
@@ -36,7 +38,6 @@ struct IOPFCommand: ParsableCommand {
             throw ValidationError("--credits must cover one group (--group-size) and at most 256 requests")
         }
         guard (1...100).contains(rounds) else { throw ValidationError("--rounds must be between 1 and 100") }
-        guard IOPFRoundTrip.HandOff(rawValue: handOff) != nil else { throw ValidationError("--hand-off must be blocking or polling") }
     }
 
     struct Figures {
@@ -52,7 +53,9 @@ struct IOPFCommand: ParsableCommand {
             platform = try PlatformContext(memorySize: 1 << 30, seed: 1)
             rt = try IOPFRoundTrip(memory: platform.memory, frames: platform.frames)
         } catch { throw RunFailure(message: "\(error)") }
-        let wakeNs = median((0..<rounds).map { _ in rt.wakeLatencyNs(gapNs: gapNs) })
+        var wakes: [Double] = []
+        do { for _ in 0..<rounds { wakes.append(try rt.wakeLatencyNs(gapNs: gapNs)) } } catch { throw RunFailure(message: "\(error)") }
+        let wakeNs = median(wakes)
         var figures: [IOPFRoundTrip.HandOff: Figures] = [:]
         for mode in IOPFRoundTrip.HandOff.allCases {
             var single: [IOPFRoundTrip.Result] = [], piped: [IOPFRoundTrip.Result] = [], batched: [IOPFRoundTrip.Result] = []
@@ -75,7 +78,7 @@ struct IOPFCommand: ParsableCommand {
             f.sleeps = single.reduce(0) { $0 + $1.sleeps }
             figures[mode] = f
         }
-        let headline = figures[IOPFRoundTrip.HandOff(rawValue: handOff) ?? .blocking] ?? Figures()
+        let headline = figures[handOff] ?? Figures()
         let errors = figures.values.reduce(0) { $0 + $1.errors }
         func obj(_ f: Figures) -> JSON {
             .object([("p50Ns", .double(f.p50)), ("p99Ns", .double(f.p99)), ("faultsPerSecond", .double(f.faultsPerSecond)),
@@ -88,7 +91,7 @@ struct IOPFCommand: ParsableCommand {
                 ("benchmark", .string("iopf")),
                 ("faults", .int(Int64(faults))), ("groups", .int(Int64(groups))), ("groupSize", .int(Int64(groupSize))),
                 ("credits", .int(Int64(credits))),
-                ("rounds", .int(Int64(rounds))), ("handOff", .string(handOff)),
+                ("rounds", .int(Int64(rounds))), ("handOff", .string(handOff.rawValue)),
                 ("p50Ns", .double(headline.p50)), ("p99Ns", .double(headline.p99)),
                 ("faultsPerSecond", .double(headline.faultsPerSecond)),
                 ("batchedFaultsPerSecond", .double(headline.batchedFaultsPerSecond)),
