@@ -34,6 +34,8 @@ public final class FrameAllocator: @unchecked Sendable {
 
     struct State {
         var nextFresh: UInt64
+        /// Fresh frames below this have had their host pages faulted in.
+        var prefaultedEnd: UInt64 = 0
         var freeList: [UInt64] = []
         /// Allocation bitmap over the region (1 = allocated), for `free` validation.
         var allocated: [UInt64]
@@ -68,6 +70,10 @@ public final class FrameAllocator: @unchecked Sendable {
                             purposeOf: [UInt8](repeating: 0, count: count)))
     }
 
+    /// Fresh frames are handed out in order; the host pages behind each aligned chunk of this
+    /// many frames are faulted in together when the first of them goes out.
+    static let prefaultChunk: UInt64 = 64
+
     /// Frames still available.
     public var available: Int { state.withLock { Int(endFrame - $0.nextFresh) + $0.freeList.count } }
     public var inUse: Int { state.withLock { $0.inUse } }
@@ -79,6 +85,7 @@ public final class FrameAllocator: @unchecked Sendable {
     public func allocate(_ purpose: Purpose = .other) throws(FrameError) -> UInt64 {
         if let faults, faults.shouldFail(.frameAlloc) { throw .injected }
         let first = firstFrame, end = endFrame
+        var prefault: Range<UInt64>? = nil
         let frame: UInt64? = state.withLock { s in
             let frame: UInt64
             if let f = s.freeList.popLast() {
@@ -86,6 +93,11 @@ public final class FrameAllocator: @unchecked Sendable {
             } else if s.nextFresh < end {
                 frame = s.nextFresh
                 s.nextFresh += 1
+                if frame >= s.prefaultedEnd {
+                    // A fresh chunk: bring in the host pages up to the next chunk boundary.
+                    s.prefaultedEnd = min((frame | (Self.prefaultChunk - 1)) + 1, end)
+                    prefault = frame..<s.prefaultedEnd
+                }
             } else {
                 return nil
             }
@@ -93,6 +105,7 @@ public final class FrameAllocator: @unchecked Sendable {
             return frame
         }
         guard let frame else { throw .outOfMemory }
+        if let prefault { memory.prefault(frames: prefault) }
         // Frames are inside memory by construction; populating is idempotent.
         try? memory.populate(frame: frame)
         return frame << PhysicalMemory.frameShift
@@ -109,10 +122,12 @@ public final class FrameAllocator: @unchecked Sendable {
             guard end - s.nextFresh >= UInt64(count) else { return nil }
             let start = s.nextFresh
             s.nextFresh += UInt64(count)
+            s.prefaultedEnd = max(s.prefaultedEnd, s.nextFresh)
             for frame in start..<start + UInt64(count) { s.take(Int(frame - first), purpose) }
             return start
         }
         guard let start else { throw .outOfMemory }
+        memory.prefault(frames: start..<start + UInt64(count))
         for frame in start..<start + UInt64(count) { try? memory.populate(frame: frame) }
         return start << PhysicalMemory.frameShift
     }

@@ -89,6 +89,19 @@ public final class PhysicalMemory: @unchecked Sendable {
         markBacked(frame)
     }
 
+    /// Asks the host to fault in the pages behind `frames` in one call, so the first touches of
+    /// fresh guest RAM do not each take a host page fault (about 2 µs apiece in a VM). Contents
+    /// are unchanged; out-of-range frames are clipped; a host without MADV_POPULATE_WRITE
+    /// (Linux < 5.14) simply faults them in later.
+    public func prefault(frames: Range<UInt64>) {
+        let lo = min(frames.lowerBound, frameCount), hi = min(frames.upperBound, frameCount)
+        guard lo < hi else { return }
+        #if os(Linux)
+        let madvPopulateWrite: Int32 = 23
+        _ = madvise(base + Int(lo << Self.frameShift), Int((hi - lo) << Self.frameShift), madvPopulateWrite)
+        #endif
+    }
+
     /// Zeroes and unbacks `frame`.
     public func discard(frame: UInt64) throws(MemoryError) {
         guard frame < frameCount else { throw .outOfRange(address: frame << Self.frameShift) }

@@ -212,34 +212,43 @@ public final class Scheduler: @unchecked Sendable {
 
     // MARK: Binary heap
 
+    // Sift with a hole: each level moves one entry instead of swapping two, and the closure
+    // in an entry is moved, never copied (no reference counting while sifting).
     private static func push(_ e: Entry, into heap: inout [Entry]) {
         heap.append(e)
-        var i = heap.count - 1
-        while i > 0 {
-            let parent = (i - 1) / 2
-            guard heap[i].precedes(heap[parent]) else { break }
-            heap.swapAt(i, parent)
-            i = parent
+        heap.withUnsafeMutableBufferPointer { h in
+            var i = h.count - 1
+            guard i > 0, let base = h.baseAddress else { return }
+            let moving = (base + i).move()
+            while i > 0 {
+                let parent = (i - 1) / 2
+                guard moving.precedes(base[parent]) else { break }
+                (base + i).moveInitialize(from: base + parent, count: 1)
+                i = parent
+            }
+            (base + i).initialize(to: moving)
         }
     }
 
     private static func pop(_ heap: inout [Entry]) -> Entry {
-        let top = heap[0]
         let last = heap.removeLast()
-        if !heap.isEmpty {
-            heap[0] = last
+        if heap.isEmpty { return last }
+        return heap.withUnsafeMutableBufferPointer { h in
+            guard let base = h.baseAddress else { return last }
+            let top = base.move()
+            let n = h.count
             var i = 0
-            let n = heap.count
             while true {
-                let l = 2 * i + 1, r = l + 1
-                var m = i
-                if l < n, heap[l].precedes(heap[m]) { m = l }
-                if r < n, heap[r].precedes(heap[m]) { m = r }
-                if m == i { break }
-                heap.swapAt(i, m)
-                i = m
+                let l = 2 * i + 1
+                guard l < n else { break }
+                let r = l + 1
+                let c = r < n && base[r].precedes(base[l]) ? r : l
+                guard base[c].precedes(last) else { break }
+                (base + i).moveInitialize(from: base + c, count: 1)
+                i = c
             }
+            (base + i).initialize(to: last)
+            return top
         }
-        return top
     }
 }

@@ -75,24 +75,58 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         var physical: UInt64 = 0
         var permissions: PagePermissions = []
         var generation: UInt64 = 0
+        /// The paging domain whose mapping this is (0 for identity), and its generation then.
+        var domain: Int = 0
+        var domainGeneration: UInt64 = 0
     }
-    static let fastSlots = 64
+    /// 2^10 slots: a run's hot (device, page) pairs rarely collide.
+    static let fastSlotBits: UInt64 = 10
+    static let fastSlots = 1 << fastSlotBits
     /// Raw storage (no reference counting on the DMA path); freed in deinit.
     private let fast: UnsafeMutablePointer<FastEntry> = {
         let p = UnsafeMutablePointer<FastEntry>.allocate(capacity: Oracle.fastSlots)
         p.initialize(repeating: FastEntry(), count: Oracle.fastSlots)
         return p
     }()
-    /// Bumped by every event that can take a permission away (unmaps, transitions, flush
-    /// completions, domain frees); maps only add permissions and leave the cache valid.
+    /// Bumped by every event that can take a permission away from any device (transitions,
+    /// domain frees); maps only add permissions and leave the cache valid.
     @exclusivity(unchecked) private var generation: UInt64 = 1
+    /// Per paging domain (by id; slot 0, identity, never changes): bumped by the events that
+    /// take permissions away inside one domain (unmaps, flush completions), so churn in one
+    /// domain leaves the cached translations of the others valid.
+    @exclusivity(unchecked) private var domainGenerations: UnsafeMutablePointer<UInt64> = {
+        let p = UnsafeMutablePointer<UInt64>.allocate(capacity: 64)
+        p.initialize(repeating: 0, count: 64)
+        return p
+    }()
+    @exclusivity(unchecked) private var domainGenerationSlots = 64
+
+    /// Makes room for domain `id` in `domainGenerations` (ids are small and dense).
+    private func ensureDomainGeneration(_ id: Int) {
+        guard id >= domainGenerationSlots else { return }
+        var n = domainGenerationSlots
+        while n <= id { n <<= 1 }
+        let p = UnsafeMutablePointer<UInt64>.allocate(capacity: n)
+        p.moveInitialize(from: domainGenerations, count: domainGenerationSlots)
+        (p + domainGenerationSlots).initialize(repeating: 0, count: n - domainGenerationSlots)
+        domainGenerations.deallocate()
+        domainGenerations = p
+        domainGenerationSlots = n
+    }
+
+    private func domainChanged(_ id: Int) {
+        if id >= 0, id < domainGenerationSlots { domainGenerations[id] &+= 1 }
+    }
 
     @inline(__always)
     static func fastSlot(_ key: UInt64, _ iova: UInt64) -> Int {
-        Int(truncatingIfNeeded: ((key &* 0x9E37_79B9_7F4A_7C15) ^ ((iova >> 12) &* 0xC2B2_AE3D_27D4_EB4F)) >> 58)
+        Int(truncatingIfNeeded: ((key &* 0x9E37_79B9_7F4A_7C15) ^ ((iova >> 12) &* 0xC2B2_AE3D_27D4_EB4F)) >> (64 - fastSlotBits))
     }
 
-    deinit { fast.deallocate() }
+    deinit {
+        fast.deallocate()
+        domainGenerations.deallocate()
+    }
 
     public init(platform: PlatformContext, units: [VTdUnit]) {
         self.platform = platform
@@ -169,7 +203,8 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         if let pa = a.physical {
             let f = fast[slot]
             if f.generation == generation, f.key == key, a.address >= f.start, a.address < f.end,
-               f.physical &+ (a.address &- f.start) == pa, f.permissions.contains(needed) { return }
+               f.physical &+ (a.address &- f.start) == pa, f.permissions.contains(needed),
+               f.domainGeneration == domainGenerations[f.domain] { return }
         }
         let w = windows[key]
         var who: String { "\(a.source)\(a.pasid.map { " \($0)" } ?? "") on unit \(unit)" }
@@ -182,8 +217,10 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
                         fast[slot] = FastEntry(key: key, start: 0, end: .max, physical: 0, permissions: [.read, .write], generation: generation)
                     case .paging(let id):
                         if let r = shadows[id]?.lookup(a.address), r.state == .settled, Self.target(r, iova: a.address, access: a.access) == pa {
+                            ensureDomainGeneration(id)
                             fast[slot] = FastEntry(key: key, start: r.start, end: r.end, physical: r.physical,
-                                                   permissions: r.permissions, generation: generation)
+                                                   permissions: r.permissions, generation: generation,
+                                                   domain: id, domainGeneration: domainGenerations[id])
                         }
                     }
                 }
@@ -243,19 +280,19 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     }
 
     public func unmapBegan(_ domain: IOMMUDomain, iova: UInt64, size: UInt64) {
-        generation &+= 1
+        domainChanged(domain.id)
         shadows[domain.id]?.setState(iova, iova + size, to: .unmapping, from: .settled)
     }
 
     public func unmapEnded(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {
-        generation &+= 1
+        domainChanged(domain.id)
         releaseStrictTables(domain.id)
         retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &graveyards)
         checkDeviceTLBs(domain, iova: iova, size: unmapped)
     }
 
     public func unmapFailed(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {
-        generation &+= 1
+        domainChanged(domain.id)
         // Tables of a failed unmap stay pending: the core keeps them with the domain.
         strictTables[domain.id] = nil
         retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &abandoned)
@@ -272,7 +309,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     }
 
     public func unmapDeferred(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64, tables: [UInt64]) {
-        generation &+= 1
+        domainChanged(domain.id)
         retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &deferred)
         for t in tables { pendingTables[t] = domain.id }
         deferredTables[domain.id, default: []] += tables
@@ -285,7 +322,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     }
 
     public func deferredFlushEnded(_ domain: IOMMUDomain, completed: Bool) {
-        generation &+= 1
+        domainChanged(domain.id)
         let id = domain.id
         let c = covering.removeValue(forKey: id)
         let t = coveringTables.removeValue(forKey: id) ?? []

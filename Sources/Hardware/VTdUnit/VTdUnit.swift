@@ -5,12 +5,14 @@ import Formats
 public struct DMAAccess: OptionSet, Hashable, Sendable {
     public let rawValue: UInt8
     @inlinable public init(rawValue: UInt8) { self.rawValue = rawValue }
-    public static let read = DMAAccess(rawValue: 1)
-    public static let write = DMAAccess(rawValue: 2)
+    // Computed, so other modules fold them to constants (a stored `static let` costs a call
+    // to its addressor on every use from the oracle's per-access check).
+    @inlinable public static var read: DMAAccess { DMAAccess(rawValue: 1) }
+    @inlinable public static var write: DMAAccess { DMAAccess(rawValue: 2) }
     /// Execute request (PCIe ER, only with a PASID).
-    public static let execute = DMAAccess(rawValue: 4)
+    @inlinable public static var execute: DMAAccess { DMAAccess(rawValue: 4) }
     /// Privileged (supervisor) request (PCIe PMR, only with a PASID).
-    public static let privileged = DMAAccess(rawValue: 8)
+    @inlinable public static var privileged: DMAAccess { DMAAccess(rawValue: 8) }
 }
 
 /// The outcome of translating one request.
