@@ -1,20 +1,24 @@
 /// A named place where a failure can be injected (like the kernel's fail_nth sites).
+@frozen
 public struct FaultPoint: Hashable, Sendable, CustomStringConvertible {
     public let name: String
-    public init(_ name: String) { self.name = name }
+    @inlinable public init(_ name: String) { self.name = name }
     public var description: String { name }
+    // The points are computed (a literal name, no storage): a stored `static let` would cost
+    // an addressor call and a retain of its name at every `shouldFail`, even when injection
+    // is off.
 
     /// Software frame allocation (page tables, queues, buffers).
-    public static let frameAlloc = FaultPoint("frame.alloc")
+    @inlinable public static var frameAlloc: FaultPoint { FaultPoint("frame.alloc") }
     /// VT-d invalidation wait that never completes (reported as a time-out).
-    public static let invalidationTimeout = FaultPoint("hw.invalidation-timeout")
+    @inlinable public static var invalidationTimeout: FaultPoint { FaultPoint("hw.invalidation-timeout") }
     /// The unit drops an invalidation descriptor without applying it.
-    public static let invalidationDrop = FaultPoint("hw.invalidation-drop")
+    @inlinable public static var invalidationDrop: FaultPoint { FaultPoint("hw.invalidation-drop") }
     /// The unit applies a descriptor `invalidationDelayNs` late (within the driver's wait).
-    public static let invalidationDelay = FaultPoint("hw.invalidation-delay")
+    @inlinable public static var invalidationDelay: FaultPoint { FaultPoint("hw.invalidation-delay") }
     public static let invalidationDelayNs: UInt64 = 20_000
     /// A fault finds the fault-recording registers full: it is lost and PFO is set.
-    public static let faultRecordOverflow = FaultPoint("hw.fault-overflow")
+    @inlinable public static var faultRecordOverflow: FaultPoint { FaultPoint("hw.fault-overflow") }
 }
 
 /// Decides, at named fault points, whether an operation should fail.

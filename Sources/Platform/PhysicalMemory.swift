@@ -177,6 +177,19 @@ public final class PhysicalMemory: @unchecked Sendable {
         base.storeBytes(of: value.littleEndian, toByteOffset: Int(pa), as: T.self)
     }
 
+    /// Stores four little-endian 64-bit words at `pa` (a 256-bit queue descriptor) with one
+    /// range check.
+    @inlinable @inline(__always)
+    public func store256(_ pa: UInt64, _ w0: UInt64, _ w1: UInt64, _ w2: UInt64, _ w3: UInt64) throws(MemoryError) {
+        try checkRange(pa, 32)
+        touch(pa, 32)
+        let p = base + Int(pa)
+        p.storeBytes(of: w0.littleEndian, toByteOffset: 0, as: UInt64.self)
+        p.storeBytes(of: w1.littleEndian, toByteOffset: 8, as: UInt64.self)
+        p.storeBytes(of: w2.littleEndian, toByteOffset: 16, as: UInt64.self)
+        p.storeBytes(of: w3.littleEndian, toByteOffset: 24, as: UInt64.self)
+    }
+
     @inlinable @inline(__always) public func load64(_ pa: UInt64) throws(MemoryError) -> UInt64 { try load(pa, as: UInt64.self) }
     @inlinable public func load32(_ pa: UInt64) throws(MemoryError) -> UInt32 { try load(pa, as: UInt32.self) }
     @inlinable public func load16(_ pa: UInt64) throws(MemoryError) -> UInt16 { try load(pa, as: UInt16.self) }
@@ -252,6 +265,18 @@ public final class PhysicalMemory: @unchecked Sendable {
     public func deviceLoad<T: FixedWidthInteger>(_ pa: UInt64, as type: T.Type = T.self) throws(MemoryError) -> T {
         try checkDevice(pa, UInt64(MemoryLayout<T>.size))
         return T(littleEndian: base.loadUnaligned(fromByteOffset: Int(pa), as: T.self))
+    }
+
+    /// Loads four little-endian 64-bit words at `pa` by hardware (a 256-bit descriptor fetch)
+    /// with one check.
+    @inlinable @inline(__always)
+    public func deviceLoad256(_ pa: UInt64) throws(MemoryError) -> (UInt64, UInt64, UInt64, UInt64) {
+        try checkDevice(pa, 32)
+        let p = base + Int(pa)
+        return (UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
+                UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
+                UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self)),
+                UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt64.self)))
     }
 
     /// Little-endian store by hardware. Unbacked or out of range: error, nothing written.

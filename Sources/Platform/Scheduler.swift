@@ -194,6 +194,15 @@ public final class Scheduler: @unchecked Sendable {
         }
     }
 
+    /// For a wait whose condition already holds (real-thread runs, where the hardware worked
+    /// inline): spends, as real time, the hardware latency owed, as `wait` would have.
+    @inline(__always)
+    public func settleRealTimeDebt() {
+        guard realTimeWaits else { return }
+        HostClock.spin(realTimeDebtNs)
+        realTimeDebtNs = 0
+    }
+
     /// A software yield point: the seed decides whether hardware overtakes the CPU here.
     /// When it does, up to `yieldPolicy.maxAdvanceNs` of CPU time passes and due hardware
     /// events run; software events never run here.

@@ -43,11 +43,11 @@ extension VTdUnit {
         let address = queueBase + invalidationQueueHead
         var raw = RawDescriptor(0, 0)
         do {
-            raw.qw0 = try memory.deviceLoad(address, as: UInt64.self)
-            raw.qw1 = try memory.deviceLoad(address + 8, as: UInt64.self)
             if queueIsWide {
-                raw.qw2 = try memory.deviceLoad(address + 16, as: UInt64.self)
-                raw.qw3 = try memory.deviceLoad(address + 24, as: UInt64.self)
+                (raw.qw0, raw.qw1, raw.qw2, raw.qw3) = try memory.deviceLoad256(address)
+            } else {
+                raw.qw0 = try memory.deviceLoad(address, as: UInt64.self)
+                raw.qw1 = try memory.deviceLoad(address + 8, as: UInt64.self)
             }
         } catch {
             queueError(.fetchError)
