@@ -196,13 +196,10 @@ public final class Scheduler: @unchecked Sendable {
 
     /// For a wait whose condition already holds (real-thread runs, where the hardware worked
     /// inline): spends, as real time, the hardware latency owed, as `wait` would have.
-    /// `hardwareStart` is when the hardware began the work it did inline (0: unknown): that
-    /// work is part of the latency the hardware model charges, so only the rest is spun.
     @inline(__always)
-    public func settleRealTimeDebt(hardwareStart: UInt64 = 0) {
-        guard realTimeWaits, realTimeDebtNs > 0 else { return }
-        let spent = hardwareStart == 0 ? 0 : HostClock.now() &- hardwareStart
-        HostClock.spin(realTimeDebtNs > spent ? realTimeDebtNs - spent : 0)
+    public func settleRealTimeDebt() {
+        guard realTimeWaits else { return }
+        HostClock.spin(realTimeDebtNs)
         realTimeDebtNs = 0
     }
 

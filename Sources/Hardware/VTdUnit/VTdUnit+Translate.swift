@@ -185,13 +185,8 @@ extension VTdUnit {
             return .failure(FetchFault(reason: .smRootEntryReserved, fpd: false))
         }
         let ctxAddress = half.table + UInt64(source.devfn & 0x7F) * ScalableContextEntry.size
-        var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-        do {
-            words.0 = try memory.deviceLoad(ctxAddress, as: UInt64.self)
-            words.1 = try memory.deviceLoad(ctxAddress + 8, as: UInt64.self)
-            words.2 = try memory.deviceLoad(ctxAddress + 16, as: UInt64.self)
-            words.3 = try memory.deviceLoad(ctxAddress + 24, as: UInt64.self)
-        } catch {
+        let words: (UInt64, UInt64, UInt64, UInt64)
+        do { words = try memory.deviceLoad256(ctxAddress) } catch {
             return .failure(FetchFault(reason: .smContextEntryAccessError, fpd: false))
         }
         let ce = ScalableContextEntry(val0: words.0, val1: words.1, val2: words.2, val3: words.3)

@@ -86,6 +86,9 @@ public final class VTdUnit: @unchecked Sendable {
 
     let countersStorage: UnsafeMutablePointer<VTdCounters>
     let addressMask: UInt64
+    /// Whether the latency model gives any descriptor a latency (then, with real threads, the
+    /// queue times its inline work; see `writeQueueTail`).
+    let descriptorsHaveLatency: Bool
 
     /// Per-type descriptor faults (test and exploration hook), keyed by descriptor type code.
     @exclusivity(unchecked) public var descriptorFaults: [UInt8: DescriptorFault] = [:]
@@ -106,6 +109,7 @@ public final class VTdUnit: @unchecked Sendable {
         self.memory = platform.memory
         self.trackID = platform.trace.track(named: configuration.name)
         self.addressMask = PageTableGeometry.addressMask(width: configuration.hostAddressWidth)
+        self.descriptorsHaveLatency = configuration.latency.descriptorNs.contains { $0 > 0 }
         contextCache = TaggedCache(capacity: configuration.contextCacheEntries, ways: configuration.contextCacheWays, empty: .empty)
         pasidCache = TaggedCache(capacity: configuration.pasidCacheEntries, ways: configuration.pasidCacheWays, empty: .empty)
         iotlb = TaggedCache(capacity: configuration.iotlbEntries, ways: configuration.iotlbWays, empty: .empty)

@@ -25,14 +25,10 @@ final class VTdInvalidationQueue {
     @exclusivity(unchecked) private(set) var queueErrors: UInt64 = 0
 
     let memory: PhysicalMemory
-    /// Whether the unit's model gives descriptors any latency (then, with real threads, the
-    /// time the unit spends working inline is timed and counted as part of that latency).
-    let hardwareHasLatency: Bool
 
     init(unit: VTdUnit, platform: PlatformContext, base: UInt64, statusAddress: UInt64) {
         self.unit = unit; self.platform = platform; self.base = base; self.statusAddress = statusAddress
         memory = platform.memory
-        hardwareHasLatency = unit.configuration.latency.descriptorNs.contains { $0 > 0 }
     }
 
     /// Submits `descriptors` in batches, each followed by a wait descriptor, and waits for
@@ -82,14 +78,10 @@ final class VTdInvalidationQueue {
         try write(.wait(InvalidationWait(statusWrite: true, fence: true, pageDrain: drain, statusData: status, statusAddress: statusAddress)))
         submissions += 1
         descriptorsSubmitted += UInt64(batch.count)
-        // Real-thread runs: the unit works inline in this thread during the IQT write. That
-        // work is the hardware's, done while the modelled latency runs, so it counts towards
-        // it (a CPU would poll while the IOMMU works, not do the IOMMU's work first).
-        let hardwareStart = platform.realThreads && hardwareHasLatency ? HostClock.now() : 0
         unit.write64(VTdRegister.invalidationQueueTail, tail)
         if waitDone(status) {
-            // The unit worked inline and the wait is already written.
-            platform.scheduler.settleRealTimeDebt(hardwareStart: hardwareStart)
+            // Real-thread runs: the unit worked inline and the wait is already written.
+            platform.scheduler.settleRealTimeDebt()
         } else {
             do { try platform.scheduler.wait(until: { waitDone(status) }, timeoutNs: timeoutNs) } catch {
                 timeouts += 1
@@ -122,9 +114,7 @@ final class VTdInvalidationQueue {
     private func recoverFromQueueError() {
         let head = unit.read64(VTdRegister.invalidationQueueHead)
         let nop = InvalidationDescriptor.wait(InvalidationWait(statusWrite: false, fence: false)).encode()
-        let slot = base + (head % (slots * 32))
-        try? platform.memory.store64(slot, nop.qw0); try? platform.memory.store64(slot + 8, nop.qw1)
-        try? platform.memory.store64(slot + 16, 0); try? platform.memory.store64(slot + 24, 0)
+        try? memory.store256(base + (head % (slots * 32)), nop.qw0, nop.qw1, 0, 0)
         unit.write32(VTdRegister.faultStatus, VTdFaultStatus.invalidationQueueError)
         let u = unit
         let t = tail
