@@ -20,14 +20,20 @@ typedef struct {
     char pad[64];
 } cpu_slot;
 
-typedef struct { uint64_t lo, hi, gap, maxgap; int32_t left, right; int8_t height; } node;
+// A node is what a search reads, 32 bytes on a 32-byte boundary; heights and range ends
+// live in side arrays under the same slot number (as in IOVATree.swift).
+typedef struct { uint64_t lo, gap, maxgap; int32_t left, right; } node;
+
+#define MAX_DEPTH 64
 
 typedef struct {
-    node *nodes; int32_t count, cap;
-    int32_t *free_nodes; int32_t nfree, freecap;
+    node *nodes; int8_t *heights; uint64_t *ends;
+    int32_t used, cap;
+    int32_t free_list;             // chained through `left`
+    int32_t path[MAX_DEPTH];       // scratch root-to-node path of the last descent
+    uint8_t went_right[MAX_DEPTH];
     int32_t root;
     uint64_t start, end;
-    uint64_t pending_gap;
     int ranges;
 } tree;
 
@@ -50,14 +56,14 @@ static uint64_t now_ns(void) {
 
 // ---- tree (same algorithm as IOVATree.swift) ----
 
-static int8_t h(tree *t, int32_t n) { return n == NONE ? 0 : t->nodes[n].height; }
-static uint64_t mg(tree *t, int32_t n) { return n == NONE ? 0 : t->nodes[n].maxgap; }
 static uint64_t max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
+static int8_t h(tree *t, int32_t n) { return n == NONE ? 0 : t->heights[n]; }
+static uint64_t mg(tree *t, int32_t n) { return n == NONE ? 0 : t->nodes[n].maxgap; }
 
 static void update(tree *t, int32_t n) {
     node *x = &t->nodes[n];
     int8_t hl = h(t, x->left), hr = h(t, x->right);
-    x->height = (hl > hr ? hl : hr) + 1;
+    t->heights[n] = (hl > hr ? hl : hr) + 1;
     x->maxgap = max64(x->gap, max64(mg(t, x->left), mg(t, x->right)));
 }
 static int32_t rot_right(tree *t, int32_t n) {
@@ -70,8 +76,7 @@ static int32_t rot_left(tree *t, int32_t n) {
     t->nodes[n].right = t->nodes[r].left; t->nodes[r].left = n;
     update(t, n); update(t, r); return r;
 }
-static int32_t balance(tree *t, int32_t n) {
-    update(t, n);
+static int32_t rotate(tree *t, int32_t n) {
     int b = h(t, t->nodes[n].left) - h(t, t->nodes[n].right);
     if (b > 1) {
         int32_t l = t->nodes[n].left;
@@ -85,138 +90,169 @@ static int32_t balance(tree *t, int32_t n) {
     }
     return n;
 }
+static inline int32_t balance(tree *t, int32_t n) {
+    node *x = &t->nodes[n];
+    int32_t l = x->left, r = x->right;
+    int8_t lh = 0, rh = 0; uint64_t lg = 0, rg = 0;
+    if (l != NONE) { lh = t->heights[l]; lg = t->nodes[l].maxgap; }
+    if (r != NONE) { rh = t->heights[r]; rg = t->nodes[r].maxgap; }
+    t->heights[n] = (lh > rh ? lh : rh) + 1;
+    x->maxgap = max64(x->gap, max64(lg, rg));
+    int b = lh - rh;
+    return b > 1 || b < -1 ? rotate(t, n) : n;
+}
 static int32_t new_node(tree *t, uint64_t lo, uint64_t hi, uint64_t gap) {
     int32_t i;
-    if (t->nfree > 0) i = t->free_nodes[--t->nfree];
+    if (t->free_list != NONE) { i = t->free_list; t->free_list = t->nodes[i].left; }
     else {
-        if (t->count == t->cap) { t->cap *= 2; t->nodes = realloc(t->nodes, sizeof(node) * t->cap); }
-        i = t->count++;
+        if (t->used == t->cap) {
+            node *bigger = aligned_alloc(64, sizeof(node) * t->cap * 2);
+            memcpy(bigger, t->nodes, sizeof(node) * t->used);
+            free(t->nodes); t->nodes = bigger;
+            t->heights = realloc(t->heights, t->cap * 2);
+            t->ends = realloc(t->ends, sizeof(uint64_t) * t->cap * 2);
+            t->cap *= 2;
+        }
+        i = t->used++;
     }
-    node x = { lo, hi, gap, gap, NONE, NONE, 1 };
-    t->nodes[i] = x;
+    node x = { lo, gap, gap, NONE, NONE };
+    t->nodes[i] = x; t->heights[i] = 1; t->ends[i] = hi;
     return i;
 }
-static int overlaps(tree *t, uint64_t lo, uint64_t hi) {
-    int32_t n = t->root;
-    while (n != NONE) {
-        node *x = &t->nodes[n];
-        if (hi < x->lo) n = x->left; else if (lo > x->hi) n = x->right; else return 1;
-    }
-    return 0;
+static void link_at(tree *t, int depth, int32_t child) {
+    if (depth == 0) { t->root = child; return; }
+    int32_t p = t->path[depth - 1];
+    if (t->went_right[depth - 1]) t->nodes[p].right = child; else t->nodes[p].left = child;
 }
-static int32_t ins(tree *t, int32_t n, uint64_t lo, uint64_t hi, uint64_t pred_hi) {
-    if (n == NONE) return new_node(t, lo, hi, lo - pred_hi - 1);
-    if (hi < t->nodes[n].lo) {
-        uint64_t gap_start = t->nodes[n].lo - t->nodes[n].gap;
-        if (gap_start <= lo) t->nodes[n].gap = t->nodes[n].lo - hi - 1;
-        int32_t c = ins(t, t->nodes[n].left, lo, hi, pred_hi);
-        t->nodes[n].left = c;
-    } else {
-        int32_t c = ins(t, t->nodes[n].right, lo, hi, t->nodes[n].hi);
-        t->nodes[n].right = c;
+static void fix_up(tree *t, int top, int must_reach) {
+    int d = top - 1;
+    while (d >= 0) {
+        int32_t n = t->path[d];
+        int8_t old_h = t->heights[n]; uint64_t old_g = t->nodes[n].maxgap;
+        int32_t q = balance(t, n);
+        if (q != n) link_at(t, d, q);
+        if (t->heights[q] == old_h && t->nodes[q].maxgap == old_g) {
+            if (d <= must_reach) return;
+            d = must_reach;
+        } else d--;
     }
-    return balance(t, n);
 }
-static int tree_insert(tree *t, uint64_t lo, uint64_t hi) {
-    if (lo > hi || lo < t->start || hi > t->end + 1 || overlaps(t, lo, hi)) return 0;
-    t->root = ins(t, t->root, lo, hi, t->start - 1);
+static void attach(tree *t, uint64_t lo, uint64_t hi, uint64_t gap, int depth, int must_reach) {
+    int32_t x = new_node(t, lo, hi, gap);
+    link_at(t, depth, x);
     t->ranges++;
-    return 1;
-}
-static void t_insert_free(tree *t, uint64_t lo, uint64_t hi) {
-    t->root = ins(t, t->root, lo, hi, t->start - 1);
-    t->ranges++;
-}
-static int32_t find(tree *t, uint64_t pfn) {
-    int32_t n = t->root;
-    while (n != NONE) {
-        node *x = &t->nodes[n];
-        if (pfn < x->lo) n = x->left; else if (pfn > x->hi) n = x->right; else return n;
-    }
-    return NONE;
-}
-static int32_t remove_min(tree *t, int32_t n, int32_t *minimum) {
-    if (t->nodes[n].left == NONE) { *minimum = n; return t->nodes[n].right; }
-    int32_t c = remove_min(t, t->nodes[n].left, minimum);
-    t->nodes[n].left = c;
-    return balance(t, n);
-}
-static int32_t rem(tree *t, int32_t n, uint64_t lo) {
-    if (lo < t->nodes[n].lo) { int32_t c = rem(t, t->nodes[n].left, lo); t->nodes[n].left = c; }
-    else if (lo > t->nodes[n].lo) { int32_t c = rem(t, t->nodes[n].right, lo); t->nodes[n].right = c; }
-    else {
-        int32_t l = t->nodes[n].left, r = t->nodes[n].right;
-        uint64_t gap = t->nodes[n].gap;
-        if (t->nfree == t->freecap) { t->freecap *= 2; t->free_nodes = realloc(t->free_nodes, sizeof(int32_t) * t->freecap); }
-        t->free_nodes[t->nfree++] = n;
-        if (l == NONE || r == NONE) {
-            int32_t child = l == NONE ? r : l;
-            t->pending_gap = gap;
-            return child == NONE ? NONE : balance(t, child);
-        }
-        int32_t s = NONE;
-        int32_t nr = remove_min(t, r, &s);
-        t->nodes[s].left = l; t->nodes[s].right = nr; t->nodes[s].gap += gap;
-        t->pending_gap = 0;
-        return balance(t, s);
-    }
-    return balance(t, n);
-}
-static int32_t grow(tree *t, int32_t n, uint64_t hi, uint64_t extra, int *done) {
-    if (n == NONE) return n;
-    if (t->nodes[n].lo > hi) {
-        int32_t c = grow(t, t->nodes[n].left, hi, extra, done);
-        t->nodes[n].left = c;
-        if (!*done) { t->nodes[n].gap += extra; *done = 1; }
-    } else {
-        int32_t c = grow(t, t->nodes[n].right, hi, extra, done);
-        t->nodes[n].right = c;
-    }
-    update(t, n);
-    return n;
+    fix_up(t, depth, must_reach);
 }
 static int tree_remove(tree *t, uint64_t lo) {
     if (lo > t->end) return 0;
-    int32_t n = find(t, lo);
-    if (n == NONE || t->nodes[n].lo != lo) return 0;
-    uint64_t hi = t->nodes[n].hi;
-    t->root = rem(t, t->root, lo);
-    int done = 0;
-    uint64_t extra = hi - lo + 1 + t->pending_gap;
-    t->pending_gap = 0;
-    t->root = grow(t, t->root, hi, extra, &done);
+    int depth = 0, succ = -1; int32_t n = t->root;
+    while (n != NONE) {
+        uint64_t nlo = t->nodes[n].lo;
+        if (lo == nlo) break;
+        t->path[depth] = n;
+        if (lo < nlo) { t->went_right[depth] = 0; succ = depth; n = t->nodes[n].left; }
+        else { t->went_right[depth] = 1; n = t->nodes[n].right; }
+        depth++;
+    }
+    if (n == NONE) return 0;
+    node r = t->nodes[n]; uint64_t r_hi = t->ends[n]; int8_t r_h = t->heights[n];
+    uint64_t grown = r_hi - r.lo + 1 + r.gap;
+    int must_reach;
+    if (r.left != NONE && r.right != NONE) {
+        int place = depth;
+        t->path[depth] = n; t->went_right[depth] = 1; depth++;
+        int32_t s = r.right;
+        while (t->nodes[s].left != NONE) { t->path[depth] = s; t->went_right[depth] = 0; depth++; s = t->nodes[s].left; }
+        int32_t sr = t->nodes[s].right;
+        if (t->path[depth - 1] == n) t->nodes[n].right = sr; else t->nodes[t->path[depth - 1]].left = sr;
+        node *sp = &t->nodes[s];
+        sp->left = r.left; sp->right = t->nodes[n].right;
+        t->heights[s] = r_h; sp->maxgap = r.maxgap; sp->gap += grown;
+        t->path[place] = s;
+        link_at(t, place, s);
+        must_reach = place;
+    } else if (r.right != NONE) {
+        int32_t c = r.right;
+        t->nodes[c].gap += grown; t->nodes[c].maxgap = t->nodes[c].gap;
+        link_at(t, depth, c);
+        must_reach = -1;
+    } else {
+        link_at(t, depth, r.left);
+        t->nodes[t->path[succ]].gap += grown;
+        must_reach = succ;
+    }
+    t->nodes[n].left = t->free_list; t->free_list = n;
     t->ranges--;
+    fix_up(t, depth, must_reach);
     return 1;
 }
-#define SEARCH_BUDGET 8
-static uint64_t search(tree *t, int32_t n, uint64_t size, uint64_t min_gap, uint64_t align, uint64_t limit, int64_t *budget) {
-    if (n == NONE || *budget <= 0) return 0;
-    (*budget)--;
-    node x = t->nodes[n];
-    if (x.maxgap < min_gap) return 0;
-    uint64_t gap_start = x.lo - x.gap;
-    if (gap_start <= limit) {
-        uint64_t f = search(t, x.right, size, min_gap, align, limit, budget);
-        if (f) return f;
-        if (x.gap >= min_gap) {
-            uint64_t top = x.lo - 1 < limit ? x.lo - 1 : limit;
-            if (top >= gap_start && top - gap_start + 1 >= size) {
-                uint64_t cand = (top - size + 1) & ~(align - 1);
-                if (cand >= gap_start && cand >= t->start) return cand;
-            }
-        }
-    }
-    return search(t, x.left, size, min_gap, align, limit, budget);
+#define SEARCH_BUDGET 4
+static inline int32_t worth_entering(tree *t, int32_t c, uint64_t min_gap) {
+    return c != NONE && t->nodes[c].maxgap >= min_gap ? c : NONE;
 }
-static uint64_t find_highest(tree *t, uint64_t size, uint64_t align, uint64_t limit) {
+// The highest aligned block of `size` in node x's own gap, or 0.
+static inline uint64_t block_in(tree *t, node *x, uint64_t size, uint64_t min_gap, uint64_t align, uint64_t limit) {
+    if (x->gap < min_gap) return 0;
+    uint64_t gap_start = x->lo - x->gap;
+    uint64_t top = x->lo - 1 < limit ? x->lo - 1 : limit;
+    if (top < gap_start || top - gap_start + 1 < size) return 0;
+    uint64_t cand = (top - size + 1) & ~(align - 1);
+    return cand >= gap_start && cand >= t->start ? cand : 0;
+}
+// Reverse in-order walk with pruning, entering at most `budget` nodes; the path doubles as
+// its stack. Returns the block start (0: none) and leaves the owner of the gap at
+// path[*depth_out - 1].
+static uint64_t search(tree *t, uint64_t size, uint64_t min_gap, uint64_t align, uint64_t limit, int64_t *budget, int *depth_out) {
+    node *nodes = t->nodes; int32_t *path = t->path; uint8_t *went_right = t->went_right;
+    int depth = 0; int32_t n = worth_entering(t, t->root, min_gap);
+    for (;;) {
+        while (n != NONE && *budget > 0) {
+            (*budget)--;
+            node *x = &nodes[n];
+            path[depth++] = n;
+            if (x->lo - x->gap <= limit) {
+                int32_t r = worth_entering(t, x->right, min_gap);
+                if (r != NONE) { went_right[depth - 1] = 1; n = r; continue; }
+                uint64_t f = block_in(t, x, size, min_gap, align, limit);
+                if (f) { *depth_out = depth; return f; }
+            }
+            went_right[depth - 1] = 0;
+            n = worth_entering(t, x->left, min_gap);
+        }
+        while (depth > 0 && !went_right[depth - 1]) depth--;
+        if (depth == 0) return 0;
+        node *x = &nodes[path[depth - 1]];
+        uint64_t f = block_in(t, x, size, min_gap, align, limit);
+        if (f) { *depth_out = depth; return f; }
+        went_right[depth - 1] = 0;
+        n = worth_entering(t, x->left, min_gap);
+    }
+}
+static uint64_t locate(tree *t, uint64_t size, uint64_t align, uint64_t limit, int *depth) {
     int64_t budget = SEARCH_BUDGET, unlimited = INT64_MAX;
-    uint64_t f = search(t, t->root, size, size, align, limit, &budget);
+    if (limit > t->end) limit = t->end;
+    uint64_t f = search(t, size, size, align, limit, &budget, depth);
     if (f || budget > 0) return f;
     if (size + align - 1 >= size) {
-        f = search(t, t->root, size, size + align - 1, align, limit, &unlimited);
+        f = search(t, size, size + align - 1, align, limit, &unlimited, depth);
         if (f) return f;
     }
-    return search(t, t->root, size, size, align, limit, &unlimited);
+    return search(t, size, size, align, limit, &unlimited, depth);
+}
+// Finds the block and inserts it along the path the search left.
+static uint64_t tree_allocate(tree *t, uint64_t size, uint64_t align, uint64_t limit) {
+    int depth = 0;
+    uint64_t lo = locate(t, size, align, limit, &depth);
+    if (!lo) return 0;
+    int owner = depth - 1;
+    int32_t o = t->path[owner];
+    uint64_t gap_start = t->nodes[o].lo - t->nodes[o].gap, hi = lo + size - 1;
+    t->nodes[o].gap = t->nodes[o].lo - hi - 1;
+    t->went_right[owner] = 0;
+    int d = depth; int32_t c = t->nodes[o].left;
+    while (c != NONE) { t->path[d] = c; t->went_right[d] = 1; d++; c = t->nodes[c].right; }
+    attach(t, lo, hi, lo - gap_start, d, owner);
+    return lo;
 }
 
 // ---- allocator ----
@@ -241,10 +277,10 @@ ref_iova *ref_iova_create(uint64_t start_pfn, uint64_t end_pfn, int cpus) {
     tree *t = &d->t;
     t->start = start_pfn < 1 ? 1 : start_pfn;
     t->end = end_pfn < t->start ? t->start : end_pfn;
-    t->cap = 64; t->nodes = malloc(sizeof(node) * t->cap);
-    t->freecap = 64; t->free_nodes = malloc(sizeof(int32_t) * t->freecap);
-    t->root = NONE;
-    tree_insert(t, t->end + 1, t->end + 1);
+    t->cap = 64; t->nodes = aligned_alloc(64, sizeof(node) * t->cap);
+    t->heights = malloc(t->cap); t->ends = malloc(sizeof(uint64_t) * t->cap);
+    t->free_list = NONE;
+    t->root = new_node(t, t->end + 1, t->end + 1, t->end + 1 - t->start);
     t->ranges = 0;
     d->max32 = UINT64_MAX;
     d->dma32 = 1ULL << 20;
@@ -266,7 +302,7 @@ void ref_iova_destroy(ref_iova *d) {
         for (int o = 0; o < ORDERS; o++) { free(d->slots[i].loaded[o]); free(d->slots[i].previous[o]); }
     for (int o = 0; o < ORDERS; o++) { for (int i = 0; i < d->ndepot[o]; i++) free(d->depot[o][i]); free(d->depot[o]); }
     for (int i = 0; i < d->nspare; i++) free(d->spare[i]);
-    free(d->spare); free(d->slots); free(d->t.nodes); free(d->t.free_nodes); free(d);
+    free(d->spare); free(d->slots); free(d->t.nodes); free(d->t.heights); free(d->t.ends); free(d);
 }
 
 static void trim_depot(ref_iova *d) {
@@ -301,13 +337,12 @@ static uint64_t tree_alloc(ref_iova *d, uint64_t size, uint64_t limit) {
     int is32 = limit < d->dma32;
     if (is32 && size >= d->max32) { pthread_mutex_unlock(&d->lock); return 0; }
     uint64_t align = size <= 1 ? 1 : 1ULL << (64 - __builtin_clzll(size - 1));
-    uint64_t lo = find_highest(&d->t, size, align, limit < d->t.end ? limit : d->t.end);
+    uint64_t lo = tree_allocate(&d->t, size, align, limit);
     if (!lo) {
         if (is32) d->max32 = size;
         pthread_mutex_unlock(&d->lock);
         return 0;
     }
-    t_insert_free(&d->t, lo, lo + size - 1);
     pthread_mutex_unlock(&d->lock);
     return lo;
 }

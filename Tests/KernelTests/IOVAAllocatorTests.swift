@@ -83,8 +83,37 @@ struct IOVAAllocatorTests {
                 live.remove(at: i)
             }
         }
-        #expect(tree.validate())
-        #expect(tree.count == live.count)
+        let valid = tree.validate(), count = tree.count
+        #expect(valid)
+        #expect(count == live.count)
+    }
+
+    @Test("allocations along the search path and removals of every shape keep the tree's balance, order and gap aggregates exact after each step", arguments: [UInt64(4), 5])
+    func everyStepKeepsAggregates(seed: UInt64) {
+        var tree = IOVATree(start: 1, end: 1 << 20)
+        var live: [UInt64] = []
+        var rng = SeededRNG(seed: seed)
+        var broken = 0, refused = 0
+        for step in 0..<4000 {
+            if live.isEmpty || rng.next(below: 5) < 3 {
+                let size = 1 + rng.next(below: 300)
+                let align = UInt64(1) << rng.next(below: 9)
+                let limit = 1 + rng.next(below: 1 << 20)
+                if let lo = tree.allocate(size: size, align: align, limit: limit) {
+                    if lo % align != 0 || lo + size - 1 > limit { refused += 1 }
+                    live.append(lo)
+                }
+            } else {
+                let i = Int(rng.next(below: UInt64(live.count)))
+                if tree.remove(lo: live[i]) == nil { refused += 1 }
+                live.swapAt(i, live.count - 1)
+                live.removeLast()
+            }
+            if !tree.validate() || tree.count != live.count { broken = step; break }
+        }
+        #expect(broken == 0, "the tree broke at step \(broken)")
+        #expect(refused == 0, "a placement broke its alignment or limit, or a live range could not be removed")
+        #expect(live.count > 100, "the run kept a populated tree")
     }
 
     @Test("overlapping insertions and removals of ranges that do not exist are refused and change nothing")
@@ -102,7 +131,8 @@ struct IOVAAllocatorTests {
         #expect(!beyond)
         #expect(notStart == nil)
         #expect(absent == nil)
-        #expect(tree.count == 1 && tree.validate())
+        let count = tree.count, valid = tree.validate()
+        #expect(count == 1 && valid)
     }
 
     @Test("the fragmentation case from the allocator's history (500 + 12 + 499 MB) still finds the freed space")

@@ -6,8 +6,8 @@
 /// `iommu-sim bench iova` to report Swift/C ratios: the same per-CPU magazine caches
 /// (6 size classes, 127-entry loaded and previous magazines, a depot trimmed one magazine
 /// per 100 ms while it holds more than one per CPU), the same gap-augmented AVL tree in
-/// flat storage, top-down size-aligned allocation, and the same locks (one per CPU slot,
-/// one for tree and depot).
+/// flat storage (iterative, one descent per operation), top-down size-aligned allocation,
+/// and the same locks (one per CPU slot, one for tree and depot).
 typedef struct ref_iova ref_iova;
 
 ref_iova *ref_iova_create(uint64_t start_pfn, uint64_t end_pfn, int cpus);

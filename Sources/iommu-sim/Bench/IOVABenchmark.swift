@@ -10,7 +10,8 @@ import CReference
 ///   operation is a tree search, insert and removal under the tree lock); each step frees a
 ///   random live range and allocates a new one of a random size. Every allocation is timed
 ///   alone (a clock read costs about 20 ns on both sides); p99 over all, and p99 of the
-///   first and last tenth of the run to show the tree does not degrade.
+///   first and last tenth of the run to show the tree does not degrade. Swift runs the
+///   whole sequence first, then C replays it and must place every range identically.
 struct IOVABenchmark {
     struct Fast { var swiftNs: Double; var cNs: Double }
     struct Slow {
@@ -80,33 +81,55 @@ struct IOVABenchmark {
     }
 
     private func slowPath(seed: UInt64) throws -> Slow {
-        let d = IOVADomain(endPFN: Self.endPFN, cpus: 1, clock: { HostClock.now() })
-        guard let c = ref_iova_create(1, Self.endPFN, 1) else { throw Failure(description: "C reference") }
-        defer { ref_iova_destroy(c) }
         let limit = Self.endPFN
-        var rng = SeededRNG(seed: seed)
-        var swiftLive: [(UInt64, UInt64)] = [], cLive: [(UInt64, UInt64)] = []
-        for _ in 0..<liveRanges {
-            let pages = 33 + rng.next(below: 992)
-            guard let p = d.allocate(pages: pages, limitPFN: limit, cpu: 0) else { throw Failure(description: "setup allocation failed") }
-            let q = ref_iova_alloc(c, pages, limit, 0)
-            guard p == q else { throw Failure(description: "Swift and C placed a range differently") }
-            swiftLive.append((p, pages)); cLive.append((q, pages))
-        }
+        // Swift first, alone, recording every placement; then C alone, replaying the same
+        // sequence and checking it places every range where Swift did. Run apart, neither
+        // side's tree evicts the other's from the caches between timed allocations.
+        var placed: [UInt64] = []
+        placed.reserveCapacity(liveRanges + operations)
         var sw = Samples(capacity: operations), cs = Samples(capacity: operations)
-        for _ in 0..<operations {
-            let i = Int(rng.next(below: UInt64(liveRanges)))
-            let pages = 33 + rng.next(below: 992)
-            d.free(pfn: swiftLive[i].0, pages: swiftLive[i].1, cpu: 0)
-            var t0 = HostClock.now()
-            let p = d.allocate(pages: pages, limitPFN: limit, cpu: 0)
-            sw.add(Double(HostClock.now() - t0))
-            ref_iova_free(c, cLive[i].0, cLive[i].1, 0)
-            t0 = HostClock.now()
-            let q = ref_iova_alloc(c, pages, limit, 0)
-            cs.add(Double(HostClock.now() - t0))
-            guard let p, p == q else { throw Failure(description: "Swift and C placed a range differently") }
-            swiftLive[i] = (p, pages); cLive[i] = (q, pages)
+        do {
+            let d = IOVADomain(endPFN: Self.endPFN, cpus: 1, clock: { HostClock.now() })
+            var rng = SeededRNG(seed: seed)
+            var live: [(UInt64, UInt64)] = []
+            for _ in 0..<liveRanges {
+                let pages = 33 + rng.next(below: 992)
+                guard let p = d.allocate(pages: pages, limitPFN: limit, cpu: 0) else { throw Failure(description: "setup allocation failed") }
+                live.append((p, pages)); placed.append(p)
+            }
+            for _ in 0..<operations {
+                let i = Int(rng.next(below: UInt64(liveRanges)))
+                let pages = 33 + rng.next(below: 992)
+                d.free(pfn: live[i].0, pages: live[i].1, cpu: 0)
+                let t0 = HostClock.now()
+                let p = d.allocate(pages: pages, limitPFN: limit, cpu: 0)
+                sw.add(Double(HostClock.now() - t0))
+                guard let p else { throw Failure(description: "allocation failed") }
+                live[i] = (p, pages); placed.append(p)
+            }
+        }
+        do {
+            guard let c = ref_iova_create(1, Self.endPFN, 1) else { throw Failure(description: "C reference") }
+            defer { ref_iova_destroy(c) }
+            var rng = SeededRNG(seed: seed)
+            var live: [(UInt64, UInt64)] = []
+            var k = 0
+            for _ in 0..<liveRanges {
+                let pages = 33 + rng.next(below: 992)
+                let q = ref_iova_alloc(c, pages, limit, 0)
+                guard q == placed[k] else { throw Failure(description: "Swift and C placed a range differently") }
+                live.append((q, pages)); k += 1
+            }
+            for _ in 0..<operations {
+                let i = Int(rng.next(below: UInt64(liveRanges)))
+                let pages = 33 + rng.next(below: 992)
+                ref_iova_free(c, live[i].0, live[i].1, 0)
+                let t0 = HostClock.now()
+                let q = ref_iova_alloc(c, pages, limit, 0)
+                cs.add(Double(HostClock.now() - t0))
+                guard q == placed[k] else { throw Failure(description: "Swift and C placed a range differently") }
+                live[i] = (q, pages); k += 1
+            }
         }
         let tenth = max(1, operations / 10)
         return Slow(swift: sw, c: cs,

@@ -54,7 +54,7 @@ public final class IOVADomain: @unchecked Sendable {
             (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     }
 
-    struct Shared {
+    struct Shared: ~Copyable {
         var tree: IOVATree
         /// Size of the last failed allocation below 4 GiB (Linux `max32_alloc_size`): larger
         /// 32-bit requests fail at once until something below 4 GiB is freed.
@@ -173,7 +173,7 @@ public final class IOVADomain: @unchecked Sendable {
             }
             let align = size <= 1 ? 1 : UInt64(1) << UInt64(64 - (size - 1).leadingZeroBitCount)
             s.counters.treeAllocations += 1
-            guard let lo = s.tree.findHighest(size: size, align: align, limit: limit), s.tree.insertFree(lo: lo, hi: lo + size - 1) else {
+            guard let lo = s.tree.allocate(size: size, align: align, limit: limit) else {
                 if is32 { s.max32AllocSize = size }
                 s.counters.failures += 1
                 return nil
@@ -330,9 +330,8 @@ public final class IOVADomain: @unchecked Sendable {
     /// Whether [pfn, pfn + pages) lies inside one allocated range.
     public func isAllocated(pfn: UInt64, pages: UInt64) -> Bool {
         shared.withLock { s in
-            let n = s.tree.find(containing: pfn)
-            guard n != IOVATree.none else { return false }
-            return s.tree.nodes[Int(n)].hi >= pfn + pages - 1
+            guard let r = s.tree.range(containing: pfn) else { return false }
+            return r.hi >= pfn + pages - 1
         }
     }
 
