@@ -22,4 +22,9 @@ public enum HostClock {
         let end = now() &+ ns
         while now() < end {}
     }
+
+    /// Busy-waits until the clock reads at least `deadline`.
+    public static func spin(until deadline: UInt64) {
+        while now() < deadline {}
+    }
 }

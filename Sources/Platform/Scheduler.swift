@@ -77,6 +77,10 @@ public final class Scheduler: @unchecked Sendable {
     /// Hardware work done inline in real-thread runs (no events) that the next wait must
     /// still spend as real time.
     @exclusivity(unchecked) public var realTimeDebtNs: UInt64 = 0
+    /// Host-clock time before which hardware work started inline is not done (its latency
+    /// counted from when it started), or 0: the next wait spins until then. A deadline
+    /// rather than a debt, so the work already done inline needs no second clock read.
+    @exclusivity(unchecked) public var realTimeDueNs: UInt64 = 0
     public private(set) var eventsRun: UInt64 = 0
     public private(set) var yieldsTaken: UInt64 = 0
     public private(set) var yieldCounts: [YieldSite: Int] = [:]
@@ -183,6 +187,7 @@ public final class Scheduler: @unchecked Sendable {
             if realTimeWaits {
                 HostClock.spin((now &- start) &+ realTimeDebtNs)
                 realTimeDebtNs = 0
+                spinUntilDue()
             }
         }
         while !condition() {
@@ -201,6 +206,14 @@ public final class Scheduler: @unchecked Sendable {
         guard realTimeWaits else { return }
         HostClock.spin(realTimeDebtNs)
         realTimeDebtNs = 0
+        spinUntilDue()
+    }
+
+    @inline(__always)
+    private func spinUntilDue() {
+        guard realTimeDueNs != 0 else { return }
+        HostClock.spin(until: realTimeDueNs)
+        realTimeDueNs = 0
     }
 
     /// A software yield point: the seed decides whether hardware overtakes the CPU here.

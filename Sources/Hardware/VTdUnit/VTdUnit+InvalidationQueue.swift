@@ -17,16 +17,16 @@ extension VTdUnit {
         }
         guard platform.realThreads, descriptorsHaveLatency else { kickQueue(); return }
         // Real-thread runs: the descriptors are applied inline in the writing thread. That
-        // work is the unit's, done while the latency its model charges runs, so it counts
-        // towards that latency and only the rest is owed (a CPU polls while the IOMMU works;
-        // it does not do the IOMMU's work first).
+        // work is the unit's, done while the latency its model charges runs, so the latency
+        // counts from the tail write: the wait spins until then (a CPU polls while the
+        // IOMMU works; it does not do the IOMMU's work first).
         let s = platform.scheduler
         let owedBefore = s.realTimeDebtNs
         let start = HostClock.now()
         kickQueue()
-        let worked = HostClock.now() &- start
         let added = s.realTimeDebtNs &- owedBefore
-        s.realTimeDebtNs = owedBefore &+ (added > worked ? added - worked : 0)
+        s.realTimeDebtNs = owedBefore
+        s.realTimeDueNs = max(s.realTimeDueNs, start &+ added)
     }
 
     /// Starts consuming descriptors if the queue is enabled, error-free, idle and not empty.

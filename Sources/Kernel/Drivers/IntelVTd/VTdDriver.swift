@@ -10,6 +10,11 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
     public let name: String
     public let platform: PlatformContext
     public let units: [IntelIOMMU]
+    /// `units` as uncounted references in raw storage, for the invalidation path: reaching a
+    /// unit through the array from a domain (which holds the driver uncounted) costs a
+    /// retain and release of the array and of the unit, atomics on every strict unmap. The
+    /// array keeps the units alive for the driver's life.
+    let unitRefs: UnsafeMutablePointer<Unmanaged<IntelIOMMU>>
     /// The core this driver is registered with (it owns the driver; not counted).
     public private(set) unowned(unsafe) var core: IOMMUCore?
     /// Report invalidations as expensive so DMA domains use one large flush queue (what
@@ -31,6 +36,8 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
             }
         }
         units = made
+        unitRefs = .allocate(capacity: max(1, made.count))
+        for (i, u) in made.enumerated() { (unitRefs + i).initialize(to: .passUnretained(u)) }
         for u in units {
             u.driver = self
             do { try u.enable() } catch {
@@ -39,6 +46,8 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
             }
         }
     }
+
+    deinit { unitRefs.deallocate() }
 
     /// Turns every unit off and frees their frames (after all devices are released).
     public func shutdown() {

@@ -24,11 +24,15 @@ final class VTdInvalidationQueue {
     @exclusivity(unchecked) private(set) var timeouts: UInt64 = 0
     @exclusivity(unchecked) private(set) var queueErrors: UInt64 = 0
 
+    /// The platform's memory and scheduler, held directly: reaching them through `platform`
+    /// (another module's class) costs a retain and release per use.
     let memory: PhysicalMemory
+    let scheduler: Scheduler
 
     init(unit: VTdUnit, platform: PlatformContext, base: UInt64, statusAddress: UInt64) {
         self.unit = unit; self.platform = platform; self.base = base; self.statusAddress = statusAddress
         memory = platform.memory
+        scheduler = platform.scheduler
     }
 
     /// Submits `descriptors` in batches, each followed by a wait descriptor, and waits for
@@ -67,7 +71,7 @@ final class VTdInvalidationQueue {
         // hardware may still be behind, so wait for room as Linux's `qi_submit_sync` does.
         let needed = UInt64(batch.count + 1)
         if freeSlots() < needed {
-            do { try platform.scheduler.wait(until: { freeSlots() >= needed }, timeoutNs: timeoutNs) } catch {
+            do { try scheduler.wait(until: { freeSlots() >= needed }, timeoutNs: timeoutNs) } catch {
                 timeouts += 1
                 throw .timedOut("invalidation queue on \(unit.configuration.name) has no room")
             }
@@ -81,9 +85,9 @@ final class VTdInvalidationQueue {
         unit.write64(VTdRegister.invalidationQueueTail, tail)
         if waitDone(status) {
             // Real-thread runs: the unit worked inline and the wait is already written.
-            platform.scheduler.settleRealTimeDebt()
+            scheduler.settleRealTimeDebt()
         } else {
-            do { try platform.scheduler.wait(until: { waitDone(status) }, timeoutNs: timeoutNs) } catch {
+            do { try scheduler.wait(until: { waitDone(status) }, timeoutNs: timeoutNs) } catch {
                 timeouts += 1
                 throw .timedOut("invalidation wait on \(unit.configuration.name) did not complete")
             }
@@ -118,6 +122,6 @@ final class VTdInvalidationQueue {
         unit.write32(VTdRegister.faultStatus, VTdFaultStatus.invalidationQueueError)
         let u = unit
         let t = tail
-        _ = try? platform.scheduler.wait(until: { u.read64(VTdRegister.invalidationQueueHead) == t }, timeoutNs: timeoutNs)
+        _ = try? scheduler.wait(until: { u.read64(VTdRegister.invalidationQueueHead) == t }, timeoutNs: timeoutNs)
     }
 }

@@ -224,32 +224,34 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
         var firstError: IOMMUError?
         while i < tags.count {
             let unitIndex = tags[i].unit
-            let u = driver.units[unitIndex]
-            let whole = start == 0 && end == .max
-            let psi = !whole && u.capability.pageSelectiveInvalidation && mask <= u.capability.maximumAddressMask
             var last = i
             while last < tags.count && tags[last].unit == unitIndex { last += 1 }
-            // The unit's descriptors, built on the stack (no allocation per flush).
-            let result = withUnsafeTemporaryAllocation(of: InvalidationDescriptor.self, capacity: last - i) { batch -> IOMMUError? in
-                guard let base = batch.baseAddress else { return nil }
-                var n = 0
-                for k in i..<last {
-                    let t = tags[k]
-                    switch t.kind {
-                    case .iotlb:
-                        // Second-stage entries are tagged by DID alone: one descriptor per DID.
-                        if tags[i..<k].contains(where: { $0.kind == .iotlb && $0.did == t.did }) { continue }
-                        (base + n).initialize(to: psi ? .iotlb(.page(t.did, address: address, addressMask: mask, invalidationHint: hint))
-                                                                   : .iotlb(.domain(t.did)))
-                    case .deviceTLB:
-                        if u.bugs.contains(.skipDeviceTLBInvalidation) { continue }
-                        (base + n).initialize(to: u.deviceTLBInvalidation(t.device, pasid: t.pasid, address: whole ? 0 : address, mask: whole ? 52 : mask))
+            // The unit without reference counting (the driver keeps it alive), and its
+            // descriptors built on the stack (no allocation per flush).
+            let result = driver.unitRefs[unitIndex]._withUnsafeGuaranteedRef { u in
+                withUnsafeTemporaryAllocation(of: InvalidationDescriptor.self, capacity: last - i) { batch -> IOMMUError? in
+                    let whole = start == 0 && end == .max
+                    let psi = !whole && u.capability.pageSelectiveInvalidation && mask <= u.capability.maximumAddressMask
+                    guard let base = batch.baseAddress else { return nil }
+                    var n = 0
+                    for k in i..<last {
+                        let t = tags[k]
+                        switch t.kind {
+                        case .iotlb:
+                            // Second-stage entries are tagged by DID alone: one descriptor per DID.
+                            if tags[i..<k].contains(where: { $0.kind == .iotlb && $0.did == t.did }) { continue }
+                            (base + n).initialize(to: psi ? .iotlb(.page(t.did, address: address, addressMask: mask, invalidationHint: hint))
+                                                                       : .iotlb(.domain(t.did)))
+                        case .deviceTLB:
+                            if u.bugs.contains(.skipDeviceTLBInvalidation) { continue }
+                            (base + n).initialize(to: u.deviceTLBInvalidation(t.device, pasid: t.pasid, address: whole ? 0 : address, mask: whole ? 52 : mask))
+                        }
+                        n += 1
                     }
-                    n += 1
+                    defer { base.deinitialize(count: n) }
+                    do throws(IOMMUError) { try u.queue.submitAndWait(UnsafeBufferPointer(rebasing: batch[0..<n])) } catch { return error }
+                    return nil
                 }
-                defer { base.deinitialize(count: n) }
-                do throws(IOMMUError) { try u.queue.submitAndWait(UnsafeBufferPointer(rebasing: batch[0..<n])) } catch { return error }
-                return nil
             }
             if let result, firstError == nil { firstError = result }
             i = last
