@@ -60,11 +60,13 @@ static uint64_t max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 static int8_t h(tree *t, int32_t n) { return n == NONE ? 0 : t->heights[n]; }
 static uint64_t mg(tree *t, int32_t n) { return n == NONE ? 0 : t->nodes[n].maxgap; }
 
-static void update(tree *t, int32_t n) {
+// Refreshes n from its children; returns its balance factor.
+static inline int update(tree *t, int32_t n) {
     node *x = &t->nodes[n];
     int8_t hl = h(t, x->left), hr = h(t, x->right);
     t->heights[n] = (hl > hr ? hl : hr) + 1;
     x->maxgap = max64(x->gap, max64(mg(t, x->left), mg(t, x->right)));
+    return hl - hr;
 }
 static int32_t rot_right(tree *t, int32_t n) {
     int32_t l = t->nodes[n].left;
@@ -76,30 +78,19 @@ static int32_t rot_left(tree *t, int32_t n) {
     t->nodes[n].right = t->nodes[r].left; t->nodes[r].left = n;
     update(t, n); update(t, r); return r;
 }
-static int32_t rotate(tree *t, int32_t n) {
-    int b = h(t, t->nodes[n].left) - h(t, t->nodes[n].right);
+static int32_t rotate(tree *t, int32_t n, int b) {
     if (b > 1) {
         int32_t l = t->nodes[n].left;
         if (h(t, t->nodes[l].left) < h(t, t->nodes[l].right)) t->nodes[n].left = rot_left(t, l);
         return rot_right(t, n);
     }
-    if (b < -1) {
-        int32_t r = t->nodes[n].right;
-        if (h(t, t->nodes[r].right) < h(t, t->nodes[r].left)) t->nodes[n].right = rot_right(t, r);
-        return rot_left(t, n);
-    }
-    return n;
+    int32_t r = t->nodes[n].right;
+    if (h(t, t->nodes[r].right) < h(t, t->nodes[r].left)) t->nodes[n].right = rot_right(t, r);
+    return rot_left(t, n);
 }
 static inline int32_t balance(tree *t, int32_t n) {
-    node *x = &t->nodes[n];
-    int32_t l = x->left, r = x->right;
-    int8_t lh = 0, rh = 0; uint64_t lg = 0, rg = 0;
-    if (l != NONE) { lh = t->heights[l]; lg = t->nodes[l].maxgap; }
-    if (r != NONE) { rh = t->heights[r]; rg = t->nodes[r].maxgap; }
-    t->heights[n] = (lh > rh ? lh : rh) + 1;
-    x->maxgap = max64(x->gap, max64(lg, rg));
-    int b = lh - rh;
-    return b > 1 || b < -1 ? rotate(t, n) : n;
+    int b = update(t, n);
+    return b > 1 || b < -1 ? rotate(t, n, b) : n;
 }
 static int32_t new_node(tree *t, uint64_t lo, uint64_t hi, uint64_t gap) {
     int32_t i;

@@ -19,8 +19,7 @@ public enum HostClock {
     /// completion spends).
     public static func spin(_ ns: UInt64) {
         guard ns > 0 else { return }
-        let end = now() &+ ns
-        while now() < end {}
+        spin(until: now() &+ ns)
     }
 
     /// Busy-waits until the clock reads at least `deadline`.

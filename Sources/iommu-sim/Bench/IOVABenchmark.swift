@@ -87,53 +87,52 @@ struct IOVABenchmark {
         // side's tree evicts the other's from the caches between timed allocations.
         var placed: [UInt64] = []
         placed.reserveCapacity(liveRanges + operations)
-        var sw = Samples(capacity: operations), cs = Samples(capacity: operations)
-        do {
-            let d = IOVADomain(endPFN: Self.endPFN, cpus: 1, clock: { HostClock.now() })
-            var rng = SeededRNG(seed: seed)
-            var live: [(UInt64, UInt64)] = []
-            for _ in 0..<liveRanges {
-                let pages = 33 + rng.next(below: 992)
-                guard let p = d.allocate(pages: pages, limitPFN: limit, cpu: 0) else { throw Failure(description: "setup allocation failed") }
-                live.append((p, pages)); placed.append(p)
-            }
-            for _ in 0..<operations {
-                let i = Int(rng.next(below: UInt64(liveRanges)))
-                let pages = 33 + rng.next(below: 992)
-                d.free(pfn: live[i].0, pages: live[i].1, cpu: 0)
-                let t0 = HostClock.now()
-                let p = d.allocate(pages: pages, limitPFN: limit, cpu: 0)
-                sw.add(Double(HostClock.now() - t0))
-                guard let p else { throw Failure(description: "allocation failed") }
-                live[i] = (p, pages); placed.append(p)
-            }
+        let d = IOVADomain(endPFN: Self.endPFN, cpus: 1, clock: { HostClock.now() })
+        let sw = try replay(seed: seed, allocate: { d.allocate(pages: $0, limitPFN: limit, cpu: 0) },
+                            free: { d.free(pfn: $0, pages: $1, cpu: 0) }) { _, p in
+            guard let p else { throw Failure(description: "allocation failed") }
+            placed.append(p)
+            return p
         }
-        do {
-            guard let c = ref_iova_create(1, Self.endPFN, 1) else { throw Failure(description: "C reference") }
-            defer { ref_iova_destroy(c) }
-            var rng = SeededRNG(seed: seed)
-            var live: [(UInt64, UInt64)] = []
-            var k = 0
-            for _ in 0..<liveRanges {
-                let pages = 33 + rng.next(below: 992)
-                let q = ref_iova_alloc(c, pages, limit, 0)
-                guard q == placed[k] else { throw Failure(description: "Swift and C placed a range differently") }
-                live.append((q, pages)); k += 1
-            }
-            for _ in 0..<operations {
-                let i = Int(rng.next(below: UInt64(liveRanges)))
-                let pages = 33 + rng.next(below: 992)
-                ref_iova_free(c, live[i].0, live[i].1, 0)
-                let t0 = HostClock.now()
-                let q = ref_iova_alloc(c, pages, limit, 0)
-                cs.add(Double(HostClock.now() - t0))
-                guard q == placed[k] else { throw Failure(description: "Swift and C placed a range differently") }
-                live[i] = (q, pages); k += 1
-            }
+        guard let c = ref_iova_create(1, Self.endPFN, 1) else { throw Failure(description: "C reference") }
+        defer { ref_iova_destroy(c) }
+        let cs = try replay(seed: seed, allocate: { let q = ref_iova_alloc(c, $0, limit, 0); return q == 0 ? nil : q },
+                            free: { ref_iova_free(c, $0, $1, 0) }) { k, q in
+            guard let q, q == placed[k] else { throw Failure(description: "Swift and C placed a range differently") }
+            return q
         }
         let tenth = max(1, operations / 10)
         return Slow(swift: sw, c: cs,
                     swiftFirstP99: percentileOf(sw.values.prefix(tenth), 0.99), swiftLastP99: percentileOf(sw.values.suffix(tenth), 0.99),
                     cFirstP99: percentileOf(cs.values.prefix(tenth), 0.99), cLastP99: percentileOf(cs.values.suffix(tenth), 0.99))
+    }
+
+    /// One side's run: `liveRanges` allocations, then `operations` steps that each free a
+    /// random live range and allocate one of a random size, every allocation timed alone.
+    /// `placed(k, pfn)` sees the k-th placement and returns it or throws.
+    @inline(__always)
+    private func replay(seed: UInt64, allocate: (UInt64) -> UInt64?, free: (UInt64, UInt64) -> Void,
+                        placed: (Int, UInt64?) throws -> UInt64) throws -> Samples {
+        var rng = SeededRNG(seed: seed)
+        var live: [(UInt64, UInt64)] = []
+        live.reserveCapacity(liveRanges)
+        var k = 0
+        for _ in 0..<liveRanges {
+            let pages = 33 + rng.next(below: 992)
+            live.append((try placed(k, allocate(pages)), pages))
+            k += 1
+        }
+        var samples = Samples(capacity: operations)
+        for _ in 0..<operations {
+            let i = Int(rng.next(below: UInt64(liveRanges)))
+            let pages = 33 + rng.next(below: 992)
+            free(live[i].0, live[i].1)
+            let t0 = HostClock.now()
+            let p = allocate(pages)
+            samples.add(Double(HostClock.now() - t0))
+            live[i] = (try placed(k, p), pages)
+            k += 1
+        }
+        return samples
     }
 }

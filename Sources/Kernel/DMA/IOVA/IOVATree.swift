@@ -89,11 +89,15 @@ struct IOVATree: ~Copyable {
     @inline(__always) private func height(_ n: Int32) -> Int8 { n == Self.none ? 0 : heights[Int(n)] }
     @inline(__always) private func maxGap(_ n: Int32) -> UInt64 { n == Self.none ? 0 : nodes[Int(n)].maxGap }
 
-    @inline(__always) private func update(_ n: Int32) {
+    /// Refreshes `n`'s height and largest gap from its children; returns its balance
+    /// factor (left height minus right height).
+    @inline(__always) @discardableResult private func update(_ n: Int32) -> Int8 {
         let p = nodes + Int(n)
         let l = p.pointee.left, r = p.pointee.right
-        heights[Int(n)] = max(height(l), height(r)) + 1
+        let lh = height(l), rh = height(r)
+        heights[Int(n)] = max(lh, rh) + 1
         p.pointee.maxGap = max(p.pointee.gapBelow, max(maxGap(l), maxGap(r)))
+        return lh - rh
     }
 
     private func rotateRight(_ n: Int32) -> Int32 {
@@ -113,34 +117,22 @@ struct IOVATree: ~Copyable {
     }
 
     /// Refreshes `n` and restores the AVL balance at it; returns the subtree's new root.
-    /// Reads each child once on the common path, where no rotation is due.
     @inline(__always) private func balance(_ n: Int32) -> Int32 {
-        let p = nodes + Int(n)
-        let l = p.pointee.left, r = p.pointee.right
-        var lh: Int8 = 0, rh: Int8 = 0, lg: UInt64 = 0, rg: UInt64 = 0
-        if l != Self.none { lh = heights[Int(l)]; lg = nodes[Int(l)].maxGap }
-        if r != Self.none { rh = heights[Int(r)]; rg = nodes[Int(r)].maxGap }
-        heights[Int(n)] = max(lh, rh) + 1
-        p.pointee.maxGap = max(p.pointee.gapBelow, max(lg, rg))
-        let b = lh - rh
-        return b > 1 || b < -1 ? rotate(n) : n
+        let b = update(n)
+        return b > 1 || b < -1 ? rotate(n, balance: b) : n
     }
 
-    /// The rotations that restore balance at `n` once it is out of balance by two.
-    private func rotate(_ n: Int32) -> Int32 {
+    /// The rotations that restore balance at `n`, out of balance by two (`b` = ±2).
+    private func rotate(_ n: Int32, balance b: Int8) -> Int32 {
         let i = Int(n)
-        let b = height(nodes[i].left) - height(nodes[i].right)
         if b > 1 {
             let l = nodes[i].left
             if height(nodes[Int(l)].left) < height(nodes[Int(l)].right) { nodes[i].left = rotateLeft(l) }
             return rotateRight(n)
         }
-        if b < -1 {
-            let r = nodes[i].right
-            if height(nodes[Int(r)].right) < height(nodes[Int(r)].left) { nodes[i].right = rotateRight(r) }
-            return rotateLeft(n)
-        }
-        return n
+        let r = nodes[i].right
+        if height(nodes[Int(r)].right) < height(nodes[Int(r)].left) { nodes[i].right = rotateRight(r) }
+        return rotateLeft(n)
     }
 
     private mutating func newNode(lo: UInt64, hi: UInt64, gap: UInt64) -> Int32 {
