@@ -98,6 +98,11 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
         guard !permissions.isDisjoint(with: .readWrite) else { throw .noAccess }
         guard iova < inputLimit, inputLimit - iova >= size, physical & ~addressMask == 0,
               (physical &+ size &- 1) & ~(addressMask | 0xFFF) == 0 else { throw .outOfRange }
+        if size == 0x1000, let slot = leafSlot4K(iova),
+           let raw = try? memory.load64(slot), !F.decode(raw, level: 1, addressMask: addressMask).present {
+            try? memory.store64(slot, F.leaf(address: physical, permissions: permissions, level: 1))
+            return
+        }
         var done: UInt64 = 0
         while done < size {
             do {
@@ -183,21 +188,31 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     /// one store. Nil when the page is not mapped that way (the general path decides).
     @inline(__always)
     private func unmapOne4K(_ iova: UInt64, gather: inout UnmapGather) -> UInt64? {
-        var table = root
-        var level = levels
-        while level > 1 {
-            let raw = (try? memory.load64(table + PageTableGeometry.index(iova, level: level) * 8)) ?? 0
-            let e = F.decode(raw, level: level, addressMask: addressMask)
-            guard e.present, !e.leaf else { return nil }
-            table = e.address
-            level -= 1
-        }
-        let slot = table + PageTableGeometry.index(iova, level: 1) * 8
-        let raw = (try? memory.load64(slot)) ?? 0
-        guard F.decode(raw, level: 1, addressMask: addressMask).present else { return nil }
+        guard let slot = leafSlot4K(iova), let raw = try? memory.load64(slot),
+              F.decode(raw, level: 1, addressMask: addressMask).present else { return nil }
         try? memory.store64(slot, 0)
         gather.add(range: iova, iova + 0x1000, pageSize: 0x1000)
         return 0x1000
+    }
+
+    /// The address of the level-1 entry for `iova` when every level above it holds a
+    /// table (the common case for 4 KiB DMA mappings), else nil: the general paths make
+    /// missing tables, split superpages and report errors. Wrapping arithmetic, one range
+    /// check per level.
+    @inline(__always)
+    private func leafSlot4K(_ iova: UInt64) -> UInt64? {
+        var table = root
+        var level = levels
+        var shift = PageTableGeometry.shift(level: levels)
+        while level > 1 {
+            guard let raw = try? memory.load64(table &+ ((iova &>> shift) & 511) &* 8) else { return nil }
+            let e = F.decode(raw, level: level, addressMask: addressMask)
+            guard e.present, !e.leaf else { return nil }
+            table = e.address
+            level &-= 1
+            shift &-= 9
+        }
+        return table &+ ((iova &>> 12) & 511) &* 8
     }
 
     private struct ClearOutcome {

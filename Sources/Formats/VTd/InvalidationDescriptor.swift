@@ -101,15 +101,15 @@ public enum InvalidationDescriptor: Equatable, Sendable {
     case wait(InvalidationWait)
     case pageGroupResponse(PageGroupResponse)
 
-    public static let contextCacheType: UInt8 = 1
-    public static let iotlbType: UInt8 = 2
-    public static let deviceTLBType: UInt8 = 3
-    public static let interruptEntryCacheType: UInt8 = 4
-    public static let waitType: UInt8 = 5
-    public static let pasidIOTLBType: UInt8 = 6
-    public static let pasidCacheType: UInt8 = 7
-    public static let pasidDeviceTLBType: UInt8 = 8
-    public static let pageGroupResponseType: UInt8 = 9
+    @inlinable public static var contextCacheType: UInt8 { 1 }
+    @inlinable public static var iotlbType: UInt8 { 2 }
+    @inlinable public static var deviceTLBType: UInt8 { 3 }
+    @inlinable public static var interruptEntryCacheType: UInt8 { 4 }
+    @inlinable public static var waitType: UInt8 { 5 }
+    @inlinable public static var pasidIOTLBType: UInt8 { 6 }
+    @inlinable public static var pasidCacheType: UInt8 { 7 }
+    @inlinable public static var pasidDeviceTLBType: UInt8 { 8 }
+    @inlinable public static var pageGroupResponseType: UInt8 { 9 }
 
     /// The type code.
     public var type: UInt8 {

@@ -20,8 +20,8 @@ public struct PageRequestDescriptor: Equatable, Sendable {
     public var address: UInt64
     public var privateData: UInt64
 
-    public static let type: UInt64 = 1
-    public static let size: UInt64 = 32
+    @inlinable public static var type: UInt64 { 1 }
+    @inlinable public static var size: UInt64 { 32 }
 
     public init(requester: RequesterID, pasid: PASID?, read: Bool, write: Bool, execute: Bool = false, privileged: Bool = false,
                 lastInGroup: Bool, groupIndex: UInt16, address: UInt64, privateData: UInt64 = 0) {
@@ -90,9 +90,9 @@ public enum PageResponseCode: UInt8, Equatable, Sendable, CaseIterable, CustomSt
 /// PRS_REG bits (VT-d §11.4.11.4).
 public enum VTdPageRequestStatus {
     /// PPR: pending page request (RW1C).
-    public static let pending: UInt32 = 1 << 0
+    @inlinable public static var pending: UInt32 { 1 << 0 }
     /// PRO: page request overflow (RW1C).
-    public static let overflow: UInt32 = 1 << 1
+    @inlinable public static var overflow: UInt32 { 1 << 1 }
 }
 
 /// PQA_REG fields (VT-d §11.4.11.3): base 63:12, PQS 2:0 (the queue is 2^PQS 4 KiB pages).

@@ -1,77 +1,77 @@
 /// VT-d remapping-unit register offsets (VT-d spec §10.4; Linux include/linux/intel-iommu.h
 /// `DMAR_*_REG`). Registers are accessed as 32- or 64-bit MMIO at these byte offsets.
 public enum VTdRegister {
-    public static let version: UInt32 = 0x00          // VER_REG (32)
-    public static let capability: UInt32 = 0x08       // CAP_REG (64)
-    public static let extendedCapability: UInt32 = 0x10 // ECAP_REG (64)
-    public static let globalCommand: UInt32 = 0x18    // GCMD_REG (32)
-    public static let globalStatus: UInt32 = 0x1C     // GSTS_REG (32)
-    public static let rootTableAddress: UInt32 = 0x20 // RTADDR_REG (64)
-    public static let contextCommand: UInt32 = 0x28   // CCMD_REG (64)
-    public static let faultStatus: UInt32 = 0x34      // FSTS_REG (32)
-    public static let faultEventControl: UInt32 = 0x38 // FECTL_REG (32)
-    public static let faultEventData: UInt32 = 0x3C
-    public static let faultEventAddress: UInt32 = 0x40
-    public static let faultEventUpperAddress: UInt32 = 0x44
-    public static let invalidationQueueHead: UInt32 = 0x80    // IQH_REG (64)
-    public static let invalidationQueueTail: UInt32 = 0x88    // IQT_REG (64)
-    public static let invalidationQueueAddress: UInt32 = 0x90 // IQA_REG (64)
-    public static let invalidationCompletionStatus: UInt32 = 0x9C // ICS_REG (32)
-    public static let invalidationEventControl: UInt32 = 0xA0 // IECTL_REG (32)
-    public static let invalidationQueueErrorRecord: UInt32 = 0xB0 // IQERCD_REG (64)
-    public static let pageRequestQueueHead: UInt32 = 0xC0     // PQH_REG (64)
-    public static let pageRequestQueueTail: UInt32 = 0xC8     // PQT_REG (64)
-    public static let pageRequestQueueAddress: UInt32 = 0xD0  // PQA_REG (64)
-    public static let pageRequestStatus: UInt32 = 0xDC        // PRS_REG (32)
-    public static let pageRequestEventControl: UInt32 = 0xE0  // PECTL_REG (32)
+    @inlinable public static var version: UInt32 { 0x00 }          // VER_REG (32)
+    @inlinable public static var capability: UInt32 { 0x08 }       // CAP_REG (64)
+    @inlinable public static var extendedCapability: UInt32 { 0x10 } // ECAP_REG (64)
+    @inlinable public static var globalCommand: UInt32 { 0x18 }    // GCMD_REG (32)
+    @inlinable public static var globalStatus: UInt32 { 0x1C }     // GSTS_REG (32)
+    @inlinable public static var rootTableAddress: UInt32 { 0x20 } // RTADDR_REG (64)
+    @inlinable public static var contextCommand: UInt32 { 0x28 }   // CCMD_REG (64)
+    @inlinable public static var faultStatus: UInt32 { 0x34 }      // FSTS_REG (32)
+    @inlinable public static var faultEventControl: UInt32 { 0x38 } // FECTL_REG (32)
+    @inlinable public static var faultEventData: UInt32 { 0x3C }
+    @inlinable public static var faultEventAddress: UInt32 { 0x40 }
+    @inlinable public static var faultEventUpperAddress: UInt32 { 0x44 }
+    @inlinable public static var invalidationQueueHead: UInt32 { 0x80 }    // IQH_REG (64)
+    @inlinable public static var invalidationQueueTail: UInt32 { 0x88 }    // IQT_REG (64)
+    @inlinable public static var invalidationQueueAddress: UInt32 { 0x90 } // IQA_REG (64)
+    @inlinable public static var invalidationCompletionStatus: UInt32 { 0x9C } // ICS_REG (32)
+    @inlinable public static var invalidationEventControl: UInt32 { 0xA0 } // IECTL_REG (32)
+    @inlinable public static var invalidationQueueErrorRecord: UInt32 { 0xB0 } // IQERCD_REG (64)
+    @inlinable public static var pageRequestQueueHead: UInt32 { 0xC0 }     // PQH_REG (64)
+    @inlinable public static var pageRequestQueueTail: UInt32 { 0xC8 }     // PQT_REG (64)
+    @inlinable public static var pageRequestQueueAddress: UInt32 { 0xD0 }  // PQA_REG (64)
+    @inlinable public static var pageRequestStatus: UInt32 { 0xDC }        // PRS_REG (32)
+    @inlinable public static var pageRequestEventControl: UInt32 { 0xE0 }  // PECTL_REG (32)
     /// IOTLB registers (IVA, IOTLB) at ECAP.IRO * 16.
-    public static let iotlbRegisters: UInt32 = 0xF0
+    @inlinable public static var iotlbRegisters: UInt32 { 0xF0 }
     /// First fault-recording register at CAP.FRO * 16; each is 128 bits.
-    public static let faultRecording: UInt32 = 0x220
+    @inlinable public static var faultRecording: UInt32 { 0x220 }
 }
 
 /// GCMD_REG / GSTS_REG bits (VT-d §11.4.4, §11.4.5): command bit N sets status bit N.
 public enum VTdGlobal {
-    public static let translationEnable: UInt32 = 1 << 31      // TE / TES
-    public static let setRootTablePointer: UInt32 = 1 << 30    // SRTP / RTPS
-    public static let setFaultLog: UInt32 = 1 << 29            // SFL / FLS
-    public static let enableAdvancedFaultLog: UInt32 = 1 << 28 // EAFL / AFLS
-    public static let writeBufferFlush: UInt32 = 1 << 27       // WBF / WBFS
-    public static let queuedInvalidationEnable: UInt32 = 1 << 26 // QIE / QIES
-    public static let interruptRemappingEnable: UInt32 = 1 << 25 // IRE / IRES
-    public static let setInterruptRemapTablePointer: UInt32 = 1 << 24 // SIRTP / IRTPS
-    public static let compatibilityFormatInterrupt: UInt32 = 1 << 23 // CFI / CFIS
+    @inlinable public static var translationEnable: UInt32 { 1 << 31 }      // TE / TES
+    @inlinable public static var setRootTablePointer: UInt32 { 1 << 30 }    // SRTP / RTPS
+    @inlinable public static var setFaultLog: UInt32 { 1 << 29 }            // SFL / FLS
+    @inlinable public static var enableAdvancedFaultLog: UInt32 { 1 << 28 } // EAFL / AFLS
+    @inlinable public static var writeBufferFlush: UInt32 { 1 << 27 }       // WBF / WBFS
+    @inlinable public static var queuedInvalidationEnable: UInt32 { 1 << 26 } // QIE / QIES
+    @inlinable public static var interruptRemappingEnable: UInt32 { 1 << 25 } // IRE / IRES
+    @inlinable public static var setInterruptRemapTablePointer: UInt32 { 1 << 24 } // SIRTP / IRTPS
+    @inlinable public static var compatibilityFormatInterrupt: UInt32 { 1 << 23 } // CFI / CFIS
 }
 
 /// RTADDR_REG fields (VT-d §11.4.6): root table address 63:12, TTM 11:10.
 public enum VTdRootTableAddress {
     /// Translation table mode: 0 legacy, 1 scalable, 2 reserved, 3 abort-DMA.
     public static func mode(_ v: UInt64) -> UInt8 { UInt8((v >> 10) & 3) }
-    public static let scalableMode: UInt64 = 1 << 10
-    public static let abortDMAMode: UInt64 = 3 << 10
+    @inlinable public static var scalableMode: UInt64 { 1 << 10 }
+    @inlinable public static var abortDMAMode: UInt64 { 3 << 10 }
 }
 
 /// FSTS_REG bits (VT-d §11.4.7.1).
 public enum VTdFaultStatus {
-    public static let primaryFaultOverflow: UInt32 = 1 << 0   // PFO (RW1C)
-    public static let primaryPendingFault: UInt32 = 1 << 1    // PPF (RO)
-    public static let invalidationQueueError: UInt32 = 1 << 4 // IQE (RW1C)
-    public static let invalidationCompletionError: UInt32 = 1 << 5 // ICE (RW1C)
-    public static let invalidationTimeoutError: UInt32 = 1 << 6    // ITE (RW1C)
+    @inlinable public static var primaryFaultOverflow: UInt32 { 1 << 0 }   // PFO (RW1C)
+    @inlinable public static var primaryPendingFault: UInt32 { 1 << 1 }    // PPF (RO)
+    @inlinable public static var invalidationQueueError: UInt32 { 1 << 4 } // IQE (RW1C)
+    @inlinable public static var invalidationCompletionError: UInt32 { 1 << 5 } // ICE (RW1C)
+    @inlinable public static var invalidationTimeoutError: UInt32 { 1 << 6 }    // ITE (RW1C)
     /// FRI: bits 15:8, index of the first pending fault record.
     public static func faultRecordIndex(_ v: UInt32) -> Int { Int((v >> 8) & 0xFF) }
 }
 
 /// Event control registers (FECTL, IECTL, PECTL): IM bit 31 (mask), IP bit 30 (pending).
 public enum VTdEventControl {
-    public static let interruptMask: UInt32 = 1 << 31
-    public static let interruptPending: UInt32 = 1 << 30
+    @inlinable public static var interruptMask: UInt32 { 1 << 31 }
+    @inlinable public static var interruptPending: UInt32 { 1 << 30 }
 }
 
 /// IQA_REG fields (VT-d §11.4.9.3): base 63:12, DW bit 11 (256-bit descriptors), QS 2:0
 /// (queue is 2^QS 4 KiB pages).
 public enum VTdQueueAddress {
-    public static let wideDescriptors: UInt64 = 1 << 11
+    @inlinable public static var wideDescriptors: UInt64 { 1 << 11 }
     public static func make(base: UInt64, sizeOrder: UInt8, wide: Bool) -> UInt64 {
         (base & ~0xFFF) | (wide ? wideDescriptors : 0) | UInt64(sizeOrder & 7)
     }

@@ -60,15 +60,10 @@ public final class IOMMUCore: @unchecked Sendable {
     /// Broken behaviour to show the oracle catching it (oracle-strength checks only).
     @exclusivity(unchecked) public var injectedBugs: InjectedBugs = []
 
-    /// Shared with real-time timers (flush queues), which may fire after the core is gone.
-    let lifetime = CoreLifetime()
-
     public init(platform: PlatformContext, policy: DMAPolicy = .strict) {
         self.platform = platform
         self.policy = policy
     }
-
-    deinit { lifetime.end() }
 
     /// Adds a driver; its units can then have devices probed behind them.
     public func register(_ driver: any IOMMUDriver) {
@@ -146,14 +141,6 @@ public final class IOMMUCore: @unchecked Sendable {
         for t in domain.quarantinedTables.withLock({ q in let all = q; q = []; return all }) { try? platform.frames.free(t) }
         domain.free()
     }
-}
-
-/// Whether a core is still alive, for work that runs on real timers: `whileAlive` runs its
-/// body only before `end`, and `end` waits for a running body (one lock, timers only).
-final class CoreLifetime: @unchecked Sendable {
-    private let alive = Mutex<Bool>(true)
-    func whileAlive(_ body: () -> Void) { alive.withLock { if $0 { body() } } }
-    func end() { alive.withLock { $0 = false } }
 }
 
 /// The global PASID space (Linux `iommu_global_pasid_ida`): PASIDs from 1 up, each

@@ -74,12 +74,15 @@ final class FlushQueue: @unchecked Sendable {
     let ringCount: Int
     let iova: IOVADomain
     /// Back references, not counted: the core owns the domain, which owns its cookie, which
-    /// owns this queue. A timer holds the queue itself, and once the domain is freed or gone
-    /// (`destroyed`) the queue touches neither.
+    /// owns this queue, and the unmapping threads are the core's callers.
     unowned(unsafe) let core: IOMMUCore
     unowned(unsafe) let domain: IOMMUDomain
-    /// The core's lifetime: a timer that fires after the core is gone does nothing.
-    let lifetime: CoreLifetime
+    /// The same, for the timer, which runs on its own thread and may fire after either is
+    /// gone: it takes them from these weak references or does nothing.
+    weak var timerCore: IOMMUCore?
+    weak var timerDomain: IOMMUDomain?
+    /// Held while the timer's body runs, so `destroy` can wait for it.
+    private let timerRunning = Mutex<Void>(())
     /// Flushes started, and the highest ticket (start number) of a completed flush.
     let started = Atomic<UInt64>(0)
     let finished = Atomic<UInt64>(0)
@@ -99,7 +102,8 @@ final class FlushQueue: @unchecked Sendable {
     init(core: IOMMUCore, domain: IOMMUDomain, iova: IOVADomain, options: FlushQueueOptions, cpus: Int) {
         self.core = core
         self.domain = domain
-        self.lifetime = core.lifetime
+        timerCore = core
+        timerDomain = domain
         self.iova = iova
         self.options = options
         ringCount = options.kind == .single ? 1 : max(1, cpus)
@@ -235,8 +239,18 @@ final class FlushQueue: @unchecked Sendable {
 
     /// The timer (Linux `fq_flush_timeout`): flush if the oldest uncovered entry has waited
     /// its timeout, else wait for that moment; then free what is complete.
+    ///
+    /// It holds the core and the domain for its whole run, so neither is freed under it.
+    /// Those references are dropped after `timerRunning` is unlocked: when the timer holds
+    /// the last one, the core or domain is freed here, on the timer's thread, and its
+    /// teardown may call `destroy`, which takes that lock.
     func timerFired() {
-        lifetime.whileAlive { timerBody() }
+        guard let core = timerCore, let domain = timerDomain else { return }
+        withExtendedLifetime(core) {
+            withExtendedLifetime(domain) {
+                timerRunning.withLock { _ in timerBody() }
+            }
+        }
     }
 
     private func timerBody() {
@@ -266,6 +280,8 @@ final class FlushQueue: @unchecked Sendable {
     /// IOVA space goes with the domain) and stop the timer (Linux `iommu_dma_free_fq`).
     func destroy() {
         guard !destroyed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        // Wait for a timer already running (Linux `del_timer_sync`); later ones see `destroyed`.
+        timerRunning.withLock { _ in }
         freeTables(lostTables.withLock { t in let all = t; t = []; return all })
         for i in 0..<ringCount {
             rings[i].withLock { r in

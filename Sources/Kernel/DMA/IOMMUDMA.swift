@@ -202,9 +202,12 @@ public final class IOMMUDMA: @unchecked Sendable {
         return try body(cookie)
     }
 
+    @inline(__always)
     private func checkCPU(_ cpu: Int) throws(IOMMUError) {
-        guard cpu >= 0, cpu < cpus else { throw .invalidArgument("CPU \(cpu) is not one of the \(cpus) CPU slots") }
+        guard cpu >= 0, cpu < cpus else { throw badCPU(cpu) }
     }
+
+    private func badCPU(_ cpu: Int) -> IOMMUError { .invalidArgument("CPU \(cpu) is not one of the \(cpus) CPU slots") }
 
     /// Identity domain: DMA goes straight to physical memory (Linux dma-direct), if the
     /// device can address it.

@@ -11,8 +11,9 @@ final class VTdInvalidationQueue {
     let platform: PlatformContext
     let base: UInt64
     let statusAddress: UInt64
-    /// 256-bit descriptors in one 4 KiB page.
-    let slots: UInt64 = 128
+    /// 256-bit descriptors in one 4 KiB page (a power of two: offsets wrap with a mask).
+    static let slots: UInt64 = 128
+    static let bytes: UInt64 = slots * 32
     @exclusivity(unchecked) var tail: UInt64 = 0
     @exclusivity(unchecked) var nextStatus: UInt32 = 1
     /// Virtual time a wait may take before it is a time-out.
@@ -63,7 +64,7 @@ final class VTdInvalidationQueue {
         do { try memory.store256(base + tail, raw.qw0, raw.qw1, raw.qw2, raw.qw3) } catch {
             throw .ioError("invalidation queue memory: \(error)")
         }
-        tail = (tail + 32) % (slots * 32)
+        tail = (tail &+ 32) & (Self.bytes - 1)
     }
 
     private func submitBatch(_ batch: UnsafeBufferPointer<InvalidationDescriptor>, drain: Bool) throws(IOMMUError) {
@@ -101,9 +102,9 @@ final class VTdInvalidationQueue {
 
     /// Free descriptor slots between the tail and the hardware's head (one always stays empty).
     private func freeSlots() -> UInt64 {
-        let size = slots * 32
-        let head = unit.read64(VTdRegister.invalidationQueueHead) % size
-        return ((head &+ size &- tail &- 32) % size) / 32
+        let mask = Self.bytes - 1
+        let head = unit.read64(VTdRegister.invalidationQueueHead) & mask
+        return ((head &+ Self.bytes &- tail &- 32) & mask) / 32
     }
 
     /// Whether the wait with `status` has written it, or the queue stopped with an error.
@@ -118,7 +119,7 @@ final class VTdInvalidationQueue {
     private func recoverFromQueueError() {
         let head = unit.read64(VTdRegister.invalidationQueueHead)
         let nop = InvalidationDescriptor.wait(InvalidationWait(statusWrite: false, fence: false)).encode()
-        try? memory.store256(base + (head % (slots * 32)), nop.qw0, nop.qw1, 0, 0)
+        try? memory.store256(base + (head & (Self.bytes - 1)), nop.qw0, nop.qw1, 0, 0)
         unit.write32(VTdRegister.faultStatus, VTdFaultStatus.invalidationQueueError)
         let u = unit
         let t = tail

@@ -220,6 +220,22 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
     /// Descriptors are batched per unit and each batch waited for.
     func flushRange(start: UInt64, end: UInt64, hint: Bool) throws(IOMMUError) {
         let (address, mask) = Self.psiRange(start: start, end: end)
+        if tags.count == 1, case let t = tags[0], t.kind == .iotlb {
+            // The common case, one device behind one unit without a device TLB: one
+            // descriptor, built in place.
+            let failure = driver.unitRefs[t.unit]._withUnsafeGuaranteedRef { u -> IOMMUError? in
+                let psi = !(start == 0 && end == .max) && u.capability.pageSelectiveInvalidation
+                    && mask <= u.capability.maximumAddressMask
+                var d = InvalidationDescriptor.iotlb(psi ? .page(t.did, address: address, addressMask: mask, invalidationHint: hint)
+                                                         : .domain(t.did))
+                return withUnsafePointer(to: &d) { p -> IOMMUError? in
+                    do throws(IOMMUError) { try u.queue.submitAndWait(UnsafeBufferPointer(start: p, count: 1)) } catch { return error }
+                    return nil
+                }
+            }
+            if let failure { throw failure }
+            return
+        }
         var i = 0
         var firstError: IOMMUError?
         while i < tags.count {
