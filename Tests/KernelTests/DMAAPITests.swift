@@ -168,6 +168,26 @@ struct DMAAPITests {
         #expect(cookie.statistics.flushes == 1)
     }
 
+    @Test("a mapping made on one CPU is unmapped from another; from there too a wrong size is EINVAL and a second unmap ENOENT", arguments: [DMAPolicy.strict, .lazy])
+    func unmapFromAnotherCPU(policy: DMAPolicy) throws {
+        let (rig, nic, _) = try nic(policy)
+        let dma = rig.machine.dma
+        let pa = try rig.machine.allocateBuffer()
+        let cookie = try #require(try dma.cookie(for: nic))
+        let a = try dma.mapPage(nic, physical: pa, size: 4096 * 3, direction: .toDevice, cpu: 0)
+        let b = try dma.mapPage(nic, physical: pa, size: 4096, direction: .toDevice, cpu: 1)
+        #expect(cookie.statistics.liveMappings == 2)
+        #expect(errName { try dma.unmapPage(nic, address: a, size: 4096, cpu: 1) } == "EINVAL")
+        #expect(cookie.statistics.liveMappings == 2)
+        try dma.unmapPage(nic, address: a, size: 4096 * 3, cpu: 1)
+        try dma.unmapPage(nic, address: b, size: 4096, cpu: 0)
+        #expect(cookie.statistics.liveMappings == 0)
+        #expect(errName { try dma.unmapPage(nic, address: a, size: 4096 * 3, cpu: 0) } == "ENOENT")
+        #expect(errName { try dma.unmapPage(nic, address: b, size: 4096, cpu: 1) } == "ENOENT")
+        #expect(cookie.statistics.unmaps == 2)
+        #expect(rig.violations.isEmpty, "\(rig.violations)")
+    }
+
     @Test("the queue timer flushes 10 ms of virtual time after the oldest uncovered unmap, not before")
     func timerFlush() throws {
         let (rig, nic, ep) = try nic(.lazy)

@@ -34,7 +34,7 @@ public final class DMACookie: @unchecked Sendable {
         let platform = core.platform
         iova = IOVADomain(granuleShift: granuleShift, startPFN: 1, endPFN: domain.apertureEnd >> granuleShift,
                           cpus: self.cpus, clock: { platform.clockNs() })
-        live = LiveMappings(capacity: 4096)
+        live = LiveMappings(capacity: max(1024, 4096 / self.cpus), shards: self.cpus)
         stats = .allocate(capacity: self.cpus * Self.statWords)
         for i in 0..<(self.cpus * Self.statWords) { (stats + i).initialize(to: Atomic(0)) }
         let (space, slots) = (iova, self.cpus)

@@ -57,6 +57,10 @@ final class FlushQueue: @unchecked Sendable {
         let size: UInt64
         var head: UInt64 = 0
         var tail: UInt64 = 0
+        /// `head` and `tail` modulo `size`, kept apart so no step divides (sizes need not be
+        /// powers of two).
+        var headSlot = 0
+        var tailSlot = 0
         /// Table pages of entries that unlinked more than one, by IOVA frame.
         var spill: [UInt64: [UInt64]] = [:]
         var queued: UInt64 = 0
@@ -64,6 +68,7 @@ final class FlushQueue: @unchecked Sendable {
         /// Keeps two CPUs' rings (written on every unmap) off one cache line.
         var padding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
         var isFull: Bool { tail &- head == size }
+        @inline(__always) func next(_ slot: Int) -> Int { slot &+ 1 == Int(size) ? 0 : slot &+ 1 }
         var count: Int { Int(tail &- head) }
     }
 
@@ -142,11 +147,12 @@ final class FlushQueue: @unchecked Sendable {
                 lostTables.withLock { $0 += tables }
                 return
             }
-            let i = Int(r.tail % r.size)
+            let i = r.tailSlot
             r.entries[i] = Entry(pfn: pfn, pages: pages, tag: started.load(ordering: .sequentiallyConsistent),
                                  table: tables.first ?? 0, hasSpill: tables.count > 1)
             if tables.count > 1 { r.spill[pfn] = tables }
             r.tail &+= 1
+            r.tailSlot = r.next(i)
             r.queued &+= 1
         }
         if uncoveredSince.load(ordering: .sequentiallyConsistent) == 0 {
@@ -165,11 +171,12 @@ final class FlushQueue: @unchecked Sendable {
     private func freeCompleted(_ r: inout Ring, cpu: Int) {
         let done = finished.load(ordering: .acquiring)
         while r.head != r.tail {
-            let e = r.entries[Int(r.head % r.size)]
+            let e = r.entries[r.headSlot]
             guard e.tag < done else { break }
             releaseTables(of: e, &r)
             iova.free(pfn: e.pfn, pages: e.pages, cpu: cpu)
             r.head &+= 1
+            r.headSlot = r.next(r.headSlot)
             r.freed &+= 1
         }
     }
@@ -286,8 +293,9 @@ final class FlushQueue: @unchecked Sendable {
         for i in 0..<ringCount {
             rings[i].withLock { r in
                 while r.head != r.tail {
-                    releaseTables(of: r.entries[Int(r.head % r.size)], &r)
+                    releaseTables(of: r.entries[r.headSlot], &r)
                     r.head &+= 1
+                    r.headSlot = r.next(r.headSlot)
                 }
             }
         }

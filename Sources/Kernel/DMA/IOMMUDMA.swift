@@ -91,7 +91,7 @@ public final class IOMMUDMA: @unchecked Sendable {
             release(cookie, pfn: pfn, pages: pages, after: error, cpu: cpu)
             throw error
         }
-        cookie.live.insert(pfn: pfn, pages: pages)
+        cookie.live.insert(pfn: pfn, pages: pages, cpu: cpu)
         cookie.count(.maps, cpu: cpu)
         return iova + offset
     }
@@ -164,7 +164,7 @@ public final class IOMMUDMA: @unchecked Sendable {
             release(cookie, pfn: pfn, pages: pages, after: undoError ?? error, cpu: cpu)
             throw error
         }
-        cookie.live.insert(pfn: pfn, pages: pages)
+        cookie.live.insert(pfn: pfn, pages: pages, cpu: cpu)
         cookie.count(.maps, cpu: cpu)
         return DMAScatterMapping(addresses: addresses, lengths: segments.map(\.length), iova: base, size: total)
     }
@@ -220,7 +220,7 @@ public final class IOMMUDMA: @unchecked Sendable {
 
     private func unmapRange(_ cookie: DMACookie, pfn: UInt64, pages: UInt64, cpu: Int) throws(IOMMUError) {
         var found: UInt64?
-        guard cookie.live.remove(pfn: pfn, pages: pages, found: &found) else {
+        guard cookie.live.remove(pfn: pfn, pages: pages, cpu: cpu, found: &found) else {
             if let found {
                 throw .invalidArgument("0x\(String(pfn << cookie.granuleShift, radix: 16)) was mapped with \(found) granule(s), not \(pages)")
             }
@@ -233,7 +233,7 @@ public final class IOMMUDMA: @unchecked Sendable {
             do {
                 _ = try cookie.withDomain { d throws(IOMMUError) in try core.unmapDeferred(d, iova: iova, size: size, gather: &gather) }
             } catch {
-                cookie.live.insert(pfn: pfn, pages: pages)
+                cookie.live.insert(pfn: pfn, pages: pages, cpu: cpu)
                 throw error
             }
             queue._withUnsafeGuaranteedRef { $0.queue(pfn: pfn, pages: pages, tables: gather.freedTables, cpu: cpu) }
@@ -242,7 +242,7 @@ public final class IOMMUDMA: @unchecked Sendable {
                 switch error {
                 case .notFound, .noMemory:
                     // Nothing was cleared (no mapping, or no frame to split a superpage).
-                    cookie.live.insert(pfn: pfn, pages: pages)
+                    cookie.live.insert(pfn: pfn, pages: pages, cpu: cpu)
                 default:
                     // The invalidation failed: the range may still be cached, so its IOVA is
                     // never handed out again.

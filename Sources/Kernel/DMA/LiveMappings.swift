@@ -3,9 +3,14 @@ import Synchronization
 /// The DMA API's record of live streaming mappings, IOVA frame → granules, so that an
 /// unmap of something never mapped, a double unmap or an unmap with the wrong size is a
 /// typed error that changes nothing (Linux trusts the caller and WARNs, or corrupts the
-/// IOVA caches). Lock-free open addressing over atomic words; map and unmap of different
-/// ranges from different threads do not contend beyond the cache lines they touch. Probes
-/// are bounded; the rare entry that finds no slot goes to a locked overflow table.
+/// IOVA caches). Lock-free open addressing over atomic words, probes bounded; the rare
+/// entry that finds no slot goes to a locked overflow table.
+///
+/// One shard per CPU slot, each on its own cache lines: a map records its frame in its
+/// CPU's shard, and an unmap looks in its own CPU's shard first, then in the others. CPUs
+/// that unmap what they mapped (as per-CPU drivers and `bench dma-map` do) then write only
+/// their own lines. With one shared table, two CPUs' mappings hashed into the same lines,
+/// and each insert or remove took a line the other CPU had just written.
 final class LiveMappings: @unchecked Sendable {
     private static let empty: UInt64 = 0
     private static let tombstone: UInt64 = .max
@@ -13,28 +18,33 @@ final class LiveMappings: @unchecked Sendable {
 
     private let keys: UnsafeMutablePointer<Atomic<UInt64>>
     private let values: UnsafeMutablePointer<Atomic<UInt64>>
+    /// Slots per shard (a power of two) minus one.
     private let mask: Int
+    private let shards: Int
     private let overflow = Mutex<[UInt64: UInt64]>([:])
     private let overflowCount = Atomic<Int>(0)
 
-    /// A table with room for about `capacity` live mappings before probing gets long.
-    init(capacity: Int) {
+    /// Room for about `capacity` live mappings per shard before probing gets long.
+    init(capacity: Int, shards: Int = 1) {
         var n = 1024
         while n < capacity * 2 { n <<= 1 }
         mask = n - 1
-        keys = .allocate(capacity: n)
-        values = .allocate(capacity: n)
-        for i in 0..<n {
+        self.shards = max(1, shards)
+        let total = n * self.shards
+        // 64-byte aligned, and shards are multiples of 64 bytes: no line spans two shards.
+        keys = UnsafeMutableRawPointer.allocate(byteCount: total * 8, alignment: 64).bindMemory(to: Atomic<UInt64>.self, capacity: total)
+        values = UnsafeMutableRawPointer.allocate(byteCount: total * 8, alignment: 64).bindMemory(to: Atomic<UInt64>.self, capacity: total)
+        for i in 0..<total {
             (keys + i).initialize(to: Atomic(0))
             (values + i).initialize(to: Atomic(0))
         }
     }
 
     deinit {
-        keys.deinitialize(count: mask + 1)
-        values.deinitialize(count: mask + 1)
-        keys.deallocate()
-        values.deallocate()
+        keys.deinitialize(count: (mask + 1) * shards)
+        values.deinitialize(count: (mask + 1) * shards)
+        UnsafeMutableRawPointer(keys).deallocate()
+        UnsafeMutableRawPointer(values).deallocate()
     }
 
     @inline(__always)
@@ -42,42 +52,41 @@ final class LiveMappings: @unchecked Sendable {
         Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> 40) & mask
     }
 
-    /// Records `pfn` (not live) with `pages`.
-    func insert(pfn: UInt64, pages: UInt64) {
+    @inline(__always)
+    private func shard(for cpu: Int) -> Int { cpu >= 0 && cpu < shards ? cpu : 0 }
+
+    /// Records `pfn` (not live) with `pages`, in `cpu`'s shard.
+    func insert(pfn: UInt64, pages: UInt64, cpu: Int = 0) {
         let key = pfn &+ 1
+        let base = shard(for: cpu) &* (mask &+ 1)
         var i = slot(key)
         for _ in 0..<Self.maxProbes {
-            let k = keys[i].load(ordering: .relaxed)
+            let k = keys[base &+ i].load(ordering: .relaxed)
             if k == Self.empty || k == Self.tombstone,
-               keys[i].compareExchange(expected: k, desired: key, ordering: .acquiringAndReleasing).exchanged {
-                values[i].store(pages, ordering: .releasing)
+               keys[base &+ i].compareExchange(expected: k, desired: key, ordering: .acquiringAndReleasing).exchanged {
+                values[base &+ i].store(pages, ordering: .releasing)
                 return
             }
-            i = (i + 1) & mask
+            i = (i &+ 1) & mask
         }
         overflow.withLock { $0[key] = pages }
         overflowCount.add(1, ordering: .releasing)
     }
 
-    /// Removes `pfn` if it is live with exactly `pages`. Returns false (and changes nothing)
-    /// otherwise; `found` tells the recorded size when the frame is live.
-    func remove(pfn: UInt64, pages: UInt64, found: inout UInt64?) -> Bool {
+    /// Removes `pfn` if it is live with exactly `pages`, looking in `cpu`'s shard first.
+    /// Returns false (and changes nothing) otherwise; `found` tells the recorded size when
+    /// the frame is live.
+    func remove(pfn: UInt64, pages: UInt64, cpu: Int = 0, found: inout UInt64?) -> Bool {
         let key = pfn &+ 1
-        var i = slot(key)
-        for _ in 0..<Self.maxProbes {
-            let k = keys[i].load(ordering: .acquiring)
-            if k == Self.empty { break }
-            if k == key {
-                let v = values[i].load(ordering: .acquiring)
-                found = v
-                guard v == pages else { return false }
-                guard keys[i].compareExchange(expected: key, desired: Self.tombstone, ordering: .acquiringAndReleasing).exchanged else {
-                    found = nil
-                    return false
-                }
-                return true
+        let own = shard(for: cpu)
+        var n = 0
+        while n < shards {
+            let s = n == 0 ? own : (n <= own ? n &- 1 : n)
+            switch removeInShard(s, key: key, pages: pages, found: &found) {
+            case .removed: return true
+            case .wrongSize: return false
+            case .absent: n &+= 1
             }
-            i = (i + 1) & mask
         }
         guard overflowCount.load(ordering: .acquiring) > 0 else { return false }
         let removed: Bool = overflow.withLock { o in
@@ -91,10 +100,35 @@ final class LiveMappings: @unchecked Sendable {
         return removed
     }
 
+    private enum ShardResult { case removed, wrongSize, absent }
+
+    @inline(__always)
+    private func removeInShard(_ shard: Int, key: UInt64, pages: UInt64, found: inout UInt64?) -> ShardResult {
+        let base = shard &* (mask &+ 1)
+        var i = slot(key)
+        for _ in 0..<Self.maxProbes {
+            let k = keys[base &+ i].load(ordering: .acquiring)
+            if k == Self.empty { return .absent }
+            if k == key {
+                let v = values[base &+ i].load(ordering: .acquiring)
+                found = v
+                guard v == pages else { return .wrongSize }
+                guard keys[base &+ i].compareExchange(expected: key, desired: Self.tombstone, ordering: .acquiringAndReleasing).exchanged else {
+                    // Another CPU removed it first (a racing double unmap).
+                    found = nil
+                    return .absent
+                }
+                return .removed
+            }
+            i = (i &+ 1) & mask
+        }
+        return .absent
+    }
+
     /// Live mappings, counted by a scan (statistics only: no shared counter on the hot path).
     var count: Int {
         var n = 0
-        for i in 0...mask {
+        for i in 0..<((mask + 1) * shards) {
             let k = keys[i].load(ordering: .relaxed)
             if k != Self.empty && k != Self.tombstone { n += 1 }
         }
