@@ -54,6 +54,10 @@ extension IOMMUCore {
         observer?.mapBegan(domain, iova: iova, physical: physical, size: size, permissions: permissions)
         var mapped: UInt64 = 0
         do throws(IOMMUError) {
+            if size == domain.pageSizes & (~domain.pageSizes &+ 1) {
+                // One page of the smallest size (the DMA API's common case): no size to choose.
+                mapped = try domain.mapPages(iova: iova, physical: physical, pageSize: size, count: 1, permissions: permissions)
+            }
             while mapped < size {
                 let (pgsize, count) = Self.pageSize(domain.pageSizes, iova: iova + mapped, physical: physical + mapped, size: size - mapped)
                 guard count > 0 else { throw IOMMUError.invalidArgument("no page size fits") }
@@ -167,6 +171,10 @@ extension IOMMUCore {
     }
 
     func unmapAll(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, gather: inout UnmapGather) -> UInt64 {
+        if size == domain.pageSizes & (~domain.pageSizes &+ 1) {
+            // One page of the smallest size: no size to choose.
+            return domain.unmapPages(iova: iova, pageSize: size, count: 1, gather: &gather)
+        }
         var unmapped: UInt64 = 0
         while unmapped < size {
             let (pgsize, count) = Self.pageSize(domain.pageSizes, iova: iova + unmapped, physical: 0, size: size - unmapped)

@@ -16,6 +16,8 @@ final class VTdInvalidationQueue {
     static let bytes: UInt64 = slots * 32
     @exclusivity(unchecked) var tail: UInt64 = 0
     @exclusivity(unchecked) var nextStatus: UInt32 = 1
+    /// The last batch's wait completed, so the hardware has consumed everything written.
+    @exclusivity(unchecked) private var queueIsEmpty = true
     /// Virtual time a wait may take before it is a time-out.
     var timeoutNs: UInt64 = 1_000_000
     /// Descriptors per submission before a wait (Linux `QI_MAX_BATCHED_DESC_COUNT`).
@@ -70,13 +72,17 @@ final class VTdInvalidationQueue {
     private func submitBatch(_ batch: UnsafeBufferPointer<InvalidationDescriptor>, drain: Bool) throws(IOMMUError) {
         // Normally the queue is empty here (every batch is waited for); after a time-out the
         // hardware may still be behind, so wait for room as Linux's `qi_submit_sync` does.
+        // As Linux, the room is counted in software (`qi->free_cnt`): every completed wait
+        // means everything before it is done and the queue is empty again; only after a
+        // time-out or an error does the hardware's head have to be read.
         let needed = UInt64(batch.count + 1)
-        if freeSlots() < needed {
+        if !queueIsEmpty, freeSlots() < needed {
             do { try scheduler.wait(until: { freeSlots() >= needed }, timeoutNs: timeoutNs) } catch {
                 timeouts += 1
                 throw .timedOut("invalidation queue on \(unit.configuration.name) has no room")
             }
         }
+        queueIsEmpty = false
         let status = nextStatus
         nextStatus = nextStatus == .max ? 1 : nextStatus + 1
         for d in batch { try write(d) }
@@ -84,7 +90,8 @@ final class VTdInvalidationQueue {
         submissions += 1
         descriptorsSubmitted += UInt64(batch.count)
         unit.write64(VTdRegister.invalidationQueueTail, tail)
-        if waitDone(status) {
+        let written = statusWritten(status)
+        if written || queueStopped() {
             // Real-thread runs: the unit worked inline and the wait is already written.
             scheduler.settleRealTimeDebt()
         } else {
@@ -92,6 +99,13 @@ final class VTdInvalidationQueue {
                 timeouts += 1
                 throw .timedOut("invalidation wait on \(unit.configuration.name) did not complete")
             }
+        }
+        // A written status means the unit went through every descriptor before the wait
+        // (it stops at a bad one with IQE set and never reaches the wait), so, as Linux's
+        // polling loop, only a wait that ended otherwise looks at the fault status.
+        if written || statusWritten(status) {
+            queueIsEmpty = true
+            return
         }
         if unit.read32(VTdRegister.faultStatus) & VTdFaultStatus.invalidationQueueError != 0 {
             queueErrors += 1
@@ -109,10 +123,16 @@ final class VTdInvalidationQueue {
 
     /// Whether the wait with `status` has written it, or the queue stopped with an error.
     @inline(__always)
-    private func waitDone(_ status: UInt32) -> Bool {
-        (try? memory.load32(statusAddress)) == status
-            || unit.read32(VTdRegister.faultStatus) & VTdFaultStatus.invalidationQueueError != 0
+    private func waitDone(_ status: UInt32) -> Bool { statusWritten(status) || queueStopped() }
+
+    /// IQE: the unit stopped at a descriptor it refused.
+    @inline(__always)
+    private func queueStopped() -> Bool {
+        unit.read32(VTdRegister.faultStatus) & VTdFaultStatus.invalidationQueueError != 0
     }
+
+    @inline(__always)
+    private func statusWritten(_ status: UInt32) -> Bool { (try? memory.load32(statusAddress)) == status }
 
     /// Replaces the descriptor at the head (the one the hardware refused) with a harmless
     /// wait without status write, then clears IQE so the queue continues.

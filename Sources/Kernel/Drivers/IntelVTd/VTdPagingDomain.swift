@@ -208,8 +208,9 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
     /// of pages holding both ends.
     static func psiRange(start: UInt64, end: UInt64) -> (address: UInt64, mask: UInt8) {
         let first = start >> 12, last = end >> 12
-        var mask: UInt8 = 0
-        while mask < 52 && (first >> UInt64(mask)) != (last >> UInt64(mask)) { mask += 1 }
+        // The lowest shift at which both page numbers agree: one past the highest differing bit.
+        let differing = first ^ last
+        let mask = UInt8(min(52, differing == 0 ? 0 : 64 - differing.leadingZeroBitCount))
         return ((first >> UInt64(mask)) << UInt64(mask + 12), mask)
     }
 
