@@ -14,5 +14,6 @@ extension Unmanaged {
 /// The slot a CPU number selects among `count` per-CPU structures (never negative).
 @inline(__always)
 func cpuSlot(_ cpu: Int, _ count: Int) -> Int {
-    count == 1 ? 0 : Int(UInt(bitPattern: cpu) % UInt(count))
+    // In range (the API checked it) without dividing; otherwise wrapped.
+    UInt(bitPattern: cpu) < UInt(count) ? cpu : Int(UInt(bitPattern: cpu) % UInt(count))
 }

@@ -69,9 +69,13 @@ public final class DMACookie: @unchecked Sendable {
     public var isDeferred: Bool { queue != nil }
     public var queueOptions: FlushQueueOptions? { queue?.options }
 
+    /// Adds to a per-CPU counter. A CPU slot is one thread's at a time (the DMA API's rule),
+    /// so its counters have one writer: a load and a store, no locked read-modify-write
+    /// (Linux `this_cpu_inc`). Readers still see whole values.
     @inline(__always)
     func count(_ s: Stat, cpu: Int, _ n: UInt64 = 1) {
-        stats[cpuSlot(cpu, cpus) * Self.statWords + s.rawValue].add(n, ordering: .relaxed)
+        let c = stats + (cpuSlot(cpu, cpus) * Self.statWords + s.rawValue)
+        c.pointee.store(c.pointee.load(ordering: .relaxed) &+ n, ordering: .relaxed)
     }
 
     private func total(_ s: Stat) -> UInt64 {
