@@ -79,13 +79,16 @@ final class LiveMappings: @unchecked Sendable {
     func remove(pfn: UInt64, pages: UInt64, cpu: Int = 0, found: inout UInt64?) -> Bool {
         let key = pfn &+ 1
         let own = shard(for: cpu)
-        var n = 0
-        while n < shards {
-            let s = n == 0 ? own : (n <= own ? n &- 1 : n)
+        switch removeInShard(own, key: key, pages: pages, found: &found) {
+        case .removed: return true
+        case .wrongSize: return false
+        case .absent: break
+        }
+        for s in 0..<shards where s != own {
             switch removeInShard(s, key: key, pages: pages, found: &found) {
             case .removed: return true
             case .wrongSize: return false
-            case .absent: n &+= 1
+            case .absent: continue
             }
         }
         guard overflowCount.load(ordering: .acquiring) > 0 else { return false }
