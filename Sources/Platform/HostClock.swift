@@ -16,12 +16,14 @@ import CIOMMUSupport
 /// a cheaper read means less overshoot past the deadline and less overhead before it.
 /// Elsewhere it is `clock_gettime(CLOCK_MONOTONIC)`.
 public enum HostClock {
-    /// Nanoseconds of the host's monotonic clock.
-    @inline(__always)
+    /// Nanoseconds of the host's monotonic clock. Inlined into callers: a load of the
+    /// published scale, the counter read and a multiply.
+    @inlinable @inline(__always)
     public static func now() -> UInt64 {
-        let scale = counterScale
-        guard scale.multiplier != 0 else { return monotonic() }
-        return scale.nanoseconds(ciommu_cycle_counter())
+        let multiplier = ciommu_counter_multiplier()
+        guard multiplier > 1 else { return nowUncalibrated(multiplier) }
+        return CounterScale(baseCount: ciommu_counter_base_count(), baseNs: ciommu_counter_base_ns(), multiplier: multiplier)
+            .nanoseconds(ciommu_cycle_counter())
     }
 
     /// Busy-waits `ns` nanoseconds in the calling thread (what a CPU polling for hardware
@@ -45,16 +47,25 @@ public enum HostClock {
     }
 
     /// Whether `now()` reads the CPU's counter (false: `clock_gettime`).
-    public static var usesCycleCounter: Bool { counterScale.multiplier != 0 }
+    public static var usesCycleCounter: Bool {
+        _ = calibration
+        return ciommu_counter_multiplier() > 1
+    }
 
     /// Counter to nanoseconds: `baseNs + (counter - baseCount) * multiplier / 2^32`.
+    @usableFromInline
     struct CounterScale {
-        var baseCount: UInt64 = 0
-        var baseNs: UInt64 = 0
-        /// Nanoseconds per count in 32.32 fixed point; 0 when the counter is not used.
-        var multiplier: UInt64 = 0
+        @usableFromInline var baseCount: UInt64
+        @usableFromInline var baseNs: UInt64
+        /// Nanoseconds per count in 32.32 fixed point.
+        @usableFromInline var multiplier: UInt64
 
-        @inline(__always)
+        @inlinable
+        init(baseCount: UInt64, baseNs: UInt64, multiplier: UInt64) {
+            self.baseCount = baseCount; self.baseNs = baseNs; self.multiplier = multiplier
+        }
+
+        @inlinable @inline(__always)
         func nanoseconds(_ count: UInt64) -> UInt64 {
             // A read that raced ahead of the calibration's own is clamped to its base.
             guard count > baseCount else { return baseNs }
@@ -63,19 +74,35 @@ public enum HostClock {
         }
     }
 
-    static let counterScale: CounterScale = calibrate()
+    /// Before the first calibration (0) it runs it, once for the process; when the counter
+    /// is not used (1) the C library's clock answers.
+    @usableFromInline @inline(never)
+    static func nowUncalibrated(_ multiplier: UInt64) -> UInt64 {
+        if multiplier == 0 {
+            _ = calibration
+            if ciommu_counter_multiplier() > 1 { return now() }
+        }
+        return monotonic()
+    }
+
+    /// Runs `calibrate` once and publishes its result.
+    private static let calibration: Void = {
+        let scale = calibrate()
+        ciommu_set_counter_scale(scale.baseCount, scale.baseNs, max(1, scale.multiplier))
+    }()
 
     /// Measures the counter's rate against `CLOCK_MONOTONIC` over 2 ms, if the kernel's own
     /// clocksource is that counter; otherwise the counter is not used.
     private static func calibrate() -> CounterScale {
-        guard kernelClockIsCycleCounter(), ciommu_cycle_counter() != 0 else { return CounterScale() }
+        let unused = CounterScale(baseCount: 0, baseNs: 0, multiplier: 0)
+        guard kernelClockIsCycleCounter(), ciommu_cycle_counter() != 0 else { return unused }
         let t0 = monotonic(), c0 = ciommu_cycle_counter()
         var t1 = t0, c1 = c0
         while t1 &- t0 < 2_000_000 { t1 = monotonic(); c1 = ciommu_cycle_counter() }
-        guard c1 > c0 else { return CounterScale() }
+        guard c1 > c0 else { return unused }
         let multiplier = ((t1 &- t0) << 32) / (c1 &- c0)
         // Sanity: a counter between 10 MHz and 100 GHz.
-        guard (1 << 32) / 100...(100 << 32) ~= multiplier else { return CounterScale() }
+        guard (1 << 32) / 100...(100 << 32) ~= multiplier else { return unused }
         return CounterScale(baseCount: c1, baseNs: t1, multiplier: multiplier)
     }
 

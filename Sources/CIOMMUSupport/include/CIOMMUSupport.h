@@ -43,6 +43,27 @@ static inline uint64_t ciommu_cycle_counter(void) {
 #endif
 }
 
+/// The host clock's counter scale (Swift `HostClock`), in a C global so reading it costs no
+/// lazy-initialisation check: ns = base_ns + (count - base_count) * multiplier / 2^32.
+/// multiplier 0: not calibrated yet; 1: the counter is not used (clock_gettime instead).
+typedef struct {
+    uint64_t base_count;
+    uint64_t base_ns;
+    uint64_t multiplier;
+} ciommu_counter_scale_t;
+
+extern ciommu_counter_scale_t ciommu_counter_scale;
+
+/// The multiplier, read with acquire so the base fields written before it are seen.
+static inline uint64_t ciommu_counter_multiplier(void) {
+    return __atomic_load_n(&ciommu_counter_scale.multiplier, __ATOMIC_ACQUIRE);
+}
+static inline uint64_t ciommu_counter_base_count(void) { return ciommu_counter_scale.base_count; }
+static inline uint64_t ciommu_counter_base_ns(void) { return ciommu_counter_scale.base_ns; }
+
+/// Publishes a calibration: the bases first, the multiplier last (release).
+void ciommu_set_counter_scale(uint64_t base_count, uint64_t base_ns, uint64_t multiplier);
+
 /// Sleeps while the 32-bit word at `address` equals `expected` (Linux futex; elsewhere a
 /// yield). Spurious returns are allowed: callers re-check their condition.
 void ciommu_futex_wait(uint32_t *address, uint32_t expected);

@@ -62,7 +62,7 @@ extension VTdUnit {
     public func translatedAccess(source: RequesterID, pasid: PASID?, address: UInt64, physical: UInt64,
                                  buffer: UnsafeMutableRawBufferPointer, write: Bool) -> DMAFault? {
         let c = countersStorage
-        let now = platform.scheduler.now
+        let now = scheduler.now
         let access: DMAAccess = write ? .write : .read
         var refused: VTdFaultReason?
         if translationEnabled {

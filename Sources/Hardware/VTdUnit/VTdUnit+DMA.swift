@@ -31,7 +31,7 @@ extension VTdUnit {
     private func transfer(source: RequesterID, pasid: PASID?, address: UInt64, count: Int, access: DMAAccess,
                           copy: (UInt64, Int, Int) throws(MemoryError) -> Void) -> (transferred: Int, fault: DMAFault?) {
         var done = 0
-        let now = platform.scheduler.now
+        let now = scheduler.now
         while done < count {
             let (iova, o) = address.addingReportingOverflow(UInt64(done))
             guard !o else { return (done, DMAFault(address: address, reason: .smAddressBeyondMax)) }

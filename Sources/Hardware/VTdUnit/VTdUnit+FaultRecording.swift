@@ -21,7 +21,7 @@ extension VTdUnit {
     /// set), the new fault is dropped and PFO is set: the first faults are never overwritten.
     /// The fault event is raised when PPF goes from clear to set.
     func recordFault(_ record: FaultRecord) {
-        let now = platform.scheduler.now
+        let now = scheduler.now
         if faultStatus & VTdFaultStatus.primaryFaultOverflow != 0 || faultRecords[nextFaultRecord].1 & (1 << 63) != 0
             || platform.faults.shouldFail(.faultRecordOverflow) {
             faultStatus |= VTdFaultStatus.primaryFaultOverflow

@@ -20,13 +20,15 @@ extension VTdUnit {
         // work is the unit's, done while the latency its model charges runs, so the latency
         // counts from the tail write: the wait spins until then (a CPU polls while the
         // IOMMU works; it does not do the IOMMU's work first).
-        let s = platform.scheduler
-        let owedBefore = s.realTimeDebtNs
-        let start = HostClock.now()
-        kickQueue()
-        let added = s.realTimeDebtNs &- owedBefore
-        s.realTimeDebtNs = owedBefore
-        s.realTimeDueNs = max(s.realTimeDueNs, start &+ added)
+        // The scheduler borrowed, not retained (it is shared by every thread).
+        Unmanaged.passUnretained(scheduler)._withUnsafeGuaranteedRef { s in
+            let owedBefore = s.realTimeDebtNs
+            let start = HostClock.now()
+            kickQueue()
+            let added = s.realTimeDebtNs &- owedBefore
+            s.realTimeDebtNs = owedBefore
+            s.realTimeDueNs = max(s.realTimeDueNs, start &+ added)
+        }
     }
 
     /// Starts consuming descriptors if the queue is enabled, error-free, idle and not empty.
@@ -42,7 +44,7 @@ extension VTdUnit {
             return
         }
         queueStepScheduled = true
-        platform.scheduler.schedule(after: 0, kind: .hardware) { [ref] in ref.target?.fetchNextDescriptor() }
+        scheduler.schedule(after: 0, kind: .hardware) { [ref] in ref.target?.fetchNextDescriptor() }
     }
 
     /// Fetches and decodes the descriptor at the head, then applies it after its latency.
@@ -87,11 +89,11 @@ extension VTdUnit {
         }
         queueStepScheduled = true
         if inline {
-            platform.scheduler.realTimeDebtNs &+= latency
+            scheduler.realTimeDebtNs &+= latency
             complete(descriptor, raw: raw, dropped: drop)
             return
         }
-        platform.scheduler.schedule(after: latency, kind: .hardware) { [ref] in
+        scheduler.schedule(after: latency, kind: .hardware) { [ref] in
             ref.target?.complete(descriptor, raw: raw, dropped: drop)
         }
     }
@@ -121,14 +123,14 @@ extension VTdUnit {
         }
         if dropped {
             c.pointee.descriptorsDropped &+= 1
-            platform.trace.record(TraceEvent(time: platform.scheduler.now, kind: .descriptorDropped, track: trackID,
+            platform.trace.record(TraceEvent(time: scheduler.now, kind: .descriptorDropped, track: trackID,
                                              a: UInt64(type), b: raw.qw0, c: index))
             advanceHead()
             return
         }
         c.pointee.descriptors &+= 1
         c.pointee.descriptorsByType[Int(type)] &+= 1
-        platform.trace.record(TraceEvent(time: platform.scheduler.now, kind: .descriptorCompleted, track: trackID,
+        platform.trace.record(TraceEvent(time: scheduler.now, kind: .descriptorCompleted, track: trackID,
                                          a: UInt64(type), b: raw.qw0, c: index))
         switch descriptor {
         case .contextCache(let g): invalidateContextCache(g)
@@ -187,7 +189,7 @@ extension VTdUnit {
         countersStorage.pointee.invalidationQueueErrors &+= 1
         faultStatus |= VTdFaultStatus.invalidationQueueError
         invalidationQueueErrorRecord = UInt64(code.rawValue)
-        platform.trace.record(TraceEvent(time: platform.scheduler.now, kind: .invalidationQueueError, track: trackID,
+        platform.trace.record(TraceEvent(time: scheduler.now, kind: .invalidationQueueError, track: trackID,
                                          a: UInt64(code.rawValue), b: invalidationQueueHead))
         raiseInterrupt(control: &faultEventControl, handler: onFaultEvent)
     }

@@ -13,7 +13,7 @@ extension VTdUnit {
     public func receivePageRequest(_ d: PageRequestDescriptor) {
         let c = countersStorage
         c.pointee.pageRequests &+= 1
-        let now = platform.scheduler.now
+        let now = scheduler.now
         platform.trace.record(TraceEvent(time: now, kind: .pageRequest, track: trackID, a: d.address,
                                          b: UInt64(d.groupIndex) | (d.lastInGroup ? 1 << 9 : 0) | (d.isStopMarker ? 1 << 10 : 0),
                                          c: d.pasid.map { UInt64($0.rawValue) } ?? .max))

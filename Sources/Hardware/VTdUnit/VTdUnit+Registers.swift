@@ -193,6 +193,6 @@ extension VTdUnit {
     }
 
     private func trace(_ offset: UInt32, _ value: UInt64) {
-        platform.trace.record(TraceEvent(time: platform.scheduler.now, kind: .registerWrite, track: trackID, a: UInt64(offset), b: value))
+        platform.trace.record(TraceEvent(time: scheduler.now, kind: .registerWrite, track: trackID, a: UInt64(offset), b: value))
     }
 }

@@ -45,6 +45,10 @@ public final class VTdUnit: @unchecked Sendable {
     public let configuration: VTdConfiguration
     public let platform: PlatformContext
     let memory: PhysicalMemory
+    /// The platform's scheduler without reference counting (the platform, which this unit
+    /// holds, owns it): reading `platform.scheduler` on the invalidation path retained an
+    /// object every thread shares.
+    unowned(unsafe) let scheduler: Scheduler
     public let trackID: UInt32
 
     // Registers.
@@ -107,6 +111,7 @@ public final class VTdUnit: @unchecked Sendable {
         self.configuration = configuration
         self.platform = platform
         self.memory = platform.memory
+        self.scheduler = platform.scheduler
         self.trackID = platform.trace.track(named: configuration.name)
         self.addressMask = PageTableGeometry.addressMask(width: configuration.hostAddressWidth)
         self.descriptorsHaveLatency = configuration.latency.descriptorNs.contains { $0 > 0 }
@@ -156,9 +161,9 @@ public final class VTdUnit: @unchecked Sendable {
 
     func deliver(_ handler: (() -> Void)?) {
         countersStorage.pointee.interrupts += 1
-        platform.trace.record(TraceEvent(time: platform.scheduler.now, kind: .interrupt, track: trackID))
+        platform.trace.record(TraceEvent(time: scheduler.now, kind: .interrupt, track: trackID))
         guard let handler else { return }
-        platform.scheduler.schedule(after: configuration.latency.interruptNs, kind: .software, handler)
+        scheduler.schedule(after: configuration.latency.interruptNs, kind: .software, handler)
     }
 }
 
