@@ -31,6 +31,31 @@ struct IOVAAllocatorTests {
         IOVADomain(granuleShift: 12, startPFN: 1, endPFN: end, cpus: cpus, clock: { clock.now })
     }
 
+    @Test("freeing a batch of cached and uncached ranges leaves the allocator as freeing them one by one does")
+    func batchFreeMatchesSingleFrees() {
+        let one = domain(), batch = domain()
+        var rng = SeededRNG(seed: 7)
+        var ranges: [(pfn: UInt64, pages: UInt64)] = []
+        // Enough of one size to overflow both magazines into the depot, and sizes beyond the caches.
+        for i in 0..<400 {
+            let pages = i % 5 == 0 ? 33 + rng.next(below: 100) : 1 + rng.next(below: 32)
+            let a = one.allocate(pages: pages, limitPFN: (1 << 32) - 1, cpu: 1)
+            let b = batch.allocate(pages: pages, limitPFN: (1 << 32) - 1, cpu: 1)
+            #expect(a != nil && a == b)
+            if let a { ranges.append((a, pages)) }
+        }
+        for r in ranges { one.free(pfn: r.pfn, pages: r.pages, cpu: 1) }
+        ranges.withUnsafeBufferPointer { batch.free($0, cpu: 1) }
+        #expect(one.allocatedRanges == batch.allocatedRanges)
+        #expect(one.cachedRanges == batch.cachedRanges)
+        #expect(one.depotMagazines == batch.depotMagazines)
+        // Both hand out the same ranges afterwards.
+        for i in 0..<400 {
+            let pages = 1 + UInt64(i % 40)
+            #expect(one.allocate(pages: pages, limitPFN: (1 << 32) - 1, cpu: 1) == batch.allocate(pages: pages, limitPFN: (1 << 32) - 1, cpu: 1))
+        }
+    }
+
     @Test("allocation is top-down below the limit and size-aligned to the power of two above the size")
     func topDownAligned() {
         let d = domain()

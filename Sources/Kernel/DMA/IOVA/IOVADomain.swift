@@ -158,6 +158,24 @@ public final class IOVADomain: @unchecked Sendable {
         return shared.withLock { s in treeFree(&s, pfn: pfn) }
     }
 
+    /// Frees several ranges from `allocate` for CPU `cpu` at once (the flush queue returning
+    /// what a flush covered): the cached sizes under one acquisition of the CPU's cache
+    /// lock, the others through the tree. The same as freeing them one by one in order, with
+    /// one lock round trip instead of one per range.
+    public func free(_ ranges: UnsafeBufferPointer<(pfn: UInt64, pages: UInt64)>, cpu: Int) {
+        var uncached = 0
+        slots[cpuSlot(cpu, cpuCount)].withLock { c in
+            for r in ranges {
+                let size = Self.roundedSize(r.pages)
+                if size <= Self.maxCachedSize { insert(&c, order: Self.order(size), pfn: r.pfn) } else { uncached += 1 }
+            }
+        }
+        guard uncached > 0 else { return }
+        shared.withLock { s in
+            for r in ranges where Self.roundedSize(r.pages) > Self.maxCachedSize { _ = treeFree(&s, pfn: r.pfn) }
+        }
+    }
+
     /// Reserves [lo, hi] so it is never handed out (Linux `reserve_iova`).
     @discardableResult
     public func reserve(lo: UInt64, hi: UInt64) -> Bool {
@@ -233,30 +251,36 @@ public final class IOVADomain: @unchecked Sendable {
     }
 
     private func cacheInsert(order: Int, pfn: UInt64, cpu: Int) {
-        slots[cpuSlot(cpu, cpuCount)].withLock { c in
-            var m = c.loaded[order]
-            if Int(m.pointee) == Self.magazineSize {
-                if Int(c.previous[order].pointee) < Self.magazineSize {
-                    swap(&c.loaded[order], &c.previous[order])
-                } else {
-                    // Both full: the loaded one goes to the depot, an empty one is loaded.
-                    let full = m
-                    let fresh = shared.withLock { s -> Magazine in
-                        s.depot[order].append(full)
-                        s.counters.depotPushes += 1
-                        trimDepot(&s)
-                        if let e = s.spare.popLast() { return e }
-                        let e = Magazine.make()
-                        s.allMagazines.append(e)
-                        return e
-                    }
-                    c.loaded[order] = fresh
+        slots[cpuSlot(cpu, cpuCount)].withLock { c in insert(&c, order: order, pfn: pfn) }
+    }
+
+    /// Puts `pfn` in the loaded magazine of `order`, swapping in the previous one or an
+    /// empty one from the depot when it is full (Linux `iova_rcache_insert`). The CPU's
+    /// cache lock is held.
+    @inline(__always)
+    private func insert(_ c: inout CPUCache, order: Int, pfn: UInt64) {
+        var m = c.loaded[order]
+        if Int(m.pointee) == Self.magazineSize {
+            if Int(c.previous[order].pointee) < Self.magazineSize {
+                swap(&c.loaded[order], &c.previous[order])
+            } else {
+                // Both full: the loaded one goes to the depot, an empty one is loaded.
+                let full = m
+                let fresh = shared.withLock { s -> Magazine in
+                    s.depot[order].append(full)
+                    s.counters.depotPushes += 1
+                    trimDepot(&s)
+                    if let e = s.spare.popLast() { return e }
+                    let e = Magazine.make()
+                    s.allMagazines.append(e)
+                    return e
                 }
-                m = c.loaded[order]
+                c.loaded[order] = fresh
             }
-            m.pointee += 1
-            m[Int(m.pointee)] = pfn
+            m = c.loaded[order]
         }
+        m.pointee += 1
+        m[Int(m.pointee)] = pfn
     }
 
     private func takeFromDepot(order: Int) -> Magazine? {
