@@ -96,14 +96,29 @@ public enum HostClock {
     private static func calibrate() -> CounterScale {
         let unused = CounterScale(baseCount: 0, baseNs: 0, multiplier: 0)
         guard kernelClockIsCycleCounter(), ciommu_cycle_counter() != 0 else { return unused }
-        let t0 = monotonic(), c0 = ciommu_cycle_counter()
-        var t1 = t0, c1 = c0
-        while t1 &- t0 < 2_000_000 { t1 = monotonic(); c1 = ciommu_cycle_counter() }
-        guard c1 > c0 else { return unused }
-        let multiplier = ((t1 &- t0) << 32) / (c1 &- c0)
+        let start = simultaneousReading()
+        while monotonic() &- start.ns < 2_000_000 {}
+        let end = simultaneousReading()
+        guard end.count > start.count, end.ns > start.ns else { return unused }
+        let multiplier = ((end.ns &- start.ns) << 32) / (end.count &- start.count)
         // Sanity: a counter between 10 MHz and 100 GHz.
         guard (1 << 32) / 100...(100 << 32) ~= multiplier else { return unused }
-        return CounterScale(baseCount: c1, baseNs: t1, multiplier: multiplier)
+        return CounterScale(baseCount: end.count, baseNs: end.ns, multiplier: multiplier)
+    }
+
+    /// A `CLOCK_MONOTONIC` reading and the counter at the same moment: the counter is read on
+    /// both sides of the clock, and of 16 tries the one with the closest pair is kept, so a
+    /// preemption between two reads (a loaded machine) cannot skew the calibration.
+    private static func simultaneousReading() -> (ns: UInt64, count: UInt64) {
+        var best = (ns: UInt64(0), count: UInt64(0), width: UInt64.max)
+        for _ in 0..<16 {
+            let before = ciommu_cycle_counter()
+            let ns = monotonic()
+            let after = ciommu_cycle_counter()
+            guard after >= before else { continue }
+            if after &- before < best.width { best = (ns, before &+ (after &- before) / 2, after &- before) }
+        }
+        return (best.ns, best.count)
     }
 
     private static func kernelClockIsCycleCounter() -> Bool {
