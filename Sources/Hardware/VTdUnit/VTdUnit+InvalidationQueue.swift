@@ -225,6 +225,8 @@ extension VTdUnit {
     /// IOTLB invalidation (type 2): second-stage, nested and pass-through translations of a
     /// DID (VT-d §6.5.2.3); page-selective drops every entry overlapping the range.
     func invalidateIOTLB(_ g: IOTLBGranularity) {
+        // Nothing cached, nothing to find (the emulator skips the probe; the model is the same).
+        guard iotlb.count > 0 else { noteIOTLBRemoved(0); return }
         let covers: (UInt8) -> Bool = { $0 != PGTT.firstStage.rawValue }
         var n = 0
         switch g {
@@ -244,6 +246,7 @@ extension VTdUnit {
     /// PASID-based IOTLB invalidation (type 6): first-stage, nested and pass-through
     /// translations of a (DID, PASID) (VT-d §6.5.2.4).
     func invalidatePASIDIOTLB(did: DomainID, pasid: PASID, _ g: PASIDIOTLBGranularity) {
+        guard iotlb.count > 0 else { noteIOTLBRemoved(0); return }
         let covers: (UInt8) -> Bool = { $0 != PGTT.secondStage.rawValue }
         let match: (UInt64, IOTLBEntry) -> Bool = { k1, e in
             Self.did(k1) == did.rawValue && k1 & Self.pasidLessTag == 0 && UInt32(k1 & 0xFFFFF) == pasid.rawValue && covers(e.pgtt)
