@@ -31,6 +31,22 @@ struct FlushQueueTimerTests {
             platform.realThreads = true
             if latencyNs > 0 { unit.descriptorFaults[InvalidationDescriptor.iotlbType] = .delay(latencyNs) }
         }
+
+        /// Maps and unmaps one page, so an entry waits in the flush queue under an armed
+        /// timer; returns the queue.
+        func queueOneUnmap() throws -> FlushQueue {
+            let dma = try #require(dma), device = try #require(device)
+            let iova = try dma.mapPage(device, physical: 1 << 20, size: 4096, direction: .toDevice)
+            try dma.unmapPage(device, address: iova, size: 4096)
+            return try #require(try dma.cookie(for: device)?.queue)
+        }
+
+        /// Drops every reference to the core the stack holds (the unit stays).
+        func dropCore() {
+            device = nil
+            dma = nil
+            core = nil
+        }
     }
 
     @Test("a timer flush that outlives every other reference to the core frees the core on the timer's thread without deadlock or crash")
@@ -38,24 +54,14 @@ struct FlushQueueTimerTests {
         let stack = try Stack(latencyNs: 30_000_000)
         let unit = stack.unit
         let before = unit.counters.descriptorsByType[Int(InvalidationDescriptor.iotlbType)]
-        weak var weakCore: IOMMUCore?
-        var queue: FlushQueue?
-        do {
-            let dma = try #require(stack.dma), device = try #require(stack.device)
-            let iova = try dma.mapPage(device, physical: 1 << 20, size: 4096, direction: .toDevice)
-            try dma.unmapPage(device, address: iova, size: 4096)
-            queue = try #require(try dma.cookie(for: device)?.queue)
-            weakCore = stack.core
-        }
-        let q = try #require(queue)
+        let q = try stack.queueOneUnmap()
+        weak var weakCore: IOMMUCore? = stack.core
         // The 10 ms timer fires and starts a flush that spins 30 ms in the invalidation wait.
         let start = HostClock.monotonic()
         while q.timerFlushes.load(ordering: .acquiring) == 0, HostClock.monotonic() &- start < 2_000_000_000 { usleep(100) }
         #expect(q.timerFlushes.load(ordering: .acquiring) == 1)
         // Every other reference goes while the timer is inside its flush.
-        stack.device = nil
-        stack.dma = nil
-        stack.core = nil
+        stack.dropCore()
         while weakCore != nil, HostClock.monotonic() &- start < 2_000_000_000 { usleep(1_000) }
         #expect(weakCore == nil, "the core was not freed after the timer finished")
         // The timer's flush completed before the core went.
@@ -66,20 +72,10 @@ struct FlushQueueTimerTests {
     @Test("a timer that fires after the core is gone does nothing")
     func timerAfterTheCore() throws {
         let stack = try Stack(latencyNs: 0)
-        weak var weakCore: IOMMUCore?
-        var queue: FlushQueue?
-        do {
-            let dma = try #require(stack.dma), device = try #require(stack.device)
-            let iova = try dma.mapPage(device, physical: 1 << 20, size: 4096, direction: .toDevice)
-            try dma.unmapPage(device, address: iova, size: 4096)
-            queue = try #require(try dma.cookie(for: device)?.queue)
-            weakCore = stack.core
-        }
-        stack.device = nil
-        stack.dma = nil
-        stack.core = nil
+        let q = try stack.queueOneUnmap()
+        weak var weakCore: IOMMUCore? = stack.core
+        stack.dropCore()
         #expect(weakCore == nil)
-        let q = try #require(queue)
         // The timer (10 ms) fires with the core gone.
         usleep(40_000)
         q.timerFired()
