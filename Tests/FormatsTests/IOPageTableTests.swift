@@ -26,6 +26,52 @@ private func makeTable<F: PageTableFormat>(_: F.Type, levels: Int, maxLeafLevel:
 
 @Suite("IOPageTable")
 struct IOPageTableTests {
+    // MARK: Leaf-table hints
+
+    @Test("a 4 KiB map into a region whose leaf table was unlinked and its frame reused builds a new table, never writing the old frame")
+    func leafHintForgetsUnlinkedTables() throws {
+        let (ctx, t) = try makeTable(SecondStageFormat.self, levels: 4, maxLeafLevel: 1)
+        let region: UInt64 = 0xFFE0_0000
+        // Two 4 KiB maps in one 2 MiB region: the first builds the tables, the second walks
+        // them and leaves the hint; then the rest of the region, so an unmap can cover it whole.
+        try t.map(iova: region + 5 * KiB4, physical: 0x20_5000, size: KiB4, permissions: .readWrite)
+        try t.map(iova: region + 6 * KiB4, physical: 0x20_6000, size: KiB4, permissions: .readWrite)
+        try t.map(iova: region, physical: 0x20_0000, size: 5 * KiB4, permissions: .readWrite)
+        try t.map(iova: region + 7 * KiB4, physical: 0x20_7000, size: MiB2 - 7 * KiB4, permissions: .readWrite)
+        let leaf = try #require(try leafTable(t, region))
+        // Unmapping the whole region unlinks its leaf table; the frame goes back and is reused.
+        var gather = UnmapGather()
+        #expect(try t.unmap(iova: region, size: MiB2, gather: &gather) == MiB2)
+        #expect(gather.freedTables.contains(leaf))
+        for f in gather.freedTables { try ctx.frames.free(f) }
+        var reused: [UInt64] = []
+        while reused.count < 64, !reused.contains(leaf) { reused.append(try ctx.frames.allocate()) }
+        #expect(reused.contains(leaf))
+        for i in 0..<UInt64(512) { try ctx.memory.store64(leaf + i * 8, 0xDEAD_BEEF_0000_0000 | i) }
+        try t.map(iova: region + 7 * KiB4, physical: 0x12_0000, size: KiB4, permissions: .read)
+        #expect(t.translate(region + 7 * KiB4)?.physical == 0x12_0000)
+        #expect(t.translate(region + 5 * KiB4) == nil)
+        #expect(try leafTable(t, region) != leaf)
+        for i in 0..<UInt64(512) { #expect(try ctx.memory.load64(leaf + i * 8) == 0xDEAD_BEEF_0000_0000 | i) }
+        // And a 4 KiB unmap there clears the new table's entry, not the reused frame.
+        var g2 = UnmapGather()
+        #expect(try t.unmap(iova: region + 7 * KiB4, size: KiB4, gather: &g2) == KiB4)
+        #expect(t.translate(region + 7 * KiB4) == nil)
+        #expect(try ctx.memory.load64(leaf + 7 * 8) == 0xDEAD_BEEF_0000_0007)
+    }
+
+    /// The level-1 table under `iova`, walked by hand.
+    private func leafTable(_ t: IOPageTable<SecondStageFormat>, _ iova: UInt64) throws -> UInt64? {
+        var table = t.root
+        for level in stride(from: t.levels, to: 1, by: -1) {
+            let raw = try t.memory.load64(table + PageTableGeometry.index(iova, level: level) * 8)
+            let e = SecondStageFormat.decode(raw, level: level, addressMask: t.addressMask)
+            guard e.present, !e.leaf else { return nil }
+            table = e.address
+        }
+        return table
+    }
+
     // MARK: Construction
 
     @Test("a new table owns one zeroed root frame from the allocator", arguments: Layout.allCases)

@@ -71,6 +71,16 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     /// Input addresses are `0..<inputLimit`.
     public let inputLimit: UInt64
 
+    /// Level-1 tables of recently walked 2 MiB regions, so a 4 KiB map or unmap in the same
+    /// region skips the levels above (the DMA API's IOVAs cluster in a few regions). An entry
+    /// is `(region + 1) << 28 | table frame`, 0 when empty, direct-mapped by region; only for
+    /// 4-level tables (regions below 2^27) in memory of at most 1 TiB (frames below 2^28).
+    /// Safe because a table is unlinked only by an unmap covering its whole span, whose caller
+    /// owns every address in it, so no walk of that region is in flight: each unlink clears
+    /// every entry, and an entry stored later names a table that is linked.
+    private let leafHints: UnsafeMutablePointer<Atomic<UInt64>>?
+    private static var leafHintCount: Int { 8 }
+
     public init(memory: PhysicalMemory, frames: FrameAllocator, levels: Int, maxLeafLevel: Int = 3,
                 addressWidth: Int = 52) throws(PageTableError) {
         guard (3...5).contains(levels), (1...3).contains(maxLeafLevel) else { throw .outOfRange }
@@ -81,6 +91,27 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
         self.addressMask = PageTableGeometry.addressMask(width: addressWidth)
         self.inputLimit = PageTableGeometry.span(level: levels + 1)
         do { root = try frames.allocate(.pageTable) } catch { throw .outOfMemory }
+        if levels == 4 && memory.frameCount <= 1 << 28 {
+            let hints = UnsafeMutableRawPointer.allocate(byteCount: Self.leafHintCount * 8, alignment: 64)
+                .bindMemory(to: Atomic<UInt64>.self, capacity: Self.leafHintCount)
+            for i in 0..<Self.leafHintCount { (hints + i).initialize(to: Atomic(0)) }
+            leafHints = hints
+        } else {
+            leafHints = nil
+        }
+    }
+
+    deinit {
+        if let leafHints {
+            leafHints.deinitialize(count: Self.leafHintCount)
+            UnsafeMutableRawPointer(leafHints).deallocate()
+        }
+    }
+
+    /// Forgets every leaf-table hint (a table is being unlinked).
+    private func clearLeafHints() {
+        guard let leafHints else { return }
+        for i in 0..<Self.leafHintCount { leafHints[i].store(0, ordering: .releasing) }
     }
 
     // MARK: Map
@@ -201,6 +232,13 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     /// check per level.
     @inline(__always)
     private func leafSlot4K(_ iova: UInt64) -> UInt64? {
+        let region = iova >> 21
+        let leafIndex = ((iova >> 12) & 511) &* 8
+        let hint = leafHints.map { $0 + Int(truncatingIfNeeded: region) & (Self.leafHintCount - 1) }
+        if let hint {
+            let h = hint.pointee.load(ordering: .acquiring)
+            if h >> 28 == region &+ 1 { return ((h & ((1 << 28) - 1)) << 12) &+ leafIndex }
+        }
         var table = root
         var level = levels
         var shift = PageTableGeometry.shift(level: levels)
@@ -212,7 +250,8 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
             level &-= 1
             shift &-= 9
         }
-        return table &+ ((iova &>> 12) & 511) &* 8
+        hint?.pointee.store((region &+ 1) << 28 | table >> 12, ordering: .releasing)
+        return table &+ leafIndex
     }
 
     private struct ClearOutcome {
@@ -251,6 +290,7 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
                 clear(table: e.address, level: level - 1, tableBase: entryBase, start: lo, end: hi,
                       gather: &gather, freeTables: freeTables, outcome: &outcome)
                 if whole && freeTables && !outcome.stopped {
+                    clearLeafHints()
                     try? memory.store64(slot, 0)
                     gather.freedTables.append(e.address)
                     tablePageCount.subtract(1, ordering: .relaxed)
@@ -287,6 +327,7 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     /// Clears everything and hands every table page, the root included, to `gather`.
     /// The table must not be used afterwards.
     public func destroy(into gather: inout UnmapGather) {
+        clearLeafHints()
         collect(table: root, level: levels, into: &gather)
         gather.add(range: 0, inputLimit, pageSize: PageTableGeometry.span(level: levels))
         tablePageCount.store(0, ordering: .relaxed)
