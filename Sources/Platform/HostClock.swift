@@ -99,7 +99,8 @@ public enum HostClock {
         let start = simultaneousReading()
         while monotonic() &- start.ns < 2_000_000 {}
         let end = simultaneousReading()
-        guard end.count > start.count, end.ns > start.ns else { return unused }
+        // A stall of seconds (a paused VM) would overflow the fixed-point scale: no counter then.
+        guard end.count > start.count, end.ns > start.ns, end.ns &- start.ns < 1_000_000_000 else { return unused }
         let multiplier = ((end.ns &- start.ns) << 32) / (end.count &- start.count)
         // Sanity: a counter between 10 MHz and 100 GHz.
         guard (1 << 32) / 100...(100 << 32) ~= multiplier else { return unused }

@@ -34,7 +34,7 @@ public final class DMACookie: @unchecked Sendable {
         let platform = core.platform
         iova = IOVADomain(granuleShift: granuleShift, startPFN: 1, endPFN: domain.apertureEnd >> granuleShift,
                           cpus: self.cpus, clock: { platform.clockNs() })
-        live = LiveMappings(capacity: max(1024, 4096 / self.cpus), shards: self.cpus)
+        live = LiveMappings(capacity: 4096, shards: min(self.cpus, LiveMappings.maxShards))
         stats = .allocate(capacity: self.cpus * Self.statWords)
         for i in 0..<(self.cpus * Self.statWords) { (stats + i).initialize(to: Atomic(0)) }
         let (space, slots) = (iova, self.cpus)
@@ -71,7 +71,8 @@ public final class DMACookie: @unchecked Sendable {
 
     /// Adds to a per-CPU counter. A CPU slot is one thread's at a time (the DMA API's rule),
     /// so its counters have one writer: a load and a store, no locked read-modify-write
-    /// (Linux `this_cpu_inc`). Readers still see whole values.
+    /// (as Linux `__this_cpu_inc` with preemption off). Readers still see whole values; two
+    /// threads breaking the rule on one slot could lose counts, nothing else.
     @inline(__always)
     func count(_ s: Stat, cpu: Int, _ n: UInt64 = 1) {
         let c = stats + (cpuSlot(cpu, cpus) * Self.statWords + s.rawValue)

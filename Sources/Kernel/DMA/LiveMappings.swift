@@ -6,15 +6,18 @@ import Synchronization
 /// IOVA caches). Lock-free open addressing over atomic words, probes bounded; the rare
 /// entry that finds no slot goes to a locked overflow table.
 ///
-/// One shard per CPU slot, each on its own cache lines: a map records its frame in its
-/// CPU's shard, and an unmap looks in its own CPU's shard first, then in the others. CPUs
-/// that unmap what they mapped (as per-CPU drivers and `bench dma-map` do) then write only
-/// their own lines. With one shared table, two CPUs' mappings hashed into the same lines,
-/// and each insert or remove took a line the other CPU had just written.
+/// One shard per CPU slot (CPUs wrap onto at most `maxShards`), each on its own cache
+/// lines and each as large as the single table was: a map records its frame in its CPU's
+/// shard, and an unmap looks in its own CPU's shard first, then in the others. CPUs that
+/// unmap what they mapped (as per-CPU drivers and `bench dma-map` do) then write only their
+/// own lines. With one shared table, two CPUs' mappings hashed into the same lines, and
+/// each insert or remove took a line the other CPU had just written.
 final class LiveMappings: @unchecked Sendable {
     private static let empty: UInt64 = 0
     private static let tombstone: UInt64 = .max
     private static let maxProbes = 32
+    /// Shards at most (memory: 16 bytes a slot, `capacity * 2` slots a shard).
+    static let maxShards = 8
 
     private let keys: UnsafeMutablePointer<Atomic<UInt64>>
     private let values: UnsafeMutablePointer<Atomic<UInt64>>
@@ -53,10 +56,10 @@ final class LiveMappings: @unchecked Sendable {
     }
 
     @inline(__always)
-    private func shard(for cpu: Int) -> Int { cpu >= 0 && cpu < shards ? cpu : 0 }
+    private func shard(for cpu: Int) -> Int { cpuSlot(cpu, shards) }
 
     /// Records `pfn` (not live) with `pages`, in `cpu`'s shard.
-    func insert(pfn: UInt64, pages: UInt64, cpu: Int = 0) {
+    func insert(pfn: UInt64, pages: UInt64, cpu: Int) {
         let key = pfn &+ 1
         let base = shard(for: cpu) &* (mask &+ 1)
         var i = slot(key)
@@ -76,7 +79,7 @@ final class LiveMappings: @unchecked Sendable {
     /// Removes `pfn` if it is live with exactly `pages`, looking in `cpu`'s shard first.
     /// Returns false (and changes nothing) otherwise; `found` tells the recorded size when
     /// the frame is live.
-    func remove(pfn: UInt64, pages: UInt64, cpu: Int = 0, found: inout UInt64?) -> Bool {
+    func remove(pfn: UInt64, pages: UInt64, cpu: Int, found: inout UInt64?) -> Bool {
         let key = pfn &+ 1
         let own = shard(for: cpu)
         switch removeInShard(own, key: key, pages: pages, found: &found) {

@@ -219,16 +219,29 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
     /// page-selective descriptor per (unit, DID), domain-selective when the range is too
     /// large for the unit's MAMV or the unit has no PSI; device TLBs per device and PASID.
     /// Descriptors are batched per unit and each batch waited for.
+    /// Whether `u` can invalidate [start, end] page-selectively with `mask` (not the whole
+    /// space, PSI supported, mask within MAMV); else domain-selective.
+    @inline(__always)
+    private static func pageSelective(_ u: IntelIOMMU, start: UInt64, end: UInt64, mask: UInt8) -> Bool {
+        !(start == 0 && end == .max) && u.capability.pageSelectiveInvalidation && mask <= u.capability.maximumAddressMask
+    }
+
+    /// The IOTLB descriptor for second-stage entries tagged `did`: page-selective over
+    /// `address`/`mask` when `psi`, else domain-selective.
+    @inline(__always)
+    private static func iotlbInvalidation(_ did: DomainID, psi: Bool, address: UInt64, mask: UInt8,
+                                          hint: Bool) -> InvalidationDescriptor {
+        .iotlb(psi ? .page(did, address: address, addressMask: mask, invalidationHint: hint) : .domain(did))
+    }
+
     func flushRange(start: UInt64, end: UInt64, hint: Bool) throws(IOMMUError) {
         let (address, mask) = Self.psiRange(start: start, end: end)
         if tags.count == 1, case let t = tags[0], t.kind == .iotlb {
             // The common case, one device behind one unit without a device TLB: one
             // descriptor, built in place.
             let failure = driver.unitRefs[t.unit]._withUnsafeGuaranteedRef { u -> IOMMUError? in
-                let psi = !(start == 0 && end == .max) && u.capability.pageSelectiveInvalidation
-                    && mask <= u.capability.maximumAddressMask
-                var d = InvalidationDescriptor.iotlb(psi ? .page(t.did, address: address, addressMask: mask, invalidationHint: hint)
-                                                         : .domain(t.did))
+                var d = Self.iotlbInvalidation(t.did, psi: Self.pageSelective(u, start: start, end: end, mask: mask),
+                                               address: address, mask: mask, hint: hint)
                 return withUnsafePointer(to: &d) { p -> IOMMUError? in
                     do throws(IOMMUError) { try u.queue.submitAndWait(UnsafeBufferPointer(start: p, count: 1)) } catch { return error }
                     return nil
@@ -248,7 +261,7 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
             let result = driver.unitRefs[unitIndex]._withUnsafeGuaranteedRef { u in
                 withUnsafeTemporaryAllocation(of: InvalidationDescriptor.self, capacity: last - i) { batch -> IOMMUError? in
                     let whole = start == 0 && end == .max
-                    let psi = !whole && u.capability.pageSelectiveInvalidation && mask <= u.capability.maximumAddressMask
+                    let psi = Self.pageSelective(u, start: start, end: end, mask: mask)
                     guard let base = batch.baseAddress else { return nil }
                     var n = 0
                     for k in i..<last {
@@ -257,8 +270,7 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
                         case .iotlb:
                             // Second-stage entries are tagged by DID alone: one descriptor per DID.
                             if tags[i..<k].contains(where: { $0.kind == .iotlb && $0.did == t.did }) { continue }
-                            (base + n).initialize(to: psi ? .iotlb(.page(t.did, address: address, addressMask: mask, invalidationHint: hint))
-                                                                       : .iotlb(.domain(t.did)))
+                            (base + n).initialize(to: Self.iotlbInvalidation(t.did, psi: psi, address: address, mask: mask, hint: hint))
                         case .deviceTLB:
                             if u.bugs.contains(.skipDeviceTLBInvalidation) { continue }
                             (base + n).initialize(to: u.deviceTLBInvalidation(t.device, pasid: t.pasid, address: whole ? 0 : address, mask: whole ? 52 : mask))
