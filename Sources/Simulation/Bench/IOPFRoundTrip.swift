@@ -346,20 +346,9 @@ public final class IOPFRoundTrip: @unchecked Sendable {
     /// Runs `handler` on a thread of its own and `device` on the calling thread, and waits
     /// for both. No thread, no run: an error.
     private func runPair(device: () -> Void, handler: @escaping () -> Void) throws {
-        final class Job { let run: () -> Void; init(_ r: @escaping () -> Void) { run = r } }
-        let job = Unmanaged.passRetained(Job(handler)).toOpaque()
-        var t = pthread_t()
-        let rc = pthread_create(&t, nil, { arg in
-            guard let arg else { return nil }
-            Unmanaged<Job>.fromOpaque(arg).takeRetainedValue().run()
-            return nil
-        }, job)
-        guard rc == 0 else {
-            Unmanaged<Job>.fromOpaque(job).release()
-            throw Failure(description: "no handler thread (pthread_create: \(rc))")
-        }
+        guard let thread = HostThread.start(handler) else { throw Failure(description: "no handler thread (pthread_create failed)") }
         device()
-        pthread_join(t, nil)
+        thread.join()
     }
 }
 

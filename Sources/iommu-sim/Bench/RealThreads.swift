@@ -1,33 +1,18 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import Platform
 
 /// Runs `body(i)` for i in 0..<count on that many real OS threads at once and waits for all
 /// (benchmarks: per-thread CPU slots need real threads, not a task pool).
 func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
-    final class Job: @unchecked Sendable {
-        let run: () -> Void
-        init(_ run: @escaping () -> Void) { self.run = run }
-    }
-    var threads: [pthread_t] = []
+    var threads: [HostThread] = []
     for i in 0..<count {
-        let job = Unmanaged.passRetained(Job { body(i) }).toOpaque()
-        var t = pthread_t()
-        let rc = pthread_create(&t, nil, { arg in
-            guard let arg else { return nil }
-            Unmanaged<Job>.fromOpaque(arg).takeRetainedValue().run()
-            return nil
-        }, job)
-        if rc == 0 {
+        if let t = HostThread.start({ body(i) }) {
             threads.append(t)
         } else {
             // No thread: run it here rather than lose the work.
-            Unmanaged<Job>.fromOpaque(job).takeRetainedValue().run()
+            body(i)
         }
     }
-    for t in threads { pthread_join(t, nil) }
+    for t in threads { t.join() }
 }
 
 /// Latency samples (ns) with mean and percentiles.
