@@ -35,6 +35,8 @@ open class IOMMUDomain: @unchecked Sendable, CustomStringConvertible {
     public let owner: ObjectIdentifier
     /// Supported page sizes, one bit per size (Linux `pgsize_bitmap`).
     public let pageSizes: UInt64
+    /// The smallest supported page size (the granule), 0 if none.
+    @inlinable public var smallestPageSize: UInt64 { pageSizes & (~pageSizes &+ 1) }
     /// Last IOVA the domain can map (Linux `geometry.aperture_end`).
     public let apertureEnd: UInt64
     /// Set when the domain has been freed; every operation then fails with `ENOENT`.

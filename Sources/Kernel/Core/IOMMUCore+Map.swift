@@ -31,7 +31,7 @@ extension IOMMUCore {
         try checkAlive(domain)
         guard domain.type.isPaging else { throw .invalidArgument("\(domain) is not a paging domain") }
         guard domain.pageSizes != 0 else { throw .noDevice("\(domain) has no page sizes") }
-        let minimum = domain.pageSizes & (~domain.pageSizes &+ 1)
+        let minimum = domain.smallestPageSize
         guard size > 0, (iova | physical | size) & (minimum - 1) == 0 else {
             throw .invalidArgument("iova 0x\(String(iova, radix: 16)), size 0x\(String(size, radix: 16)) not aligned to 0x\(String(minimum, radix: 16))")
         }
@@ -54,7 +54,7 @@ extension IOMMUCore {
         observer?.mapBegan(domain, iova: iova, physical: physical, size: size, permissions: permissions)
         var mapped: UInt64 = 0
         do throws(IOMMUError) {
-            if size == domain.pageSizes & (~domain.pageSizes &+ 1) {
+            if size == domain.smallestPageSize {
                 // One page of the smallest size (the DMA API's common case): no size to choose.
                 mapped = try domain.mapPages(iova: iova, physical: physical, pageSize: size, count: 1, permissions: permissions)
             }
@@ -171,7 +171,7 @@ extension IOMMUCore {
     }
 
     func unmapAll(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, gather: inout UnmapGather) -> UInt64 {
-        if size == domain.pageSizes & (~domain.pageSizes &+ 1) {
+        if size == domain.smallestPageSize {
             // One page of the smallest size: no size to choose.
             return domain.unmapPages(iova: iova, pageSize: size, count: 1, gather: &gather)
         }
