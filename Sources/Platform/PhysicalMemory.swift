@@ -212,6 +212,18 @@ public final class PhysicalMemory: @unchecked Sendable {
         return (ok, UInt64(littleEndian: found))
     }
 
+    /// Stores `desired` at `pa` (8-byte aligned) if the word holds `expected`, atomically
+    /// against this CPU only (Linux `cmpxchg64_local`); returns the value found.
+    @inlinable @inline(__always)
+    public func compareExchange64Local(_ pa: UInt64, expected: UInt64, desired: UInt64) throws(MemoryError) -> UInt64 {
+        guard pa & 7 == 0 else { throw .misaligned(address: pa) }
+        try checkRange(pa, 8)
+        touch(pa, 8)
+        var found = expected.littleEndian
+        _ = ciommu_cmpxchg64_local(base + Int(pa), &found, desired.littleEndian)
+        return UInt64(littleEndian: found)
+    }
+
     /// Atomic 128-bit compare-exchange (16-byte aligned), `(low, high)` quadwords. This is
     /// how software must update entries wider than 64 bits that hardware may fetch at any
     /// time (VT-d IRTEs, AMD DTEs; see docs/architecture.md on PASID-entry updates).

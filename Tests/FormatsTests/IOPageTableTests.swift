@@ -237,6 +237,32 @@ struct IOPageTableTests {
         #expect(t.translate(a)?.permissions.contains(.write) == true)
     }
 
+    @Test("a 4 KiB map over an entry that is not present but not zero maps it through the general path", arguments: Layout.allCases)
+    func mapOverNonZeroAbsentEntry(layout: Layout) throws { try mapOverNonZeroAbsentEntry(layout.format, layout.levels) }
+    func mapOverNonZeroAbsentEntry<F: PageTableFormat>(_ f: F.Type, _ levels: Int) throws {
+        let (ctx, t) = try makeTable(f, levels: levels)
+        let a: UInt64 = 0x4020_3000
+        // Two pages, so the second map finds the tables built (the one-step fast path).
+        try t.map(iova: a - KiB4, physical: 0xB_0000, size: KiB4, permissions: .readWrite)
+        var table = t.root
+        for level in stride(from: levels, to: 1, by: -1) {
+            let e = F.decode(try ctx.memory.load64(table + PageTableGeometry.index(a, level: level) * 8), level: level, addressMask: t.addressMask)
+            table = e.address
+        }
+        let slot = table + PageTableGeometry.index(a, level: 1) * 8
+        // Software-available bits and an address, but no permission: not present.
+        let stale: UInt64 = 0x1234_5000
+        #expect(!F.decode(stale, level: 1, addressMask: t.addressMask).present)
+        try ctx.memory.store64(slot, stale)
+        #expect(t.translate(a) == nil)
+        try t.map(iova: a, physical: 0xC_0000, size: KiB4, permissions: .read)
+        #expect(t.translate(a)?.physical == 0xC_0000)
+        #expect(throws: PageTableError.alreadyMapped(iova: a)) {
+            try t.map(iova: a, physical: 0xD_0000, size: KiB4, permissions: .readWrite)
+        }
+        #expect(t.translate(a)?.physical == 0xC_0000, "the present entry is kept")
+    }
+
     @Test("a 2 MiB mapping over a table holding 4 KiB pages throws alreadyMapped and keeps them", arguments: Layout.allCases)
     func superpageOverTable(layout: Layout) throws { try superpageOverTable(layout.format, layout.levels) }
     func superpageOverTable<F: PageTableFormat>(_ f: F.Type, _ levels: Int) throws {

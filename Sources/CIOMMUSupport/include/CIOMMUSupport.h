@@ -25,6 +25,21 @@ void ciommu_store32(void *address, uint32_t value);
 uint32_t ciommu_exchange32(void *address, uint32_t value);
 uint32_t ciommu_fetch_add32(void *address, uint32_t value);
 
+/// Compare-exchange that is atomic against the calling CPU only (Linux `cmpxchg64_local`:
+/// x86 CMPXCHG without LOCK), so it orders nothing; one instruction reads and writes the
+/// word. On return *expected holds the value found.
+static inline bool ciommu_cmpxchg64_local(void *address, uint64_t *expected, uint64_t desired) {
+#if defined(__x86_64__)
+    uint64_t found = *expected;
+    __asm__ volatile("cmpxchgq %2, %1" : "+a"(found), "+m"(*(uint64_t *)address) : "r"(desired) : "cc");
+    bool ok = found == *expected;
+    *expected = found;
+    return ok;
+#else
+    return __atomic_compare_exchange_n((uint64_t *)address, expected, desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+#endif
+}
+
 /// A spin-wait hint (x86 PAUSE, Arm YIELD).
 void ciommu_cpu_relax(void);
 

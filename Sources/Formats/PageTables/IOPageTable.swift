@@ -129,9 +129,13 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
         guard !permissions.isDisjoint(with: .readWrite) else { throw .noAccess }
         guard iova < inputLimit, inputLimit - iova >= size, physical & ~addressMask == 0,
               (physical &+ size &- 1) & ~(addressMask | 0xFFF) == 0 else { throw .outOfRange }
+        // One 4 KiB page where the tables exist: the leaf goes into an empty entry with one
+        // compare-exchange, as Linux's `__domain_mapping` does (`cmpxchg64_local`); a single
+        // read-modify-write takes the entry's line once, where a load and a store take it
+        // twice when another CPU wrote it last. A non-empty entry (present or not) takes the
+        // general path, which decides.
         if size == 0x1000, let slot = leafSlot4K(iova),
-           let raw = try? memory.load64(slot), !F.decode(raw, level: 1, addressMask: addressMask).present {
-            try? memory.store64(slot, F.leaf(address: physical, permissions: permissions, level: 1))
+           (try? memory.compareExchange64Local(slot, expected: 0, desired: F.leaf(address: physical, permissions: permissions, level: 1))) == 0 {
             return
         }
         var done: UInt64 = 0
