@@ -10,8 +10,12 @@
 #define MAX_CACHED 32ULL
 #define DEPOT_DELAY_NS 100000000ULL
 #define NONE (-1)
+#define LINE_GRANULES 8ULL
 
 typedef struct { uint64_t n; uint64_t pfns[MAG_SIZE]; } magazine;
+
+// One depot stack: the full magazines one CPU slot gave up for one size class.
+typedef struct { magazine **m; int n, cap; } stack;
 
 typedef struct {
     pthread_mutex_t lock;
@@ -44,7 +48,8 @@ struct ref_iova {
     tree t;
     uint64_t max32;
     uint64_t dma32;
-    magazine **depot[ORDERS]; int ndepot[ORDERS], depotcap[ORDERS];
+    stack *depot;                  // [order * cpus + slot]
+    int per_order[ORDERS], depot_total;
     magazine **spare; int nspare, sparecap;
     uint64_t trim_due; int trim_armed;
 };
@@ -275,7 +280,7 @@ ref_iova *ref_iova_create(uint64_t start_pfn, uint64_t end_pfn, int cpus) {
     t->ranges = 0;
     d->max32 = UINT64_MAX;
     d->dma32 = 1ULL << 20;
-    for (int o = 0; o < ORDERS; o++) { d->depotcap[o] = 16; d->depot[o] = malloc(sizeof(magazine *) * 16); }
+    d->depot = calloc((size_t)ORDERS * d->cpus, sizeof(stack));
     d->sparecap = 16; d->spare = malloc(sizeof(magazine *) * 16);
     return d;
 }
@@ -291,26 +296,46 @@ static void drain(ref_iova *d, magazine *m) {
 void ref_iova_destroy(ref_iova *d) {
     for (int i = 0; i < d->cpus; i++)
         for (int o = 0; o < ORDERS; o++) { free(d->slots[i].loaded[o]); free(d->slots[i].previous[o]); }
-    for (int o = 0; o < ORDERS; o++) { for (int i = 0; i < d->ndepot[o]; i++) free(d->depot[o][i]); free(d->depot[o]); }
+    for (int i = 0; i < ORDERS * d->cpus; i++) { for (int j = 0; j < d->depot[i].n; j++) free(d->depot[i].m[j]); free(d->depot[i].m); }
+    free(d->depot);
     for (int i = 0; i < d->nspare; i++) free(d->spare[i]);
     free(d->spare); free(d->slots); free(d->t.nodes); free(d->t.heights); free(d->t.ends); free(d);
 }
 
+static void depot_push(ref_iova *d, int o, int slot, magazine *m) {
+    stack *st = &d->depot[o * d->cpus + slot];
+    if (st->n == st->cap) { st->cap = st->cap ? st->cap * 2 : 4; st->m = realloc(st->m, sizeof(magazine *) * st->cap); }
+    st->m[st->n++] = m;
+    d->per_order[o]++; d->depot_total++;
+}
+
+// The slot's own last magazine, else another slot's (the slots after it in turn), else NULL.
+static magazine *depot_pop(ref_iova *d, int o, int slot) {
+    if (d->per_order[o] == 0) return NULL;
+    for (int k = 0, s = slot; k < d->cpus; k++, s = s + 1 == d->cpus ? 0 : s + 1) {
+        stack *st = &d->depot[o * d->cpus + s];
+        if (st->n > 0) { d->per_order[o]--; d->depot_total--; return st->m[--st->n]; }
+    }
+    return NULL;
+}
+
+static void spare_push(ref_iova *d, magazine *m) {
+    if (d->nspare == d->sparecap) { d->sparecap *= 2; d->spare = realloc(d->spare, sizeof(magazine *) * d->sparecap); }
+    d->spare[d->nspare++] = m;
+}
+
 static void trim_depot(ref_iova *d) {
-    int total = 0;
-    for (int o = 0; o < ORDERS; o++) total += d->ndepot[o];
+    int total = d->depot_total;
     if (total <= d->cpus) { d->trim_armed = 0; return; }
     uint64_t now = now_ns();
     if (!d->trim_armed) { d->trim_armed = 1; d->trim_due = now + DEPOT_DELAY_NS; return; }
     if (now < d->trim_due) return;
     int best = 0;
-    for (int o = 1; o < ORDERS; o++) if (d->ndepot[o] > d->ndepot[best]) best = o;
-    if (d->ndepot[best] > 0) {
-        magazine *m = d->depot[best][--d->ndepot[best]];
-        drain(d, m);
-        if (d->nspare == d->sparecap) { d->sparecap *= 2; d->spare = realloc(d->spare, sizeof(magazine *) * d->sparecap); }
-        d->spare[d->nspare++] = m;
-    }
+    for (int o = 1; o < ORDERS; o++) if (d->per_order[o] > d->per_order[best]) best = o;
+    int fullest = 0;
+    for (int s = 1; s < d->cpus; s++) if (d->depot[best * d->cpus + s].n > d->depot[best * d->cpus + fullest].n) fullest = s;
+    magazine *m = depot_pop(d, best, fullest);
+    if (m) { drain(d, m); spare_push(d, m); }
     if (total - 1 > d->cpus) d->trim_due = now + DEPOT_DELAY_NS; else d->trim_armed = 0;
 }
 
@@ -323,17 +348,19 @@ static uint64_t mag_pop(magazine *m, uint64_t size, uint64_t limit) {
     return 0;
 }
 
-static uint64_t tree_alloc(ref_iova *d, uint64_t size, uint64_t limit) {
-    pthread_mutex_lock(&d->lock);
+// The shared lock is held.
+static uint64_t tree_alloc_locked(ref_iova *d, uint64_t size, uint64_t limit) {
     int is32 = limit < d->dma32;
-    if (is32 && size >= d->max32) { pthread_mutex_unlock(&d->lock); return 0; }
+    if (is32 && size >= d->max32) return 0;
     uint64_t align = size <= 1 ? 1 : 1ULL << (64 - __builtin_clzll(size - 1));
     uint64_t lo = tree_allocate(&d->t, size, align, limit);
-    if (!lo) {
-        if (is32) d->max32 = size;
-        pthread_mutex_unlock(&d->lock);
-        return 0;
-    }
+    if (!lo && is32) d->max32 = size;
+    return lo;
+}
+
+static uint64_t tree_alloc(ref_iova *d, uint64_t size, uint64_t limit) {
+    pthread_mutex_lock(&d->lock);
+    uint64_t lo = tree_alloc_locked(d, size, limit);
     pthread_mutex_unlock(&d->lock);
     return lo;
 }
@@ -350,13 +377,13 @@ uint64_t ref_iova_alloc(ref_iova *d, uint64_t pages, uint64_t limit, int cpu) {
             magazine *t = c->loaded[o]; c->loaded[o] = c->previous[o]; c->previous[o] = t;
             pfn = mag_pop(c->loaded[o], size, limit);
         }
+        int slot = cpu % d->cpus;
         if (!pfn && c->loaded[o]->n == 0) {
             pthread_mutex_lock(&d->lock);
             trim_depot(d);
-            if (d->ndepot[o] > 0) {
-                magazine *full = d->depot[o][--d->ndepot[o]];
-                if (d->nspare == d->sparecap) { d->sparecap *= 2; d->spare = realloc(d->spare, sizeof(magazine *) * d->sparecap); }
-                d->spare[d->nspare++] = c->loaded[o];
+            magazine *full = depot_pop(d, o, slot);
+            if (full) {
+                spare_push(d, c->loaded[o]);
                 c->loaded[o] = full;
                 pthread_mutex_unlock(&d->lock);
                 pfn = mag_pop(full, size, limit);
@@ -364,11 +391,32 @@ uint64_t ref_iova_alloc(ref_iova *d, uint64_t pages, uint64_t limit, int cpu) {
                 pthread_mutex_unlock(&d->lock);
             }
         }
+        if (!pfn) {
+            // Refill: a range from the tree and the ranges of its size right below it down to
+            // the start of their page-table line, into the loaded magazine.
+            magazine *m = c->loaded[o];
+            uint64_t extras[LINE_GRANULES];
+            int count = 0, room = MAG_SIZE - (int)m->n;
+            if (room > (int)LINE_GRANULES - 1) room = (int)LINE_GRANULES - 1;
+            pthread_mutex_lock(&d->lock);
+            pfn = tree_alloc_locked(d, size, limit);
+            uint64_t lowest = pfn;
+            while (pfn && count < room && (lowest & (LINE_GRANULES - 1)) != 0) {
+                uint64_t next = tree_allocate(&d->t, size, size, limit);
+                if (!next) break;
+                extras[count++] = next;
+                if (next + size != lowest) break;
+                lowest = next;
+            }
+            pthread_mutex_unlock(&d->lock);
+            while (count > 0) m->pfns[m->n++] = extras[--count];
+        }
         pthread_mutex_unlock(&c->lock);
         if (pfn) return pfn;
+    } else {
+        uint64_t pfn = tree_alloc(d, size, limit);
+        if (pfn) return pfn;
     }
-    uint64_t pfn = tree_alloc(d, size, limit);
-    if (pfn) return pfn;
     // Flush every cache into the tree and retry once.
     for (int i = 0; i < d->cpus; i++) {
         pthread_mutex_lock(&d->slots[i].lock);
@@ -379,12 +427,8 @@ uint64_t ref_iova_alloc(ref_iova *d, uint64_t pages, uint64_t limit, int cpu) {
     }
     pthread_mutex_lock(&d->lock);
     for (int o = 0; o < ORDERS; o++) {
-        while (d->ndepot[o] > 0) {
-            magazine *m = d->depot[o][--d->ndepot[o]];
-            drain(d, m);
-            if (d->nspare == d->sparecap) { d->sparecap *= 2; d->spare = realloc(d->spare, sizeof(magazine *) * d->sparecap); }
-            d->spare[d->nspare++] = m;
-        }
+        magazine *m;
+        while ((m = depot_pop(d, o, 0))) { drain(d, m); spare_push(d, m); }
     }
     d->trim_armed = 0;
     pthread_mutex_unlock(&d->lock);
@@ -407,8 +451,7 @@ void ref_iova_free(ref_iova *d, uint64_t pfn, uint64_t pages, int cpu) {
             magazine *t = c->loaded[o]; c->loaded[o] = c->previous[o]; c->previous[o] = t;
         } else {
             pthread_mutex_lock(&d->lock);
-            if (d->ndepot[o] == d->depotcap[o]) { d->depotcap[o] *= 2; d->depot[o] = realloc(d->depot[o], sizeof(magazine *) * d->depotcap[o]); }
-            d->depot[o][d->ndepot[o]++] = c->loaded[o];
+            depot_push(d, o, cpu % d->cpus, c->loaded[o]);
             trim_depot(d);
             magazine *e = d->nspare > 0 ? d->spare[--d->nspare] : mag_new();
             pthread_mutex_unlock(&d->lock);

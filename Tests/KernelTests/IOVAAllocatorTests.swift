@@ -206,10 +206,74 @@ struct IOVAAllocatorTests {
         let b = d.allocate(pages: 2, limitPFN: 1 << 30, cpu: 0)!
         d.free(pfn: a, pages: 2, cpu: 0)
         d.free(pfn: b, pages: 2, cpu: 0)
-        #expect(d.cachedRanges == 2)
-        #expect(d.allocatedRanges == 2, "cached ranges stay allocated in the tree")
+        // The miss took the rest of a's page-table line as well (`refill`): 4 ranges of 2.
+        #expect(d.cachedRanges == 4)
+        #expect(d.allocatedRanges == 4, "cached ranges stay allocated in the tree")
         #expect(d.allocate(pages: 2, limitPFN: 1 << 30, cpu: 0) == b)
         #expect(d.allocate(pages: 2, limitPFN: 1 << 30, cpu: 1) != a, "another CPU does not see CPU 0's magazine")
+    }
+
+    @Test("a cache miss takes the rest of the page-table line from the tree and hands it out in the tree's own order")
+    func refillTakesTheLine() {
+        let d = domain()
+        let limit: UInt64 = (1 << 20) - 1
+        let first = d.allocate(pages: 1, limitPFN: limit, cpu: 0)!
+        #expect(first == limit, "top-down, as the tree gives it")
+        #expect(d.allocatedRanges == 8 && d.cachedRanges == 7, "the other 7 granules of its line wait in the magazine")
+        let trees = d.counters.treeAllocations
+        for i in 1..<8 {
+            #expect(d.allocate(pages: 1, limitPFN: limit, cpu: 0) == first - UInt64(i), "next below, as the tree would give it")
+        }
+        #expect(d.counters.treeAllocations == trees, "no tree allocation until the line is used up")
+        #expect(d.allocate(pages: 1, limitPFN: limit, cpu: 0) == first - 8)
+        #expect(d.allocatedRanges == 16)
+        // A size-aligned range that already starts a line takes nothing more.
+        let eight = d.allocate(pages: 8, limitPFN: limit, cpu: 0)!
+        #expect(eight & 7 == 0 && d.allocatedRanges == 17)
+        // Sizes of 4 take two per line; the cache flush gives every extra range back.
+        _ = d.allocate(pages: 4, limitPFN: limit, cpu: 1)
+        #expect(d.allocatedRanges == 19)
+        d.flushCaches()
+        #expect(d.cachedRanges == 0 && d.allocatedRanges == 11, "only the ranges handed out stay allocated")
+        #expect(d.validateTree())
+    }
+
+    @Test("two CPUs missing their caches in turn get whole page-table lines each, never one line between them")
+    func refillKeepsLinesApart() {
+        let d = domain()
+        var lines: [Set<UInt64>] = [[], []]
+        for _ in 0..<40 {
+            for cpu in 0..<2 {
+                let pfn = d.allocate(pages: 1, limitPFN: (1 << 20) - 1, cpu: cpu)!
+                lines[cpu].insert(pfn >> 3)
+            }
+        }
+        #expect(lines[0].count == 5 && lines[1].count == 5)
+        #expect(lines[0].isDisjoint(with: lines[1]))
+    }
+
+    @Test("a CPU takes its own magazine back from the depot first, and another CPU's only when it has none there")
+    func depotGivesOwnMagazinesFirst() {
+        let d = domain(cpus: 3)
+        let limit: UInt64 = (1 << 30) - 1
+        // 510 distinct ranges (through CPU 2), then 255 freed on each of CPUs 0 and 1: each
+        // fills its two magazines (254) and pushes one full magazine to the depot.
+        var ranges: [UInt64] = []
+        for _ in 0..<510 { ranges.append(d.allocate(pages: 1, limitPFN: limit, cpu: 2)!) }
+        let mine = Set(ranges[0..<255]), theirs = Set(ranges[255...])
+        for p in ranges[0..<255] { d.free(pfn: p, pages: 1, cpu: 0) }
+        for p in ranges[255...] { d.free(pfn: p, pages: 1, cpu: 1) }
+        #expect(d.depotMagazines == 2)
+        // CPU 0 uses up its two magazines (128 ranges), then takes from the depot: its own.
+        var fromMine = 0
+        for _ in 0..<128 { if mine.contains(d.allocate(pages: 1, limitPFN: limit, cpu: 0)!) { fromMine += 1 } }
+        #expect(fromMine == 128 && d.depotMagazines == 2)
+        for _ in 0..<127 { if mine.contains(d.allocate(pages: 1, limitPFN: limit, cpu: 0)!) { fromMine += 1 } }
+        #expect(fromMine == 255 && d.depotMagazines == 1, "CPU 0 took its own magazine and left CPU 1's")
+        // None of its own left: CPU 1's magazine rather than the tree.
+        let trees = d.counters.treeAllocations
+        #expect(theirs.contains(d.allocate(pages: 1, limitPFN: limit, cpu: 0)!))
+        #expect(d.depotMagazines == 0 && d.counters.treeAllocations == trees)
     }
 
     @Test("a cached range above the request's limit is not handed out")

@@ -4,7 +4,9 @@ import Synchronization
 /// drivers/iommu/iova.c): ranges come from an `IOVATree` top-down and size-aligned; ranges of
 /// up to 32 granules are recycled through per-CPU magazines (a loaded and a previous magazine
 /// of 127 frames per CPU and size class) and a shared depot of full magazines, trimmed back
-/// into the tree one magazine per 100 ms while it holds more than one per CPU.
+/// into the tree one magazine per 100 ms while it holds more than one per CPU. The depot
+/// gives a CPU back its own magazines first (`IOVADepot`, a departure from Linux's single
+/// list that keeps each CPU's IOVAs, and so its page-table lines, apart).
 ///
 /// Cached ranges stay allocated in the tree (as in Linux): the caches only remember them.
 /// Thread safe: one lock per CPU slot for its magazines, one for the tree and depot (taken in
@@ -16,6 +18,9 @@ public final class IOVADomain: @unchecked Sendable {
     public static let magazineSize = 127
     /// Largest cached size in granules (Linux `iova_rcache_range`).
     public static let maxCachedSize: UInt64 = 1 << UInt64(cachedOrders - 1)
+    /// Granules whose page-table entries share a 64-byte cache line (eight 8-byte entries):
+    /// the unit a cache miss refills from the tree (`refill`).
+    public static let lineGranules: UInt64 = 8
     /// Depot trim period (Linux `IOVA_DEPOT_DELAY`).
     public static let depotDelayNs: UInt64 = 100_000_000
 
@@ -26,12 +31,17 @@ public final class IOVADomain: @unchecked Sendable {
     let clock: @Sendable () -> UInt64
 
     /// A magazine: word 0 is the count, words 1…127 the frames. Owned by exactly one holder
-    /// (a CPU slot, the depot or the spare list) at a time, under that holder's lock.
+    /// (a CPU slot, the depot or the spare list) at a time, under that holder's lock. 1 KiB
+    /// on a 128-byte boundary (Linux's come from kmalloc-1024): the count is written on every
+    /// push and pop, and with heap alignment it could share a line with the last frames of a
+    /// magazine another CPU holds.
     struct Magazine: @unchecked Sendable {
         let words: UnsafeMutablePointer<UInt64>
         static func make() -> Magazine {
-            let m = UnsafeMutablePointer<UInt64>.allocate(capacity: IOVADomain.magazineSize + 1)
-            m.initialize(repeating: 0, count: IOVADomain.magazineSize + 1)
+            let words = IOVADomain.magazineSize + 1
+            let m = UnsafeMutableRawPointer.allocate(byteCount: words * 8, alignment: 128)
+                .bindMemory(to: UInt64.self, capacity: words)
+            m.initialize(repeating: 0, count: words)
             return Magazine(words: m)
         }
         var pointee: UInt64 {
@@ -42,7 +52,7 @@ public final class IOVADomain: @unchecked Sendable {
             get { words[i] }
             nonmutating set { words[i] = newValue }
         }
-        func deallocate() { words.deallocate() }
+        func deallocate() { UnsafeMutableRawPointer(words).deallocate() }
     }
 
     /// One CPU's magazines, one loaded and one previous per size class. Plain pointers
@@ -59,7 +69,7 @@ public final class IOVADomain: @unchecked Sendable {
         /// Size of the last failed allocation below 4 GiB (Linux `max32_alloc_size`): larger
         /// 32-bit requests fail at once until something below 4 GiB is freed.
         var max32AllocSize: UInt64
-        var depot: [[Magazine]]
+        var depot: IOVADepot
         var spare: [Magazine] = []
         var allMagazines: [Magazine] = []
         var trimDue: UInt64?
@@ -99,7 +109,7 @@ public final class IOVADomain: @unchecked Sendable {
             (slots + i).initialize(to: Mutex(CPUCache(loaded: loaded, previous: previous)))
         }
         shared = Mutex(Shared(tree: IOVATree(start: startPFN, end: endPFN), max32AllocSize: .max,
-                              depot: [[Magazine]](repeating: [], count: Self.cachedOrders), allMagazines: all))
+                              depot: IOVADepot(orders: Self.cachedOrders, cpus: cpuCount), allMagazines: all))
     }
 
     deinit {
@@ -136,10 +146,13 @@ public final class IOVADomain: @unchecked Sendable {
     public func allocate(pages: UInt64, limitPFN: UInt64, cpu: Int, flushOnFailure: Bool = true) -> UInt64? {
         let size = Self.roundedSize(pages)
         guard pages > 0, size <= limitPFN else { return nil }
-        if size <= Self.maxCachedSize, let pfn = cacheGet(order: Self.order(size), size: size, limit: limitPFN, cpu: cpu) {
+        if size <= Self.maxCachedSize {
+            let order = Self.order(size)
+            if let pfn = cacheGet(order: order, size: size, limit: limitPFN, cpu: cpu) { return pfn }
+            if let pfn = refill(order: order, size: size, limit: limitPFN, cpu: cpu) { return pfn }
+        } else if let pfn = treeAllocate(size: size, limit: limitPFN) {
             return pfn
         }
-        if let pfn = treeAllocate(size: size, limit: limitPFN) { return pfn }
         guard flushOnFailure else { return nil }
         flushCaches()
         return treeAllocate(size: size, limit: limitPFN)
@@ -164,10 +177,11 @@ public final class IOVADomain: @unchecked Sendable {
     /// one lock round trip instead of one per range.
     public func free(_ ranges: UnsafeBufferPointer<(pfn: UInt64, pages: UInt64)>, cpu: Int) {
         var uncached = 0
-        slots[cpuSlot(cpu, cpuCount)].withLock { c in
+        let slot = cpuSlot(cpu, cpuCount)
+        slots[slot].withLock { c in
             for r in ranges {
                 let size = Self.roundedSize(r.pages)
-                if size <= Self.maxCachedSize { insert(&c, order: Self.order(size), pfn: r.pfn) } else { uncached += 1 }
+                if size <= Self.maxCachedSize { insert(&c, order: Self.order(size), pfn: r.pfn, slot: slot) } else { uncached += 1 }
             }
         }
         guard uncached > 0 else { return }
@@ -183,21 +197,25 @@ public final class IOVADomain: @unchecked Sendable {
     }
 
     private func treeAllocate(size: UInt64, limit: UInt64) -> UInt64? {
-        shared.withLock { s in
-            let is32 = limit < dma32PFN
-            if is32 && size >= s.max32AllocSize {
-                s.counters.fastFails += 1
-                return nil
-            }
-            let align = size <= 1 ? 1 : UInt64(1) << UInt64(64 - (size - 1).leadingZeroBitCount)
-            s.counters.treeAllocations += 1
-            guard let lo = s.tree.allocate(size: size, align: align, limit: limit) else {
-                if is32 { s.max32AllocSize = size }
-                s.counters.failures += 1
-                return nil
-            }
-            return lo
+        shared.withLock { s in treeAllocate(&s, size: size, limit: limit) }
+    }
+
+    /// One range from the tree, top-down and size-aligned (Linux `alloc_iova`), with the
+    /// 32-bit fast fail.
+    private func treeAllocate(_ s: inout Shared, size: UInt64, limit: UInt64) -> UInt64? {
+        let is32 = limit < dma32PFN
+        if is32 && size >= s.max32AllocSize {
+            s.counters.fastFails += 1
+            return nil
         }
+        let align = size <= 1 ? 1 : UInt64(1) << UInt64(64 - (size - 1).leadingZeroBitCount)
+        s.counters.treeAllocations += 1
+        guard let lo = s.tree.allocate(size: size, align: align, limit: limit) else {
+            if is32 { s.max32AllocSize = size }
+            s.counters.failures += 1
+            return nil
+        }
+        return lo
     }
 
     /// Returns every frame in `m` to the tree and empties it.
@@ -218,7 +236,8 @@ public final class IOVADomain: @unchecked Sendable {
     // MARK: Per-CPU caches
 
     private func cacheGet(order: Int, size: UInt64, limit: UInt64, cpu: Int) -> UInt64? {
-        slots[cpuSlot(cpu, cpuCount)].withLock { c in
+        let slot = cpuSlot(cpu, cpuCount)
+        return slots[slot].withLock { c in
             if let pfn = Self.pop(c.loaded[order], size: size, limit: limit) { return pfn }
             if c.previous[order].pointee > 0 {
                 swap(&c.loaded[order], &c.previous[order])
@@ -226,10 +245,52 @@ public final class IOVADomain: @unchecked Sendable {
             }
             // A full magazine from the depot replaces the empty loaded one.
             let empty = c.loaded[order]
-            guard empty.pointee == 0, let full = takeFromDepot(order: order) else { return nil }
+            guard empty.pointee == 0, let full = takeFromDepot(order: order, slot: slot) else { return nil }
             shared.withLock { s in s.spare.append(empty) }
             c.loaded[order] = full
             return Self.pop(full, size: size, limit: limit)
+        }
+    }
+
+    /// A cached size missed every cache: a range from the tree as Linux allocates it, and
+    /// with it the ranges of the same size right below it down to the start of their
+    /// page-table line (`lineGranules`), which go into the CPU's loaded magazine in the order
+    /// the tree would have handed them out. A departure from Linux, which takes one range per
+    /// miss: two CPUs missing at once then take alternate ranges, and from then on their
+    /// IOVAs' page-table entries share lines that both write on every map and unmap. Taking
+    /// a line's worth keeps each line with one CPU (docs/architecture.md has the figures).
+    /// The extra ranges are allocated in the tree like any cached range, and come back on a
+    /// cache flush.
+    private func refill(order: Int, size: UInt64, limit: UInt64, cpu: Int) -> UInt64? {
+        let slot = cpuSlot(cpu, cpuCount)
+        return slots[slot].withLock { c in
+            let m = c.loaded[order]
+            let room = min(Self.magazineSize - Int(m.pointee), Int(Self.lineGranules) - 1)
+            return withUnsafeTemporaryAllocation(of: UInt64.self, capacity: Int(Self.lineGranules)) { extras -> UInt64? in
+                var count = 0
+                let first: UInt64? = shared.withLock { s in
+                    guard let pfn = treeAllocate(&s, size: size, limit: limit) else { return nil }
+                    var lowest = pfn
+                    while count < room, lowest & (Self.lineGranules - 1) != 0,
+                          let next = s.tree.allocate(size: size, align: size, limit: limit) {
+                        s.counters.treeAllocations += 1
+                        extras[count] = next
+                        count += 1
+                        // Not adjacent (the space below is taken): keep it, look no further.
+                        guard next &+ size == lowest else { break }
+                        lowest = next
+                    }
+                    return pfn
+                }
+                // Lowest first, so the next allocation pops the one right below `first`.
+                var i = count
+                while i > 0 {
+                    i -= 1
+                    m.pointee += 1
+                    m[Int(m.pointee)] = extras[i]
+                }
+                return first
+            }
         }
     }
 
@@ -251,14 +312,15 @@ public final class IOVADomain: @unchecked Sendable {
     }
 
     private func cacheInsert(order: Int, pfn: UInt64, cpu: Int) {
-        slots[cpuSlot(cpu, cpuCount)].withLock { c in insert(&c, order: order, pfn: pfn) }
+        let slot = cpuSlot(cpu, cpuCount)
+        slots[slot].withLock { c in insert(&c, order: order, pfn: pfn, slot: slot) }
     }
 
     /// Puts `pfn` in the loaded magazine of `order`, swapping in the previous one or an
     /// empty one from the depot when it is full (Linux `iova_rcache_insert`). The CPU's
     /// cache lock is held.
     @inline(__always)
-    private func insert(_ c: inout CPUCache, order: Int, pfn: UInt64) {
+    private func insert(_ c: inout CPUCache, order: Int, pfn: UInt64, slot: Int) {
         var m = c.loaded[order]
         if Int(m.pointee) == Self.magazineSize {
             if Int(c.previous[order].pointee) < Self.magazineSize {
@@ -267,7 +329,7 @@ public final class IOVADomain: @unchecked Sendable {
                 // Both full: the loaded one goes to the depot, an empty one is loaded.
                 let full = m
                 let fresh = shared.withLock { s -> Magazine in
-                    s.depot[order].append(full)
+                    s.depot.push(full, order: order, slot: slot)
                     s.counters.depotPushes += 1
                     trimDepot(&s)
                     if let e = s.spare.popLast() { return e }
@@ -283,10 +345,10 @@ public final class IOVADomain: @unchecked Sendable {
         m[Int(m.pointee)] = pfn
     }
 
-    private func takeFromDepot(order: Int) -> Magazine? {
+    private func takeFromDepot(order: Int, slot: Int) -> Magazine? {
         shared.withLock { s in
             trimDepot(&s)
-            return s.depot[order].popLast()
+            return s.depot.pop(order: order, slot: slot)
         }
     }
 
@@ -294,11 +356,11 @@ public final class IOVADomain: @unchecked Sendable {
     /// magazines than there are CPUs (Linux `iova_depot_work_func`).
     private func trimDepot(_ s: inout Shared) {
         let now = clock()
-        let total = s.depot.reduce(0) { $0 + $1.count }
+        let total = s.depot.total
         guard total > cpuCount else { s.trimDue = nil; return }
         guard let due = s.trimDue else { s.trimDue = now &+ Self.depotDelayNs; return }
         guard now >= due else { return }
-        if let order = (0..<Self.cachedOrders).max(by: { s.depot[$0].count < s.depot[$1].count }), let m = s.depot[order].popLast() {
+        if let m = s.depot.popForTrim() {
             drain(m, &s)
             s.spare.append(m)
             s.counters.depotTrims += 1
@@ -320,11 +382,9 @@ public final class IOVADomain: @unchecked Sendable {
             }
         }
         shared.withLock { s in
-            for order in 0..<Self.cachedOrders {
-                while let m = s.depot[order].popLast() {
-                    drain(m, &s)
-                    s.spare.append(m)
-                }
+            for m in s.depot.removeAll() {
+                drain(m, &s)
+                s.spare.append(m)
             }
             s.trimDue = nil
             s.counters.cacheFlushes += 1
@@ -344,10 +404,10 @@ public final class IOVADomain: @unchecked Sendable {
                 (0..<Self.cachedOrders).reduce(0) { $0 + Int(c.loaded[$1].pointee) + Int(c.previous[$1].pointee) }
             }
         }
-        return n + shared.withLock { s in s.depot.reduce(0) { $0 + $1.reduce(0) { $0 + Int($1.pointee) } } }
+        return n + shared.withLock { s in s.depot.rangeCount }
     }
 
-    public var depotMagazines: Int { shared.withLock { s in s.depot.reduce(0) { $0 + $1.count } } }
+    public var depotMagazines: Int { shared.withLock { s in s.depot.total } }
 
     public var counters: IOVACounters { shared.withLock { $0.counters } }
 
