@@ -26,6 +26,13 @@ public enum HostClock {
             .nanoseconds(ciommu_cycle_counter())
     }
 
+    /// Nanoseconds from `start` to `end`, two readings of `now()`; 0 if `end` is earlier (a
+    /// thread that moved to a CPU whose counter is slightly behind).
+    @inlinable @inline(__always)
+    public static func elapsed(_ start: UInt64, _ end: UInt64) -> UInt64 {
+        end > start ? end &- start : 0
+    }
+
     /// Busy-waits `ns` nanoseconds in the calling thread (what a CPU polling for hardware
     /// completion spends).
     public static func spin(_ ns: UInt64) {

@@ -162,6 +162,33 @@ struct IOVAAllocatorTests {
         #expect(count == 1 && valid)
     }
 
+    @Test("freeing 0 granules, or asking about a range that overflows, is refused and changes nothing")
+    func zeroAndOverflowingRangesAreRefused() throws {
+        let d = domain()
+        let pfn = try #require(d.allocate(pages: 1, limitPFN: 1 << 20, cpu: 0))
+        let before = (d.allocatedRanges, d.cachedRanges)
+        #expect(!d.free(pfn: pfn, pages: 0, cpu: 0))
+        let zeros: [(pfn: UInt64, pages: UInt64)] = [(pfn, 0), (pfn + 1, 0)]
+        zeros.withUnsafeBufferPointer { d.free($0, cpu: 1) }
+        #expect(d.allocatedRanges == before.0 && d.cachedRanges == before.1)
+        #expect(!d.isAllocated(pfn: pfn, pages: .max))
+        #expect(!d.isAllocated(pfn: pfn, pages: 0))
+        #expect(d.isAllocated(pfn: pfn, pages: 1))
+        #expect(d.validateTree())
+    }
+
+    @Test("a space reaching the top frame keeps its sentinel above it: reservations and allocations stay ordered")
+    func spaceAtTheTopOfTheAddressRange() throws {
+        let d = IOVADomain(granuleShift: 12, startPFN: 1, endPFN: .max, cpus: 1, clock: { 0 })
+        #expect(d.reserve(lo: 5, hi: 10))
+        let top = try #require(d.allocate(pages: 64, limitPFN: .max, cpu: 0))
+        let low = try #require(d.allocate(pages: 64, limitPFN: 1000, cpu: 0))
+        #expect(top > low && top &+ 63 < .max)
+        #expect(!d.reserve(lo: 8, hi: 9), "overlaps the reservation")
+        #expect(d.isAllocated(pfn: top, pages: 64) && d.isAllocated(pfn: low, pages: 64))
+        #expect(d.validateTree())
+    }
+
     @Test("the fragmentation case from the allocator's history (500 + 12 + 499 MB) still finds the freed space")
     func fragmentation() {
         // A 2 GiB space (4 KiB granules, size-aligned as the DMA layer asks): allocate 500 MB,

@@ -48,4 +48,11 @@ struct HostClockTests {
         let fast = HostClock.CounterScale(baseCount: 0, baseNs: 0, multiplier: 1 << 30)
         #expect(fast.nanoseconds(hour) == hour / 4)
     }
+
+    @Test("an interval whose end reads earlier than its start (another CPU's counter) is 0, not a trap")
+    func elapsedNeverUnderflows() {
+        #expect(HostClock.elapsed(1_000, 1_250) == 250)
+        #expect(HostClock.elapsed(1_250, 1_000) == 0)
+        #expect(HostClock.elapsed(.max, 0) == 0)
+    }
 }

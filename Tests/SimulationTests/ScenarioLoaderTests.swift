@@ -93,6 +93,22 @@ struct ScenarioLoaderTests {
         #expect(e.line > 0)
     }
 
+    @Test("a DMA ring buffer reaching past its 4 KiB frame is refused; one that ends at the frame's end loads",
+          arguments: [("offset: 3000", true), ("size: 8192", true), ("size: 1096, offset: 3000", false)])
+    func ringBufferStaysInItsFrame(fields: String, refused: Bool) throws {
+        let yaml = smallScenario.replacingOccurrences(
+            of: "workloads:\n",
+            with: "workloads:\n  - {name: ring, type: dma-ring, device: nic0, \(fields), stop: 30000}\n")
+        #expect(yaml != smallScenario)
+        let e = loadError(yaml)
+        if refused {
+            let e = try #require(e)
+            #expect(e.message.contains("one 4 KiB frame") || e.message.contains("expected a value in"), "\(e)")
+        } else {
+            #expect(e == nil, "\(String(describing: e))")
+        }
+    }
+
     @Test("references to devices, domains, buffers or workloads that do not exist are errors",
           arguments: [("device: nic0, buffers: rx", "device: nic9, buffers: rx", "no device named 'nic9'"),
                       ("domain: U, device: vf0}\n  - {at: 20000", "domain: V, device: vf0}\n  - {at: 20000", "no user domain named 'V'"),

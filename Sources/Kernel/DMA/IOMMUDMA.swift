@@ -15,9 +15,13 @@ public final class IOMMUDMA: @unchecked Sendable {
     public let cpus: Int
     private let setup = Mutex<Void>(())
 
+    /// Most CPU slots an instance has (Linux's `NR_CPUS` is of this order); more are capped,
+    /// and a call naming a CPU beyond the slots is `EINVAL`.
+    public static let maxCPUs = 1024
+
     public init(core: IOMMUCore, cpus: Int = 1) {
         self.core = core
-        self.cpus = max(1, cpus)
+        self.cpus = min(max(1, cpus), Self.maxCPUs)
     }
 
     // MARK: Device setup
@@ -36,21 +40,26 @@ public final class IOMMUDMA: @unchecked Sendable {
     /// Nil for an identity default domain (DMA addresses are physical).
     public func cookie(for device: Device) throws(IOMMUError) -> DMACookie? {
         if let c = device.dmaCookieCache { return c.takeUnretainedValue() }
-        guard let g = device.group, let domain = g.defaultDomain else { throw .noDevice("\(device) is not probed") }
-        guard g.domain === domain, !g.dmaOwned else {
-            throw .busy("\(device)'s group is owned by a user domain; the DMA API cannot be used")
-        }
-        if let c = domain.dmaCookie {
-            device.dmaCookieCache = Unmanaged.passUnretained(c)
-            return c
-        }
-        switch domain.type {
-        case .identity: return nil
-        case .dma: break
-        default: throw .invalidArgument("\(domain) is not a DMA domain")
-        }
-        return setup.withLock { _ in
-            if let c = domain.dmaCookie { return c }
+        // First use: under the set-up lock, so two CPUs starting at once make one cookie and
+        // do not both write the device's cache.
+        return try setup.withLock { _ throws(IOMMUError) -> DMACookie? in
+            if let c = device.dmaCookieCache { return c.takeUnretainedValue() }
+            guard let g = device.group, let domain = g.defaultDomain else { throw .noDevice("\(device) is not probed") }
+            guard g.domain === domain, !g.dmaOwned else {
+                throw .busy("\(device)'s group is owned by a user domain; the DMA API cannot be used")
+            }
+            if let c = domain.dmaCookie {
+                device.dmaCookieCache = Unmanaged.passUnretained(c)
+                return c
+            }
+            switch domain.type {
+            case .identity: return nil
+            case .dma: break
+            default: throw .invalidArgument("\(domain) is not a DMA domain")
+            }
+            guard domain.pageSizes != 0, domain.pageSizes.trailingZeroBitCount < 63 else {
+                throw .invalidArgument("\(domain) has no usable page size")
+            }
             var options: FlushQueueOptions?
             if domain.flags.contains(.deferredFlush) {
                 options = g.devices.contains(where: { $0.driver.invalidationsAreExpensive($0) }) ? .single : .perCPU

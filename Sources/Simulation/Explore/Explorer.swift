@@ -79,7 +79,7 @@ public struct Explorer: Sendable {
             return r
         }
         return Report(scenario: scenario.name, runs: count, findings: Self.merge(results),
-                      wallNs: HostClock.now() - start, translations: results.reduce(0) { $0 + $1.translations })
+                      wallNs: HostClock.elapsed(start, HostClock.now()), translations: results.reduce(0) { $0 + $1.translations })
     }
 
     /// One finding per invariant: the earliest occurrence over all seeds (ties: lowest seed).

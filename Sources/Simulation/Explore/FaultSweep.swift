@@ -76,7 +76,7 @@ public struct FaultSweep: Sendable {
             report.failures += r.failures
         }
         report.absorbedByPoint = absorbed.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
-        report.wallNs = HostClock.now() - start
+        report.wallNs = HostClock.elapsed(start, HostClock.now())
         return report
     }
 

@@ -403,8 +403,13 @@ private struct Parser {
         default:
             let device = try deviceRef(try m.required("device", "the device owning the ring"))
             let count = try m.optional("count")?.int(in: 1...4096) ?? 8
-            let size = try m.optional("size")?.unsigned(in: 1...(1 << 24)) ?? 2048
+            let size = try m.optional("size")?.unsigned(in: 1...4096) ?? 2048
             let offset = try m.optional("offset")?.unsigned(in: 0...4095) ?? 0
+            // Each ring buffer is one 4 KiB frame: a mapping past its end would hand the device
+            // the frames next to it (page tables, other buffers).
+            guard offset + size <= 4096 else {
+                throw f.error("a ring buffer is one 4 KiB frame: offset (\(offset)) + size (\(size)) must not exceed 4096")
+            }
             var dir = DMADirection.fromDevice
             if let v = m.optional("direction") {
                 switch try v.oneOf(["to-device", "from-device", "bidirectional"]) {

@@ -81,7 +81,7 @@ struct DMAMapBenchmark {
         let durationNs = UInt64(o.seconds * 1e9)
         let descriptorsBefore = unit.counters.descriptorsByType[Int(InvalidationDescriptor.iotlbType)]
         let samplesPerThread = 1 << 20
-        runOnThreads(o.threads + 1) { index in
+        let allStarted = runOnThreads(o.threads + 1) { index in
             if index == o.threads {
                 // The starter: release the workers together.
                 while started.load(ordering: .acquiring) < o.threads {}
@@ -112,12 +112,13 @@ struct DMAMapBenchmark {
                     }
                 }
                 let t3 = HostClock.now()
-                map.add(Double(t1 - t0) / Double(batch), weight: batch)
-                unmap.add(Double(t3 - t2) / Double(batch), weight: batch)
+                map.add(Double(HostClock.elapsed(t0, t1)) / Double(batch), weight: batch)
+                unmap.add(Double(HostClock.elapsed(t2, t3)) / Double(batch), weight: batch)
                 pairs += batch
             }
             results.withLock { $0.append((map, unmap, pairs, failure)) }
         }
+        guard allStarted else { throw Failure(description: "could not start \(o.threads + 1) threads (pthread_create failed)") }
         let all = results.withLock { $0 }
         if let f = all.compactMap(\.3).first { throw Failure(description: f) }
         var map = Samples(capacity: 0), unmap = Samples(capacity: 0)

@@ -67,14 +67,14 @@ struct IOVABenchmark {
                 sum &+= pfn
                 d.free(pfn: pfn, pages: 1, cpu: 0)
             }
-            swiftSamples.append(Double(HostClock.now() - t0) / 1000)
+            swiftSamples.append(Double(HostClock.elapsed(t0, HostClock.now())) / 1000)
             t0 = HostClock.now()
             for _ in 0..<1000 {
                 let pfn = ref_iova_alloc(c, 1, limit, 0)
                 sum &-= pfn
                 ref_iova_free(c, pfn, 1, 0)
             }
-            cSamples.append(Double(HostClock.now() - t0) / 1000)
+            cSamples.append(Double(HostClock.elapsed(t0, HostClock.now())) / 1000)
         }
         guard sum == 0 else { throw Failure(description: "Swift and C handed out different frames") }
         return Fast(swiftNs: median(swiftSamples), cNs: median(cSamples))
@@ -129,7 +129,7 @@ struct IOVABenchmark {
             free(live[i].0, live[i].1)
             let t0 = HostClock.now()
             let p = allocate(pages)
-            samples.add(Double(HostClock.now() - t0))
+            samples.add(Double(HostClock.elapsed(t0, HostClock.now())))
             live[i] = (try placed(k, p), pages)
             k += 1
         }

@@ -1,18 +1,28 @@
 import Platform
+import Synchronization
 
 /// Runs `body(i)` for i in 0..<count on that many real OS threads at once and waits for all
-/// (benchmarks: per-thread CPU slots need real threads, not a task pool).
-func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+/// (benchmarks: per-thread CPU slots need real threads, not a task pool). The bodies start
+/// only once every thread exists; if the system refuses one, none runs (the bodies may wait
+/// for each other, so running some would hang) and the result is false.
+func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) -> Bool {
+    /// 0: wait, 1: run, 2: cancelled.
+    final class Gate: Sendable { let state = Atomic<Int>(0) }
+    let gate = Gate()
     var threads: [HostThread] = []
     for i in 0..<count {
-        if let t = HostThread.start({ body(i) }) {
-            threads.append(t)
-        } else {
-            // No thread: run it here rather than lose the work.
-            body(i)
+        let t = HostThread.start {
+            var s = gate.state.load(ordering: .acquiring)
+            while s == 0 { s = gate.state.load(ordering: .acquiring) }
+            if s == 1 { body(i) }
         }
+        guard let t else { break }
+        threads.append(t)
     }
+    let all = threads.count == count
+    gate.state.store(all ? 1 : 2, ordering: .releasing)
     for t in threads { t.join() }
+    return all
 }
 
 /// Latency samples (ns) with mean and percentiles.

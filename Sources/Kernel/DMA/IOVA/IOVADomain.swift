@@ -84,13 +84,14 @@ public final class IOVADomain: @unchecked Sendable {
     ///   - granuleShift: log2 of the granule (the domain's smallest page, Linux `iova_shift`).
     ///   - startPFN: lowest frame to hand out (frame 0 never is).
     ///   - endPFN: highest frame that exists (the aperture end).
-    ///   - cpus: CPU slots with their own caches.
+    ///   - cpus: CPU slots with their own caches (at most `IOMMUDMA.maxCPUs`; CPU numbers
+    ///     beyond the slots wrap onto them).
     ///   - clock: nanoseconds, virtual in simulation or real in benchmarks (depot trimming).
     public init(granuleShift: UInt64 = 12, startPFN: UInt64 = 1, endPFN: UInt64, cpus: Int = 1,
                 clock: @escaping @Sendable () -> UInt64) {
         self.granuleShift = granuleShift
         dma32PFN = granuleShift < 32 ? UInt64(1) << (32 - granuleShift) : 1
-        cpuCount = max(1, cpus)
+        cpuCount = min(max(1, cpus), IOMMUDMA.maxCPUs)
         self.clock = clock
         var all: [Magazine] = []
         func magazine() -> Magazine {
@@ -163,6 +164,7 @@ public final class IOVADomain: @unchecked Sendable {
     /// (only checked on the tree path; the caller vouches for cached sizes).
     @discardableResult
     public func free(pfn: UInt64, pages: UInt64, cpu: Int) -> Bool {
+        guard pages > 0 else { return false }
         let size = Self.roundedSize(pages)
         if size <= Self.maxCachedSize {
             cacheInsert(order: Self.order(size), pfn: pfn, cpu: cpu)
@@ -174,12 +176,12 @@ public final class IOVADomain: @unchecked Sendable {
     /// Frees several ranges from `allocate` for CPU `cpu` at once (the flush queue returning
     /// what a flush covered): the cached sizes under one acquisition of the CPU's cache
     /// lock, the others through the tree. The same as freeing them one by one in order, with
-    /// one lock round trip instead of one per range.
+    /// one lock round trip instead of one per range (ranges of 0 granules are skipped).
     public func free(_ ranges: UnsafeBufferPointer<(pfn: UInt64, pages: UInt64)>, cpu: Int) {
         var uncached = 0
         let slot = cpuSlot(cpu, cpuCount)
         slots[slot].withLock { c in
-            for r in ranges {
+            for r in ranges where r.pages > 0 {
                 let size = Self.roundedSize(r.pages)
                 if size <= Self.maxCachedSize { insert(&c, order: Self.order(size), pfn: r.pfn, slot: slot) } else { uncached += 1 }
             }
@@ -414,8 +416,8 @@ public final class IOVADomain: @unchecked Sendable {
     /// Whether [pfn, pfn + pages) lies inside one allocated range.
     public func isAllocated(pfn: UInt64, pages: UInt64) -> Bool {
         shared.withLock { s in
-            guard let r = s.tree.range(containing: pfn) else { return false }
-            return r.hi >= pfn + pages - 1
+            guard pages > 0, let r = s.tree.range(containing: pfn) else { return false }
+            return r.hi - pfn >= pages - 1
         }
     }
 

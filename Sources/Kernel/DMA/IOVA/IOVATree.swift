@@ -58,9 +58,10 @@ struct IOVATree: ~Copyable {
     /// Allocated ranges (the sentinel excluded).
     private(set) var count = 0
 
+    /// `end` is capped one below the top frame, so the sentinel above it never wraps to 0.
     init(start: UInt64, end: UInt64) {
-        self.start = max(1, start)
-        self.end = max(self.start, end)
+        self.start = min(max(1, start), UInt64.max - 1)
+        self.end = min(max(self.start, end), UInt64.max - 1)
         capacity = 64
         nodes = Self.allocateNodes(capacity)
         heights = .allocate(capacity: capacity)
