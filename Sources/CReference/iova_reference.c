@@ -1,6 +1,8 @@
 // Plain-C reference of the Swift IOVA allocator; see include/IOVAReference.h.
 #include "IOVAReference.h"
 #include <pthread.h>
+#include <sched.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -17,8 +19,33 @@ typedef struct { uint64_t n; uint64_t pfns[MAG_SIZE]; } magazine;
 // One depot stack: the full magazines one CPU slot gave up for one size class.
 typedef struct { magazine **m; int n, cap; } stack;
 
+// A CPU slot's lock, as Swift's PerCPU: one compare-exchange to take, one release store to
+// give back; a waiter spins on loads with a pause and yields every 1024 looks.
+typedef struct { uint32_t v; } spin_t;
+
+static void spin_wait(spin_t *l) {
+    unsigned looks = 0;
+    uint32_t expected;
+    do {
+        while (__atomic_load_n(&l->v, __ATOMIC_RELAXED) != 0) {
+            if ((++looks & 1023) == 0) sched_yield();
+#if defined(__x86_64__)
+            else __builtin_ia32_pause();
+#endif
+        }
+        expected = 0;
+    } while (!__atomic_compare_exchange_n(&l->v, &expected, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED));
+}
+
+static inline void spin_lock(spin_t *l) {
+    uint32_t expected = 0;
+    if (!__atomic_compare_exchange_n(&l->v, &expected, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) spin_wait(l);
+}
+
+static inline void spin_unlock(spin_t *l) { __atomic_store_n(&l->v, 0, __ATOMIC_RELEASE); }
+
 typedef struct {
-    pthread_mutex_t lock;
+    spin_t lock;
     magazine *loaded[ORDERS];
     magazine *previous[ORDERS];
     char pad[64];
@@ -266,7 +293,7 @@ ref_iova *ref_iova_create(uint64_t start_pfn, uint64_t end_pfn, int cpus) {
     d->cpus = cpus < 1 ? 1 : cpus;
     d->slots = aligned_alloc(64, sizeof(cpu_slot) * d->cpus);
     for (int i = 0; i < d->cpus; i++) {
-        pthread_mutex_init(&d->slots[i].lock, NULL);
+        d->slots[i].lock.v = 0;
         for (int o = 0; o < ORDERS; o++) { d->slots[i].loaded[o] = mag_new(); d->slots[i].previous[o] = mag_new(); }
     }
     pthread_mutex_init(&d->lock, NULL);
@@ -371,7 +398,7 @@ uint64_t ref_iova_alloc(ref_iova *d, uint64_t pages, uint64_t limit, int cpu) {
     if (size <= MAX_CACHED) {
         int o = order_of(size);
         cpu_slot *c = &d->slots[cpu % d->cpus];
-        pthread_mutex_lock(&c->lock);
+        spin_lock(&c->lock);
         uint64_t pfn = mag_pop(c->loaded[o], size, limit);
         if (!pfn && c->previous[o]->n > 0) {
             magazine *t = c->loaded[o]; c->loaded[o] = c->previous[o]; c->previous[o] = t;
@@ -411,7 +438,7 @@ uint64_t ref_iova_alloc(ref_iova *d, uint64_t pages, uint64_t limit, int cpu) {
             pthread_mutex_unlock(&d->lock);
             while (count > 0) m->pfns[m->n++] = extras[--count];
         }
-        pthread_mutex_unlock(&c->lock);
+        spin_unlock(&c->lock);
         if (pfn) return pfn;
     } else {
         uint64_t pfn = tree_alloc(d, size, limit);
@@ -419,11 +446,11 @@ uint64_t ref_iova_alloc(ref_iova *d, uint64_t pages, uint64_t limit, int cpu) {
     }
     // Flush every cache into the tree and retry once.
     for (int i = 0; i < d->cpus; i++) {
-        pthread_mutex_lock(&d->slots[i].lock);
+        spin_lock(&d->slots[i].lock);
         pthread_mutex_lock(&d->lock);
         for (int o = 0; o < ORDERS; o++) { drain(d, d->slots[i].loaded[o]); drain(d, d->slots[i].previous[o]); }
         pthread_mutex_unlock(&d->lock);
-        pthread_mutex_unlock(&d->slots[i].lock);
+        spin_unlock(&d->slots[i].lock);
     }
     pthread_mutex_lock(&d->lock);
     for (int o = 0; o < ORDERS; o++) {
@@ -445,7 +472,7 @@ void ref_iova_free(ref_iova *d, uint64_t pfn, uint64_t pages, int cpu) {
     }
     int o = order_of(size);
     cpu_slot *c = &d->slots[cpu % d->cpus];
-    pthread_mutex_lock(&c->lock);
+    spin_lock(&c->lock);
     if (c->loaded[o]->n == MAG_SIZE) {
         if (c->previous[o]->n < MAG_SIZE) {
             magazine *t = c->loaded[o]; c->loaded[o] = c->previous[o]; c->previous[o] = t;
@@ -460,7 +487,7 @@ void ref_iova_free(ref_iova *d, uint64_t pfn, uint64_t pages, int cpu) {
     }
     magazine *m = c->loaded[o];
     m->pfns[m->n++] = pfn;
-    pthread_mutex_unlock(&c->lock);
+    spin_unlock(&c->lock);
 }
 
 int ref_iova_allocated(ref_iova *d) {

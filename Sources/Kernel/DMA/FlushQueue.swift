@@ -65,17 +65,16 @@ final class FlushQueue: @unchecked Sendable {
         var spill: [UInt64: [UInt64]] = [:]
         var queued: UInt64 = 0
         var freed: UInt64 = 0
-        /// Keeps two CPUs' rings (written on every unmap) off one cache line.
-        var padding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
         var isFull: Bool { tail &- head == size }
         @inline(__always) func next(_ slot: Int) -> Int { slot &+ 1 == Int(size) ? 0 : slot &+ 1 }
         var count: Int { Int(tail &- head) }
     }
 
     let options: FlushQueueOptions
-    /// The rings (one, or one per CPU), in raw storage so reaching one costs no reference
-    /// counting.
-    let rings: UnsafeMutablePointer<Mutex<Ring>>
+    /// The rings (one, or one per CPU), each behind its own spin lock (Linux `fq->lock`, under
+    /// which a full ring is flushed too) on its own cache lines, in raw storage so reaching
+    /// one costs no reference counting.
+    let rings: PerCPU<Ring>
     let ringCount: Int
     let iova: IOVADomain
     /// Back references, not counted: the core owns the domain, which owns its cookie, which
@@ -112,16 +111,11 @@ final class FlushQueue: @unchecked Sendable {
         self.iova = iova
         self.options = options
         ringCount = options.kind == .single ? 1 : max(1, cpus)
-        rings = .allocate(capacity: ringCount)
-        for i in 0..<ringCount {
-            (rings + i).initialize(to: Mutex(Ring(entries: .allocate(capacity: options.size), size: UInt64(options.size))))
-        }
+        rings = PerCPU(count: ringCount) { _ in Ring(entries: .allocate(capacity: options.size), size: UInt64(options.size)) }
     }
 
     deinit {
-        for i in 0..<ringCount { rings[i].withLock { $0.entries.deallocate() } }
-        rings.deinitialize(count: ringCount)
-        rings.deallocate()
+        rings.deallocate { $0.entries.deallocate() }
     }
 
     // MARK: Queueing
@@ -133,7 +127,7 @@ final class FlushQueue: @unchecked Sendable {
         // Order the PTE clear before reading the flush tag (Linux's smp_mb in queue_iova): a
         // flush that starts after the tag is read must see the cleared entry.
         atomicMemoryFence(ordering: .sequentiallyConsistent)
-        rings[cpuSlot(cpu, ringCount)].withLock { r in
+        rings.withLock(cpuSlot(cpu, ringCount)) { r in
             freeCompleted(&r, cpu: cpu)
             if r.isFull {
                 fullFlushes.add(1, ordering: .relaxed)
@@ -245,7 +239,7 @@ final class FlushQueue: @unchecked Sendable {
 
     func freeAllCompleted(cpu: Int) {
         for i in 0..<ringCount {
-            rings[i].withLock { r in freeCompleted(&r, cpu: ringCount == 1 ? cpu : i) }
+            rings.withLock(i) { r in freeCompleted(&r, cpu: ringCount == 1 ? cpu : i) }
         }
     }
 
@@ -293,9 +287,9 @@ final class FlushQueue: @unchecked Sendable {
     }
 
     /// Entries waiting in all rings.
-    var pending: Int { (0..<ringCount).reduce(0) { n, i in n + rings[i].withLock { $0.count } } }
-    var queued: UInt64 { (0..<ringCount).reduce(0) { n, i in n + rings[i].withLock { $0.queued } } }
-    var freed: UInt64 { (0..<ringCount).reduce(0) { n, i in n + rings[i].withLock { $0.freed } } }
+    var pending: Int { (0..<ringCount).reduce(0) { n, i in n + rings.withLock(i) { $0.count } } }
+    var queued: UInt64 { (0..<ringCount).reduce(0) { n, i in n + rings.withLock(i) { $0.queued } } }
+    var freed: UInt64 { (0..<ringCount).reduce(0) { n, i in n + rings.withLock(i) { $0.freed } } }
 
     /// The domain is going away, detached and fully invalidated: free queued tables (the
     /// IOVA space goes with the domain) and stop the timer (Linux `iommu_dma_free_fq`).
@@ -305,7 +299,7 @@ final class FlushQueue: @unchecked Sendable {
         timerRunning.withLock { _ in }
         freeTables(lostTables.withLock { t in let all = t; t = []; return all })
         for i in 0..<ringCount {
-            rings[i].withLock { r in
+            rings.withLock(i) { r in
                 while r.head != r.tail {
                     releaseTables(of: r.entries[r.headSlot], &r)
                     r.head &+= 1

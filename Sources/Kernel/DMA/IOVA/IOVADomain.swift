@@ -1,3 +1,4 @@
+import Platform
 import Synchronization
 
 /// An IOVA space with per-CPU range caches (Linux `struct iova_domain` with its rcaches,
@@ -56,12 +57,10 @@ public final class IOVADomain: @unchecked Sendable {
     }
 
     /// One CPU's magazines, one loaded and one previous per size class. Plain pointers
-    /// (owned by the domain), padded so two CPUs' slots never share a cache line.
+    /// (owned by the domain); `PerCPU` keeps two CPUs' slots off each other's lines.
     struct CPUCache: @unchecked Sendable {
         var loaded: UnsafeMutablePointer<Magazine>
         var previous: UnsafeMutablePointer<Magazine>
-        var padding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     }
 
     struct Shared: ~Copyable {
@@ -76,8 +75,9 @@ public final class IOVADomain: @unchecked Sendable {
         var counters = IOVACounters()
     }
 
-    /// The CPU slots, in raw storage so reaching one costs no reference counting.
-    let slots: UnsafeMutablePointer<Mutex<CPUCache>>
+    /// The CPU slots, each behind its own spin lock, in raw storage so reaching one costs no
+    /// reference counting.
+    let slots: PerCPU<CPUCache>
     let shared: Mutex<Shared>
 
     /// - Parameters:
@@ -99,15 +99,14 @@ public final class IOVADomain: @unchecked Sendable {
             all.append(m)
             return m
         }
-        slots = .allocate(capacity: cpuCount)
-        for i in 0..<cpuCount {
+        slots = PerCPU(count: cpuCount) { _ in
             let loaded = UnsafeMutablePointer<Magazine>.allocate(capacity: Self.cachedOrders)
             let previous = UnsafeMutablePointer<Magazine>.allocate(capacity: Self.cachedOrders)
             for o in 0..<Self.cachedOrders {
                 (loaded + o).initialize(to: magazine())
                 (previous + o).initialize(to: magazine())
             }
-            (slots + i).initialize(to: Mutex(CPUCache(loaded: loaded, previous: previous)))
+            return CPUCache(loaded: loaded, previous: previous)
         }
         shared = Mutex(Shared(tree: IOVATree(start: startPFN, end: endPFN), max32AllocSize: .max,
                               depot: IOVADepot(orders: Self.cachedOrders, cpus: cpuCount), allMagazines: all))
@@ -118,14 +117,10 @@ public final class IOVADomain: @unchecked Sendable {
             for m in s.allMagazines { m.deallocate() }
             s.allMagazines = []
         }
-        for i in 0..<cpuCount {
-            slots[i].withLock { c in
-                c.loaded.deallocate()
-                c.previous.deallocate()
-            }
+        slots.deallocate { c in
+            c.loaded.deallocate()
+            c.previous.deallocate()
         }
-        slots.deinitialize(count: cpuCount)
-        slots.deallocate()
     }
 
     /// The size actually allocated for `pages`: cached sizes round up to a power of two, so a
@@ -180,7 +175,7 @@ public final class IOVADomain: @unchecked Sendable {
     public func free(_ ranges: UnsafeBufferPointer<(pfn: UInt64, pages: UInt64)>, cpu: Int) {
         var uncached = 0
         let slot = cpuSlot(cpu, cpuCount)
-        slots[slot].withLock { c in
+        slots.withLock(slot) { c in
             for r in ranges where r.pages > 0 {
                 let size = Self.roundedSize(r.pages)
                 if size <= Self.maxCachedSize { insert(&c, order: Self.order(size), pfn: r.pfn, slot: slot) } else { uncached += 1 }
@@ -239,7 +234,7 @@ public final class IOVADomain: @unchecked Sendable {
 
     private func cacheGet(order: Int, size: UInt64, limit: UInt64, cpu: Int) -> UInt64? {
         let slot = cpuSlot(cpu, cpuCount)
-        return slots[slot].withLock { c in
+        return slots.withLock(slot) { c in
             if let pfn = Self.pop(c.loaded[order], size: size, limit: limit) { return pfn }
             if c.previous[order].pointee > 0 {
                 swap(&c.loaded[order], &c.previous[order])
@@ -265,7 +260,7 @@ public final class IOVADomain: @unchecked Sendable {
     /// cache flush.
     private func refill(order: Int, size: UInt64, limit: UInt64, cpu: Int) -> UInt64? {
         let slot = cpuSlot(cpu, cpuCount)
-        return slots[slot].withLock { c in
+        return slots.withLock(slot) { c in
             let m = c.loaded[order]
             let room = min(Self.magazineSize - Int(m.pointee), Int(Self.lineGranules) - 1)
             return withUnsafeTemporaryAllocation(of: UInt64.self, capacity: Int(Self.lineGranules)) { extras -> UInt64? in
@@ -315,7 +310,7 @@ public final class IOVADomain: @unchecked Sendable {
 
     private func cacheInsert(order: Int, pfn: UInt64, cpu: Int) {
         let slot = cpuSlot(cpu, cpuCount)
-        slots[slot].withLock { c in insert(&c, order: order, pfn: pfn, slot: slot) }
+        slots.withLock(slot) { c in insert(&c, order: order, pfn: pfn, slot: slot) }
     }
 
     /// Puts `pfn` in the loaded magazine of `order`, swapping in the previous one or an
@@ -374,7 +369,7 @@ public final class IOVADomain: @unchecked Sendable {
     /// `free_cpu_cached_iovas`).
     public func flushCaches() {
         for i in 0..<cpuCount {
-            slots[i].withLock { c in
+            slots.withLock(i) { c in
                 shared.withLock { s in
                     for order in 0..<Self.cachedOrders {
                         drain(c.loaded[order], &s)
@@ -402,7 +397,7 @@ public final class IOVADomain: @unchecked Sendable {
     public var cachedRanges: Int {
         var n = 0
         for i in 0..<cpuCount {
-            n += slots[i].withLock { c in
+            n += slots.withLock(i) { c in
                 (0..<Self.cachedOrders).reduce(0) { $0 + Int(c.loaded[$1].pointee) + Int(c.previous[$1].pointee) }
             }
         }
