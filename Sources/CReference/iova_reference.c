@@ -44,6 +44,11 @@ static inline void spin_lock(spin_t *l) {
 
 static inline void spin_unlock(spin_t *l) { __atomic_store_n(&l->v, 0, __ATOMIC_RELEASE); }
 
+// The slot a CPU number selects: in range without dividing, else wrapped (Swift's cpuSlot).
+static inline int cpu_slot_of(int cpu, int cpus) {
+    return (unsigned)cpu < (unsigned)cpus ? cpu : (int)((unsigned)cpu % (unsigned)cpus);
+}
+
 typedef struct {
     spin_t lock;
     magazine *loaded[ORDERS];
@@ -397,14 +402,14 @@ uint64_t ref_iova_alloc(ref_iova *d, uint64_t pages, uint64_t limit, int cpu) {
     uint64_t size = rounded(pages);
     if (size <= MAX_CACHED) {
         int o = order_of(size);
-        cpu_slot *c = &d->slots[cpu % d->cpus];
+        cpu_slot *c = &d->slots[cpu_slot_of(cpu, d->cpus)];
         spin_lock(&c->lock);
         uint64_t pfn = mag_pop(c->loaded[o], size, limit);
         if (!pfn && c->previous[o]->n > 0) {
             magazine *t = c->loaded[o]; c->loaded[o] = c->previous[o]; c->previous[o] = t;
             pfn = mag_pop(c->loaded[o], size, limit);
         }
-        int slot = cpu % d->cpus;
+        int slot = cpu_slot_of(cpu, d->cpus);
         if (!pfn && c->loaded[o]->n == 0) {
             pthread_mutex_lock(&d->lock);
             trim_depot(d);
@@ -471,14 +476,14 @@ void ref_iova_free(ref_iova *d, uint64_t pfn, uint64_t pages, int cpu) {
         return;
     }
     int o = order_of(size);
-    cpu_slot *c = &d->slots[cpu % d->cpus];
+    cpu_slot *c = &d->slots[cpu_slot_of(cpu, d->cpus)];
     spin_lock(&c->lock);
     if (c->loaded[o]->n == MAG_SIZE) {
         if (c->previous[o]->n < MAG_SIZE) {
             magazine *t = c->loaded[o]; c->loaded[o] = c->previous[o]; c->previous[o] = t;
         } else {
             pthread_mutex_lock(&d->lock);
-            depot_push(d, o, cpu % d->cpus, c->loaded[o]);
+            depot_push(d, o, cpu_slot_of(cpu, d->cpus), c->loaded[o]);
             trim_depot(d);
             magazine *e = d->nspare > 0 ? d->spare[--d->nspare] : mag_new();
             pthread_mutex_unlock(&d->lock);
