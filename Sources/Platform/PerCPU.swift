@@ -59,6 +59,8 @@ public struct PerCPU<Value>: @unchecked Sendable {
     /// caller, so the body is not a closure call and the value type is specialised.
     @inlinable @inline(__always)
     public func withLock<R, E: Error>(_ i: Int, _ body: (inout Value) throws(E) -> R) throws(E) -> R {
+        // Callers pick slots with `cpuSlot` or loop over `count`: a slot outside is a bug here.
+        precondition(UInt(bitPattern: i) < UInt(count), "PerCPU slot out of range")
         let l = lock(i)
         if !l.pointee.compareExchange(expected: 0, desired: 1, ordering: .acquiring).exchanged {
             Self.wait(l)
