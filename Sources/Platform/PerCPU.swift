@@ -14,8 +14,8 @@ import CIOMMUSupport
 /// Linux). A waiter spins on plain loads with a pause hint and yields the CPU after a
 /// while, so a holder that was preempted gets to run.
 ///
-/// A handle to storage it owns: copies share the storage, `deallocate` frees it once.
-public struct PerCPU<Value>: @unchecked Sendable {
+/// Noncopyable: it owns its storage, freed (values deinitialised) when it goes away.
+public struct PerCPU<Value>: ~Copyable, @unchecked Sendable {
     @usableFromInline let base: UnsafeMutableRawPointer
     @usableFromInline let stride: Int
     @usableFromInline let valueOffset: Int
@@ -25,9 +25,10 @@ public struct PerCPU<Value>: @unchecked Sendable {
     public init(count: Int, _ initial: (Int) -> Value) {
         self.count = max(1, count)
         let align = max(MemoryLayout<Value>.alignment, MemoryLayout<UInt32>.alignment)
+        let slotAlign = max(128, align)
         valueOffset = (MemoryLayout<UInt32>.size + align - 1) / align * align
-        stride = (valueOffset + MemoryLayout<Value>.size + 127) / 128 * 128
-        base = .allocate(byteCount: stride * self.count, alignment: max(128, align))
+        stride = (valueOffset + MemoryLayout<Value>.size + slotAlign - 1) / slotAlign * slotAlign
+        base = .allocate(byteCount: stride * self.count, alignment: slotAlign)
         for i in 0..<self.count {
             let slot = base + i * stride
             slot.bindMemory(to: Atomic<UInt32>.self, capacity: 1).initialize(to: Atomic(0))
@@ -35,13 +36,9 @@ public struct PerCPU<Value>: @unchecked Sendable {
         }
     }
 
-    /// Frees the storage; each value is handed to `last` first. No lock may be held and no
-    /// other copy used afterwards.
-    public func deallocate(_ last: (inout Value) -> Void = { _ in }) {
+    deinit {
         for i in 0..<count {
-            let v = value(i)
-            last(&v.pointee)
-            v.deinitialize(count: 1)
+            value(i).deinitialize(count: 1)
             lock(i).deinitialize(count: 1)
         }
         base.deallocate()

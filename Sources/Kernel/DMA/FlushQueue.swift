@@ -115,7 +115,7 @@ final class FlushQueue: @unchecked Sendable {
     }
 
     deinit {
-        rings.deallocate { $0.entries.deallocate() }
+        for i in 0..<ringCount { rings.withLock(i) { $0.entries.deallocate() } }
     }
 
     // MARK: Queueing

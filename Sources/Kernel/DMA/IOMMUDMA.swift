@@ -40,25 +40,24 @@ public final class IOMMUDMA: @unchecked Sendable {
     /// Nil for an identity default domain (DMA addresses are physical).
     public func cookie(for device: Device) throws(IOMMUError) -> DMACookie? {
         if let c = device.dmaCookieCache { return c.takeUnretainedValue() }
-        // First use: under the set-up lock, so two CPUs starting at once make one cookie and
-        // do not both write the device's cache.
-        return try setup.withLock { _ throws(IOMMUError) -> DMACookie? in
-            if let c = device.dmaCookieCache { return c.takeUnretainedValue() }
-            guard let g = device.group, let domain = g.defaultDomain else { throw .noDevice("\(device) is not probed") }
-            guard g.domain === domain, !g.dmaOwned else {
-                throw .busy("\(device)'s group is owned by a user domain; the DMA API cannot be used")
-            }
+        guard let g = device.group, let domain = g.defaultDomain else { throw .noDevice("\(device) is not probed") }
+        guard g.domain === domain, !g.dmaOwned else {
+            throw .busy("\(device)'s group is owned by a user domain; the DMA API cannot be used")
+        }
+        switch domain.type {
+        case .identity: return nil       // every call of an identity device comes here: no lock
+        case .dma: break
+        default: throw .invalidArgument("\(domain) is not a DMA domain")
+        }
+        guard domain.pageSizes != 0, domain.pageSizes.trailingZeroBitCount < 63 else {
+            throw .invalidArgument("\(domain) has no usable page size")
+        }
+        // First use: made under the set-up lock, so two CPUs starting at once make one cookie
+        // and do not both write the device's cache.
+        return setup.withLock { _ in
             if let c = domain.dmaCookie {
                 device.dmaCookieCache = Unmanaged.passUnretained(c)
                 return c
-            }
-            switch domain.type {
-            case .identity: return nil
-            case .dma: break
-            default: throw .invalidArgument("\(domain) is not a DMA domain")
-            }
-            guard domain.pageSizes != 0, domain.pageSizes.trailingZeroBitCount < 63 else {
-                throw .invalidArgument("\(domain) has no usable page size")
             }
             var options: FlushQueueOptions?
             if domain.flags.contains(.deferredFlush) {

@@ -117,9 +117,11 @@ public final class IOVADomain: @unchecked Sendable {
             for m in s.allMagazines { m.deallocate() }
             s.allMagazines = []
         }
-        slots.deallocate { c in
-            c.loaded.deallocate()
-            c.previous.deallocate()
+        for i in 0..<cpuCount {
+            slots.withLock(i) { c in
+                c.loaded.deallocate()
+                c.previous.deallocate()
+            }
         }
     }
 
