@@ -1,18 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Synchronization
-import CIOMMUSupport
 
-/// One value per CPU slot, each behind its own spin lock and on its own 128-byte lines
-/// (Linux's per-CPU data with a `spinlock_t` beside it, as the IOVA rcache's
-/// `iova_cpu_rcache.lock`). For structures one thread uses almost always: taking an
-/// uncontended lock is one compare-exchange and releasing it one release store, with no
-/// thread-ID lookup and no second atomic read-modify-write (Swift's `Mutex` does both on
-/// Linux). A waiter spins on plain loads with a pause hint and yields the CPU after a
-/// while, so a holder that was preempted gets to run.
+/// One value per CPU slot, each behind its own spin lock (the `SpinLock` protocol on a lock
+/// word beside the value) and on its own 128-byte lines: Linux's per-CPU data with a
+/// `spinlock_t` beside it, as the IOVA rcache's `iova_cpu_rcache.lock`. For structures one
+/// thread uses almost always: taking an uncontended lock is one compare-exchange and
+/// releasing it one release store.
 ///
 /// Noncopyable: it owns its storage, freed (values deinitialised) when it goes away.
 public struct PerCPU<Value>: ~Copyable, @unchecked Sendable {
@@ -59,23 +51,8 @@ public struct PerCPU<Value>: ~Copyable, @unchecked Sendable {
         // Callers pick slots with `cpuSlot` or loop over `count`: a slot outside is a bug here.
         precondition(UInt(bitPattern: i) < UInt(count), "PerCPU slot out of range")
         let l = lock(i)
-        if !l.pointee.compareExchange(expected: 0, desired: 1, ordering: .acquiring).exchanged {
-            Self.wait(l)
-        }
+        SpinLock.acquire(l.pointee)
         defer { l.pointee.store(0, ordering: .releasing) }
         return try body(&value(i).pointee)
-    }
-
-    /// The contended path: spin on loads until the lock looks free, then try again; after
-    /// 1024 looks give the CPU away.
-    @usableFromInline @inline(never)
-    static func wait(_ l: UnsafeMutablePointer<Atomic<UInt32>>) {
-        var looks = 0
-        repeat {
-            while l.pointee.load(ordering: .relaxed) != 0 {
-                looks += 1
-                if looks & 1023 == 0 { sched_yield() } else { ciommu_cpu_relax() }
-            }
-        } while !l.pointee.compareExchange(expected: 0, desired: 1, ordering: .acquiring).exchanged
     }
 }

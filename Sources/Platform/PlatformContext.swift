@@ -23,7 +23,8 @@ public final class PlatformContext: @unchecked Sendable {
     /// Serialises software that drives hardware and waits for it (submitting invalidations
     /// and waiting for their completion, Linux's `qi->q_lock`). In simulation hardware runs
     /// inside such waits, so with real threads only one thread may run it at a time.
-    private let hardwareLock = Mutex<Void>(())
+    /// A spin lock, as Linux's `raw_spinlock_t`: waiters would spin on the hardware anyway.
+    @usableFromInline let hardwareLock = SpinLock()
 
     /// A platform with `memorySize` bytes of RAM (default 4 GiB), seeded with `seed`.
     public init(memorySize: UInt64 = 4 << 30, seed: UInt64 = 0) throws(MemoryError) {
@@ -45,11 +46,11 @@ public final class PlatformContext: @unchecked Sendable {
         public init() {}
     }
 
-    /// Runs `body` holding the hardware lock (not re-entrant).
+    /// Runs `body` holding the hardware lock (not re-entrant). Inlined, so the body is not a
+    /// closure call.
+    @inlinable @inline(__always)
     public func withHardware<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
-        hardwareLock._unsafeLock()
-        defer { hardwareLock._unsafeUnlock() }
-        return try body()
+        try hardwareLock.withLock(body)
     }
 
     /// Nanoseconds: virtual time in simulation, the host's monotonic clock with real threads.
