@@ -44,15 +44,22 @@ public struct PerCPU<Value>: ~Copyable, @unchecked Sendable {
         (base + i &* stride + valueOffset).assumingMemoryBound(to: Value.self)
     }
 
-    /// Runs `body` on slot `i`'s value (0 ≤ i < count) with its lock held. Inlined into the
-    /// caller, so the body is not a closure call and the value type is specialised.
+    /// Runs `body` on CPU `cpu`'s value with its lock held; a CPU number outside the slots
+    /// wraps onto them (`cpuSlot`). Inlined into the caller, so the body is not a closure
+    /// call and the value type is specialised.
     @inlinable @inline(__always)
-    public func withLock<R, E: Error>(_ i: Int, _ body: (inout Value) throws(E) -> R) throws(E) -> R {
-        // Callers pick slots with `cpuSlot` or loop over `count`: a slot outside is a bug here.
-        precondition(UInt(bitPattern: i) < UInt(count), "PerCPU slot out of range")
+    public func withLock<R, E: Error>(_ cpu: Int, _ body: (inout Value) throws(E) -> R) throws(E) -> R {
+        let i = cpuSlot(cpu, count)
         let l = lock(i)
         SpinLock.acquire(l.pointee)
         defer { l.pointee.store(0, ordering: .releasing) }
         return try body(&value(i).pointee)
     }
+}
+
+/// The slot a CPU number selects among `count` per-CPU structures (never negative): the CPU
+/// itself when in range (one compare, no division), else wrapped.
+@inlinable @inline(__always)
+public func cpuSlot(_ cpu: Int, _ count: Int) -> Int {
+    UInt(bitPattern: cpu) < UInt(count) ? cpu : Int(UInt(bitPattern: cpu) % UInt(count))
 }

@@ -11,7 +11,7 @@ struct PerCPUTests {
                     UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
     }
 
-    @Test("each slot starts as given, keeps its own value, and lies on 128-byte lines no other slot touches")
+    @Test("each slot starts as given, keeps its own value, lies on 128-byte lines no other slot touches, and CPU numbers beyond the slots wrap")
     func slotsAreSeparate() {
         let p = PerCPU<Wide>(count: 5) { i in
             Wide(words: (UInt64(i), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, UInt64(i) * 10))
@@ -21,6 +21,8 @@ struct PerCPUTests {
             let (first, last) = p.withLock(i) { ($0.words.0, $0.words.19) }
             #expect(first == UInt64(i) && last == UInt64(i) * 10 + 1)
         }
+        #expect(p.withLock(7) { $0.words.0 } == 2, "CPU 7 of 5 slots is slot 2")
+        #expect(p.withLock(-1) { $0.words.0 } == UInt64(cpuSlot(-1, 5)))
         for i in 0..<4 {
             let start = UInt(bitPattern: p.lock(i)), next = UInt(bitPattern: p.lock(i + 1))
             let valueEnd = UInt(bitPattern: p.value(i)) + UInt(MemoryLayout<Wide>.size)

@@ -1,5 +1,5 @@
-/// Hot-path helpers of the DMA layer shared by the API, the cookie, the flush queue and the
-/// IOVA allocator.
+/// Hot-path helpers of the DMA layer shared by the API, the cookie and the flush queue
+/// (the CPU-slot rule, `cpuSlot`, is Platform's, beside `PerCPU`).
 
 extension Unmanaged {
     /// Runs `body` with the instance borrowed: no reference counting, which on objects
@@ -9,11 +9,4 @@ extension Unmanaged {
     func borrow<R>(_ body: (Instance) throws(IOMMUError) -> R) throws(IOMMUError) -> R {
         try _withUnsafeGuaranteedRef { i in Result { () throws(IOMMUError) in try body(i) } }.get()
     }
-}
-
-/// The slot a CPU number selects among `count` per-CPU structures (never negative).
-@inline(__always)
-func cpuSlot(_ cpu: Int, _ count: Int) -> Int {
-    // In range (the API checked it) without dividing; otherwise wrapped.
-    UInt(bitPattern: cpu) < UInt(count) ? cpu : Int(UInt(bitPattern: cpu) % UInt(count))
 }

@@ -127,7 +127,7 @@ final class FlushQueue: @unchecked Sendable {
         // Order the PTE clear before reading the flush tag (Linux's smp_mb in queue_iova): a
         // flush that starts after the tag is read must see the cleared entry.
         atomicMemoryFence(ordering: .sequentiallyConsistent)
-        rings.withLock(cpuSlot(cpu, ringCount)) { r in
+        rings.withLock(cpu) { r in
             freeCompleted(&r, cpu: cpu)
             if r.isFull {
                 fullFlushes.add(1, ordering: .relaxed)

@@ -119,6 +119,13 @@ public final class IOMMUDMA: @unchecked Sendable {
         }
     }
 
+    /// Whether `address` (as `mapPage` or `mapSG` returned it, offset included) is a live
+    /// DMA mapping of `device`. An identity device has none.
+    public func isMapped(_ device: Device, address: UInt64) throws(IOMMUError) -> Bool {
+        guard let cookie = try cookie(for: device) else { return false }
+        return cookie.live.pages(of: address >> cookie.granuleShift) != nil
+    }
+
     // MARK: Scatter lists
 
     /// Maps a scatter list into one contiguous IOVA range (Linux `iommu_dma_map_sg`): each

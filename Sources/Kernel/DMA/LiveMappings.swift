@@ -1,3 +1,4 @@
+import Platform
 import Synchronization
 
 /// The DMA API's record of live streaming mappings, IOVA frame → granules, so that an
@@ -106,29 +107,44 @@ final class LiveMappings: @unchecked Sendable {
         return removed
     }
 
+    /// The granules `pfn` is live with, or nil (looking in every shard, then the overflow).
+    func pages(of pfn: UInt64) -> UInt64? {
+        let key = pfn &+ 1
+        for s in 0..<shards {
+            if let i = find(s, key: key) { return values[i].load(ordering: .acquiring) }
+        }
+        guard overflowCount.load(ordering: .acquiring) > 0 else { return nil }
+        return overflow.withLock { $0[key] }
+    }
+
     private enum ShardResult { case removed, wrongSize, absent }
 
+    /// The index of `key`'s slot in `shard`, or nil.
     @inline(__always)
-    private func removeInShard(_ shard: Int, key: UInt64, pages: UInt64, found: inout UInt64?) -> ShardResult {
+    private func find(_ shard: Int, key: UInt64) -> Int? {
         let base = shard &* (mask &+ 1)
         var i = slot(key)
         for _ in 0..<Self.maxProbes {
             let k = keys[base &+ i].load(ordering: .acquiring)
-            if k == Self.empty { return .absent }
-            if k == key {
-                let v = values[base &+ i].load(ordering: .acquiring)
-                found = v
-                guard v == pages else { return .wrongSize }
-                guard keys[base &+ i].compareExchange(expected: key, desired: Self.tombstone, ordering: .acquiringAndReleasing).exchanged else {
-                    // Another CPU removed it first (a racing double unmap).
-                    found = nil
-                    return .absent
-                }
-                return .removed
-            }
+            if k == Self.empty { return nil }
+            if k == key { return base &+ i }
             i = (i &+ 1) & mask
         }
-        return .absent
+        return nil
+    }
+
+    @inline(__always)
+    private func removeInShard(_ shard: Int, key: UInt64, pages: UInt64, found: inout UInt64?) -> ShardResult {
+        guard let i = find(shard, key: key) else { return .absent }
+        let v = values[i].load(ordering: .acquiring)
+        found = v
+        guard v == pages else { return .wrongSize }
+        guard keys[i].compareExchange(expected: key, desired: Self.tombstone, ordering: .acquiringAndReleasing).exchanged else {
+            // Another CPU removed it first (a racing double unmap).
+            found = nil
+            return .absent
+        }
+        return .removed
     }
 
     /// Live mappings, counted by a scan (statistics only: no shared counter on the hot path).

@@ -413,14 +413,9 @@ public final class ScenarioRunner {
         let old = r.buffers.addresses[k], cpu = r.cpus[k]
         guard step("\(dev.name) dma_unmap_page", line: 0, { () throws(IOMMUError) in
             do throws(IOMMUError) { try m.dma.unmapPage(dev, address: old, size: r.spec.size, cpu: cpu) } catch {
-                // A failed unmap leaves the mapping in place (teardown unmaps it), except when a
-                // strict unmap's invalidation failed: then the DMA layer has retired it.
-                let retired: Bool
-                switch error {
-                case .ioError, .timedOut: retired = (try? m.dma.cookie(for: dev))??.isDeferred == false
-                default: retired = false
-                }
-                if !retired { r.buffers.live[k] = true }
+                // The DMA layer decides whether a failed unmap kept the mapping (teardown then
+                // unmaps it) or retired it (a strict unmap whose invalidation failed).
+                if (try? m.dma.isMapped(dev, address: old)) == true { r.buffers.live[k] = true }
                 throw error
             }
         }) else { return }
