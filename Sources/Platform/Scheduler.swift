@@ -130,6 +130,15 @@ public final class Scheduler: @unchecked Sendable {
         }
     }
 
+    /// Drops every pending event without running it. Pending closures hold the objects they
+    /// act on (units, links, endpoints), which hold the platform and so this scheduler: the
+    /// owner of a machine calls this when it goes, or those cycles keep its memory alive.
+    public func discardPending() {
+        hardwareHeap = []
+        softwareHeap = []
+        cancelled = []
+    }
+
     // MARK: Running
 
     /// Runs the earliest event (of any kind, or hardware only), if it is due by `notAfter`.

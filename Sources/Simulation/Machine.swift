@@ -38,8 +38,11 @@ public final class Machine: @unchecked Sendable {
     }
 
     deinit {
-        // Endpoints and units reference each other; without this a machine would never be freed.
+        // Endpoints and units reference each other, and events still pending (a run that stopped
+        // at a failing step, a machine never run) hold the hardware that holds the scheduler;
+        // without this a machine would never be freed.
         for u in units { u.disconnectAll() }
+        platform.scheduler.discardPending()
     }
 
     /// Probes devices and creates their endpoints; `ats` and `pri` give each endpoint's

@@ -435,12 +435,15 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     /// checked after every unmap of a domain it is attached to.
     public func watch(_ e: PCIeEndpoint, unit: Int) {
         if e.atsConfiguration.enabled { endpoints[UInt64(unit) << 16 | UInt64(e.requesterID.rawValue)] = e }
+        // The hook lives in the endpoint: capturing the endpoint itself would keep it (and through
+        // it the unit, the platform and the machine's memory) alive forever.
+        let name = e.name
         e.onAnomaly = { [unowned self] a in
             switch a {
             case .unexpectedResponse(let p, let g):
-                violate("page-response-unexpected", "\(e.name) got a response for group \(g)\(p.map { " of \($0)" } ?? "") it had no request outstanding for")
+                violate("page-response-unexpected", "\(name) got a response for group \(g)\(p.map { " of \($0)" } ?? "") it had no request outstanding for")
             case .responseCrossedPASIDReuse(let p, let g):
-                violate("page-response-crossed-pasid", "a response for group \(g) sent under an earlier use of \(p) reached \(e.name) after the PASID was started again")
+                violate("page-response-crossed-pasid", "a response for group \(g) sent under an earlier use of \(p) reached \(name) after the PASID was started again")
             }
         }
     }

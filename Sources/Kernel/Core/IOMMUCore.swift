@@ -65,6 +65,16 @@ public final class IOMMUCore: @unchecked Sendable {
         self.policy = policy
     }
 
+    /// A core dropped with devices still probed (a run stopped before its teardown) leaves no
+    /// cycle behind: devices and their groups, domains and driver state reference each other,
+    /// and through the driver the hardware and its memory. Nothing is programmed here: the
+    /// machine is going as a whole.
+    deinit {
+        for g in groups { g.devices = []; g.domain = nil; g.defaultDomain = nil; g.blockingDomain = nil; g.pasidDomains = [:] }
+        for d in devices { d.faultParam?.queue.forgetAll() }
+        for d in devices { d.group = nil; d.attachedDomain = nil; d.attachedPASIDs = [:]; d.driverData = nil; d.faultParam = nil }
+    }
+
     /// Adds a driver; its units can then have devices probed behind them.
     public func register(_ driver: any IOMMUDriver) {
         drivers.append(driver)

@@ -70,23 +70,35 @@ public struct Explorer: Sendable {
                     progress: (@Sendable (_ done: Int, _ total: Int, _ violating: Int) -> Void)? = nil) -> Report {
         let start = HostClock.now()
         let count = Int(seeds.upperBound - seeds.lowerBound) + 1
-        let violating = Counter()
-        let results = ParallelJobs.map(count: count, jobs: jobs, progress: { done in
-            progress?(done, count, violating.value)
-        }) { i in
-            let r = self.runSeed(seeds.lowerBound + UInt64(i))
-            if !r.firsts.isEmpty { violating.increment() }
-            return r
+        // Each seed's result is folded in as it arrives and dropped: a campaign of any length
+        // keeps one finding per invariant, never one record per seed.
+        var findings = Findings()
+        var violating = 0
+        var translations: UInt64 = 0
+        ParallelJobs.forEach(count: count, jobs: jobs, { i in self.runSeed(seeds.lowerBound + UInt64(i)) }) { _, r, done in
+            findings.add(r)
+            if !r.firsts.isEmpty { violating += 1 }
+            translations &+= r.translations
+            progress?(done, count, violating)
         }
-        return Report(scenario: scenario.name, runs: count, findings: Self.merge(results),
-                      wallNs: HostClock.elapsed(start, HostClock.now()), translations: results.reduce(0) { $0 + $1.translations })
+        return Report(scenario: scenario.name, runs: count, findings: findings.sorted,
+                      wallNs: HostClock.elapsed(start, HostClock.now()), translations: translations)
     }
 
     /// One finding per invariant: the earliest occurrence over all seeds (ties: lowest seed).
     static func merge(_ results: [SeedResult]) -> [Finding] {
-        var byInvariant: [String: Finding] = [:]
-        var order: [String] = []
-        for r in results {
+        var f = Findings()
+        for r in results { f.add(r) }
+        return f.sorted
+    }
+
+    /// The running merge of seed results: per invariant the earliest occurrence (ties: lowest
+    /// seed) and the number of seeds that showed it. The result does not depend on the order
+    /// seeds are added in.
+    struct Findings {
+        private var byInvariant: [String: Finding] = [:]
+
+        mutating func add(_ r: SeedResult) {
             for f in r.firsts {
                 if var existing = byInvariant[f.invariant] {
                     existing.seeds += 1
@@ -96,18 +108,10 @@ public struct Explorer: Sendable {
                     byInvariant[f.invariant] = existing
                 } else {
                     byInvariant[f.invariant] = Finding(invariant: f.invariant, detail: f.detail, seed: r.seed, timeNs: f.time, seeds: 1)
-                    order.append(f.invariant)
                 }
             }
         }
-        return order.sorted().compactMap { byInvariant[$0] }
-    }
-}
 
-/// A thread-safe counter for progress reports.
-final class Counter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var n = 0
-    func increment() { lock.lock(); n += 1; lock.unlock() }
-    var value: Int { lock.lock(); defer { lock.unlock() }; return n }
+        var sorted: [Finding] { byInvariant.keys.sorted().compactMap { byInvariant[$0] } }
+    }
 }

@@ -1,40 +1,59 @@
 import Foundation
 import Synchronization
 
-/// Runs independent jobs `0..<count` on `jobs` threads and returns their results in index
-/// order, so the outcome does not depend on how many threads ran them. `progress` is called
-/// (from a worker, serialised) after each job with the number done.
+/// Runs independent jobs `0..<count` on `jobs` threads.
 enum ParallelJobs {
-    static func map<T: Sendable>(count: Int, jobs: Int, progress: (@Sendable (Int) -> Void)? = nil,
-                                 _ body: @escaping @Sendable (Int) -> T) -> [T] {
-        guard count > 0 else { return [] }
-        let state = Mutex<JobState<T>>(JobState(count: count))
-        let workers = max(1, min(jobs, count))
-        DispatchQueue.concurrentPerform(iterations: workers) { _ in
-            while true {
-                let i: Int? = state.withLock { s in
-                    guard s.next < count else { return nil }
-                    s.next += 1
-                    return s.next - 1
-                }
-                guard let i else { return }
-                let r = body(i)
-                state.withLock { s in
-                    s.results[i] = r
-                    s.done += 1
-                    progress?(s.done)
+    /// Runs every job and hands each result to `consume` (serialised, in completion order,
+    /// with the number of jobs done so far) as soon as it is ready, keeping nothing: memory
+    /// stays flat however many jobs run. `consume` must not depend on the order it is called
+    /// in if the outcome is to be independent of the number of threads.
+    static func forEach<T>(count: Int, jobs: Int, _ body: @escaping @Sendable (Int) -> T,
+                           consume: (_ index: Int, _ result: T, _ done: Int) -> Void) {
+        guard count > 0 else { return }
+        withoutActuallyEscaping(consume) { consume in
+            let state = Mutex<JobState>(JobState())
+            let sink = UncheckedBox(consume)
+            let workers = max(1, min(jobs, count))
+            DispatchQueue.concurrentPerform(iterations: workers) { _ in
+                while true {
+                    let i: Int? = state.withLock { s in
+                        guard s.next < count else { return nil }
+                        s.next += 1
+                        return s.next - 1
+                    }
+                    guard let i else { return }
+                    let r = UncheckedBox(body(i))
+                    state.withLock { s in
+                        s.done += 1
+                        sink.value(i, r.value, s.done)
+                    }
                 }
             }
         }
+    }
+
+    /// Runs every job and returns the results in index order, so the outcome does not depend
+    /// on how many threads ran them. `progress` is called (serialised) after each job.
+    static func map<T: Sendable>(count: Int, jobs: Int, progress: (@Sendable (Int) -> Void)? = nil,
+                                 _ body: @escaping @Sendable (Int) -> T) -> [T] {
+        var results = [T?](repeating: nil, count: count)
+        forEach(count: count, jobs: jobs, body) { i, r, done in
+            results[i] = r
+            progress?(done)
+        }
         // Every index ran exactly once (the workers stop only when `next` reached `count`).
-        return state.withLock { s in s.results.compactMap { $0 } }
+        return results.compactMap { $0 }
     }
 }
 
-/// Shared state of a `ParallelJobs.map` (guarded by its mutex).
-final class JobState<T>: @unchecked Sendable {
+/// Shared state of a `ParallelJobs` run (guarded by its mutex).
+struct JobState: Sendable {
     var next = 0
     var done = 0
-    var results: [T?]
-    init(count: Int) { results = [T?](repeating: nil, count: count) }
+}
+
+/// Carries a value across the workers; every use is serialised by the jobs' mutex.
+struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
 }

@@ -24,6 +24,13 @@ final class Progress: @unchecked Sendable {
     }
 }
 
+/// The process's peak resident set so far, in bytes (`getrusage`'s ru_maxrss, KiB on Linux).
+func peakResidentBytes() -> UInt64 {
+    var u = rusage()
+    guard getrusage(RUSAGE_SELF.rawValue, &u) == 0 else { return 0 }
+    return UInt64(max(0, u.ru_maxrss)) * 1024
+}
+
 struct ExploreCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "explore",
@@ -75,7 +82,7 @@ struct ExploreCommand: ParsableCommand {
                              ("seeds", .int(Int64(f.seeds))), ("timeNs", .uint(f.timeNs)), ("replay", .string(replay(f.seed)))])
                 })),
                 ("host", .object([("wallNs", .uint(report.wallNs)), ("seedsPerMinute", .double(report.seedsPerMinute)),
-                                  ("translations", .uint(report.translations))])),
+                                  ("translations", .uint(report.translations)), ("peakRSSBytes", .uint(peakResidentBytes()))])),
             ])
             print(j.render())
         } else {
@@ -84,7 +91,8 @@ struct ExploreCommand: ParsableCommand {
                 print("  [\(f.invariant)] in \(f.seeds) seed(s); soonest: seed \(f.seed) at \(f.timeNs) ns: \(f.detail)")
                 print("    replay: \(replay(f.seed))")
             }
-            print(String(format: "Host: %.1f s wall, %.0f seeds/min", Double(report.wallNs) / 1e9, report.seedsPerMinute))
+            print(String(format: "Host: %.1f s wall, %.0f seeds/min, peak RSS %.0f MB", Double(report.wallNs) / 1e9, report.seedsPerMinute,
+                         Double(peakResidentBytes()) / 1e6))
         }
         if !report.findings.isEmpty { throw ExitCode(1) }
     }

@@ -26,6 +26,14 @@ public final class IOPFQueue: @unchecked Sendable {
 
     init(name: String, scheduler: Scheduler) { self.name = name; self.scheduler = scheduler }
 
+    /// Drops its devices and queued work without running anything (the machine is going;
+    /// they hold the devices, which hold the driver, which holds this queue).
+    func forgetAll() {
+        devices = []
+        work = []
+        head = 0
+    }
+
     /// Work items queued and not yet run.
     public var queuedWork: Int { work.count - head }
 
