@@ -1,0 +1,188 @@
+import Platform
+import Formats
+import Hardware
+import Kernel
+
+// Timed actions: what each `do:` of a scenario performs.
+extension ScenarioRunner {
+    private func domain(named name: String) throws(IOMMUError) -> IOMMUDomain {
+        if let d = userDomains[name] { return d }
+        if let i = scenario.devices.firstIndex(where: { $0.description.name == name }) {
+            guard let d = devices[i].attachedDomain, let g = devices[i].group else { throw .notFound("\(name) has no domain") }
+            return g.defaultDomain ?? d
+        }
+        throw .notFound("domain \(name) is not allocated (its allocation failed or has not happened yet)")
+    }
+
+    func group(_ device: Int) throws(IOMMUError) -> Group {
+        guard let g = devices[device].group else { throw .noDevice("\(devices[device].name) has no group") }
+        return g
+    }
+
+    func pasid(_ name: String) throws(IOMMUError) -> PASID {
+        guard let p = pasids[name] else { throw .notFound("PASID \(name) is not allocated") }
+        return p
+    }
+
+    func perform(_ a: Scenario.TimedAction) {
+        let line = a.source.line
+        let label = a.label
+        switch a.action {
+        case .allocDomain(let name, let device, let flags, let queue):
+            step(label, line: line) { () throws(IOMMUError) in
+                let d = try m.core.allocDomain(for: devices[device], flags: flags)
+                if let queue {
+                    do throws(IOMMUError) {
+                        guard let q = faultQueues[queue] else { throw .notFound("fault queue \(queue) is not allocated") }
+                        try m.core.setFaultQueue(q, for: d)
+                    } catch { try? m.core.freeDomain(d); throw error }
+                }
+                userDomains[name] = d
+            }
+            if let d = userDomains[name] { note("\(name) = \(d) allocated") }
+        case .freeDomain(let name):
+            step(label, line: line) { () throws(IOMMUError) in
+                let d = try domain(named: name)
+                try unmapUserFaultPages(of: d)
+                try m.core.freeDomain(d)
+                userDomains[name] = nil
+            }
+        case .map(let b): mapSet(b, label: label, line: line)
+        case .unmap(let b): unmapSet(b, label: label, line: line)
+        case .claimOwner(let d): step(label, line: line) { () throws(IOMMUError) in try m.core.claimDMAOwner(try group(d)) }
+        case .releaseOwner(let d): step(label, line: line) { () throws(IOMMUError) in try m.core.releaseDMAOwner(try group(d)) }
+        case .attach(let name, let d):
+            step(label, line: line) { () throws(IOMMUError) in try m.core.attach(try domain(named: name), to: try group(d)) }
+        case .replace(let name, let d):
+            if step(label, line: line, { () throws(IOMMUError) in try m.core.replace(try group(d), with: try domain(named: name)) }) {
+                note("\(label): \(m.core.lastUpdatePath.rawValue) path")
+            }
+        case .detach(let name, let d):
+            step(label, line: line) { () throws(IOMMUError) in try m.core.detach(try domain(named: name), from: try group(d)) }
+        case .allocPASID(let name, let d):
+            step(label, line: line) { () throws(IOMMUError) in pasids[name] = try m.core.allocGlobalPASID(for: devices[d]) }
+        case .freePASID(let name):
+            step(label, line: line) { () throws(IOMMUError) in
+                try m.core.freeGlobalPASID(try pasid(name))
+                pasids[name] = nil
+            }
+        case .attachPASID(let p, let d, let name):
+            step(label, line: line) { () throws(IOMMUError) in
+                let path = try m.core.attachPASID(try domain(named: name), to: devices[d], pasid: try pasid(p))
+                note("\(label): \(path.rawValue)")
+            }
+        case .replacePASID(let p, let d, let name):
+            step(label, line: line) { () throws(IOMMUError) in
+                let path = try m.core.replacePASID(try domain(named: name), on: devices[d], pasid: try pasid(p))
+                note("\(label): \(path.rawValue) path")
+            }
+        case .detachPASID(let p, let d, let name):
+            step(label, line: line) { () throws(IOMMUError) in try m.core.detachPASID(try domain(named: name), from: devices[d], pasid: try pasid(p)) }
+        case .reset(let d, let ns): reset(d, ns: ns, label: label, line: line)
+        case .dma(let d, let address, let length, let count, let stride, let write, let p):
+            let e = endpoints[d]
+            let pa = p.flatMap { pasids[$0] }
+            if let p, pa == nil { note("\(label) skipped: PASID \(p) is not allocated"); return }
+            for i in 0..<count {
+                let (addr, o) = address.addingReportingOverflow(UInt64(i) &* stride)
+                if o { break }
+                e.submit(write ? .write(addr, [UInt8](repeating: 0xEE, count: length), pasid: pa) : .read(addr, length: length, pasid: pa))
+            }
+            note(label)
+        case .dmaBurst(let d, let pairs, let cpu):
+            let dev = devices[d]
+            var scratch: UInt64 = 0
+            guard step("\(label): buffer", line: line, { () throws(IOMMUError) in scratch = try m.allocateBuffer() }) else { return }
+            for _ in 0..<pairs {
+                guard step(label, line: line, { () throws(IOMMUError) in
+                    let a = try m.dma.mapPage(dev, physical: scratch, size: 4096, direction: .toDevice, cpu: cpu)
+                    try m.dma.unmapPage(dev, address: a, size: 4096, cpu: cpu)
+                }) else { break }
+            }
+            if let st = (try? m.dma.cookie(for: dev))??.statistics {
+                note("\(label): \(st.fullQueueFlushes) full-queue flush(es), \(st.entriesFreed) entries freed, \(st.entriesPending) pending")
+            }
+        case .start(let w): startWorkload(w, line: line)
+        case .stop(let w): stopWorkload(w)
+        case .retarget(let w, let b):
+            streams[w]?.sets = b.map { sets[$0] }
+            note(label)
+        case .inject(let mode):
+            // A sweep's own mode wins: the file's injections apply only to plain runs.
+            if options.faultMode == .off { m.platform.faults.mode = mode }
+            note(label)
+        case .descriptorFault(let u, let type, let fault):
+            m.units[u].descriptorFaults[type] = fault
+            note(label)
+        case .createProcess, .mmap, .munmap, .exitProcess, .svaBind, .svaUnbind, .allocFaultQueue, .closeFaultQueue:
+            performPageFaultAction(a)
+        }
+    }
+
+    /// Maps every buffer of a set (fresh frames, or those of the set it is `like`). A failure
+    /// part-way unmaps what this action mapped, as a driver's error path does.
+    func mapSet(_ b: Int, label: String, line: Int) {
+        let spec = scenario.buffers[b]
+        let set = sets[b]
+        guard !set.mapped else { note("\(label): already mapped"); return }
+        var done: [(UInt64, UInt64)] = []
+        var target: IOMMUDomain?
+        let ok = step(label, line: line, rollback: { [self] in
+            if let target { for (iova, size) in done { _ = try? m.core.unmap(target, iova: iova, size: size) } }
+        }) { () throws(IOMMUError) in
+            let d = try domain(named: spec.domain)
+            let identity = d.type == .identity
+            for k in 0..<spec.count {
+                var frames: [UInt64] = []
+                if let like = spec.like {
+                    frames = sets[like].frames[k]
+                    guard frames.count == spec.pages else { throw .invalidArgument("\(sets[like].name) is not mapped") }
+                } else {
+                    for _ in 0..<spec.pages { frames.append(try m.allocateBuffer()) }
+                }
+                set.frames[k] = frames
+                if identity {
+                    set.addresses[k] = frames[0]
+                    continue
+                }
+                target = d
+                let iova = spec.iova + UInt64(k) * spec.stride
+                for (p, f) in frames.enumerated() {
+                    try m.core.map(d, iova: iova + UInt64(p) * 4096, physical: f, size: 4096, permissions: spec.permissions)
+                    done.append((iova + UInt64(p) * 4096, 4096))
+                }
+                set.addresses[k] = iova
+            }
+            set.domain = identity ? nil : d
+        }
+        guard ok else { return }
+        set.mapped = true
+        for k in 0..<set.count { set.live[k] = true }
+        note("\(label) (\(spec.count) × \(spec.pages) page(s))")
+    }
+
+    func unmapSet(_ b: Int, label: String, line: Int) {
+        let set = sets[b]
+        guard set.mapped else { return }
+        for k in 0..<set.count { set.live[k] = false }
+        set.mapped = false
+        guard let d = set.domain else { return }
+        for k in 0..<set.count {
+            let iova = set.addresses[k]
+            step("\(label)[\(k)]", line: line) { () throws(IOMMUError) in _ = try m.core.unmap(d, iova: iova, size: set.length) }
+        }
+        set.domain = nil
+    }
+
+    /// Device reset (Linux pci_dev_reset_iommu_prepare/done): the group goes to the blocked
+    /// domain for the reset and back to the domain it had.
+    func reset(_ d: Int, ns: UInt64, label: String, line: Int) {
+        guard let g = devices[d].group, let previous = g.domain else { return }
+        let blocked = devices[d].driver.blockedDomain
+        guard step("\(label): block", line: line, { () throws(IOMMUError) in try m.core.replace(g, with: blocked) }) else { return }
+        m.scheduler.advance(by: ns)
+        if step("\(label): restore", line: line, { () throws(IOMMUError) in try m.core.replace(g, with: previous) }) {
+            note("\(label): blocked for \(ns) ns, back in \(previous)")
+        }
+    }
+}

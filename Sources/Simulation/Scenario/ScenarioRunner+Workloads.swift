@@ -1,0 +1,212 @@
+import Platform
+import Formats
+import Hardware
+import Kernel
+
+// Workloads: DMA streams, churn, DMA-API rings, ATS streams and fault handlers.
+extension ScenarioRunner {
+    // MARK: Workloads
+
+    func setUpWorkloads() {
+        sets = scenario.buffers.map { b in
+            LiveBuffers(name: b.name, count: b.count, length: UInt64(b.pages) * 4096,
+                        writeOnly: b.permissions == .write, readOnly: b.permissions == .read)
+        }
+        // One slot per workload in each table; the workload's kind fills one of them.
+        for w in scenario.workloads {
+            var stream: DMAStreamEngine?, churn: ChurnState?, ring: RingState?
+            var ats: ATSStreamEngine?, handler: FaultHandlerState?
+            switch w.kind {
+            case .dma(let d):
+                let e = endpoints[d.device]
+                let engine = DMAStreamEngine(endpoint: e, sets: d.buffers.map { sets[$0] }, pasid: nil, intervalNs: d.intervalNs,
+                                             burst: d.burst, direction: d.direction, minBytes: d.minBytes, maxBytes: d.maxBytes,
+                                             walkAccessNs: scenario.units[scenario.devices[d.device].description.unit].walkAccessNs,
+                                             sequential: d.sequential)
+                attachSampler(engine)
+                stream = engine
+            case .churn(let c):
+                churn = ChurnState(set: c.buffers, periodNs: c.periodNs)
+            case .ats(let a):
+                ats = makeATSStream(a)
+            case .faultHandler(let h):
+                handler = FaultHandlerState(spec: h)
+            case .dmaRing(let r):
+                let b = LiveBuffers(name: w.name, count: r.count, length: r.size,
+                                    writeOnly: r.direction == .fromDevice, readOnly: r.direction == .toDevice)
+                let state = RingState(spec: r, buffers: b)
+                let e = endpoints[r.device]
+                let engine = DMAStreamEngine(endpoint: e, sets: [b], pasid: nil, intervalNs: r.intervalNs, burst: 1,
+                                             direction: .both, minBytes: 256, maxBytes: Int(min(r.size, 4096)),
+                                             walkAccessNs: scenario.units[scenario.devices[r.device].description.unit].walkAccessNs)
+                attachSampler(engine)
+                state.stream = engine
+                ring = state
+            }
+            streams.append(stream); churns.append(churn); rings.append(ring)
+            atsStreams.append(ats); faultHandlers.append(handler)
+        }
+    }
+
+    /// Counters for the trace, sampled by DMA streams (no extra events: tracing does not
+    /// change the run).
+    func attachSampler(_ engine: DMAStreamEngine) {
+        guard options.trace else { return }
+        let t = m.platform.trace
+        let units = m.units
+        let unitTracks = units.map(\.trackID)
+        let hitRate = t.label("IOTLB hit rate %"), depth = t.label("invalidation queue depth")
+        engine.sampler = { [unowned t] in
+            let now = units.first?.platform.scheduler.now ?? 0
+            for (i, u) in units.enumerated() {
+                let c = u.counters
+                let total = c.iotlbHits &+ c.iotlbMisses
+                let rate = total == 0 ? 0 : c.iotlbHits &* 100_000 / total
+                t.record(TraceEvent(time: now, kind: .counter, track: unitTracks[i], a: hitRate, b: rate))
+                t.record(TraceEvent(time: now, kind: .counter, track: unitTracks[i], a: depth, b: UInt64(u.invalidationQueueDepth) * 1000))
+            }
+        }
+    }
+
+    func startWorkload(_ i: Int, line: Int) {
+        let spec = scenario.workloads[i]
+        if let a = atsStreams[i] {
+            a.start()
+            note("\(spec.name) starts")
+        } else if let h = faultHandlers[i] {
+            startFaultHandler(h)
+            note("\(spec.name) starts")
+        } else if let st = streams[i] {
+            if case .dma(let d) = spec.kind, let p = d.pasid {
+                guard let pasid = pasids[p] else {
+                    // The PASID was never allocated (its allocation failed in a sweep): nothing to run.
+                    note("\(spec.name) not started: PASID \(p) is not allocated")
+                    return
+                }
+                st.pasid = pasid
+            }
+            st.start()
+            note("\(spec.name) starts")
+        } else if let c = churns[i] {
+            guard !c.running else { return }
+            c.running = true
+            c.generation &+= 1
+            scheduleChurn(c, generation: c.generation)
+        } else if let r = rings[i] {
+            guard !r.running else { return }
+            if !r.started {
+                r.started = true
+                mapRing(r, label: spec.name, line: line)
+            }
+            r.running = true
+            r.generation &+= 1
+            r.stream?.start()
+            scheduleRecycle(r, generation: r.generation)
+        }
+    }
+
+    func stopWorkload(_ i: Int) {
+        if let a = atsStreams[i], a.running {
+            a.stop()
+            note("\(scenario.workloads[i].name) stops: \(a.summary)")
+        }
+        if let h = faultHandlers[i], h.running {
+            h.running = false
+            note("\(scenario.workloads[i].name) stops")
+        }
+        streams[i]?.stop()
+        churns[i]?.running = false
+        if let r = rings[i] { r.running = false; r.stream?.stop() }
+    }
+
+    func scheduleChurn(_ c: ChurnState, generation: UInt64) {
+        m.scheduler.schedule(after: c.periodNs, kind: .software) { [weak self, weak c] in
+            guard let self, let c, c.running, c.generation == generation, self.abort == nil else { return }
+            self.churnOnce(c)
+            self.scheduleChurn(c, generation: generation)
+        }
+    }
+
+    /// Unmaps a random posted buffer of the set (strict: invalidated before return) and maps
+    /// it again to fresh frames, as a driver recycling buffers does.
+    func churnOnce(_ c: ChurnState) {
+        let set = sets[c.set]
+        let spec = scenario.buffers[c.set]
+        guard set.mapped, let domain = set.domain else { return }
+        let k = Int(m.scheduler.random(below: UInt64(set.count)))
+        guard set.live[k] else { return }
+        set.live[k] = false
+        let iova = set.addresses[k]
+        let size = set.length
+        let ok = step("churn \(spec.name)[\(k)]: unmap", line: spec.source.line) { () throws(IOMMUError) in
+            let n = try m.core.unmap(domain, iova: iova, size: size)
+            guard n == size else { throw .ioError("unmapped only \(n) of \(size) bytes") }
+        }
+        guard ok else { return }
+        var fresh: [UInt64] = []
+        let mapped = step("churn \(spec.name)[\(k)]: map", line: spec.source.line, rollback: { [self] in
+            if !fresh.isEmpty { _ = try? m.core.unmap(domain, iova: iova, size: UInt64(fresh.count) * 4096) }
+        }) { () throws(IOMMUError) in
+            for p in 0..<spec.pages {
+                let f = try m.allocateBuffer()
+                try m.core.map(domain, iova: iova + UInt64(p) * 4096, physical: f, size: 4096, permissions: spec.permissions)
+                fresh.append(f)
+            }
+        }
+        if mapped {
+            set.frames[k] = fresh
+            set.live[k] = true
+            churnRounds += 1
+        }
+    }
+
+    func mapRing(_ r: RingState, label: String, line: Int) {
+        let dev = devices[r.spec.device]
+        let cpus = scenario.machine.cpus
+        for i in 0..<r.buffers.count {
+            let cpu = i % cpus
+            step("\(label): dma_map_page \(i)", line: line) { () throws(IOMMUError) in
+                let a = try m.dma.mapPage(dev, physical: try m.allocateBuffer() + r.spec.offset, size: r.spec.size,
+                                          direction: r.spec.direction, cpu: cpu)
+                r.buffers.addresses[i] = a
+                r.buffers.live[i] = true
+                r.cpus[i] = cpu
+            }
+        }
+        note("\(label): \(dev.name) mapped \(r.buffers.count) buffers with the DMA API")
+    }
+
+    func scheduleRecycle(_ r: RingState, generation: UInt64) {
+        m.scheduler.schedule(after: r.spec.recycleNs, kind: .software) { [weak self, weak r] in
+            guard let self, let r, r.running, r.generation == generation, self.abort == nil else { return }
+            self.recycleOnce(r)
+            self.scheduleRecycle(r, generation: generation)
+        }
+    }
+
+    /// Unmaps a random ring buffer through the DMA API (deferred under the lazy policy) and
+    /// maps a fresh one from the other CPU.
+    func recycleOnce(_ r: RingState) {
+        let dev = devices[r.spec.device]
+        let k = Int(m.scheduler.random(below: UInt64(r.buffers.count)))
+        guard r.buffers.live[k] else { return }
+        r.buffers.live[k] = false
+        let old = r.buffers.addresses[k], cpu = r.cpus[k]
+        guard step("\(dev.name) dma_unmap_page", line: 0, { () throws(IOMMUError) in
+            do throws(IOMMUError) { try m.dma.unmapPage(dev, address: old, size: r.spec.size, cpu: cpu) } catch {
+                // The DMA layer decides whether a failed unmap kept the mapping (teardown then
+                // unmaps it) or retired it (a strict unmap whose invalidation failed).
+                if (try? m.dma.isMapped(dev, address: old)) == true { r.buffers.live[k] = true }
+                throw error
+            }
+        }) else { return }
+        let next = (cpu + 1) % scenario.machine.cpus
+        step("\(dev.name) dma_map_page", line: 0) { () throws(IOMMUError) in
+            let a = try m.dma.mapPage(dev, physical: try m.allocateBuffer() + r.spec.offset, size: r.spec.size,
+                                      direction: r.spec.direction, cpu: next)
+            r.buffers.addresses[k] = a
+            r.buffers.live[k] = true
+            r.cpus[k] = next
+        }
+    }
+}
