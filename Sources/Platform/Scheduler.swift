@@ -174,9 +174,12 @@ public final class Scheduler: @unchecked Sendable {
         return n
     }
 
-    /// Runs every event due at or before `time`, then sets the clock to `time`.
+    /// Runs every event due at or before `time`, then sets the clock to `time`. When the clock
+    /// is already past `time` (software took longer than the gap), everything due by now runs
+    /// instead: an overdue event runs late, it is never starved.
     public func run(until time: UInt64) {
-        while runNext(notAfter: time) {}
+        let target = max(time, now)
+        while runNext(notAfter: target) {}
         if time > now { now = time }
     }
 

@@ -15,6 +15,26 @@ public struct RunResult: Sendable {
         public var bytesWritten: UInt64
     }
 
+    /// A timed action, workload start or stop performed after its time.
+    public struct LateItem: Sendable, Equatable {
+        public var label: String
+        public var dueNs: UInt64
+        public var ranNs: UInt64
+    }
+
+    /// What one declared workload did.
+    public struct WorkloadSummary: Sendable, Equatable {
+        public var name: String
+        /// When it first started; nil: it never ran.
+        public var startedNs: UInt64?
+        /// DMA requests, churn rounds, ring recycles and requests, ATS accesses or fault
+        /// groups served.
+        public var operations: UInt64
+        public var mayIdle: Bool
+        /// Started and did nothing, without the file saying it may.
+        public var idleUnexpectedly: Bool { startedNs != nil && operations == 0 && !mayIdle }
+    }
+
     public var scenario: String
     public var seed: UInt64
     public var virtualTimeNs: UInt64
@@ -43,13 +63,17 @@ public struct RunResult: Sendable {
     /// `pageFaultCounterNames` order (scenario expectations name them).
     public var pageFaultCounters: [(String, UInt64)]
     public var log: [(time: UInt64, text: String)]
+    public var lateItems: [LateItem] = []
+    public var workloads: [WorkloadSummary] = []
     /// Host wall-clock time of the run (not deterministic).
     public var wallNs: UInt64
 
     init(scenario: String, seed: UInt64, machine m: Machine, endpoints: [PCIeEndpoint], faultsReported: [(String, Int)],
          dmaAPI: DMAStatistics = DMAStatistics(), userAutoResponses: Int = 0, log: [(time: UInt64, text: String)],
-         churnRounds: Int, wallNs: UInt64) {
+         churnRounds: Int, lateItems: [LateItem] = [], workloads: [WorkloadSummary] = [], wallNs: UInt64) {
         self.scenario = scenario
+        self.lateItems = lateItems
+        self.workloads = workloads
         self.seed = seed
         virtualTimeNs = m.scheduler.now
         eventsRun = m.scheduler.eventsRun

@@ -136,6 +136,9 @@ public struct Scenario: Sendable {
         public var kind: Workload
         public var start: UInt64
         public var stop: UInt64?
+        /// The file says the workload may legitimately do nothing (`may-idle: true`); otherwise
+        /// a started workload that did nothing fails the run's expectations.
+        public var mayIdle = false
         public var source: Source
     }
 

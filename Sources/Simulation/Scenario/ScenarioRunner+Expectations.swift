@@ -24,6 +24,9 @@ extension ScenarioRunner {
             if n < f.atLeast { out.append("expected at least \(f.atLeast) fault(s) reported for \(name), found \(n)") }
             if let hi = f.atMost, n > hi { out.append("expected at most \(hi) fault(s) reported for \(name), found \(n)") }
         }
+        for w in r.workloads where w.idleUnexpectedly {
+            out.append("workload \(w.name) started at \(w.startedNs ?? 0) ns and did nothing (say may-idle: true if that is expected)")
+        }
         return out
     }
 }

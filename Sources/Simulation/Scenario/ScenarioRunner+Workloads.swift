@@ -43,6 +43,7 @@ extension ScenarioRunner {
                 state.stream = engine
                 ring = state
             }
+            workloadStarts.append(nil)
             streams.append(stream); churns.append(churn); rings.append(ring)
             atsStreams.append(ats); faultHandlers.append(handler)
         }
@@ -70,6 +71,7 @@ extension ScenarioRunner {
 
     func startWorkload(_ i: Int, line: Int) {
         let spec = scenario.workloads[i]
+        defer { if workloadRunning(i), workloadStarts[i] == nil { workloadStarts[i] = m.scheduler.now } }
         if let a = atsStreams[i] {
             a.start()
             note("\(spec.name) starts")
@@ -157,6 +159,7 @@ extension ScenarioRunner {
             set.frames[k] = fresh
             set.live[k] = true
             churnRounds += 1
+            c.rounds += 1
         }
     }
 
@@ -180,6 +183,7 @@ extension ScenarioRunner {
         m.scheduler.schedule(after: r.spec.recycleNs, kind: .software) { [weak self, weak r] in
             guard let self, let r, r.running, r.generation == generation, self.abort == nil else { return }
             self.recycleOnce(r)
+            r.recycles += 1
             self.scheduleRecycle(r, generation: generation)
         }
     }
@@ -207,6 +211,33 @@ extension ScenarioRunner {
             r.buffers.addresses[k] = a
             r.buffers.live[k] = true
             r.cpus[k] = next
+        }
+    }
+
+    /// Whether workload `i` is running now (a start that found nothing to run leaves it off).
+    func workloadRunning(_ i: Int) -> Bool {
+        if let a = atsStreams[i] { return a.running }
+        if let h = faultHandlers[i] { return h.running }
+        if let st = streams[i] { return st.running }
+        if let c = churns[i] { return c.running }
+        if let r = rings[i] { return r.running }
+        return false
+    }
+
+    /// What each workload did: the requests, rounds, recycles, accesses or groups it issued
+    /// or served. A workload that started and did none of it did nothing.
+    func workloadSummaries() -> [RunResult.WorkloadSummary] {
+        scenario.workloads.indices.map { i in
+            let w = scenario.workloads[i]
+            // A run whose probe failed never set its workloads up.
+            guard i < workloadStarts.count else { return .init(name: w.name, startedNs: nil, operations: 0, mayIdle: w.mayIdle) }
+            var ops: UInt64 = 0
+            if let st = streams[i] { ops = st.issued }
+            if let c = churns[i] { ops = UInt64(c.rounds) }
+            if let r = rings[i] { ops = UInt64(r.recycles) &+ (r.stream?.issued ?? 0) }
+            if let a = atsStreams[i] { ops = UInt64(a.started) }
+            if let h = faultHandlers[i] { ops = UInt64(h.groupsServed + h.groupsRefused) }
+            return .init(name: w.name, startedNs: workloadStarts[i], operations: ops, mayIdle: w.mayIdle)
         }
     }
 }

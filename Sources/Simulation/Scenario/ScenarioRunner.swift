@@ -99,12 +99,17 @@ public final class ScenarioRunner {
     var abort: StepFailed?
     var softwareTrack: UInt32 = 0
     var churnRounds = 0
+    /// Timed items performed after their time (software before them ran past it).
+    var lateItems: [RunResult.LateItem] = []
+    /// When each workload first started (nil: never).
+    var workloadStarts: [UInt64?] = []
 
     final class ChurnState {
         let set: Int
         let periodNs: UInt64
         var running = false
         var generation: UInt64 = 0
+        var rounds = 0
         init(set: Int, periodNs: UInt64) { self.set = set; self.periodNs = periodNs }
     }
 
@@ -116,6 +121,7 @@ public final class ScenarioRunner {
         var running = false
         var generation: UInt64 = 0
         var started = false
+        var recycles = 0
         /// The device's DMA API figures once its ring is torn down.
         var statistics: DMAStatistics?
         init(spec: Scenario.DMARing, buffers: LiveBuffers) {
@@ -165,6 +171,7 @@ public final class ScenarioRunner {
         let dma = rings.lazy.compactMap { $0 }.first?.statistics ?? DMAStatistics()
         let result = RunResult(scenario: sc.name, seed: options.seed, machine: m, endpoints: endpoints, faultsReported: faults,
                                dmaAPI: dma, userAutoResponses: userAutoResponses, log: log, churnRounds: churnRounds,
+                               lateItems: lateItems, workloads: workloadSummaries(),
                                wallNs: UInt64(wall.components.seconds) * 1_000_000_000 + UInt64(wall.components.attoseconds / 1_000_000_000))
         return ScenarioOutcome(result: result, steps: records, expectationFailures: checkExpectations(result),
                                trace: options.trace ? m.platform.trace : nil, injected: m.platform.faults.fired.map { ($0.point.name, $0.hit) },
@@ -238,9 +245,21 @@ public final class ScenarioRunner {
         }
         items.sort { ($0.at, $0.order) < ($1.at, $1.order) }
         let s = m.scheduler
+        // Items due before the timeline began (probing takes virtual time) are not late.
+        let begin = s.now
         for it in items {
             s.run(until: it.at)
             guard abort == nil else { return }
+            if s.now > max(it.at, begin) {
+                let label: String
+                switch it.item {
+                case .start(let i): label = "start \(scenario.workloads[i].name)"
+                case .stop(let i): label = "stop \(scenario.workloads[i].name)"
+                case .action(let a): label = a.label
+                }
+                lateItems.append(.init(label: label, dueNs: it.at, ranNs: s.now))
+                note("\(label) runs late: due at \(it.at) ns, software before it ran until \(s.now) ns")
+            }
             switch it.item {
             case .start(let i): startWorkload(i, line: scenario.workloads[i].source.line)
             case .stop(let i): stopWorkload(i)

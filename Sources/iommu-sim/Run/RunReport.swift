@@ -49,6 +49,13 @@ struct RunReport {
                              ("event", .uint(v.event)), ("timeNs", .uint(v.time))])
                 })),
             ])),
+            ("workloads", .array(r.workloads.map { w in
+                .object([("name", .string(w.name)), ("startedNs", w.startedNs.map { .uint($0) } ?? .null),
+                         ("operations", .uint(w.operations)), ("mayIdle", .bool(w.mayIdle))])
+            })),
+            ("lateItems", .array(r.lateItems.map { l in
+                .object([("label", .string(l.label)), ("dueNs", .uint(l.dueNs)), ("ranNs", .uint(l.ranNs))])
+            })),
             ("failedSteps", .array(steps.map { .string($0) })),
             ("expectationFailures", .array(expectationFailures.map { .string($0) })),
             ("host", .object([
@@ -82,6 +89,15 @@ struct RunReport {
             out.append("ATS/PRI: \(fmt(c("ats-accesses"))) accesses (\(fmt(c("ats-completed"))) completed, \(fmt(c("ats-failed"))) failed), \(fmt(c("device-tlb-hits"))) device-TLB hits, \(fmt(c("page-request-groups"))) page request groups (\(fmt(c("page-requests"))) requests), \(fmt(c("stop-markers"))) stop markers, \(fmt(c("credit-waits"))) credit waits")
             out.append("Page request queue: \(fmt(c("prq-queued"))) queued, \(fmt(c("prq-overflows"))) overflows (\(fmt(c("prq-overflows-cleared"))) cleared), \(fmt(c("unit-auto-responses"))) answered by the unit, \(fmt(c("pasid-drains"))) PASID drains, \(fmt(c("stop-markers-dropped"))) stop markers dropped by the driver, \(fmt(c("stop-markers-discarded"))) by the unit")
             out.append("Fault pipeline: \(fmt(c("page-faults"))) faults in \(fmt(c("fault-groups"))) groups, responses success \(fmt(c("responses-success"))) / invalid \(fmt(c("responses-invalid"))) / failure \(fmt(c("responses-failure"))), \(fmt(c("faults-without-handler"))) without handler, \(fmt(c("late-responses"))) late, \(fmt(c("user-auto-responses"))) auto-answered on detach/close")
+        }
+        if !r.workloads.isEmpty {
+            out.append("Workloads: " + r.workloads.map { w in
+                guard let t = w.startedNs else { return "\(w.name) NEVER RAN" }
+                return "\(w.name) \(fmt(w.operations)) op(s) from \(fmt(t / 1000)) µs" + (w.operations == 0 ? (w.mayIdle ? " (idle, allowed)" : " (DID NOTHING)") : "")
+            }.joined(separator: ", "))
+        }
+        if let worst = r.lateItems.max(by: { $0.ranNs - $0.dueNs < $1.ranNs - $1.dueNs }) {
+            out.append("Ran late (software before them was still running): \(r.lateItems.count) item(s); the latest, \(worst.label), due at \(fmt(worst.dueNs)) ns, ran at \(fmt(worst.ranNs)) ns")
         }
         out.append("Memory: peak \(r.peakFrames) frames, \(r.framesLeft) left after teardown")
         out.append("Oracle: \(fmt(r.oracleChecks)) checks, \(fmt(r.expectedFaults)) expected faults, \(r.violationCount) violation(s)")
