@@ -29,8 +29,12 @@ public final class FrameAllocator: @unchecked Sendable {
     public let endFrame: UInt64
     public let faults: FaultInjector?
     /// Called with each frame's address as it is freed, before it can be handed out again
-    /// (the simulator's oracle checks that no cache may still reach it). Set before use.
-    public var freeObserver: ((UInt64, Purpose) -> Void)?
+    /// (the simulator's oracle checks that no cache may still reach it), with its purpose and
+    /// the owner tag it was allocated with. Set before use.
+    public var freeObserver: ((_ address: UInt64, _ purpose: Purpose, _ owner: UInt32) -> Void)?
+    /// Called with each frame allocated with a non-zero owner tag (a page table's pages), so
+    /// the oracle knows every frame a structure the hardware walks is made of. Set before use.
+    public var ownedAllocationObserver: ((_ address: UInt64, _ purpose: Purpose, _ owner: UInt32) -> Void)?
 
     struct State {
         var nextFresh: UInt64
@@ -40,6 +44,9 @@ public final class FrameAllocator: @unchecked Sendable {
         /// Allocation bitmap over the region (1 = allocated), for `free` validation.
         var allocated: [UInt64]
         var purposeOf: [UInt8]
+        /// The owner tag of each allocated frame (0: none).
+        var ownerOf: [UInt32]
+        var nextOwnerTag: UInt32 = 1
         var inUse = 0
         var peak = 0
         var totalAllocations = 0
@@ -47,9 +54,10 @@ public final class FrameAllocator: @unchecked Sendable {
         var inUseByPurpose = [Int](repeating: 0, count: Purpose.allCases.count)
 
         /// Marks frame number `i` of the region allocated for `purpose` and counts it.
-        mutating func take(_ i: Int, _ purpose: Purpose) {
+        mutating func take(_ i: Int, _ purpose: Purpose, owner: UInt32 = 0) {
             allocated[i >> 6] |= 1 << UInt64(i & 63)
             purposeOf[i] = UInt8(purpose.rawValue)
+            ownerOf[i] = owner
             inUse += 1
             inUseByPurpose[purpose.rawValue] += 1
             totalAllocations += 1
@@ -67,7 +75,7 @@ public final class FrameAllocator: @unchecked Sendable {
         self.faults = faults
         let count = Int(end - self.firstFrame)
         state = Mutex(State(nextFresh: self.firstFrame, allocated: [UInt64](repeating: 0, count: (count + 63) / 64),
-                            purposeOf: [UInt8](repeating: 0, count: count)))
+                            purposeOf: [UInt8](repeating: 0, count: count), ownerOf: [UInt32](repeating: 0, count: count)))
     }
 
     /// Fresh frames are handed out in order; the host pages behind each aligned chunk of this
@@ -81,8 +89,19 @@ public final class FrameAllocator: @unchecked Sendable {
     public var totalAllocations: Int { state.withLock { $0.totalAllocations } }
     public var totalFrees: Int { state.withLock { $0.totalFrees } }
 
-    /// Allocates one zeroed, backed frame and returns its physical address.
-    public func allocate(_ purpose: Purpose = .other) throws(FrameError) -> UInt64 {
+    /// A fresh owner tag (never 0, never handed out twice by this allocator): a structure made
+    /// of many frames (a page table) allocates them all under its tag.
+    public func makeOwnerTag() -> UInt32 {
+        state.withLock { s in
+            let t = s.nextOwnerTag
+            s.nextOwnerTag = s.nextOwnerTag == .max ? 1 : s.nextOwnerTag + 1
+            return t
+        }
+    }
+
+    /// Allocates one zeroed, backed frame and returns its physical address. `owner` tags the
+    /// frame as part of a structure (see `makeOwnerTag`); 0: none.
+    public func allocate(_ purpose: Purpose = .other, owner: UInt32 = 0) throws(FrameError) -> UInt64 {
         if let faults, faults.shouldFail(.frameAlloc) { throw .injected }
         let first = firstFrame, end = endFrame
         var prefault: Range<UInt64>? = nil
@@ -101,10 +120,11 @@ public final class FrameAllocator: @unchecked Sendable {
             } else {
                 return nil
             }
-            s.take(Int(frame - first), purpose)
+            s.take(Int(frame - first), purpose, owner: owner)
             return frame
         }
         guard let frame else { throw .outOfMemory }
+        if owner != 0 { ownedAllocationObserver?(frame << PhysicalMemory.frameShift, purpose, owner) }
         if let prefault { memory.prefault(frames: prefault) }
         // Frames are inside memory by construction; populating is idempotent.
         try? memory.populate(frame: frame)
@@ -133,7 +153,9 @@ public final class FrameAllocator: @unchecked Sendable {
     }
 
     /// Returns the frame at `address` (zeroed and unbacked). Errors if it is not allocated.
-    public func free(_ address: UInt64) throws(FrameError) {
+    /// `neverPublished`: the frame was allocated but never made reachable (a table page that
+    /// lost a race to be linked); it is reported to the observer without its owner.
+    public func free(_ address: UInt64, neverPublished: Bool = false) throws(FrameError) {
         let frame = address >> PhysicalMemory.frameShift
         guard address & (PhysicalMemory.frameSize - 1) == 0, frame >= firstFrame, frame < endFrame else {
             throw .notAllocated(address: address)
@@ -141,17 +163,19 @@ public final class FrameAllocator: @unchecked Sendable {
         let i = Int(frame - firstFrame)
         let bit: UInt64 = 1 << UInt64(i & 63)
         // Claim the frame first (so a double free is refused), zero it, then publish it.
-        let purpose: Purpose? = state.withLock { s in
+        let freed: (Purpose, UInt32)? = state.withLock { s in
             guard s.allocated[i >> 6] & bit != 0 else { return nil }
             s.allocated[i >> 6] &= ~bit
             let p = Purpose(rawValue: Int(s.purposeOf[i])) ?? .other
+            let owner = s.ownerOf[i]
+            s.ownerOf[i] = 0
             s.inUse -= 1
             s.inUseByPurpose[p.rawValue] -= 1
             s.totalFrees += 1
-            return p
+            return (p, owner)
         }
-        guard let purpose else { throw .notAllocated(address: address) }
-        freeObserver?(address, purpose)
+        guard let (purpose, owner) = freed else { throw .notAllocated(address: address) }
+        freeObserver?(address, purpose, neverPublished ? 0 : owner)
         try? memory.discard(frame: frame)
         state.withLock { $0.freeList.append(frame) }
     }

@@ -30,8 +30,11 @@ public final class Machine: @unchecked Sendable {
         core.register(driver)
         dma = IOMMUDMA(core: core, cpus: cpus)
         oracle.trackedDriver = ObjectIdentifier(driver)
-        platform.frames.freeObserver = { [unowned oracle] address, purpose in
-            if purpose == .pageTable { oracle.frameFreed(address) }
+        platform.frames.freeObserver = { [unowned oracle] address, purpose, owner in
+            if purpose == .pageTable { oracle.frameFreed(address, owner: owner) }
+        }
+        platform.frames.ownedAllocationObserver = { [unowned oracle] address, purpose, owner in
+            oracle.ownedFrameAllocated(address, purpose: purpose, owner: owner)
         }
         let d = driver
         oracle.reservedCheck = { d.units.allSatisfy { $0.domainIDs.reservedIntact } }

@@ -44,10 +44,17 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     @exclusivity(unchecked) private var covering: [Int: ShadowMap] = [:]
     /// Unlinked table pages that must not be freed yet (frame → domain), and per domain
     /// those of strict unmaps in progress, of deferred unmaps, and of the running flush.
-    private var pendingTables: [UInt64: Int] = [:]
-    private var strictTables: [Int: [UInt64]] = [:]
-    private var deferredTables: [Int: [UInt64]] = [:]
-    private var coveringTables: [Int: [UInt64]] = [:]
+    var pendingTables: [UInt64: Int] = [:]
+    var strictTables: [Int: [UInt64]] = [:]
+    var deferredTables: [Int: [UInt64]] = [:]
+    var coveringTables: [Int: [UInt64]] = [:]
+    /// Every page-table page of a domain's tables that may still be reachable by a walk as of
+    /// the last completed invalidation (frame → the allocator's owner tag of its table): from
+    /// its allocation until an unmap's gather hands it over (then `pendingTables` follows it)
+    /// or its domain is freed.
+    var liveTables: [UInt64: UInt32] = [:]
+    /// Which domain each owner tag belongs to (for reports).
+    var tableOwners: [UInt32: Int] = [:]
     @exclusivity(unchecked) private var windows: [UInt64: Window] = [:]
     private var liveDIDs: [Set<UInt16>]
     public var reservedCheck: (() -> Bool)?
@@ -57,7 +64,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
 
     func tracks(_ driver: any IOMMUDriver) -> Bool { trackedDriver == nil || trackedDriver == ObjectIdentifier(driver) }
 
-    @exclusivity(unchecked) public private(set) var checks: UInt64 = 0
+    @exclusivity(unchecked) public internal(set) var checks: UInt64 = 0
     public private(set) var faultsSeen: UInt64 = 0
     public private(set) var violationCount = 0
     public private(set) var violations: [Violation] = []
@@ -263,6 +270,8 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
 
     public func mapBegan(_ domain: IOMMUDomain, iova: UInt64, physical: UInt64, size: UInt64, permissions: PagePermissions) {
         checks &+= 1
+        let tag = domain.tableOwnerTag
+        if tag != 0, tableOwners[tag] == nil { tableOwners[tag] = domain.id }
         if let r = deferred[domain.id]?.firstOverlap(iova, iova + size) ?? covering[domain.id]?.firstOverlap(iova, iova + size) {
             violate("iova-reused-before-flush", "\(domain) maps IOVA \(Self.hex(max(iova, r.start))) again before the flush covering its deferred unmap completed")
         }
@@ -298,20 +307,10 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &abandoned)
     }
 
-    public func tablesDetached(_ domain: IOMMUDomain, _ tables: [UInt64]) {
-        for t in tables { pendingTables[t] = domain.id }
-        strictTables[domain.id, default: []] += tables
-    }
-
-    private func releaseStrictTables(_ id: Int) {
-        guard let tables = strictTables.removeValue(forKey: id) else { return }
-        for t in tables { pendingTables[t] = nil }
-    }
-
     public func unmapDeferred(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64, tables: [UInt64]) {
         domainChanged(domain.id)
         retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &deferred)
-        for t in tables { pendingTables[t] = domain.id }
+        for t in tables { pendingTables[t] = domain.id; liveTables[t] = nil }
         deferredTables[domain.id, default: []] += tables
     }
 
@@ -332,14 +331,6 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         } else {
             if let c { deferred[id, default: ShadowMap()].merge(c) }
             deferredTables[id, default: []] += t
-        }
-    }
-
-    /// Every frame the software frees passes here before it can be reused.
-    public func frameFreed(_ address: UInt64) {
-        checks &+= 1
-        if let id = pendingTables.removeValue(forKey: address) {
-            violate("table-freed-before-flush", "table page \(Self.hex(address)) of domain \(id) was freed before the invalidation of the unmap that unlinked it completed")
         }
     }
 
@@ -401,6 +392,11 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         coveringTables[id] = nil
         // The domain was detached everywhere with a full invalidation: its pages may go.
         pendingTables = pendingTables.filter { $0.value != id }
+        let tag = domain.tableOwnerTag
+        if tag != 0 {
+            liveTables = liveTables.filter { $0.value != tag }
+            tableOwners[tag] = nil
+        }
     }
 
     public func domainIDAllocated(driver: any IOMMUDriver, unit: Int, did: DomainID) {

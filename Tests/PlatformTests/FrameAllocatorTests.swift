@@ -171,4 +171,27 @@ struct FrameAllocatorTests {
         #expect(m.backedFrameCount == 0)
         #expect(try a.allocate() == 5 << 12)
     }
+
+    @Test("owner tags are unique, reported at allocation and at free, and a frame never published is freed without its owner")
+    func ownerTags() throws {
+        let (_, a) = try make()
+        let t1 = a.makeOwnerTag(), t2 = a.makeOwnerTag()
+        #expect(t1 != 0 && t2 != 0 && t1 != t2)
+        var allocated: [(UInt64, UInt32)] = []
+        var freed: [(UInt64, UInt32)] = []
+        a.ownedAllocationObserver = { addr, purpose, owner in if purpose == .pageTable { allocated.append((addr, owner)) } }
+        a.freeObserver = { addr, _, owner in freed.append((addr, owner)) }
+        let untagged = try a.allocate(.pageTable)
+        let x = try a.allocate(.pageTable, owner: t1)
+        let y = try a.allocate(.pageTable, owner: t2)
+        #expect(allocated.map(\.0) == [x, y] && allocated.map(\.1) == [t1, t2], "only tagged frames are reported")
+        try a.free(x)
+        try a.free(y, neverPublished: true)
+        try a.free(untagged)
+        #expect(freed.map(\.1) == [t1, 0, 0])
+        // A reused frame does not inherit its previous owner.
+        let z = try a.allocate(.pageTable)
+        try a.free(z)
+        #expect(freed.last?.1 == 0)
+    }
 }

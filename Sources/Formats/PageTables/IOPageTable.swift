@@ -70,6 +70,12 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
 
     /// Input addresses are `0..<inputLimit`.
     public let inputLimit: UInt64
+    /// The frame allocator's owner tag of every table page of this table, the root included
+    /// (0: untagged), so an observer of the allocator knows which frames the walk can reach.
+    public let ownerTag: UInt32
+    /// Test-only broken behaviour: an unmap frees the table pages it unlinks at once, outside
+    /// the gather (so before any invalidation). Never set outside oracle-strength runs.
+    public var freesUnlinkedTablesAtOnce = false
 
     /// Level-1 tables of recently walked 2 MiB regions, so a 4 KiB map or unmap in the same
     /// region skips the levels above (the DMA API's IOVAs cluster in a few regions). An entry
@@ -82,7 +88,7 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     private static var leafHintCount: Int { 8 }
 
     public init(memory: PhysicalMemory, frames: FrameAllocator, levels: Int, maxLeafLevel: Int = 3,
-                addressWidth: Int = 52) throws(PageTableError) {
+                addressWidth: Int = 52, ownerTag: UInt32 = 0) throws(PageTableError) {
         guard (3...5).contains(levels), (1...3).contains(maxLeafLevel) else { throw .outOfRange }
         self.memory = memory
         self.frames = frames
@@ -90,7 +96,8 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
         self.maxLeafLevel = maxLeafLevel
         self.addressMask = PageTableGeometry.addressMask(width: addressWidth)
         self.inputLimit = PageTableGeometry.span(level: levels + 1)
-        do { root = try frames.allocate(.pageTable) } catch { throw .outOfMemory }
+        self.ownerTag = ownerTag
+        do { root = try frames.allocate(.pageTable, owner: ownerTag) } catch { throw .outOfMemory }
         if levels == 4 && memory.frameCount <= 1 << 28 {
             let hints = UnsafeMutableRawPointer.allocate(byteCount: Self.leafHintCount * 8, alignment: 64)
                 .bindMemory(to: Atomic<UInt64>.self, capacity: Self.leafHintCount)
@@ -182,7 +189,7 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
                 table = e.address
             } else {
                 let next: UInt64
-                do { next = try frames.allocate(.pageTable) } catch { throw .outOfMemory }
+                do { next = try frames.allocate(.pageTable, owner: ownerTag) } catch { throw .outOfMemory }
                 let link = F.table(address: next)
                 let (linked, found) = (try? memory.compareExchange64(slot, expected: raw, desired: link)) ?? (false, raw)
                 if linked {
@@ -190,7 +197,7 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
                     table = next
                 } else {
                     // Another thread linked a table here first: use it.
-                    try? frames.free(next)
+                    try? frames.free(next, neverPublished: true)
                     let winner = F.decode(found, level: level, addressMask: addressMask)
                     guard winner.present, !winner.leaf else { throw .alreadyMapped(iova: iova) }
                     table = winner.address
@@ -296,7 +303,7 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
                 if whole && freeTables && !outcome.stopped {
                     clearLeafHints()
                     try? memory.store64(slot, 0)
-                    gather.freedTables.append(e.address)
+                    if freesUnlinkedTablesAtOnce { try? frames.free(e.address) } else { gather.freedTables.append(e.address) }
                     tablePageCount.subtract(1, ordering: .relaxed)
                 }
             }
@@ -306,7 +313,7 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
 
     /// Builds a table at `level - 1` that maps what the superpage `raw` maps.
     private func split(raw: UInt64, decoded e: DecodedPTE, level: Int) -> UInt64? {
-        guard let child = try? frames.allocate(.pageTable) else { return nil }
+        guard let child = try? frames.allocate(.pageTable, owner: ownerTag) else { return nil }
         tablePageCount.add(1, ordering: .relaxed)
         let sub = PageTableGeometry.span(level: level - 1)
         let perms = e.permissions

@@ -52,6 +52,9 @@ open class IOMMUDomain: @unchecked Sendable, CustomStringConvertible {
     public internal(set) var iopfHandler: (any IOPFHandler)?
     /// Table pages whose invalidation failed; freed with the domain.
     let quarantinedTables = Mutex<[UInt64]>([])
+    /// The frame allocator's owner tag of this domain's I/O page-table pages (0: it has none
+    /// of its own), so the simulator knows every frame its translations can walk.
+    open var tableOwnerTag: UInt32 { 0 }
 
     public init(type: DomainType, flags: DomainFlags = [], owner: ObjectIdentifier, pageSizes: UInt64 = 0, apertureEnd: UInt64 = 0) {
         self.type = type; self.flags = flags; self.owner = owner

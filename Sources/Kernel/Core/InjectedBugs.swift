@@ -22,4 +22,7 @@ extension InjectedBugs {
     public static let skipPageRequestDrain = InjectedBugs(rawValue: 1 << 4)
     /// Unmap flushes (paging domains and the SVA mmu notifier) skip the device-TLB invalidation.
     public static let skipDeviceTLBInvalidation = InjectedBugs(rawValue: 1 << 5)
+    /// Unmaps free the page-table pages they unlink at once, outside the gather, before the
+    /// IOTLB flush (the walk, or a paging-structure cache, may still reach them).
+    public static let freeTablesOutsideGather = InjectedBugs(rawValue: 1 << 6)
 }

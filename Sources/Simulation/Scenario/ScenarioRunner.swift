@@ -20,6 +20,8 @@ public enum Breakage: String, CaseIterable, Sendable {
     case pageRequestDrainSkipped = "page-request-drain-skipped"
     /// Unmaps skip the device-TLB invalidation (ATS devices keep stale translations).
     case deviceTLBInvalidationSkipped = "device-tlb-invalidation-skipped"
+    /// Unmaps free the table pages they unlink at once, outside the gather (before the flush).
+    case tablesFreedOutsideGather = "tables-freed-outside-gather"
 }
 
 /// Runs a `Scenario` on a fresh `Machine`: probes, runs timed actions and workloads in
@@ -226,6 +228,7 @@ public final class ScenarioRunner {
             case .pasidEntryClearedWithoutInvalidation: bugs.insert(.skipPASIDCacheInvalidation)
             case .pageRequestDrainSkipped: bugs.insert(.skipPageRequestDrain)
             case .deviceTLBInvalidationSkipped: bugs.insert(.skipDeviceTLBInvalidation)
+            case .tablesFreedOutsideGather: bugs.insert(.freeTablesOutsideGather)
             }
         }
         m.core.injectedBugs = bugs

@@ -37,14 +37,18 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
     init(driver: VTdDriver, type: DomainType, flags: DomainFlags, levels: Int, maxLeafLevel: Int, addressWidth: Int) throws(IOMMUError) {
         do {
             pageTable = try IOPageTable(memory: driver.platform.memory, frames: driver.platform.frames, levels: levels,
-                                        maxLeafLevel: maxLeafLevel, addressWidth: addressWidth)
+                                        maxLeafLevel: maxLeafLevel, addressWidth: addressWidth,
+                                        ownerTag: driver.platform.frames.makeOwnerTag())
         } catch { throw .noMemory("page-table root") }
+        if driver.core?.injectedBugs.contains(.freeTablesOutsideGather) == true { pageTable.freesUnlinkedTablesAtOnce = true }
         self.levels = levels
         var sizes: UInt64 = 1 << 12
         if maxLeafLevel >= 2 { sizes |= 1 << 21 }
         if maxLeafLevel >= 3 { sizes |= 1 << 30 }
         super.init(driver: driver, type: type, flags: flags, pageSizes: sizes, apertureEnd: pageTable.inputLimit - 1)
     }
+
+    public override var tableOwnerTag: UInt32 { pageTable.ownerTag }
 
     /// The DID of this domain on unit `index`, if attached there.
     func did(on index: Int) -> DomainID? { unitDIDs[index]?.did }

@@ -1,0 +1,38 @@
+import Platform
+import Formats
+import Kernel
+
+/// Page-table pages: every frame of a domain's tables is known from its allocation, so a page
+/// freed while a walk may still reach it is caught however it was freed — through an unmap's
+/// gather before the flush completed (`table-freed-before-flush`), or outside any gather
+/// (`table-freed-while-reachable`).
+extension Oracle {
+    public func tablesDetached(_ domain: IOMMUDomain, _ tables: [UInt64]) {
+        for t in tables { pendingTables[t] = domain.id; liveTables[t] = nil }
+        strictTables[domain.id, default: []] += tables
+    }
+
+    func releaseStrictTables(_ id: Int) {
+        guard let tables = strictTables.removeValue(forKey: id) else { return }
+        for t in tables { pendingTables[t] = nil }
+    }
+
+    /// Every frame the software frees passes here before it can be reused.
+    /// `owner` is the allocator's owner tag the frame was allocated with (0: untagged).
+    public func frameFreed(_ address: UInt64, owner: UInt32) {
+        checks &+= 1
+        if let id = pendingTables.removeValue(forKey: address) {
+            violate("table-freed-before-flush", "table page \(Self.hex(address)) of domain \(id) was freed before the invalidation of the unmap that unlinked it completed")
+            return
+        }
+        guard owner != 0, liveTables.removeValue(forKey: address) != nil else { return }
+        let domain = tableOwners[owner].map { "domain \($0)" } ?? "a live domain"
+        violate("table-freed-while-reachable", "table page \(Self.hex(address)) of \(domain) was freed while still reachable from its tables as of the last completed invalidation (no unmap handed it over)")
+    }
+
+    /// A frame allocated as part of a structure with an owner tag: a page-table page is
+    /// reachable from the moment it exists until an unmap hands it over or its domain goes.
+    public func ownedFrameAllocated(_ address: UInt64, purpose: FrameAllocator.Purpose, owner: UInt32) {
+        if purpose == .pageTable { liveTables[address] = owner }
+    }
+}
