@@ -24,6 +24,7 @@ public final class Machine: @unchecked Sendable {
         self.platform = platform
         units = configurations.map { VTdUnit(configuration: $0, platform: platform) }
         oracle = Oracle(platform: platform, units: units)
+        oracle.policy = policy
         core = IOMMUCore(platform: platform, policy: policy)
         core.observer = oracle
         driver = try VTdDriver(platform: platform, hardware: units)

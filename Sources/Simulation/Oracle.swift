@@ -55,7 +55,11 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     var liveTables: [UInt64: UInt32] = [:]
     /// Which domain each owner tag belongs to (for reports).
     var tableOwners: [UInt32: Int] = [:]
-    @exclusivity(unchecked) private var windows: [UInt64: Window] = [:]
+    @exclusivity(unchecked) var windows: [UInt64: Window] = [:]
+    /// Untrusted devices by (unit, requester ID): their unmaps are never deferred.
+    var untrustedDevices: Set<UInt64> = []
+    /// The machine's default-domain policy: deferred unmaps exist only under `lazy`.
+    public var policy: DMAPolicy = .lazy
     private var liveDIDs: [Set<UInt16>]
     public var reservedCheck: (() -> Bool)?
     /// The driver whose units the oracle watches (events of other drivers are ignored: their
@@ -309,6 +313,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
 
     public func unmapDeferred(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64, tables: [UInt64]) {
         domainChanged(domain.id)
+        checkDeferral(domain, iova: iova)
         retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &deferred)
         for t in tables { pendingTables[t] = domain.id; liveTables[t] = nil }
         deferredTables[domain.id, default: []] += tables
@@ -355,6 +360,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     public func transitionBegan(_ device: Device, pasid: PASID?, from: IOMMUDomain?, to: IOMMUDomain?) {
         generation &+= 1
         guard tracks(device.driver) else { return }
+        if device.untrusted { untrustedDevices.insert(UInt64(device.unit) << 16 | UInt64(device.requesterID.rawValue)) }
         let key = Self.key(unit: device.unit, rid: device.requesterID, pasid: pasid?.rawValue ?? 0)
         var w = windows[key] ?? Window()
         w.previous = ref(from)

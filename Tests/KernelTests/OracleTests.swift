@@ -12,9 +12,9 @@ private struct OracleFeed {
     let device: Device
     var oracle: Oracle { rig.oracle }
 
-    init() throws {
+    init(untrusted: Bool = false) throws {
         rig = try KernelRig()
-        device = Device(DeviceDescription(name: "fake", requesterID: KernelRig.rid(0, 9), unit: 0), driver: rig.driver)
+        device = Device(DeviceDescription(name: "fake", requesterID: KernelRig.rid(0, 9), unit: 0, untrusted: untrusted), driver: rig.driver)
     }
 
     func domain(_ id: Int) -> IOMMUDomain {
@@ -373,5 +373,33 @@ struct OracleChecksTests {
         rig.oracle.checkTeardown(core: rig.core, driver: rig.driver)
         #expect(rig.violations.isEmpty, "\(rig.violations)")
         #expect(rig.platform.frames.inUse == 0)
+    }
+
+    // MARK: Deferred-flush policy
+
+    @Test("a deferred unmap under the strict policy is a violation; under lazy, in a trusted device's domain, it is not")
+    func deferredUnmapNeedsLazyPolicy() throws {
+        let feed = try OracleFeed()
+        let d = feed.domain(900)
+        feed.transition(from: nil, to: d)
+        feed.map(d, iova: 0x1000, physical: 0x80_0000)
+        feed.oracle.policy = .lazy
+        feed.oracle.unmapDeferred(d, iova: 0x1000, requested: 0x1000, unmapped: 0x1000, tables: [])
+        #expect(feed.invariants.isEmpty, "\(feed.invariants)")
+        feed.map(d, iova: 0x2000, physical: 0x80_1000)
+        feed.oracle.policy = .strict
+        feed.oracle.unmapDeferred(d, iova: 0x2000, requested: 0x1000, unmapped: 0x1000, tables: [])
+        #expect(feed.invariants == ["deferred-unmap-not-lazy"])
+    }
+
+    @Test("a deferred unmap in a domain an untrusted device can reach is a violation")
+    func deferredUnmapUntrusted() throws {
+        let feed = try OracleFeed(untrusted: true)
+        let d = feed.domain(901)
+        feed.oracle.policy = .lazy
+        feed.transition(from: nil, to: d)
+        feed.map(d, iova: 0x1000, physical: 0x80_0000)
+        feed.oracle.unmapDeferred(d, iova: 0x1000, requested: 0x1000, unmapped: 0x1000, tables: [])
+        #expect(feed.invariants == ["deferred-unmap-untrusted"])
     }
 }

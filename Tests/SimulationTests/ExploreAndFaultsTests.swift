@@ -100,6 +100,9 @@ struct OracleStrengthTests {
         // The page table frees the tables an unmap unlinks at once, never handing them to the
         // gather: the oracle knows every table page from its allocation.
         (.tablesFreedOutsideGather, "table-churn", ["table-freed-while-reachable"], "tables freed outside the unmap gather"),
+        // The untrusted Thunderbolt device of the tour gets a flush queue: its DMA-API ring's
+        // unmaps are deferred while it can still reach them.
+        (.flushQueueForUntrusted, "tour", ["deferred-unmap-untrusted"], "a flush queue for an untrusted device"),
     ]
 
     @Test("each broken behaviour is caught in seeds 1...3", arguments: OracleStrengthTests.cases.indices)

@@ -73,7 +73,8 @@ extension IOMMUCore {
         let untrusted = g.devices.contains(where: \.untrusted)
         if untrusted || driver.identityDomain == nil { type = .dma }
         var flags: DomainFlags = []
-        if type == .dma, policy == .lazy, !untrusted, g.devices.allSatisfy({ driver.capable($0, .deferredFlush) }) {
+        let trustRule = untrusted && !injectedBugs.contains(.flushQueueForUntrusted)
+        if type == .dma, policy == .lazy, !trustRule, g.devices.allSatisfy({ driver.capable($0, .deferredFlush) }) {
             flags.insert(.deferredFlush)
         }
         if g.devices.contains(where: { $0.maxPASIDs > 0 }) { flags.insert(.pasid) }

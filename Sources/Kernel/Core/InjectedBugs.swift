@@ -25,4 +25,7 @@ extension InjectedBugs {
     /// Unmaps free the page-table pages they unlink at once, outside the gather, before the
     /// IOTLB flush (the walk, or a paging-structure cache, may still reach them).
     public static let freeTablesOutsideGather = InjectedBugs(rawValue: 1 << 6)
+    /// The default-domain choice forgets that untrusted devices stay strict: their DMA domain
+    /// gets a flush queue under the lazy policy (Linux `iommu_dma_init_fq` never runs for them).
+    public static let flushQueueForUntrusted = InjectedBugs(rawValue: 1 << 7)
 }

@@ -22,6 +22,8 @@ public enum Breakage: String, CaseIterable, Sendable {
     case deviceTLBInvalidationSkipped = "device-tlb-invalidation-skipped"
     /// Unmaps free the table pages they unlink at once, outside the gather (before the flush).
     case tablesFreedOutsideGather = "tables-freed-outside-gather"
+    /// Untrusted devices get a flush queue under the lazy policy (deferred unmaps they can use).
+    case flushQueueForUntrusted = "flush-queue-for-untrusted"
 }
 
 /// Runs a `Scenario` on a fresh `Machine`: probes, runs timed actions and workloads in
@@ -229,6 +231,7 @@ public final class ScenarioRunner {
             case .pageRequestDrainSkipped: bugs.insert(.skipPageRequestDrain)
             case .deviceTLBInvalidationSkipped: bugs.insert(.skipDeviceTLBInvalidation)
             case .tablesFreedOutsideGather: bugs.insert(.freeTablesOutsideGather)
+            case .flushQueueForUntrusted: bugs.insert(.flushQueueForUntrusted)
             }
         }
         m.core.injectedBugs = bugs
