@@ -278,6 +278,10 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         if tag != 0, tableOwners[tag] == nil { tableOwners[tag] = domain.id }
         if let r = deferred[domain.id]?.firstOverlap(iova, iova + size) ?? covering[domain.id]?.firstOverlap(iova, iova + size) {
             violate("iova-reused-before-flush", "\(domain) maps IOVA \(Self.hex(max(iova, r.start))) again before the flush covering its deferred unmap completed")
+        } else if let r = shadows[domain.id]?.firstOverlap(iova, iova + size) {
+            // The page table would refuse it (EEXIST), but the bug is the caller's: it was
+            // handed an IOVA whose translation is live (Linux WARNs: "PTE already set").
+            violate("map-over-live-range", "\(domain) maps IOVA \(Self.hex(max(iova, r.start))) while a mapping of it is still live (\(r.state))")
         }
         shadows[domain.id, default: ShadowMap()].insertIntoHoles(iova, iova + size, physical: physical, permissions: permissions, state: .mapping)
     }

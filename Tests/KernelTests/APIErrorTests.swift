@@ -147,7 +147,8 @@ struct APIErrorTests {
         #expect(apiErrno { try rig.core.map(d, iova: 0x2000, physical: other, size: 4096, permissions: .readWrite) } == 17)
         #expect(rig.dmaWrite(ep, 0x2000, value: 0x66)?.fault == nil)
         #expect(try rig.platform.memory.load8(original) == 0x66)
-        #expect(rig.violations.isEmpty, "\(rig.violations)")
+        // The caller's error is flagged (it mapped over a live range); nothing else is.
+        #expect(rig.violations.map(\.invariant) == ["map-over-live-range"], "\(rig.violations)")
     }
 
     @Test("a map request without read or write permission is EINVAL")
@@ -482,7 +483,9 @@ struct APIErrorTests {
                    "allocPASID", "freePASID"] {
             #expect(f.succeeded[op, default: 0] > 0, "\(op) never succeeded: the run does not exercise it")
         }
-        #expect(rig.violations.isEmpty, "\(rig.violations)")
+        // Garbage calls map over live ranges (refused with EEXIST, and flagged as the caller's
+        // bug); no other invariant may break.
+        #expect(rig.violations.filter { $0.invariant != "map-over-live-range" }.isEmpty, "\(rig.violations)")
 
         // Undo everything: PASIDs, user domains, DMA ownership.
         for g in rig.core.groups {
@@ -523,6 +526,6 @@ struct APIErrorTests {
         rig.machine.freeBuffers()
         rig.driver.shutdown()
         rig.oracle.checkTeardown(core: rig.core, driver: rig.driver)
-        #expect(rig.violations.isEmpty, "\(rig.violations)")
+        #expect(rig.violations.filter { $0.invariant != "map-over-live-range" }.isEmpty, "\(rig.violations)")
     }
 }

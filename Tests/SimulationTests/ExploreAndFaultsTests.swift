@@ -103,6 +103,9 @@ struct OracleStrengthTests {
         // The untrusted Thunderbolt device of the tour gets a flush queue: its DMA-API ring's
         // unmaps are deferred while it can still reach them.
         (.flushQueueForUntrusted, "tour", ["deferred-unmap-untrusted"], "a flush queue for an untrusted device"),
+        // A DMA unmap frees its IOVA without unmapping: the ring's next map is handed an IOVA
+        // whose translation is live (the page table would only say EEXIST).
+        (.iovaFreedWithoutUnmap, "tour", ["map-over-live-range"], "an IOVA freed without its unmap"),
     ]
 
     @Test("each broken behaviour is caught in seeds 1...3", arguments: OracleStrengthTests.cases.indices)

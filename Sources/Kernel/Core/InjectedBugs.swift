@@ -28,4 +28,7 @@ extension InjectedBugs {
     /// The default-domain choice forgets that untrusted devices stay strict: their DMA domain
     /// gets a flush queue under the lazy policy (Linux `iommu_dma_init_fq` never runs for them).
     public static let flushQueueForUntrusted = InjectedBugs(rawValue: 1 << 7)
+    /// A DMA unmap gives the IOVA back without unmapping it (an error path that returns
+    /// early): the next map is handed an IOVA whose translation is still live.
+    public static let freeIOVAWithoutUnmap = InjectedBugs(rawValue: 1 << 8)
 }

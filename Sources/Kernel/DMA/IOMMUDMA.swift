@@ -241,6 +241,10 @@ public final class IOMMUDMA: @unchecked Sendable {
             }
             throw .notFound("no DMA mapping at 0x\(String(pfn << cookie.granuleShift, radix: 16))")
         }
+        if _slowPath(!core.injectedBugs.isEmpty), core.injectedBugs.contains(.freeIOVAWithoutUnmap) {
+            cookie.iova.free(pfn: pfn, pages: pages, cpu: cpu)
+            return
+        }
         let iova = pfn << cookie.granuleShift
         let size = pages << cookie.granuleShift
         if let queue = cookie.queueRef {

@@ -57,6 +57,7 @@ public struct Explorer: Sendable {
             }
             return SeedResult(seed: seed, firsts: firsts, translations: outcome.result.translations)
         } catch let f as ScenarioRunner.StepFailed {
+            for v in f.violations { add(v.invariant, v.detail, v.time) }
             add("step-failed", f.description, f.record.time)
         } catch {
             add("run-failed", "\(error)", 0)

@@ -24,6 +24,8 @@ public enum Breakage: String, CaseIterable, Sendable {
     case tablesFreedOutsideGather = "tables-freed-outside-gather"
     /// Untrusted devices get a flush queue under the lazy policy (deferred unmaps they can use).
     case flushQueueForUntrusted = "flush-queue-for-untrusted"
+    /// The DMA API frees an IOVA without unmapping it (the next map lands on a live range).
+    case iovaFreedWithoutUnmap = "iova-freed-without-unmap"
 }
 
 /// Runs a `Scenario` on a fresh `Machine`: probes, runs timed actions and workloads in
@@ -56,6 +58,8 @@ public final class ScenarioRunner {
     public struct StepFailed: Error, CustomStringConvertible {
         public var scenario: String
         public var record: StepRecord
+        /// What the oracle had flagged by then (often the cause of the failure).
+        public var violations: [Violation] = []
         public var description: String {
             "\(record.line > 0 ? "line \(record.line): " : "")step '\(record.label)' of \(scenario) failed at \(record.time) ns: \(record.error ?? "?")"
         }
@@ -166,9 +170,9 @@ public final class ScenarioRunner {
             setUpWorkloads()
             timedPhase()
         }
-        if let abort { throw abort }
+        if var abort { abort.violations = m.oracle.violations; throw abort }
         teardown(probed: probed)
-        if let abort { throw abort }
+        if var abort { abort.violations = m.oracle.violations; throw abort }
 
         let wall = ContinuousClock.now - start
         let faults = devices.map { ($0.name, $0.faultCount) }
@@ -232,6 +236,7 @@ public final class ScenarioRunner {
             case .deviceTLBInvalidationSkipped: bugs.insert(.skipDeviceTLBInvalidation)
             case .tablesFreedOutsideGather: bugs.insert(.freeTablesOutsideGather)
             case .flushQueueForUntrusted: bugs.insert(.flushQueueForUntrusted)
+            case .iovaFreedWithoutUnmap: bugs.insert(.freeIOVAWithoutUnmap)
             }
         }
         m.core.injectedBugs = bugs
