@@ -101,6 +101,7 @@ extension IOMMUCore {
     func setGroupDomain(_ g: Group, _ new: IOMMUDomain, mustSucceed: Bool) throws(IOMMUError) {
         let old = g.domain
         if old === new && g.devices.allSatisfy({ $0.attachedDomain === new }) { return }
+        defer { observer?.groupDomainChangeEnded(g) }
         var switched: [Device] = []
         for (i, dev) in g.devices.enumerated() {
             if i > 0 { yield(KernelYield.insideReplace) }
@@ -113,7 +114,9 @@ extension IOMMUCore {
                     block(dev)
                     continue
                 }
-                for d in switched.reversed() { revert(d, to: old) }
+                var undo = switched
+                if injectedBugs.contains(.incompleteGroupRollback), !undo.isEmpty { undo.removeFirst() }
+                for d in undo.reversed() { revert(d, to: old) }
                 throw error
             }
         }

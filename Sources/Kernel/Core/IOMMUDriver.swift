@@ -70,6 +70,9 @@ public protocol KernelObserver: AnyObject {
     /// The move ended with `current` in place (the new domain, or the old one after a
     /// rollback, or the blocked domain) and the driver took `path`.
     func transitionEnded(_ device: Device, pasid: PASID?, current: IOMMUDomain?, path: UpdatePath)
+    /// A change of `group`'s domain (attach, replace, detach, ownership) ended, successfully
+    /// or rolled back: every device of the group should now translate through `group.domain`.
+    func groupDomainChangeEnded(_ group: Group)
     func domainFreed(_ domain: IOMMUDomain)
     /// A driver handed out `did` on `unit`.
     func domainIDAllocated(driver: any IOMMUDriver, unit: Int, did: DomainID)
@@ -94,6 +97,7 @@ extension KernelObserver {
     public func deferredFlushEnded(_ domain: IOMMUDomain, completed: Bool) {}
     public func transitionBegan(_ device: Device, pasid: PASID?, from: IOMMUDomain?, to: IOMMUDomain?) {}
     public func transitionEnded(_ device: Device, pasid: PASID?, current: IOMMUDomain?, path: UpdatePath) {}
+    public func groupDomainChangeEnded(_ group: Group) {}
     public func domainFreed(_ domain: IOMMUDomain) {}
     public func domainIDAllocated(driver: any IOMMUDriver, unit: Int, did: DomainID) {}
     public func domainIDReleased(driver: any IOMMUDriver, unit: Int, did: DomainID) {}

@@ -31,4 +31,7 @@ extension InjectedBugs {
     /// A DMA unmap gives the IOVA back without unmapping it (an error path that returns
     /// early): the next map is handed an IOVA whose translation is still live.
     public static let freeIOVAWithoutUnmap = InjectedBugs(rawValue: 1 << 8)
+    /// A group domain change that fails part-way puts back all the switched devices but the
+    /// first: that device stays on the new domain while the group keeps the old one.
+    public static let incompleteGroupRollback = InjectedBugs(rawValue: 1 << 9)
 }

@@ -9,6 +9,8 @@ public struct Explorer: Sendable {
     public struct Finding: Sendable, Equatable {
         public var invariant: String
         public var detail: String
+        /// The fault the soonest seed injected (with `--inject-faults`), as `point` and hit.
+        public var injection: Injection?
         /// The seed whose run shows it at the earliest virtual time (ties: the lowest seed).
         public var seed: UInt64
         public var timeNs: UInt64
@@ -25,18 +27,78 @@ public struct Explorer: Sendable {
         public var seedsPerMinute: Double { wallNs == 0 ? 0 : Double(runs) * 60e9 / Double(wallNs) }
     }
 
+    /// One injected fault: the `nth` hit of `point` fails (`iommu-sim run --fail-point point
+    /// --fail-nth nth` replays it).
+    public struct Injection: Sendable, Equatable, CustomStringConvertible {
+        public var point: String
+        public var nth: Int
+        public var description: String { "\(point) hit \(nth)" }
+    }
+
     /// What one seed showed: its first occurrence of each invariant.
     struct SeedResult: Sendable {
         var seed: UInt64
         var firsts: [(invariant: String, detail: String, time: UInt64)]
         var translations: UInt64
+        var injection: Injection? = nil
     }
 
     public let scenario: Scenario
     public let breakage: Set<Breakage>
-    public init(scenario: Scenario, breakage: Set<Breakage> = []) {
+    /// Each seed also fails one fault-injection point at one hit, both chosen from the seed
+    /// among the points a counting run reaches, so error paths meet the yield points.
+    public let injectFaults: Bool
+    public init(scenario: Scenario, breakage: Set<Breakage> = [], injectFaults: Bool = false) {
         self.scenario = scenario
         self.breakage = breakage
+        self.injectFaults = injectFaults
+    }
+
+    /// The fault seed `seed` injects, from the points (and their hit counts) a counting run
+    /// reached; nil when it reached none.
+    static func injection(for seed: UInt64, points: [(String, Int)]) -> Injection? {
+        let reachable = points.filter { $0.1 > 0 }
+        guard !reachable.isEmpty else { return nil }
+        var rng = SeededRNG(seed: seed ^ 0x1A7E_C7ED_FA17_0001)
+        let (point, hits) = reachable[Int(rng.next(below: UInt64(reachable.count)))]
+        return Injection(point: point, nth: 1 + Int(rng.next(below: UInt64(hits))))
+    }
+
+    /// Fault points and hit counts of a counting run of the scenario (its first seed).
+    func countPoints(seed: UInt64) -> [(String, Int)] {
+        var options = ScenarioRunner.Options(seed: seed)
+        options.breakage = breakage
+        options.tolerant = true
+        options.faultMode = .count
+        guard let r = try? ScenarioRunner(scenario: scenario, options: options).run() else { return [] }
+        return r.pointHitsByName
+    }
+
+    /// Runs one seed with `injection` (tolerant: steps after an injected failure may fail as
+    /// designed) and reduces it to what is a bug: violations that are not the designed outcome
+    /// of the injected fault, leaks, and failed steps that did not roll back.
+    func runSeed(_ seed: UInt64, injection: Injection) -> SeedResult {
+        var options = ScenarioRunner.Options(seed: seed)
+        options.breakage = breakage
+        options.tolerant = true
+        options.faultMode = .failNth(injection.nth, only: FaultPoint(injection.point))
+        var firsts: [(String, String, UInt64)] = []
+        func add(_ invariant: String, _ detail: String, _ time: UInt64) {
+            if !firsts.contains(where: { $0.0 == invariant }) { firsts.append((invariant, "\(detail) [injected: \(injection)]", time)) }
+        }
+        do {
+            let outcome = try ScenarioRunner(scenario: scenario, options: options).run()
+            for v in outcome.result.violations where !FaultSweep.isDesignedOutcome(v, injectedPoint: injection.point) {
+                add(v.invariant, v.detail, v.time)
+            }
+            for s in outcome.steps where !s.notRolledBack.isEmpty {
+                add("rollback-incomplete", "'\(s.label)' failed (\(s.error ?? "")) but \(s.notRolledBack.joined(separator: "; "))", s.time)
+            }
+            return SeedResult(seed: seed, firsts: firsts, translations: outcome.result.translations, injection: injection)
+        } catch {
+            add("run-failed", "\(error)", 0)
+        }
+        return SeedResult(seed: seed, firsts: firsts, translations: 0, injection: injection)
     }
 
     /// Runs one seed and reduces it to first occurrences per invariant. A step that fails
@@ -76,7 +138,12 @@ public struct Explorer: Sendable {
         var findings = Findings()
         var violating = 0
         var translations: UInt64 = 0
-        ParallelJobs.forEach(count: count, jobs: jobs, { i in self.runSeed(seeds.lowerBound + UInt64(i)) }) { _, r, done in
+        let points = injectFaults ? countPoints(seed: seeds.lowerBound) : []
+        ParallelJobs.forEach(count: count, jobs: jobs, { i in
+            let seed = seeds.lowerBound + UInt64(i)
+            if self.injectFaults, let injection = Self.injection(for: seed, points: points) { return self.runSeed(seed, injection: injection) }
+            return self.runSeed(seed)
+        }) { _, r, done in
             findings.add(r)
             if !r.firsts.isEmpty { violating += 1 }
             translations &+= r.translations
@@ -104,11 +171,12 @@ public struct Explorer: Sendable {
                 if var existing = byInvariant[f.invariant] {
                     existing.seeds += 1
                     if (f.time, r.seed) < (existing.timeNs, existing.seed) {
-                        existing.seed = r.seed; existing.timeNs = f.time; existing.detail = f.detail
+                        existing.seed = r.seed; existing.timeNs = f.time; existing.detail = f.detail; existing.injection = r.injection
                     }
                     byInvariant[f.invariant] = existing
                 } else {
-                    byInvariant[f.invariant] = Finding(invariant: f.invariant, detail: f.detail, seed: r.seed, timeNs: f.time, seeds: 1)
+                    byInvariant[f.invariant] = Finding(invariant: f.invariant, detail: f.detail, injection: r.injection,
+                                                       seed: r.seed, timeNs: f.time, seeds: 1)
                 }
             }
         }

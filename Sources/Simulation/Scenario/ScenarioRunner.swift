@@ -26,6 +26,8 @@ public enum Breakage: String, CaseIterable, Sendable {
     case flushQueueForUntrusted = "flush-queue-for-untrusted"
     /// The DMA API frees an IOVA without unmapping it (the next map lands on a live range).
     case iovaFreedWithoutUnmap = "iova-freed-without-unmap"
+    /// A failed group domain change leaves one device on the new domain (needs injected faults).
+    case incompleteGroupRollback = "incomplete-group-rollback"
 }
 
 /// Runs a `Scenario` on a fresh `Machine`: probes, runs timed actions and workloads in
@@ -237,6 +239,7 @@ public final class ScenarioRunner {
             case .tablesFreedOutsideGather: bugs.insert(.freeTablesOutsideGather)
             case .flushQueueForUntrusted: bugs.insert(.flushQueueForUntrusted)
             case .iovaFreedWithoutUnmap: bugs.insert(.freeIOVAWithoutUnmap)
+            case .incompleteGroupRollback: bugs.insert(.incompleteGroupRollback)
             }
         }
         m.core.injectedBugs = bugs

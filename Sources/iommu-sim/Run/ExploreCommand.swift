@@ -52,6 +52,9 @@ struct ExploreCommand: ParsableCommand {
     @Option(help: "Inject a broken behaviour (see `run --help`).")
     var `break`: [String] = []
 
+    @Flag(name: .customLong("inject-faults"), help: "Each seed also fails one fault-injection point at one hit, both chosen from the seed; violations name it and replay it.")
+    var injectFaults = false
+
     func parseSeeds() throws -> ClosedRange<UInt64> {
         let parts = seeds.components(separatedBy: "..")
         guard parts.count == 2, let a = UInt64(parts[0]), let b = UInt64(parts[1]), a <= b, b - a < 100_000_000 else {
@@ -66,12 +69,15 @@ struct ExploreCommand: ParsableCommand {
         let loaded = try loadScenario(scenario)
         let breakage = try parseBreakage(`break`)
         let progress = Progress()
-        let report = Explorer(scenario: loaded, breakage: breakage).run(
+        let report = Explorer(scenario: loaded, breakage: breakage, injectFaults: injectFaults).run(
             seeds: range, jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount) { done, total, violating in
             progress.update(done: done, total: total, extra: "\(violating) with violations")
         }
         let breakFlags = `break`.map { " --break \($0)" }.joined()
-        func replay(_ seed: UInt64) -> String { "iommu-sim run \(scenario) --seed \(seed)\(breakFlags) --trace t.json" }
+        func replay(_ f: Explorer.Finding) -> String {
+            let inject = f.injection.map { " --fail-point \($0.point) --fail-nth \($0.nth)" } ?? ""
+            return "iommu-sim run \(scenario) --seed \(f.seed)\(breakFlags)\(inject) --trace t.json"
+        }
         if json {
             let j = JSON.object([
                 ("scenario", .string(report.scenario)),
@@ -79,7 +85,7 @@ struct ExploreCommand: ParsableCommand {
                 ("runs", .int(Int64(report.runs))),
                 ("violations", .array(report.findings.map { f in
                     .object([("seed", .uint(f.seed)), ("invariant", .string(f.invariant)), ("detail", .string(f.detail)),
-                             ("seeds", .int(Int64(f.seeds))), ("timeNs", .uint(f.timeNs)), ("replay", .string(replay(f.seed)))])
+                             ("seeds", .int(Int64(f.seeds))), ("timeNs", .uint(f.timeNs)), ("replay", .string(replay(f)))])
                 })),
                 ("host", .object([("wallNs", .uint(report.wallNs)), ("seedsPerMinute", .double(report.seedsPerMinute)),
                                   ("translations", .uint(report.translations)), ("peakRSSBytes", .uint(peakResidentBytes()))])),
@@ -89,7 +95,7 @@ struct ExploreCommand: ParsableCommand {
             print("Explored \(report.scenario) over seeds \(range.lowerBound)...\(range.upperBound): \(report.runs) runs, \(report.findings.count) distinct violation(s)")
             for f in report.findings {
                 print("  [\(f.invariant)] in \(f.seeds) seed(s); soonest: seed \(f.seed) at \(f.timeNs) ns: \(f.detail)")
-                print("    replay: \(replay(f.seed))")
+                print("    replay: \(replay(f))")
             }
             print(String(format: "Host: %.1f s wall, %.0f seeds/min, peak RSS %.0f MB", Double(report.wallNs) / 1e9, report.seedsPerMinute,
                          Double(peakResidentBytes()) / 1e6))

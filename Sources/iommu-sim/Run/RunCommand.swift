@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Platform
 import Simulation
 
 struct RunCommand: ParsableCommand {
@@ -26,14 +27,19 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("fail-nth"), help: "Fail the Nth fault-injection point hit (as `faults` does for its run N); failing steps are reported and the run goes on.")
     var failNth: Int?
 
+    @Option(name: .customLong("fail-point"), help: "With --fail-nth: count only the hits of this fault-injection point (as `explore --inject-faults` does).")
+    var failPoint: String?
+
     func run() throws {
         let loaded = try loadScenario(scenario)
         var options = ScenarioRunner.Options(seed: seed)
         options.trace = trace != nil
         if let failNth {
             guard failNth >= 1 else { throw ValidationError("--fail-nth must be at least 1") }
-            options.faultMode = .failNth(failNth)
+            options.faultMode = .failNth(failNth, only: failPoint.map { FaultPoint($0) })
             options.tolerant = true
+        } else if failPoint != nil {
+            throw ValidationError("--fail-point needs --fail-nth")
         }
         options.breakage = try parseBreakage(`break`)
         let outcome: ScenarioOutcome
