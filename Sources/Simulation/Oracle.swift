@@ -450,6 +450,8 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
                 violate("page-response-unexpected", "\(name) got a response for group \(g)\(p.map { " of \($0)" } ?? "") it had no request outstanding for")
             case .responseCrossedPASIDReuse(let p, let g):
                 violate("page-response-crossed-pasid", "a response for group \(g) sent under an earlier use of \(p) reached \(name) after the PASID was started again")
+            case .requestFaultedAfterStop(let p, let issued, let stopped):
+                violate("fault-after-stop", "\(name) reported \(p) stopped at \(stopped) ns, but a translation request it issued at \(issued) ns faulted after that (the stop must wait for outstanding translation requests)")
             }
         }
     }

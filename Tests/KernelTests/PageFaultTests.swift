@@ -163,6 +163,25 @@ struct PageFaultTests {
         return (rig, ep, inFlight, queued)
     }
 
+    @Test func aStopWithAStopMarkerReportsStoppedOnlyAfterThePASIDsTranslationRequestsComplete() throws {
+        let (rig, _, ep, proc, h) = try Self.svaRig()
+        let va = try proc.mmap(length: 4 * 4096, permissions: .readWrite)
+        ep.atsAccess(pasid: h.pasid, address: va, length: 4 * 4096, write: true) { _ in }
+        // Run until the translation request is on the link, not yet answered.
+        while ep.atsCounters.translationRequests == 0 && rig.scheduler.runNext(hardwareOnly: true) {}
+        #expect(ep.atsCounters.translationRequests == 1)
+        var stoppedAt: UInt64?
+        ep.stopPASID(h.pasid, stopMarker: true) { stoppedAt = rig.scheduler.now }
+        #expect(stoppedAt == nil, "a translation request is outstanding: the function has not stopped yet")
+        while stoppedAt == nil && rig.scheduler.runNext(hardwareOnly: true) {}
+        #expect(stoppedAt != nil)
+        #expect(ep.atsCounters.stopMarkers == 1)
+        try rig.core.svaUnbind(h)
+        try proc.exit()
+        rig.settle()
+        #expect(rig.violations.isEmpty, "\(rig.violations)")
+    }
+
     @Test func pasidTeardownDrainsTheQueueFaultWorkAndFabricBeforeThePASIDIsReused() throws {
         let (rig, ep, inFlight, queued) = try Self.teardownAndReuse(bug: [])
         #expect(inFlight == 0)

@@ -106,6 +106,9 @@ struct OracleStrengthTests {
         // A DMA unmap frees its IOVA without unmapping: the ring's next map is handed an IOVA
         // whose translation is live (the page table would only say EEXIST).
         (.iovaFreedWithoutUnmap, "tour", ["map-over-live-range"], "an IOVA freed without its unmap"),
+        // A device reports a PASID stopped while its translation requests are in flight; the
+        // unbind clears the entry and they fault on a device that was told to quiesce.
+        (.stopIgnoresTranslations, "prq-overflow", ["fault-after-stop"], "a PASID stop that does not wait for translation requests"),
     ]
 
     @Test("each broken behaviour is caught in seeds 1...3", arguments: OracleStrengthTests.cases.indices)

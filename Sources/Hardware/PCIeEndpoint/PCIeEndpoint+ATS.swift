@@ -50,6 +50,17 @@ public enum PRIAnomaly: Equatable, Sendable {
     /// A response for a group sent under an earlier use of the PASID reached the device
     /// after the PASID was started again: it belongs to the previous owner.
     case responseCrossedPASIDReuse(pasid: PASID, groupIndex: UInt16)
+    /// A translation request issued before the PASID's stop completed was refused
+    /// (Unsupported Request, a recorded fault) after it: the stop was reported too early.
+    case requestFaultedAfterStop(pasid: PASID, issuedNs: UInt64, stoppedNs: UInt64)
+}
+
+/// A `stopPASID` call waiting to complete.
+struct StopWaiter {
+    var pasid: PASID
+    /// Also wait until the PASID's page request groups are answered (a stop without marker).
+    var waitForGroups: Bool
+    var completion: () -> Void
 }
 
 /// Counts of the device's ATS and PRI activity.
@@ -241,13 +252,21 @@ extension PCIeEndpoint {
         let va = op.address &+ UInt64(op.done)
         atsCounters.translationRequests &+= 1
         let u = unit, rid = requesterID, pasid = op.pasid, write = op.write
+        let issued = u.platform.scheduler.now
+        translationsInFlight[Self.tlbKey1(pasid), default: 0] += 1
         link.up { [ref, link] in
             let answer = u.atsTranslate(source: rid, pasid: pasid, address: va, write: write)
-            link.down { ref.target?.translationCompleted(op, va: va, answer) }
+            link.down { ref.target?.translationCompleted(op, va: va, answer, issued: issued) }
         }
     }
 
-    private func translationCompleted(_ op: ATSOperation, va: UInt64, _ answer: ATSCompletion) {
+    private func translationCompleted(_ op: ATSOperation, va: UInt64, _ answer: ATSCompletion, issued: UInt64) {
+        let key = Self.tlbKey1(op.pasid)
+        if let n = translationsInFlight[key] { translationsInFlight[key] = n > 1 ? n - 1 : nil }
+        if answer == .unsupportedRequest, let p = op.pasid, let stopped = stopCompletedAt[p.rawValue], stopped >= issued {
+            onAnomaly?(.requestFaultedAfterStop(pasid: p, issuedNs: issued, stoppedNs: stopped))
+        }
+        defer { checkStopWaiters() }
         guard !op.finished else { return }
         switch answer {
         case .unsupportedRequest:
@@ -368,8 +387,11 @@ extension PCIeEndpoint {
 
     /// The device driver stops the device using `pasid` (before unbinding it). With a stop
     /// marker, outstanding groups of the PASID are abandoned (their credits returned) and a
-    /// stop marker follows the page requests already sent; `completion` runs at once.
-    /// Without, the device waits until every outstanding group of the PASID is answered.
+    /// stop marker follows the page requests already sent. Without, the device waits until
+    /// every outstanding group of the PASID is answered. Either way `completion` runs only
+    /// once the PASID's translation requests have completed: a function reports a PASID
+    /// stopped after its outstanding non-posted requests complete (PCIe PASID stop), not
+    /// its page requests, which the stop marker covers.
     public func stopPASID(_ pasid: PASID, stopMarker: Bool, completion: @escaping () -> Void) {
         priState.stopped.insert(pasid.rawValue)
         let waiting = creditWaiters.filter { $0.pasid == pasid }
@@ -394,23 +416,25 @@ extension PCIeEndpoint {
             let u = unit
             link.up(pageRequest: true) { u.receivePageRequest(d) }
             wakeCreditWaiters()
-            completion()
-            return
         }
-        stopWaiters.append((pasid, completion))
+        stopWaiters.append(StopWaiter(pasid: pasid, waitForGroups: !stopMarker, completion: completion))
         checkStopWaiters()
     }
 
-    private func checkStopWaiters() {
+    func checkStopWaiters() {
         guard !stopWaiters.isEmpty else { return }
-        var still: [(PASID, () -> Void)] = []
-        var ready: [() -> Void] = []
-        for (p, c) in stopWaiters {
-            let busy = priState.groups.values.contains { $0.contains { $0.pasid == p } }
-            if busy { still.append((p, c)) } else { ready.append(c) }
+        var still: [StopWaiter] = []
+        var ready: [StopWaiter] = []
+        for w in stopWaiters {
+            let translating = !stopIgnoresTranslations && (translationsInFlight[Self.tlbKey1(w.pasid)] ?? 0) > 0
+            let grouped = w.waitForGroups && priState.groups.values.contains { $0.contains { $0.pasid == w.pasid } }
+            if translating || grouped { still.append(w) } else { ready.append(w) }
         }
         stopWaiters = still
-        for c in ready { c() }
+        for w in ready {
+            stopCompletedAt[w.pasid.rawValue] = unit.platform.scheduler.now
+            w.completion()
+        }
     }
 
     /// The device driver starts using `pasid` again (after a new bind): a new use of it.

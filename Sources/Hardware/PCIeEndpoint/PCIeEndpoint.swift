@@ -82,8 +82,16 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
     public var onAnomaly: ((PRIAnomaly) -> Void)?
     /// Accesses waiting for credits or a group index, oldest first.
     var creditWaiters: [ATSOperation] = []
-    /// `stopPASID` calls waiting for their PASID's outstanding groups to be answered.
-    var stopWaiters: [(PASID, () -> Void)] = []
+    /// `stopPASID` calls waiting for their PASID's outstanding translation requests (and,
+    /// without a stop marker, its page request groups) to complete.
+    var stopWaiters: [StopWaiter] = []
+    /// Translation requests sent and not yet answered, by PASID (`tlbKey1`).
+    var translationsInFlight: [UInt64: Int] = [:]
+    /// When each PASID's last stop completed (the device reported it stopped).
+    var stopCompletedAt: [UInt32: UInt64] = [:]
+    /// Test-only broken behaviour: a stop reports completion without waiting for the PASID's
+    /// translation requests (PCIe requires them to complete first). Oracle-strength runs only.
+    public var stopIgnoresTranslations = false
 
     public init(name: String, requesterID: RequesterID, unit: VTdUnit,
                 ats: ATSConfiguration = ATSConfiguration(), pri: PRIConfiguration = PRIConfiguration()) {

@@ -28,6 +28,8 @@ public enum Breakage: String, CaseIterable, Sendable {
     case iovaFreedWithoutUnmap = "iova-freed-without-unmap"
     /// A failed group domain change leaves one device on the new domain (needs injected faults).
     case incompleteGroupRollback = "incomplete-group-rollback"
+    /// Devices report a PASID stopped without waiting for its translation requests.
+    case stopIgnoresTranslations = "stop-ignores-translations"
 }
 
 /// Runs a `Scenario` on a fresh `Machine`: probes, runs timed actions and workloads in
@@ -165,6 +167,7 @@ public final class ScenarioRunner {
                 e.maxPayloadBytes = sc.devices[i].maxPayload
                 e.maxReadRequestBytes = sc.devices[i].maxReadRequest
                 e.misbehaviour = sc.devices[i].misbehaviour
+                e.stopIgnoresTranslations = options.breakage.contains(.stopIgnoresTranslations)
             }
             for g in m.core.groups {
                 note("\(g) [\(g.devices.map(\.name).joined(separator: ", "))] probed with default \(g.defaultDomain.map { "\($0)" } ?? "none")")
@@ -240,6 +243,7 @@ public final class ScenarioRunner {
             case .flushQueueForUntrusted: bugs.insert(.flushQueueForUntrusted)
             case .iovaFreedWithoutUnmap: bugs.insert(.freeIOVAWithoutUnmap)
             case .incompleteGroupRollback: bugs.insert(.incompleteGroupRollback)
+            case .stopIgnoresTranslations: break // on the endpoints, once probed
             }
         }
         m.core.injectedBugs = bugs
