@@ -125,6 +125,7 @@ public struct RunResult: Sendable {
         "prq-queued", "prq-overflows", "unit-auto-responses", "stop-markers-discarded", "unsolicited-completions", "page-faults", "fault-groups",
         "faults-without-handler", "responses-success", "responses-invalid", "responses-failure", "late-responses",
         "partials-discarded", "stop-markers-dropped", "prq-overflows-cleared", "pasid-drains", "user-auto-responses",
+        "device-resets",
     ]
 
     static func pageFaultCounters(_ m: Machine, endpoints: [PCIeEndpoint], userAutoResponses: Int) -> [(String, UInt64)] {
@@ -135,6 +136,7 @@ public struct RunResult: Sendable {
             a.translatedRequests += x.translatedRequests; a.groups += x.groups; a.pageRequests += x.pageRequests
             a.stopMarkers += x.stopMarkers; a.creditWaits += x.creditWaits; a.responses += x.responses
             a.unexpectedResponses += x.unexpectedResponses; a.staleResponses += x.staleResponses
+            a.resets += x.resets
         }
         var u = VTdCounters()
         for x in m.units.map(\.counters) {
@@ -162,7 +164,7 @@ public struct RunResult: Sendable {
             ("stop-markers-dropped", UInt64(d.reduce(0) { $0 + $1.stopMarkersDropped })),
             ("prq-overflows-cleared", UInt64(d.reduce(0) { $0 + $1.pageRequestOverflowsCleared })),
             ("pasid-drains", UInt64(d.reduce(0) { $0 + $1.pageRequestDrains })),
-            ("user-auto-responses", UInt64(userAutoResponses)),
+            ("user-auto-responses", UInt64(userAutoResponses)), ("device-resets", a.resets),
         ]
     }
 

@@ -144,3 +144,28 @@ struct IOPFRoundTripTests {
         #expect(throws: IOPFRoundTrip.Failure.self) { try rt.wakeLatencyNs(iterations: 0, gapNs: 0) }
     }
 }
+
+@Suite("DeviceReset: the reset action resets the function's ATS and PRI state as hardware does")
+struct DeviceResetTests {
+    @Test("a reset under SVA traffic empties the device TLB, counts the reset, and traffic after it still completes cleanly")
+    func resetRestoresEndpoint() throws {
+        let base = try #require(BuiltinScenarios.text(named: "sva-faults"))
+        let yaml = base.replacingOccurrences(of: "  - {at: 150000, do: munmap, region: stack}",
+                                             with: "  - {at: 100000, do: reset, device: acc0, duration-ns: 5000}\n  - {at: 150000, do: munmap, region: stack}")
+        #expect(yaml != base)
+        let s = try ScenarioLoader.load(yaml: yaml, file: "reset.yaml")
+        let o = try runScenario(s)
+        #expect(o.result.violationCount == 0, "\(o.result.violations)")
+        #expect(o.result.pageFaultCounter("device-resets") == 1)
+        let note = try #require(o.result.log.first { $0.text.contains("function reset of acc0") })
+        // "device TLB N → 0 entries": it held translations and holds none after the reset.
+        let counts = note.text.components(separatedBy: "device TLB ")[1].components(separatedBy: " entries")[0]
+        let parts = counts.components(separatedBy: " → ")
+        #expect(Int(parts[0]) ?? 0 > 0, "\(note.text)")
+        #expect(parts[1] == "0", "\(note.text)")
+        let after = o.result.log.filter { $0.time > note.time }
+        #expect(!after.isEmpty)
+        #expect(o.result.pageFaultCounter("ats-completed") > 0)
+        #expect(o.expectationFailures.isEmpty, "\(o.expectationFailures)")
+    }
+}

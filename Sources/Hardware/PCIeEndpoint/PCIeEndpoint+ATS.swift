@@ -85,6 +85,8 @@ public struct ATSCounters: Equatable, Sendable {
     public var deviceTLBInvalidations: UInt64 = 0
     public var deviceTLBEntriesInvalidated: UInt64 = 0
     public var creditWaits: UInt64 = 0
+    /// Function resets (FLR) the device went through.
+    public var resets: UInt64 = 0
     public init() {}
 }
 
@@ -345,10 +347,10 @@ extension PCIeEndpoint {
         let index = r.groupIndex & 0x1FF
         guard var list = priState.groups[index], let at = list.firstIndex(where: { $0.pasid == r.pasid }) else {
             let key = Self.groupKey(r.pasid, index)
-            if let p = r.pasid, let epoch = priState.abandoned.removeValue(forKey: key) {
+            if let epoch = priState.abandoned.removeValue(forKey: key) {
                 atsCounters.staleResponses &+= 1
                 // The previous owner's answer reached a PASID that is in use again.
-                if (priState.epochs[p.rawValue] ?? 0) > epoch && !priState.stopped.contains(p.rawValue) {
+                if let p = r.pasid, (priState.epochs[p.rawValue] ?? 0) > epoch && !priState.stopped.contains(p.rawValue) {
                     onAnomaly?(.responseCrossedPASIDReuse(pasid: p, groupIndex: index))
                 }
                 return
@@ -443,15 +445,26 @@ extension PCIeEndpoint {
         priState.stopped.remove(pasid.rawValue)
     }
 
-    /// Function reset: PRI state, outstanding groups and the device TLB are cleared.
+    /// Function reset (FLR): the device TLB is emptied, outstanding page request groups are
+    /// forgotten (a response that still arrives for one is discarded as stale, never taken
+    /// for another group), credits come back, and PRI works again after a Response Failure
+    /// (the failure state lasts until reset, PCIe PRI). Stopped PASIDs stay stopped until
+    /// the driver starts them again; a stop waiting for its groups completes.
     public func resetATS() {
-        for (_, list) in priState.groups { for g in list { finish(g.op, .stopped) } }
+        for (index, list) in priState.groups {
+            for g in list {
+                priState.abandoned[Self.groupKey(g.pasid, index)] = g.pasid.flatMap { priState.epochs[$0.rawValue] } ?? 0
+                finish(g.op, .stopped)
+            }
+        }
         for op in creditWaiters { finish(op, .stopped) }
         creditWaiters = []
         priState.groups = [:]
         priState.creditsInUse = 0
         priState.failed = false
         _ = deviceTLB.removeAll { _, _, _ in true }
+        atsCounters.resets &+= 1
+        checkStopWaiters()
     }
 
     // MARK: Device-TLB invalidation

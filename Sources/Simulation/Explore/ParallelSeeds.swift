@@ -1,4 +1,4 @@
-import Foundation
+import Platform
 import Synchronization
 
 /// Runs independent jobs `0..<count` on `jobs` threads.
@@ -13,8 +13,7 @@ enum ParallelJobs {
         withoutActuallyEscaping(consume) { consume in
             let state = Mutex<JobState>(JobState())
             let sink = UncheckedBox(consume)
-            let workers = max(1, min(jobs, count))
-            DispatchQueue.concurrentPerform(iterations: workers) { _ in
+            let worker: @Sendable () -> Void = {
                 while true {
                     let i: Int? = state.withLock { s in
                         guard s.next < count else { return nil }
@@ -29,6 +28,12 @@ enum ParallelJobs {
                     }
                 }
             }
+            // Own threads, not Dispatch's pool: runs last seconds to hours and would starve
+            // everything else the process schedules there (timers, other work). The calling
+            // thread is one of the workers; if the system gives no more threads it does all.
+            let threads = (1..<max(1, min(jobs, count))).compactMap { _ in HostThread.start(worker) }
+            worker()
+            for t in threads { t.join() }
         }
     }
 

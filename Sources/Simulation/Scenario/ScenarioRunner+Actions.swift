@@ -180,6 +180,11 @@ extension ScenarioRunner {
         guard let g = devices[d].group, let previous = g.domain else { return }
         let blocked = devices[d].driver.blockedDomain
         guard step("\(label): block", line: line, { () throws(IOMMUError) in try m.core.replace(g, with: blocked) }) else { return }
+        // The function reset itself: the device's ATS and PRI state goes as hardware's does.
+        let e = endpoints[d]
+        let cached = e.deviceTLBOccupancy, failed = e.priState.failed
+        e.resetATS()
+        note("\(label): function reset of \(e.name) (device TLB \(cached) → \(e.deviceTLBOccupancy) entries\(failed ? ", PRI re-enabled after a Response Failure" : ""))")
         m.scheduler.advance(by: ns)
         if step("\(label): restore", line: line, { () throws(IOMMUError) in try m.core.replace(g, with: previous) }) {
             note("\(label): blocked for \(ns) ns, back in \(previous)")
