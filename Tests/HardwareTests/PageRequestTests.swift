@@ -25,8 +25,10 @@ struct PageRequestTests {
 
     /// A unit with page requests enabled for `rig.rid` (RID_PASID entry present) and a queue
     /// of `order` pages.
-    static func setUp(order: UInt8 = 0) throws -> (Rig, PCIeEndpoint, UInt64) {
-        let rig = try Rig()
+    static func setUp(order: UInt8 = 0, internalNs: UInt64? = nil) throws -> (Rig, PCIeEndpoint, UInt64) {
+        var config = VTdConfiguration()
+        if let internalNs { config.latency.pageRequestInternalNs = internalNs }
+        let rig = try Rig(configuration: config)
         try rig.bench.setContext(rig.rid, pageRequest: true)
         let table = try rig.secondStage()
         try rig.attachSecondStage(table)
@@ -70,6 +72,9 @@ struct PageRequestTests {
         let u = rig.unit
         // One 4 KiB page holds 128 descriptors; one slot always stays empty.
         for g in 0..<130 { u.receivePageRequest(Self.request(ep, group: UInt16(g & 0x1FF))) }
+        // Each request takes the unit's internal path before it is queued or answered.
+        #expect(u.pageRequestQueueDepth == 0)
+        try rig.platform.scheduler.wait(until: { u.pageRequestsProcessed == 130 }, timeoutNs: 1_000_000)
         #expect(u.pageRequestQueueDepth == 127)
         #expect(u.read32(VTdRegister.pageRequestStatus) & VTdPageRequestStatus.overflow != 0)
         #expect(u.read32(VTdRegister.pageRequestStatus) & VTdPageRequestStatus.pending != 0)
@@ -95,5 +100,43 @@ struct PageRequestTests {
         #expect(rig.unit.pendingFaultRecords.first?.record.reason == VTdFaultReason.smPREClear.rawValue)
         #expect(ep.pageGroupResponses.map(\.responseCode) == [PageResponseCode.invalidRequest.rawValue])
         #expect(rig.unit.pageRequestQueueDepth == 0)
+    }
+}
+
+@Suite("the unit's internal page-request path and the page-drain wait (VT-d §7.10)")
+struct PageRequestInternalPathTests {
+    @Test("a page-drain wait reached while a request is on the unit's internal path completes only after it is queued and its response delivered")
+    func drainCoversTheInternalPath() throws {
+        // A slow internal path (5 µs a request), so the wait is reached while it holds one.
+        let (rig, ep, _) = try PageRequestTests.setUp(internalNs: 5_000)
+        let u = rig.unit
+        // Arrived from the link, not yet checked and queued.
+        u.receivePageRequest(PageRequestTests.request(ep, group: 3))
+        #expect(u.pageRequestsProcessed < u.pageRequestsAccepted)
+        try rig.bench.submit([.wait(InvalidationWait(statusWrite: true, fence: true, pageDrain: true, statusData: 5, statusAddress: rig.bench.statusPage))])
+        var depthAtCompletion = -1
+        try rig.platform.scheduler.wait(until: {
+            let done = (try? rig.memory.load32(rig.bench.statusPage)) == 5
+            if done && depthAtCompletion < 0 { depthAtCompletion = u.pageRequestQueueDepth }
+            return done
+        }, timeoutNs: 1_000_000)
+        #expect(depthAtCompletion == 1, "the request is in the queue when the wait completes")
+        #expect(u.counters.drainsHeld == 1)
+    }
+
+    @Test("a wait without page drain does not wait for the internal path")
+    func plainWaitDoesNotDrain() throws {
+        let (rig, ep, _) = try PageRequestTests.setUp(internalNs: 5_000)
+        let u = rig.unit
+        u.receivePageRequest(PageRequestTests.request(ep, group: 4))
+        try rig.bench.submit([.wait(InvalidationWait(statusWrite: true, fence: true, pageDrain: false, statusData: 6, statusAddress: rig.bench.statusPage))])
+        var depthAtCompletion = -1
+        try rig.platform.scheduler.wait(until: {
+            let done = (try? rig.memory.load32(rig.bench.statusPage)) == 6
+            if done && depthAtCompletion < 0 { depthAtCompletion = u.pageRequestQueueDepth }
+            return done
+        }, timeoutNs: 1_000_000)
+        #expect(u.counters.drainsHeld == 0)
+        #expect(depthAtCompletion == 0, "the wait completed first; the request landed later")
     }
 }

@@ -8,8 +8,10 @@ import Kernel
 @Suite("IO page faults: ATS, PRI, the page request queue, the fault pipeline, SVA, user fault queues")
 struct PageFaultTests {
     /// A rig with one ATS+PRI device bound to a fresh process.
-    static func svaRig(credits: Int = 64, seed: UInt64 = 1) throws -> (KernelRig, Device, PCIeEndpoint, Process, SVAHandle) {
-        let rig = try KernelRig(seed: seed)
+    static func svaRig(credits: Int = 64, seed: UInt64 = 1, pageRequestInternalNs: UInt64? = nil) throws -> (KernelRig, Device, PCIeEndpoint, Process, SVAHandle) {
+        var units = [VTdConfiguration(name: "dmar0"), VTdConfiguration(name: "dmar1")]
+        if let ns = pageRequestInternalNs { for i in units.indices { units[i].latency.pageRequestInternalNs = ns } }
+        let rig = try KernelRig(seed: seed, units: units)
         let (dev, ep) = try rig.add("accel", dev: 1, pasids: 1 << 16, ats: true, pri: true)
         ep.priConfiguration.credits = credits
         let proc = try rig.core.createProcess()
@@ -111,6 +113,7 @@ struct PageFaultTests {
         let before = rig.machine.units[0].counters.pageRequestsAutoResponded
         rig.machine.units[0].receivePageRequest(PageRequestDescriptor(requester: ep.requesterID, pasid: PASID(truncating: 77),
                                                                      read: true, write: false, lastInGroup: true, groupIndex: 5, address: 0x4000_0000))
+        try rig.scheduler.wait(until: { rig.machine.units[0].counters.pageRequestsAutoResponded == before + 1 }, timeoutNs: 100_000)
         #expect(rig.machine.units[0].counters.pageRequestsAutoResponded == before + 1)
         rig.settle()
         #expect(rig.core.pageFaultsReported == 0)
@@ -118,7 +121,8 @@ struct PageFaultTests {
     }
 
     @Test func aFullPageRequestQueueSetsOverflowAutoRespondsAndTheDriverRecovers() throws {
-        let (rig, _, ep, proc, h) = try Self.svaRig(credits: 8192)
+        // Requests queue the instant they arrive, so 3,200 of them outrun the handler.
+        let (rig, _, ep, proc, h) = try Self.svaRig(credits: 8192, pageRequestInternalNs: 0)
         ep.priConfiguration.retryLimit = 64
         let pages = 32 * 100
         let va = try proc.mmap(length: UInt64(pages) * 4096, permissions: .readWrite)

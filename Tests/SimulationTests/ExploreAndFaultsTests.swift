@@ -108,7 +108,10 @@ struct OracleStrengthTests {
         (.iovaFreedWithoutUnmap, "tour", ["map-over-live-range"], "an IOVA freed without its unmap"),
         // A device reports a PASID stopped while its translation requests are in flight; the
         // unbind clears the entry and they fault on a device that was told to quiesce.
-        (.stopIgnoresTranslations, "prq-overflow", ["fault-after-stop"], "a PASID stop that does not wait for translation requests"),
+        (.stopIgnoresTranslations, "pasid-teardown", ["fault-after-stop"], "a PASID stop that does not wait for translation requests"),
+        // The PASID drain's last wait has no page drain (PD): requests still on the unit's
+        // internal path are answered after the PASID went to its next owner.
+        (.pageDrainWaitSkipped, "pasid-teardown", ["page-response-crossed-pasid"], "a PASID drain without the page-drain wait"),
     ]
 
     @Test("each broken behaviour is caught in seeds 1...3", arguments: OracleStrengthTests.cases.indices)

@@ -12,6 +12,12 @@ public struct VTdLatency: Equatable, Sendable {
     public var linkNs: UInt64 = 250
     /// A device TLB's time to apply an invalidation request before it completes.
     public var deviceTLBInvalidationNs: UInt64 = 500
+    /// A page request's way through the unit once it has left the link: the context and
+    /// PASID checks and the write into the page request queue (or the unit's own response)
+    /// take this long per request, one request at a time in arrival order, so a burst
+    /// builds a backlog. A page-drain wait (§7.10) covers requests still on this path; a
+    /// drain that skips it lets them land after the PASID moved on.
+    public var pageRequestInternalNs: UInt64 = 50
 
     public init(descriptorNs: [UInt64]? = nil, interruptNs: UInt64 = 500) {
         var d = descriptorNs ?? [UInt64](repeating: 400, count: 16)

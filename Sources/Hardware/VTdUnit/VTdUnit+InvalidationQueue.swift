@@ -114,9 +114,10 @@ extension VTdUnit {
             // Page drain (VT-d §7.10): the wait completes only once the page requests and
             // responses in flight between devices and the unit now are out of the fabric.
             let targets = pageTrafficInFlight()
-            if !targets.isEmpty {
+            if !targets.isEmpty || pageRequestsProcessed < pageRequestsAccepted {
                 c.pointee.drainsHeld &+= 1
-                parkedDrain = (descriptor, raw, targets)
+                // Link arrivals and the internal path's progress move it on (pageTrafficLeft).
+                parkedDrain = ParkedDrain(descriptor: descriptor, raw: raw, links: targets, phase: .fabric)
                 queueStepScheduled = true
                 return
             }

@@ -9,8 +9,27 @@ extension VTdUnit {
     var pageRequestQueueBytes: UInt64 { 4096 << (pageRequestQueueAddress & 7) }
     var pageRequestQueueBase: UInt64 { pageRequestQueueAddress & ~0xFFF }
 
-    /// A page request message has reached the unit from the device with `d.requester`.
+    /// A page request message has reached the unit from the device with `d.requester`: it
+    /// takes the unit's internal path (`pageRequestInternalNs`, in order) before it is
+    /// checked and queued or answered.
     public func receivePageRequest(_ d: PageRequestDescriptor) {
+        pageRequestsAccepted &+= 1
+        let delay = configuration.latency.pageRequestInternalNs
+        guard delay > 0 else { processPageRequest(d); return }
+        // One request at a time: a burst queues up behind the writes before it.
+        let due = max(scheduler.now, lastPageRequestDue) &+ delay
+        lastPageRequestDue = due
+        scheduler.schedule(at: due, kind: .hardware) { [ref] in ref.target?.processPageRequest(d) }
+    }
+
+    /// The end of the internal path: the request is checked and queued (or answered).
+    func processPageRequest(_ d: PageRequestDescriptor) {
+        handlePageRequest(d)
+        pageRequestsProcessed &+= 1
+        pageTrafficLeft()
+    }
+
+    private func handlePageRequest(_ d: PageRequestDescriptor) {
         let c = countersStorage
         c.pointee.pageRequests &+= 1
         let now = scheduler.now
@@ -124,12 +143,28 @@ extension VTdUnit {
         }
     }
 
-    /// A page message left the fabric: a held page-drain wait may complete now.
+    /// A page message left the fabric, or a request left the unit's internal path: a held
+    /// page-drain wait moves on. In three bounded phases (later traffic cannot starve it):
+    /// the requests and responses in the fabric when it was reached arrive; the requests
+    /// received by then leave the internal path (queued or answered); the responses sent by
+    /// then, those answers included, reach their devices.
     func pageTrafficLeft() {
-        guard let (d, raw, targets) = parkedDrain,
-              targets.allSatisfy({ $0.0.pageRequestsArrived >= $0.1 && $0.0.pageResponsesArrived >= $0.2 }) else { return }
+        guard var p = parkedDrain else { return }
+        func arrived(_ links: [(PCIeLink, UInt64, UInt64)]) -> Bool {
+            links.allSatisfy { $0.0.pageRequestsArrived >= $0.1 && $0.0.pageResponsesArrived >= $0.2 }
+        }
+        if case .fabric = p.phase {
+            guard arrived(p.links) else { return }
+            p.phase = .internalPath(received: pageRequestsAccepted)
+        }
+        if case .internalPath(let received) = p.phase {
+            guard pageRequestsProcessed >= received else { parkedDrain = p; return }
+            p.links = pageTrafficInFlight().map { ($0.0, 0, $0.2) }
+            p.phase = .responses
+        }
+        guard arrived(p.links) else { parkedDrain = p; return }
         parkedDrain = nil
-        complete(d, raw: raw, dropped: false, drained: true)
+        complete(p.descriptor, raw: p.raw, dropped: false, drained: true)
     }
 
     /// Entries between head and tail (for traces and tests).
@@ -137,5 +172,23 @@ extension VTdUnit {
         guard pageRequestQueueAddress != 0 else { return 0 }
         let size = pageRequestQueueBytes
         return Int(((pageRequestQueueTail &+ size &- pageRequestQueueHead) % size) / PageRequestDescriptor.size)
+    }
+}
+
+/// A page-drain wait descriptor parked at the head of the invalidation queue (VT-d §7.10).
+struct ParkedDrain {
+    var descriptor: InvalidationDescriptor
+    var raw: RawDescriptor
+    /// Per link: the page requests and responses that must have arrived (this phase).
+    var links: [(PCIeLink, UInt64, UInt64)]
+    var phase: Phase
+
+    enum Phase {
+        /// The traffic in the fabric when the wait was reached must arrive.
+        case fabric
+        /// The unit must have handled the first `received` requests it accepted.
+        case internalPath(received: UInt64)
+        /// The responses sent when the internal path was clear must reach their devices.
+        case responses
     }
 }

@@ -76,8 +76,15 @@ public final class VTdUnit: @unchecked Sendable {
     @exclusivity(unchecked) var pageRequestStatus: UInt32 = 0
     @exclusivity(unchecked) var pageRequestEventControl: UInt32 = VTdEventControl.interruptMask
     /// A page-drain wait descriptor held until the page traffic that was in the fabric when
-    /// it was reached is out (§7.10): per link, the request and response counts to arrive.
-    @exclusivity(unchecked) var parkedDrain: (InvalidationDescriptor, RawDescriptor, [(PCIeLink, UInt64, UInt64)])?
+    /// it was reached is out (§7.10): per link, the request and response counts to arrive,
+    /// and first the unit's own page-request path up to the requests received by then.
+    @exclusivity(unchecked) var parkedDrain: ParkedDrain?
+    /// Page requests that left the link, and those the unit has handled (queued or answered)
+    /// since: the difference is on the unit's internal path.
+    @exclusivity(unchecked) var pageRequestsAccepted: UInt64 = 0
+    @exclusivity(unchecked) var pageRequestsProcessed: UInt64 = 0
+    /// When the last accepted request will be handled (the internal path is in order).
+    @exclusivity(unchecked) var lastPageRequestDue: UInt64 = 0
 
     // Caches.
     let contextCache: TaggedCache<ContextCacheEntry>

@@ -34,4 +34,7 @@ extension InjectedBugs {
     /// A group domain change that fails part-way puts back all the switched devices but the
     /// first: that device stays on the new domain while the group keeps the old one.
     public static let incompleteGroupRollback = InjectedBugs(rawValue: 1 << 9)
+    /// The PASID drain's last wait descriptor omits page drain (PD): requests still on the
+    /// unit's internal path, and the unit's answers to them, may land after it completed.
+    public static let skipPageDrainWait = InjectedBugs(rawValue: 1 << 10)
 }

@@ -160,6 +160,7 @@ struct ScenarioParser {
                 lat.linkNs = try x.unsigned(in: 0...2_000_000_000) / 2
             }
             if let x = l.optional("device-tlb-invalidation-ns") { lat.deviceTLBInvalidationNs = try x.unsigned(in: 0...1_000_000_000) }
+            if let x = l.optional("page-request-internal-ns") { lat.pageRequestInternalNs = try x.unsigned(in: 0...1_000_000) }
             try l.finish()
             config.latency = lat
         }

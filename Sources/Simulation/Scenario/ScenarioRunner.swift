@@ -30,6 +30,8 @@ public enum Breakage: String, CaseIterable, Sendable {
     case incompleteGroupRollback = "incomplete-group-rollback"
     /// Devices report a PASID stopped without waiting for its translation requests.
     case stopIgnoresTranslations = "stop-ignores-translations"
+    /// The PASID drain's last wait lacks page drain (PD).
+    case pageDrainWaitSkipped = "page-drain-wait-skipped"
 }
 
 /// Runs a `Scenario` on a fresh `Machine`: probes, runs timed actions and workloads in
@@ -244,6 +246,7 @@ public final class ScenarioRunner {
             case .iovaFreedWithoutUnmap: bugs.insert(.freeIOVAWithoutUnmap)
             case .incompleteGroupRollback: bugs.insert(.incompleteGroupRollback)
             case .stopIgnoresTranslations: break // on the endpoints, once probed
+            case .pageDrainWaitSkipped: bugs.insert(.skipPageDrainWait)
             }
         }
         m.core.injectedBugs = bugs

@@ -144,7 +144,10 @@ extension IntelIOMMU {
             if info.ats && extendedCapability.deviceTLB {
                 ds.append(deviceTLBInvalidation(info.requesterID, pasid: pasid, address: 0, mask: 52))
             }
-            do { try queue.submitAndWait(ds, drain: true) } catch { pageRequestDrainErrors += 1 }
+            // The last wait drains page requests and responses (PD); a driver that forgets it
+            // lets requests still inside the unit land after the PASID moved on.
+            let drain = !bugs.contains(.skipPageDrainWait)
+            do { try queue.submitAndWait(ds, drain: drain) } catch { pageRequestDrainErrors += 1 }
             guard unit.read32(VTdRegister.pageRequestStatus) & VTdPageRequestStatus.overflow != 0 else { return }
             handlePageRequests()
         }
