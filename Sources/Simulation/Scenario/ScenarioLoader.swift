@@ -261,6 +261,15 @@ struct ScenarioParser {
         return n
     }
 
+    /// A fault-injection point by name: one the code consults (`FaultPoint.all`).
+    static func faultPoint(_ f: YAMLField) throws(ScenarioError) -> FaultPoint {
+        let n = try f.string()
+        guard let p = FaultPoint.named(n) else {
+            throw f.error("no fault point named '\(n)'; points: \(FaultPoint.all.map(\.name).joined(separator: ", "))")
+        }
+        return p
+    }
+
     /// `access: rw | read | write`.
     static func access(_ f: YAMLField) throws(ScenarioError) -> PagePermissions {
         switch try f.oneOf(["rw", "read", "write"]) {
@@ -447,16 +456,19 @@ struct ScenarioParser {
             let b = try m.required("buffers", "buffer sets").listOrOne().map { (x) throws(ScenarioError) in try bufferRef(x) }
             action = .retarget(workload: w, buffers: b); label = "retarget \(workloadName(w))"
         case "inject":
-            let pointField = m.optional("point")
-            let point = try pointField.map { (p) throws(ScenarioError) in FaultPoint(try p.string()) }
-            if let nth = m.optional("nth") {
+            let point = try m.optional("point").map { (p) throws(ScenarioError) in try Self.faultPoint(p) }
+            let nth = m.optional("nth"), probability = m.optional("probability"), off = m.optional("off")
+            let given = [nth, probability, off].compactMap { $0 }
+            guard given.count == 1, let how = given.first else {
+                throw (given.dropFirst().first ?? f).error("inject takes one of 'nth' (fail the Nth hit after this action), 'probability' or 'off: true'")
+            }
+            if let nth {
                 action = .inject(.failNth(try nth.int(in: 1...Int(Int32.max)), only: point))
-            } else if let p = m.optional("probability") {
-                action = .inject(.probability(try p.double(in: 0...1), only: point.map { [$0] }))
-            } else if try m.optional("off")?.bool() ?? false {
-                action = .inject(.off)
+            } else if let probability {
+                action = .inject(.probability(try probability.double(in: 0...1), only: point.map { [$0] }))
             } else {
-                throw f.error("inject needs 'nth' (fail the Nth hit), 'probability' or 'off: true'")
+                guard try how.bool() else { throw how.error("expected 'off: true' (switch the injector off)") }
+                action = .inject(.off)
             }
             label = "inject \(point?.name ?? "any point")"
         case "descriptor-fault":

@@ -109,7 +109,7 @@ extension ScenarioRunner {
             note(label)
         case .inject(let mode):
             // A sweep's own mode wins: the file's injections apply only to plain runs.
-            if options.faultMode == .off { m.platform.faults.mode = mode }
+            if options.faultMode == .off { m.platform.faults.mode = Self.countingFromNow(mode, m.platform.faults) }
             note(label)
         case .descriptorFault(let u, let type, let fault):
             m.units[u].descriptorFaults[type] = fault
@@ -117,6 +117,15 @@ extension ScenarioRunner {
         case .createProcess, .mmap, .munmap, .exitProcess, .svaBind, .svaUnbind, .allocFaultQueue, .closeFaultQueue:
             performPageFaultAction(a)
         }
+    }
+
+    /// A file's `nth` counts from its inject action: the Nth hit after it (of its point, or of
+    /// any point), whatever hits earlier windows counted. The injector counts from its first
+    /// activation, so the window starts at the hits counted so far.
+    static func countingFromNow(_ mode: FaultInjector.Mode, _ faults: FaultInjector) -> FaultInjector.Mode {
+        guard case .failNth(let n, let only) = mode else { return mode }
+        let before = only.map { faults.hits[$0] ?? 0 } ?? faults.totalHits
+        return .failNth(before + n, only: only)
     }
 
     /// Maps every buffer of a set (fresh frames, or those of the set it is `like`). A failure
