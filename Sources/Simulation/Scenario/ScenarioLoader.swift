@@ -30,9 +30,27 @@ public enum ScenarioLoader {
         switch e {
         case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
             return ScenarioError(file: file, line: mark.line, column: mark.column, field: "", message: "YAML syntax: \(problem)")
+        case .reader(let problem, let offset, _, let yaml):
+            // The reader refuses characters YAML does not allow (NUL, other control characters).
+            let (line, column) = offset.map { place(ofCharacter: $0, in: yaml) } ?? (1, 1)
+            return ScenarioError(file: file, line: line, column: column, field: "", message: "YAML: \(problem)")
+        case .duplicatedKeysInMapping(let keys, let context):
+            // Yams refuses the mapping while composing; it marks the key's first occurrence.
+            return ScenarioError(file: file, line: max(1, context.mark.line), column: max(1, context.mark.column), field: "",
+                                 message: "key \(keys.map { "'\($0)'" }.joined(separator: ", ")) appears more than once in this mapping (here and again later); keys must be unique")
         default:
             return ScenarioError(file: file, line: 1, column: 1, field: "", message: "YAML: \(e)")
         }
+    }
+
+    /// Line and column (Unicode scalars, from 1) of the character at `offset` of `text`.
+    static func place(ofCharacter offset: Int, in text: String) -> (line: Int, column: Int) {
+        let end = text.index(text.startIndex, offsetBy: offset, limitedBy: text.endIndex) ?? text.endIndex
+        var line = 1, column = 1
+        for scalar in text[..<end].unicodeScalars {
+            if scalar == "\n" { line += 1; column = 1 } else { column += 1 }
+        }
+        return (line, column)
     }
 }
 
@@ -70,10 +88,12 @@ struct ScenarioParser {
         // Declarations referenced by buffers and workloads come from the actions list.
         let actionList = try m.optional("actions")?.list() ?? []
         try declare(actionList)
-        if let f = m.optional("buffers") { for b in try f.list() { try buffer(b) } }
+        let bufferList = try m.optional("buffers")?.list() ?? []
+        for b in bufferList { try buffer(b) }
         let workloadList = try m.optional("workloads")?.list() ?? []
         for w in workloadList { try declareWorkload(w) }
         for w in workloadList { try workload(w) }
+        try checkMemory(buffers: bufferList, workloads: workloadList)
         for a in actionList { try action(a) }
         s.actions = s.actions.enumerated().sorted { ($0.element.at, $0.offset) < ($1.element.at, $1.offset) }.map(\.element)
         if let f = m.optional("expect") { try expectations(f) }

@@ -60,8 +60,8 @@ struct RunCommand: ParsableCommand {
 
 /// Loads a built-in scenario or a file; a bad file is reported with file:line and exits 2.
 func loadScenario(_ nameOrPath: String) throws -> Scenario {
-    do { return try BuiltinScenarios.load(nameOrPath) } catch let e as ScenarioError {
-        FileHandle.standardError.write(Data("error: \(e)\n".utf8))
+    do { return try BuiltinScenarios.load(nameOrPath) } catch {
+        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
         throw ExitCode(2)
     }
 }
@@ -96,9 +96,11 @@ struct ScenariosCommand: ParsableCommand {
             print(text, terminator: "")
             return
         }
+        // Names are padded to the longest, never cut.
+        let width = BuiltinScenarios.names.map(\.count).max() ?? 0
         for name in BuiltinScenarios.names {
             let s = try? BuiltinScenarios.load(name)
-            print("\(name.padding(toLength: 16, withPad: " ", startingAt: 0)) \(s.map { firstSentence($0.description) } ?? "")")
+            print("\(name.padding(toLength: width, withPad: " ", startingAt: 0))  \(s.map { firstSentence($0.description) } ?? "")")
         }
     }
 
