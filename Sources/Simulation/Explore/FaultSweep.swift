@@ -44,6 +44,16 @@ public struct FaultSweep: Sendable {
     public let seed: UInt64
     public init(scenario: Scenario, seed: UInt64 = 1) { self.scenario = scenario; self.seed = seed }
 
+    /// The `iommu-sim run` options (after the scenario) that replay `failure`, or nil when no
+    /// run does. Run N ≥ 1 is `--fail-nth N`. N = 0 is the counting run, which fails nothing
+    /// and ignores the file's inject actions: a plain run replays it only when the file has
+    /// none (`--fail-nth 0` is not a run the command line takes).
+    public func replay(_ failure: Failure) -> String? {
+        if failure.n >= 1 { return "--seed \(seed) --fail-nth \(failure.n)" }
+        let injects = scenario.actions.contains { if case .inject = $0.action { return true } else { return false } }
+        return injects ? nil : "--seed \(seed)"
+    }
+
     static let leakInvariants: Set<String> = ["frame-leak", "did-leak", "pasid-leak", "domain-leak"]
 
     public func run(jobs: Int, progress: (@Sendable (_ done: Int, _ total: Int) -> Void)? = nil) throws -> Report {

@@ -21,6 +21,16 @@ public struct Scenario: Sendable {
         public var yield: YieldPolicy = .never
         /// Virtual time the idle phase before teardown lasts (lets flush-queue timers fire).
         public var settleNs: UInt64 = 10_500_000
+        /// A run's budget: it stops with `BudgetExceeded` after this many events or this much
+        /// host time. The defaults are far above what the built-in scenarios take (at most
+        /// about 60,000 events and a tenth of a second) and stop a runaway within minutes.
+        public var maxEvents: UInt64 = Self.defaultMaxEvents
+        public var maxWallSeconds: Double = Self.defaultMaxWallSeconds
+        /// Lines of `max-events` and `max-wall-s` in the file (0: the default applies).
+        public var maxEventsLine = 0
+        public var maxWallLine = 0
+        public static let defaultMaxEvents: UInt64 = 50_000_000
+        public static let defaultMaxWallSeconds: Double = 300
     }
 
     public struct Unit: Sendable {

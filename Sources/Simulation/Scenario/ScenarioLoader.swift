@@ -121,6 +121,14 @@ struct ScenarioParser {
             s.machine.policy = DMAPolicy(rawValue: try v.oneOf(DMAPolicy.allCases.map(\.rawValue))) ?? .strict
         }
         if let v = m.optional("settle-ns") { s.machine.settleNs = try v.unsigned(in: 0...(1 << 40)) }
+        if let v = m.optional("max-events") {
+            s.machine.maxEvents = try v.unsigned(in: 1...(1 << 50))
+            s.machine.maxEventsLine = v.line
+        }
+        if let v = m.optional("max-wall-s") {
+            s.machine.maxWallSeconds = try v.double(in: 0.001...86_400)
+            s.machine.maxWallLine = v.line
+        }
         if let v = m.optional("yield") {
             let y = try v.mapping()
             let p = try y.required("probability", "chance a yield point lets hardware run first").double(in: 0...1)

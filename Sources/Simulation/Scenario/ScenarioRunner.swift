@@ -49,14 +49,6 @@ public final class ScenarioRunner {
         public var notRolledBack: [String]
     }
 
-    public struct StepFailed: Error, CustomStringConvertible {
-        public var scenario: String
-        public var record: StepRecord
-        public var description: String {
-            "\(record.line > 0 ? "line \(record.line): " : "")step '\(record.label)' of \(scenario) failed at \(record.time) ns: \(record.error ?? "?")"
-        }
-    }
-
     /// A run already happened (a runner runs once: its machine holds that run's state).
     public struct AlreadyRan: Error, CustomStringConvertible {
         public var description: String { "a ScenarioRunner runs its scenario once" }
@@ -96,7 +88,8 @@ public final class ScenarioRunner {
     var userAutoResponses = 0
     var log: [(time: UInt64, text: String)] = []
     var records: [StepRecord] = []
-    var abort: StepFailed?
+    /// Why the run stopped early (a failed step of a plain run, a budget), or nil.
+    var abort: Stop?
     var softwareTrack: UInt32 = 0
     var churnRounds = 0
     /// Timed items performed after their time (software before them ran past it).
@@ -129,7 +122,9 @@ public final class ScenarioRunner {
         }
     }
 
-    /// Runs the scenario. Throws `StepFailed` when a step fails (unless `tolerant`).
+    /// Runs the scenario. Throws `StepFailed` when a step fails (unless `tolerant`) and
+    /// `BudgetExceeded` when the run goes past `machine.max-events` or `machine.max-wall-s`;
+    /// either carries what the run had done by then.
     public func run() throws -> ScenarioOutcome {
         guard !ran else { throw AlreadyRan() }
         ran = true
@@ -137,6 +132,7 @@ public final class ScenarioRunner {
         let sc = scenario
         let s = m.scheduler
         s.yieldPolicy = sc.machine.yield
+        setBudget()
         if options.trace {
             m.platform.trace.enabled = true
             softwareTrack = m.platform.trace.track(named: "software")
@@ -162,18 +158,23 @@ public final class ScenarioRunner {
             setUpWorkloads()
             timedPhase()
         }
-        if let abort { throw abort }
-        teardown(probed: probed)
-        if let abort { throw abort }
+        // A run stopped early is not torn down: its machine goes as it is.
+        if abort == nil { teardown(probed: probed) }
+        noteBudget()
+        if let abort { throw stopped(abort, outcome: outcome(since: start, checkExpectations: false)) }
+        return outcome(since: start, checkExpectations: true)
+    }
 
+    /// What the run did so far; expectations are checked only for a run that ended.
+    func outcome(since start: ContinuousClock.Instant, checkExpectations check: Bool) -> ScenarioOutcome {
         let wall = ContinuousClock.now - start
         let faults = devices.map { ($0.name, $0.faultCount) }
         let dma = rings.lazy.compactMap { $0 }.first?.statistics ?? DMAStatistics()
-        let result = RunResult(scenario: sc.name, seed: options.seed, machine: m, endpoints: endpoints, faultsReported: faults,
+        let result = RunResult(scenario: scenario.name, seed: options.seed, machine: m, endpoints: endpoints, faultsReported: faults,
                                dmaAPI: dma, userAutoResponses: userAutoResponses, log: log, churnRounds: churnRounds,
                                lateItems: lateItems, workloads: workloadSummaries(),
                                wallNs: UInt64(wall.components.seconds) * 1_000_000_000 + UInt64(wall.components.attoseconds / 1_000_000_000))
-        return ScenarioOutcome(result: result, steps: records, expectationFailures: checkExpectations(result),
+        return ScenarioOutcome(result: result, steps: records, expectationFailures: check ? checkExpectations(result) : [],
                                trace: options.trace ? m.platform.trace : nil, injected: m.platform.faults.fired.map { ($0.point.name, $0.hit) },
                                pointHitsByName: m.platform.faults.hits.map { ($0.key.name, $0.value) }.sorted { $0.0 < $1.0 })
     }
@@ -187,12 +188,16 @@ public final class ScenarioRunner {
     /// failed step rolled back. Returns whether it succeeded.
     @discardableResult
     func step(_ label: String, line: Int, rollback: (() -> Void)? = nil, _ body: () throws(IOMMUError) -> Void) -> Bool {
+        noteBudget()
         guard abort == nil else { return false }
         let fired = m.platform.faults.fired.count
         let before = options.tolerant ? StateSnapshot(m) : nil
         let begin = m.scheduler.now
         var failure: IOMMUError?
         do { try body() } catch { failure = error }
+        // A step cut short by the budget (its waits could run no event) is not its own failure.
+        noteBudget()
+        if abort != nil { return false }
         let injected = m.platform.faults.fired.count > fired
         if m.platform.trace.enabled {
             let t = m.platform.trace
@@ -207,7 +212,7 @@ public final class ScenarioRunner {
         if let before { record.notRolledBack = StateSnapshot(m).differences(from: before) }
         records.append(record)
         note("\(label) failed: \(failure)")
-        if !options.tolerant { abort = StepFailed(scenario: scenario.name, record: record) }
+        if !options.tolerant { abort = .step(record) }
         return false
     }
 
@@ -249,6 +254,7 @@ public final class ScenarioRunner {
         let begin = s.now
         for it in items {
             s.run(until: it.at)
+            noteBudget()
             guard abort == nil else { return }
             if s.now > max(it.at, begin) {
                 let label: String
@@ -267,6 +273,7 @@ public final class ScenarioRunner {
             }
         }
         s.run(until: scenario.endNs)
+        noteBudget()
     }
 
 }

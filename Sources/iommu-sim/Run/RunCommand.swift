@@ -40,7 +40,17 @@ struct RunCommand: ParsableCommand {
         do {
             outcome = try ScenarioRunner(scenario: loaded, options: options).run()
         } catch let failed as ScenarioRunner.StepFailed {
-            throw RunFailure(message: "\(failed)")
+            let r = failed.record
+            try stop(failed.outcome, message: "\(failed)", failure: [
+                ("kind", .string("step")), ("file", .string(failed.file)), ("line", .int(Int64(r.line))),
+                ("step", .string(r.label)), ("timeNs", .uint(r.time)), ("error", .string(r.error ?? "")),
+            ])
+        } catch let over as ScenarioRunner.BudgetExceeded {
+            try stop(over.outcome, message: "\(over)", failure: [
+                ("kind", .string("budget")), ("file", .string(over.file)), ("line", .int(Int64(over.line))),
+                ("budget", .string("machine.\(over.budget.rawValue)")), ("limit", .string(over.limit)),
+                ("eventsRun", .uint(over.eventsRun)), ("timeNs", .uint(over.virtualTimeNs)),
+            ])
         }
         if let trace, let buffer = outcome.trace {
             let data = ChromeTrace.render(buffer, scenario: loaded.name, seed: seed, unitNames: Set(loaded.units.map(\.name)))
@@ -48,13 +58,30 @@ struct RunCommand: ParsableCommand {
                 throw RunFailure(message: "cannot write \(trace): \(error.localizedDescription)")
             }
         }
+        let report = Self.report(outcome)
+        print(json ? report.json().render() : report.text())
+        if outcome.result.violationCount > 0 || !outcome.expectationFailures.isEmpty { throw ExitCode(1) }
+    }
+
+    static func report(_ outcome: ScenarioOutcome) -> RunReport {
         var report = RunReport(result: outcome.result, expectationFailures: outcome.expectationFailures)
         report.steps = outcome.steps.map { s in
             "\(s.time) ns \(s.label)\(s.line > 0 ? " (line \(s.line))" : ""): \(s.error ?? "succeeded")\(s.injected ? " [injected fault fired]" : "")"
                 + (s.notRolledBack.isEmpty ? "" : "; NOT rolled back: " + s.notRolledBack.joined(separator: "; "))
         }
-        print(json ? report.json().render() : report.text())
-        if outcome.result.violationCount > 0 || !outcome.expectationFailures.isEmpty { throw ExitCode(1) }
+        return report
+    }
+
+    /// A run that stopped early: the error on stderr (`file:line: …`); with --json the report
+    /// of what the run did until then, with the failure under `failure`, on stdout. Exit 1.
+    func stop(_ outcome: ScenarioOutcome?, message: String, failure: [(String, JSON)]) throws -> Never {
+        FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+        if json {
+            var report = outcome.map(Self.report)
+            report?.failure = .object(failure + [("message", .string(message))])
+            print(report?.json().render() ?? JSON.object([("failure", .object(failure + [("message", .string(message))]))]).render())
+        }
+        throw ExitCode(1)
     }
 }
 

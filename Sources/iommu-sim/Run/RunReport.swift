@@ -7,6 +7,8 @@ struct RunReport {
     var expectationFailures: [String] = []
     /// Failed steps and steps in which an injected fault fired.
     var steps: [String] = []
+    /// Why the run stopped before its end (a failed step, a budget); null for a run that ended.
+    var failure: JSON?
 
     func json() -> JSON {
         let r = result
@@ -56,6 +58,7 @@ struct RunReport {
             ("lateItems", .array(r.lateItems.map { l in
                 .object([("label", .string(l.label)), ("dueNs", .uint(l.dueNs)), ("ranNs", .uint(l.ranNs))])
             })),
+            ("failure", failure ?? .null),
             ("failedSteps", .array(steps.map { .string($0) })),
             ("expectationFailures", .array(expectationFailures.map { .string($0) })),
             ("host", .object([
