@@ -203,6 +203,12 @@ public struct Scenario: Sendable {
         public var source: Source
         /// What the step is, in words (for logs, traces and failures).
         public var label: String
+        /// Errno names the action must fail with (`expect-error`): such a failure is recorded
+        /// and the run goes on; succeeding is an unmet expectation. Empty: it must succeed.
+        public var expectedErrors: [String] = []
+        /// Update paths every entry change of the action must take (`expect-path`; attach,
+        /// replace, detach, attach-pasid, replace-pasid). Empty: not checked.
+        public var expectedPaths: [UpdatePath] = []
     }
 
     public struct FaultExpectation: Sendable {

@@ -176,7 +176,43 @@ extension ScenarioParser {
             let q = try nameRef(try m.required("queue", "a fault queue"), in: faultQueueNames, what: "fault queue", from: "alloc-fault-queue")
             action = .closeFaultQueue(q); label = "close fault queue \(q)"
         }
+        let (errors, paths) = try stepExpectations(m, kind: kind, action: action)
         try m.finish()
-        s.actions.append(.init(at: at, action: action, source: source(f), label: label))
+        s.actions.append(.init(at: at, action: action, source: source(f), label: label, expectedErrors: errors, expectedPaths: paths))
+    }
+
+    /// Actions whose kernel steps can fail, so that `expect-error` can hold (`start` of a
+    /// DMA ring maps its buffers); the others run no step.
+    static let failingKinds: Set<String> = [
+        "alloc-domain", "free-domain", "map", "unmap", "claim-owner", "release-owner", "attach", "replace", "detach",
+        "alloc-pasid", "free-pasid", "attach-pasid", "replace-pasid", "detach-pasid", "reset", "dma-burst",
+        "create-process", "mmap", "munmap", "exit", "sva-bind", "sva-unbind",
+    ]
+    /// Actions that change a translation entry and report the update path they took.
+    static let pathKinds: Set<String> = ["attach", "replace", "detach", "attach-pasid", "replace-pasid"]
+
+    /// `expect-error: ENOSPC` (or a list of errno names) and `expect-path: teardownSetup` (or a
+    /// list of `UpdatePath` raw values) of one action.
+    func stepExpectations(_ m: YAMLMapping, kind: String, action: Scenario.Action) throws(ScenarioError) -> ([String], [UpdatePath]) {
+        var errors: [String] = [], paths: [UpdatePath] = []
+        if let v = m.optional("expect-error") {
+            var canFail = Self.failingKinds.contains(kind)
+            if case .start(let w) = action, case .dmaRing = s.workloads[w].kind { canFail = true }
+            guard canFail else {
+                throw v.error("\(kind) runs no kernel step that could fail; expect-error applies to \(Self.failingKinds.sorted().joined(separator: ", ")) and the start of a dma-ring")
+            }
+            errors = try v.listOrOne().map { (e) throws(ScenarioError) in try e.oneOf(IOMMUError.errnoNames) }
+            guard !errors.isEmpty else { throw v.error("expected an errno name or a list of them: \(IOMMUError.errnoNames.joined(separator: ", "))") }
+        }
+        if let v = m.optional("expect-path") {
+            guard Self.pathKinds.contains(kind) else {
+                throw v.error("\(kind) changes no translation entry; expect-path applies to \(Self.pathKinds.sorted().joined(separator: ", "))")
+            }
+            guard errors.isEmpty else { throw v.error("expect-path checks an action that succeeds; this one is expected to fail (expect-error)") }
+            let names = UpdatePath.allCases.map(\.rawValue)
+            paths = try v.listOrOne().map { (p) throws(ScenarioError) in UpdatePath(rawValue: try p.oneOf(names)) ?? .fresh }
+            guard !paths.isEmpty else { throw v.error("expected an update path or a list of them: \(names.joined(separator: ", "))") }
+        }
+        return (errors, paths)
     }
 }

@@ -24,7 +24,7 @@ extension ScenarioRunner {
         return p
     }
 
-    func perform(_ a: Scenario.TimedAction) {
+    func performAction(_ a: Scenario.TimedAction) {
         let line = a.source.line
         let label = a.label
         switch a.action {

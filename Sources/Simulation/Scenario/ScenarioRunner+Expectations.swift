@@ -8,7 +8,7 @@ extension ScenarioRunner {
     // MARK: Expectations
 
     func checkExpectations(_ r: RunResult) -> [String] {
-        var out: [String] = []
+        var out = actionExpectationFailures
         let e = scenario.expect
         if let v = e.violations, r.violationCount != v { out.append("expected \(v) violation(s), found \(r.violationCount)") }
         if let f = e.framesLeft, r.framesLeft != f { out.append("expected \(f) frame(s) left after teardown, found \(r.framesLeft)") }

@@ -47,6 +47,8 @@ public final class ScenarioRunner {
         public var injected: Bool
         /// What the failed step changed that it should have rolled back.
         public var notRolledBack: [String]
+        /// The action expected this failure (`expect-error`): the run went on.
+        public var expected = false
     }
 
     /// A run already happened (a runner runs once: its machine holds that run's state).
@@ -90,6 +92,10 @@ public final class ScenarioRunner {
     var records: [StepRecord] = []
     /// Why the run stopped early (a failed step of a plain run, a budget), or nil.
     var abort: Stop?
+    /// The action being performed, when it expects an error or an update path.
+    var watch: ActionWatch?
+    /// Actions that did not fail or update as their `expect-error` / `expect-path` said.
+    var actionExpectationFailures: [String] = []
     var softwareTrack: UInt32 = 0
     var churnRounds = 0
     /// Timed items performed after their time (software before them ran past it).
@@ -191,7 +197,9 @@ public final class ScenarioRunner {
         noteBudget()
         guard abort == nil else { return false }
         let fired = m.platform.faults.fired.count
-        let before = options.tolerant ? StateSnapshot(m) : nil
+        let expecting = watch?.errors.isEmpty == false
+        // A failure the action expects must roll back as any other: look in plain runs too.
+        let before = options.tolerant || expecting ? StateSnapshot(m) : nil
         let begin = m.scheduler.now
         var failure: IOMMUError?
         do { try body() } catch { failure = error }
@@ -208,10 +216,20 @@ public final class ScenarioRunner {
             return true
         }
         rollback?()
-        var record = StepRecord(time: begin, label: label, line: line, error: "\(failure)", injected: injected, notRolledBack: [])
+        let expected = watch?.errors.contains(failure.errnoName) ?? false
+        let wanted = expecting && !expected ? " (expected \(watch?.errors.sorted().joined(separator: " or ") ?? ""))" : ""
+        var record = StepRecord(time: begin, label: label, line: line, error: "\(failure)\(wanted)", injected: injected,
+                                notRolledBack: [], expected: expected)
         if let before { record.notRolledBack = StateSnapshot(m).differences(from: before) }
         records.append(record)
-        note("\(label) failed: \(failure)")
+        if expected {
+            // The file said this step fails so: the run goes on.
+            watch?.expectedFailures.append(record)
+            note("\(label) failed as expected: \(failure)")
+            return false
+        }
+        watch?.otherFailures += 1
+        note("\(label) failed: \(failure)\(wanted)")
         if !options.tolerant { abort = .step(record) }
         return false
     }

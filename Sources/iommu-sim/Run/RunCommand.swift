@@ -66,7 +66,7 @@ struct RunCommand: ParsableCommand {
     static func report(_ outcome: ScenarioOutcome) -> RunReport {
         var report = RunReport(result: outcome.result, expectationFailures: outcome.expectationFailures)
         report.steps = outcome.steps.map { s in
-            "\(s.time) ns \(s.label)\(s.line > 0 ? " (line \(s.line))" : ""): \(s.error ?? "succeeded")\(s.injected ? " [injected fault fired]" : "")"
+            "\(s.time) ns \(s.label)\(s.line > 0 ? " (line \(s.line))" : ""): \(s.error ?? "succeeded")\(s.expected ? " [expected]" : "")\(s.injected ? " [injected fault fired]" : "")"
                 + (s.notRolledBack.isEmpty ? "" : "; NOT rolled back: " + s.notRolledBack.joined(separator: "; "))
         }
         return report
