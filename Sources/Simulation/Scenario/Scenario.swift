@@ -224,12 +224,39 @@ public struct Scenario: Sendable {
         public var atMost: UInt64?
     }
 
+    /// A bound on a counter of one device, IOMMU unit or fault queue
+    /// (`RunResult.deviceCounterNames`, `unitCounterNames`, `queueCounterNames`).
+    public struct ScopedCounterExpectation: Sendable {
+        public enum Scope: String, Sendable { case device, unit, queue = "fault queue" }
+        public var scope: Scope
+        public var owner: String
+        public var name: String
+        public var atLeast: UInt64
+        public var atMost: UInt64?
+    }
+
+    /// The DID a named domain (a user domain, or a device's default domain) got first on a unit.
+    public struct DomainIDExpectation: Sendable {
+        public var domain: String
+        public var unit: Int
+        public var did: UInt16
+    }
+
+    /// The PASID value an alloc-pasid or sva-bind name got.
+    public struct PASIDExpectation: Sendable {
+        public var name: String
+        public var value: UInt32
+    }
+
     public struct Expectations: Sendable {
         public var violations: Int? = 0
         public var framesLeft: Int? = 0
         public var faults: [FaultExpectation] = []
         public var minTranslations: UInt64?
         public var counters: [CounterExpectation] = []
+        public var scopedCounters: [ScopedCounterExpectation] = []
+        public var domainIDs: [DomainIDExpectation] = []
+        public var pasids: [PASIDExpectation] = []
     }
 
     public var name: String

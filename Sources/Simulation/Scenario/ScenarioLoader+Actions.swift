@@ -28,6 +28,7 @@ extension ScenarioParser {
                 case "alloc-domain":
                     guard deviceIndex[name] == nil else { throw nf.error("'\(name)' is a device name; a user domain needs its own name") }
                     guard userDomains.insert(name).inserted else { throw nf.error("domain '\(name)' is allocated twice") }
+                    if let dn = m["device"]?.string, let d = deviceIndex[dn] { userDomainDevice[name] = d }
                 case "alloc-pasid":
                     guard pasidNames.insert(name).inserted else { throw nf.error("PASID '\(name)' is allocated twice") }
                 case "create-process":

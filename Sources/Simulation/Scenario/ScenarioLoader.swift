@@ -70,6 +70,8 @@ struct ScenarioParser {
     var bufferIndex: [String: Int] = [:]
     var workloadIndex: [String: Int] = [:]
     var userDomains: Set<String> = []
+    /// The device each user domain is allocated for (its unit is the one its DID is on).
+    var userDomainDevice: [String: Int] = [:]
     var pasidNames: Set<String> = []
     var processNames: Set<String> = []
     var regionNames: Set<String> = []

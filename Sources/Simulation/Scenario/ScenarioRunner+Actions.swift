@@ -60,7 +60,11 @@ extension ScenarioRunner {
         case .detach(let name, let d):
             step(label, line: line) { () throws(IOMMUError) in try m.core.detach(try domain(named: name), from: try group(d)) }
         case .allocPASID(let name, let d):
-            step(label, line: line) { () throws(IOMMUError) in pasids[name] = try m.core.allocGlobalPASID(for: devices[d]) }
+            step(label, line: line) { () throws(IOMMUError) in
+                let p = try m.core.allocGlobalPASID(for: devices[d])
+                pasids[name] = p
+                observePASID(name, p)
+            }
         case .freePASID(let name):
             step(label, line: line) { () throws(IOMMUError) in
                 try m.core.freeGlobalPASID(try pasid(name))

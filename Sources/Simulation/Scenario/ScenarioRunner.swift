@@ -96,6 +96,10 @@ public final class ScenarioRunner {
     var watch: ActionWatch?
     /// Actions that did not fail or update as their `expect-error` / `expect-path` said.
     var actionExpectationFailures: [String] = []
+    /// DIDs named domains held, per unit index, and PASID values names got
+    /// (ScenarioRunner+Observed.swift).
+    var observedDIDs: [String: [Int: [UInt16]]] = [:]
+    var observedPASIDs: [String: UInt32] = [:]
     var softwareTrack: UInt32 = 0
     var churnRounds = 0
     /// Timed items performed after their time (software before them ran past it).
@@ -161,6 +165,7 @@ public final class ScenarioRunner {
             for g in m.core.groups {
                 note("\(g) [\(g.devices.map(\.name).joined(separator: ", "))] probed with default \(g.defaultDomain.map { "\($0)" } ?? "none")")
             }
+            observeDomainIDs()
             setUpWorkloads()
             timedPhase()
         }
@@ -178,7 +183,8 @@ public final class ScenarioRunner {
         let dma = rings.lazy.compactMap { $0 }.first?.statistics ?? DMAStatistics()
         let result = RunResult(scenario: scenario.name, seed: options.seed, machine: m, endpoints: endpoints, faultsReported: faults,
                                dmaAPI: dma, userAutoResponses: userAutoResponses, log: log, churnRounds: churnRounds,
-                               lateItems: lateItems, workloads: workloadSummaries(),
+                               lateItems: lateItems, workloads: workloadSummaries(), queueCounters: queueCounters,
+                               domainIDs: domainIDRecords, pasids: pasidRecords,
                                wallNs: UInt64(wall.components.seconds) * 1_000_000_000 + UInt64(wall.components.attoseconds / 1_000_000_000))
         return ScenarioOutcome(result: result, steps: records, expectationFailures: check ? checkExpectations(result) : [],
                                trace: options.trace ? m.platform.trace : nil, injected: m.platform.faults.fired.map { ($0.point.name, $0.hit) },
@@ -287,7 +293,9 @@ public final class ScenarioRunner {
             switch it.item {
             case .start(let i): startWorkload(i, line: scenario.workloads[i].source.line)
             case .stop(let i): stopWorkload(i)
-            case .action(let a): perform(a)
+            case .action(let a):
+                perform(a)
+                observeDomainIDs()
             }
         }
         s.run(until: scenario.endNs)

@@ -125,6 +125,9 @@ final class YAMLMapping {
 
     var keys: [String] { entries.map(\.key) }
 
+    /// The key itself (for an error about the name a key gives).
+    func keyField(_ key: String) -> YAMLField? { entries.first { $0.key == key }?.keyField }
+
     /// Fails on the first key nobody asked for, listing the keys this mapping takes.
     func finish() throws(ScenarioError) {
         for e in entries where !used.contains(e.key) {
