@@ -163,7 +163,13 @@ public final class Scheduler: @unchecked Sendable {
         budgetInterval = max(1, interval)
         budgetCheck = check
         budgetSpent = false
-        nextBudgetCheck = min(eventLimit, eventsRun &+ budgetInterval)
+        nextBudgetCheck = nextCheckPoint()
+    }
+
+    /// The event count of the next budget check: an interval on, never past the limit.
+    private func nextCheckPoint() -> UInt64 {
+        let (next, overflow) = eventsRun.addingReportingOverflow(budgetInterval)
+        return min(eventLimit, overflow ? .max : next)
     }
 
     /// Whether another event may run (called when `eventsRun` reached `nextBudgetCheck`).
@@ -174,7 +180,7 @@ public final class Scheduler: @unchecked Sendable {
             budgetSpentAtNs = now
             return false
         }
-        nextBudgetCheck = min(eventLimit, eventsRun &+ budgetInterval)
+        nextBudgetCheck = nextCheckPoint()
         return true
     }
 

@@ -37,6 +37,14 @@ struct ScenarioFileBytesTests {
         #expect(try ScenarioText.decode(Array(text.utf8), file: "f.yaml") == text)
     }
 
+    @Test("a UTF-8 byte-order mark is skipped; errors on the first line count columns after it")
+    func byteOrderMark() throws {
+        let valid = "name: bom\nunits: [{name: dmar0}]\ndevices: [{name: nic0, rid: \"00:02.0\", unit: dmar0}]\n"
+        #expect(try loadFile([0xEF, 0xBB, 0xBF] + Array(valid.utf8)).error == nil)
+        let e = try #require(try loadFile([0xEF, 0xBB, 0xBF] + Array(("colour: 1\n" + valid).utf8)).error)
+        #expect(e.line == 1 && e.column == 1 && e.message.contains("unknown key 'colour'"), "\(e)")
+    }
+
     @Test("a NUL or other control byte is a YAML error at its line and column")
     func controlCharacters() throws {
         let nul = try #require(try loadFile(Array("name: x\nunits: [{name: d".utf8) + [0x00] + Array("}]\n".utf8)).error)

@@ -9,6 +9,9 @@ import Kernel
 /// `ScenarioError` says where and what was expected, and nothing runs.
 public enum ScenarioLoader {
     public static func load(yaml text: String, file: String) throws(ScenarioError) -> Scenario {
+        // A byte-order mark (some editors write one) is not part of the YAML; editors do not
+        // show it, so columns count from after it.
+        let text = text.hasPrefix("\u{FEFF}") ? String(text.dropFirst()) : text
         let root: Node
         do {
             guard let node = try Yams.compose(yaml: text) else {

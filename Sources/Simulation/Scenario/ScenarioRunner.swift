@@ -197,7 +197,9 @@ public final class ScenarioRunner {
     func note(_ text: String) { log.append((m.scheduler.now, text)) }
 
     /// Runs one software step: traces it, records failures and injected faults, checks that a
-    /// failed step rolled back. Returns whether it succeeded.
+    /// failed step rolled back. A failure with an errno the action being performed expects
+    /// (`expect-error`) is recorded as expected and never stops the run; any other stops a
+    /// plain run. Returns whether it succeeded.
     @discardableResult
     func step(_ label: String, line: Int, rollback: (() -> Void)? = nil, _ body: () throws(IOMMUError) -> Void) -> Bool {
         noteBudget()
