@@ -14,7 +14,7 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Seed for the scheduler, yield points and workloads; the same seed gives the same run.")
     var seed: UInt64 = 1
 
-    @Flag(help: "Print a JSON report (keys scenario, seed, virtualTimeNs, dma, iotlb, invalidations, oracle, host).")
+    @Flag(help: "Print a JSON report (keys scenario, seed, virtualTimeNs, dma, iotlb, invalidations, oracle, deviceCounters, unitCounters, queueCounters, domainIDs, pasids, failure, host); a run that stops early still prints it, with the reason under failure.")
     var json = false
 
     @Option(help: "Write a Chrome trace-event JSON file (opens in Perfetto / chrome://tracing).")
