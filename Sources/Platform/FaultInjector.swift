@@ -19,6 +19,24 @@ public struct FaultPoint: Hashable, Sendable, CustomStringConvertible {
     public static let invalidationDelayNs: UInt64 = 20_000
     /// A fault finds the fault-recording registers full: it is lost and PFO is set.
     @inlinable public static var faultRecordOverflow: FaultPoint { FaultPoint("hw.fault-overflow") }
+    /// A driver's domain-ID allocation.
+    @inlinable public static var didAlloc: FaultPoint { FaultPoint("kernel.did-alloc") }
+    /// The core's global PASID allocation.
+    @inlinable public static var pasidAlloc: FaultPoint { FaultPoint("kernel.pasid-alloc") }
+    /// A driver's domain allocation (default and user domains).
+    @inlinable public static var domainAlloc: FaultPoint { FaultPoint("kernel.domain-alloc") }
+
+    /// Every point the code consults, in one list: scenario files may name only these (a
+    /// misspelt point would inject nothing). A point is declared here, beside the others,
+    /// never in the layer that uses it, and listed here (a test checks that every point the
+    /// sources construct by name is in this list).
+    public static var all: [FaultPoint] {
+        [.frameAlloc, .didAlloc, .pasidAlloc, .domainAlloc, .invalidationTimeout, .invalidationDrop, .invalidationDelay,
+         .faultRecordOverflow]
+    }
+
+    /// The point called `name`, if the code has one.
+    public static func named(_ name: String) -> FaultPoint? { all.first { $0.name == name } }
 }
 
 /// Decides, at named fault points, whether an operation should fail.

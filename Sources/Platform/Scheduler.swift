@@ -90,6 +90,17 @@ public final class Scheduler: @unchecked Sendable {
     private var cancelled: Set<UInt64> = []
     private var nextID: UInt64 = 1
 
+    /// The run's budget (`setBudget`): the scheduler has stopped running events, and the
+    /// virtual time it stopped at (the clock stays there).
+    public private(set) var budgetSpent = false
+    public private(set) var budgetSpentAtNs: UInt64 = 0
+    private var eventLimit: UInt64 = .max
+    private var budgetInterval: UInt64 = .max
+    private var budgetCheck: (() -> Bool)?
+    /// `eventsRun` at which `runNext` next consults the budget (.max: no budget; one
+    /// comparison per event).
+    @exclusivity(unchecked) private var nextBudgetCheck: UInt64 = .max
+
     public init(seed: UInt64) {
         self.seed = seed
         self.rng = SeededRNG(seed: seed)
@@ -139,12 +150,47 @@ public final class Scheduler: @unchecked Sendable {
         cancelled = []
     }
 
+    // MARK: Budget
+
+    /// Bounds a run that might not end (a runaway scenario): at most `events` events run in
+    /// all, and every `interval` events `check` (a host-clock deadline, say) is asked whether
+    /// the run may go on. Once either says no the scheduler runs no event any more
+    /// (`budgetSpent`): runs return, waits time out and yield points pass, so whatever was
+    /// running unwinds and its owner reports the stop. Consulting the budget costs one
+    /// comparison per event.
+    public func setBudget(events: UInt64, checkEvery interval: UInt64, _ check: @escaping () -> Bool) {
+        eventLimit = events
+        budgetInterval = max(1, interval)
+        budgetCheck = check
+        budgetSpent = false
+        nextBudgetCheck = nextCheckPoint()
+    }
+
+    /// The event count of the next budget check: an interval on, never past the limit.
+    private func nextCheckPoint() -> UInt64 {
+        let (next, overflow) = eventsRun.addingReportingOverflow(budgetInterval)
+        return min(eventLimit, overflow ? .max : next)
+    }
+
+    /// Whether another event may run (called when `eventsRun` reached `nextBudgetCheck`).
+    private func budgetAllows() -> Bool {
+        guard !budgetSpent else { return false }
+        guard eventsRun < eventLimit, budgetCheck?() ?? true else {
+            budgetSpent = true
+            budgetSpentAtNs = now
+            return false
+        }
+        nextBudgetCheck = nextCheckPoint()
+        return true
+    }
+
     // MARK: Running
 
     /// Runs the earliest event (of any kind, or hardware only), if it is due by `notAfter`.
     /// Returns false when there was none.
     @discardableResult
     public func runNext(hardwareOnly: Bool = false, notAfter: UInt64 = .max) -> Bool {
+        if eventsRun >= nextBudgetCheck && !budgetAllows() { return false }
         while true {
             let useHardware: Bool
             if hardwareOnly || softwareHeap.isEmpty {
@@ -180,7 +226,7 @@ public final class Scheduler: @unchecked Sendable {
     public func run(until time: UInt64) {
         let target = max(time, now)
         while runNext(notAfter: target) {}
-        if time > now { now = time }
+        if time > now && !budgetSpent { now = time }
     }
 
     /// Advances the clock by `delay` ns, running what falls due (CPU time spent).

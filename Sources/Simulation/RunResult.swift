@@ -22,6 +22,14 @@ public struct RunResult: Sendable {
         public var ranNs: UInt64
     }
 
+    /// The DIDs a named domain (a user domain, or a device's default domain under the
+    /// device's name) held on one unit, in the order the run first saw each.
+    public struct DomainIDs: Sendable, Equatable {
+        public var domain: String
+        public var unit: String
+        public var dids: [UInt16]
+    }
+
     /// What one declared workload did.
     public struct WorkloadSummary: Sendable, Equatable {
         public var name: String
@@ -65,13 +73,26 @@ public struct RunResult: Sendable {
     public var log: [(time: UInt64, text: String)]
     public var lateItems: [LateItem] = []
     public var workloads: [WorkloadSummary] = []
+    /// Per-device, per-unit and per-fault-queue counters (`deviceCounterNames`, ...).
+    public var deviceCounters: [CounterGroup] = []
+    public var unitCounters: [CounterGroup] = []
+    public var queueCounters: [CounterGroup] = []
+    /// The DIDs named domains got, and the PASID value each alloc-pasid or sva-bind name got.
+    public var domainIDs: [DomainIDs] = []
+    public var pasids: [(name: String, value: UInt32)] = []
     /// Host wall-clock time of the run (not deterministic).
     public var wallNs: UInt64
 
     init(scenario: String, seed: UInt64, machine m: Machine, endpoints: [PCIeEndpoint], faultsReported: [(String, Int)],
          dmaAPI: DMAStatistics = DMAStatistics(), userAutoResponses: Int = 0, log: [(time: UInt64, text: String)],
-         churnRounds: Int, lateItems: [LateItem] = [], workloads: [WorkloadSummary] = [], wallNs: UInt64) {
+         churnRounds: Int, lateItems: [LateItem] = [], workloads: [WorkloadSummary] = [], queueCounters: [CounterGroup] = [],
+         domainIDs: [DomainIDs] = [], pasids: [(name: String, value: UInt32)] = [], wallNs: UInt64) {
         self.scenario = scenario
+        self.queueCounters = queueCounters
+        self.domainIDs = domainIDs
+        self.pasids = pasids
+        deviceCounters = Self.deviceCounters(endpoints, faultsReported: faultsReported)
+        unitCounters = Self.unitCounters(m)
         self.lateItems = lateItems
         self.workloads = workloads
         self.seed = seed

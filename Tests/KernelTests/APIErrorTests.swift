@@ -529,3 +529,14 @@ struct APIErrorTests {
         #expect(rig.violations.filter { $0.invariant != "map-over-live-range" }.isEmpty, "\(rig.violations)")
     }
 }
+
+@Suite("IOMMUErrorNames: the errno names scenario files may expect are exactly those the errors carry")
+struct IOMMUErrorNameTests {
+    @Test("errnoNames lists the errnoName of every case, once each")
+    func errnoNamesMatchTheCases() {
+        let all: [IOMMUError] = [.invalidArgument(""), .incompatible(""), .notFound(""), .busy(""), .exists(""), .noMemory(""),
+                                 .noSpace(""), .overflow(""), .outOfRange(""), .notSupported(""), .noDevice(""), .timedOut(""), .ioError("")]
+        #expect(Set(all.map(\.errnoName)) == Set(IOMMUError.errnoNames))
+        #expect(Set(IOMMUError.errnoNames).count == IOMMUError.errnoNames.count)
+    }
+}

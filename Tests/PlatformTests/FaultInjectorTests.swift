@@ -1,4 +1,5 @@
 import Testing
+import Foundation
 @testable import Platform
 
 @Suite("FaultInjector")
@@ -132,5 +133,43 @@ struct FaultInjectorTests {
         #expect(f.totalHits == 1)
         f.mode = .failNth(2)
         #expect(f.shouldFail(.frameAlloc))
+    }
+}
+
+@Suite("FaultPoints: one list names every injection point the code consults")
+struct FaultPointListTests {
+    /// The package's Sources directory, found from this file.
+    static var sources: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Sources")
+    }
+
+    @Test("every FaultPoint(\"...\") the sources construct is in FaultPoint.all, and every shouldFail names a point declared beside it")
+    func listIsComplete() throws {
+        let files = FileManager.default.enumerator(at: Self.sources, includingPropertiesForKeys: nil)?
+            .compactMap { $0 as? URL }.filter { $0.pathExtension == "swift" } ?? []
+        #expect(files.count > 50, "the sources were found at \(Self.sources.path)")
+        let literal = try Regex(#"FaultPoint\("([^"\\]+)"\)"#)
+        let member = try Regex(#"shouldFail\(\.([A-Za-z]+)\)"#)
+        let declared = try Regex(#"static var ([A-Za-z]+): FaultPoint \{ FaultPoint\("([^"]+)"\) \}"#)
+        var names: Set<String> = [], used: Set<String> = [], members: [String: String] = [:]
+        for f in files {
+            let text = try String(contentsOf: f, encoding: .utf8)
+            for m in text.matches(of: literal) { names.insert(String(m.output[1].substring ?? "")) }
+            for m in text.matches(of: member) { used.insert(String(m.output[1].substring ?? "")) }
+            for m in text.matches(of: declared) { members[String(m.output[1].substring ?? "")] = String(m.output[2].substring ?? "") }
+        }
+        let all = Set(FaultPoint.all.map(\.name))
+        #expect(FaultPoint.all.count == all.count, "names are distinct")
+        #expect(names == all, "constructed \(names.sorted()) vs listed \(all.sorted())")
+        #expect(!used.isEmpty)
+        for u in used { #expect(members[u].map(all.contains) == true, "shouldFail(.\(u)) is a point of FaultPoint.all") }
+        #expect(Set(members.values) == all)
+    }
+
+    @Test("named finds a listed point and nothing else")
+    func named() {
+        #expect(FaultPoint.named("kernel.did-alloc") == .didAlloc)
+        #expect(FaultPoint.named("frame.allocate") == nil)
     }
 }

@@ -382,3 +382,47 @@ struct SchedulerTests {
         #expect(a.seed == 21)
     }
 }
+
+@Suite("SchedulerBudget: a budget stops a runaway: no event runs past it, the clock stays, waits time out")
+struct SchedulerBudgetTests {
+    /// An event that schedules itself again 10 ns later, forever.
+    final class Ticker {
+        var ticks = 0
+        func start(_ s: Scheduler) { s.schedule(after: 10) { [self, unowned s] in ticks += 1; start(s) } }
+    }
+
+    @Test("no more than the event limit runs; then runs return, the clock stays at the stop, and waits time out")
+    func eventLimit() {
+        let s = Scheduler(seed: 1)
+        let t = Ticker()
+        t.start(s)
+        s.setBudget(events: 100, checkEvery: 1_000_000) { true }
+        s.run(until: 1_000_000)
+        #expect(t.ticks == 100 && s.eventsRun == 100)
+        #expect(s.budgetSpent && s.budgetSpentAtNs == 1_000 && s.now == 1_000)
+        #expect(!s.runNext())
+        #expect(throws: SchedulerError.self) { try s.wait(until: { false }, timeoutNs: 50) }
+        #expect(t.ticks == 100)
+    }
+
+    @Test("the check is asked every interval events, and a no stops the scheduler")
+    func checkEveryInterval() {
+        let s = Scheduler(seed: 1)
+        let t = Ticker()
+        t.start(s)
+        var asked: [UInt64] = []
+        s.setBudget(events: .max, checkEvery: 64) { asked.append(s.eventsRun); return asked.count < 3 }
+        s.run(until: 1_000_000)
+        #expect(asked == [64, 128, 192])
+        #expect(s.eventsRun == 192 && s.budgetSpent)
+    }
+
+    @Test("without a budget the scheduler runs everything due")
+    func noBudget() {
+        let s = Scheduler(seed: 1)
+        let t = Ticker()
+        t.start(s)
+        s.run(until: 100_000)
+        #expect(t.ticks == 10_000 && !s.budgetSpent && s.now == 100_000)
+    }
+}

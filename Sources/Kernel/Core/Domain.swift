@@ -4,7 +4,7 @@ import Synchronization
 
 /// How a driver changed a translation entry, so the simulator knows whether DMA could see
 /// a gap (no translation) while it happened.
-public enum UpdatePath: String, Equatable, Sendable {
+public enum UpdatePath: String, Equatable, Sendable, CaseIterable {
     /// There was no translation before.
     case fresh
     /// Hitless: one 64-bit store changed the entry (the DID stayed the same).

@@ -2,15 +2,6 @@ import Platform
 import Synchronization
 import Formats
 
-extension FaultPoint {
-    /// A driver's domain-ID allocation.
-    public static let didAlloc = FaultPoint("kernel.did-alloc")
-    /// The core's global PASID allocation.
-    public static let pasidAlloc = FaultPoint("kernel.pasid-alloc")
-    /// A driver's domain allocation.
-    public static let domainAlloc = FaultPoint("kernel.domain-alloc")
-}
-
 /// The IOMMU core (the counterpart of drivers/iommu/iommu.c): devices and groups, domains
 /// and their lifetimes, default-domain policy, attach/detach/replace of a group's domain
 /// with rollback, PASID attach/replace/detach with a global PASID allocator, map/unmap with

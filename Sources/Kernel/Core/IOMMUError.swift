@@ -65,6 +65,10 @@ public enum IOMMUError: Error, Equatable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// Every `errnoName` an error can have (scenario files name them).
+    public static let errnoNames = ["EINVAL", "ENOENT", "EBUSY", "EEXIST", "ENOMEM", "ENOSPC", "EOVERFLOW", "ERANGE",
+                                    "EOPNOTSUPP", "ENODEV", "ETIMEDOUT", "EIO"]
+
     /// True for the soft "this domain does not fit this device" failure.
     public var isIncompatible: Bool { if case .incompatible = self { return true } else { return false } }
 

@@ -102,8 +102,9 @@ public struct Explorer: Sendable {
     }
 
     /// Runs one seed and reduces it to first occurrences per invariant. A step that fails
-    /// (without any injection, so a bug) counts as the invariant `step-failed`; unmet
-    /// expectations other than the violation count as `expectation`.
+    /// (without any injection, so a bug) counts as the invariant `step-failed`, a run past its
+    /// budget as `budget-exceeded`; unmet expectations other than the violation count as
+    /// `expectation`.
     func runSeed(_ seed: UInt64) -> SeedResult {
         var options = ScenarioRunner.Options(seed: seed)
         options.breakage = breakage
@@ -119,8 +120,10 @@ public struct Explorer: Sendable {
             }
             return SeedResult(seed: seed, firsts: firsts, translations: outcome.result.translations)
         } catch let f as ScenarioRunner.StepFailed {
-            for v in f.violations { add(v.invariant, v.detail, v.time) }
+            for v in f.outcome?.result.violations ?? [] { add(v.invariant, v.detail, v.time) }
             add("step-failed", f.description, f.record.time)
+        } catch let b as ScenarioRunner.BudgetExceeded {
+            add("budget-exceeded", b.description, b.virtualTimeNs)
         } catch {
             add("run-failed", "\(error)", 0)
         }

@@ -44,6 +44,16 @@ public struct FaultSweep: Sendable {
     public let seed: UInt64
     public init(scenario: Scenario, seed: UInt64 = 1) { self.scenario = scenario; self.seed = seed }
 
+    /// The `iommu-sim run` options (after the scenario) that replay `failure`, or nil when no
+    /// run does. Run N ≥ 1 is `--fail-nth N`. N = 0 is the counting run, which fails nothing
+    /// and ignores the file's inject actions: a plain run replays it only when the file has
+    /// none (`--fail-nth 0` is not a run the command line takes).
+    public func replay(_ failure: Failure) -> String? {
+        if failure.n >= 1 { return "--seed \(seed) --fail-nth \(failure.n)" }
+        let injects = scenario.actions.contains { if case .inject = $0.action { return true } else { return false } }
+        return injects ? nil : "--seed \(seed)"
+    }
+
     static let leakInvariants: Set<String> = ["frame-leak", "did-leak", "pasid-leak", "domain-leak"]
 
     /// Whether violation `v` is the designed consequence of the fault injected at `point`
@@ -66,9 +76,11 @@ public struct FaultSweep: Sendable {
         var report = Report(scenario: scenario.name, seed: seed, points: points, pointsByName: clean.pointHitsByName,
                             runs: points + 1, leaks: 0, inconsistencies: 0, returnedError: 0, absorbed: 0, absorbedByPoint: [], caughtByOracle: 0,
                             failures: [], wallNs: 0)
-        if clean.result.violationCount > 0 || clean.steps.contains(where: { $0.error != nil }) {
+        // A failure the file expects (expect-error) is part of a clean run.
+        let failed = clean.steps.first { $0.error != nil && !$0.expected }
+        if clean.result.violationCount > 0 || failed != nil {
             report.failures.append(Failure(n: 0, point: "none", kind: "violation",
-                                           detail: "the clean run is not clean: \(clean.result.violations.first.map { "\($0)" } ?? clean.steps.first { $0.error != nil }?.error ?? "")"))
+                                           detail: "the clean run is not clean: \(clean.result.violations.first.map { "\($0)" } ?? failed?.error ?? "")"))
         }
         let scenario = self.scenario, seed = self.seed
         let runs = ParallelJobs.map(count: points, jobs: jobs, progress: { done in progress?(done, points) }) { i in

@@ -17,17 +17,10 @@ public enum BuiltinScenarios {
         return try? String(contentsOf: url, encoding: .utf8)
     }
 
-    /// Loads `nameOrPath`: a built-in scenario's name, or a path to a YAML file.
-    public static func load(_ nameOrPath: String) throws -> Scenario {
+    /// Loads `nameOrPath`: a built-in scenario's name, or a path to a YAML file (UTF-8; a
+    /// byte that is not is an error at its line and column).
+    public static func load(_ nameOrPath: String) throws(ScenarioError) -> Scenario {
         if let text = text(named: nameOrPath) { return try ScenarioLoader.load(yaml: text, file: "\(nameOrPath).yaml") }
-        guard FileManager.default.fileExists(atPath: nameOrPath) else {
-            throw ScenarioError(file: nameOrPath, line: 0, column: 0, field: "",
-                                message: "no such file, and no built-in scenario of that name (built-in: \(names.joined(separator: ", ")))")
-        }
-        let text: String
-        do { text = try String(contentsOfFile: nameOrPath, encoding: .utf8) } catch {
-            throw ScenarioError(file: nameOrPath, line: 0, column: 0, field: "", message: "cannot read: \(error.localizedDescription)")
-        }
-        return try ScenarioLoader.load(yaml: text, file: nameOrPath)
+        return try ScenarioLoader.load(yaml: try ScenarioText.read(path: nameOrPath), file: nameOrPath)
     }
 }

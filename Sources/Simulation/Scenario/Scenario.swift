@@ -21,6 +21,16 @@ public struct Scenario: Sendable {
         public var yield: YieldPolicy = .never
         /// Virtual time the idle phase before teardown lasts (lets flush-queue timers fire).
         public var settleNs: UInt64 = 10_500_000
+        /// A run's budget: it stops with `BudgetExceeded` after this many events or this much
+        /// host time. The defaults are far above what the built-in scenarios take (at most
+        /// about 60,000 events and a tenth of a second) and stop a runaway within minutes.
+        public var maxEvents: UInt64 = Self.defaultMaxEvents
+        public var maxWallSeconds: Double = Self.defaultMaxWallSeconds
+        /// Lines of `max-events` and `max-wall-s` in the file (0: the default applies).
+        public var maxEventsLine = 0
+        public var maxWallLine = 0
+        public static let defaultMaxEvents: UInt64 = 50_000_000
+        public static let defaultMaxWallSeconds: Double = 300
     }
 
     public struct Unit: Sendable {
@@ -193,6 +203,12 @@ public struct Scenario: Sendable {
         public var source: Source
         /// What the step is, in words (for logs, traces and failures).
         public var label: String
+        /// Errno names the action must fail with (`expect-error`): such a failure is recorded
+        /// and the run goes on; succeeding is an unmet expectation. Empty: it must succeed.
+        public var expectedErrors: [String] = []
+        /// Update paths every entry change of the action must take (`expect-path`; attach,
+        /// replace, detach, attach-pasid, replace-pasid). Empty: not checked.
+        public var expectedPaths: [UpdatePath] = []
     }
 
     public struct FaultExpectation: Sendable {
@@ -208,12 +224,39 @@ public struct Scenario: Sendable {
         public var atMost: UInt64?
     }
 
+    /// A bound on a counter of one device, IOMMU unit or fault queue
+    /// (`RunResult.deviceCounterNames`, `unitCounterNames`, `queueCounterNames`).
+    public struct ScopedCounterExpectation: Sendable {
+        public enum Scope: String, Sendable { case device, unit, queue = "fault queue" }
+        public var scope: Scope
+        public var owner: String
+        public var name: String
+        public var atLeast: UInt64
+        public var atMost: UInt64?
+    }
+
+    /// The DID a named domain (a user domain, or a device's default domain) got first on a unit.
+    public struct DomainIDExpectation: Sendable {
+        public var domain: String
+        public var unit: Int
+        public var did: UInt16
+    }
+
+    /// The PASID value an alloc-pasid or sva-bind name got.
+    public struct PASIDExpectation: Sendable {
+        public var name: String
+        public var value: UInt32
+    }
+
     public struct Expectations: Sendable {
         public var violations: Int? = 0
         public var framesLeft: Int? = 0
         public var faults: [FaultExpectation] = []
         public var minTranslations: UInt64?
         public var counters: [CounterExpectation] = []
+        public var scopedCounters: [ScopedCounterExpectation] = []
+        public var domainIDs: [DomainIDExpectation] = []
+        public var pasids: [PASIDExpectation] = []
     }
 
     public var name: String

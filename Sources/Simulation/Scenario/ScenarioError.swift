@@ -12,7 +12,10 @@ public struct ScenarioError: Error, Equatable, Sendable, CustomStringConvertible
         self.file = file; self.line = line; self.column = column; self.field = field; self.message = message
     }
 
+    /// `file:line:column: field: message`; an error about the whole file (it cannot be read)
+    /// has no line: `file: message`.
     public var description: String {
-        "\(file):\(line):\(column): \(field.isEmpty ? "" : "\(field): ")\(message)"
+        let place = line > 0 ? "\(file):\(line):\(column)" : file
+        return "\(place): \(field.isEmpty ? "" : "\(field): ")\(message)"
     }
 }

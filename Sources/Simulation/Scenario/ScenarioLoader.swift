@@ -9,6 +9,9 @@ import Kernel
 /// `ScenarioError` says where and what was expected, and nothing runs.
 public enum ScenarioLoader {
     public static func load(yaml text: String, file: String) throws(ScenarioError) -> Scenario {
+        // A byte-order mark (some editors write one) is not part of the YAML; editors do not
+        // show it, so columns count from after it.
+        let text = text.hasPrefix("\u{FEFF}") ? String(text.dropFirst()) : text
         let root: Node
         do {
             guard let node = try Yams.compose(yaml: text) else {
@@ -30,9 +33,27 @@ public enum ScenarioLoader {
         switch e {
         case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
             return ScenarioError(file: file, line: mark.line, column: mark.column, field: "", message: "YAML syntax: \(problem)")
+        case .reader(let problem, let offset, _, let yaml):
+            // The reader refuses characters YAML does not allow (NUL, other control characters).
+            let (line, column) = offset.map { place(ofCharacter: $0, in: yaml) } ?? (1, 1)
+            return ScenarioError(file: file, line: line, column: column, field: "", message: "YAML: \(problem)")
+        case .duplicatedKeysInMapping(let keys, let context):
+            // Yams refuses the mapping while composing; it marks the key's first occurrence.
+            return ScenarioError(file: file, line: max(1, context.mark.line), column: max(1, context.mark.column), field: "",
+                                 message: "key \(keys.map { "'\($0)'" }.joined(separator: ", ")) appears more than once in this mapping (here and again later); keys must be unique")
         default:
             return ScenarioError(file: file, line: 1, column: 1, field: "", message: "YAML: \(e)")
         }
+    }
+
+    /// Line and column (Unicode scalars, from 1) of the character at `offset` of `text`.
+    static func place(ofCharacter offset: Int, in text: String) -> (line: Int, column: Int) {
+        let end = text.index(text.startIndex, offsetBy: offset, limitedBy: text.endIndex) ?? text.endIndex
+        var line = 1, column = 1
+        for scalar in text[..<end].unicodeScalars {
+            if scalar == "\n" { line += 1; column = 1 } else { column += 1 }
+        }
+        return (line, column)
     }
 }
 
@@ -52,6 +73,8 @@ struct ScenarioParser {
     var bufferIndex: [String: Int] = [:]
     var workloadIndex: [String: Int] = [:]
     var userDomains: Set<String> = []
+    /// The device each user domain is allocated for (its unit is the one its DID is on).
+    var userDomainDevice: [String: Int] = [:]
     var pasidNames: Set<String> = []
     var processNames: Set<String> = []
     var regionNames: Set<String> = []
@@ -70,10 +93,12 @@ struct ScenarioParser {
         // Declarations referenced by buffers and workloads come from the actions list.
         let actionList = try m.optional("actions")?.list() ?? []
         try declare(actionList)
-        if let f = m.optional("buffers") { for b in try f.list() { try buffer(b) } }
+        let bufferList = try m.optional("buffers")?.list() ?? []
+        for b in bufferList { try buffer(b) }
         let workloadList = try m.optional("workloads")?.list() ?? []
         for w in workloadList { try declareWorkload(w) }
         for w in workloadList { try workload(w) }
+        try checkMemory(buffers: bufferList, workloads: workloadList)
         for a in actionList { try action(a) }
         s.actions = s.actions.enumerated().sorted { ($0.element.at, $0.offset) < ($1.element.at, $1.offset) }.map(\.element)
         if let f = m.optional("expect") { try expectations(f) }
@@ -101,6 +126,14 @@ struct ScenarioParser {
             s.machine.policy = DMAPolicy(rawValue: try v.oneOf(DMAPolicy.allCases.map(\.rawValue))) ?? .strict
         }
         if let v = m.optional("settle-ns") { s.machine.settleNs = try v.unsigned(in: 0...(1 << 40)) }
+        if let v = m.optional("max-events") {
+            s.machine.maxEvents = try v.unsigned(in: 1...(1 << 50))
+            s.machine.maxEventsLine = v.line
+        }
+        if let v = m.optional("max-wall-s") {
+            s.machine.maxWallSeconds = try v.double(in: 0.001...86_400)
+            s.machine.maxWallLine = v.line
+        }
         if let v = m.optional("yield") {
             let y = try v.mapping()
             let p = try y.required("probability", "chance a yield point lets hardware run first").double(in: 0...1)
@@ -262,6 +295,15 @@ struct ScenarioParser {
         return n
     }
 
+    /// A fault-injection point by name: one the code consults (`FaultPoint.all`).
+    static func faultPoint(_ f: YAMLField) throws(ScenarioError) -> FaultPoint {
+        let n = try f.string()
+        guard let p = FaultPoint.named(n) else {
+            throw f.error("no fault point named '\(n)'; points: \(FaultPoint.all.map(\.name).joined(separator: ", "))")
+        }
+        return p
+    }
+
     /// `access: rw | read | write`.
     static func access(_ f: YAMLField) throws(ScenarioError) -> PagePermissions {
         switch try f.oneOf(["rw", "read", "write"]) {
@@ -330,179 +372,6 @@ struct ScenarioParser {
         bufferIndex[name] = s.buffers.count
         s.buffers.append(.init(name: name, domain: domain, iova: iova, count: count, pages: pages, stride: stride,
                                permissions: perms, like: like, source: source(f)))
-    }
-
-    // MARK: Actions
-
-    static let actionKinds = ["alloc-domain", "free-domain", "map", "unmap", "claim-owner", "release-owner", "attach", "replace",
-                              "detach", "alloc-pasid", "free-pasid", "attach-pasid", "replace-pasid", "detach-pasid", "reset",
-                              "dma", "dma-burst", "start", "stop", "retarget", "inject", "descriptor-fault",
-                              "create-process", "mmap", "munmap", "exit", "sva-bind", "sva-unbind", "alloc-fault-queue",
-                              "close-fault-queue"]
-
-    /// First pass: the names alloc-domain, alloc-pasid, create-process, mmap, sva-bind and
-    /// alloc-fault-queue declare.
-    mutating func declare(_ list: [YAMLField]) throws(ScenarioError) {
-        let declaring: Set<String> = ["alloc-domain", "alloc-pasid", "create-process", "mmap", "sva-bind", "alloc-fault-queue"]
-        for f in list {
-            guard case .mapping(let m) = f.node else { continue }
-            for (k, v) in m where k.string == "do" {
-                let field = YAMLField(node: v, path: "\(f.path).do", file: file)
-                guard let kind = field.scalarText, declaring.contains(kind) else { continue }
-                guard let nameNode = m["name"] else { continue }
-                let nf = YAMLField(node: nameNode, path: "\(f.path).name", file: file)
-                let name = try nf.string()
-                switch kind {
-                case "alloc-domain":
-                    guard deviceIndex[name] == nil else { throw nf.error("'\(name)' is a device name; a user domain needs its own name") }
-                    guard userDomains.insert(name).inserted else { throw nf.error("domain '\(name)' is allocated twice") }
-                case "alloc-pasid":
-                    guard pasidNames.insert(name).inserted else { throw nf.error("PASID '\(name)' is allocated twice") }
-                case "create-process":
-                    guard processNames.insert(name).inserted else { throw nf.error("process '\(name)' is created twice") }
-                case "mmap":
-                    guard regionNames.insert(name).inserted else { throw nf.error("region '\(name)' is mapped twice") }
-                case "sva-bind":
-                    guard bindNames[name] == nil else { throw nf.error("SVA bind '\(name)' is made twice") }
-                    guard let dn = m["device"]?.string, let d = deviceIndex[dn] else { bindNames[name] = -1; continue }
-                    bindNames[name] = d
-                default:
-                    guard faultQueueNames.insert(name).inserted else { throw nf.error("fault queue '\(name)' is allocated twice") }
-                }
-            }
-        }
-    }
-
-    mutating func action(_ f: YAMLField) throws(ScenarioError) {
-        let m = try f.mapping()
-        let at = try m.required("at", "virtual time in ns").unsigned(in: 0...(1 << 50))
-        let kindField = try m.required("do", "what to do: \(Self.actionKinds.joined(separator: ", "))")
-        let kind = try kindField.oneOf(Self.actionKinds)
-        func dev() throws(ScenarioError) -> Int { try deviceRef(try m.required("device", "a device name")) }
-        func name(_ what: String) throws(ScenarioError) -> String { try m.required("name", what).string() }
-        func dom() throws(ScenarioError) -> String { try domainRef(try m.required("domain", "a user domain"), userOnly: true) }
-        func pasid() throws(ScenarioError) -> String { try pasidRef(try m.required("pasid", "a PASID name")) }
-        func process() throws(ScenarioError) -> String {
-            try nameRef(try m.required("process", "a process (from create-process)"), in: processNames, what: "process", from: "create-process")
-        }
-        let action: Scenario.Action
-        var label: String
-        switch kind {
-        case "alloc-domain":
-            let n = try name("the new domain's name"), d = try dev()
-            var flags: DomainFlags = []
-            if let v = m.optional("pasid") { if try v.bool() { flags.insert(.pasid) } }
-            let q = try m.optional("fault-queue").map { (v) throws(ScenarioError) in
-                try nameRef(v, in: faultQueueNames, what: "fault queue", from: "alloc-fault-queue")
-            }
-            action = .allocDomain(name: n, device: d, flags: flags, faultQueue: q)
-            label = "alloc domain \(n)\(q.map { " with fault queue \($0)" } ?? "")"
-        case "free-domain":
-            let n = try dom(); action = .freeDomain(n); label = "free domain \(n)"
-        case "map", "unmap":
-            let b = try bufferRef(try m.required("buffers", "a buffer set"))
-            action = kind == "map" ? .map(buffers: b) : .unmap(buffers: b)
-            label = "\(kind) \(s.buffers[b].name)"
-        case "claim-owner": let d = try dev(); action = .claimOwner(device: d); label = "claim DMA owner of \(devName(d))'s group"
-        case "release-owner": let d = try dev(); action = .releaseOwner(device: d); label = "release DMA owner of \(devName(d))'s group"
-        case "attach", "replace", "detach":
-            let d = try dev(), n = try dom()
-            action = kind == "attach" ? .attach(domain: n, device: d) : kind == "replace" ? .replace(domain: n, device: d) : .detach(domain: n, device: d)
-            label = "\(kind) \(n) \(kind == "detach" ? "from" : "to") \(devName(d))'s group"
-        case "alloc-pasid":
-            let n = try name("the PASID's name"), d = try dev()
-            action = .allocPASID(name: n, device: d); label = "alloc PASID \(n)"
-        case "free-pasid": let p = try pasid(); action = .freePASID(p); label = "free PASID \(p)"
-        case "attach-pasid", "replace-pasid", "detach-pasid":
-            let p = try pasid(), d = try dev(), n = try dom()
-            switch kind {
-            case "attach-pasid": action = .attachPASID(pasid: p, device: d, domain: n)
-            case "replace-pasid": action = .replacePASID(pasid: p, device: d, domain: n)
-            default: action = .detachPASID(pasid: p, device: d, domain: n)
-            }
-            label = "\(kind) \(p) of \(devName(d)) \(kind == "detach-pasid" ? "from" : "to") \(n)"
-        case "reset":
-            let d = try dev()
-            let ns = try m.optional("duration-ns")?.unsigned(in: 0...(1 << 40)) ?? 1_000
-            action = .reset(device: d, ns: ns); label = "reset \(devName(d))"
-        case "dma":
-            let d = try dev()
-            let address = try m.required("address", "the DMA address").unsigned()
-            let length = try m.optional("length")?.int(in: 1...65536) ?? 64
-            let count = try m.optional("count")?.int(in: 1...1024) ?? 1
-            let stride = try m.optional("stride")?.unsigned(in: 0...(1 << 40)) ?? 0x1000
-            let write = try m.optional("write")?.bool() ?? true
-            let p = try m.optional("pasid").map { (x) throws(ScenarioError) in try pasidRef(x) }
-            action = .dma(device: d, address: address, length: length, count: count, stride: stride, write: write, pasid: p)
-            label = "\(devName(d)) \(write ? "writes" : "reads") 0x\(String(address, radix: 16))\(count > 1 ? " (\(count) times)" : "")"
-        case "dma-burst":
-            let d = try dev()
-            let pairs = try m.optional("pairs")?.int(in: 1...1_000_000) ?? 1
-            let cpu = try m.optional("cpu")?.int(in: 0...(s.machine.cpus - 1)) ?? 0
-            action = .dmaBurst(device: d, pairs: pairs, cpu: cpu); label = "\(devName(d)) burst of \(pairs) dma map/unmap pairs on CPU \(cpu)"
-        case "start", "stop":
-            let w = try workloadRef(try m.required("workload", "a workload name"))
-            action = kind == "start" ? .start(workload: w) : .stop(workload: w); label = "\(kind) \(workloadName(w))"
-        case "retarget":
-            let w = try workloadRef(try m.required("workload", "a dma workload"))
-            let b = try m.required("buffers", "buffer sets").listOrOne().map { (x) throws(ScenarioError) in try bufferRef(x) }
-            action = .retarget(workload: w, buffers: b); label = "retarget \(workloadName(w))"
-        case "inject":
-            let pointField = m.optional("point")
-            let point = try pointField.map { (p) throws(ScenarioError) in FaultPoint(try p.string()) }
-            if let nth = m.optional("nth") {
-                action = .inject(.failNth(try nth.int(in: 1...Int(Int32.max)), only: point))
-            } else if let p = m.optional("probability") {
-                action = .inject(.probability(try p.double(in: 0...1), only: point.map { [$0] }))
-            } else if try m.optional("off")?.bool() ?? false {
-                action = .inject(.off)
-            } else {
-                throw f.error("inject needs 'nth' (fail the Nth hit), 'probability' or 'off: true'")
-            }
-            label = "inject \(point?.name ?? "any point")"
-        case "descriptor-fault":
-            let uf = try m.required("unit", "the unit")
-            guard let u = unitIndex[try uf.string()] else { throw uf.error("no unit named '\(try uf.string())'") }
-            let types: [String: UInt8] = ["context-cache": InvalidationDescriptor.contextCacheType, "iotlb": InvalidationDescriptor.iotlbType,
-                                          "device-tlb": InvalidationDescriptor.deviceTLBType, "pasid-iotlb": InvalidationDescriptor.pasidIOTLBType,
-                                          "pasid-cache": InvalidationDescriptor.pasidCacheType, "wait": InvalidationDescriptor.waitType]
-            let tf = try m.required("type", "the descriptor type")
-            let t = types[try tf.oneOf(types.keys.sorted())] ?? InvalidationDescriptor.iotlbType
-            var fault: DescriptorFault?
-            if let d = m.optional("delay-ns") { fault = .delay(try d.unsigned(in: 0...(1 << 40))) }
-            if try m.optional("drop")?.bool() ?? false { fault = .drop }
-            action = .descriptorFault(unit: u, type: t, fault: fault)
-            label = "\(s.units[u].name): \(fault.map { "\($0)" } ?? "normal") \(try tf.string()) descriptors"
-        case "create-process":
-            let n = try name("the process's name"); action = .createProcess(n); label = "create process \(n)"
-        case "mmap":
-            let n = try name("the region's name")
-            let p = try process()
-            let pages = try m.required("pages", "the region's size in pages").int(in: 1...(1 << 20))
-            let perms = try m.optional("access").map(Self.access) ?? .readWrite
-            action = .mmap(process: p, region: n, pages: pages, permissions: perms)
-            label = "\(p) mmaps \(n) (\(pages) pages)"
-        case "munmap":
-            let r = try nameRef(try m.required("region", "a region (from mmap)"), in: regionNames, what: "region", from: "mmap")
-            action = .munmap(region: r); label = "munmap \(r)"
-        case "exit":
-            let p = try process(); action = .exitProcess(p); label = "\(p) exits"
-        case "sva-bind":
-            let n = try name("the bind's name"), d = try dev(), p = try process()
-            action = .svaBind(name: n, device: d, process: p); label = "SVA bind \(devName(d)) to \(p)"
-        case "sva-unbind":
-            let b = try bindRef(try m.required("bind", "an SVA bind"))
-            let marker = try m.optional("stop-marker")?.bool() ?? true
-            action = .svaUnbind(bind: b, stopMarker: marker)
-            label = "stop the PASID of \(b) (\(marker ? "stop marker" : "wait for its page requests")) and unbind"
-        case "alloc-fault-queue":
-            let n = try name("the fault queue's name"); action = .allocFaultQueue(n); label = "alloc fault queue \(n)"
-        default: // close-fault-queue
-            let q = try nameRef(try m.required("queue", "a fault queue"), in: faultQueueNames, what: "fault queue", from: "alloc-fault-queue")
-            action = .closeFaultQueue(q); label = "close fault queue \(q)"
-        }
-        try m.finish()
-        s.actions.append(.init(at: at, action: action, source: source(f), label: label))
     }
 
     func devName(_ i: Int) -> String { s.devices[i].description.name }

@@ -24,7 +24,7 @@ extension ScenarioRunner {
         return p
     }
 
-    func perform(_ a: Scenario.TimedAction) {
+    func performAction(_ a: Scenario.TimedAction) {
         let line = a.source.line
         let label = a.label
         switch a.action {
@@ -60,7 +60,11 @@ extension ScenarioRunner {
         case .detach(let name, let d):
             step(label, line: line) { () throws(IOMMUError) in try m.core.detach(try domain(named: name), from: try group(d)) }
         case .allocPASID(let name, let d):
-            step(label, line: line) { () throws(IOMMUError) in pasids[name] = try m.core.allocGlobalPASID(for: devices[d]) }
+            step(label, line: line) { () throws(IOMMUError) in
+                let p = try m.core.allocGlobalPASID(for: devices[d])
+                pasids[name] = p
+                observePASID(name, p)
+            }
         case .freePASID(let name):
             step(label, line: line) { () throws(IOMMUError) in
                 try m.core.freeGlobalPASID(try pasid(name))
@@ -109,7 +113,7 @@ extension ScenarioRunner {
             note(label)
         case .inject(let mode):
             // A sweep's own mode wins: the file's injections apply only to plain runs.
-            if options.faultMode == .off { m.platform.faults.mode = mode }
+            if options.faultMode == .off { m.platform.faults.mode = Self.countingFromNow(mode, m.platform.faults) }
             note(label)
         case .descriptorFault(let u, let type, let fault):
             m.units[u].descriptorFaults[type] = fault
@@ -117,6 +121,15 @@ extension ScenarioRunner {
         case .createProcess, .mmap, .munmap, .exitProcess, .svaBind, .svaUnbind, .allocFaultQueue, .closeFaultQueue:
             performPageFaultAction(a)
         }
+    }
+
+    /// A file's `nth` counts from its inject action: the Nth hit after it (of its point, or of
+    /// any point), whatever hits earlier windows counted. The injector counts from its first
+    /// activation, so the window starts at the hits counted so far.
+    static func countingFromNow(_ mode: FaultInjector.Mode, _ faults: FaultInjector) -> FaultInjector.Mode {
+        guard case .failNth(let n, let only) = mode else { return mode }
+        let before = only.map { faults.hits[$0] ?? 0 } ?? faults.totalHits
+        return .failNth(before + n, only: only)
     }
 
     /// Maps every buffer of a set (fresh frames, or those of the set it is `like`). A failure

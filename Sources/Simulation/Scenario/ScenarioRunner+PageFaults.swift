@@ -61,6 +61,7 @@ extension ScenarioRunner {
                 guard let p = processes[pname] else { throw .notFound("process \(pname) does not exist") }
                 let h = try m.core.svaBind(devices[d], to: p)
                 binds[name] = h
+                observePASID(name, h.pasid)
                 // The device driver programs the PASID into the device: a new use of it.
                 endpoints[d].startPASID(h.pasid)
                 note("\(label): \(h.pasid)")

@@ -59,16 +59,8 @@ public final class ScenarioRunner {
         public var injected: Bool
         /// What the failed step changed that it should have rolled back.
         public var notRolledBack: [String]
-    }
-
-    public struct StepFailed: Error, CustomStringConvertible {
-        public var scenario: String
-        public var record: StepRecord
-        /// What the oracle had flagged by then (often the cause of the failure).
-        public var violations: [Violation] = []
-        public var description: String {
-            "\(record.line > 0 ? "line \(record.line): " : "")step '\(record.label)' of \(scenario) failed at \(record.time) ns: \(record.error ?? "?")"
-        }
+        /// The action expected this failure (`expect-error`): the run went on.
+        public var expected = false
     }
 
     /// A run already happened (a runner runs once: its machine holds that run's state).
@@ -110,7 +102,16 @@ public final class ScenarioRunner {
     var userAutoResponses = 0
     var log: [(time: UInt64, text: String)] = []
     var records: [StepRecord] = []
-    var abort: StepFailed?
+    /// Why the run stopped early (a failed step of a plain run, a budget), or nil.
+    var abort: Stop?
+    /// The action being performed, when it expects an error or an update path.
+    var watch: ActionWatch?
+    /// Actions that did not fail or update as their `expect-error` / `expect-path` said.
+    var actionExpectationFailures: [String] = []
+    /// DIDs named domains held, per unit index, and PASID values names got
+    /// (ScenarioRunner+Observed.swift).
+    var observedDIDs: [String: [Int: [UInt16]]] = [:]
+    var observedPASIDs: [String: UInt32] = [:]
     var softwareTrack: UInt32 = 0
     var churnRounds = 0
     /// Timed items performed after their time (software before them ran past it).
@@ -143,7 +144,9 @@ public final class ScenarioRunner {
         }
     }
 
-    /// Runs the scenario. Throws `StepFailed` when a step fails (unless `tolerant`).
+    /// Runs the scenario. Throws `StepFailed` when a step fails (unless `tolerant`) and
+    /// `BudgetExceeded` when the run goes past `machine.max-events` or `machine.max-wall-s`;
+    /// either carries what the run had done by then.
     public func run() throws -> ScenarioOutcome {
         guard !ran else { throw AlreadyRan() }
         ran = true
@@ -151,6 +154,7 @@ public final class ScenarioRunner {
         let sc = scenario
         let s = m.scheduler
         s.yieldPolicy = sc.machine.yield
+        setBudget()
         if options.trace {
             m.platform.trace.enabled = true
             softwareTrack = m.platform.trace.track(named: "software")
@@ -174,21 +178,28 @@ public final class ScenarioRunner {
             for g in m.core.groups {
                 note("\(g) [\(g.devices.map(\.name).joined(separator: ", "))] probed with default \(g.defaultDomain.map { "\($0)" } ?? "none")")
             }
+            observeDomainIDs()
             setUpWorkloads()
             timedPhase()
         }
-        if var abort { abort.violations = m.oracle.violations; throw abort }
-        teardown(probed: probed)
-        if var abort { abort.violations = m.oracle.violations; throw abort }
+        // A run stopped early is not torn down: its machine goes as it is.
+        if abort == nil { teardown(probed: probed) }
+        noteBudget()
+        if let abort { throw stopped(abort, outcome: outcome(since: start, checkExpectations: false)) }
+        return outcome(since: start, checkExpectations: true)
+    }
 
+    /// What the run did so far; expectations are checked only for a run that ended.
+    func outcome(since start: ContinuousClock.Instant, checkExpectations check: Bool) -> ScenarioOutcome {
         let wall = ContinuousClock.now - start
         let faults = devices.map { ($0.name, $0.faultCount) }
         let dma = rings.lazy.compactMap { $0 }.first?.statistics ?? DMAStatistics()
-        let result = RunResult(scenario: sc.name, seed: options.seed, machine: m, endpoints: endpoints, faultsReported: faults,
+        let result = RunResult(scenario: scenario.name, seed: options.seed, machine: m, endpoints: endpoints, faultsReported: faults,
                                dmaAPI: dma, userAutoResponses: userAutoResponses, log: log, churnRounds: churnRounds,
-                               lateItems: lateItems, workloads: workloadSummaries(),
+                               lateItems: lateItems, workloads: workloadSummaries(), queueCounters: queueCounters,
+                               domainIDs: domainIDRecords, pasids: pasidRecords,
                                wallNs: UInt64(wall.components.seconds) * 1_000_000_000 + UInt64(wall.components.attoseconds / 1_000_000_000))
-        return ScenarioOutcome(result: result, steps: records, expectationFailures: checkExpectations(result),
+        return ScenarioOutcome(result: result, steps: records, expectationFailures: check ? checkExpectations(result) : [],
                                trace: options.trace ? m.platform.trace : nil, injected: m.platform.faults.fired.map { ($0.point.name, $0.hit) },
                                pointHitsByName: m.platform.faults.hits.map { ($0.key.name, $0.value) }.sorted { $0.0 < $1.0 })
     }
@@ -199,15 +210,23 @@ public final class ScenarioRunner {
     func note(_ text: String) { log.append((m.scheduler.now, text)) }
 
     /// Runs one software step: traces it, records failures and injected faults, checks that a
-    /// failed step rolled back. Returns whether it succeeded.
+    /// failed step rolled back. A failure with an errno the action being performed expects
+    /// (`expect-error`) is recorded as expected and never stops the run; any other stops a
+    /// plain run. Returns whether it succeeded.
     @discardableResult
     func step(_ label: String, line: Int, rollback: (() -> Void)? = nil, _ body: () throws(IOMMUError) -> Void) -> Bool {
+        noteBudget()
         guard abort == nil else { return false }
         let fired = m.platform.faults.fired.count
-        let before = options.tolerant ? StateSnapshot(m) : nil
+        let expecting = watch?.errors.isEmpty == false
+        // A failure the action expects must roll back as any other: look in plain runs too.
+        let before = options.tolerant || expecting ? StateSnapshot(m) : nil
         let begin = m.scheduler.now
         var failure: IOMMUError?
         do { try body() } catch { failure = error }
+        // A step cut short by the budget (its waits could run no event) is not its own failure.
+        noteBudget()
+        if abort != nil { return false }
         let injected = m.platform.faults.fired.count > fired
         if m.platform.trace.enabled {
             let t = m.platform.trace
@@ -218,11 +237,21 @@ public final class ScenarioRunner {
             return true
         }
         rollback?()
-        var record = StepRecord(time: begin, label: label, line: line, error: "\(failure)", injected: injected, notRolledBack: [])
+        let expected = watch?.errors.contains(failure.errnoName) ?? false
+        let wanted = expecting && !expected ? " (expected \(watch?.errors.sorted().joined(separator: " or ") ?? ""))" : ""
+        var record = StepRecord(time: begin, label: label, line: line, error: "\(failure)\(wanted)", injected: injected,
+                                notRolledBack: [], expected: expected)
         if let before { record.notRolledBack = StateSnapshot(m).differences(from: before) }
         records.append(record)
-        note("\(label) failed: \(failure)")
-        if !options.tolerant { abort = StepFailed(scenario: scenario.name, record: record) }
+        if expected {
+            // The file said this step fails so: the run goes on.
+            watch?.expectedFailures.append(record)
+            note("\(label) failed as expected: \(failure)")
+            return false
+        }
+        watch?.otherFailures += 1
+        note("\(label) failed: \(failure)\(wanted)")
+        if !options.tolerant { abort = .step(record) }
         return false
     }
 
@@ -270,6 +299,7 @@ public final class ScenarioRunner {
         let begin = s.now
         for it in items {
             s.run(until: it.at)
+            noteBudget()
             guard abort == nil else { return }
             if s.now > max(it.at, begin) {
                 let label: String
@@ -284,10 +314,13 @@ public final class ScenarioRunner {
             switch it.item {
             case .start(let i): startWorkload(i, line: scenario.workloads[i].source.line)
             case .stop(let i): stopWorkload(i)
-            case .action(let a): perform(a)
+            case .action(let a):
+                perform(a)
+                observeDomainIDs()
             }
         }
         s.run(until: scenario.endNs)
+        noteBudget()
     }
 
 }

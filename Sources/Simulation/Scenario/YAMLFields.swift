@@ -35,9 +35,20 @@ struct YAMLField {
         let s = raw.filter { $0 != "_" }.lowercased()
         let v: UInt64?
         if s.hasPrefix("0x") { v = UInt64(s.dropFirst(2), radix: 16) } else { v = UInt64(s) }
-        guard let v else { throw error("expected an integer (decimal or 0x hex), got '\(raw)'") }
-        guard range.contains(v) else { throw error("expected a value in \(range.lowerBound)...\(range.upperBound), got \(raw)") }
+        guard let v else {
+            // An integer too large for 64 bits, or a negative one, is out of range, not malformed.
+            if Self.isIntegerLiteral(s) { throw error("out of range: expected a value in \(range.lowerBound)...\(range.upperBound), got \(raw)") }
+            throw error("expected an integer (decimal or 0x hex), got '\(raw)'")
+        }
+        guard range.contains(v) else { throw error("out of range: expected a value in \(range.lowerBound)...\(range.upperBound), got \(raw)") }
         return v
+    }
+
+    /// Decimal digits with an optional sign, or 0x and hex digits (`_` already removed).
+    static func isIntegerLiteral(_ s: String) -> Bool {
+        if s.hasPrefix("0x") { return s.count > 2 && s.dropFirst(2).allSatisfy(\.isHexDigit) }
+        let digits = s.first == "-" || s.first == "+" ? s.dropFirst() : Substring(s)
+        return !digits.isEmpty && digits.allSatisfy { $0.isASCII && $0.isNumber }
     }
 
     func int(in range: ClosedRange<Int>) throws(ScenarioError) -> Int {
@@ -113,6 +124,9 @@ final class YAMLMapping {
     }
 
     var keys: [String] { entries.map(\.key) }
+
+    /// The key itself (for an error about the name a key gives).
+    func keyField(_ key: String) -> YAMLField? { entries.first { $0.key == key }?.keyField }
 
     /// Fails on the first key nobody asked for, listing the keys this mapping takes.
     func finish() throws(ScenarioError) {

@@ -126,9 +126,18 @@ struct FaultsCommand: ParsableCommand {
         if let jobs, !(1...1024).contains(jobs) { throw ValidationError("--jobs must be between 1 and 1024") }
         let loaded = try loadScenario(scenario)
         let progress = Progress()
-        let r = try FaultSweep(scenario: loaded, seed: seed).run(jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount) { done, total in
-            progress.update(done: done, total: total, extra: "fail_nth")
+        let sweep = FaultSweep(scenario: loaded, seed: seed)
+        let r: FaultSweep.Report
+        do {
+            r = try sweep.run(jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount) { done, total in
+                progress.update(done: done, total: total, extra: "fail_nth")
+            }
+        } catch {
+            // The counting run itself stopped (its budget): `file:line: …`.
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            throw ExitCode(1)
         }
+        func replay(_ f: FaultSweep.Failure) -> String? { sweep.replay(f).map { "iommu-sim run \(scenario) \($0)" } }
         if json {
             let j = JSON.object([
                 ("scenario", .string(r.scenario)), ("seed", .uint(r.seed)),
@@ -143,7 +152,7 @@ struct FaultsCommand: ParsableCommand {
                 ("caughtByOracle", .int(Int64(r.caughtByOracle))),
                 ("failures", .array(r.failures.map { f in
                     .object([("n", .int(Int64(f.n))), ("point", .string(f.point)), ("kind", .string(f.kind)), ("detail", .string(f.detail)),
-                             ("replay", .string("iommu-sim run \(scenario) --seed \(seed) --fail-nth \(f.n)"))])
+                             ("replay", replay(f).map { .string($0) } ?? .null)])
                 })),
                 ("host", .object([("wallNs", .uint(r.wallNs))])),
             ])
@@ -155,7 +164,7 @@ struct FaultsCommand: ParsableCommand {
             print("  leaks: \(r.leaks), inconsistencies: \(r.inconsistencies), failures: \(r.failures.count)")
             for f in r.failures.prefix(50) {
                 print("    N=\(f.n) \(f.point): \(f.kind): \(f.detail)")
-                print("      replay: iommu-sim run \(scenario) --seed \(seed) --fail-nth \(f.n)")
+                print("      replay: \(replay(f) ?? "none (the counting run with the file's inject actions off; no single run is the same)")")
             }
             print(String(format: "Host: %.1f s wall", Double(r.wallNs) / 1e9))
         }

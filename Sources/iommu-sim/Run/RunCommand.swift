@@ -15,7 +15,7 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Seed for the scheduler, yield points and workloads; the same seed gives the same run.")
     var seed: UInt64 = 1
 
-    @Flag(help: "Print a JSON report (keys scenario, seed, virtualTimeNs, dma, iotlb, invalidations, oracle, host).")
+    @Flag(help: "Print a JSON report (keys scenario, seed, virtualTimeNs, dma, iotlb, invalidations, oracle, deviceCounters, unitCounters, queueCounters, domainIDs, pasids, failure, host); a run that stops early still prints it, with the reason under failure.")
     var json = false
 
     @Option(help: "Write a Chrome trace-event JSON file (opens in Perfetto / chrome://tracing).")
@@ -46,7 +46,17 @@ struct RunCommand: ParsableCommand {
         do {
             outcome = try ScenarioRunner(scenario: loaded, options: options).run()
         } catch let failed as ScenarioRunner.StepFailed {
-            throw RunFailure(message: "\(failed)")
+            let r = failed.record
+            try stop(failed.outcome, message: "\(failed)", failure: [
+                ("kind", .string("step")), ("file", .string(failed.file)), ("line", .int(Int64(r.line))),
+                ("step", .string(r.label)), ("timeNs", .uint(r.time)), ("error", .string(r.error ?? "")),
+            ])
+        } catch let over as ScenarioRunner.BudgetExceeded {
+            try stop(over.outcome, message: "\(over)", failure: [
+                ("kind", .string("budget")), ("file", .string(over.file)), ("line", .int(Int64(over.line))),
+                ("budget", .string("machine.\(over.budget.rawValue)")), ("limit", .string(over.limit)),
+                ("eventsRun", .uint(over.eventsRun)), ("timeNs", .uint(over.virtualTimeNs)),
+            ])
         }
         if let trace, let buffer = outcome.trace {
             let data = ChromeTrace.render(buffer, scenario: loaded.name, seed: seed, unitNames: Set(loaded.units.map(\.name)))
@@ -54,20 +64,37 @@ struct RunCommand: ParsableCommand {
                 throw RunFailure(message: "cannot write \(trace): \(error.localizedDescription)")
             }
         }
-        var report = RunReport(result: outcome.result, expectationFailures: outcome.expectationFailures)
-        report.steps = outcome.steps.map { s in
-            "\(s.time) ns \(s.label)\(s.line > 0 ? " (line \(s.line))" : ""): \(s.error ?? "succeeded")\(s.injected ? " [injected fault fired]" : "")"
-                + (s.notRolledBack.isEmpty ? "" : "; NOT rolled back: " + s.notRolledBack.joined(separator: "; "))
-        }
+        let report = Self.report(outcome)
         print(json ? report.json().render() : report.text())
         if outcome.result.violationCount > 0 || !outcome.expectationFailures.isEmpty { throw ExitCode(1) }
+    }
+
+    static func report(_ outcome: ScenarioOutcome) -> RunReport {
+        var report = RunReport(result: outcome.result, expectationFailures: outcome.expectationFailures)
+        report.steps = outcome.steps.map { s in
+            "\(s.time) ns \(s.label)\(s.line > 0 ? " (line \(s.line))" : ""): \(s.error ?? "succeeded")\(s.expected ? " [expected]" : "")\(s.injected ? " [injected fault fired]" : "")"
+                + (s.notRolledBack.isEmpty ? "" : "; NOT rolled back: " + s.notRolledBack.joined(separator: "; "))
+        }
+        return report
+    }
+
+    /// A run that stopped early: the error on stderr (`file:line: …`); with --json the report
+    /// of what the run did until then, with the failure under `failure`, on stdout. Exit 1.
+    func stop(_ outcome: ScenarioOutcome?, message: String, failure: [(String, JSON)]) throws -> Never {
+        FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+        if json {
+            var report = outcome.map(Self.report)
+            report?.failure = .object(failure + [("message", .string(message))])
+            print(report?.json().render() ?? JSON.object([("failure", .object(failure + [("message", .string(message))]))]).render())
+        }
+        throw ExitCode(1)
     }
 }
 
 /// Loads a built-in scenario or a file; a bad file is reported with file:line and exits 2.
 func loadScenario(_ nameOrPath: String) throws -> Scenario {
-    do { return try BuiltinScenarios.load(nameOrPath) } catch let e as ScenarioError {
-        FileHandle.standardError.write(Data("error: \(e)\n".utf8))
+    do { return try BuiltinScenarios.load(nameOrPath) } catch {
+        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
         throw ExitCode(2)
     }
 }
@@ -102,9 +129,11 @@ struct ScenariosCommand: ParsableCommand {
             print(text, terminator: "")
             return
         }
+        // Names are padded to the longest, never cut.
+        let width = BuiltinScenarios.names.map(\.count).max() ?? 0
         for name in BuiltinScenarios.names {
             let s = try? BuiltinScenarios.load(name)
-            print("\(name.padding(toLength: 16, withPad: " ", startingAt: 0)) \(s.map { firstSentence($0.description) } ?? "")")
+            print("\(name.padding(toLength: width, withPad: " ", startingAt: 0))  \(s.map { firstSentence($0.description) } ?? "")")
         }
     }
 

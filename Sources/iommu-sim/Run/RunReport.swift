@@ -7,6 +7,8 @@ struct RunReport {
     var expectationFailures: [String] = []
     /// Failed steps and steps in which an injected fault fired.
     var steps: [String] = []
+    /// Why the run stopped before its end (a failed step, a budget); null for a run that ended.
+    var failure: JSON?
 
     func json() -> JSON {
         let r = result
@@ -39,6 +41,13 @@ struct RunReport {
                 ("invalidationsPerUnmap", .double(r.dmaAPI.invalidationsPerUnmap)),
             ])),
             ("pageFaults", .object(r.pageFaultCounters.map { (Self.camel($0.0), .uint($0.1)) })),
+            ("deviceCounters", Self.groups(r.deviceCounters)),
+            ("unitCounters", Self.groups(r.unitCounters)),
+            ("queueCounters", Self.groups(r.queueCounters)),
+            ("domainIDs", .object(Dictionary(grouping: r.domainIDs, by: \.domain).sorted { $0.key < $1.key }.map { name, records in
+                (name, .object(records.map { ($0.unit, .array($0.dids.map { .int(Int64($0)) })) }))
+            })),
+            ("pasids", .object(r.pasids.map { ($0.name, .uint(UInt64($0.value))) })),
             ("memory", .object([("peakFrames", .int(Int64(r.peakFrames))), ("framesLeft", .int(Int64(r.framesLeft)))])),
             ("oracle", .object([
                 ("checks", .uint(r.oracleChecks)),
@@ -56,6 +65,7 @@ struct RunReport {
             ("lateItems", .array(r.lateItems.map { l in
                 .object([("label", .string(l.label)), ("dueNs", .uint(l.dueNs)), ("ranNs", .uint(l.ranNs))])
             })),
+            ("failure", failure ?? .null),
             ("failedSteps", .array(steps.map { .string($0) })),
             ("expectationFailures", .array(expectationFailures.map { .string($0) })),
             ("host", .object([
@@ -99,6 +109,10 @@ struct RunReport {
         if let worst = r.lateItems.max(by: { $0.ranNs - $0.dueNs < $1.ranNs - $1.dueNs }) {
             out.append("Ran late (software before them was still running): \(r.lateItems.count) item(s); the latest, \(worst.label), due at \(fmt(worst.dueNs)) ns, ran at \(fmt(worst.ranNs)) ns")
         }
+        if !r.domainIDs.isEmpty || !r.pasids.isEmpty {
+            out.append("Names: " + (r.domainIDs.map { "\($0.domain) DID \($0.dids.map(String.init).joined(separator: "/")) on \($0.unit)" }
+                                    + r.pasids.map { "\($0.name) PASID \($0.value)" }).joined(separator: ", "))
+        }
         out.append("Memory: peak \(r.peakFrames) frames, \(r.framesLeft) left after teardown")
         out.append("Oracle: \(fmt(r.oracleChecks)) checks, \(fmt(r.expectedFaults)) expected faults, \(r.violationCount) violation(s)")
         for v in r.violations { out.append("  \(v)") }
@@ -115,6 +129,11 @@ struct RunReport {
         let secs = Double(r.wallNs) / 1e9
         out.append("Host: \(format1(secs * 1000)) ms wall, \(fmt(UInt64(secs > 0 ? Double(r.translations) / secs : 0))) translations/s")
         return out.joined(separator: "\n")
+    }
+
+    /// Counters per owner, under the names scenario files use.
+    static func groups(_ groups: [CounterGroup]) -> JSON {
+        .object(groups.map { g in (g.owner, .object(g.counters.map { ($0.name, .uint($0.value)) })) })
     }
 
     /// "prq-overflows" → "prqOverflows".

@@ -55,6 +55,11 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
     }
 
     public var unitCount: Int { units.count }
+    /// The DID `domain` holds on unit `index`: a paging domain's own, while something on that
+    /// unit uses it; nil otherwise (SVA and identity domains use the fixed shared DIDs).
+    public func domainID(of domain: IOMMUDomain, onUnit index: Int) -> DomainID? {
+        (domain as? VTdPagingDomain)?.did(on: index)
+    }
     public var blockedDomain: IOMMUDomain { blocked }
     public var identityDomain: IOMMUDomain? { identity }
 
