@@ -36,7 +36,14 @@ struct RunCommand: ParsableCommand {
         options.trace = trace != nil
         if let failNth {
             guard failNth >= 1 else { throw ValidationError("--fail-nth must be at least 1") }
-            options.faultMode = .failNth(failNth, only: failPoint.map { FaultPoint($0) })
+            var only: FaultPoint?
+            if let failPoint {
+                guard let p = FaultPoint.named(failPoint) else {
+                    throw ValidationError("unknown fault point '\(failPoint)'; one of: \(FaultPoint.all.map(\.name).joined(separator: ", "))")
+                }
+                only = p
+            }
+            options.faultMode = .failNth(failNth, only: only)
             options.tolerant = true
         } else if failPoint != nil {
             throw ValidationError("--fail-point needs --fail-nth")
