@@ -79,6 +79,20 @@ public final class Machine: @unchecked Sendable {
         } catch { throw .noMemory("DMA buffer") }
     }
 
+    /// `pages` physically contiguous zeroed frames starting at a multiple of `alignment`
+    /// (a power of two, in bytes), cut from a longer run; every frame of the run is a DMA
+    /// buffer frame (freed at teardown).
+    public func allocateContiguousBuffer(pages: Int, alignment: UInt64) throws(IOMMUError) -> UInt64 {
+        let extra = Int(max(alignment, 4096) / 4096) - 1
+        do {
+            let start = try platform.frames.allocateContiguous(pages + extra, .dmaBuffer)
+            for i in 0..<(pages + extra) { buffers.append(start + UInt64(i) * 4096) }
+            let aligned = (start + alignment - 1) & ~(alignment - 1)
+            try platform.memory.zero(aligned, count: UInt64(pages) * 4096)
+            return aligned
+        } catch { throw .noMemory("\(pages) contiguous DMA buffer frames") }
+    }
+
     /// Returns every DMA buffer frame.
     public func freeBuffers() {
         for b in buffers { try? platform.frames.free(b) }

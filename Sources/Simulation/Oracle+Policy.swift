@@ -23,4 +23,15 @@ extension Oracle {
             }
         }
     }
+
+    /// The DMA API contract (Linux dma-iommu.c `iommu_dma_alloc_iova`): an IOVA handed to a
+    /// device lies below its DMA mask, or the device cannot reach it (it would emit another
+    /// address).
+    public func dmaMapped(_ device: Device, iova: UInt64, size: UInt64) {
+        checks &+= 1
+        let (last, overflow) = iova.addingReportingOverflow(size &- 1)
+        if overflow || size == 0 || last > device.dmaMask {
+            violate("iova-beyond-dma-mask", "\(device.name) was handed IOVA \(Self.hex(iova))+\(Self.hex(size)), beyond its DMA mask \(Self.hex(device.dmaMask))")
+        }
+    }
 }

@@ -112,6 +112,12 @@ struct OracleStrengthTests {
         // The PASID drain's last wait has no page drain (PD): requests still on the unit's
         // internal path are answered after the PASID went to its next owner.
         (.pageDrainWaitSkipped, "pasid-teardown", ["page-response-crossed-pasid"], "a PASID drain without the page-drain wait"),
+        // The DMA API allocates below the domain's aperture, not the device's mask: once the
+        // 32-bit device has filled the space below 4 GiB it is handed IOVAs it cannot emit.
+        (.dmaMaskIgnored, "dma32", ["iova-beyond-dma-mask"], "IOVAs allocated beyond the device's DMA mask"),
+        // Deferred unmaps of 2 MiB scatter lists unlink leaf tables; freeing them at once,
+        // not after the flush queue's flush, is caught on their free.
+        (.deferredTablesFreedAtOnce, "ats-churn", ["table-freed-before-flush"], "deferred unmaps freeing tables before the flush"),
     ]
 
     @Test("each broken behaviour is caught in seeds 1...3", arguments: OracleStrengthTests.cases.indices)

@@ -109,6 +109,35 @@ struct ScenarioLoaderTests {
         }
     }
 
+    @Test("multi-page ring buffers: pages with size or offset, and contiguous one-page buffers, are refused; scatter and contiguous multi-page rings load",
+          arguments: [("pages: 4, size: 1024", "size and offset are for one-page buffers"),
+                      ("pages: 4, offset: 128", "size and offset are for one-page buffers"),
+                      ("contiguous: true", "contiguous is for buffers of more than one page"),
+                      ("pages: 8", ""), ("pages: 512, contiguous: true, shared: true", "")])
+    func multiPageRings(fields: String, error: String) throws {
+        let yaml = smallScenario.replacingOccurrences(
+            of: "workloads:\n",
+            with: "workloads:\n  - {name: ring, type: dma-ring, device: nic0, \(fields), stop: 30000}\n")
+        let e = loadError(yaml)
+        if error.isEmpty {
+            #expect(e == nil, "\(String(describing: e))")
+        } else {
+            #expect(e?.message.contains(error) == true, "\(String(describing: e))")
+        }
+    }
+
+    @Test("dma-mask-bits takes 12 to 64 bits")
+    func dmaMaskBits() throws {
+        func with(_ bits: String) -> String {
+            smallScenario.replacingOccurrences(of: "{name: nic0, rid: \"00:02.0\", unit: dmar0}", with: "{name: nic0, rid: \"00:02.0\", unit: dmar0, dma-mask-bits: \(bits)}")
+        }
+        #expect(with("32") != smallScenario)
+        let s = try ScenarioLoader.load(yaml: with("32"), file: "m.yaml")
+        #expect(s.devices[0].dmaMaskBits == 32)
+        #expect(loadError(with("11")) != nil)
+        #expect(loadError(with("65")) != nil)
+    }
+
     @Test("references to devices, domains, buffers or workloads that do not exist are errors",
           arguments: [("device: nic0, buffers: rx", "device: nic9, buffers: rx", "no device named 'nic9'"),
                       ("domain: U, device: vf0}\n  - {at: 20000", "domain: V, device: vf0}\n  - {at: 20000", "no user domain named 'V'"),

@@ -12,7 +12,7 @@ func runScenario(_ s: Scenario, seed: UInt64 = 1, configure: (inout ScenarioRunn
 
 @Suite("ScenarioRuns: scenarios run their actions and workloads, tear down cleanly and check expectations")
 struct ScenarioRunTests {
-    @Test("every built-in scenario runs without violations, meets its expectations and leaves nothing", arguments: ["did-reuse", "replace-storm", "pasid-detach", "table-churn"])
+    @Test("every built-in scenario runs without violations, meets its expectations and leaves nothing", arguments: ["did-reuse", "replace-storm", "pasid-detach", "table-churn", "dma32", "ats-churn"])
     func builtinClean(name: String) throws {
         let s = try BuiltinScenarios.load(name)
         for seed: UInt64 in 1...2 {
@@ -22,6 +22,14 @@ struct ScenarioRunTests {
             #expect(o.result.framesLeft == 0)
             #expect(o.result.translations > 0, "the scenario's devices really did DMA")
         }
+    }
+
+    @Test("dma32 fills the 32-bit IOVA space: recycles need rollover flushes, and no IOVA lies beyond the mask (the oracle checks each)")
+    func dma32Rollover() throws {
+        let o = try runScenario(try BuiltinScenarios.load("dma32"))
+        #expect(o.result.violationCount == 0, "\(o.result.violations)")
+        #expect(o.result.dmaAPI.rolloverFlushes > 0, "the space was full enough that allocation had to flush the queue")
+        #expect(o.expectationFailures.isEmpty, "\(o.expectationFailures)")
     }
 
     @Test("the small scenario maps, attaches, streams DMA and detaches: the user device faults only after detach")

@@ -73,6 +73,8 @@ public protocol KernelObserver: AnyObject {
     /// A change of `group`'s domain (attach, replace, detach, ownership) ended, successfully
     /// or rolled back: every device of the group should now translate through `group.domain`.
     func groupDomainChangeEnded(_ group: Group)
+    /// The DMA API handed `device` the IOVA range [iova, iova + size) (granule-widened).
+    func dmaMapped(_ device: Device, iova: UInt64, size: UInt64)
     func domainFreed(_ domain: IOMMUDomain)
     /// A driver handed out `did` on `unit`.
     func domainIDAllocated(driver: any IOMMUDriver, unit: Int, did: DomainID)
@@ -98,6 +100,7 @@ extension KernelObserver {
     public func transitionBegan(_ device: Device, pasid: PASID?, from: IOMMUDomain?, to: IOMMUDomain?) {}
     public func transitionEnded(_ device: Device, pasid: PASID?, current: IOMMUDomain?, path: UpdatePath) {}
     public func groupDomainChangeEnded(_ group: Group) {}
+    public func dmaMapped(_ device: Device, iova: UInt64, size: UInt64) {}
     public func domainFreed(_ domain: IOMMUDomain) {}
     public func domainIDAllocated(driver: any IOMMUDriver, unit: Int, did: DomainID) {}
     public func domainIDReleased(driver: any IOMMUDriver, unit: Int, did: DomainID) {}

@@ -37,4 +37,9 @@ extension InjectedBugs {
     /// The PASID drain's last wait descriptor omits page drain (PD): requests still on the
     /// unit's internal path, and the unit's answers to them, may land after it completed.
     public static let skipPageDrainWait = InjectedBugs(rawValue: 1 << 10)
+    /// IOVAs are allocated below the domain's aperture, whatever the device's DMA mask.
+    public static let ignoreDMAMask = InjectedBugs(rawValue: 1 << 11)
+    /// A deferred DMA unmap frees the table pages it unlinked at once instead of handing
+    /// them to the flush queue (they go before the flush that covers the unmap).
+    public static let freeDeferredTablesAtOnce = InjectedBugs(rawValue: 1 << 12)
 }

@@ -101,6 +101,7 @@ public final class IOMMUDMA: @unchecked Sendable {
         }
         cookie.live.insert(pfn: pfn, pages: pages, cpu: cpu)
         cookie.count(.maps, cpu: cpu)
+        if let o = core.observer { o.dmaMapped(device, iova: iova, size: pages << shift) }
         return iova + offset
     }
 
@@ -181,6 +182,7 @@ public final class IOMMUDMA: @unchecked Sendable {
         }
         cookie.live.insert(pfn: pfn, pages: pages, cpu: cpu)
         cookie.count(.maps, cpu: cpu)
+        if let o = core.observer { o.dmaMapped(device, iova: base, size: pages << shift) }
         return DMAScatterMapping(addresses: addresses, lengths: segments.map(\.length), iova: base, size: total)
     }
 
@@ -255,7 +257,12 @@ public final class IOMMUDMA: @unchecked Sendable {
                 cookie.live.insert(pfn: pfn, pages: pages, cpu: cpu)
                 throw error
             }
-            queue._withUnsafeGuaranteedRef { $0.queue(pfn: pfn, pages: pages, tables: gather.freedTables, cpu: cpu) }
+            var tables = gather.freedTables
+            if _slowPath(!core.injectedBugs.isEmpty), core.injectedBugs.contains(.freeDeferredTablesAtOnce) {
+                for t in tables { try? core.platform.frames.free(t) }
+                tables = []
+            }
+            queue._withUnsafeGuaranteedRef { $0.queue(pfn: pfn, pages: pages, tables: tables, cpu: cpu) }
         } else {
             do { _ = try cookie.withDomain { d throws(IOMMUError) in try core.unmap(d, iova: iova, size: size) } } catch {
                 switch error {
@@ -282,7 +289,8 @@ public final class IOMMUDMA: @unchecked Sendable {
     /// come back, and the allocation retried once (the rollover point).
     private func allocateIOVA(_ cookie: DMACookie, _ device: Device, pages: UInt64, cpu: Int) throws(IOMMUError) -> UInt64 {
         let iovad = cookie.iova
-        let limit = min(device.dmaMask, cookie.domain.apertureEnd)
+        var limit = min(device.dmaMask, cookie.domain.apertureEnd)
+        if _slowPath(!core.injectedBugs.isEmpty), core.injectedBugs.contains(.ignoreDMAMask) { limit = cookie.domain.apertureEnd }
         let limitPFN = limit >> cookie.granuleShift
         guard pages <= limitPFN else {
             throw .outOfRange("\(pages) granule(s) do not fit below \(device)'s DMA limit 0x\(String(limit, radix: 16))")

@@ -52,6 +52,8 @@ public struct Scenario: Sendable {
         public var pri = PRIConfiguration()
         /// Protocol breaches the device commits (a guest-controlled device).
         public var misbehaviour: Misbehaviour = []
+        /// The streaming DMA mask its driver sets (`dma_set_mask`), in bits; 64: none set.
+        public var dmaMaskBits = 64
     }
 
     /// A named set of equal buffers in one domain: `count` buffers of `pages` pages, the
@@ -139,6 +141,17 @@ public struct Scenario: Sendable {
         public var direction: DMADirection
         public var recycleNs: UInt64
         public var intervalNs: UInt64
+        /// Pages per buffer: more than one makes each buffer a scatter list of one-page
+        /// segments (`dma_map_sg`), or with `contiguous` one physically contiguous run
+        /// mapped with `dma_map_page` (superpages where the IOVA and the run align).
+        public var pages: Int = 1
+        public var contiguous = false
+        /// Every buffer maps the same frames (IOVA-space pressure without the memory).
+        public var shared = false
+        /// Bytes the device may use in a buffer.
+        public var length: UInt64 { pages == 1 ? size : UInt64(pages) * 4096 }
+        /// Frames the ring takes at most when mapped (recycling takes more, freed at teardown).
+        public var frames: UInt64 { shared ? UInt64(pages) * (contiguous ? 2 : 1) : UInt64(count) * UInt64(pages) * (contiguous ? 2 : 1) }
     }
 
     public struct WorkloadSpec: Sendable {

@@ -3,7 +3,7 @@ import Yams
 // What a scenario may ask of its machine, checked at load.
 extension ScenarioParser {
     /// The frames the buffer sets (count × pages, a set `like` another shares its frames) and
-    /// DMA rings (one frame per buffer) take must fit the machine's memory: a scenario that
+    /// DMA rings (their buffers' pages, once if shared) take must fit the machine's memory: a scenario that
     /// cannot have its buffers is refused at the set or ring that goes past it, not left to
     /// fail with ENOMEM part-way through a run.
     func checkMemory(buffers: [YAMLField], workloads: [YAMLField]) throws(ScenarioError) {
@@ -19,7 +19,7 @@ extension ScenarioParser {
             try add(UInt64(set.count) * UInt64(set.pages), at: buffers[i], "buffer set \(set.name) (\(set.count) × \(set.pages) page(s))")
         }
         for (i, w) in s.workloads.enumerated() where i < workloads.count {
-            if case .dmaRing(let r) = w.kind { try add(UInt64(r.count), at: workloads[i], "DMA ring \(w.name) (\(r.count) buffers)") }
+            if case .dmaRing(let r) = w.kind { try add(r.frames, at: workloads[i], "DMA ring \(w.name) (\(r.count) buffers of \(r.pages) page(s))") }
         }
     }
 }

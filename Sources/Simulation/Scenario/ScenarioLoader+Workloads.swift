@@ -80,13 +80,21 @@ extension ScenarioParser {
         default:
             let device = try deviceRef(try m.required("device", "the device owning the ring"))
             let count = try m.optional("count")?.int(in: 1...4096) ?? 8
-            let size = try m.optional("size")?.unsigned(in: 1...4096) ?? 2048
-            let offset = try m.optional("offset")?.unsigned(in: 0...4095) ?? 0
+            let pages = try m.optional("pages")?.int(in: 1...4096) ?? 1
+            let contiguous = try m.optional("contiguous")?.bool() ?? false
+            let shared = try m.optional("shared")?.bool() ?? false
+            let sizeField = m.optional("size"), offsetField = m.optional("offset")
+            if pages > 1, let v = sizeField ?? offsetField {
+                throw v.error("a ring buffer of \(pages) pages is used whole: size and offset are for one-page buffers")
+            }
+            let size = try sizeField?.unsigned(in: 1...4096) ?? 2048
+            let offset = try offsetField?.unsigned(in: 0...4095) ?? 0
             // Each ring buffer is one 4 KiB frame: a mapping past its end would hand the device
             // the frames next to it (page tables, other buffers).
             guard offset + size <= 4096 else {
                 throw f.error("a ring buffer is one 4 KiB frame: offset (\(offset)) + size (\(size)) must not exceed 4096")
             }
+            if contiguous && pages == 1 { throw f.error("contiguous is for buffers of more than one page") }
             var dir = DMADirection.fromDevice
             if let v = m.optional("direction") {
                 switch try v.oneOf(["to-device", "from-device", "bidirectional"]) {
@@ -98,7 +106,7 @@ extension ScenarioParser {
             let recycle = try m.optional("recycle-ns")?.unsigned(in: 1...(1 << 40)) ?? 20_000
             let interval = try m.optional("interval-ns")?.unsigned(in: 1...1_000_000_000) ?? 500
             kind = .dmaRing(.init(device: device, count: count, size: size, offset: offset, direction: dir,
-                                  recycleNs: recycle, intervalNs: interval))
+                                  recycleNs: recycle, intervalNs: interval, pages: pages, contiguous: contiguous, shared: shared))
         }
         try m.finish()
         s.workloads.append(.init(name: name, kind: kind, start: start ?? 0, stop: stop, mayIdle: mayIdle, source: source(f)))

@@ -232,6 +232,7 @@ struct ScenarioParser {
         let pri = try m.optional("pri")?.bool() ?? false
         if pri && !ats { throw f.error("pri needs ats (a page request is answered by a retried ATS translation)") }
         let untrusted = try m.optional("untrusted")?.bool() ?? false
+        let maskBits = try m.optional("dma-mask-bits")?.int(in: 12...64) ?? 64
         var preferred: DomainType?
         if let v = m.optional("default-domain") {
             switch try v.oneOf(["auto", "identity", "dma"]) {
@@ -269,7 +270,7 @@ struct ScenarioParser {
         s.devices.append(.init(description: DeviceDescription(name: name, requesterID: rid, unit: unit, groupKey: group, maxPASIDs: UInt32(pasids),
                                                               ats: ats, pri: pri, untrusted: untrusted, preferredDomain: preferred),
                                unitName: unitName, maxPayload: Int(mps) ?? 256, maxReadRequest: Int(mrrs) ?? 512,
-                               ats: atsConfig, pri: priConfig, misbehaviour: misbehaviour))
+                               ats: atsConfig, pri: priConfig, misbehaviour: misbehaviour, dmaMaskBits: maskBits))
     }
 
     // MARK: References

@@ -30,8 +30,8 @@ extension ScenarioRunner {
             for k in 0..<r.buffers.count where r.buffers.live[k] {
                 r.buffers.live[k] = false
                 let a = r.buffers.addresses[k], cpu = r.cpus[k]
-                step("teardown: \(dev.name) dma_unmap_page", line: 0) { () throws(IOMMUError) in
-                    try m.dma.unmapPage(dev, address: a, size: r.spec.size, cpu: cpu)
+                step("teardown: \(dev.name) dma_unmap", line: 0) { () throws(IOMMUError) in
+                    try ringUnmap(r, k, address: a, cpu: cpu)
                 }
             }
         }

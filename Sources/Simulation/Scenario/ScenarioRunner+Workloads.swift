@@ -32,12 +32,12 @@ extension ScenarioRunner {
             case .faultHandler(let h):
                 handler = FaultHandlerState(spec: h)
             case .dmaRing(let r):
-                let b = LiveBuffers(name: w.name, count: r.count, length: r.size,
+                let b = LiveBuffers(name: w.name, count: r.count, length: r.length,
                                     writeOnly: r.direction == .fromDevice, readOnly: r.direction == .toDevice)
                 let state = RingState(spec: r, buffers: b)
                 let e = endpoints[r.device]
                 let engine = DMAStreamEngine(endpoint: e, sets: [b], pasid: nil, intervalNs: r.intervalNs, burst: 1,
-                                             direction: .both, minBytes: 256, maxBytes: Int(min(r.size, 4096)),
+                                             direction: .both, minBytes: 256, maxBytes: Int(min(r.length, 4096)),
                                              walkAccessNs: scenario.units[scenario.devices[r.device].description.unit].walkAccessNs)
                 attachSampler(engine)
                 state.stream = engine
@@ -163,54 +163,12 @@ extension ScenarioRunner {
         }
     }
 
-    func mapRing(_ r: RingState, label: String, line: Int) {
-        let dev = devices[r.spec.device]
-        let cpus = scenario.machine.cpus
-        for i in 0..<r.buffers.count {
-            let cpu = i % cpus
-            step("\(label): dma_map_page \(i)", line: line) { () throws(IOMMUError) in
-                let a = try m.dma.mapPage(dev, physical: try m.allocateBuffer() + r.spec.offset, size: r.spec.size,
-                                          direction: r.spec.direction, cpu: cpu)
-                r.buffers.addresses[i] = a
-                r.buffers.live[i] = true
-                r.cpus[i] = cpu
-            }
-        }
-        note("\(label): \(dev.name) mapped \(r.buffers.count) buffers with the DMA API")
-    }
-
     func scheduleRecycle(_ r: RingState, generation: UInt64) {
         m.scheduler.schedule(after: r.spec.recycleNs, kind: .software) { [weak self, weak r] in
             guard let self, let r, r.running, r.generation == generation, self.abort == nil else { return }
             self.recycleOnce(r)
             r.recycles += 1
             self.scheduleRecycle(r, generation: generation)
-        }
-    }
-
-    /// Unmaps a random ring buffer through the DMA API (deferred under the lazy policy) and
-    /// maps a fresh one from the other CPU.
-    func recycleOnce(_ r: RingState) {
-        let dev = devices[r.spec.device]
-        let k = Int(m.scheduler.random(below: UInt64(r.buffers.count)))
-        guard r.buffers.live[k] else { return }
-        r.buffers.live[k] = false
-        let old = r.buffers.addresses[k], cpu = r.cpus[k]
-        guard step("\(dev.name) dma_unmap_page", line: 0, { () throws(IOMMUError) in
-            do throws(IOMMUError) { try m.dma.unmapPage(dev, address: old, size: r.spec.size, cpu: cpu) } catch {
-                // The DMA layer decides whether a failed unmap kept the mapping (teardown then
-                // unmaps it) or retired it (a strict unmap whose invalidation failed).
-                if (try? m.dma.isMapped(dev, address: old)) == true { r.buffers.live[k] = true }
-                throw error
-            }
-        }) else { return }
-        let next = (cpu + 1) % scenario.machine.cpus
-        step("\(dev.name) dma_map_page", line: 0) { () throws(IOMMUError) in
-            let a = try m.dma.mapPage(dev, physical: try m.allocateBuffer() + r.spec.offset, size: r.spec.size,
-                                      direction: r.spec.direction, cpu: next)
-            r.buffers.addresses[k] = a
-            r.buffers.live[k] = true
-            r.cpus[k] = next
         }
     }
 

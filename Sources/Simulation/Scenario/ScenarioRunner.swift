@@ -32,6 +32,10 @@ public enum Breakage: String, CaseIterable, Sendable {
     case stopIgnoresTranslations = "stop-ignores-translations"
     /// The PASID drain's last wait lacks page drain (PD).
     case pageDrainWaitSkipped = "page-drain-wait-skipped"
+    /// The DMA API ignores the device's DMA mask when it allocates IOVAs.
+    case dmaMaskIgnored = "dma-mask-ignored"
+    /// Deferred DMA unmaps free their unlinked table pages before the flush queue's flush.
+    case deferredTablesFreedAtOnce = "deferred-tables-freed-at-once"
 }
 
 /// Runs a `Scenario` on a fresh `Machine`: probes, runs timed actions and workloads in
@@ -137,10 +141,15 @@ public final class ScenarioRunner {
         var generation: UInt64 = 0
         var started = false
         var recycles = 0
+        /// The scatter-list mapping of each buffer (multi-page, not contiguous).
+        var scatter: [DMAScatterMapping?]
+        /// The frames every buffer maps (`shared`), taken once.
+        var sharedFrames: [UInt64] = []
         /// The device's DMA API figures once its ring is torn down.
         var statistics: DMAStatistics?
         init(spec: Scenario.DMARing, buffers: LiveBuffers) {
             self.spec = spec; self.buffers = buffers; self.cpus = [Int](repeating: 0, count: buffers.count)
+            self.scatter = [DMAScatterMapping?](repeating: nil, count: buffers.count)
         }
     }
 
@@ -177,6 +186,12 @@ public final class ScenarioRunner {
             }
             for g in m.core.groups {
                 note("\(g) [\(g.devices.map(\.name).joined(separator: ", "))] probed with default \(g.defaultDomain.map { "\($0)" } ?? "none")")
+            }
+            // Device drivers set their DMA masks at probe (Linux dma_set_mask).
+            for (i, d) in sc.devices.enumerated() where d.dmaMaskBits < 64 {
+                step("\(d.description.name): dma_set_mask(\(d.dmaMaskBits) bits)", line: 0) { () throws(IOMMUError) in
+                    try m.dma.setMask(devices[i], bits: d.dmaMaskBits)
+                }
             }
             observeDomainIDs()
             setUpWorkloads()
@@ -276,6 +291,8 @@ public final class ScenarioRunner {
             case .incompleteGroupRollback: bugs.insert(.incompleteGroupRollback)
             case .stopIgnoresTranslations: break // on the endpoints, once probed
             case .pageDrainWaitSkipped: bugs.insert(.skipPageDrainWait)
+            case .dmaMaskIgnored: bugs.insert(.ignoreDMAMask)
+            case .deferredTablesFreedAtOnce: bugs.insert(.freeDeferredTablesAtOnce)
             }
         }
         m.core.injectedBugs = bugs

@@ -93,7 +93,7 @@ struct RunReport {
         out.append("Invalidations: \(fmt(r.invalidations)) descriptors (" + r.invalidationsByType.filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }.joined(separator: ", ") + "), \(fmt(r.invalidationWaits)) waits")
         out.append("Entry updates: " + r.updatePaths.map { "\($0.0) \($0.1)" }.joined(separator: ", "))
         let q = r.dmaAPI
-        out.append("DMA API (first DMA ring): \(q.maps) maps, \(q.unmaps) unmaps, \(q.flushes) flushes (full \(q.fullQueueFlushes), timer \(q.timerFlushes)), \(format1(q.entriesPerFlush)) entries/flush")
+        out.append("DMA API (first DMA ring): \(q.maps) maps, \(q.unmaps) unmaps, \(q.flushes) flushes (full \(q.fullQueueFlushes), timer \(q.timerFlushes), rollover \(q.rolloverFlushes)), \(format1(q.entriesPerFlush)) entries/flush")
         if r.pageFaultCounter("ats-accesses") + r.pageFaultCounter("page-faults") + r.pageFaultCounter("page-requests") > 0 {
             let c = r.pageFaultCounter
             out.append("ATS/PRI: \(fmt(c("ats-accesses"))) accesses (\(fmt(c("ats-completed"))) completed, \(fmt(c("ats-failed"))) failed), \(fmt(c("device-tlb-hits"))) device-TLB hits, \(fmt(c("page-request-groups"))) page request groups (\(fmt(c("page-requests"))) requests), \(fmt(c("stop-markers"))) stop markers, \(fmt(c("credit-waits"))) credit waits")
