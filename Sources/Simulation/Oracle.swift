@@ -56,6 +56,8 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     /// Which domain each owner tag belongs to (for reports).
     var tableOwners: [UInt32: Int] = [:]
     @exclusivity(unchecked) var windows: [UInt64: Window] = [:]
+    /// When each (unit, RID, PASID) was last detached (its PASID torn down and drained).
+    var pasidTornDownAt: [UInt64: UInt64] = [:]
     /// Untrusted devices by (unit, requester ID): their unmaps are never deferred.
     var untrustedDevices: Set<UInt64> = []
     /// The machine's default-domain policy: deferred unmaps exist only under `lazy`.
@@ -386,6 +388,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         }
         let w = Window(current: ref(current))
         if w.current == nil { windows[key] = nil } else { windows[key] = w }
+        if pasid != nil, current == nil { pasidTornDownAt[key] = platform.scheduler.now }
     }
 
     /// Freeing a domain with mappings is allowed (the tables go with it): forget them.
@@ -477,6 +480,26 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         checks &+= 1
         if fault.isLast && fault.permissions.isDisjoint(with: [.read, .write]) {
             violate("stop-marker-reported", "\(device) stop marker (group \(fault.groupIndex)) was reported to the core as a fault")
+        }
+    }
+
+    /// A group handed to a handler is one (PASID, PRG index) of one use of the PASID: every
+    /// request has the last one's PASID, and none was reported before that PASID's last
+    /// teardown (a partial the drain should have dropped, merged into the next owner's group).
+    public func pageFaultGroupBuilt(_ group: IOPFGroup) {
+        checks &+= 1
+        let d = group.device
+        let key = Self.key(unit: d.unit, rid: d.requesterID, pasid: group.pasid?.rawValue ?? 0)
+        let tornDown = pasidTornDownAt[key]
+        for f in group.faults {
+            if f.requestPASID != group.pasid {
+                violate("page-request-group-mixed", "\(group) took in a request of \(f.requestPASID.map { "\($0)" } ?? "no PASID") with the same PRG index")
+                return
+            }
+            if let t = tornDown, f.reportedAt < t {
+                violate("stale-partial-in-group", "\(group) took in a request reported at \(f.reportedAt) ns, before the PASID was torn down at \(t) ns: it belongs to its previous owner")
+                return
+            }
         }
     }
 

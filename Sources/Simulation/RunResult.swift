@@ -146,7 +146,7 @@ public struct RunResult: Sendable {
         "prq-queued", "prq-overflows", "unit-auto-responses", "stop-markers-discarded", "unsolicited-completions", "page-faults", "fault-groups",
         "faults-without-handler", "responses-success", "responses-invalid", "responses-failure", "late-responses",
         "partials-discarded", "stop-markers-dropped", "prq-overflows-cleared", "pasid-drains", "user-auto-responses",
-        "device-resets",
+        "device-resets", "partials-dropped-at-teardown",
     ]
 
     static func pageFaultCounters(_ m: Machine, endpoints: [PCIeEndpoint], userAutoResponses: Int) -> [(String, UInt64)] {
@@ -186,6 +186,7 @@ public struct RunResult: Sendable {
             ("prq-overflows-cleared", UInt64(d.reduce(0) { $0 + $1.pageRequestOverflowsCleared })),
             ("pasid-drains", UInt64(d.reduce(0) { $0 + $1.pageRequestDrains })),
             ("user-auto-responses", UInt64(userAutoResponses)), ("device-resets", a.resets),
+            ("partials-dropped-at-teardown", UInt64(c.partialsDroppedAtTeardown)),
         ]
     }
 

@@ -14,6 +14,8 @@ struct PageFaultTests {
         let rig = try KernelRig(seed: seed, units: units)
         let (dev, ep) = try rig.add("accel", dev: 1, pasids: 1 << 16, ats: true, pri: true)
         ep.priConfiguration.credits = credits
+        // These tests time requests exactly: a group's requests go back to back.
+        ep.priConfiguration.requestSpacingNs = 0
         let proc = try rig.core.createProcess()
         let h = try rig.core.svaBind(dev, to: proc)
         return (rig, dev, ep, proc, h)

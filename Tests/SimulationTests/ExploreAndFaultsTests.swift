@@ -118,6 +118,9 @@ struct OracleStrengthTests {
         // Deferred unmaps of 2 MiB scatter lists unlink leaf tables; freeing them at once,
         // not after the flush queue's flush, is caught on their free.
         (.deferredTablesFreedAtOnce, "ats-churn", ["table-freed-before-flush"], "deferred unmaps freeing tables before the flush"),
+        // The PASID drain leaves the stopped PASID's partial groups with the core; the next
+        // owner's group that reuses a PRG index takes the old owner's requests in.
+        (.partialsKeptAtTeardown, "pasid-teardown", ["stale-partial-in-group"], "partial groups kept after a PASID teardown"),
     ]
 
     @Test("each broken behaviour is caught in seeds 1...3", arguments: OracleStrengthTests.cases.indices)

@@ -23,8 +23,16 @@ public struct PRIConfiguration: Equatable, Sendable {
     public var maxPagesPerGroup: Int
     /// Translation attempts after successful responses before the access gives up.
     public var retryLimit: Int
-    public init(enabled: Bool = false, credits: Int = 64, maxPagesPerGroup: Int = 32, retryLimit: Int = 4) {
+    /// Most time between two page requests of one group: a device sends a group's requests
+    /// one by one, a seeded 0...this apart, so a stop can catch a group half sent.
+    public var requestSpacingNs: UInt64
+    /// The device hands out the lowest free PRG index (a free list) rather than the next one
+    /// round the 512: indices of answered or abandoned groups come back at once.
+    public var lowestFreeGroupIndex: Bool
+    public init(enabled: Bool = false, credits: Int = 64, maxPagesPerGroup: Int = 32, retryLimit: Int = 4,
+                requestSpacingNs: UInt64 = 100, lowestFreeGroupIndex: Bool = false) {
         self.enabled = enabled; self.credits = credits; self.maxPagesPerGroup = maxPagesPerGroup; self.retryLimit = retryLimit
+        self.requestSpacingNs = requestSpacingNs; self.lowestFreeGroupIndex = lowestFreeGroupIndex
     }
 }
 
@@ -305,12 +313,22 @@ extension PCIeEndpoint {
         priState.groups[index, default: []].append(OutstandingGroup(pasid: op.pasid, pages: pages, epoch: epoch, op: op))
         op.groups += 1
         atsCounters.groups &+= 1
-        let u = unit
+        let u = unit, s = u.platform.scheduler, spacing = priConfiguration.requestSpacingNs
+        var at = s.now
         for i in 0..<pages {
             let d = PageRequestDescriptor(requester: requesterID, pasid: op.pasid, read: true, write: op.write,
                                           lastInGroup: i == pages - 1, groupIndex: index, address: start &+ UInt64(i) << 12)
-            atsCounters.pageRequests &+= 1
-            link.up(pageRequest: true) { u.receivePageRequest(d) }
+            if i > 0, spacing > 0 { at &+= s.random(below: spacing + 1) }
+            if at == s.now {
+                sendPageRequest(d)
+            } else {
+                // Later requests go only while the group is still the device's: a stop
+                // marker or a reset abandons the rest of it.
+                s.schedule(at: at, kind: .hardware) { [ref] in
+                    guard let e = ref.target, e.priState.groups[index]?.contains(where: { $0.op === op }) == true else { return }
+                    e.sendPageRequest(d)
+                }
+            }
         }
         if misbehaviour.contains(.unsolicitedCompletions) {
             let rid = requesterID
@@ -318,9 +336,18 @@ extension PCIeEndpoint {
         }
     }
 
+    private func sendPageRequest(_ d: PageRequestDescriptor) {
+        atsCounters.pageRequests &+= 1
+        let u = unit
+        link.up(pageRequest: true) { u.receivePageRequest(d) }
+    }
+
     /// A free PRG index (a misbehaving device may take a busy one).
     private func allocateGroupIndex() -> UInt16? {
         if misbehaviour.contains(.reuseGroupIndices), let busy = priState.groups.keys.min() { return busy }
+        if priConfiguration.lowestFreeGroupIndex {
+            return (0..<UInt16(512)).first { priState.groups[$0] == nil }
+        }
         for _ in 0..<512 {
             let i = priState.nextIndex
             priState.nextIndex = (i + 1) & 0x1FF

@@ -48,6 +48,8 @@ public final class IOMMUCore: @unchecked Sendable {
     public internal(set) var lateResponses = 0
     public internal(set) var partialsDropped = 0
     public internal(set) var partialsDiscarded = 0
+    /// Partial requests of torn-down PASIDs dropped by their drain.
+    public internal(set) var partialsDroppedAtTeardown = 0
     /// Broken behaviour to show the oracle catching it (oracle-strength checks only).
     @exclusivity(unchecked) public var injectedBugs: InjectedBugs = []
 

@@ -75,6 +75,8 @@ public protocol KernelObserver: AnyObject {
     func groupDomainChangeEnded(_ group: Group)
     /// The DMA API handed `device` the IOVA range [iova, iova + size) (granule-widened).
     func dmaMapped(_ device: Device, iova: UInt64, size: UInt64)
+    /// The core built a complete page request group and hands it to its domain's handler.
+    func pageFaultGroupBuilt(_ group: IOPFGroup)
     func domainFreed(_ domain: IOMMUDomain)
     /// A driver handed out `did` on `unit`.
     func domainIDAllocated(driver: any IOMMUDriver, unit: Int, did: DomainID)
@@ -101,6 +103,7 @@ extension KernelObserver {
     public func transitionEnded(_ device: Device, pasid: PASID?, current: IOMMUDomain?, path: UpdatePath) {}
     public func groupDomainChangeEnded(_ group: Group) {}
     public func dmaMapped(_ device: Device, iova: UInt64, size: UInt64) {}
+    public func pageFaultGroupBuilt(_ group: IOPFGroup) {}
     public func domainFreed(_ domain: IOMMUDomain) {}
     public func domainIDAllocated(driver: any IOMMUDriver, unit: Int, did: DomainID) {}
     public func domainIDReleased(driver: any IOMMUDriver, unit: Int, did: DomainID) {}

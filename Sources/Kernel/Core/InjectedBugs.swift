@@ -42,4 +42,7 @@ extension InjectedBugs {
     /// A deferred DMA unmap frees the table pages it unlinked at once instead of handing
     /// them to the flush queue (they go before the flush that covers the unmap).
     public static let freeDeferredTablesAtOnce = InjectedBugs(rawValue: 1 << 12)
+    /// A PASID drain leaves the PASID's partial page requests with the core: a group of its
+    /// next owner that reuses their PRG index takes them in.
+    public static let keepPartialsAtTeardown = InjectedBugs(rawValue: 1 << 13)
 }

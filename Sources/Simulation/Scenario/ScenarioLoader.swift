@@ -250,7 +250,7 @@ struct ScenarioParser {
             atsConfig.deviceTLBEntries = try v.int(in: 4...65536)
             guard atsConfig.deviceTLBEntries % atsConfig.deviceTLBWays == 0 else { throw v.error("expected a multiple of \(atsConfig.deviceTLBWays)") }
         }
-        for key in ["credits", "pages-per-group", "retry-limit", "misbehaviour"] where !pri {
+        for key in ["credits", "pages-per-group", "retry-limit", "request-spacing-ns", "prg-index", "misbehaviour"] where !pri {
             if let v = m.optional(key) { throw v.error("\(key) needs pri: true") }
         }
         // PCIe PRI capability: the Outstanding Page Request Allocation (a 32-bit register;
@@ -258,6 +258,8 @@ struct ScenarioParser {
         if let v = m.optional("credits") { priConfig.credits = try v.int(in: 1...65536) }
         if let v = m.optional("pages-per-group") { priConfig.maxPagesPerGroup = try v.int(in: 1...512) }
         if let v = m.optional("retry-limit") { priConfig.retryLimit = try v.int(in: 1...1024) }
+        if let v = m.optional("request-spacing-ns") { priConfig.requestSpacingNs = try v.unsigned(in: 0...1_000_000) }
+        if let v = m.optional("prg-index") { priConfig.lowestFreeGroupIndex = try v.oneOf(["round-robin", "lowest-free"]) == "lowest-free" }
         var misbehaviour: Misbehaviour = []
         if let v = m.optional("misbehaviour") {
             let kinds: [String: Misbehaviour] = ["exceed-credits": .exceedCredits, "reuse-group-indices": .reuseGroupIndices,

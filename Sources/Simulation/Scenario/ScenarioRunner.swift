@@ -36,6 +36,8 @@ public enum Breakage: String, CaseIterable, Sendable {
     case dmaMaskIgnored = "dma-mask-ignored"
     /// Deferred DMA unmaps free their unlinked table pages before the flush queue's flush.
     case deferredTablesFreedAtOnce = "deferred-tables-freed-at-once"
+    /// A PASID drain keeps the PASID's partial page requests (a later group takes them in).
+    case partialsKeptAtTeardown = "partials-kept-at-teardown"
 }
 
 /// Runs a `Scenario` on a fresh `Machine`: probes, runs timed actions and workloads in
@@ -293,6 +295,7 @@ public final class ScenarioRunner {
             case .pageDrainWaitSkipped: bugs.insert(.skipPageDrainWait)
             case .dmaMaskIgnored: bugs.insert(.ignoreDMAMask)
             case .deferredTablesFreedAtOnce: bugs.insert(.freeDeferredTablesAtOnce)
+            case .partialsKeptAtTeardown: bugs.insert(.keepPartialsAtTeardown)
             }
         }
         m.core.injectedBugs = bugs

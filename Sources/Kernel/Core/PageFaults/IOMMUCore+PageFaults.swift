@@ -45,12 +45,26 @@ extension IOMMUCore {
         partialsDiscarded += 1
     }
 
+    /// Drops the partial requests of `device` for `pasid` (nil: its RID): the PASID was torn
+    /// down and drained, so its groups will never be completed (the device stopped using it;
+    /// PCIe stop marker semantics). Left behind, they would be merged into a group of the
+    /// PASID's next owner that happens to reuse their PRG index.
+    public func discardPartialFaults(_ device: Device, pasid: PASID?) {
+        guard let param = device.faultParam else { return }
+        if injectedBugs.contains(.keepPartialsAtTeardown) { return }
+        let before = param.partial.count
+        param.partial.removeAll { $0.requestPASID == pasid }
+        partialsDroppedAtTeardown += before - param.partial.count
+    }
+
     /// Most partial requests kept per device; beyond it (a device that never ends its groups)
     /// the oldest are dropped.
     static let partialLimit = 4096
 
     /// A driver reports one page request of `device` (Linux `iommu_report_device_fault`).
     public func reportPageFault(_ device: Device, _ fault: PageFault) {
+        var fault = fault
+        fault.reportedAt = platform.scheduler.now
         pageFaultsReported += 1
         observer?.pageFaultReported(device, fault)
         let domain: IOMMUDomain?
@@ -75,10 +89,14 @@ extension IOMMUCore {
             param.partial.append(fault)
             return
         }
-        var faults = param.partial.filter { $0.groupIndex == fault.groupIndex }
-        param.partial.removeAll { $0.groupIndex == fault.groupIndex }
+        // A group is one (PASID, PRG index): indices are the function's, and a device may use
+        // one index for groups of two PASIDs once the first was stopped.
+        func member(_ f: PageFault) -> Bool { f.groupIndex == fault.groupIndex && f.requestPASID == fault.requestPASID }
+        var faults = param.partial.filter(member)
+        param.partial.removeAll(where: member)
         faults.append(fault)
         let group = IOPFGroup(device: device, faults: faults, domain: domain, reportedAt: platform.scheduler.now)
+        observer?.pageFaultGroupBuilt(group)
         param.pending[ObjectIdentifier(group)] = group
         pageFaultGroups += 1
         do { try handler.handle(group) } catch {

@@ -30,6 +30,8 @@ public struct PageFault: Equatable, Sendable {
     /// Page address.
     public var address: UInt64
     public var privateData: UInt64
+    /// When the core was told of it (virtual ns; set by `reportPageFault`).
+    public internal(set) var reportedAt: UInt64 = 0
 
     public init(flags: Flags, pasid: PASID, groupIndex: UInt16, permissions: FaultPermissions, address: UInt64, privateData: UInt64 = 0) {
         self.flags = flags; self.pasid = pasid; self.groupIndex = groupIndex; self.permissions = permissions

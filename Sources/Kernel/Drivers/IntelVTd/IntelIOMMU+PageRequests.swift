@@ -130,10 +130,14 @@ extension IntelIOMMU {
     /// order (`intel_iommu_drain_pasid_prq`): (1) the handler sees every request of it still
     /// in the queue; (2) the core's fault work is flushed; (3) VT-d §7.10: a fenced wait, the
     /// IOTLB and device-TLB invalidations, and a page-drain wait, so requests and responses
-    /// in flight are out of the fabric; (4) if the queue overflowed meanwhile, again.
+    /// in flight are out of the fabric; (4) if the queue overflowed meanwhile, again; then the
+    /// PASID's partial groups are dropped.
     func drainPageRequests(_ info: VTdDeviceInfo, pasid: UInt32, did: DomainID, pgtt: PGTT?) {
         guard info.pri, pageRequestQueue != 0 else { return }
         pageRequestDrains += 1
+        // Last: the PASID's groups still partial will never complete (PCIe: after the stop,
+        // the function sends none of their remaining requests).
+        defer { driver?.core?.discardPartialFaults(info.device, pasid: pasid == 0 ? nil : PASID(truncating: pasid)) }
         // One handler pass consumes up to the tail it reads; nothing arrives while it runs.
         if pageRequestQueueHolds(info.requesterID, pasid: pasid) { handlePageRequests() }
         driver?.core?.flushFaultWork(info.device)
