@@ -169,6 +169,24 @@ struct PageFaultTests {
         return (rig, ep, inFlight, queued)
     }
 
+    @Test func framesOfAnSVAMunmapWhoseInvalidationTimedOutAreHeldUntilTranslationIsOffThenFreed() throws {
+        let (rig, _, ep, proc, h) = try Self.svaRig()
+        let va = try proc.mmap(length: 4 * 4096, permissions: .readWrite)
+        #expect(rig.atsAccess(ep, pasid: h.pasid, va, length: 4 * 4096, write: true)?.outcome == .completed)
+        let resident = proc.residentPages.count
+        #expect(resident == 4)
+        rig.platform.faults.mode = .failNth(1, only: .invalidationTimeout)
+        #expect(throws: Never.self) { try proc.munmap(address: va, length: 4 * 4096) }
+        rig.platform.faults.mode = .off
+        let held = rig.core.framesHeldForFailedInvalidations
+        #expect(held.count >= resident, "the data frames (and any table page) wait")
+        #expect(held.allSatisfy { rig.platform.frames.isAllocated($0) })
+        rig.driver.shutdown()
+        rig.core.releaseHeldFrames()
+        #expect(rig.core.framesHeldForFailedInvalidations.isEmpty)
+        #expect(held.allSatisfy { !rig.platform.frames.isAllocated($0) })
+    }
+
     @Test func aStopWithAStopMarkerReportsStoppedOnlyAfterThePASIDsTranslationRequestsComplete() throws {
         let (rig, _, ep, proc, h) = try Self.svaRig()
         let va = try proc.mmap(length: 4 * 4096, permissions: .readWrite)

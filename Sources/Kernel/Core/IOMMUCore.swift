@@ -48,6 +48,9 @@ public final class IOMMUCore: @unchecked Sendable {
     public internal(set) var lateResponses = 0
     public internal(set) var partialsDropped = 0
     public internal(set) var partialsDiscarded = 0
+    /// Frames that may still be reached through a translation whose invalidation failed
+    /// (an mmu-notifier flush that timed out): kept until every unit's translation is off.
+    public private(set) var framesHeldForFailedInvalidations: [UInt64] = []
     /// Partial requests of torn-down PASIDs dropped by their drain.
     public internal(set) var partialsDroppedAtTeardown = 0
     /// Broken behaviour to show the oracle catching it (oracle-strength checks only).
@@ -56,6 +59,15 @@ public final class IOMMUCore: @unchecked Sendable {
     public init(platform: PlatformContext, policy: DMAPolicy = .strict) {
         self.platform = platform
         self.policy = policy
+    }
+
+    func holdUntilTranslationOff(_ frames: [UInt64]) { framesHeldForFailedInvalidations += frames }
+
+    /// Frees the frames held after failed invalidations. Only once the drivers have turned
+    /// translation off (shutdown): no stale cache entry can reach them then.
+    public func releaseHeldFrames() {
+        for f in framesHeldForFailedInvalidations { try? platform.frames.free(f) }
+        framesHeldForFailedInvalidations = []
     }
 
     /// A core dropped with devices still probed (a run stopped before its teardown) leaves no

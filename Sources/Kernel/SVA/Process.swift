@@ -125,6 +125,7 @@ public final class Process: @unchecked Sendable, CustomStringConvertible {
             for t in gather.freedTables { try? core.platform.frames.free(t) }
         } else {
             leakedAfterFailedInvalidation += frames.count + gather.freedTables.count
+            core.holdUntilTranslationOff(frames + gather.freedTables)
         }
         var kept: [VMA] = []
         for v in vmas {
@@ -135,7 +136,8 @@ public final class Process: @unchecked Sendable, CustomStringConvertible {
         vmas = kept
     }
 
-    /// Frames kept because their invalidation failed.
+    /// Frames kept because their invalidation failed (the core holds them until translation
+    /// is off: `IOMMUCore.releaseHeldFrames`).
     public private(set) var leakedAfterFailedInvalidation = 0
 
     /// Ends the process: every mapping goes, the page tables are freed and the PASID goes back

@@ -13,6 +13,7 @@ extension ScenarioRunner {
         let s = m.scheduler
         guard probed else {
             m.driver.shutdown()
+            m.core.releaseHeldFrames()
             m.freeBuffers()
             m.oracle.checkTeardown(core: m.core, driver: m.driver)
             return
@@ -72,6 +73,7 @@ extension ScenarioRunner {
         }
         s.run(until: s.now + 10_000)
         m.driver.shutdown()
+        m.core.releaseHeldFrames()
         m.freeBuffers()
         m.oracle.checkTeardown(core: m.core, driver: m.driver)
         note("teardown complete: \(m.platform.frames.inUse) frames, \(m.core.pasids.allocated) PASIDs, \(m.core.liveDomains.count) domains left")
