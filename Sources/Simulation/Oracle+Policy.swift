@@ -14,13 +14,13 @@ extension Oracle {
         }
         guard !untrustedDevices.isEmpty else { return }
         let me = Ref.paging(domain.id)
-        for (key, w) in windows where w.current == me || w.previous == me {
-            let device = (key >> 40) << 16 | (key >> 20 & 0xFFFF)
-            if untrustedDevices.contains(device) {
-                let rid = RequesterID(rawValue: UInt16(truncatingIfNeeded: key >> 20))
-                violate("deferred-unmap-untrusted", "\(domain) deferred the unmap of \(Self.hex(iova)) although untrusted \(rid) on unit \(key >> 40) can still reach it")
-                return
-            }
+        // The lowest key, so the report does not depend on the dictionary's order.
+        let reaching = windows.lazy.filter { (key, w) in
+            (w.current == me || w.previous == me) && self.untrustedDevices.contains((key >> 40) << 16 | (key >> 20 & 0xFFFF))
+        }.map(\.key).min()
+        if let key = reaching {
+            let rid = RequesterID(rawValue: UInt16(truncatingIfNeeded: key >> 20))
+            violate("deferred-unmap-untrusted", "\(domain) deferred the unmap of \(Self.hex(iova)) although untrusted \(rid) on unit \(key >> 40) can still reach it")
         }
     }
 

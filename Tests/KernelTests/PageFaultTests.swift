@@ -169,6 +169,24 @@ struct PageFaultTests {
         return (rig, ep, inFlight, queued)
     }
 
+    @Test func aStopWaitsOnlyForTranslationRequestsIssuedBeforeIt() throws {
+        let (rig, _, ep, proc, h) = try Self.svaRig()
+        ep.misbehaviour = .requestsAfterStop // it goes on using the PASID after the stop
+        let va = try proc.mmap(length: 8 * 4096, permissions: .readWrite)
+        // The later access's page is resident: it completes the moment its translation returns.
+        #expect(proc.fault(at: va + 4 * 4096, access: [.read, .write]))
+        ep.atsAccess(pasid: h.pasid, address: va, length: 4096, write: true) { _ in }
+        while ep.atsCounters.translationRequests == 0 && rig.scheduler.runNext(hardwareOnly: true) {}
+        var stoppedAt: UInt64?
+        ep.stopPASID(h.pasid, stopMarker: true) { stoppedAt = rig.scheduler.now }
+        var laterDoneAt: UInt64?
+        ep.atsAccess(pasid: h.pasid, address: va + 4 * 4096, length: 4096, write: true) { _ in laterDoneAt = rig.scheduler.now }
+        while (stoppedAt == nil || laterDoneAt == nil) && rig.scheduler.runNext() {}
+        let stopped = try #require(stoppedAt), later = try #require(laterDoneAt)
+        #expect(ep.atsCounters.translationRequests >= 2, "the device kept translating after the stop")
+        #expect(stopped < later, "the stop completed once the request issued before it was answered, not when the later one was")
+    }
+
     @Test func framesOfAnSVAMunmapWhoseInvalidationTimedOutAreHeldUntilTranslationIsOffThenFreed() throws {
         let (rig, _, ep, proc, h) = try Self.svaRig()
         let va = try proc.mmap(length: 4 * 4096, permissions: .readWrite)

@@ -68,6 +68,8 @@ struct StopWaiter {
     var pasid: PASID
     /// Also wait until the PASID's page request groups are answered (a stop without marker).
     var waitForGroups: Bool
+    /// Translation requests with a lower serial were issued before the stop: it waits for them.
+    var serialAtStop: UInt64
     var completion: () -> Void
 }
 
@@ -263,18 +265,24 @@ extension PCIeEndpoint {
         atsCounters.translationRequests &+= 1
         let u = unit, rid = requesterID, pasid = op.pasid, write = op.write
         let issued = u.platform.scheduler.now
-        translationsInFlight[Self.tlbKey1(pasid), default: 0] += 1
+        let serial = nextTranslationSerial
+        nextTranslationSerial &+= 1
+        translationsInFlight[Self.tlbKey1(pasid), default: []].append(serial)
         link.up { [ref, link] in
             let answer = u.atsTranslate(source: rid, pasid: pasid, address: va, write: write)
-            link.down { ref.target?.translationCompleted(op, va: va, answer, issued: issued) }
+            link.down { ref.target?.translationCompleted(op, va: va, answer, issued: issued, serial: serial) }
         }
     }
 
-    private func translationCompleted(_ op: ATSOperation, va: UInt64, _ answer: ATSCompletion, issued: UInt64) {
+    private func translationCompleted(_ op: ATSOperation, va: UInt64, _ answer: ATSCompletion, issued: UInt64, serial: UInt64) {
         let key = Self.tlbKey1(op.pasid)
-        if let n = translationsInFlight[key] { translationsInFlight[key] = n > 1 ? n - 1 : nil }
-        if answer == .unsupportedRequest, let p = op.pasid, let stopped = stopCompletedAt[p.rawValue], stopped >= issued {
-            onAnomaly?(.requestFaultedAfterStop(pasid: p, issuedNs: issued, stoppedNs: stopped))
+        if var list = translationsInFlight[key], let at = list.firstIndex(of: serial) {
+            list.remove(at: at)
+            translationsInFlight[key] = list.isEmpty ? nil : list
+        }
+        // Issued before the PASID's stop completed, refused after it: the stop came too early.
+        if answer == .unsupportedRequest, let p = op.pasid, let stop = stopCompletedAt[p.rawValue], serial < stop.serial {
+            onAnomaly?(.requestFaultedAfterStop(pasid: p, issuedNs: issued, stoppedNs: stop.time))
         }
         defer { checkStopWaiters() }
         guard !op.finished else { return }
@@ -446,7 +454,8 @@ extension PCIeEndpoint {
             link.up(pageRequest: true) { u.receivePageRequest(d) }
             wakeCreditWaiters()
         }
-        stopWaiters.append(StopWaiter(pasid: pasid, waitForGroups: !stopMarker, completion: completion))
+        stopWaiters.append(StopWaiter(pasid: pasid, waitForGroups: !stopMarker, serialAtStop: nextTranslationSerial,
+                                      completion: completion))
         checkStopWaiters()
     }
 
@@ -455,13 +464,16 @@ extension PCIeEndpoint {
         var still: [StopWaiter] = []
         var ready: [StopWaiter] = []
         for w in stopWaiters {
-            let translating = !stopIgnoresTranslations && (translationsInFlight[Self.tlbKey1(w.pasid)] ?? 0) > 0
+            // Only requests issued before the stop count: a device that goes on using the PASID
+            // (requests-after-stop) cannot hold its own stop back.
+            let oldest = translationsInFlight[Self.tlbKey1(w.pasid)]?.first
+            let translating = !stopIgnoresTranslations && oldest.map { $0 < w.serialAtStop } == true
             let grouped = w.waitForGroups && priState.groups.values.contains { $0.contains { $0.pasid == w.pasid } }
             if translating || grouped { still.append(w) } else { ready.append(w) }
         }
         stopWaiters = still
         for w in ready {
-            stopCompletedAt[w.pasid.rawValue] = unit.platform.scheduler.now
+            stopCompletedAt[w.pasid.rawValue] = (unit.platform.scheduler.now, nextTranslationSerial)
             w.completion()
         }
     }
@@ -473,10 +485,12 @@ extension PCIeEndpoint {
     }
 
     /// Function reset (FLR): the device TLB is emptied, outstanding page request groups are
-    /// forgotten (a response that still arrives for one is discarded as stale, never taken
-    /// for another group), credits come back, and PRI works again after a Response Failure
-    /// (the failure state lasts until reset, PCIe PRI). Stopped PASIDs stay stopped until
-    /// the driver starts them again; a stop waiting for its groups completes.
+    /// forgotten (a response that still arrives for one is discarded as stale while its
+    /// index is unused; as on hardware, one arriving after the index was given to a new
+    /// group is taken for it, so a driver quiesces the device's page requests first), credits
+    /// come back, and PRI works again after a Response Failure (the failure state lasts until
+    /// reset, PCIe PRI). Stopped PASIDs stay stopped until the driver starts them again; a
+    /// stop waiting for its groups completes.
     public func resetATS() {
         for (index, list) in priState.groups {
             for g in list {

@@ -85,10 +85,12 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
     /// `stopPASID` calls waiting for their PASID's outstanding translation requests (and,
     /// without a stop marker, its page request groups) to complete.
     var stopWaiters: [StopWaiter] = []
-    /// Translation requests sent and not yet answered, by PASID (`tlbKey1`).
-    var translationsInFlight: [UInt64: Int] = [:]
-    /// When each PASID's last stop completed (the device reported it stopped).
-    var stopCompletedAt: [UInt32: UInt64] = [:]
+    /// Serial numbers of translation requests sent and not yet answered, by PASID (`tlbKey1`),
+    /// oldest first (the lanes are FIFO), and the next serial to hand out.
+    var translationsInFlight: [UInt64: [UInt64]] = [:]
+    var nextTranslationSerial: UInt64 = 0
+    /// When each PASID's last stop completed, and the first serial issued after it.
+    var stopCompletedAt: [UInt32: (time: UInt64, serial: UInt64)] = [:]
     /// Test-only broken behaviour: a stop reports completion without waiting for the PASID's
     /// translation requests (PCIe requires them to complete first). Oracle-strength runs only.
     public var stopIgnoresTranslations = false

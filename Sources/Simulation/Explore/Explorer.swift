@@ -64,15 +64,22 @@ public struct Explorer: Sendable {
         return Injection(point: point, nth: 1 + Int(rng.next(below: UInt64(hits))))
     }
 
-    /// Fault points and hit counts of a counting run of the scenario (its first seed).
-    func countPoints(seed: UInt64) -> [(String, Int)] {
+    /// Fault points and hit counts of a counting run of the scenario (its first seed), or why
+    /// there are none to inject.
+    func countPoints(seed: UInt64) -> Result<[(String, Int)], CountingFailed> {
         var options = ScenarioRunner.Options(seed: seed)
         options.breakage = breakage
         options.tolerant = true
         options.faultMode = .count
-        guard let r = try? ScenarioRunner(scenario: scenario, options: options).run() else { return [] }
-        return r.pointHitsByName
+        do {
+            let points = try ScenarioRunner(scenario: scenario, options: options).run().pointHitsByName.filter { $0.1 > 0 }
+            return points.isEmpty ? .failure(CountingFailed(reason: "the scenario reaches no fault-injection point")) : .success(points)
+        } catch {
+            return .failure(CountingFailed(reason: "the counting run failed: \(error)"))
+        }
     }
+
+    struct CountingFailed: Error { var reason: String }
 
     /// Runs one seed with `injection` (tolerant: steps after an injected failure may fail as
     /// designed) and reduces it to what is a bug: violations that are not the designed outcome
@@ -138,10 +145,19 @@ public struct Explorer: Sendable {
         let count = Int(seeds.upperBound - seeds.lowerBound) + 1
         // Each seed's result is folded in as it arrives and dropped: a campaign of any length
         // keeps one finding per invariant, never one record per seed.
-        var findings = Findings()
         var violating = 0
         var translations: UInt64 = 0
-        let points = injectFaults ? countPoints(seed: seeds.lowerBound) : []
+        var findings = Findings()
+        var counted: [(String, Int)] = []
+        if injectFaults {
+            switch countPoints(seed: seeds.lowerBound) {
+            case .success(let p): counted = p
+            case .failure(let f):
+                // Seeds would run without any injection: say so rather than pass quietly.
+                findings.add(SeedResult(seed: seeds.lowerBound, firsts: [("inject-faults-unavailable", f.reason, 0)], translations: 0))
+            }
+        }
+        let points = counted
         ParallelJobs.forEach(count: count, jobs: jobs, { i in
             let seed = seeds.lowerBound + UInt64(i)
             if self.injectFaults, let injection = Self.injection(for: seed, points: points) { return self.runSeed(seed, injection: injection) }

@@ -193,8 +193,15 @@ extension ScenarioRunner {
         guard let g = devices[d].group, let previous = g.domain else { return }
         let blocked = devices[d].driver.blockedDomain
         guard step("\(label): block", line: line, { () throws(IOMMUError) in try m.core.replace(g, with: blocked) }) else { return }
-        // The function reset itself: the device's ATS and PRI state goes as hardware's does.
+        // The driver quiesces the function first: its outstanding page request groups are
+        // answered (bounded, as a stop without marker), so no response arrives after the reset
+        // for an index the device hands out again.
         let e = endpoints[d]
+        let s = m.scheduler
+        let deadline = s.now + 50_000_000
+        while e.priState.outstandingGroups > 0 && s.runNext(notAfter: deadline) {}
+        if e.priState.outstandingGroups > 0 { note("\(label): \(e.name) still had \(e.priState.outstandingGroups) page request group(s) outstanding at its reset") }
+        // The function reset itself: the device's ATS and PRI state goes as hardware's does.
         let cached = e.deviceTLBOccupancy, failed = e.priState.failed
         e.resetATS()
         note("\(label): function reset of \(e.name) (device TLB \(cached) → \(e.deviceTLBOccupancy) entries\(failed ? ", PRI re-enabled after a Response Failure" : ""))")
