@@ -16,7 +16,7 @@ extension Oracle {
         let me = Ref.paging(domain.id)
         // The lowest key, so the report does not depend on the dictionary's order.
         let reaching = windows.lazy.filter { (key, w) in
-            (w.current == me || w.previous == me) && self.untrustedDevices.contains((key >> 40) << 16 | (key >> 20 & 0xFFFF))
+            (w.current == me || w.previous == me) && self.untrustedDevices.contains(Self.deviceKey(ofWindow: key))
         }.map(\.key).min()
         if let key = reaching {
             let rid = RequesterID(rawValue: UInt16(truncatingIfNeeded: key >> 20))

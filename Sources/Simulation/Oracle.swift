@@ -164,6 +164,10 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         UInt64(unit) << 40 | UInt64(rid.rawValue) << 20 | UInt64(pasid)
     }
 
+    /// A device's key, (unit, requester ID), alone or from a window's key.
+    static func deviceKey(unit: Int, rid: UInt16) -> UInt64 { UInt64(unit) << 16 | UInt64(rid) }
+    static func deviceKey(ofWindow key: UInt64) -> UInt64 { (key >> 40) << 16 | (key >> 20 & 0xFFFF) }
+
     func ref(_ d: IOMMUDomain?) -> Ref? {
         guard let d else { return nil }
         switch d.type {
@@ -366,7 +370,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     public func transitionBegan(_ device: Device, pasid: PASID?, from: IOMMUDomain?, to: IOMMUDomain?) {
         generation &+= 1
         guard tracks(device.driver) else { return }
-        if device.untrusted { untrustedDevices.insert(UInt64(device.unit) << 16 | UInt64(device.requesterID.rawValue)) }
+        if device.untrusted { untrustedDevices.insert(Self.deviceKey(unit: device.unit, rid: device.requesterID.rawValue)) }
         let key = Self.key(unit: device.unit, rid: device.requesterID, pasid: pasid?.rawValue ?? 0)
         var w = windows[key] ?? Window()
         w.previous = ref(from)
@@ -443,7 +447,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     /// Watches an endpoint: protocol anomalies it sees are violations, and its device TLB is
     /// checked after every unmap of a domain it is attached to.
     public func watch(_ e: PCIeEndpoint, unit: Int) {
-        if e.atsConfiguration.enabled { endpoints[UInt64(unit) << 16 | UInt64(e.requesterID.rawValue)] = e }
+        if e.atsConfiguration.enabled { endpoints[Self.deviceKey(unit: unit, rid: e.requesterID.rawValue)] = e }
         // The hook lives in the endpoint: capturing the endpoint itself would keep it (and through
         // it the unit, the platform and the machine's memory) alive forever.
         let name = e.name
@@ -466,8 +470,8 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         guard size > 0, !endpoints.isEmpty else { return }
         let me = Ref.paging(domain.id)
         for (key, w) in windows where w.current == me || w.previous == me {
-            let unit = key >> 40, rid = UInt16(truncatingIfNeeded: key >> 20), pasid = UInt32(key & 0xFFFFF)
-            guard let e = endpoints[unit << 16 | UInt64(rid)] else { continue }
+            let pasid = UInt32(key & 0xFFFFF)
+            guard let e = endpoints[Self.deviceKey(ofWindow: key)] else { continue }
             let stale = e.deviceTLBEntries(pasid: pasid == 0 ? nil : PASID(truncating: pasid), start: iova, end: iova + size - 1)
             if let first = stale.first {
                 violate("stale-device-tlb", "\(e.name)\(pasid == 0 ? "" : " PASID \(pasid)") still caches \(Self.hex(first.address)) → \(Self.hex(first.physical)) after the unmap of \(Self.hex(iova))+\(Self.hex(size)) in domain \(domain.id) completed")

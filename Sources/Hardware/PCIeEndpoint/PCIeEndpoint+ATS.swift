@@ -275,11 +275,9 @@ extension PCIeEndpoint {
     }
 
     private func translationCompleted(_ op: ATSOperation, va: UInt64, _ answer: ATSCompletion, issued: UInt64, serial: UInt64) {
+        // In place (an emptied list keeps its storage for the PASID's next request).
         let key = Self.tlbKey1(op.pasid)
-        if var list = translationsInFlight[key], let at = list.firstIndex(of: serial) {
-            list.remove(at: at)
-            translationsInFlight[key] = list.isEmpty ? nil : list
-        }
+        if let at = translationsInFlight[key]?.firstIndex(of: serial) { translationsInFlight[key]?.remove(at: at) }
         // Issued before the PASID's stop completed, refused after it: the stop came too early.
         if answer == .unsupportedRequest, let p = op.pasid, let stop = stopCompletedAt[p.rawValue], serial < stop.serial {
             onAnomaly?(.requestFaultedAfterStop(pasid: p, issuedNs: issued, stoppedNs: stop.time))
@@ -426,9 +424,9 @@ extension PCIeEndpoint {
     /// marker, outstanding groups of the PASID are abandoned (their credits returned) and a
     /// stop marker follows the page requests already sent. Without, the device waits until
     /// every outstanding group of the PASID is answered. Either way `completion` runs only
-    /// once the PASID's translation requests have completed: a function reports a PASID
-    /// stopped after its outstanding non-posted requests complete (PCIe PASID stop), not
-    /// its page requests, which the stop marker covers.
+    /// once the PASID's translation requests issued before the stop have completed: a
+    /// function reports a PASID stopped after its outstanding non-posted requests complete
+    /// (PCIe PASID stop), not its page requests, which the stop marker covers.
     public func stopPASID(_ pasid: PASID, stopMarker: Bool, completion: @escaping () -> Void) {
         priState.stopped.insert(pasid.rawValue)
         let waiting = creditWaiters.filter { $0.pasid == pasid }

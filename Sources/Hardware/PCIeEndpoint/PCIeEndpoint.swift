@@ -85,8 +85,8 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
     /// `stopPASID` calls waiting for their PASID's outstanding translation requests (and,
     /// without a stop marker, its page request groups) to complete.
     var stopWaiters: [StopWaiter] = []
-    /// Serial numbers of translation requests sent and not yet answered, by PASID (`tlbKey1`),
-    /// oldest first (the lanes are FIFO), and the next serial to hand out.
+    /// Serial numbers of translation requests sent and not yet answered, by PASID (`tlbKey1`;
+    /// an emptied list stays), oldest first (the lanes are FIFO), and the next serial.
     var translationsInFlight: [UInt64: [UInt64]] = [:]
     var nextTranslationSerial: UInt64 = 0
     /// When each PASID's last stop completed, and the first serial issued after it.

@@ -112,7 +112,8 @@ extension VTdUnit {
         let index = invalidationQueueHead / descriptorBytes
         if !dropped, !drained, case .wait(let w) = descriptor, w.pageDrain {
             // Page drain (VT-d §7.10): the wait completes only once the page requests and
-            // responses in flight between devices and the unit now are out of the fabric.
+            // responses in flight between devices and the unit now, and the requests on the
+            // unit's own path, are out (`pageTrafficLeft`).
             let targets = pageTrafficInFlight()
             if !targets.isEmpty || pageRequestsProcessed < pageRequestsAccepted {
                 c.pointee.drainsHeld &+= 1

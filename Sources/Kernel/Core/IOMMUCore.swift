@@ -76,8 +76,10 @@ public final class IOMMUCore: @unchecked Sendable {
     /// machine is going as a whole.
     deinit {
         for g in groups { g.devices = []; g.domain = nil; g.defaultDomain = nil; g.blockingDomain = nil; g.pasidDomains = [:] }
-        for d in devices { d.faultParam?.queue.forgetAll() }
-        for d in devices { d.group = nil; d.attachedDomain = nil; d.attachedPASIDs = [:]; d.driverData = nil; d.faultParam = nil }
+        for d in devices {
+            d.faultParam?.queue.forgetAll()
+            d.group = nil; d.attachedDomain = nil; d.attachedPASIDs = [:]; d.driverData = nil; d.faultParam = nil
+        }
     }
 
     /// Adds a driver; its units can then have devices probed behind them.

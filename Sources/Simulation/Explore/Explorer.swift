@@ -54,6 +54,13 @@ public struct Explorer: Sendable {
         self.injectFaults = injectFaults
     }
 
+    /// A run of `seed` with this explorer's breakage.
+    private func options(_ seed: UInt64) -> ScenarioRunner.Options {
+        var o = ScenarioRunner.Options(seed: seed)
+        o.breakage = breakage
+        return o
+    }
+
     /// The fault seed `seed` injects, from the points (and their hit counts) a counting run
     /// reached; nil when it reached none.
     static func injection(for seed: UInt64, points: [(String, Int)]) -> Injection? {
@@ -67,8 +74,7 @@ public struct Explorer: Sendable {
     /// Fault points and hit counts of a counting run of the scenario (its first seed), or why
     /// there are none to inject.
     func countPoints(seed: UInt64) -> Result<[(String, Int)], CountingFailed> {
-        var options = ScenarioRunner.Options(seed: seed)
-        options.breakage = breakage
+        var options = options(seed)
         options.tolerant = true
         options.faultMode = .count
         do {
@@ -85,8 +91,7 @@ public struct Explorer: Sendable {
     /// designed) and reduces it to what is a bug: violations that are not the designed outcome
     /// of the injected fault, leaks, and failed steps that did not roll back.
     func runSeed(_ seed: UInt64, injection: Injection) -> SeedResult {
-        var options = ScenarioRunner.Options(seed: seed)
-        options.breakage = breakage
+        var options = options(seed)
         options.tolerant = true
         options.faultMode = .failNth(injection.nth, only: FaultPoint(injection.point))
         var firsts: [(String, String, UInt64)] = []
@@ -113,8 +118,7 @@ public struct Explorer: Sendable {
     /// budget as `budget-exceeded`; unmet expectations other than the violation count as
     /// `expectation`.
     func runSeed(_ seed: UInt64) -> SeedResult {
-        var options = ScenarioRunner.Options(seed: seed)
-        options.breakage = breakage
+        let options = options(seed)
         var firsts: [(String, String, UInt64)] = []
         func add(_ invariant: String, _ detail: String, _ time: UInt64) {
             if !firsts.contains(where: { $0.0 == invariant }) { firsts.append((invariant, detail, time)) }
