@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Layers (bottom-up; a layer imports only layers below it):
-//   CIOMMUSupport (C atomics) -> Platform -> Formats -> Hardware -> Kernel -> Simulation -> iommu-sim
+//   CIOMMUSupport (C atomics) -> Platform -> Formats -> Hardware -> Kernel -> IOMMUFD -> Simulation -> iommu-sim
 // CReference holds plain-C reference implementations used only by the benchmarks.
 // Release builds drop the runtime exclusivity checks (swift_beginAccess on every class-property
 // access that spans a call or crosses a module; about 15% of a `run`). Debug builds, which
@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "Formats", targets: ["Formats"]),
         .library(name: "Hardware", targets: ["Hardware"]),
         .library(name: "Kernel", targets: ["Kernel"]),
+        .library(name: "IOMMUFD", targets: ["IOMMUFD"]),
         .library(name: "Simulation", targets: ["Simulation"]),
         .executable(name: "iommu-sim", targets: ["iommu-sim"]),
     ],
@@ -30,16 +31,17 @@ let package = Package(
         .target(name: "Formats", dependencies: ["Platform"], swiftSettings: releaseSettings),
         .target(name: "Hardware", dependencies: ["Platform", "Formats"], swiftSettings: releaseSettings),
         .target(name: "Kernel", dependencies: ["Platform", "Formats", "Hardware"], swiftSettings: releaseSettings),
+        .target(name: "IOMMUFD", dependencies: ["Platform", "Formats", "Kernel"], swiftSettings: releaseSettings),
         .target(
             name: "Simulation",
-            dependencies: ["CIOMMUSupport", "Platform", "Formats", "Hardware", "Kernel", .product(name: "Yams", package: "Yams")],
+            dependencies: ["CIOMMUSupport", "Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", .product(name: "Yams", package: "Yams")],
             resources: [.copy("Scenarios")],
             swiftSettings: releaseSettings
         ),
         .executableTarget(
             name: "iommu-sim",
             dependencies: [
-                "Platform", "Formats", "Hardware", "Kernel", "Simulation", "CReference",
+                "Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation", "CReference",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: releaseSettings
@@ -47,7 +49,8 @@ let package = Package(
         .testTarget(name: "PlatformTests", dependencies: ["Platform"]),
         .testTarget(name: "FormatsTests", dependencies: ["Platform", "Formats"]),
         .testTarget(name: "HardwareTests", dependencies: ["Platform", "Formats", "Hardware"]),
-        .testTarget(name: "KernelTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "Simulation"]),
+        .testTarget(name: "KernelTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"]),
+        .testTarget(name: "IOMMUFDTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"]),
         .testTarget(name: "SimulationTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "Simulation"]),
     ]
 )

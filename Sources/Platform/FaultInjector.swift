@@ -25,6 +25,13 @@ public struct FaultPoint: Hashable, Sendable, CustomStringConvertible {
     @inlinable public static var pasidAlloc: FaultPoint { FaultPoint("kernel.pasid-alloc") }
     /// A driver's domain allocation (default and user domains).
     @inlinable public static var domainAlloc: FaultPoint { FaultPoint("kernel.domain-alloc") }
+    /// iommufd's own points (Linux `fail_iommufd`): an object's allocation (ENOMEM),
+    /// pinning a batch of user pages (EFAULT), charging pins to RLIMIT_MEMLOCK (ENOMEM), and
+    /// copying from or to user memory (EFAULT).
+    @inlinable public static var iommufdObjectAlloc: FaultPoint { FaultPoint("iommufd.object-alloc") }
+    @inlinable public static var iommufdPin: FaultPoint { FaultPoint("iommufd.pin") }
+    @inlinable public static var iommufdAccount: FaultPoint { FaultPoint("iommufd.account") }
+    @inlinable public static var iommufdUserCopy: FaultPoint { FaultPoint("iommufd.user-copy") }
 
     /// Every point the code consults, in one list: scenario files may name only these (a
     /// misspelt point would inject nothing). A point is declared here, beside the others,
@@ -32,7 +39,7 @@ public struct FaultPoint: Hashable, Sendable, CustomStringConvertible {
     /// sources construct by name is in this list).
     public static var all: [FaultPoint] {
         [.frameAlloc, .didAlloc, .pasidAlloc, .domainAlloc, .invalidationTimeout, .invalidationDrop, .invalidationDelay,
-         .faultRecordOverflow]
+         .faultRecordOverflow, .iommufdObjectAlloc, .iommufdPin, .iommufdAccount, .iommufdUserCopy]
     }
 
     /// The point called `name`, if the code has one.

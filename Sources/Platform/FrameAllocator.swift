@@ -134,14 +134,19 @@ public final class FrameAllocator: @unchecked Sendable {
     /// Allocates `count` physically contiguous zeroed frames (queues larger than a page, as
     /// the 64 KiB page request queue). They come from the never-used part of the region and
     /// are freed one by one with `free`. Returns the first frame's address.
-    public func allocateContiguous(_ count: Int, _ purpose: Purpose = .other) throws(FrameError) -> UInt64 {
-        guard count > 0 else { throw .outOfMemory }
+    /// `alignment` (frames, a power of two) aligns the first frame, as huge pages are; the
+    /// fresh frames skipped to reach it go to the free list.
+    public func allocateContiguous(_ count: Int, _ purpose: Purpose = .other, alignment: Int = 1) throws(FrameError) -> UInt64 {
+        guard count > 0, alignment > 0, alignment & (alignment - 1) == 0 else { throw .outOfMemory }
         if let faults, faults.shouldFail(.frameAlloc) { throw .injected }
         let first = firstFrame, end = endFrame
+        let mask = UInt64(alignment - 1)
         let start: UInt64? = state.withLock { s in
-            guard end - s.nextFresh >= UInt64(count) else { return nil }
-            let start = s.nextFresh
-            s.nextFresh += UInt64(count)
+            let aligned = (s.nextFresh + mask) & ~mask
+            guard aligned <= end, end - aligned >= UInt64(count) else { return nil }
+            for skipped in s.nextFresh..<aligned { s.freeList.append(skipped) }
+            let start = aligned
+            s.nextFresh = aligned + UInt64(count)
             s.prefaultedEnd = max(s.prefaultedEnd, s.nextFresh)
             for frame in start..<start + UInt64(count) { s.take(Int(frame - first), purpose) }
             return start

@@ -3,6 +3,7 @@ import Platform
 import Formats
 import Hardware
 import Kernel
+import IOMMUFD
 @testable import Simulation
 
 @Suite("IO page faults: ATS, PRI, the page request queue, the fault pipeline, SVA, user fault queues")

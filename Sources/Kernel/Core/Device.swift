@@ -66,6 +66,8 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     var faultParam: FaultParam?
     /// Whether the device reports recoverable faults (it is on a fault queue).
     public var reportsPageFaults: Bool { faultParam != nil }
+    /// The user API context the device is bound to (VFIO's `BIND_IOMMUFD`), if any.
+    public var boundContext: ObjectIdentifier?
     /// The user API's number for the device (iommufd `dev_id`), set at probe.
     public internal(set) var objectID: UInt32 = 0
     /// Driver-private state (Linux `dev_iommu->priv`).
@@ -108,6 +110,10 @@ public final class Group: @unchecked Sendable, CustomStringConvertible {
     @exclusivity(unchecked) public internal(set) var dmaOwned = false {
         didSet { for d in devices { d.dmaCookieCache = nil } }
     }
+    /// Who owns the group's DMA when a user claimed it per device (Linux `group->owner`),
+    /// and how many of its devices claimed it (`owner_cnt`).
+    public internal(set) var dmaOwnerID: ObjectIdentifier?
+    public internal(set) var dmaOwnerCount = 0
 
     init(id: Int, key: String) { self.id = id; self.key = key }
 

@@ -78,6 +78,34 @@ extension IOMMUCore {
         if let d = group.defaultDomain { try setGroupDomain(group, d, mustSucceed: true) }
     }
 
+    /// A user claims DMA ownership through one device (Linux
+    /// `iommu_device_claim_dma_owner`): the first claim moves the group to its blocking
+    /// domain; later claims by the same owner only count; another owner gets `EBUSY`.
+    public func claimDMAOwner(_ device: Device, owner: AnyObject) throws(IOMMUError) {
+        try checkProbed(device)
+        guard let g = device.group else { throw .noDevice("\(device) has no group") }
+        if g.dmaOwned {
+            guard let id = g.dmaOwnerID, id == ObjectIdentifier(owner) else { throw .busy("\(g) has another DMA owner") }
+            g.dmaOwnerCount += 1
+            return
+        }
+        try claimDMAOwner(g)
+        g.dmaOwnerID = ObjectIdentifier(owner)
+        g.dmaOwnerCount = 1
+    }
+
+    /// Drops one claim made through a device (Linux `iommu_device_release_dma_owner`); the
+    /// last one gives the group back to its default domain.
+    public func releaseDMAOwner(_ device: Device, owner: AnyObject) throws(IOMMUError) {
+        guard let g = device.group, g.dmaOwned, g.dmaOwnerID == ObjectIdentifier(owner), g.dmaOwnerCount > 0 else {
+            throw .notFound("\(device) is not claimed by this owner")
+        }
+        if g.dmaOwnerCount > 1 { g.dmaOwnerCount -= 1; return }
+        try releaseDMAOwner(g)
+        g.dmaOwnerID = nil
+        g.dmaOwnerCount = 0
+    }
+
     func coreDomain(of g: Group) -> IOMMUDomain {
         if g.dmaOwned, let b = g.blockingDomain { return b }
         return g.defaultDomain ?? g.devices[0].driver.blockedDomain

@@ -31,6 +31,36 @@ public protocol IOMMUDriver: AnyObject, Sendable {
     func pageResponse(_ device: Device, to fault: PageFault, code: PageResponseCode)
     /// A domain sharing `process`'s address space with `device` (`domain_alloc_sva`).
     func allocSVADomain(for device: Device, process: Process) throws(IOMMUError) -> IOMMUDomain
+    /// IOVA ranges the device must not use for DMA (`get_resv_regions`).
+    func reservedRegions(for device: Device) -> [ReservedRegion]
+    /// The unit's description for user space (`hw_info`): the uAPI type number and its
+    /// payload bytes (e.g. `struct iommu_hw_info_vtd`); nil when the driver has none.
+    func hardwareInfo(_ device: Device) -> (type: UInt32, payload: [UInt8])?
+    /// A nested domain over `parent` from user data of `dataType` (`domain_alloc_nested`).
+    func allocNestedDomain(for device: Device, parent: IOMMUDomain, flags: DomainFlags, dataType: UInt32,
+                           data: [UInt8]) throws(IOMMUError) -> IOMMUDomain
+}
+
+/// An IOVA range a device cannot use for ordinary DMA (Linux `struct iommu_resv_region`).
+public struct ReservedRegion: Equatable, Sendable {
+    public enum Kind: Equatable, Sendable {
+        /// Memory the firmware keeps mapped 1:1 (`IOMMU_RESV_DIRECT`, RMRR).
+        case direct
+        /// As `direct`, but the mapping may be dropped when a user takes the device over
+        /// (`IOMMU_RESV_DIRECT_RELAXABLE`).
+        case directRelaxable
+        /// Never mappable (`IOMMU_RESV_RESERVED`).
+        case reserved
+        /// A hardware MSI window (`IOMMU_RESV_MSI`; the VT-d interrupt range).
+        case msi
+        /// Where software maps MSI doorbells (`IOMMU_RESV_SW_MSI`).
+        case softwareMSI
+    }
+    public var start: UInt64
+    /// Inclusive.
+    public var last: UInt64
+    public var kind: Kind
+    public init(start: UInt64, last: UInt64, kind: Kind) { self.start = start; self.last = last; self.kind = kind }
 }
 
 extension IOMMUDriver {
@@ -39,6 +69,12 @@ extension IOMMUDriver {
     public func pageResponse(_ device: Device, to fault: PageFault, code: PageResponseCode) {}
     public func allocSVADomain(for device: Device, process: Process) throws(IOMMUError) -> IOMMUDomain {
         throw .notSupported("\(name) has no SVA")
+    }
+    public func reservedRegions(for device: Device) -> [ReservedRegion] { [] }
+    public func hardwareInfo(_ device: Device) -> (type: UInt32, payload: [UInt8])? { nil }
+    public func allocNestedDomain(for device: Device, parent: IOMMUDomain, flags: DomainFlags, dataType: UInt32,
+                                  data: [UInt8]) throws(IOMMUError) -> IOMMUDomain {
+        throw .notSupported("\(name) has no nested domains")
     }
 }
 

@@ -8,6 +8,9 @@ public struct VMA: Equatable, Sendable {
     public var end: UInt64
     /// `.read`, `.write`, `.execute` as the mapping allows.
     public var permissions: PagePermissions
+    /// For memory populated up front with physically contiguous frames (hugetlb-like): the
+    /// physical address of `start`; nil for ordinary memory, allocated on first touch.
+    public var physicalBase: UInt64? = nil
 }
 
 /// A simulated process (Linux `struct mm_struct`): x86-64 4-level page tables in physical
@@ -18,9 +21,17 @@ public final class Process: @unchecked Sendable, CustomStringConvertible {
     public let pid: Int
     unowned(unsafe) let core: IOMMUCore
     let pageTable: IOPageTable<FirstStageFormat>
-    public private(set) var vmas: [VMA] = []
+    public internal(set) var vmas: [VMA] = []
     /// Resident pages: virtual page → frame.
-    public private(set) var residentPages: [UInt64: UInt64] = [:]
+    public internal(set) var residentPages: [UInt64: UInt64] = [:]
+    /// Long-term pins (Linux `pin_user_pages` with FOLL_LONGTERM) per frame of ordinary
+    /// memory, and per contiguous block (keyed by its first frame); a pinned frame outlives
+    /// its unmapping until the last unpin.
+    var pinCounts: [UInt64: UInt32] = [:]
+    var blockPins: [UInt64: Int] = [:]
+    /// Frames and blocks unmapped while pinned: freed at their last unpin.
+    var orphanedFrames: Set<UInt64> = []
+    var orphanedBlocks: [UInt64: UInt64] = [:]
     /// The process's PASID (Linux `mm->iommu_mm->pasid`), from its first SVA bind to exit.
     public internal(set) var pasid: PASID?
     /// SVA domains sharing this address space, one per driver (Linux `iommu_mm->sva_domains`).
@@ -75,14 +86,18 @@ public final class Process: @unchecked Sendable, CustomStringConvertible {
         let page = address & ~0xFFF
         if residentPages[page] != nil { return true }
         let frame: UInt64
-        do { frame = try core.platform.frames.allocate(.dmaBuffer) } catch { return false }
+        if let base = vma.physicalBase {
+            frame = base + (page - vma.start)
+        } else {
+            do { frame = try core.platform.frames.allocate(.dmaBuffer) } catch { return false }
+        }
         let perms = vma.permissions.union(.user)
         for d in svaDomains { core.observer?.mapBegan(d, iova: page, physical: frame, size: 0x1000, permissions: perms) }
         do {
             try pageTable.map(iova: page, physical: frame, size: 0x1000, permissions: perms)
         } catch {
             for d in svaDomains { core.observer?.mapEnded(d, iova: page, size: 0x1000, mapped: false) }
-            try? core.platform.frames.free(frame)
+            if vma.physicalBase == nil { try? core.platform.frames.free(frame) }
             return false
         }
         residentPages[page] = frame
@@ -100,13 +115,29 @@ public final class Process: @unchecked Sendable, CustomStringConvertible {
             throw .outOfRange("munmap beyond the user address space")
         }
         let end = address + ((length + 0xFFF) & ~0xFFF)
+        // Contiguous memory goes as a whole (as a huge page cannot be split here).
+        let blocks = vmas.filter { $0.physicalBase != nil && $0.start < end && address < $0.end }
+        for b in blocks where b.start < address || b.end > end {
+            throw .invalidArgument("munmap would split contiguous memory at 0x\(String(b.start, radix: 16))")
+        }
         let pages = residentPages.keys.filter { $0 >= address && $0 < end }.sorted()
         var frames: [UInt64] = []
         var gather = UnmapGather()
         for d in svaDomains { core.observer?.unmapBegan(d, iova: address, size: end - address) }
         for p in pages {
             _ = try? pageTable.unmap(iova: p, size: 0x1000, gather: &gather)
-            if let f = residentPages.removeValue(forKey: p) { frames.append(f) }
+            if let f = residentPages.removeValue(forKey: p), !blocks.contains(where: { $0.start <= p && p < $0.end }) { frames.append(f) }
+        }
+        // Pinned frames stay allocated until their last unpin (the pin holds the page).
+        frames.removeAll { f in
+            guard pinCounts[f] != nil else { return false }
+            orphanedFrames.insert(f)
+            return true
+        }
+        for b in blocks {
+            let base = b.physicalBase!, count = (b.end - b.start) >> 12
+            if blockPins[base >> 12] != nil { orphanedBlocks[base >> 12] = count; continue }
+            for i in 0..<count { frames.append(base + (i << 12)) }
         }
         var failed = false
         for d in svaDomains where !pages.isEmpty {

@@ -2,6 +2,7 @@ import Platform
 import Formats
 import Hardware
 import Kernel
+import IOMMUFD
 
 /// A scenario as a scenario file describes it (checked, names resolved to indices): the
 /// machine, its IOMMU units and devices, buffer sets, workloads, timed actions and what the

@@ -3,6 +3,7 @@ import Platform
 import Formats
 import Hardware
 import Kernel
+import IOMMUFD
 
 // `actions:` entries: the names they declare (a first pass) and each action.
 extension ScenarioParser {

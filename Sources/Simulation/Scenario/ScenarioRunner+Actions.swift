@@ -2,6 +2,7 @@ import Platform
 import Formats
 import Hardware
 import Kernel
+import IOMMUFD
 
 // Timed actions: what each `do:` of a scenario performs.
 extension ScenarioRunner {

@@ -2,6 +2,7 @@ import Platform
 import Formats
 import Hardware
 import Kernel
+import IOMMUFD
 
 /// A mapping in a simulated process (from an `mmap` action).
 struct Region {

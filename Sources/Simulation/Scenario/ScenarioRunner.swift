@@ -2,6 +2,7 @@ import Platform
 import Formats
 import Hardware
 import Kernel
+import IOMMUFD
 
 /// Broken behaviour a run can inject to show the oracle catching it (oracle-strength checks).
 public enum Breakage: String, CaseIterable, Sendable {

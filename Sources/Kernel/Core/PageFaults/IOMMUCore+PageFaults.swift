@@ -132,4 +132,17 @@ extension IOMMUCore {
         guard let old, old !== new, let h = old.iopfHandler else { return }
         h.detached(device, pasid: pasid, from: old)
     }
+
+    /// Makes `handler` take the recoverable faults of `domain` (Linux: `domain->iopf_handler`
+    /// set at allocation, `IOMMU_HWPT_FAULT_ID_VALID`): only for user domains not attached
+    /// anywhere yet, and never for a nesting parent.
+    public func setFaultHandler(_ handler: (any IOPFHandler)?, for domain: IOMMUDomain) throws(IOMMUError) {
+        try checkAlive(domain)
+        guard domain.type == .unmanaged || domain.type == .nested else {
+            throw .invalidArgument("\(domain) is not a user domain")
+        }
+        guard !domain.flags.contains(.nestParent) else { throw .invalidArgument("a nesting parent cannot take faults") }
+        guard domain.attachments == 0 else { throw .busy("\(domain) is attached already") }
+        domain.iopfHandler = handler
+    }
 }

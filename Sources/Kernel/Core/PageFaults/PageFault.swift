@@ -51,7 +51,7 @@ public final class IOPFGroup: @unchecked Sendable, CustomStringConvertible {
     /// The domain attached to (device, PASID) when the group was built (the attach handle).
     public let domain: IOMMUDomain
     /// Set by the handler that delivers it (the user fault queue's cookie).
-    public internal(set) var cookie: UInt32 = 0
+    public var cookie: UInt32 = 0
     /// Still waiting for its response (Linux: linked on `fault_param->faults`).
     public internal(set) var isPending = true
     public let reportedAt: UInt64

@@ -130,4 +130,24 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
         return try VTdPagingDomain(driver: self, type: type, flags: flags, levels: levels, maxLeafLevel: maxLeaf,
                                    addressWidth: u.unit.configuration.hostAddressWidth)
     }
+
+    /// The interrupt address range every device has reserved (Linux
+    /// `intel_iommu_get_resv_regions`: IOAPIC_RANGE_START..END as `IOMMU_RESV_MSI`; the
+    /// emulated platform has no RMRRs).
+    public func reservedRegions(for device: Device) -> [ReservedRegion] {
+        [ReservedRegion(start: 0xFEE0_0000, last: 0xFEEF_FFFF, kind: .msi)]
+    }
+
+    /// `struct iommu_hw_info_vtd` (include/uapi/linux/iommufd.h, 24 bytes): flags (no
+    /// errata here), a reserved word, then CAP_REG and ECAP_REG as the unit reports them;
+    /// type `IOMMU_HW_INFO_TYPE_INTEL_VTD` (1). Linux `intel_iommu_hw_info`.
+    public func hardwareInfo(_ device: Device) -> (type: UInt32, payload: [UInt8])? {
+        guard let u = try? iommu(for: device) else { return nil }
+        var bytes = [UInt8](repeating: 0, count: 24)
+        for i in 0..<8 {
+            bytes[8 + i] = UInt8(truncatingIfNeeded: u.capability.raw >> (8 * UInt64(i)))
+            bytes[16 + i] = UInt8(truncatingIfNeeded: u.extendedCapability.raw >> (8 * UInt64(i)))
+        }
+        return (1, bytes)
+    }
 }

@@ -1,4 +1,5 @@
 import Platform
+import Kernel
 import Formats
 
 /// A fault queue for user space (the iommufd fault object, drivers/iommu/iommufd/eventq.c):
@@ -21,6 +22,12 @@ public final class FaultQueue: IOPFHandler, @unchecked Sendable {
         public var length: UInt32
         public var cookie: UInt32
         public static let size = 40
+
+        public init(flags: UInt32, devID: UInt32, pasid: UInt32, groupIndex: UInt32, permissions: UInt32, address: UInt64,
+                    length: UInt32, cookie: UInt32) {
+            self.flags = flags; self.devID = devID; self.pasid = pasid; self.groupIndex = groupIndex
+            self.permissions = permissions; self.address = address; self.length = length; self.cookie = cookie
+        }
     }
 
     /// Response codes user space may write (`IOMMUFD_PAGE_RESP_*`).
@@ -38,8 +45,11 @@ public final class FaultQueue: IOPFHandler, @unchecked Sendable {
     public private(set) var autoResponses = 0
     /// Called when a group arrives (the reader's wake-up; poll's EPOLLIN).
     public var onReadable: (() -> Void)?
+    /// The `dev_id` records carry: the device's ID in the iommufd context that owns the
+    /// queue (the core's own number when the queue is used without one).
+    public var deviceID: (Device) -> UInt32 = { $0.objectID }
 
-    init(core: IOMMUCore) { self.core = core }
+    public init(core: IOMMUCore) { self.core = core }
 
     /// Groups waiting to be read, and read groups waiting for their response.
     public var undelivered: Int { deliver.count }
@@ -83,7 +93,8 @@ public final class FaultQueue: IOPFHandler, @unchecked Sendable {
             responses[cookie] = g
             groupsDelivered += 1
             for f in g.faults {
-                out.append(Record(flags: f.flags.rawValue, devID: g.device.objectID, pasid: f.pasid.rawValue,
+                // Only PASID_VALID and LAST_PAGE are uAPI flags (the core's NEEDS_PASID is not).
+                out.append(Record(flags: f.flags.rawValue & 0x3, devID: deviceID(g.device), pasid: f.pasid.rawValue,
                                   groupIndex: UInt32(f.groupIndex), permissions: f.permissions.rawValue,
                                   address: f.address, length: 0, cookie: cookie))
             }
@@ -126,13 +137,7 @@ extension IOMMUCore {
     /// Makes `queue` take the recoverable faults of `domain` (Linux `IOMMU_HWPT_ALLOC` with
     /// `IOMMU_HWPT_FAULT_ID_VALID`): only for user domains not yet attached anywhere.
     public func setFaultQueue(_ queue: FaultQueue, for domain: IOMMUDomain) throws(IOMMUError) {
-        try checkAlive(domain)
-        guard domain.type == .unmanaged || domain.type == .nested else {
-            throw .invalidArgument("\(domain) is not a user domain")
-        }
-        guard !domain.flags.contains(.nestParent) else { throw .invalidArgument("a nesting parent cannot take faults") }
-        guard domain.attachments == 0 else { throw .busy("\(domain) is attached already") }
         guard !queue.isClosed else { throw .invalidArgument("the fault queue is closed") }
-        domain.iopfHandler = queue
+        try setFaultHandler(queue, for: domain)
     }
 }

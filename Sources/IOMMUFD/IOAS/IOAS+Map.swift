@@ -1,0 +1,188 @@
+import Platform
+import Formats
+import Kernel
+
+/// Mapping, copying and unmapping (Linux io_pagetable.c: iopt_map_pages, iopt_get_pages,
+/// iopt_unmap_iova_range, iopt_area_fill_domains). An area exists in every domain of the
+/// IOAS or in none: a fill that fails part-way is undone everywhere.
+extension IOAS {
+    /// One piece of a new mapping: bytes [pageOffset, pageOffset + length) of `pages`.
+    struct Piece {
+        var pages: IOPTPages
+        var pageOffset: UInt64
+        var length: UInt64
+    }
+
+    /// Inserts `pieces` as consecutive areas at `iova` (fixed) or at an allocated IOVA
+    /// aligned after `address`, and fills every domain. Returns the IOVA.
+    func insert(_ pieces: [Piece], iova fixed: UInt64?, address: UInt64, permissions: PagePermissions) throws(Errno) -> UInt64 {
+        let length = pieces.reduce(UInt64(0)) { $0 + $1.length }
+        guard length != 0, length & (iovaAlignment - 1) == 0 else {
+            throw Errno.inval("length 0x\(String(length, radix: 16)) is zero or not aligned to 0x\(String(iovaAlignment, radix: 16))")
+        }
+        let iova: UInt64
+        if let fixed { try checkIOVA(fixed, length); iova = fixed } else { iova = try allocIOVA(address: address, length: length) }
+        var made: [IOPTArea] = []
+        var at = iova
+        for p in pieces {
+            if permissions.contains(.write) && !p.pages.writable { throw Errno(Errno.EPERM, "the pages were mapped read-only") }
+            guard (p.pageOffset & 0xFFF) & (iovaAlignment - 1) == 0 else {
+                throw Errno.inval("in-page offset 0x\(String(p.pageOffset & 0xFFF, radix: 16)) is not aligned to 0x\(String(iovaAlignment, radix: 16))")
+            }
+            made.append(IOPTArea(iova: at, length: p.length, pages: p.pages, pageOffset: p.pageOffset, permissions: permissions))
+            at &+= p.length
+        }
+        var filled = 0
+        do {
+            for a in made {
+                try fillDomains(a)
+                filled += 1
+            }
+        } catch {
+            for a in made[..<filled] { unfillDomains(a) }
+            throw error
+        }
+        let index = firstAreaIndex(atOrAfter: iova)
+        areas.insert(contentsOf: made, at: index)
+        for a in made { a.pages.areaRefs += 1 }
+        return iova
+    }
+
+    /// Pins the area's pages and maps them into every domain (nothing when there is none:
+    /// pinning is lazy).
+    func fillDomains(_ area: IOPTArea) throws(Errno) {
+        guard !domains.isEmpty else { return }
+        try area.pages.pin(area.pageRange, faults: ctx.faults)
+        area.pinnedForDomains = true
+        var done = 0
+        do {
+            for h in domains {
+                try mapArea(area, into: h.domain)
+                done += 1
+            }
+        } catch {
+            for h in domains[..<done] { unmapArea(area, from: h.domain) }
+            area.pages.unpin(area.pageRange)
+            area.pinnedForDomains = false
+            throw error
+        }
+    }
+
+    /// Unmaps the area from every domain and drops its pin.
+    func unfillDomains(_ area: IOPTArea) {
+        for h in domains { unmapArea(area, from: h.domain) }
+        if area.pinnedForDomains {
+            area.pages.unpin(area.pageRange)
+            area.pinnedForDomains = false
+        }
+    }
+
+    /// Maps the area's pinned pages into `domain`: each run of physically contiguous pages
+    /// in one call (the driver picks huge IOPTEs where alignment allows), or page by page
+    /// when large pages are disabled. Undoes itself on failure.
+    func mapArea(_ area: IOPTArea, into domain: IOMMUDomain) throws(Errno) {
+        let range = area.pageRange
+        let core = ctx.core
+        let single = disableLargePages
+        try area.pages.withFrames { frames throws(Errno) in
+            var i = range.lowerBound
+            var iova = area.iova
+            var remaining = area.length
+            var offset = area.startByte
+            while remaining > 0 {
+                var n = 1
+                if !single {
+                    let first = frames[i]
+                    while i + n < range.upperBound, frames[i + n] == first &+ UInt64(n) << 12 { n += 1 }
+                }
+                let bytes = min((UInt64(n) << 12) - offset, remaining)
+                do throws(IOMMUError) {
+                    try core.map(domain, iova: iova, physical: frames[i] + offset, size: bytes, permissions: area.permissions)
+                } catch {
+                    if iova > area.iova { _ = try? core.unmap(domain, iova: area.iova, size: iova - area.iova) }
+                    throw Errno(error)
+                }
+                iova += bytes
+                remaining -= bytes
+                i += n
+                offset = 0
+            }
+        }
+    }
+
+    /// Removes the area's translations from `domain` (invalidated before the pages can be
+    /// unpinned). If the invalidation fails the pages stay pinned for good: a device may
+    /// still reach them through a stale translation.
+    func unmapArea(_ area: IOPTArea, from domain: IOMMUDomain) {
+        do { try ctx.core.unmap(domain, iova: area.iova, size: area.length) } catch {
+            if area.pinnedForDomains {
+                area.pages.leakPin(area.pageRange)
+                area.pinnedForDomains = false
+            }
+            ctx.pinsKeptAfterFailedUnmap += 1
+        }
+    }
+
+    /// Collects the pages behind [iova, iova + length) (Linux `iopt_get_pages`): covered
+    /// without a gap by areas, possibly starting and ending inside them; ENOENT otherwise.
+    func pieces(_ iova: UInt64, _ length: UInt64) throws(Errno) -> [Piece] {
+        guard length != 0 else { throw Errno.inval("length 0") }
+        let (last, o) = iova.addingReportingOverflow(length - 1)
+        guard !o else { throw Errno(Errno.EOVERFLOW, "iova + length overflows") }
+        var out: [Piece] = []
+        var cursor = iova
+        var i = firstAreaIndex(atOrAfter: iova)
+        while true {
+            guard i < areas.count, areas[i].iova <= cursor else { throw Errno.noent("no mapping at 0x\(String(cursor, radix: 16))") }
+            let a = areas[i]
+            let end = min(a.last, last)
+            out.append(Piece(pages: a.pages, pageOffset: a.pageOffset + (cursor - a.iova), length: end - cursor + 1))
+            if end == last { return out }
+            cursor = end + 1
+            i += 1
+        }
+    }
+
+    /// Unmaps every area inside [iova, iova + length) (Linux `iopt_unmap_iova`): an area
+    /// that is only partly inside is ENOENT (areas are never split), an area an internal
+    /// access locked is EBUSY, and accesses holding pins are asked to unpin first.
+    /// Returns the bytes unmapped; ENOENT if there were none (not for unmap-all).
+    func unmap(_ iova: UInt64, _ length: UInt64) throws(Errno) -> UInt64 {
+        let all = iova == 0 && length == .max
+        var last: UInt64 = .max
+        if !all {
+            guard iova < .max, length < .max else { throw Errno(Errno.EOVERFLOW, "iova or length is U64_MAX") }
+            guard length != 0 else { throw Errno.inval("length 0") }
+            let (l, o) = iova.addingReportingOverflow(length - 1)
+            guard !o else { throw Errno(Errno.EOVERFLOW, "iova + length overflows") }
+            last = l
+        }
+        var unmapped: UInt64 = 0
+        var retries = 0, retryAt: UInt64 = 0
+        while let i = firstArea(intersecting: iova, last) {
+            let a = areas[i]
+            guard a.locks == 0 else { throw Errno.busy("mapping at 0x\(String(a.iova, radix: 16)) is locked by a hardware queue") }
+            guard a.iova >= iova, a.last <= last else {
+                throw Errno.noent("mapping [0x\(String(a.iova, radix: 16)), 0x\(String(a.last, radix: 16))] is only partly in the range")
+            }
+            if a.accessPins > 0 {
+                if retryAt != a.iova { retryAt = a.iova; retries = 0 }
+                retries += 1
+                guard retries <= 100 else { throw Errno(Errno.EDEADLK, "an access does not unpin 0x\(String(a.iova, radix: 16))") }
+                a.preventAccess = true
+                for acc in accesses where !acc.isInternal { acc.notifyUnmap(iova: a.iova, length: a.length) }
+                continue
+            }
+            removeArea(at: i)
+            unmapped += a.length
+        }
+        if unmapped == 0 && !all { throw Errno.noent("nothing is mapped in the range") }
+        return unmapped
+    }
+
+    func removeArea(at i: Int) {
+        let a = areas.remove(at: i)
+        unfillDomains(a)
+        a.pages.areaRefs -= 1
+    }
+}

@@ -1,0 +1,191 @@
+import Platform
+import Formats
+import Kernel
+
+/// HWPT, hardware-info, fault-queue and vIOMMU commands (drivers/iommu/iommufd/
+/// hw_pagetable.c, device.c, eventq.c, viommu.c), each check in the kernel's order. Where
+/// the driver has no operation for a command (the VT-d driver has no vIOMMU, no nested
+/// domains and no dirty tracking yet), the answer is the kernel's for such a driver.
+extension IOMMUFDContext {
+    /// IOMMU_HWPT_ALLOC: {size, flags @4, dev_id @8, pt_id @12, out_hwpt_id @16,
+    /// __reserved @20, data_type @24, data_len @28, data_uptr @32, fault_id @40}.
+    func hwptAllocIoctl(_ a: inout IoctlArgument) throws(Errno) {
+        guard a.u32(20) == 0 else { throw Errno.notsupp("__reserved is not zero") }
+        let flags = a.u32(4), dataType = a.u32(24), dataLength = a.u32(28)
+        guard (dataType == UAPI.hwptDataNone) == (dataLength == 0) else { throw Errno.inval("data_type \(dataType) with data_len \(dataLength)") }
+        let dev: DeviceObject = try get(a.u32(8), .device)
+        guard let pt = table.object(a.u32(12)), !pt.isDestroyed else { throw Errno.inval("no object with ID \(a.u32(12))") }
+        let faultValid = flags & UAPI.hwptFaultIDValid != 0
+        let h: HWPT
+        switch pt {
+        case let ioas as IOAS:
+            let known = UAPI.hwptAllocNestParent | UAPI.hwptAllocDirtyTracking | UAPI.hwptFaultIDValid | UAPI.hwptAllocPASID
+            guard flags & ~known == 0 else { throw Errno.notsupp("HWPT_ALLOC flags 0x\(String(flags, radix: 16))") }
+            let dirty = flags & UAPI.hwptAllocDirtyTracking != 0, parent = flags & UAPI.hwptAllocNestParent != 0
+            if dirty && !dev.device.driver.capable(dev.device, .dirtyTracking) { throw Errno.notsupp("\(dev.device) has no dirty tracking") }
+            if faultValid && parent { throw Errno.notsupp("a nesting parent cannot take faults") }
+            // A paging domain takes no driver data on this driver (Linux: domain_alloc_paging_flags with user_data).
+            if dataLength > 0 { throw Errno.notsupp("paging domains take no driver data") }
+            let p = try allocPaging(ioas, dev, nestParent: parent, dirtyTracking: dirty, pasid: flags & UAPI.hwptAllocPASID != 0,
+                                    fault: nil, auto: false)
+            if faultValid {
+                do throws(Errno) {
+                    let f: FaultObject = try get(a.u32(40), .fault)
+                    do throws(IOMMUError) { try core.setFaultQueue(f.queue, for: p.domain) } catch { throw Errno(error) }
+                    p.fault = f
+                    f.users += 1
+                } catch {
+                    remove(p)
+                    throw error
+                }
+            }
+            h = p
+        case let parent as HWPTPaging:
+            guard flags & ~(UAPI.hwptFaultIDValid | UAPI.hwptAllocPASID) == 0, dataLength > 0 else {
+                throw Errno.notsupp("a nested HWPT takes only FAULT_ID_VALID|PASID and driver data")
+            }
+            guard !parent.isAutoDomain, parent.isNestParent, parent.domain.owner == ObjectIdentifier(dev.device.driver) else {
+                throw Errno.inval("\(parent) cannot be a nesting parent")
+            }
+            let data = try readBlob(a.u64(32), Int(dataLength))
+            let fault: FaultObject? = faultValid ? try get(a.u32(40), .fault) : nil
+            var df: DomainFlags = []
+            if flags & UAPI.hwptAllocPASID != 0 { df.insert(.pasid) }
+            let domain: IOMMUDomain
+            do throws(IOMMUError) { domain = try dev.device.driver.allocNestedDomain(for: dev.device, parent: parent.domain, flags: df, dataType: dataType, data: data) } catch {
+                throw Errno(error)
+            }
+            let n = HWPTNested(domain: domain, parent: parent, fault: fault, pasidCompatible: df.contains(.pasid))
+            do throws(Errno) {
+                try add(n)
+                if let fault { do throws(IOMMUError) { try core.setFaultQueue(fault.queue, for: domain) } catch { throw Errno(error) } }
+            } catch {
+                if n.id != 0 { table.remove(n) }
+                try? core.freeDomain(domain)
+                throw error
+            }
+            parent.users += 1
+            fault?.users += 1
+            h = n
+        default:
+            throw Errno.inval("\(pt) cannot back a HWPT")
+        }
+        a.set32(16, h.id)
+        a.respond()
+    }
+
+    /// Copies a driver blob from user memory (EFAULT).
+    func readBlob(_ address: UInt64, _ length: Int) throws(Errno) -> [UInt8] {
+        try copyIn(address, count: length)
+    }
+
+    /// IOMMU_GET_HW_INFO: {size, flags @4, dev_id @8, data_len @12 (in/out), data_uptr @16,
+    /// in/out_data_type @24, out_max_pasid_log2 @28 (u8), __reserved[3] @29,
+    /// out_capabilities @32}.
+    func hwInfoIoctl(_ a: inout IoctlArgument) throws(Errno) {
+        let flags = a.u32(4)
+        guard flags & ~UAPI.hwInfoFlagInputType == 0, a.u8(29) == 0, a.u8(30) == 0, a.u8(31) == 0 else {
+            throw Errno.notsupp("GET_HW_INFO flags 0x\(String(flags, radix: 16)) or __reserved")
+        }
+        let wanted = flags & UAPI.hwInfoFlagInputType != 0 ? a.u32(24) : UAPI.hwInfoTypeDefault
+        let dev: DeviceObject = try get(a.u32(8), .device)
+        let info = dev.device.driver.hardwareInfo(dev.device)
+        if let info, wanted != UAPI.hwInfoTypeDefault, wanted != info.type { throw Errno.notsupp("hw_info type \(wanted)") }
+        let payload = info?.payload ?? []
+        let userLength = Int(a.u32(12)), address = a.u64(16)
+        if userLength > 0 {
+            var out = [UInt8](repeating: 0, count: userLength)
+            for i in 0..<min(userLength, payload.count) { out[i] = payload[i] }
+            try copyOut(address, bytes: out)
+        }
+        a.set32(12, UInt32(payload.count))
+        a.set32(24, info?.type ?? 0)
+        let pasids = dev.device.maxPASIDs
+        a.set8(28, pasids > 1 ? UInt8(31 - pasids.leadingZeroBitCount) : 0)
+        var caps: UInt64 = 0
+        if dev.device.driver.capable(dev.device, .dirtyTracking) { caps |= UAPI.hwCapDirtyTracking }
+        a.set64(32, caps)
+        a.respond()
+    }
+
+    /// IOMMU_HWPT_SET_DIRTY_TRACKING: {size, flags @4, hwpt_id @8, __reserved @12}.
+    func setDirtyTrackingIoctl(_ a: inout IoctlArgument) throws(Errno) {
+        guard a.u32(4) & ~UAPI.dirtyTrackingEnable == 0 else { throw Errno.notsupp("flags 0x\(String(a.u32(4), radix: 16))") }
+        let h: HWPTPaging = try get(a.u32(8), .hwptPaging)
+        guard h.dirtyTracking else { throw Errno.notsupp("\(h) was not allocated for dirty tracking") }
+        throw Errno.notsupp("\(h.domain) has no dirty-tracking operations")
+    }
+
+    /// IOMMU_HWPT_GET_DIRTY_BITMAP: {size, hwpt_id @4, flags @8, __reserved @12, iova @16,
+    /// length @24, page_size @32, data @40}.
+    func getDirtyBitmapIoctl(_ a: inout IoctlArgument) throws(Errno) {
+        guard a.u32(8) & ~UAPI.getDirtyBitmapNoClear == 0, a.u32(12) == 0 else { throw Errno.notsupp("flags or __reserved") }
+        let h: HWPTPaging = try get(a.u32(4), .hwptPaging)
+        let iova = a.u64(16), length = a.u64(24), pageSize = a.u64(32)
+        let (last, o) = iova.addingReportingOverflow(length &- 1)
+        guard !o || (iova == 0 && length == 0) else { throw Errno(Errno.EOVERFLOW, "iova + length overflows") }
+        _ = last
+        let alignment = h.ioas.iovaAlignment
+        guard iova & (alignment - 1) == 0, (iova &+ length) & (alignment - 1) == 0 else { throw Errno.inval("range not aligned to the IOAS") }
+        guard pageSize != 0 else { throw Errno.inval("page_size 0") }
+        guard iova & (pageSize - 1) == 0, (iova &+ length) & (pageSize - 1) == 0 else { throw Errno.inval("range not aligned to page_size") }
+        guard h.dirtyTracking else { throw Errno.notsupp("\(h) has no dirty tracking") }
+        throw Errno.notsupp("\(h.domain) cannot read dirty bits")
+    }
+
+    /// IOMMU_HWPT_INVALIDATE: {size, hwpt_id @4, data_uptr @8, data_type @16, entry_len @20,
+    /// entry_num @24 (in/out), __reserved @28}; `entry_num` goes back even on error.
+    func invalidateIoctl(_ a: inout IoctlArgument) throws(Errno) {
+        guard a.u32(28) == 0 else { throw Errno.notsupp("__reserved is not zero") }
+        let requested = a.u32(24)
+        a.set32(24, 0)
+        a.respond()
+        guard requested == 0 || (a.u64(8) != 0 && a.u32(20) != 0) else { throw Errno.inval("entries without data_uptr or entry_len") }
+        guard let o = table.object(a.u32(4)), !o.isDestroyed else { throw Errno.noent("no object with ID \(a.u32(4))") }
+        switch o {
+        case let n as HWPTNested: throw Errno.notsupp("\(n.domain) takes no user invalidations")
+        case is HWPTPaging: throw Errno.inval("a paging HWPT takes no user invalidations")
+        default: throw Errno.inval("\(o) takes no invalidations")
+        }
+    }
+
+    /// IOMMU_FAULT_QUEUE_ALLOC: {size, flags @4, out_fault_id @8, out_fault_fd @12}.
+    func faultAllocIoctl(_ a: inout IoctlArgument) throws(Errno) {
+        guard a.u32(4) == 0 else { throw Errno.notsupp("flags 0x\(String(a.u32(4), radix: 16))") }
+        let f = try allocFault()
+        a.set32(8, f.id)
+        a.set32(12, UInt32(bitPattern: openFile(f)))
+        a.respond()
+    }
+
+    /// IOMMU_VIOMMU_ALLOC: {size, flags @4, type @8, dev_id @12, hwpt_id @16,
+    /// out_viommu_id @20, data_len @24, __reserved @28, data_uptr @32}.
+    func viommuAllocIoctl(_ a: inout IoctlArgument) throws(Errno) {
+        guard a.u32(4) == 0, a.u32(8) != UAPI.viommuTypeDefault else { throw Errno.notsupp("flags or the default vIOMMU type") }
+        let dev: DeviceObject = try get(a.u32(12), .device)
+        throw Errno.notsupp("\(dev.device.driver.name) has no vIOMMU of type \(a.u32(8))")
+    }
+
+    /// IOMMU_VDEVICE_ALLOC: {size, viommu_id @4, dev_id @8, out_vdevice_id @12, virt_id @16}.
+    func vdeviceAllocIoctl(_ a: inout IoctlArgument) throws(Errno) {
+        throw Errno.noent("no vIOMMU with ID \(a.u32(4))")
+    }
+
+    /// IOMMU_VEVENTQ_ALLOC: {size, flags @4, viommu_id @8, type @12, veventq_depth @16,
+    /// out_veventq_id @20, out_veventq_fd @24, __reserved @28}.
+    func veventqAllocIoctl(_ a: inout IoctlArgument) throws(Errno) {
+        guard a.u32(4) == 0, a.u32(28) == 0, a.u32(12) != UAPI.veventqTypeDefault else { throw Errno.notsupp("flags, __reserved or the default type") }
+        guard a.u32(16) != 0 else { throw Errno.inval("veventq_depth 0") }
+        throw Errno.noent("no vIOMMU with ID \(a.u32(8))")
+    }
+
+    /// IOMMU_HW_QUEUE_ALLOC: {size, flags @4, viommu_id @8, type @12, index @16,
+    /// out_hw_queue_id @20, nesting_parent_iova @24, length @32}.
+    func hwQueueAllocIoctl(_ a: inout IoctlArgument) throws(Errno) {
+        guard a.u32(4) == 0, a.u32(12) != UAPI.hwQueueTypeDefault else { throw Errno.notsupp("flags or the default type") }
+        let length = a.u64(32)
+        guard length != 0 else { throw Errno.inval("length 0") }
+        guard !a.u64(24).addingReportingOverflow(length - 1).overflow else { throw Errno(Errno.EOVERFLOW, "base + length overflows") }
+        throw Errno.noent("no vIOMMU with ID \(a.u32(8))")
+    }
+}
