@@ -13,7 +13,7 @@ struct IOMMUSim: ParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure the emulation's hot paths in release builds.",
-        subcommands: [TranslateCommand.self, DMAMapCommand.self, IOVACommand.self, IOPFCommand.self]
+        subcommands: [TranslateCommand.self, DMAMapCommand.self, IOVACommand.self, IOPFCommand.self, IOMMUFDBenchCommand.self]
     )
 }
 

@@ -31,7 +31,7 @@ final class Rig {
 
     /// Device `rid` → RID_PASID 0 → second-stage table with `did`.
     func attachSecondStage(_ table: IOPageTable<SecondStageFormat>, did: UInt16 = 5, pasid: UInt32 = 0, pdts: UInt8 = 0) throws {
-        if bench.contextEntryAddress(rid) == 0 || (try? memory.load64(bench.contextEntryAddress(rid))) ?? 0 & 1 == 0 {
+        if bench.contextEntryAddress(rid) == 0 || ((try? memory.load64(bench.contextEntryAddress(rid))) ?? 0) & 1 == 0 {
             try bench.setContext(rid, pdts: pdts)
         }
         try bench.setPASIDEntry(rid, pasid: pasid, .make(pgtt: .secondStage, did: DomainID(did), secondStageTable: table.root,

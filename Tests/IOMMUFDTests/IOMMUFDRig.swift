@@ -69,6 +69,13 @@ final class IOMMUFDRig {
         return va
     }
 
+    /// Guest RAM with every page resident (and the process's page tables for it built).
+    func touchedRAM(_ length: UInt64) throws -> UInt64 {
+        let va = try guestRAM(length)
+        for p in stride(from: va, to: va + length, by: 4096) { process.fault(at: p, access: [.read, .write]) }
+        return va
+    }
+
     func dma(_ ep: PCIeEndpoint, write address: UInt64, value: UInt8 = 0x5A, pasid: PASID? = nil) -> PCIeEndpoint.Completion? {
         var done: PCIeEndpoint.Completion?
         ep.submit(.write(address, [UInt8](repeating: value, count: 64), pasid: pasid)) { done = $0 }

@@ -257,7 +257,7 @@ struct PageFaultTests {
         let records = q.read(maxRecords: 16)
         #expect(records.count == 3)
         #expect(Set(records.map(\.cookie)).count == 1)
-        #expect(records.last?.flags ?? 0 & 2 == 2)
+        #expect((records.last?.flags ?? 0) & 2 == 2)
         #expect(records.map(\.address) == [0x10_0000, 0x10_1000, 0x10_2000])
         #expect(records.allSatisfy { $0.devID == dev.objectID && $0.permissions & 3 == 3 })
         let cookie = records[0].cookie

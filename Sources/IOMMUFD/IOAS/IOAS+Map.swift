@@ -22,6 +22,7 @@ extension IOAS {
         }
         let iova: UInt64
         if let fixed { try checkIOVA(fixed, length); iova = fixed } else { iova = try allocIOVA(address: address, length: length) }
+        if pieces.count == 1 { return try insertPlaced(pieces[0], iova: iova, permissions: permissions) }
         var made: [IOPTArea] = []
         var at = iova
         for p in pieces {
@@ -45,6 +46,28 @@ extension IOAS {
         let index = firstAreaIndex(atOrAfter: iova)
         areas.insert(contentsOf: made, at: index)
         for a in made { a.pages.areaRefs += 1 }
+        return iova
+    }
+
+    /// One piece (every MAP and MAP_FILE): placed, checked, filled, with no lists.
+    func insertOne(_ p: Piece, iova fixed: UInt64?, address: UInt64, permissions: PagePermissions) throws(Errno) -> UInt64 {
+        guard p.length != 0, p.length & (iovaAlignment - 1) == 0 else {
+            throw Errno.inval("length 0x\(String(p.length, radix: 16)) is zero or not aligned to 0x\(String(iovaAlignment, radix: 16))")
+        }
+        let iova: UInt64
+        if let fixed { try checkIOVA(fixed, p.length); iova = fixed } else { iova = try allocIOVA(address: address, length: p.length) }
+        return try insertPlaced(p, iova: iova, permissions: permissions)
+    }
+
+    private func insertPlaced(_ p: Piece, iova: UInt64, permissions: PagePermissions) throws(Errno) -> UInt64 {
+        if permissions.contains(.write) && !p.pages.writable { throw Errno(Errno.EPERM, "the pages were mapped read-only") }
+        guard (p.pageOffset & 0xFFF) & (iovaAlignment - 1) == 0 else {
+            throw Errno.inval("in-page offset 0x\(String(p.pageOffset & 0xFFF, radix: 16)) is not aligned to 0x\(String(iovaAlignment, radix: 16))")
+        }
+        let a = IOPTArea(iova: iova, length: p.length, pages: p.pages, pageOffset: p.pageOffset, permissions: permissions)
+        try fillDomains(a)
+        areas.insert(a, at: firstAreaIndex(atOrAfter: iova))
+        p.pages.areaRefs += 1
         return iova
     }
 

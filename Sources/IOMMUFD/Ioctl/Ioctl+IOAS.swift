@@ -72,8 +72,8 @@ extension IOMMUFDContext {
         guard length != 0, length <= UInt64(Int.max) - IOAS.pageSize else { throw Errno.inval("length 0x\(String(length, radix: 16))") }
         let pages = IOPTPages(source: .user(memory, address: va & ~0xFFF), pageCount: Int(((va & 0xFFF) + length + 0xFFF) >> 12),
                               writable: flags & UAPI.mapWriteable != 0, accountMode: accountMode, ledger: ledger)
-        let placed = try ioas.insert([IOAS.Piece(pages: pages, pageOffset: va & 0xFFF, length: length)],
-                                     iova: flags & UAPI.mapFixedIOVA != 0 ? iova : nil, address: va, permissions: permissions(flags))
+        let placed = try ioas.insertOne(IOAS.Piece(pages: pages, pageOffset: va & 0xFFF, length: length),
+                                        iova: flags & UAPI.mapFixedIOVA != 0 ? iova : nil, address: va, permissions: permissions(flags))
         a.set64(32, placed)
         a.respond()
     }
@@ -92,8 +92,8 @@ extension IOMMUFDContext {
         guard length != 0, length <= UInt64(Int.max) - IOAS.pageSize else { throw Errno.inval("length 0x\(String(length, radix: 16))") }
         let pages = IOPTPages(source: .file(file, offset: start & ~0xFFF), pageCount: Int(((start & 0xFFF) + length + 0xFFF) >> 12),
                               writable: flags & UAPI.mapWriteable != 0, accountMode: accountMode, ledger: ledger)
-        let placed = try ioas.insert([IOAS.Piece(pages: pages, pageOffset: start & 0xFFF, length: length)],
-                                     iova: flags & UAPI.mapFixedIOVA != 0 ? iova : nil, address: start, permissions: permissions(flags))
+        let placed = try ioas.insertOne(IOAS.Piece(pages: pages, pageOffset: start & 0xFFF, length: length),
+                                        iova: flags & UAPI.mapFixedIOVA != 0 ? iova : nil, address: start, permissions: permissions(flags))
         a.set64(32, placed)
         a.respond()
     }

@@ -102,12 +102,14 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
     }
 
     /// VT-d defers unmap invalidation happily (Linux `intel_iommu_capable` returns true for
-    /// `IOMMU_CAP_DEFERRED_FLUSH`), is coherent, and tracks dirty bits with SSADS.
+    /// `IOMMU_CAP_DEFERRED_FLUSH`) and is coherent. Dirty tracking (SSADS) is reported only
+    /// once the driver sets SSADE and reads D bits; until then a DIRTY_TRACKING HWPT is
+    /// refused with EOPNOTSUPP, as Linux refuses it on a unit without SSADS.
     public func capable(_ device: Device, _ capability: DriverCapability) -> Bool {
-        guard let u = try? iommu(for: device) else { return false }
+        guard (try? iommu(for: device)) != nil else { return false }
         switch capability {
         case .cacheCoherency, .deferredFlush: return true
-        case .dirtyTracking: return u.extendedCapability.secondStageAD
+        case .dirtyTracking: return false
         }
     }
 

@@ -1,0 +1,141 @@
+import Platform
+import Formats
+import Hardware
+import Kernel
+import IOMMUFD
+import Simulation
+
+/// `iommu-sim bench iommufd`: the user API's hot paths through the ioctl entry, on a
+/// simulated machine (one VT-d unit, a VMM process, one context):
+/// - `mapUnmapPairNs`: IOAS_MAP + IOAS_UNMAP of 4 KiB at a fixed IOVA, one paging domain
+///   attached (pin, VT-d PTE write, strict unmap with its IOTLB invalidation, unpin);
+/// - `map1GiBMs`: IOAS_MAP of 1 GiB of 2 MiB-contiguous memory, one domain attached;
+/// - `faultRoundTripNs`: an ATS access to an unmapped page raises a page request through
+///   the unit's page request queue, the VT-d driver's PRQ handling and the core's IOPF
+///   pipeline into the fault object; the group is read and answered through the
+///   ioctl-level read/write, and the response reaches the device.
+struct IOMMUFDBenchmark {
+    struct Failure: Error, CustomStringConvertible { var description: String }
+
+    struct Round {
+        var mapUnmapPairNs = 0.0
+        var map1GiBMs = 0.0
+        var faultRoundTripNs = 0.0
+    }
+
+    let pairs: Int
+    let faults: Int
+
+    let machine: Machine
+    let process: Process
+    let ctx: IOMMUFDContext
+    let ioas: UInt32
+    let endpoint: PCIeEndpoint
+    let fault: FaultObject
+    let faultIOAS: UInt32
+    let ram: UInt64
+    let huge: UInt64
+
+    init(pairs: Int, faults: Int) throws {
+        self.pairs = pairs; self.faults = faults
+        do {
+            machine = try Machine(seed: 1, memorySize: (1 << 30) + (256 << 20), units: [VTdConfiguration(name: "dmar0")], policy: .strict)
+            // The system alone, as Linux runs it: no oracle watching every map and DMA.
+            machine.core.observer = nil
+            process = try machine.core.createProcess()
+            ctx = IOMMUFDContext(core: machine.core, memory: process)
+            let nic = try machine.addDevices([DeviceDescription(name: "nic", requesterID: RequesterID(bus: 0, device: 1, function: 0))])[0].0
+            let vf = try machine.addDevices([DeviceDescription(name: "vf", requesterID: RequesterID(bus: 0, device: 2, function: 0), ats: true, pri: true)])[0]
+            endpoint = vf.1
+            let nicID = try ctx.bind(nic), vfID = try ctx.bind(vf.0)
+            ioas = try Self.alloc(ctx)
+            try ctx.attach(nicID, to: ioas)
+            ram = try process.mmap(length: 1 << 20, permissions: .readWrite)
+            huge = try process.mmapContiguous(length: 1 << 30, permissions: .readWrite)
+            var f = StructBytes(size: IOMMUFDCommand.faultQueueAlloc.size)
+            try ctx.call(.faultQueueAlloc, &f)
+            fault = try ctx.faultObject(f.u32(8))
+            faultIOAS = try Self.alloc(ctx)
+            var h = StructBytes(size: IOMMUFDCommand.hwptAlloc.size)
+            h.set32(4, UAPI.hwptFaultIDValid); h.set32(8, vfID); h.set32(12, faultIOAS); h.set32(40, fault.id)
+            try ctx.call(.hwptAlloc, &h)
+            try ctx.attach(vfID, to: h.u32(16))
+        } catch { throw Failure(description: "setup: \(error)") }
+    }
+
+    static func alloc(_ ctx: IOMMUFDContext) throws(Errno) -> UInt32 {
+        var s = StructBytes(size: IOMMUFDCommand.ioasAlloc.size)
+        try ctx.call(.ioasAlloc, &s)
+        return s.u32(8)
+    }
+
+    /// One round of each measurement.
+    func round() throws -> Round {
+        var r = Round()
+        r.mapUnmapPairNs = try mapUnmap()
+        r.map1GiBMs = try map1GiB()
+        r.faultRoundTripNs = try faultRoundTrip()
+        return r
+    }
+
+    /// Argument buffers made once, so the loop allocates nothing.
+    func mapUnmap() throws -> Double {
+        var map = StructBytes(size: IOMMUFDCommand.ioasMap.size)
+        map.set32(4, UAPI.mapFixedIOVA | UAPI.mapReadable | UAPI.mapWriteable); map.set32(8, ioas)
+        map.set64(16, ram); map.set64(24, 4096); map.set64(32, 0x1000_0000)
+        var unmap = StructBytes(size: IOMMUFDCommand.ioasUnmap.size)
+        unmap.set32(4, ioas); unmap.set64(8, 0x1000_0000); unmap.set64(16, 4096)
+        let mapNumber = IOMMUFDCommand.ioasMap.number, unmapNumber = IOMMUFDCommand.ioasUnmap.number
+        let ctx = self.ctx, n = pairs
+        var failures = 0
+        let elapsed: UInt64 = map.bytes.withUnsafeMutableBytes { m in
+            unmap.bytes.withUnsafeMutableBytes { u in
+                let unmapLength = u.baseAddress! + 16
+                let start = HostClock.now()
+                for _ in 0..<n {
+                    if ctx.ioctl(mapNumber, m) != 0 { failures += 1 }
+                    unmapLength.storeBytes(of: UInt64(4096).littleEndian, as: UInt64.self)
+                    if ctx.ioctl(unmapNumber, u) != 0 { failures += 1 }
+                }
+                return HostClock.elapsed(start, HostClock.now())
+            }
+        }
+        guard failures == 0 else { throw Failure(description: "map/unmap failed \(failures) times: \(ctx.lastError.map { "\($0)" } ?? "")") }
+        return Double(elapsed) / Double(n)
+    }
+
+    func map1GiB() throws -> Double {
+        var map = StructBytes(size: IOMMUFDCommand.ioasMap.size)
+        map.set32(4, UAPI.mapFixedIOVA | UAPI.mapReadable | UAPI.mapWriteable); map.set32(8, ioas)
+        map.set64(16, huge); map.set64(24, 1 << 30); map.set64(32, 0x40_0000_0000)
+        let start = HostClock.now()
+        try ctx.call(.ioasMap, &map)
+        let elapsed = HostClock.elapsed(start, HostClock.now())
+        var unmap = StructBytes(size: IOMMUFDCommand.ioasUnmap.size)
+        unmap.set32(4, ioas); unmap.set64(8, 0x40_0000_0000); unmap.set64(16, 1 << 30)
+        try ctx.call(.ioasUnmap, &unmap)
+        return Double(elapsed) / 1e6
+    }
+
+    /// Each round trip: a fresh page request, read as 40 bytes and answered INVALID
+    /// through the fault file; ends when the device has its response.
+    func faultRoundTrip() throws -> Double {
+        let scheduler = machine.scheduler
+        var response = [UInt8](repeating: 0, count: 8)
+        response[4] = 1 // IOMMUFD_PAGE_RESP_INVALID: the device gives the access up
+        var total: UInt64 = 0
+        for i in 0..<faults {
+            var done = false
+            let start = HostClock.now()
+            endpoint.atsAccess(pasid: nil, address: 0x100_0000 + UInt64(i % 4096) << 12, length: 4096, write: true) { _ in done = true }
+            while fault.queue.undelivered == 0 && scheduler.runNext() {}
+            let record = try fault.read(count: 40)
+            guard record.count == 40 else { throw Failure(description: "no fault record") }
+            for k in 0..<4 { response[k] = record[36 + k] }
+            guard try fault.write(response) == 8 else { throw Failure(description: "response refused") }
+            while !done && scheduler.runNext() {}
+            total += HostClock.elapsed(start, HostClock.now())
+        }
+        return Double(total) / Double(faults)
+    }
+}
