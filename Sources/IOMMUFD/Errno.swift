@@ -71,4 +71,7 @@ public struct Errno: Error, Equatable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { message.isEmpty ? name : "\(name): \(message)" }
+
+    /// The same failure as the core's error type (simulation steps carry it).
+    public var iommuError: IOMMUError { .user(errno: code, name: name, message: message) }
 }

@@ -33,6 +33,7 @@ public final class IOMMUFDContext: @unchecked Sendable, CustomStringConvertible 
     var boundDevices: [ObjectIdentifier: DeviceObject] = [:]
     /// Unmaps whose invalidation failed: their pages stay pinned (a device may reach them).
     public internal(set) var pinsKeptAfterFailedUnmap = 0
+    public internal(set) var pagesKeptAfterFailedUnmap = 0
     public private(set) var isClosed = false
     /// Gives an event file (fault, vEVENTQ) its descriptor: the C ABI makes a real one; by
     /// default descriptors are numbered from 1000.

@@ -177,6 +177,11 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         }
     }
 
+    /// The settled regions the oracle holds for `domain` (what software finished mapping).
+    func shadow(of domain: IOMMUDomain) -> [ShadowMap.Region] {
+        (shadows[domain.id]?.regions ?? []).filter { $0.state == .settled }
+    }
+
     static func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
 
     // MARK: DMA checks

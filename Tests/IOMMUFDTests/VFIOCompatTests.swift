@@ -149,7 +149,7 @@ import IOMMUFD
         #expect(all.out.u64(56) == 0 && all.out.u64(64) == 0xFEDF_FFFF && all.out.u64(72) == 0xFEF0_0000)
     }
 
-    @Test(.disabled("deviation: VFIOCompat.swift GET_INFO copies min(argsz, total) bytes of a fully built reply; the kernel writes a capability only when all of it fits (DMA_AVAIL needs 12 bytes, IOVA_RANGE its header plus every range) and never writes the padding between them"))
+    @Test
     func getInfoWritesACapabilityOnlyWhenItFitsInArgszAndLeavesThePaddingAlone() throws {
         let rig = try IOMMUFDRig()
         let ioas = try rig.ioasAlloc()
@@ -166,7 +166,7 @@ import IOMMUFD
         #expect(full.rc == 0 && full.out.bytes[36..<40].allSatisfy { $0 == 0xEE })
     }
 
-    @Test(.disabled("deviation: VFIOCompat.swift UNMAP_DMA never cuts mappings; in TYPE1 (v1) mode the kernel cuts the areas at iova-1 and iova+size-1 first (iopt_cut_iova), so a partial unmap succeeds (0, size = bytes unmapped); the model answers ENOENT, size 0"))
+    @Test
     func type1UnmapDMACutsMappingsSoUnmappingPartOfOneSucceeds() throws {
         let rig = try IOMMUFDRig()
         let ioas = try rig.ioasAlloc()
@@ -191,7 +191,7 @@ import IOMMUFD
         #expect(try rig.ioasObject(ioas).areaCount == 1)
     }
 
-    @Test(.disabled("deviation: VFIOCompat.swift MAP_DMA answers EINVAL when vaddr + size overflows; the kernel's iopt_alloc_user_pages returns EOVERFLOW (checked before the length checks since 6.13)"))
+    @Test
     func mapDMAWhoseVaddrPlusSizeOverflowsIsEOVERFLOW() throws {
         let rig = try IOMMUFDRig()
         let ioas = try rig.ioasAlloc()

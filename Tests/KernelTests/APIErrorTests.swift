@@ -3,6 +3,7 @@ import Platform
 import Formats
 import Hardware
 import Kernel
+import IOMMUFD
 @testable import Simulation
 
 /// The errno of the `IOMMUError` `body` throws, or nil when it does not throw.
@@ -532,10 +533,14 @@ struct APIErrorTests {
 
 @Suite("IOMMUErrorNames: the errno names scenario files may expect are exactly those the errors carry")
 struct IOMMUErrorNameTests {
-    @Test("errnoNames lists the errnoName of every case, once each")
+    @Test("errnoNames lists the errnoName of every case, and of every errno the user API returns, once each")
     func errnoNamesMatchTheCases() {
-        let all: [IOMMUError] = [.invalidArgument(""), .incompatible(""), .notFound(""), .busy(""), .exists(""), .noMemory(""),
+        var all: [IOMMUError] = [.invalidArgument(""), .incompatible(""), .notFound(""), .busy(""), .exists(""), .noMemory(""),
                                  .noSpace(""), .overflow(""), .outOfRange(""), .notSupported(""), .noDevice(""), .timedOut(""), .ioError("")]
+        // The iommufd layer's own errnos, as its errors carry them into scenario steps.
+        let userCodes: [Int32] = [Errno.EPERM, Errno.E2BIG, Errno.EBADF, Errno.EFAULT, Errno.ENOTTY, Errno.ESPIPE, Errno.EDEADLK,
+                                  Errno.EMSGSIZE, Errno.EADDRINUSE]
+        all += userCodes.map { Errno($0).iommuError }
         #expect(Set(all.map(\.errnoName)) == Set(IOMMUError.errnoNames))
         #expect(Set(IOMMUError.errnoNames).count == IOMMUError.errnoNames.count)
     }

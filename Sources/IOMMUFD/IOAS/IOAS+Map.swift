@@ -139,8 +139,12 @@ extension IOAS {
     func unmapArea(_ area: IOPTArea, from domain: IOMMUDomain) {
         do { try ctx.core.unmap(domain, iova: area.iova, size: area.length) } catch {
             if area.pinnedForDomains {
-                area.pages.leakPin(area.pageRange)
+                let pages = area.pages, range = area.pageRange
+                pages.leakPin(range)
                 area.pinnedForDomains = false
+                ctx.pagesKeptAfterFailedUnmap += range.count
+                // Unpinned only once the hardware cannot translate at all any more.
+                ctx.core.releaseWhenTranslationOff { pages.unpin(range) }
             }
             ctx.pinsKeptAfterFailedUnmap += 1
         }
@@ -190,10 +194,10 @@ extension IOAS {
             }
             if a.accessPins > 0 {
                 if retryAt != a.iova { retryAt = a.iova; retries = 0 }
-                retries += 1
-                guard retries <= 100 else { throw Errno(Errno.EDEADLK, "an access does not unpin 0x\(String(a.iova, radix: 16))") }
                 a.preventAccess = true
                 for acc in accesses where !acc.isInternal { acc.notifyUnmap(iova: a.iova, length: a.length) }
+                retries += 1
+                guard retries <= 100 else { throw Errno(Errno.EDEADLK, "an access does not unpin 0x\(String(a.iova, radix: 16))") }
                 continue
             }
             removeArea(at: i)
@@ -201,6 +205,35 @@ extension IOAS {
         }
         if unmapped == 0 && !all { throw Errno.noent("nothing is mapped in the range") }
         return unmapped
+    }
+
+    /// Splits the area holding `iova` after it (Linux `iopt_cut_iova`, for VFIO type1's
+    /// partial unmaps): only where mappings were made page by page (large pages disabled)
+    /// and no access pins the area (EINVAL), not while an unmap waits on it (EBUSY).
+    func cut(at iova: UInt64) throws(Errno) {
+        guard let i = firstArea(intersecting: iova, iova) else { return }
+        let a = areas[i]
+        guard iova != a.last else { return }
+        guard !a.preventAccess else { throw Errno.busy("the mapping at 0x\(String(a.iova, radix: 16)) is being unmapped") }
+        guard a.accessPins == 0, disableLargePages || !a.pinnedForDomains else {
+            throw Errno.inval("the mapping at 0x\(String(a.iova, radix: 16)) cannot be split")
+        }
+        let head = iova - a.iova + 1
+        let left = IOPTArea(iova: a.iova, length: head, pages: a.pages, pageOffset: a.pageOffset, permissions: a.permissions)
+        let right = IOPTArea(iova: iova + 1, length: a.length - head, pages: a.pages, pageOffset: a.pageOffset + head, permissions: a.permissions)
+        if a.pinnedForDomains {
+            // Each half holds its own pin; the old one goes.
+            try a.pages.pin(left.pageRange, faults: ctx.faults)
+            do { try a.pages.pin(right.pageRange, faults: ctx.faults) } catch {
+                a.pages.unpin(left.pageRange)
+                throw error
+            }
+            a.pages.unpin(a.pageRange)
+            left.pinnedForDomains = true
+            right.pinnedForDomains = true
+        }
+        areas.replaceSubrange(i...i, with: [left, right])
+        a.pages.areaRefs += 1
     }
 
     func removeArea(at i: Int) {

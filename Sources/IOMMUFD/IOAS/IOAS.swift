@@ -38,6 +38,28 @@ public final class IOAS: IOMMUFDObject {
     /// The mappings as (iova, length), in IOVA order.
     public var mappings: [(iova: UInt64, length: UInt64)] { areas.map { ($0.iova, $0.length) } }
 
+    /// What every domain of the IOAS must translate: for each run of physically contiguous
+    /// pinned pages of each area, (iova, physical, length, permissions). Empty when no
+    /// domain holds the areas (nothing is pinned for domains then).
+    public func forEachTranslation(_ body: (UInt64, UInt64, UInt64, PagePermissions) -> Void) {
+        for a in areas where a.pinnedForDomains {
+            let range = a.pageRange
+            try? a.pages.withFrames { f throws(Errno) in
+                var i = range.lowerBound, iova = a.iova, left = a.length, offset = a.startByte
+                while left > 0 {
+                    var n = 1
+                    while i + n < range.upperBound, f[i + n] == f[i] &+ UInt64(n) << 12 { n += 1 }
+                    let bytes = min((UInt64(n) << 12) - offset, left)
+                    body(iova, f[i] + offset, bytes, a.permissions)
+                    iova += bytes; left -= bytes; i += n; offset = 0
+                }
+            }
+        }
+    }
+
+    /// The core domains holding this IOAS's mappings.
+    public var attachedDomains: [IOMMUDomain] { domains.map(\.domain) }
+
     // MARK: Lookup
 
     /// Index of the first area whose last IOVA is at or after `start`.

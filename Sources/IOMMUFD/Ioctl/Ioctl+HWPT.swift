@@ -48,12 +48,17 @@ extension IOMMUFDContext {
                 throw Errno.inval("\(parent) cannot be a nesting parent")
             }
             let data = try readBlob(a.u64(32), Int(dataLength))
-            let fault: FaultObject? = faultValid ? try get(a.u32(40), .fault) : nil
             var df: DomainFlags = []
             if flags & UAPI.hwptAllocPASID != 0 { df.insert(.pasid) }
             let domain: IOMMUDomain
             do throws(IOMMUError) { domain = try dev.device.driver.allocNestedDomain(for: dev.device, parent: parent.domain, flags: df, dataType: dataType, data: data) } catch {
                 throw Errno(error)
+            }
+            // The fault is looked up once the driver made the domain (its error comes first).
+            let fault: FaultObject?
+            do throws(Errno) { fault = faultValid ? try get(a.u32(40), .fault) : nil } catch {
+                try? core.freeDomain(domain)
+                throw error
             }
             let n = HWPTNested(domain: domain, parent: parent, fault: fault, pasidCompatible: df.contains(.pasid))
             do throws(Errno) {
@@ -136,10 +141,11 @@ extension IOMMUFDContext {
     /// IOMMU_HWPT_INVALIDATE: {size, hwpt_id @4, data_uptr @8, data_type @16, entry_len @20,
     /// entry_num @24 (in/out), __reserved @28}; `entry_num` goes back even on error.
     func invalidateIoctl(_ a: inout IoctlArgument) throws(Errno) {
-        guard a.u32(28) == 0 else { throw Errno.notsupp("__reserved is not zero") }
+        // entry_num goes back (0 before the driver ran) whatever fails.
         let requested = a.u32(24)
         a.set32(24, 0)
         a.respond()
+        guard a.u32(28) == 0 else { throw Errno.notsupp("__reserved is not zero") }
         guard requested == 0 || (a.u64(8) != 0 && a.u32(20) != 0) else { throw Errno.inval("entries without data_uptr or entry_len") }
         guard let o = table.object(a.u32(4)), !o.isDestroyed else { throw Errno.noent("no object with ID \(a.u32(4))") }
         switch o {

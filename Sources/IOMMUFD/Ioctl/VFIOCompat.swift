@@ -57,7 +57,8 @@ extension IOMMUFDContext {
             if s.u32(4) & 1 != 0 { perms.insert(.read) }
             if s.u32(4) & 2 != 0 { perms.insert(.write) }
             do throws(Errno) {
-                guard length != 0, !va.addingReportingOverflow(length).overflow else { throw Errno.inval("size") }
+                guard !va.addingReportingOverflow(length).overflow else { throw Errno(Errno.EOVERFLOW, "vaddr + size overflows") }
+                guard length != 0 else { throw Errno.inval("size 0") }
                 let pages = IOPTPages(source: .user(memory, address: va & ~0xFFF), pageCount: Int(((va & 0xFFF) + length + 0xFFF) >> 12),
                                       writable: perms.contains(.write), accountMode: capIPCLock ? .none : .mm, ledger: ledger)
                 _ = try ioas.insert([IOAS.Piece(pages: pages, pageOffset: va & 0xFFF, length: length)], iova: iova, address: va, permissions: perms)
@@ -73,7 +74,15 @@ extension IOMMUFDContext {
             if all && (s.u64(8) != 0 || s.u64(16) != 0) { return fail(Errno.inval("UNMAP_ALL takes iova 0 and size 0")) }
             var unmapped: UInt64 = 0
             var rc: Int32 = 0
-            do { unmapped = try ioas.unmap(all ? 0 : s.u64(8), all ? .max : s.u64(16)) } catch { rc = fail(error) }
+            do throws(Errno) {
+                if !all && ioas.disableLargePages {
+                    // Type1 (v1) may unmap part of a mapping: cut the areas at the range's edges.
+                    let iova = s.u64(8), size = s.u64(16)
+                    if iova != 0 { try ioas.cut(at: iova - 1) }
+                    if size != 0 { try ioas.cut(at: iova &+ size &- 1) }
+                }
+                unmapped = try ioas.unmap(all ? 0 : s.u64(8), all ? .max : s.u64(16))
+            } catch { rc = fail(error) }
             arg.storeBytes(of: unmapped.littleEndian, toByteOffset: 16, as: UInt64.self)
             return rc
         case Self.vfioIOMMUGetInfo:
@@ -86,16 +95,19 @@ extension IOMMUFDContext {
             for h in ioas.domains { sizes &= h.domain.pageSizes }
             if sizes & (IOAS.pageSize - 1) != 0 { sizes = (sizes & ~(IOAS.pageSize - 1)) | IOAS.pageSize }
             let ranges = ioas.usableRanges
+            // The fixed part, then DMA_AVAIL (12 bytes, padded to 16) and IOVA_RANGE; each
+            // capability is written only when all of it fits, the padding never.
             let total = 24 + 16 + 16 + 16 * ranges.count
             var out = StructBytes(bytes: [UInt8](repeating: 0, count: total))
             out.set32(0, UInt32(total)); out.set32(4, 0x3); out.set64(8, sizes)
             if argsz >= total { out.set32(16, 24) }
-            // VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL (id 3, v1) at 24, then CAP_IOVA_RANGE (id 1, v1) at 40.
             out.set16(24, 3); out.set16(26, 1); out.set32(28, argsz >= 40 ? 40 : 0); out.set32(32, .max)
             out.set16(40, 1); out.set16(42, 1); out.set32(44, 0); out.set32(48, UInt32(ranges.count))
             for (i, r) in ranges.enumerated() { out.set64(56 + 16 * i, r.start); out.set64(64 + 16 * i, r.last) }
-            let n = min(argsz, total, arg.count)
-            for i in 0..<n { arg[i] = out.bytes[i] }
+            var pieces: [Range<Int>] = [0..<min(argsz, 24)]
+            if argsz >= 36 { pieces.append(24..<36) }
+            if argsz >= total { pieces.append(40..<total) }
+            for piece in pieces { for i in piece where i < arg.count { arg[i] = out.bytes[i] } }
             return 0
         default:
             return fail(Errno(Errno.ENOTTY, "ioctl 0x\(String(cmd, radix: 16)) is not an iommufd or VFIO command"))

@@ -68,7 +68,15 @@ public final class IOMMUCore: @unchecked Sendable {
     public func releaseHeldFrames() {
         for f in framesHeldForFailedInvalidations { try? platform.frames.free(f) }
         framesHeldForFailedInvalidations = []
+        let pending = releasedWhenTranslationOff
+        releasedWhenTranslationOff = []
+        for release in pending { release() }
     }
+
+    /// Releases a layer above holds back for the same reason (pages pinned by a user API
+    /// whose unmap could not be invalidated): run when translation is off.
+    public func releaseWhenTranslationOff(_ release: @escaping () -> Void) { releasedWhenTranslationOff.append(release) }
+    private var releasedWhenTranslationOff: [() -> Void] = []
 
     /// A core dropped with devices still probed (a run stopped before its teardown) leaves no
     /// cycle behind: devices and their groups, domains and driver state reference each other,

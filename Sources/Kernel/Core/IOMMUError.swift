@@ -28,6 +28,9 @@ public enum IOMMUError: Error, Equatable, Sendable, CustomStringConvertible {
     case timedOut(String)
     /// The hardware reported an error (-EIO).
     case ioError(String)
+    /// An error of a user API layer above the core (iommufd), with its own errno and name
+    /// (EPERM, EFAULT, EADDRINUSE, EMSGSIZE, ...).
+    case user(errno: Int32, name: String, message: String)
 
     /// The positive errno value Linux uses for this error.
     public var errno: Int32 {
@@ -44,6 +47,7 @@ public enum IOMMUError: Error, Equatable, Sendable, CustomStringConvertible {
         case .noDevice: return 19                       // ENODEV
         case .timedOut: return 110                      // ETIMEDOUT
         case .ioError: return 5                         // EIO
+        case .user(let errno, _, _): return errno
         }
     }
 
@@ -62,12 +66,15 @@ public enum IOMMUError: Error, Equatable, Sendable, CustomStringConvertible {
         case .noDevice: return "ENODEV"
         case .timedOut: return "ETIMEDOUT"
         case .ioError: return "EIO"
+        case .user(_, let name, _): return name
         }
     }
 
     /// Every `errnoName` an error can have (scenario files name them).
     public static let errnoNames = ["EINVAL", "ENOENT", "EBUSY", "EEXIST", "ENOMEM", "ENOSPC", "EOVERFLOW", "ERANGE",
-                                    "EOPNOTSUPP", "ENODEV", "ETIMEDOUT", "EIO"]
+                                    "EOPNOTSUPP", "ENODEV", "ETIMEDOUT", "EIO",
+                                    // The user API's own (iommufd).
+                                    "EPERM", "E2BIG", "EBADF", "EFAULT", "ENOTTY", "ESPIPE", "EDEADLK", "EMSGSIZE", "EADDRINUSE"]
 
     /// True for the soft "this domain does not fit this device" failure.
     public var isIncompatible: Bool { if case .incompatible = self { return true } else { return false } }
@@ -76,7 +83,7 @@ public enum IOMMUError: Error, Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .invalidArgument(let m), .incompatible(let m), .notFound(let m), .busy(let m), .exists(let m),
              .noMemory(let m), .noSpace(let m), .overflow(let m), .outOfRange(let m), .notSupported(let m),
-             .noDevice(let m), .timedOut(let m), .ioError(let m):
+             .noDevice(let m), .timedOut(let m), .ioError(let m), .user(_, _, let m):
             return m
         }
     }

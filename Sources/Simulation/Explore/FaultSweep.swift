@@ -54,15 +54,15 @@ public struct FaultSweep: Sendable {
         return injects ? nil : "--seed \(seed)"
     }
 
-    static let leakInvariants: Set<String> = ["frame-leak", "did-leak", "pasid-leak", "domain-leak"]
+    static let leakInvariants: Set<String> = ["frame-leak", "did-leak", "pasid-leak", "domain-leak", "pins-left", "object-leak"]
 
     /// Whether violation `v` is the designed consequence of the fault injected at `point`
-    /// rather than a kernel bug: a DID quarantined after a timed-out invalidation, or anything
+    /// rather than a kernel bug: a DID quarantined, or pins kept, after a timed-out invalidation, or anything
     /// the oracle flags after the hardware dropped a descriptor (the hardware broke isolation;
     /// the oracle must see it).
     static func isDesignedOutcome(_ v: Violation, injectedPoint point: String) -> Bool {
         if point == FaultPoint.invalidationDrop.name { return !leakInvariants.contains(v.invariant) }
-        return v.invariant == "did-quarantined" && point == FaultPoint.invalidationTimeout.name
+        return (v.invariant == "did-quarantined" || v.invariant == "pins-kept") && point == FaultPoint.invalidationTimeout.name
     }
 
     public func run(jobs: Int, progress: (@Sendable (_ done: Int, _ total: Int) -> Void)? = nil) throws -> Report {

@@ -107,6 +107,10 @@ public struct Scenario: Sendable {
 
     public struct FaultHandler: Sendable {
         public var queue: String
+        /// For an iommufd fault object: the VMM maps faulting guest pages with IOAS_MAP into
+        /// `ioas` from `region` (guest RAM at `iova`), reading and answering through the file.
+        public var ioas: String? = nil
+        public var region: String? = nil
         /// IOVA window the handler maps on demand; a fault outside it is answered INVALID.
         public var iova: UInt64
         public var windowPages: Int
@@ -127,6 +131,10 @@ public struct Scenario: Sendable {
         public var maxBytes: Int
         /// Walk the buffers in order (a ring) instead of picking at random.
         public var sequential: Bool
+        /// Instead of buffer sets: every page of [iova, iova + pages × 4 KiB), always live
+        /// (guest RAM a VMM maps through iommufd).
+        public var windowIOVA: UInt64 = 0
+        public var windowPages = 0
     }
 
     public struct Churn: Sendable {
@@ -209,6 +217,8 @@ public struct Scenario: Sendable {
         /// An iommufd fault object; domains allocated with it deliver faults there.
         case allocFaultQueue(String)
         case closeFaultQueue(String)
+        /// The VMM role through iommufd (Scenario+IOMMUFD.swift).
+        case iommufd(IOMMUFDAction)
     }
 
     public struct TimedAction: Sendable {

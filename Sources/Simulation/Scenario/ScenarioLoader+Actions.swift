@@ -11,12 +11,13 @@ extension ScenarioParser {
                               "detach", "alloc-pasid", "free-pasid", "attach-pasid", "replace-pasid", "detach-pasid", "reset",
                               "dma", "dma-burst", "start", "stop", "retarget", "inject", "descriptor-fault",
                               "create-process", "mmap", "munmap", "exit", "sva-bind", "sva-unbind", "alloc-fault-queue",
-                              "close-fault-queue"]
+                              "close-fault-queue"] + iommufdKinds
 
     /// First pass: the names alloc-domain, alloc-pasid, create-process, mmap, sva-bind and
     /// alloc-fault-queue declare.
     mutating func declare(_ list: [YAMLField]) throws(ScenarioError) {
-        let declaring: Set<String> = ["alloc-domain", "alloc-pasid", "create-process", "mmap", "sva-bind", "alloc-fault-queue"]
+        let declaring: Set<String> = ["alloc-domain", "alloc-pasid", "create-process", "mmap", "sva-bind", "alloc-fault-queue",
+                                      "iommufd-open", "ioas-alloc", "hwpt-alloc", "fault-alloc"]
         for f in list {
             guard case .mapping(let m) = f.node else { continue }
             for (k, v) in m where k.string == "do" {
@@ -36,6 +37,8 @@ extension ScenarioParser {
                     guard processNames.insert(name).inserted else { throw nf.error("process '\(name)' is created twice") }
                 case "mmap":
                     guard regionNames.insert(name).inserted else { throw nf.error("region '\(name)' is mapped twice") }
+                case "iommufd-open", "ioas-alloc", "hwpt-alloc", "fault-alloc":
+                    try declareIOMMUFD(kind, name, nf)
                 case "sva-bind":
                     guard bindNames[name] == nil else { throw nf.error("SVA bind '\(name)' is made twice") }
                     guard let dn = m["device"]?.string, let d = deviceIndex[dn] else { bindNames[name] = -1; continue }
@@ -174,6 +177,8 @@ extension ScenarioParser {
             label = "stop the PASID of \(b) (\(marker ? "stop marker" : "wait for its page requests")) and unbind"
         case "alloc-fault-queue":
             let n = try name("the fault queue's name"); action = .allocFaultQueue(n); label = "alloc fault queue \(n)"
+        case _ where Self.iommufdKinds.contains(kind):
+            (action, label) = try iommufdAction(kind, m)
         default: // close-fault-queue
             let q = try nameRef(try m.required("queue", "a fault queue"), in: faultQueueNames, what: "fault queue", from: "alloc-fault-queue")
             action = .closeFaultQueue(q); label = "close fault queue \(q)"
@@ -185,11 +190,11 @@ extension ScenarioParser {
 
     /// Actions whose kernel steps can fail, so that `expect-error` can hold (`start` of a
     /// DMA ring maps its buffers); the others run no step.
-    static let failingKinds: Set<String> = [
+    static let failingKinds: Set<String> = Set<String>([
         "alloc-domain", "free-domain", "map", "unmap", "claim-owner", "release-owner", "attach", "replace", "detach",
         "alloc-pasid", "free-pasid", "attach-pasid", "replace-pasid", "detach-pasid", "reset", "dma-burst",
         "create-process", "mmap", "munmap", "exit", "sva-bind", "sva-unbind",
-    ]
+    ]).union(iommufdKinds)
     /// Actions that change a translation entry and report the update path they took.
     static let pathKinds: Set<String> = ["attach", "replace", "detach", "attach-pasid", "replace-pasid"]
 

@@ -26,7 +26,16 @@ extension ScenarioParser {
         switch type {
         case "dma":
             let device = try deviceRef(try m.required("device", "the device doing DMA"))
-            let buffers = try m.required("buffers", "buffer sets it reads and writes").listOrOne().map { (b) throws(ScenarioError) in try bufferRef(b) }
+            var buffers: [Int] = [], windowIOVA: UInt64 = 0, windowPages = 0
+            if let w = m.optional("iova") {
+                // A window of IOVA (guest RAM mapped through iommufd) instead of buffer sets.
+                windowIOVA = try w.unsigned(in: 0...(1 << 56))
+                guard windowIOVA & 0xFFF == 0 else { throw w.error("iova must be 4 KiB aligned") }
+                windowPages = try m.required("pages", "the window's size in pages").int(in: 1...(1 << 20))
+                if let b = m.optional("buffers") { throw b.error("a dma workload takes buffers or an iova window, not both") }
+            } else {
+                buffers = try m.required("buffers", "buffer sets it reads and writes (or iova + pages)").listOrOne().map { (b) throws(ScenarioError) in try bufferRef(b) }
+            }
             let pasid = try m.optional("pasid").map { (p) throws(ScenarioError) in try pasidRef(p) }
             let interval = try m.optional("interval-ns")?.unsigned(in: 1...1_000_000_000) ?? 500
             let burst = try m.optional("burst")?.int(in: 1...1024) ?? 1
@@ -39,7 +48,8 @@ extension ScenarioParser {
             }
             let sequential = try m.optional("pattern")?.oneOf(["random", "sequential"]) == "sequential"
             kind = .dma(.init(device: device, pasid: pasid, buffers: buffers, intervalNs: interval, burst: burst,
-                              direction: dir, minBytes: minB, maxBytes: maxB, sequential: sequential))
+                              direction: dir, minBytes: minB, maxBytes: min(maxB, windowPages > 0 ? 4096 : maxB), sequential: sequential,
+                              windowIOVA: windowIOVA, windowPages: windowPages))
         case "churn":
             let b = try bufferRef(try m.required("buffers", "the buffer set to churn"))
             let period = try m.optional("period-ns")?.unsigned(in: 1...(1 << 40)) ?? 20_000
@@ -69,14 +79,23 @@ extension ScenarioParser {
             kind = .ats(.init(device: device, bind: bind, region: region, iova: iova, windowPages: window, pagesPerAccess: per,
                               intervalNs: interval, outstanding: outstanding, direction: dir))
         case "fault-handler":
-            let q = try nameRef(try m.required("queue", "the fault queue it serves"), in: faultQueueNames, what: "fault queue",
-                                from: "alloc-fault-queue")
+            let iommufdFaults = Set(iommufdObjects.filter { $0.value == "fault" }.keys)
+            let q = try nameRef(try m.required("queue", "the fault queue or iommufd fault object it serves"),
+                                in: faultQueueNames.union(iommufdFaults), what: "fault queue", from: "alloc-fault-queue or fault-alloc")
+            var ioas: String?, region: String?
+            if iommufdFaults.contains(q) {
+                ioas = try objectRef(try m.required("ioas", "the IOAS the VMM maps faulting guest pages into"), kinds: ["ioas"], what: "IOAS")
+                region = try nameRef(try m.required("region", "the guest RAM region (from mmap) behind the window"), in: regionNames,
+                                     what: "region", from: "mmap")
+            } else if let v = m.optional("ioas") ?? m.optional("region") {
+                throw v.error("ioas and region are for a handler of an iommufd fault object (from fault-alloc)")
+            }
             let iova = try m.required("iova", "the IOVA window it maps on demand").unsigned(in: 0...(1 << 56))
             guard iova & 0xFFF == 0 else { throw f.error("iova must be 4 KiB aligned") }
             let window = try m.required("pages", "the window's size in pages").int(in: 1...(1 << 20))
             let latency = try m.optional("latency-ns")?.unsigned(in: 0...1_000_000_000) ?? 2_000
             let batch = try m.optional("batch")?.int(in: 1...4096) ?? 64
-            kind = .faultHandler(.init(queue: q, iova: iova, windowPages: window, latencyNs: latency, batch: batch))
+            kind = .faultHandler(.init(queue: q, ioas: ioas, region: region, iova: iova, windowPages: window, latencyNs: latency, batch: batch))
         default:
             let device = try deviceRef(try m.required("device", "the device owning the ring"))
             let count = try m.optional("count")?.int(in: 1...4096) ?? 8

@@ -80,6 +80,9 @@ struct ScenarioParser {
     var regionNames: Set<String> = []
     var bindNames: [String: Int] = [:]
     var faultQueueNames: Set<String> = []
+    /// iommufd contexts, and their objects by name with their kind ("ioas", "hwpt", "fault").
+    var iommufdContexts: Set<String> = []
+    var iommufdObjects: [String: String] = [:]
 
     mutating func scenario(_ root: YAMLField) throws(ScenarioError) -> Scenario {
         let m = try root.mapping()

@@ -121,6 +121,8 @@ extension ScenarioRunner {
             note(label)
         case .createProcess, .mmap, .munmap, .exitProcess, .svaBind, .svaUnbind, .allocFaultQueue, .closeFaultQueue:
             performPageFaultAction(a)
+        case .iommufd(let action):
+            performIOMMUFD(action, label: label, line: line)
         }
     }
 

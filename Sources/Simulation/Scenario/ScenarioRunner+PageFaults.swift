@@ -129,14 +129,14 @@ extension ScenarioRunner {
 
     func startFaultHandler(_ h: FaultHandlerState) {
         h.running = true
-        if let q = faultQueues[h.spec.queue], q.undelivered > 0 { wake(h) }
+        if let q = faultQueues[h.spec.queue] ?? iommufdFaults[h.spec.queue]?.queue, q.undelivered > 0 { wakeHandler(h) }
     }
 
-    private func faultQueueReadable(_ name: String) {
-        for case let h? in faultHandlers where h.running && h.spec.queue == name { wake(h) }
+    func faultQueueReadable(_ name: String) {
+        for case let h? in faultHandlers where h.running && h.spec.queue == name { wakeHandler(h) }
     }
 
-    private func wake(_ h: FaultHandlerState) {
+    func wakeHandler(_ h: FaultHandlerState) {
         guard !h.scheduled else { return }
         h.scheduled = true
         m.scheduler.schedule(after: h.spec.latencyNs, kind: .software) { [weak self, weak h] in
@@ -151,6 +151,7 @@ extension ScenarioRunner {
     /// the device (PASID) is attached to, INVALID when a page lies outside the window or
     /// cannot be mapped.
     private func serve(_ h: FaultHandlerState) {
+        if let f = iommufdFaults[h.spec.queue] { serveIOMMUFD(h, f); return }
         guard let q = faultQueues[h.spec.queue], !q.isClosed else { return }
         let records = q.read(maxRecords: h.spec.batch)
         var i = 0
@@ -160,7 +161,7 @@ extension ScenarioRunner {
             answer(Array(records[i..<j]), queue: q, handler: h)
             i = j
         }
-        if q.undelivered > 0 { wake(h) }
+        if q.undelivered > 0 { wakeHandler(h) }
     }
 
     private func answer(_ group: [FaultQueue.Record], queue q: FaultQueue, handler h: FaultHandlerState) {

@@ -41,6 +41,7 @@ extension ScenarioRunner {
             if let c = (try? m.dma.cookie(for: devices[r.spec.device])) ?? nil { r.statistics = c.statistics }
         }
         note("traffic stopped; tearing down")
+        tearDownIOMMUFD()
         tearDownPageFaultUsers()
         // PASIDs: detach and free.
         for (name, p) in pasids.sorted(by: { $0.key < $1.key }) {

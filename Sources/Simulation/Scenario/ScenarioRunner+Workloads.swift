@@ -19,7 +19,13 @@ extension ScenarioRunner {
             switch w.kind {
             case .dma(let d):
                 let e = endpoints[d.device]
-                let engine = DMAStreamEngine(endpoint: e, sets: d.buffers.map { sets[$0] }, pasid: nil, intervalNs: d.intervalNs,
+                var targets = d.buffers.map { sets[$0] }
+                if d.windowPages > 0 {
+                    let window = LiveBuffers(name: "\(w.name) window", count: d.windowPages, length: 4096)
+                    for i in 0..<d.windowPages { window.addresses[i] = d.windowIOVA + UInt64(i) << 12; window.live[i] = true }
+                    targets = [window]
+                }
+                let engine = DMAStreamEngine(endpoint: e, sets: targets, pasid: nil, intervalNs: d.intervalNs,
                                              burst: d.burst, direction: d.direction, minBytes: d.minBytes, maxBytes: d.maxBytes,
                                              walkAccessNs: scenario.units[scenario.devices[d.device].description.unit].walkAccessNs,
                                              sequential: d.sequential)

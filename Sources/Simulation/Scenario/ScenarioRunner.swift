@@ -107,6 +107,11 @@ public final class ScenarioRunner {
     /// Pages user-space fault handlers mapped, per domain (unmapped before the domain goes).
     var userFaultPages: [ObjectIdentifier: (domain: IOMMUDomain, pages: Set<UInt64>)] = [:]
     var userAutoResponses = 0
+    // The VMM role (ScenarioRunner+IOMMUFD.swift): contexts, named objects, bound devices.
+    var contexts: [String: IOMMUFDContext] = [:]
+    var iommufdNames: [String: (context: String, id: UInt32)] = [:]
+    var boundDevices: [Int: (context: String, id: UInt32)] = [:]
+    var iommufdFaults: [String: FaultObject] = [:]
     var log: [(time: UInt64, text: String)] = []
     var records: [StepRecord] = []
     /// Why the run stopped early (a failed step of a plain run, a budget), or nil.

@@ -1,0 +1,31 @@
+/// The VMM role: what a VMM does through /dev/iommu and VFIO (an iommufd context per
+/// open, devices bound to it, IOASes over its process's memory as guest RAM, HWPTs, fault
+/// objects), each step through the ioctl entry where the uAPI has an ioctl.
+extension Scenario {
+    public enum IOMMUFDAction: Sendable {
+        /// Opens /dev/iommu as `process` (its memory is the context's user memory).
+        case open(name: String, process: String)
+        /// VFIO_DEVICE_BIND_IOMMUFD.
+        case bind(context: String, device: Int)
+        /// Closing the VFIO device file: detached and unbound.
+        case unbind(device: Int)
+        case ioasAlloc(name: String, context: String)
+        /// IOAS_MAP of `pages` pages of a region (from `offsetPages`), at `iova` or where the
+        /// kernel places it.
+        case ioasMap(ioas: String, region: String, offsetPages: Int, pages: Int?, iova: UInt64?, writeable: Bool)
+        /// IOAS_UNMAP of [iova, iova + pages), or of everything (`pages` nil).
+        case ioasUnmap(ioas: String, iova: UInt64, pages: Int?)
+        case hwptAlloc(name: String, ioas: String, device: Int, fault: String?, pasid: Bool)
+        /// VFIO_DEVICE_ATTACH_IOMMUFD_PT to a HWPT or an IOAS (automatic domain), of the RID or a PASID.
+        case attach(device: Int, target: String, pasid: UInt32?)
+        case replace(device: Int, target: String, pasid: UInt32?)
+        case detach(device: Int, pasid: UInt32?)
+        /// IOMMU_FAULT_QUEUE_ALLOC; `closeFault` closes its file (the object lives on with its HWPTs).
+        case faultAlloc(name: String, context: String)
+        case closeFault(String)
+        /// IOMMU_DESTROY of a named object.
+        case destroy(String)
+        /// close() of the context with whatever is still alive.
+        case close(String)
+    }
+}

@@ -1,0 +1,217 @@
+import Platform
+import Formats
+import Hardware
+import Kernel
+import IOMMUFD
+
+// The VMM role: iommufd contexts, IOASes over the VMM's memory, HWPTs, devices bound and
+// attached, fault objects served through their file. Each step goes through the ioctl
+// entry where the uAPI has an ioctl (VFIO's bind/attach call the context's methods).
+extension ScenarioRunner {
+    /// Runs a user API call as a step body: its errno becomes the step's error.
+    func user<T>(_ body: () throws(Errno) -> T) throws(IOMMUError) -> T {
+        do { return try body() } catch { throw error.iommuError }
+    }
+
+    func context(_ name: String) throws(IOMMUError) -> IOMMUFDContext {
+        guard let c = contexts[name], !c.isClosed else { throw .notFound("iommufd context \(name) is not open") }
+        return c
+    }
+
+    /// The context and ID of a named object.
+    func object(_ name: String) throws(IOMMUError) -> (IOMMUFDContext, UInt32) {
+        guard let (c, id) = iommufdNames[name] else { throw .notFound("\(name) was not allocated") }
+        return (try context(c), id)
+    }
+
+    func boundID(_ device: Int) throws(IOMMUError) -> (IOMMUFDContext, UInt32) {
+        guard let (c, id) = boundDevices[device] else { throw .notFound("\(devices[device].name) is not bound") }
+        return (try context(c), id)
+    }
+
+    func ioctl(_ c: IOMMUFDContext, _ command: IOMMUFDCommand, _ fill: (inout StructBytes) -> Void) throws(IOMMUError) -> StructBytes {
+        var s = StructBytes(size: command.size)
+        fill(&s)
+        try user { () throws(Errno) in try c.call(command, &s) }
+        return s
+    }
+
+    func performIOMMUFD(_ a: Scenario.IOMMUFDAction, label: String, line: Int) {
+        switch a {
+        case .open(let name, let pname):
+            step(label, line: line) { () throws(IOMMUError) in
+                guard let p = processes[pname] else { throw .notFound("process \(pname) does not exist") }
+                contexts[name] = IOMMUFDContext(core: m.core, memory: p)
+            }
+        case .bind(let cname, let d):
+            step(label, line: line) { () throws(IOMMUError) in
+                let c = try context(cname)
+                let id = try user { () throws(Errno) in try c.bind(devices[d]) }
+                boundDevices[d] = (cname, id)
+                note("\(label): dev_id \(id)")
+            }
+        case .unbind(let d):
+            step(label, line: line) { () throws(IOMMUError) in
+                let (c, id) = try boundID(d)
+                try user { () throws(Errno) in try c.unbind(id) }
+                boundDevices[d] = nil
+            }
+        case .ioasAlloc(let name, let cname):
+            step(label, line: line) { () throws(IOMMUError) in
+                let c = try context(cname)
+                let out = try ioctl(c, .ioasAlloc) { _ in }
+                iommufdNames[name] = (cname, out.u32(8))
+            }
+        case .ioasMap(let ioas, let rname, let offset, let pages, let iova, let writeable):
+            step(label, line: line) { () throws(IOMMUError) in
+                let (c, id) = try object(ioas)
+                guard let r = regions[rname] else { throw .notFound("region \(rname) is not mapped") }
+                let n = pages ?? (r.pages - offset)
+                guard offset + n <= r.pages else { throw .invalidArgument("pages beyond region \(rname)") }
+                let out = try ioctl(c, .ioasMap) { s in
+                    s.set32(4, UAPI.mapReadable | (writeable ? UAPI.mapWriteable : 0) | (iova != nil ? UAPI.mapFixedIOVA : 0))
+                    s.set32(8, id); s.set64(16, r.address + UInt64(offset) << 12); s.set64(24, UInt64(n) << 12); s.set64(32, iova ?? 0)
+                }
+                note("\(label): iova 0x\(String(out.u64(32), radix: 16))")
+            }
+        case .ioasUnmap(let ioas, let iova, let pages):
+            step(label, line: line) { () throws(IOMMUError) in
+                let (c, id) = try object(ioas)
+                let out = try ioctl(c, .ioasUnmap) { s in
+                    s.set32(4, id); s.set64(8, pages == nil ? 0 : iova); s.set64(16, pages.map { UInt64($0) << 12 } ?? .max)
+                }
+                note("\(label): 0x\(String(out.u64(16), radix: 16)) bytes")
+            }
+        case .hwptAlloc(let name, let ioas, let d, let fault, let pasid):
+            step(label, line: line) { () throws(IOMMUError) in
+                let (c, ioasID) = try object(ioas)
+                let (_, devID) = try boundID(d)
+                let faultID = try fault.map { (f) throws(IOMMUError) in try object(f).1 }
+                let out = try ioctl(c, .hwptAlloc) { s in
+                    s.set32(4, (pasid ? UAPI.hwptAllocPASID : 0) | (faultID != nil ? UAPI.hwptFaultIDValid : 0))
+                    s.set32(8, devID); s.set32(12, ioasID); s.set32(40, faultID ?? 0)
+                }
+                iommufdNames[name] = (iommufdNames[ioas]?.context ?? "", out.u32(16))
+            }
+        case .attach(let d, let target, let pasid), .replace(let d, let target, let pasid):
+            var replace = false
+            if case .replace = a { replace = true }
+            if step(label, line: line, { () throws(IOMMUError) in
+                let (c, devID) = try boundID(d)
+                let (_, pt) = try object(target)
+                let p = pasid.map { PASID(truncating: $0) }
+                let h = try user { () throws(Errno) in replace ? try c.replace(devID, with: pt, pasid: p) : try c.attach(devID, to: pt, pasid: p) }
+                note("\(label): HWPT \(h)")
+            }), replace { note("\(label): \(m.core.lastUpdatePath.rawValue) path") }
+        case .detach(let d, let pasid):
+            step(label, line: line) { () throws(IOMMUError) in
+                let (c, devID) = try boundID(d)
+                try user { () throws(Errno) in try c.detach(devID, pasid: pasid.map { PASID(truncating: $0) }) }
+            }
+        case .faultAlloc(let name, let cname):
+            step(label, line: line) { () throws(IOMMUError) in
+                let c = try context(cname)
+                let out = try ioctl(c, .faultQueueAlloc) { _ in }
+                let f = try user { () throws(Errno) in try c.faultObject(out.u32(8)) }
+                iommufdNames[name] = (cname, f.id)
+                iommufdFaults[name] = f
+                f.queue.onReadable = { [weak self] in self?.faultQueueReadable(name) }
+            }
+        case .closeFault(let name):
+            step(label, line: line) { () throws(IOMMUError) in
+                let (c, id) = try object(name)
+                try user { () throws(Errno) in try c.closeFaultFile(id) }
+            }
+        case .destroy(let name):
+            step(label, line: line) { () throws(IOMMUError) in
+                let (c, id) = try object(name)
+                _ = try ioctl(c, .destroy) { $0.set32(4, id) }
+                iommufdNames[name] = nil
+                iommufdFaults[name] = nil
+            }
+        case .close(let cname):
+            if let c = contexts[cname], !c.isClosed { closeContext(cname, c) }
+            note(label)
+        }
+        checkIOASes()
+    }
+
+    /// Closes a context and checks that its pins are all released.
+    func closeContext(_ name: String, _ c: IOMMUFDContext) {
+        for f in iommufdFaults.values where !f.isDestroyed {
+            if f.queue.autoResponses > 0 { userAutoResponses += f.queue.autoResponses }
+        }
+        c.close()
+        for (d, b) in boundDevices where b.context == name { boundDevices[d] = nil }
+        for (n, o) in iommufdNames where o.context == name {
+            iommufdNames[n] = nil
+            if let f = iommufdFaults.removeValue(forKey: n) { userAutoResponses += f.queue.autoResponses }
+        }
+        m.oracle.checkPinsReleased(c, context: name)
+    }
+
+    /// The oracle's IOAS check over every open context.
+    func checkIOASes() {
+        for (name, c) in contexts.sorted(by: { $0.key < $1.key }) where !c.isClosed {
+            for case let ioas as IOAS in c.objects { m.oracle.checkIOAS(ioas, context: name) }
+        }
+    }
+
+    /// Contexts still open are closed (the VMM exits), before its process goes.
+    func tearDownIOMMUFD() {
+        for (name, c) in contexts.sorted(by: { $0.key < $1.key }) where !c.isClosed {
+            closeContext(name, c)
+            note("teardown: close \(name)")
+        }
+    }
+
+    // MARK: The VMM's fault handler (a fault-handler workload on an iommufd fault object)
+
+    /// Reads whole groups through the fault file, maps the faulting guest pages with
+    /// IOAS_MAP (guest RAM behind the window) and answers each group through the file:
+    /// SUCCESS when its pages are mapped, INVALID when one lies outside the window.
+    func serveIOMMUFD(_ h: FaultHandlerState, _ f: FaultObject) {
+        guard !f.isDestroyed, f.isFileOpen, let ioasName = h.spec.ioas, let rname = h.spec.region else { return }
+        let bytes = (try? f.read(count: h.spec.batch * 40)) ?? []
+        var records: [FaultQueue.Record] = []
+        for o in stride(from: 0, to: bytes.count, by: 40) { records.append(FaultObject.decode(bytes, at: o)) }
+        var i = 0
+        while i < records.count {
+            var j = i
+            while j < records.count && records[j].cookie == records[i].cookie { j += 1 }
+            answerIOMMUFD(Array(records[i..<j]), f, h, ioas: ioasName, region: rname)
+            i = j
+        }
+        if f.queue.undelivered > 0 { wakeHandler(h) }
+    }
+
+    private func answerIOMMUFD(_ group: [FaultQueue.Record], _ f: FaultObject, _ h: FaultHandlerState, ioas: String, region: String) {
+        guard let first = group.first else { return }
+        let lo = h.spec.iova, hi = h.spec.iova &+ UInt64(h.spec.windowPages) << 12
+        var code = FaultQueue.responseSuccess
+        if group.contains(where: { $0.address < lo || $0.address >= hi }) {
+            code = FaultQueue.responseInvalid
+        } else {
+            for r in group {
+                let page = r.address & ~0xFFF
+                let ok = step("VMM fault handler: IOAS_MAP guest page 0x\(String(page, radix: 16))", line: 0) { () throws(IOMMUError) in
+                    let (c, id) = try object(ioas)
+                    guard let reg = regions[region] else { throw .notFound("region \(region) is gone") }
+                    let va = reg.address + (page - lo)
+                    var s = StructBytes(size: IOMMUFDCommand.ioasMap.size)
+                    s.set32(4, UAPI.mapFixedIOVA | UAPI.mapReadable | UAPI.mapWriteable); s.set32(8, id)
+                    s.set64(16, va); s.set64(24, 4096); s.set64(32, page)
+                    let rc = c.ioctl(IOMMUFDCommand.ioasMap.number, &s.bytes)
+                    // Mapped already (an earlier group of the same page): fine.
+                    if rc != 0 && rc != -Errno.EEXIST { throw (c.lastError ?? Errno(-rc)).iommuError }
+                }
+                if !ok { code = FaultQueue.responseInvalid; break }
+            }
+        }
+        if code == FaultQueue.responseSuccess { h.groupsServed += 1 } else { h.groupsRefused += 1 }
+        var response = StructBytes(bytes: [UInt8](repeating: 0, count: 8))
+        response.set32(0, first.cookie); response.set32(4, code)
+        // The kernel may have answered the group meanwhile (detach, replace): EINVAL then.
+        do { _ = try f.write(response.bytes) } catch { note("VMM fault handler: cookie \(first.cookie): \(error)") }
+    }
+}
