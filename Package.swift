@@ -51,6 +51,6 @@ let package = Package(
         .testTarget(name: "HardwareTests", dependencies: ["Platform", "Formats", "Hardware"]),
         .testTarget(name: "KernelTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"]),
         .testTarget(name: "IOMMUFDTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"]),
-        .testTarget(name: "SimulationTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "Simulation"]),
+        .testTarget(name: "SimulationTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"]),
     ]
 )

@@ -31,4 +31,7 @@ public struct HostThread {
 
     /// Waits for the thread's body to return.
     public func join() { pthread_join(thread, nil) }
+
+    /// Lets the thread end on its own: its resources go when its body returns.
+    public func detach() { pthread_detach(thread) }
 }

@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Synchronization
 #if canImport(Dispatch)
 import Dispatch
@@ -62,9 +67,23 @@ public final class PlatformContext: @unchecked Sendable {
     /// simulation, a real timer with real threads.
     public func startTimer(afterNs delayNs: UInt64, _ action: @escaping @Sendable () -> Void) {
         if realThreads {
-            #if canImport(Dispatch)
-            DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(min(delayNs, UInt64(Int.max)))), execute: action)
-            #endif
+            // A thread of its own, as a kernel timer has its own context: a shared pool can be
+            // kept busy by the work the timer is meant to interrupt, and the timer would starve.
+            let deadline = HostClock.monotonic() &+ delayNs
+            let thread = HostThread.start {
+                while true {
+                    let now = HostClock.monotonic()
+                    guard now < deadline else { break }
+                    let left = deadline - now
+                    usleep(useconds_t(min(left / 1000 + 1, 100_000)))
+                }
+                action()
+            }
+            if let thread { thread.detach() } else {
+                #if canImport(Dispatch)
+                DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(min(delayNs, UInt64(Int.max)))), execute: action)
+                #endif
+            }
         } else {
             scheduler.schedule(after: delayNs, kind: .software, action)
         }

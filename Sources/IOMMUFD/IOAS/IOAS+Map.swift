@@ -107,27 +107,25 @@ extension IOAS {
         let range = area.pageRange
         let core = ctx.core
         let single = disableLargePages
-        try area.pages.withFrames { frames throws(Errno) in
-            var i = range.lowerBound
-            var iova = area.iova
-            var remaining = area.length
-            var offset = area.startByte
-            while remaining > 0 {
-                var n = 1
-                if !single {
-                    let first = frames[i]
-                    while i + n < range.upperBound, frames[i + n] == first &+ UInt64(n) << 12 { n += 1 }
-                }
+        var iova = area.iova
+        var remaining = area.length
+        var offset = area.startByte
+        // One map call per physically contiguous run (the driver picks huge IOPTEs where the
+        // alignment allows), or per page when large pages are disabled.
+        try area.pages.forEachRun(range) { (first, count, base) throws(Errno) in
+            var done = 0
+            while done < count && remaining > 0 {
+                let n = single ? 1 : count - done
                 let bytes = min((UInt64(n) << 12) - offset, remaining)
                 do throws(IOMMUError) {
-                    try core.map(domain, iova: iova, physical: frames[i] + offset, size: bytes, permissions: area.permissions)
+                    try core.map(domain, iova: iova, physical: base + UInt64(done) << 12 + offset, size: bytes, permissions: area.permissions)
                 } catch {
                     if iova > area.iova { _ = try? core.unmap(domain, iova: area.iova, size: iova - area.iova) }
                     throw Errno(error)
                 }
                 iova += bytes
                 remaining -= bytes
-                i += n
+                done += n
                 offset = 0
             }
         }

@@ -44,15 +44,12 @@ public final class IOAS: IOMMUFDObject {
     public func forEachTranslation(_ body: (UInt64, UInt64, UInt64, PagePermissions) -> Void) {
         for a in areas where a.pinnedForDomains {
             let range = a.pageRange
-            try? a.pages.withFrames { f throws(Errno) in
-                var i = range.lowerBound, iova = a.iova, left = a.length, offset = a.startByte
-                while left > 0 {
-                    var n = 1
-                    while i + n < range.upperBound, f[i + n] == f[i] &+ UInt64(n) << 12 { n += 1 }
-                    let bytes = min((UInt64(n) << 12) - offset, left)
-                    body(iova, f[i] + offset, bytes, a.permissions)
-                    iova += bytes; left -= bytes; i += n; offset = 0
-                }
+            var iova = a.iova, left = a.length, offset = a.startByte
+            try? a.pages.forEachRun(range) { (_, count, base) throws(Errno) in
+                let bytes = min((UInt64(count) << 12) - offset, left)
+                guard bytes > 0 else { return }
+                body(iova, base + offset, bytes, a.permissions)
+                iova += bytes; left -= bytes; offset = 0
             }
         }
     }

@@ -5,11 +5,30 @@ import Platform
 /// in part (`IOAS_COPY` shares them). Nothing is pinned when it is made: a page is pinned
 /// when its first user appears (an area filling a domain, or an access pinning it) and
 /// unpinned when its last goes, and each pinned page is charged to the ledger once.
+///
+/// Pins are tracked in chunks of 512 pages made as pages get pinned, so a mapping of any
+/// size costs memory only for what is pinned (a user may map terabytes it never backs).
+/// Pinning goes a chunk at a time and charges what each chunk pinned after pinning it, as
+/// Linux pins a batch and then accounts it.
 final class IOPTPages {
     enum Source {
         case user(UserMemory, address: UInt64)
         case file(PinnableFile, offset: UInt64)
     }
+
+    /// Frames and user counts of up to 512 consecutive pages.
+    final class Chunk {
+        var frames: [UInt64]
+        var users: [UInt32]
+        var pinned = 0
+        init(count: Int) {
+            frames = [UInt64](repeating: 0, count: count)
+            users = [UInt32](repeating: 0, count: count)
+        }
+    }
+
+    static let chunkShift = 9
+    static let chunkPages = 1 << chunkShift
 
     let source: Source
     let pageCount: Int
@@ -17,14 +36,14 @@ final class IOPTPages {
     /// How and to whom pins are charged (changes with IOAS_CHANGE_PROCESS).
     var accountMode: PinAccountMode
     var ledger: PinLedger
-    /// Physical frame of each page while it is pinned (0: not pinned); made at the first pin.
-    private(set) var frames: [UInt64] = []
-    /// Users of each page: areas holding it for their domains, and access pins.
-    private var users: [UInt32] = []
+    private var first: Chunk?
+    private var others: [Int: Chunk] = [:]
     /// Pages pinned now (charged to the ledger).
     private(set) var pinnedPages = 0
     /// Areas referring to these pages.
     var areaRefs = 0
+    /// Pages whose pin a holder gave up without unpinning (see `leakPin`).
+    private(set) var leakedPages = 0
 
     init(source: Source, pageCount: Int, writable: Bool, accountMode: PinAccountMode, ledger: PinLedger) {
         self.source = source; self.pageCount = pageCount; self.writable = writable
@@ -33,96 +52,152 @@ final class IOPTPages {
 
     var isFile: Bool { if case .file = source { return true } else { return false } }
 
+    @inline(__always)
+    private func chunk(_ c: Int) -> Chunk? { c == 0 ? first : others[c] }
+
+    private func makeChunk(_ c: Int) -> Chunk {
+        if let x = chunk(c) { return x }
+        let x = Chunk(count: min(Self.chunkPages, pageCount - (c << Self.chunkShift)))
+        if c == 0 { first = x } else { others[c] = x }
+        return x
+    }
+
+    /// The frame of pinned page `i` (0 if it is not pinned).
+    @inline(__always)
+    func frame(_ i: Int) -> UInt64 {
+        guard let x = chunk(i >> Self.chunkShift) else { return 0 }
+        return x.frames[i & (Self.chunkPages - 1)]
+    }
+
+    /// Runs of physically contiguous pinned pages over `range`, in order: (first page,
+    /// page count, first frame). Runs continue across chunks.
+    func forEachRun(_ range: Range<Int>, _ body: (Int, Int, UInt64) throws(Errno) -> Void) throws(Errno) {
+        var start = range.lowerBound, count = 0, base: UInt64 = 0
+        var i = range.lowerBound
+        while i < range.upperBound {
+            let c = i >> Self.chunkShift
+            let end = min((c + 1) << Self.chunkShift, range.upperBound)
+            guard let x = chunk(c) else { i = end; continue }
+            let offset = c << Self.chunkShift
+            for k in i..<end {
+                let f = x.frames[k - offset]
+                if count > 0 && f == base &+ UInt64(count) << 12 {
+                    count += 1
+                } else {
+                    if count > 0 { try body(start, count, base) }
+                    start = k; count = 1; base = f
+                }
+            }
+            i = end
+        }
+        if count > 0 { try body(start, count, base) }
+    }
+
     /// Adds a user to pages `range`, pinning those that had none. All or nothing: on EFAULT
     /// or ENOMEM nothing changes.
     func pin(_ range: Range<Int>, faults: FaultInjector) throws(Errno) {
         guard !range.isEmpty else { return }
-        if frames.isEmpty {
-            frames = [UInt64](repeating: 0, count: pageCount)
-            users = [UInt32](repeating: 0, count: pageCount)
+        // Pages this call pinned, chunk by chunk, and the pages it charged, for the undo.
+        var fresh: [(Chunk, Range<Int>)] = []
+        var charged: UInt64 = 0
+        func undo() {
+            for (x, r) in fresh { unpinFrames(x, r) }
+            ledger.uncharge(accountMode, charged)
         }
-        var fresh = 0
-        for i in range where users[i] == 0 { fresh += 1 }
-        if fresh > 0 {
-            try ledger.charge(accountMode, UInt64(fresh), faults: faults)
-            var i = range.lowerBound
-            while i < range.upperBound {
-                guard users[i] == 0 else { i += 1; continue }
-                var end = i + 1
-                while end < range.upperBound, users[end] == 0 { end += 1 }
-                let got = pinRun(i..<end, faults: faults)
-                guard got == end - i else {
-                    // Undo this call's pins: the run's pinned prefix, and earlier runs.
-                    unpinFrames(i..<i + got)
-                    for j in range.lowerBound..<i where users[j] == 0 && frames[j] != 0 { unpinFrames(j..<j + 1) }
-                    ledger.uncharge(accountMode, UInt64(fresh))
-                    throw Errno.fault("page \(i + got) of the mapping cannot be pinned")
+        var i = range.lowerBound
+        while i < range.upperBound {
+            let c = i >> Self.chunkShift, offset = c << Self.chunkShift
+            let end = min(offset + Self.chunkPages, range.upperBound)
+            let x = makeChunk(c)
+            var here = 0
+            var k = i - offset
+            while k < end - offset {
+                guard x.users[k] == 0 else { k += 1; continue }
+                var e = k + 1
+                while e < end - offset, x.users[e] == 0 { e += 1 }
+                let got = pinRun(x, k..<e, firstPage: offset + k, faults: faults)
+                if got > 0 { fresh.append((x, k..<k + got)); here += got }
+                guard got == e - k else {
+                    undo()
+                    throw Errno.fault("page \(offset + k + got) of the mapping cannot be pinned")
                 }
-                i = end
+                k = e
             }
-            pinnedPages += fresh
+            do { try ledger.charge(accountMode, UInt64(here), faults: faults) } catch {
+                undo()
+                throw error
+            }
+            charged += UInt64(here)
+            i = end
         }
-        for i in range { users[i] += 1 }
+        var added = 0
+        for (x, r) in fresh { x.pinned += r.count; added += r.count }
+        pinnedPages += added
+        i = range.lowerBound
+        while i < range.upperBound {
+            let c = i >> Self.chunkShift, offset = c << Self.chunkShift
+            let end = min(offset + Self.chunkPages, range.upperBound)
+            if let x = chunk(c) { for k in (i - offset)..<(end - offset) { x.users[k] += 1 } }
+            i = end
+        }
     }
 
     /// Drops a user of pages `range`; pages left with none are unpinned and uncharged.
     func unpin(_ range: Range<Int>) {
-        guard !range.isEmpty, !frames.isEmpty else { return }
+        guard !range.isEmpty else { return }
         var released = 0
         var i = range.lowerBound
         while i < range.upperBound {
-            users[i] -= 1
-            guard users[i] == 0 else { i += 1; continue }
-            var end = i + 1
-            while end < range.upperBound, users[end] == 1 { users[end] = 0; end += 1 }
-            unpinFrames(i..<end)
-            released += end - i
+            let c = i >> Self.chunkShift, offset = c << Self.chunkShift
+            let end = min(offset + Self.chunkPages, range.upperBound)
+            guard let x = chunk(c) else { i = end; continue }
+            var k = i - offset
+            while k < end - offset {
+                x.users[k] -= 1
+                guard x.users[k] == 0 else { k += 1; continue }
+                var e = k + 1
+                while e < end - offset, x.users[e] == 1 { x.users[e] = 0; e += 1 }
+                unpinFrames(x, k..<e)
+                x.pinned -= e - k
+                released += e - k
+                k = e
+            }
+            if x.pinned == 0 && c != 0 { others[c] = nil }
             i = end
         }
         pinnedPages -= released
         ledger.uncharge(accountMode, UInt64(released))
     }
 
-    /// Pins pages `range` at the source; returns how many from the start were pinned.
-    private func pinRun(_ range: Range<Int>, faults: FaultInjector) -> Int {
+    /// Pins pages `r` of chunk `x` (page `firstPage` of the set first) at the source; returns
+    /// how many from the start were pinned.
+    private func pinRun(_ x: Chunk, _ r: Range<Int>, firstPage: Int, faults: FaultInjector) -> Int {
         if faults.shouldFail(.iommufdPin) { return 0 }
-        return frames.withUnsafeMutableBufferPointer { all in
-            let out = UnsafeMutableBufferPointer(rebasing: all[range])
+        return x.frames.withUnsafeMutableBufferPointer { all in
+            let out = UnsafeMutableBufferPointer(rebasing: all[r])
             switch source {
             case .user(let memory, let address):
-                return memory.pinPages(at: address + UInt64(range.lowerBound) << 12, write: writable, into: out)
+                return memory.pinPages(at: address + UInt64(firstPage) << 12, write: writable, into: out)
             case .file(let file, let offset):
-                return file.pinPages(at: offset + UInt64(range.lowerBound) << 12, write: writable, into: out)
+                return file.pinPages(at: offset + UInt64(firstPage) << 12, write: writable, into: out)
             }
         }
     }
 
-    private func unpinFrames(_ range: Range<Int>) {
-        guard !range.isEmpty else { return }
-        frames.withUnsafeMutableBufferPointer { all in
-            let run = UnsafeBufferPointer(rebasing: all[range])
+    private func unpinFrames(_ x: Chunk, _ r: Range<Int>) {
+        guard !r.isEmpty else { return }
+        x.frames.withUnsafeMutableBufferPointer { all in
+            let run = UnsafeBufferPointer(rebasing: all[r])
             switch source {
             case .user(let memory, _): memory.unpinPages(run)
             case .file(let file, _): file.unpinPages(run)
             }
-            for i in range { all[i] = 0 }
+            for k in r { all[k] = 0 }
         }
     }
 
-    /// Runs `body` over the frames (valid for pinned pages).
-    func withFrames(_ body: (UnsafeBufferPointer<UInt64>) throws(Errno) -> Void) throws(Errno) {
-        try frames.withUnsafeBufferPointer { (b) throws(Errno) in try body(b) }
-    }
-
     /// A holder gives up its use of `range` without unpinning: a device may still reach the
-    /// pages through a translation whose invalidation failed, so they stay pinned for good.
+    /// pages through a translation whose invalidation failed, so they stay pinned until
+    /// translation is off (the holder then unpins them).
     func leakPin(_ range: Range<Int>) { leakedPages += range.count }
-    private(set) var leakedPages = 0
-
-    /// Whether every page of `range` is pinned.
-    func isPinned(_ range: Range<Int>) -> Bool {
-        guard !frames.isEmpty else { return range.isEmpty }
-        for i in range where users[i] == 0 { return false }
-        return true
-    }
 }

@@ -79,9 +79,15 @@ extension IOMMUFDContext {
         a.respond()
     }
 
-    /// Copies a driver blob from user memory (EFAULT).
+    static let zeros = [UInt8](repeating: 0, count: 4096)
+
+    /// The largest driver blob any driver takes (Linux bounds each by its struct's size).
+    static let maxBlob = 4096
+
+    /// Copies a driver blob from user memory (EFAULT); longer than any driver struct: EINVAL.
     func readBlob(_ address: UInt64, _ length: Int) throws(Errno) -> [UInt8] {
-        try copyIn(address, count: length)
+        guard length <= Self.maxBlob else { throw Errno.inval("driver data of \(length) bytes is longer than any driver's struct") }
+        return try copyIn(address, count: length)
     }
 
     /// IOMMU_GET_HW_INFO: {size, flags @4, dev_id @8, data_len @12 (in/out), data_uptr @16,
@@ -99,9 +105,16 @@ extension IOMMUFDContext {
         let payload = info?.payload ?? []
         let userLength = Int(a.u32(12)), address = a.u64(16)
         if userLength > 0 {
-            var out = [UInt8](repeating: 0, count: userLength)
-            for i in 0..<min(userLength, payload.count) { out[i] = payload[i] }
-            try copyOut(address, bytes: out)
+            // The payload, then zeros up to the user's length (Linux `clear_user`): written in
+            // pieces, since the length is the user's and may be large.
+            let head = min(userLength, payload.count)
+            try copyOut(address, bytes: Array(payload[..<head]))
+            var at = head
+            while at < userLength {
+                let n = min(userLength - at, Self.zeros.count)
+                try copyOut(address &+ UInt64(at), bytes: n == Self.zeros.count ? Self.zeros : Array(Self.zeros[..<n]))
+                at += n
+            }
         }
         a.set32(12, UInt32(payload.count))
         a.set32(24, info?.type ?? 0)

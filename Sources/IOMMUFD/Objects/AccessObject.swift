@@ -98,7 +98,7 @@ public final class AccessObject: IOMMUFDObject {
             p.area.accessPins += 1
             if isInternal { p.area.locks += 1 }
             done.append((p.area, p.pages))
-            try p.area.pages.withFrames { f throws(Errno) in for i in p.pages { frames.append(f[i]) } }
+            for i in p.pages { frames.append(p.area.pages.frame(i)) }
         }
         pins.append(Pin(iova: iova, length: length, pieces: done))
         return frames
@@ -125,20 +125,17 @@ public final class AccessObject: IOMMUFDObject {
             defer { p.area.pages.unpin(p.pages) }
             var va = p.area.pageOffset + (p.from - p.area.iova)
             let end = p.area.pageOffset + (p.to - p.area.iova) + 1
-            var ok = true
-            try p.area.pages.withFrames { f throws(Errno) in
-                while va < end {
-                    let n = Int(min(end - va, 0x1000 - (va & 0xFFF)))
-                    let frame = f[Int(va >> 12)]
-                    ok = buffer.withUnsafeMutableBytes { b in
-                        let chunk = UnsafeMutableRawBufferPointer(rebasing: b[offset..<offset + n])
-                        return write ? ctx.memory.writeFrame(frame, offset: Int(va & 0xFFF), from: UnsafeRawBufferPointer(chunk))
-                                     : ctx.memory.readFrame(frame, offset: Int(va & 0xFFF), into: chunk)
-                    }
-                    if !ok { throw Errno.fault("copy through the IOAS failed") }
-                    va += UInt64(n)
-                    offset += n
+            while va < end {
+                let n = Int(min(end - va, 0x1000 - (va & 0xFFF)))
+                let frame = p.area.pages.frame(Int(va >> 12))
+                let ok = buffer.withUnsafeMutableBytes { b in
+                    let chunk = UnsafeMutableRawBufferPointer(rebasing: b[offset..<offset + n])
+                    return write ? ctx.memory.writeFrame(frame, offset: Int(va & 0xFFF), from: UnsafeRawBufferPointer(chunk))
+                                 : ctx.memory.readFrame(frame, offset: Int(va & 0xFFF), into: chunk)
                 }
+                if !ok { throw Errno.fault("copy through the IOAS failed") }
+                va += UInt64(n)
+                offset += n
             }
         }
     }

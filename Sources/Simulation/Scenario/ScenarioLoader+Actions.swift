@@ -194,7 +194,7 @@ extension ScenarioParser {
         "alloc-domain", "free-domain", "map", "unmap", "claim-owner", "release-owner", "attach", "replace", "detach",
         "alloc-pasid", "free-pasid", "attach-pasid", "replace-pasid", "detach-pasid", "reset", "dma-burst",
         "create-process", "mmap", "munmap", "exit", "sva-bind", "sva-unbind",
-    ]).union(iommufdKinds)
+    ]).union(iommufdKinds.filter { $0 != "iommufd-close" })
     /// Actions that change a translation entry and report the update path they took.
     static let pathKinds: Set<String> = ["attach", "replace", "detach", "attach-pasid", "replace-pasid"]
 

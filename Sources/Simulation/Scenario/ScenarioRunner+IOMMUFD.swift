@@ -127,7 +127,7 @@ extension ScenarioRunner {
                 let (c, id) = try object(name)
                 _ = try ioctl(c, .destroy) { $0.set32(4, id) }
                 iommufdNames[name] = nil
-                iommufdFaults[name] = nil
+                if let f = iommufdFaults.removeValue(forKey: name) { userAutoResponses += f.queue.autoResponses }
             }
         case .close(let cname):
             if let c = contexts[cname], !c.isClosed { closeContext(cname, c) }
@@ -138,9 +138,6 @@ extension ScenarioRunner {
 
     /// Closes a context and checks that its pins are all released.
     func closeContext(_ name: String, _ c: IOMMUFDContext) {
-        for f in iommufdFaults.values where !f.isDestroyed {
-            if f.queue.autoResponses > 0 { userAutoResponses += f.queue.autoResponses }
-        }
         c.close()
         for (d, b) in boundDevices where b.context == name { boundDevices[d] = nil }
         for (n, o) in iommufdNames where o.context == name {
