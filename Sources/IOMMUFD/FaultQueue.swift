@@ -39,7 +39,7 @@ public final class FaultQueue: IOPFHandler, @unchecked Sendable {
     private var deliver: [IOPFGroup] = []
     /// Groups read and not yet answered, by cookie.
     private var responses: [UInt32: IOPFGroup] = [:]
-    private var nextCookie: UInt32 = 1
+    private var lowestFreeCookie: UInt32 = 1
     public private(set) var isClosed = false
     public private(set) var groupsDelivered = 0
     public private(set) var autoResponses = 0
@@ -70,7 +70,10 @@ public final class FaultQueue: IOPFHandler, @unchecked Sendable {
         let unread = deliver.filter(match)
         deliver.removeAll(where: match)
         let read = responses.filter { match($0.value) }.sorted { $0.key < $1.key }
-        for (cookie, _) in read { responses[cookie] = nil }
+        for (cookie, _) in read {
+            responses[cookie] = nil
+            if cookie < lowestFreeCookie { lowestFreeCookie = cookie }
+        }
         for g in unread + read.map(\.value) {
             autoResponses += 1
             core.respond(g, .invalidRequest)
@@ -84,22 +87,55 @@ public final class FaultQueue: IOPFHandler, @unchecked Sendable {
     /// group gets a cookie that all its records carry.
     public func read(maxRecords: Int) -> [Record] {
         var out: [Record] = []
-        while let g = deliver.first, out.count + g.faults.count <= maxRecords {
+        take(maxRecords: maxRecords) { out.append($0) }
+        return out
+    }
+
+    /// Reads whole groups into `buffer` as `struct iommu_hwpt_pgfault` records (the file's
+    /// `read()`); returns the bytes written. No allocation.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        var at = 0
+        take(maxRecords: buffer.count / Record.size) { r in
+            Self.encode(r, into: buffer, at: at)
+            at += Record.size
+        }
+        return at
+    }
+
+    /// Hands out whole groups, oldest first, as records, while they fit in `maxRecords`;
+    /// each group gets the lowest free cookie (Linux: an xarray with ALLOC1).
+    private func take(maxRecords: Int, _ emit: (Record) -> Void) {
+        var n = 0
+        while let g = deliver.first, n + g.faults.count <= maxRecords {
             deliver.removeFirst()
-            var cookie = nextCookie
-            while responses[cookie] != nil || cookie == 0 { cookie &+= 1 }
-            nextCookie = cookie &+ 1
+            var cookie = lowestFreeCookie
+            while responses[cookie] != nil { cookie &+= 1 }
+            lowestFreeCookie = cookie &+ 1
             g.cookie = cookie
             responses[cookie] = g
             groupsDelivered += 1
+            let dev = deviceID(g.device)
             for f in g.faults {
                 // Only PASID_VALID and LAST_PAGE are uAPI flags (the core's NEEDS_PASID is not).
-                out.append(Record(flags: f.flags.rawValue & 0x3, devID: deviceID(g.device), pasid: f.pasid.rawValue,
-                                  groupIndex: UInt32(f.groupIndex), permissions: f.permissions.rawValue,
-                                  address: f.address, length: 0, cookie: cookie))
+                emit(Record(flags: f.flags.rawValue & 0x3, devID: dev, pasid: f.pasid.rawValue, groupIndex: UInt32(f.groupIndex),
+                            permissions: f.permissions.rawValue, address: f.address, length: 0, cookie: cookie))
             }
+            n += g.faults.count
         }
-        return out
+    }
+
+    /// Writes `r` as `struct iommu_hwpt_pgfault` (include/uapi/linux/iommufd.h: flags,
+    /// dev_id, pasid, grpid, perm, __reserved, addr @24, length @32, cookie @36).
+    public static func encode(_ r: Record, into b: UnsafeMutableRawBufferPointer, at o: Int) {
+        b.storeBytes(of: r.flags.littleEndian, toByteOffset: o, as: UInt32.self)
+        b.storeBytes(of: r.devID.littleEndian, toByteOffset: o + 4, as: UInt32.self)
+        b.storeBytes(of: r.pasid.littleEndian, toByteOffset: o + 8, as: UInt32.self)
+        b.storeBytes(of: r.groupIndex.littleEndian, toByteOffset: o + 12, as: UInt32.self)
+        b.storeBytes(of: r.permissions.littleEndian, toByteOffset: o + 16, as: UInt32.self)
+        b.storeBytes(of: UInt32(0), toByteOffset: o + 20, as: UInt32.self)
+        b.storeBytes(of: r.address.littleEndian, toByteOffset: o + 24, as: UInt64.self)
+        b.storeBytes(of: r.length.littleEndian, toByteOffset: o + 32, as: UInt32.self)
+        b.storeBytes(of: r.cookie.littleEndian, toByteOffset: o + 36, as: UInt32.self)
     }
 
     /// Writes one response (Linux `write()` of a `struct iommu_hwpt_page_response`): the code
@@ -113,6 +149,7 @@ public final class FaultQueue: IOPFHandler, @unchecked Sendable {
         default: throw .invalidArgument("response code \(code) (only SUCCESS 0 and INVALID 1)")
         }
         guard let g = responses.removeValue(forKey: cookie) else { throw .invalidArgument("unknown cookie \(cookie)") }
+        if cookie < lowestFreeCookie { lowestFreeCookie = cookie }
         core.respond(g, c)
     }
 
@@ -123,6 +160,7 @@ public final class FaultQueue: IOPFHandler, @unchecked Sendable {
         let all = deliver + responses.sorted { $0.key < $1.key }.map(\.value)
         deliver = []
         responses = [:]
+        lowestFreeCookie = 1
         for g in all {
             autoResponses += 1
             core.respond(g, .invalidRequest)

@@ -16,15 +16,29 @@ final class IOPTPages {
         case file(PinnableFile, offset: UInt64)
     }
 
-    /// Frames and user counts of up to 512 consecutive pages.
-    final class Chunk {
-        var frames: [UInt64]
-        var users: [UInt32]
-        var pinned = 0
-        init(count: Int) {
-            frames = [UInt64](repeating: 0, count: count)
-            users = [UInt32](repeating: 0, count: count)
+    /// Frames and user counts of up to 512 consecutive pages, in one raw block: a header
+    /// (pinned pages, page count), the frames, the user counts. No object, no array
+    /// headers: one allocation per chunk on the map path. Freed with the pages.
+    struct Chunk {
+        let raw: UnsafeMutableRawPointer
+        static let header = 16
+
+        static func make(count: Int) -> Chunk {
+            let bytes = header + count * 12
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
+            raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+            raw.storeBytes(of: count, toByteOffset: 8, as: Int.self)
+            return Chunk(raw: raw)
         }
+
+        func free() { raw.deallocate() }
+        var count: Int { raw.load(fromByteOffset: 8, as: Int.self) }
+        var pinned: Int {
+            get { raw.load(as: Int.self) }
+            nonmutating set { raw.storeBytes(of: newValue, as: Int.self) }
+        }
+        var frames: UnsafeMutablePointer<UInt64> { (raw + Self.header).assumingMemoryBound(to: UInt64.self) }
+        var users: UnsafeMutablePointer<UInt32> { (raw + Self.header + count * 8).assumingMemoryBound(to: UInt32.self) }
     }
 
     static let chunkShift = 9
@@ -50,6 +64,11 @@ final class IOPTPages {
         self.accountMode = accountMode; self.ledger = ledger
     }
 
+    deinit {
+        first?.free()
+        for c in others.values { c.free() }
+    }
+
     var isFile: Bool { if case .file = source { return true } else { return false } }
 
     @inline(__always)
@@ -57,7 +76,7 @@ final class IOPTPages {
 
     private func makeChunk(_ c: Int) -> Chunk {
         if let x = chunk(c) { return x }
-        let x = Chunk(count: min(Self.chunkPages, pageCount - (c << Self.chunkShift)))
+        let x = Chunk.make(count: min(Self.chunkPages, pageCount - (c << Self.chunkShift)))
         if c == 0 { first = x } else { others[c] = x }
         return x
     }
@@ -97,11 +116,17 @@ final class IOPTPages {
     /// or ENOMEM nothing changes.
     func pin(_ range: Range<Int>, faults: FaultInjector) throws(Errno) {
         guard !range.isEmpty else { return }
-        // Pages this call pinned, chunk by chunk, and the pages it charged, for the undo.
-        var fresh: [(Chunk, Range<Int>)] = []
+        // Pages this call pinned, run by run, and the pages it charged, for the undo. Most
+        // calls pin one run: it is kept aside, so the common case allocates no list.
+        var firstFresh: (Chunk, Range<Int>)?
+        var moreFresh: [(Chunk, Range<Int>)] = []
+        func record(_ x: Chunk, _ r: Range<Int>) {
+            if firstFresh == nil { firstFresh = (x, r) } else { moreFresh.append((x, r)) }
+        }
         var charged: UInt64 = 0
         func undo() {
-            for (x, r) in fresh { unpinFrames(x, r) }
+            if let (x, r) = firstFresh { unpinFrames(x, r) }
+            for (x, r) in moreFresh { unpinFrames(x, r) }
             ledger.uncharge(accountMode, charged)
         }
         var i = range.lowerBound
@@ -116,7 +141,7 @@ final class IOPTPages {
                 var e = k + 1
                 while e < end - offset, x.users[e] == 0 { e += 1 }
                 let got = pinRun(x, k..<e, firstPage: offset + k, faults: faults)
-                if got > 0 { fresh.append((x, k..<k + got)); here += got }
+                if got > 0 { record(x, k..<k + got); here += got }
                 guard got == e - k else {
                     undo()
                     throw Errno.fault("page \(offset + k + got) of the mapping cannot be pinned")
@@ -131,7 +156,8 @@ final class IOPTPages {
             i = end
         }
         var added = 0
-        for (x, r) in fresh { x.pinned += r.count; added += r.count }
+        if let (x, r) = firstFresh { x.pinned += r.count; added += r.count }
+        for (x, r) in moreFresh { x.pinned += r.count; added += r.count }
         pinnedPages += added
         i = range.lowerBound
         while i < range.upperBound {
@@ -162,7 +188,7 @@ final class IOPTPages {
                 released += e - k
                 k = e
             }
-            if x.pinned == 0 && c != 0 { others[c] = nil }
+            if x.pinned == 0 && c != 0 { others.removeValue(forKey: c)?.free() }
             i = end
         }
         pinnedPages -= released
@@ -173,27 +199,23 @@ final class IOPTPages {
     /// how many from the start were pinned.
     private func pinRun(_ x: Chunk, _ r: Range<Int>, firstPage: Int, faults: FaultInjector) -> Int {
         if faults.shouldFail(.iommufdPin) { return 0 }
-        return x.frames.withUnsafeMutableBufferPointer { all in
-            let out = UnsafeMutableBufferPointer(rebasing: all[r])
-            switch source {
-            case .user(let memory, let address):
-                return memory.pinPages(at: address + UInt64(firstPage) << 12, write: writable, into: out)
-            case .file(let file, let offset):
-                return file.pinPages(at: offset + UInt64(firstPage) << 12, write: writable, into: out)
-            }
+        let out = UnsafeMutableBufferPointer(start: x.frames + r.lowerBound, count: r.count)
+        switch source {
+        case .user(let memory, let address):
+            return memory.pinPages(at: address + UInt64(firstPage) << 12, write: writable, into: out)
+        case .file(let file, let offset):
+            return file.pinPages(at: offset + UInt64(firstPage) << 12, write: writable, into: out)
         }
     }
 
     private func unpinFrames(_ x: Chunk, _ r: Range<Int>) {
         guard !r.isEmpty else { return }
-        x.frames.withUnsafeMutableBufferPointer { all in
-            let run = UnsafeBufferPointer(rebasing: all[r])
-            switch source {
-            case .user(let memory, _): memory.unpinPages(run)
-            case .file(let file, _): file.unpinPages(run)
-            }
-            for k in r { all[k] = 0 }
+        let run = UnsafeBufferPointer(start: x.frames + r.lowerBound, count: r.count)
+        switch source {
+        case .user(let memory, _): memory.unpinPages(run)
+        case .file(let file, _): file.unpinPages(run)
         }
+        (x.frames + r.lowerBound).update(repeating: 0, count: r.count)
     }
 
     /// A holder gives up its use of `range` without unpinning: a device may still reach the

@@ -36,8 +36,15 @@ public final class FaultObject: IOMMUFDObject {
         guard count >= 0, count % Self.recordSize == 0 else { throw Errno(Errno.ESPIPE, "read of \(count) bytes: not a multiple of 40") }
         let records = queue.read(maxRecords: count / Self.recordSize)
         var out = [UInt8](repeating: 0, count: records.count * Self.recordSize)
-        for (i, r) in records.enumerated() { Self.encode(r, into: &out, at: i * Self.recordSize) }
+        out.withUnsafeMutableBytes { b in for (i, r) in records.enumerated() { FaultQueue.encode(r, into: b, at: i * Self.recordSize) } }
         return out
+    }
+
+    /// `read(fd, buffer, count)` into caller memory: the bytes read.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        guard isFileOpen else { throw Errno(Errno.EBADF, "the fault file is closed") }
+        guard buffer.count % Self.recordSize == 0 else { throw Errno(Errno.ESPIPE, "read of \(buffer.count) bytes: not a multiple of 40") }
+        return queue.read(into: buffer)
     }
 
     /// `write()` of response records: each must name a cookie that was read and not
@@ -45,27 +52,28 @@ public final class FaultObject: IOMMUFDObject {
     /// bytes taken before it (EINVAL if it is the first); ESPIPE unless the length is a
     /// multiple of the response size.
     public func write(_ bytes: [UInt8]) throws(Errno) -> Int {
+        var result: Result<Int, Errno> = .success(0)
+        bytes.withUnsafeBytes { b in
+            do throws(Errno) { result = .success(try write(from: b)) } catch { result = .failure(error) }
+        }
+        return try result.get()
+    }
+
+    /// `write(fd, buffer, count)` from caller memory.
+    public func write(from bytes: UnsafeRawBufferPointer) throws(Errno) -> Int {
         guard isFileOpen else { throw Errno(Errno.EBADF, "the fault file is closed") }
         guard bytes.count % Self.responseSize == 0 else { throw Errno(Errno.ESPIPE, "write of \(bytes.count) bytes: not a multiple of 8") }
         var done = 0
         while done < bytes.count {
-            let r = StructBytes(bytes: Array(bytes[done..<done + Self.responseSize]))
-            do throws(IOMMUError) { try queue.respond(cookie: r.u32(0), code: r.u32(4)) } catch {
+            let cookie = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: done, as: UInt32.self))
+            let code = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: done + 4, as: UInt32.self))
+            do throws(IOMMUError) { try queue.respond(cookie: cookie, code: code) } catch {
                 if done == 0 { throw Errno(error) }
                 break
             }
             done += Self.responseSize
         }
         return done
-    }
-
-    /// Encodes a record as `struct iommu_hwpt_pgfault` (40 bytes).
-    static func encode(_ r: FaultQueue.Record, into out: inout [UInt8], at o: Int) {
-        func put32(_ off: Int, _ v: UInt32) { for i in 0..<4 { out[o + off + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(i))) } }
-        put32(0, r.flags); put32(4, r.devID); put32(8, r.pasid); put32(12, r.groupIndex); put32(16, r.permissions)
-        put32(20, 0)
-        for i in 0..<8 { out[o + 24 + i] = UInt8(truncatingIfNeeded: r.address >> (8 * UInt64(i))) }
-        put32(32, r.length); put32(36, r.cookie)
     }
 
     /// Decodes one record read from the file.

@@ -50,9 +50,13 @@ extension Process {
                 done += n
                 continue
             }
-            guard fault(at: va, access: write ? [.read, .write] : .read), let f = residentPages[va] else { break }
+            let f: UInt64
+            if let r = residentPages[va] { f = r } else {
+                guard fault(at: va, access: write ? [.read, .write] : .read), let r = residentPages[va] else { break }
+                f = r
+            }
             frames[done] = f
-            pinCounts[f, default: 0] += 1
+            pinCounts.increment(f)
             done += 1
         }
         return done
@@ -64,10 +68,9 @@ extension Process {
         var i = 0
         while i < frames.count {
             let f = frames[i]
-            if let c = pinCounts[f] {
-                if c > 1 { pinCounts[f] = c - 1 } else {
-                    pinCounts[f] = nil
-                    if orphanedFrames.remove(f) != nil { try? core.platform.frames.free(f) }
+            if pinCounts[f] > 0 {
+                if pinCounts.decrement(f) == 0, !orphanedFrames.isEmpty, orphanedFrames.remove(f) != nil {
+                    try? core.platform.frames.free(f)
                 }
                 i += 1
                 continue
@@ -99,7 +102,7 @@ extension Process {
     }
 
     /// Long-term pins held on this process's memory (pages).
-    public var pinnedPages: Int { pinCounts.values.reduce(0) { $0 + Int($1) } + blockPins.values.reduce(0, +) }
+    public var pinnedPages: Int { pinCounts.total + blockPins.values.reduce(0, +) }
 
     /// Copies from user memory at `address` (Linux `copy_from_user`): false if any byte is
     /// not readable (EFAULT), after copying what came before it.

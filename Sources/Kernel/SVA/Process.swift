@@ -27,7 +27,7 @@ public final class Process: @unchecked Sendable, CustomStringConvertible {
     /// Long-term pins (Linux `pin_user_pages` with FOLL_LONGTERM) per frame of ordinary
     /// memory, and per contiguous block (keyed by its first frame); a pinned frame outlives
     /// its unmapping until the last unpin.
-    var pinCounts: [UInt64: UInt32] = [:]
+    var pinCounts = FramePinCounts()
     var blockPins: [UInt64: Int] = [:]
     /// Frames and blocks unmapped while pinned: freed at their last unpin.
     var orphanedFrames: Set<UInt64> = []
@@ -130,7 +130,7 @@ public final class Process: @unchecked Sendable, CustomStringConvertible {
         }
         // Pinned frames stay allocated until their last unpin (the pin holds the page).
         frames.removeAll { f in
-            guard pinCounts[f] != nil else { return false }
+            guard pinCounts[f] > 0 else { return false }
             orphanedFrames.insert(f)
             return true
         }
@@ -184,5 +184,33 @@ public final class Process: @unchecked Sendable, CustomStringConvertible {
         pasid = nil
         isExited = true
         core.processes.removeAll { $0 === self }
+    }
+}
+
+/// Long-term pin counts of ordinary frames, indexed by frame number (no hashing on the pin
+/// path); grows to the highest frame pinned.
+struct FramePinCounts {
+    private var counts: [UInt32] = []
+    private(set) var total = 0
+
+    subscript(_ frame: UInt64) -> UInt32 {
+        let i = Int(frame >> 12)
+        return i < counts.count ? counts[i] : 0
+    }
+
+    mutating func increment(_ frame: UInt64) {
+        let i = Int(frame >> 12)
+        if i >= counts.count { counts.append(contentsOf: repeatElement(0, count: max(i + 1 - counts.count, counts.count))) }
+        counts[i] += 1
+        total += 1
+    }
+
+    /// Drops one pin; returns the pins left.
+    mutating func decrement(_ frame: UInt64) -> UInt32 {
+        let i = Int(frame >> 12)
+        guard i < counts.count, counts[i] > 0 else { return 0 }
+        counts[i] -= 1
+        total -= 1
+        return counts[i]
     }
 }
