@@ -56,7 +56,12 @@ public final class IOMMUFDContext: @unchecked Sendable, CustomStringConvertible 
         }
     }
 
-    deinit { scratch.deallocate() }
+    /// A context dropped without `close` is closed (the process went): nothing it holds may
+    /// outlive it, since its objects refer back to it.
+    deinit {
+        close()
+        scratch.deallocate()
+    }
 
     public var description: String { "iommufd context (\(table.count) objects)" }
 

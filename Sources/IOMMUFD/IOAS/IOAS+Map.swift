@@ -120,7 +120,11 @@ extension IOAS {
                 do throws(IOMMUError) {
                     try core.map(domain, iova: iova, physical: base + UInt64(done) << 12 + offset, size: bytes, permissions: area.permissions)
                 } catch {
-                    if iova > area.iova { _ = try? core.unmap(domain, iova: area.iova, size: iova - area.iova) }
+                    if iova > area.iova {
+                        do throws(IOMMUError) { _ = try core.unmap(domain, iova: area.iova, size: iova - area.iova) } catch {
+                            holdPinsUntilTranslationOff(area)
+                        }
+                    }
                     throw Errno(error)
                 }
                 iova += bytes
@@ -132,20 +136,23 @@ extension IOAS {
     }
 
     /// Removes the area's translations from `domain` (invalidated before the pages can be
-    /// unpinned). If the invalidation fails the pages stay pinned for good: a device may
-    /// still reach them through a stale translation.
+    /// unpinned). If the invalidation fails, a device may still reach the pages through a
+    /// stale translation: they get one more pin, dropped only when translation is off.
     func unmapArea(_ area: IOPTArea, from domain: IOMMUDomain) {
         do { try ctx.core.unmap(domain, iova: area.iova, size: area.length) } catch {
-            if area.pinnedForDomains {
-                let pages = area.pages, range = area.pageRange
-                pages.leakPin(range)
-                area.pinnedForDomains = false
-                ctx.pagesKeptAfterFailedUnmap += range.count
-                // Unpinned only once the hardware cannot translate at all any more.
-                ctx.core.releaseWhenTranslationOff { pages.unpin(range) }
-            }
-            ctx.pinsKeptAfterFailedUnmap += 1
+            holdPinsUntilTranslationOff(area)
         }
+    }
+
+    /// One more pin on the area's pages (they are pinned already, so it cannot fail), handed
+    /// to the core to drop once the hardware can no longer translate.
+    func holdPinsUntilTranslationOff(_ area: IOPTArea) {
+        guard area.pinnedForDomains else { return }
+        let pages = area.pages, range = area.pageRange
+        guard (try? pages.pin(range, faults: ctx.faults)) != nil else { return }
+        ctx.pagesKeptAfterFailedUnmap += range.count
+        ctx.pinsKeptAfterFailedUnmap += 1
+        ctx.core.releaseWhenTranslationOff { pages.unpin(range) }
     }
 
     /// Collects the pages behind [iova, iova + length) (Linux `iopt_get_pages`): covered
@@ -183,11 +190,19 @@ extension IOAS {
             last = l
         }
         var unmapped: UInt64 = 0
+        try unmapRange(iova, last, unmapped: &unmapped)
+        if unmapped == 0 && !all { throw Errno.noent("nothing is mapped in the range") }
+        return unmapped
+    }
+
+    /// Removes every area inside [start, last], adding their bytes to `unmapped` as it goes
+    /// (so a caller sees the progress made before an error, as VFIO's unmap reports it).
+    func unmapRange(_ start: UInt64, _ last: UInt64, unmapped: inout UInt64) throws(Errno) {
         var retries = 0, retryAt: UInt64 = 0
-        while let i = firstArea(intersecting: iova, last) {
+        while let i = firstArea(intersecting: start, last) {
             let a = areas[i]
             guard a.locks == 0 else { throw Errno.busy("mapping at 0x\(String(a.iova, radix: 16)) is locked by a hardware queue") }
-            guard a.iova >= iova, a.last <= last else {
+            guard a.iova >= start, a.last <= last else {
                 throw Errno.noent("mapping [0x\(String(a.iova, radix: 16)), 0x\(String(a.last, radix: 16))] is only partly in the range")
             }
             if a.accessPins > 0 {
@@ -201,8 +216,6 @@ extension IOAS {
             removeArea(at: i)
             unmapped += a.length
         }
-        if unmapped == 0 && !all { throw Errno.noent("nothing is mapped in the range") }
-        return unmapped
     }
 
     /// Splits the area holding `iova` after it (Linux `iopt_cut_iova`, for VFIO type1's
@@ -215,6 +228,11 @@ extension IOAS {
         guard !a.preventAccess else { throw Errno.busy("the mapping at 0x\(String(a.iova, radix: 16)) is being unmapped") }
         guard a.accessPins == 0, disableLargePages || !a.pinnedForDomains else {
             throw Errno.inval("the mapping at 0x\(String(a.iova, radix: 16)) cannot be split")
+        }
+        // Both halves must keep the IOAS's alignment (Linux `iopt_area_split`).
+        let mask = iovaAlignment - 1
+        guard (iova &+ 1) & mask == 0, (a.startByte &+ (iova - a.iova + 1)) & 0xFFF & mask == 0 else {
+            throw Errno.inval("0x\(String(iova &+ 1, radix: 16)) is not aligned to 0x\(String(iovaAlignment, radix: 16))")
         }
         let head = iova - a.iova + 1
         let left = IOPTArea(iova: a.iova, length: head, pages: a.pages, pageOffset: a.pageOffset, permissions: a.permissions)

@@ -176,17 +176,29 @@ public final class IOAS: IOMMUFDObject {
             return candidate
         }
         let spans = allowed.isEmpty ? [IOVARange(start: windowStart, last: windowLast)] : allowed
-        // Used space: reserved ranges and areas, sorted.
-        var used = reserved.map(\.range)
-        used.reserveCapacity(used.count + areas.count)
-        for a in areas { used.append(IOVARange(start: a.iova, last: a.last)) }
-        used.sort { $0.start < $1.start }
+        // Used space: reserved ranges and areas, merged into sorted disjoint ranges.
+        var raw = reserved.map(\.range)
+        raw.reserveCapacity(raw.count + areas.count)
+        for a in areas { raw.append(IOVARange(start: a.iova, last: a.last)) }
+        raw.sort { $0.start < $1.start }
+        var used: [IOVARange] = []
+        used.reserveCapacity(raw.count)
+        for r in raw {
+            if let l = used.last, r.start <= l.last || (l.last != .max && r.start == l.last + 1) {
+                used[used.count - 1].last = max(l.last, r.last)
+            } else {
+                used.append(r)
+            }
+        }
         for span in spans {
             let s = max(span.start, windowStart), l = min(span.last, windowLast)
             guard s <= l, fit(s, l) != nil else { continue }
-            // Walk the gaps of [s, l] between used ranges, lowest first.
+            // Walk the gaps of [s, l] between used ranges, lowest first, from the first used
+            // range that ends at or after s.
+            var lo = 0, hi = used.count
+            while lo < hi { let m = (lo + hi) >> 1; if used[m].last < s { lo = m + 1 } else { hi = m } }
             var cursor: UInt64? = s
-            for u in used {
+            for u in used[lo...] {
                 guard let c = cursor else { break }
                 if u.last < c { continue }
                 if u.start > l { break }
@@ -203,15 +215,19 @@ public final class IOAS: IOMMUFDObject {
     /// Replaces the allowed ranges (Linux `iopt_set_allow_iova`): each start < last, no
     /// overlap among them (EINVAL), none meeting a reserved range (EADDRINUSE).
     func setAllowed(_ ranges: [IOVARange]) throws(Errno) {
-        var sorted: [IOVARange] = []
-        for r in ranges {
-            guard r.start < r.last else { throw Errno.inval("allowed range \(r): start must be below last") }
-            guard !sorted.contains(where: { $0.intersects(r.start, r.last) }) else { throw Errno.inval("allowed range \(r) overlaps another") }
-            sorted.append(r)
+        for r in ranges where r.start >= r.last { throw Errno.inval("allowed range \(r): start must be below last") }
+        // Sorted, neighbours must not meet (n log n: the list is the user's, of any length).
+        let sorted = ranges.sorted { $0.start < $1.start }
+        for i in sorted.indices.dropFirst() where sorted[i].start <= sorted[i - 1].last {
+            throw Errno.inval("allowed range \(sorted[i]) overlaps another")
         }
         for r in sorted where reservedIntersects(r.start, r.last) {
             throw Errno(Errno.EADDRINUSE, "allowed range \(r) meets a reserved range")
         }
-        allowed = sorted.sorted { $0.start < $1.start }
+        allowed = sorted
     }
+
+    /// Pages spanned by `length` bytes starting `offset` bytes into a page (no overflow for
+    /// any length up to SIZE_MAX - PAGE_SIZE).
+    static func pageCount(offset: UInt64, length: UInt64) -> Int { Int((offset + (length - 1)) >> 12) + 1 }
 }

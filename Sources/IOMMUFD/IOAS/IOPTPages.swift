@@ -56,8 +56,6 @@ final class IOPTPages {
     private(set) var pinnedPages = 0
     /// Areas referring to these pages.
     var areaRefs = 0
-    /// Pages whose pin a holder gave up without unpinning (see `leakPin`).
-    private(set) var leakedPages = 0
 
     init(source: Source, pageCount: Int, writable: Bool, accountMode: PinAccountMode, ledger: PinLedger) {
         self.source = source; self.pageCount = pageCount; self.writable = writable
@@ -112,6 +110,12 @@ final class IOPTPages {
         if count > 0 { try body(start, count, base) }
     }
 
+    /// Whether any page of `x` has a user.
+    private func chunkInUse(_ x: Chunk) -> Bool {
+        for k in 0..<x.count where x.users[k] > 0 { return true }
+        return false
+    }
+
     /// Adds a user to pages `range`, pinning those that had none. All or nothing: on EFAULT
     /// or ENOMEM nothing changes.
     func pin(_ range: Range<Int>, faults: FaultInjector) throws(Errno) {
@@ -128,6 +132,9 @@ final class IOPTPages {
             if let (x, r) = firstFresh { unpinFrames(x, r) }
             for (x, r) in moreFresh { unpinFrames(x, r) }
             ledger.uncharge(accountMode, charged)
+            // Chunks this call made and left empty go again (a huge mapping whose pin failed
+            // far in keeps no memory for it).
+            for (c, x) in others where x.pinned == 0 && !chunkInUse(x) { others[c] = nil; x.free() }
         }
         var i = range.lowerBound
         while i < range.upperBound {
@@ -218,8 +225,4 @@ final class IOPTPages {
         (x.frames + r.lowerBound).update(repeating: 0, count: r.count)
     }
 
-    /// A holder gives up its use of `range` without unpinning: a device may still reach the
-    /// pages through a translation whose invalidation failed, so they stay pinned until
-    /// translation is off (the holder then unpins them).
-    func leakPin(_ range: Range<Int>) { leakedPages += range.count }
 }

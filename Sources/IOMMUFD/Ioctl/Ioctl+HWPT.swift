@@ -47,6 +47,11 @@ extension IOMMUFDContext {
             guard !parent.isAutoDomain, parent.isNestParent, parent.domain.owner == ObjectIdentifier(dev.device.driver) else {
                 throw Errno.inval("\(parent) cannot be a nesting parent")
             }
+            // The driver answers for the data type first, then its struct is copied: a longer
+            // one is EINVAL (Linux iommu_copy_struct_from_user in domain_alloc_nested).
+            let size = dev.device.driver.nestedDataSize(for: dev.device, dataType: dataType)
+            guard size > 0 else { throw Errno.notsupp("\(dev.device.driver.name) takes no nested data of type \(dataType)") }
+            guard Int(dataLength) <= size else { throw Errno.inval("data_len \(dataLength) is longer than the driver's \(size)-byte struct") }
             let data = try readBlob(a.u64(32), Int(dataLength))
             var df: DomainFlags = []
             if flags & UAPI.hwptAllocPASID != 0 { df.insert(.pasid) }
@@ -182,7 +187,14 @@ extension IOMMUFDContext {
     func viommuAllocIoctl(_ a: inout IoctlArgument) throws(Errno) {
         guard a.u32(4) == 0, a.u32(8) != UAPI.viommuTypeDefault else { throw Errno.notsupp("flags or the default vIOMMU type") }
         let dev: DeviceObject = try get(a.u32(12), .device)
-        throw Errno.notsupp("\(dev.device.driver.name) has no vIOMMU of type \(a.u32(8))")
+        // The driver says first whether it has such a vIOMMU (Linux `get_viommu_size`), then
+        // the parent is checked. The VT-d driver of the pinned release has none.
+        guard dev.device.driver.viommuSize(for: dev.device, type: a.u32(8)) > 0 else {
+            throw Errno.notsupp("\(dev.device.driver.name) has no vIOMMU of type \(a.u32(8))")
+        }
+        let parent: HWPTPaging = try get(a.u32(16), .hwptPaging)
+        guard parent.isNestParent else { throw Errno.inval("\(parent) was not allocated as a nesting parent") }
+        throw Errno.notsupp("vIOMMU objects come with the first driver that has one")
     }
 
     /// IOMMU_VDEVICE_ALLOC: {size, viommu_id @4, dev_id @8, out_vdevice_id @12, virt_id @16}.

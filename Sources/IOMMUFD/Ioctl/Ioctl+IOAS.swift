@@ -24,7 +24,6 @@ extension IOMMUFDContext {
             let e = StructBytes(bytes: try copyIn(base &+ UInt64(i) &* 16, count: 16))
             let r = IOVARange(start: e.u64(0), last: e.u64(8))
             guard r.start < r.last else { throw Errno.inval("allowed range \(r): start must be below last") }
-            guard !ranges.contains(where: { $0.intersects(r.start, r.last) }) else { throw Errno.inval("allowed range \(r) overlaps another") }
             ranges.append(r)
         }
         try ioas.setAllowed(ranges)
@@ -69,8 +68,8 @@ extension IOMMUFDContext {
         guard flags & (UAPI.mapReadable | UAPI.mapWriteable) != 0 else { throw Errno.inval("a mapping must be readable or writeable") }
         let ioas: IOAS = try get(a.u32(8), .ioas)
         guard !va.addingReportingOverflow(length).overflow else { throw Errno(Errno.EOVERFLOW, "user_va + length overflows") }
-        guard length != 0, length <= UInt64(Int.max) - IOAS.pageSize else { throw Errno.inval("length 0x\(String(length, radix: 16))") }
-        let pages = IOPTPages(source: .user(memory, address: va & ~0xFFF), pageCount: Int(((va & 0xFFF) + length + 0xFFF) >> 12),
+        guard length != 0, length <= UInt64.max - IOAS.pageSize else { throw Errno.inval("length 0x\(String(length, radix: 16))") }
+        let pages = IOPTPages(source: .user(memory, address: va & ~0xFFF), pageCount: IOAS.pageCount(offset: va & 0xFFF, length: length),
                               writable: flags & UAPI.mapWriteable != 0, accountMode: accountMode, ledger: ledger)
         let placed = try ioas.insertOne(IOAS.Piece(pages: pages, pageOffset: va & 0xFFF, length: length),
                                         iova: flags & UAPI.mapFixedIOVA != 0 ? iova : nil, address: va, permissions: permissions(flags))
@@ -89,8 +88,8 @@ extension IOMMUFDContext {
         let ioas: IOAS = try get(a.u32(8), .ioas)
         guard let file = files[a.s32(12)] else { throw Errno(Errno.EBADF, "fd \(a.s32(12)) is not open") }
         if length != 0 { guard !start.addingReportingOverflow(length - 1).overflow else { throw Errno(Errno.EOVERFLOW, "start + length overflows") } }
-        guard length != 0, length <= UInt64(Int.max) - IOAS.pageSize else { throw Errno.inval("length 0x\(String(length, radix: 16))") }
-        let pages = IOPTPages(source: .file(file, offset: start & ~0xFFF), pageCount: Int(((start & 0xFFF) + length + 0xFFF) >> 12),
+        guard length != 0, length <= UInt64.max - IOAS.pageSize else { throw Errno.inval("length 0x\(String(length, radix: 16))") }
+        let pages = IOPTPages(source: .file(file, offset: start & ~0xFFF), pageCount: IOAS.pageCount(offset: start & 0xFFF, length: length),
                               writable: flags & UAPI.mapWriteable != 0, accountMode: accountMode, ledger: ledger)
         let placed = try ioas.insertOne(IOAS.Piece(pages: pages, pageOffset: start & 0xFFF, length: length),
                                         iova: flags & UAPI.mapFixedIOVA != 0 ? iova : nil, address: start, permissions: permissions(flags))

@@ -15,6 +15,7 @@ extension IOMMUFDContext {
 
     /// VFIO ioctls whose argument is a value, not a pointer (CHECK_EXTENSION, SET_IOMMU).
     public func ioctl(_ cmd: UInt32, value: UInt64) -> Int32 {
+        guard !isClosed else { return fail(Errno(Errno.EBADF, "the context is closed")) }
         switch cmd {
         case Self.vfioGetAPIVersion: return 0
         case Self.vfioCheckExtension:
@@ -29,11 +30,16 @@ extension IOMMUFDContext {
         case Self.vfioSetIOMMU:
             guard value == 1 || value == 3 else { return fail(Errno.inval("VFIO IOMMU type \(value)")) }
             guard let ioas = vfioIOAS else { return fail(Errno(Errno.ENODEV, "no VFIO compatibility IOAS")) }
-            if value == 1 {
-                // Type1 (v1) allows partial unmaps: map page by page.
+            if value == 1 && !ioas.disableLargePages {
+                // Type1 (v1) allows partial unmaps: map page by page (Linux iopt_disable_large_pages).
                 guard ioas.domains.isEmpty || ioas.areas.isEmpty else { return fail(Errno.inval("mappings are in a domain already")) }
                 ioas.disableLargePages = true
-                ioas.iovaAlignment = ioas.computeAlignment()
+                let alignment = ioas.computeAlignment()
+                do throws(Errno) { try ioas.checkAreasAligned(alignment) } catch {
+                    ioas.disableLargePages = false
+                    return fail(error)
+                }
+                ioas.iovaAlignment = alignment
             }
             return 0
         default:
@@ -43,6 +49,7 @@ extension IOMMUFDContext {
 
     /// VFIO ioctls with a struct argument.
     func vfioIoctl(_ cmd: UInt32, _ arg: UnsafeMutableRawBufferPointer) -> Int32 {
+        guard !isClosed else { return fail(Errno(Errno.EBADF, "the context is closed")) }
         switch cmd {
         case Self.vfioGetAPIVersion, Self.vfioCheckExtension, Self.vfioSetIOMMU:
             return ioctl(cmd, value: arg.count >= 8 ? arg.loadUnaligned(as: UInt64.self) : 0)
@@ -58,8 +65,8 @@ extension IOMMUFDContext {
             if s.u32(4) & 2 != 0 { perms.insert(.write) }
             do throws(Errno) {
                 guard !va.addingReportingOverflow(length).overflow else { throw Errno(Errno.EOVERFLOW, "vaddr + size overflows") }
-                guard length != 0 else { throw Errno.inval("size 0") }
-                let pages = IOPTPages(source: .user(memory, address: va & ~0xFFF), pageCount: Int(((va & 0xFFF) + length + 0xFFF) >> 12),
+                guard length != 0, length <= UInt64.max - IOAS.pageSize else { throw Errno.inval("size 0x\(String(length, radix: 16))") }
+                let pages = IOPTPages(source: .user(memory, address: va & ~0xFFF), pageCount: IOAS.pageCount(offset: va & 0xFFF, length: length),
                                       writable: perms.contains(.write), accountMode: capIPCLock ? .none : .mm, ledger: ledger)
                 _ = try ioas.insert([IOAS.Piece(pages: pages, pageOffset: va & 0xFFF, length: length)], iova: iova, address: va, permissions: perms)
             } catch { return fail(error) }
@@ -71,18 +78,31 @@ extension IOMMUFDContext {
             guard s.u32(0) >= 24, s.u32(4) & ~2 == 0 else { return fail(Errno.inval("dma_unmap argsz or flags")) }
             guard let ioas = vfioIOAS else { return fail(Errno(Errno.ENODEV, "no VFIO compatibility IOAS")) }
             let all = s.u32(4) & 2 != 0
-            if all && (s.u64(8) != 0 || s.u64(16) != 0) { return fail(Errno.inval("UNMAP_ALL takes iova 0 and size 0")) }
+            let iova = s.u64(8), size = s.u64(16)
+            if all && (iova != 0 || size != 0) { return fail(Errno.inval("UNMAP_ALL takes iova 0 and size 0")) }
             var unmapped: UInt64 = 0
             var rc: Int32 = 0
             do throws(Errno) {
-                if !all && ioas.disableLargePages {
-                    // Type1 (v1) may unmap part of a mapping: cut the areas at the range's edges.
-                    let iova = s.u64(8), size = s.u64(16)
-                    if iova != 0 { try ioas.cut(at: iova - 1) }
-                    if size != 0 { try ioas.cut(at: iova &+ size &- 1) }
+                if all {
+                    try ioas.unmapRange(0, .max, unmapped: &unmapped)
+                } else {
+                    // Linux iopt_unmap_iova: length 0 is EINVAL, a range past U64_MAX EOVERFLOW.
+                    guard size != 0 else { return fail(Errno.inval("size 0")) }
+                    let (last, o) = iova.addingReportingOverflow(size - 1)
+                    guard !o else { return fail(Errno(Errno.EOVERFLOW, "iova + size overflows")) }
+                    if ioas.disableLargePages {
+                        // Type1 (v1) may unmap part of a mapping: cut the areas at the range's
+                        // edges first (the end, then the start); a failed cut reports nothing back.
+                        do throws(Errno) {
+                            try ioas.cut(at: last)
+                            if iova != 0 { try ioas.cut(at: iova - 1) }
+                        } catch { return fail(error) }
+                    }
+                    try ioas.unmapRange(iova, last, unmapped: &unmapped)
+                    if unmapped == 0 { throw Errno.noent("nothing is mapped in the range") }
                 }
-                unmapped = try ioas.unmap(all ? 0 : s.u64(8), all ? .max : s.u64(16))
             } catch { rc = fail(error) }
+            // The bytes unmapped go back, also after an error part-way.
             arg.storeBytes(of: unmapped.littleEndian, toByteOffset: 16, as: UInt64.self)
             return rc
         case Self.vfioIOMMUGetInfo:

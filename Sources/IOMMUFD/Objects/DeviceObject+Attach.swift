@@ -12,20 +12,23 @@ extension IOMMUFDContext {
     @discardableResult
     public func attach(_ devID: UInt32, to ptID: UInt32, pasid: PASID? = nil) throws(Errno) -> UInt32 {
         let d: DeviceObject = try get(devID, .device)
-        return try changePT(d, ptID, pasid: pasid, replace: false)
+        return try changePT(d, ptID, pasid: Self.userPASID(pasid), replace: false)
     }
 
     /// Replaces the attachment of (device, pasid) without passing through blocked.
     @discardableResult
     public func replace(_ devID: UInt32, with ptID: UInt32, pasid: PASID? = nil) throws(Errno) -> UInt32 {
         let d: DeviceObject = try get(devID, .device)
-        return try changePT(d, ptID, pasid: pasid, replace: true)
+        return try changePT(d, ptID, pasid: Self.userPASID(pasid), replace: true)
     }
 
     /// Detaches (device, pasid); nothing happens if it is not attached.
     public func detach(_ devID: UInt32, pasid: PASID? = nil) throws(Errno) {
-        detach(try get(devID, .device, as: DeviceObject.self), pasid: pasid)
+        detach(try get(devID, .device, as: DeviceObject.self), pasid: Self.userPASID(pasid))
     }
+
+    /// PASID 0 is the RID (Linux `IOMMU_NO_PASID`).
+    static func userPASID(_ p: PASID?) -> PASID? { p.flatMap { $0.rawValue == 0 ? nil : $0 } }
 
     func changePT(_ d: DeviceObject, _ ptID: UInt32, pasid: PASID?, replace: Bool) throws(Errno) -> UInt32 {
         guard let o = table.object(ptID), !o.isDestroyed else { throw Errno.noent("no object with ID \(ptID)") }

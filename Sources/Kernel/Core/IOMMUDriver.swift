@@ -36,6 +36,12 @@ public protocol IOMMUDriver: AnyObject, Sendable {
     /// The unit's description for user space (`hw_info`): the uAPI type number and its
     /// payload bytes (e.g. `struct iommu_hw_info_vtd`); nil when the driver has none.
     func hardwareInfo(_ device: Device) -> (type: UInt32, payload: [UInt8])?
+    /// The size of the driver's vIOMMU state for uAPI type `type` (`get_viommu_size`): 0 when
+    /// the driver has no vIOMMU of that type (the user API answers EOPNOTSUPP).
+    func viommuSize(for device: Device, type: UInt32) -> Int
+    /// The size of the driver's nested-domain data of uAPI type `dataType` (the struct
+    /// `domain_alloc_nested` copies); 0 when it takes none of that type (EOPNOTSUPP).
+    func nestedDataSize(for device: Device, dataType: UInt32) -> Int
     /// A nested domain over `parent` from user data of `dataType` (`domain_alloc_nested`).
     func allocNestedDomain(for device: Device, parent: IOMMUDomain, flags: DomainFlags, dataType: UInt32,
                            data: [UInt8]) throws(IOMMUError) -> IOMMUDomain
@@ -72,6 +78,8 @@ extension IOMMUDriver {
     }
     public func reservedRegions(for device: Device) -> [ReservedRegion] { [] }
     public func hardwareInfo(_ device: Device) -> (type: UInt32, payload: [UInt8])? { nil }
+    public func viommuSize(for device: Device, type: UInt32) -> Int { 0 }
+    public func nestedDataSize(for device: Device, dataType: UInt32) -> Int { 0 }
     public func allocNestedDomain(for device: Device, parent: IOMMUDomain, flags: DomainFlags, dataType: UInt32,
                                   data: [UInt8]) throws(IOMMUError) -> IOMMUDomain {
         throw .notSupported("\(name) has no nested domains")

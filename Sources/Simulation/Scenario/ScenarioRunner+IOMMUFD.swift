@@ -66,8 +66,9 @@ extension ScenarioRunner {
             step(label, line: line) { () throws(IOMMUError) in
                 let (c, id) = try object(ioas)
                 guard let r = regions[rname] else { throw .notFound("region \(rname) is not mapped") }
+                guard offset < r.pages else { throw .invalidArgument("offset-pages \(offset) is beyond region \(rname)") }
                 let n = pages ?? (r.pages - offset)
-                guard offset + n <= r.pages else { throw .invalidArgument("pages beyond region \(rname)") }
+                guard n > 0, offset + n <= r.pages else { throw .invalidArgument("pages beyond region \(rname)") }
                 let out = try ioctl(c, .ioasMap) { s in
                     s.set32(4, UAPI.mapReadable | (writeable ? UAPI.mapWriteable : 0) | (iova != nil ? UAPI.mapFixedIOVA : 0))
                     s.set32(8, id); s.set64(16, r.address + UInt64(offset) << 12); s.set64(24, UInt64(n) << 12); s.set64(32, iova ?? 0)
@@ -179,7 +180,8 @@ extension ScenarioRunner {
             answerIOMMUFD(Array(records[i..<j]), f, h, ioas: ioasName, region: rname)
             i = j
         }
-        if f.queue.undelivered > 0 { wakeHandler(h) }
+        // More to read and progress made (a group larger than the batch never fits: no spin).
+        if f.queue.undelivered > 0 && !records.isEmpty { wakeHandler(h) }
     }
 
     private func answerIOMMUFD(_ group: [FaultQueue.Record], _ f: FaultObject, _ h: FaultHandlerState, ioas: String, region: String) {

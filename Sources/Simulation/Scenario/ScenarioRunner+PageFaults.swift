@@ -161,7 +161,7 @@ extension ScenarioRunner {
             answer(Array(records[i..<j]), queue: q, handler: h)
             i = j
         }
-        if q.undelivered > 0 { wakeHandler(h) }
+        if q.undelivered > 0 && !records.isEmpty { wakeHandler(h) }
     }
 
     private func answer(_ group: [FaultQueue.Record], queue q: FaultQueue, handler h: FaultHandlerState) {
