@@ -37,6 +37,8 @@ public final class FaultQueue: IOPFHandler, @unchecked Sendable {
     unowned(unsafe) let core: IOMMUCore
     /// Groups not yet read, oldest first.
     private var deliver: [IOPFGroup] = []
+    /// Groups before this index were read (popping the front of an array costs a move).
+    private var head = 0
     /// Groups read and not yet answered, by cookie.
     private var responses: [UInt32: IOPFGroup] = [:]
     private var lowestFreeCookie: UInt32 = 1
@@ -52,7 +54,11 @@ public final class FaultQueue: IOPFHandler, @unchecked Sendable {
     public init(core: IOMMUCore) { self.core = core }
 
     /// Groups waiting to be read, and read groups waiting for their response.
-    public var undelivered: Int { deliver.count }
+    public var undelivered: Int { deliver.count - head }
+
+    private func compact() {
+        if head > 0 { deliver.removeFirst(head); head = 0 }
+    }
     public var awaitingResponse: Int { responses.count }
 
     // MARK: IOPFHandler
@@ -67,6 +73,7 @@ public final class FaultQueue: IOPFHandler, @unchecked Sendable {
     /// (Linux `iommufd_auto_response_faults`).
     public func detached(_ device: Device, pasid: PASID?, from domain: IOMMUDomain) {
         let match = { (g: IOPFGroup) in g.device === device && g.pasid == pasid && g.domain === domain }
+        compact()
         let unread = deliver.filter(match)
         deliver.removeAll(where: match)
         let read = responses.filter { match($0.value) }.sorted { $0.key < $1.key }
@@ -106,8 +113,10 @@ public final class FaultQueue: IOPFHandler, @unchecked Sendable {
     /// each group gets the lowest free cookie (Linux: an xarray with ALLOC1).
     private func take(maxRecords: Int, _ emit: (Record) -> Void) {
         var n = 0
-        while let g = deliver.first, n + g.faults.count <= maxRecords {
-            deliver.removeFirst()
+        while head < deliver.count, n + deliver[head].faults.count <= maxRecords {
+            let g = deliver[head]
+            head += 1
+            if head == deliver.count { deliver.removeAll(keepingCapacity: true); head = 0 } else if head >= 64 { compact() }
             var cookie = lowestFreeCookie
             while responses[cookie] != nil { cookie &+= 1 }
             lowestFreeCookie = cookie &+ 1
@@ -157,6 +166,7 @@ public final class FaultQueue: IOPFHandler, @unchecked Sendable {
     public func close() {
         guard !isClosed else { return }
         isClosed = true
+        compact()
         let all = deliver + responses.sorted { $0.key < $1.key }.map(\.value)
         deliver = []
         responses = [:]

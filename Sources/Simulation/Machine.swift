@@ -47,6 +47,11 @@ public final class Machine: @unchecked Sendable {
         // without this a machine would never be freed.
         for u in units { u.disconnectAll() }
         platform.scheduler.discardPending()
+        // The oracle goes with the machine; what outlives it (a user API context closed later)
+        // may still free frames, with nobody watching.
+        platform.frames.freeObserver = nil
+        platform.frames.ownedAllocationObserver = nil
+        if core.observer === oracle { core.observer = nil }
     }
 
     /// Probes devices and creates their endpoints; `ats` and `pri` give each endpoint's
