@@ -8,8 +8,9 @@ import Platform
 ///
 /// Pins are tracked in chunks of 512 pages made as pages get pinned, so a mapping of any
 /// size costs memory only for what is pinned (a user may map terabytes it never backs).
-/// Pinning goes a chunk at a time and charges what each chunk pinned after pinning it, as
-/// Linux pins a batch and then accounts it.
+/// Pinning goes a chunk at a time and charges what each chunk pinned after pinning it
+/// (Linux pins the whole range, then charges it once: the two differ only when the limit is
+/// reached in a chunk before a page that cannot be pinned, ENOMEM here, EFAULT there).
 final class IOPTPages {
     enum Source {
         case user(UserMemory, address: UInt64)
