@@ -61,38 +61,46 @@ extension IOMMUFDContext {
     /// IOMMU_IOAS_MAP: {size, flags @4, ioas_id @8, __reserved @12, user_va @16, length @24,
     /// iova @32 (in with FIXED_IOVA, out)}. Pins nothing unless a domain needs the pages.
     func mapIoctl(_ a: inout IoctlArgument) throws(Errno) {
-        let flags = a.u32(4)
-        guard flags & ~Self.mapFlags == 0, a.u32(12) == 0 else { throw Errno.notsupp("IOAS_MAP flags 0x\(String(flags, radix: 16)) or __reserved") }
-        let length = a.u64(24), iova = a.u64(32), va = a.u64(16)
-        guard iova < .max, length < .max else { throw Errno(Errno.EOVERFLOW, "iova or length is U64_MAX") }
-        guard flags & (UAPI.mapReadable | UAPI.mapWriteable) != 0 else { throw Errno.inval("a mapping must be readable or writeable") }
-        let ioas: IOAS = try get(a.u32(8), .ioas)
-        guard !va.addingReportingOverflow(length).overflow else { throw Errno(Errno.EOVERFLOW, "user_va + length overflows") }
-        guard length != 0, length <= UInt64.max - IOAS.pageSize else { throw Errno.inval("length 0x\(String(length, radix: 16))") }
-        let pages = IOPTPages(source: .user(memory, address: va & ~0xFFF), pageCount: IOAS.pageCount(offset: va & 0xFFF, length: length),
-                              writable: flags & UAPI.mapWriteable != 0, accountMode: accountMode, ledger: ledger)
-        let placed = try ioas.insertOne(IOAS.Piece(pages: pages, pageOffset: va & 0xFFF, length: length),
-                                        iova: flags & UAPI.mapFixedIOVA != 0 ? iova : nil, address: va, permissions: permissions(flags))
-        a.set64(32, placed)
-        a.respond()
+        guard a.u32(12) == 0 else { throw Errno.notsupp("IOAS_MAP __reserved") }
+        let view = a
+        try map(&a, command: "IOAS_MAP") { () throws(Errno) in
+            let va = view.u64(16), length = view.u64(24)
+            guard !va.addingReportingOverflow(length).overflow else { throw Errno(Errno.EOVERFLOW, "user_va + length overflows") }
+            return (.user(memory, address: va & ~0xFFF), va)
+        }
     }
 
     /// IOMMU_IOAS_MAP_FILE: {size, flags @4, ioas_id @8, fd @12 (s32), start @16, length @24,
     /// iova @32}: pages of a memfd, identified by file and offset.
     func mapFileIoctl(_ a: inout IoctlArgument) throws(Errno) {
+        let view = a
+        try map(&a, command: "IOAS_MAP_FILE") { () throws(Errno) in
+            guard let file = files[view.s32(12)] else { throw Errno(Errno.EBADF, "fd \(view.s32(12)) is not open") }
+            let start = view.u64(16), length = view.u64(24)
+            if length != 0 { guard !start.addingReportingOverflow(length - 1).overflow else { throw Errno(Errno.EOVERFLOW, "start + length overflows") } }
+            return (.file(file, offset: start & ~0xFFF), start)
+        }
+    }
+
+    /// What MAP and MAP_FILE share, in the kernel's order: flags (EOPNOTSUPP), iova and
+    /// length below U64_MAX (EOVERFLOW), readable or writeable (EINVAL), the IOAS (ENOENT),
+    /// then the source's own checks (`source` gives the pages' source and the address whose
+    /// low bits the IOVA keeps), the length (EINVAL), and the placement.
+    private func map(_ a: inout IoctlArgument, command: String,
+                     source: () throws(Errno) -> (IOPTPages.Source, UInt64)) throws(Errno) {
         let flags = a.u32(4)
-        guard flags & ~Self.mapFlags == 0 else { throw Errno.notsupp("IOAS_MAP_FILE flags 0x\(String(flags, radix: 16))") }
-        let length = a.u64(24), iova = a.u64(32), start = a.u64(16)
+        guard flags & ~Self.mapFlags == 0 else { throw Errno.notsupp("\(command) flags 0x\(String(flags, radix: 16))") }
+        let length = a.u64(24), iova = a.u64(32)
         guard iova < .max, length < .max else { throw Errno(Errno.EOVERFLOW, "iova or length is U64_MAX") }
         guard flags & (UAPI.mapReadable | UAPI.mapWriteable) != 0 else { throw Errno.inval("a mapping must be readable or writeable") }
         let ioas: IOAS = try get(a.u32(8), .ioas)
-        guard let file = files[a.s32(12)] else { throw Errno(Errno.EBADF, "fd \(a.s32(12)) is not open") }
-        if length != 0 { guard !start.addingReportingOverflow(length - 1).overflow else { throw Errno(Errno.EOVERFLOW, "start + length overflows") } }
+        let (src, address) = try source()
         guard length != 0, length <= UInt64.max - IOAS.pageSize else { throw Errno.inval("length 0x\(String(length, radix: 16))") }
-        let pages = IOPTPages(source: .file(file, offset: start & ~0xFFF), pageCount: IOAS.pageCount(offset: start & 0xFFF, length: length),
+        let offset = address & 0xFFF
+        let pages = IOPTPages(source: src, pageCount: IOAS.pageCount(offset: offset, length: length),
                               writable: flags & UAPI.mapWriteable != 0, accountMode: accountMode, ledger: ledger)
-        let placed = try ioas.insertOne(IOAS.Piece(pages: pages, pageOffset: start & 0xFFF, length: length),
-                                        iova: flags & UAPI.mapFixedIOVA != 0 ? iova : nil, address: start, permissions: permissions(flags))
+        let placed = try ioas.insertOne(IOAS.Piece(pages: pages, pageOffset: offset, length: length),
+                                        iova: flags & UAPI.mapFixedIOVA != 0 ? iova : nil, address: address, permissions: permissions(flags))
         a.set64(32, placed)
         a.respond()
     }
