@@ -67,7 +67,9 @@ extension IOMMUFDContext {
         let owner = ObjectIdentifier(d)
         let ioas = pasid == nil ? h.pagingBacking?.ioas : nil
         try ioas?.enforceReservedRegions(of: d.device, owner: owner)
-        if existing == nil {
+        if let existing {
+            existing.devices.append(d)
+        } else {
             do {
                 try checkPASIDCompat(h, d, pasid)
                 if let pasid {
@@ -86,8 +88,6 @@ extension IOMMUFDContext {
                 throw Errno.inval("\(error)")
             }
             d.igroup.attachments[key] = IGroup.Attachment(hwpt: h, devices: [d])
-        } else {
-            existing!.devices.append(d)
         }
         h.users += 1
         d.users += 1
