@@ -131,29 +131,63 @@ extension IOMMUFDContext {
         a.respond()
     }
 
-    /// IOMMU_HWPT_SET_DIRTY_TRACKING: {size, flags @4, hwpt_id @8, __reserved @12}.
+    /// IOMMU_HWPT_SET_DIRTY_TRACKING: {size, flags @4, hwpt_id @8, __reserved @12}. Enabling
+    /// first clears the D bits of every mapping (a clean start, Linux
+    /// `iopt_clear_dirty_data`), then turns tracking on.
     func setDirtyTrackingIoctl(_ a: inout IoctlArgument) throws(Errno) {
-        guard a.u32(4) & ~UAPI.dirtyTrackingEnable == 0 else { throw Errno.notsupp("flags 0x\(String(a.u32(4), radix: 16))") }
+        let flags = a.u32(4)
+        guard flags & ~UAPI.dirtyTrackingEnable == 0 else { throw Errno.notsupp("flags 0x\(String(flags, radix: 16))") }
         let h: HWPTPaging = try get(a.u32(8), .hwptPaging)
         guard h.dirtyTracking else { throw Errno.notsupp("\(h) was not allocated for dirty tracking") }
-        throw Errno.notsupp("\(h.domain) has no dirty-tracking operations")
+        let enable = flags & UAPI.dirtyTrackingEnable != 0
+        do throws(IOMMUError) {
+            if enable {
+                for (iova, length) in h.ioas.mappings { try h.domain.readAndClearDirty(iova: iova, size: length, clear: true, nil) }
+            }
+            try h.domain.setDirtyTracking(enable)
+        } catch { throw Errno(error) }
     }
 
     /// IOMMU_HWPT_GET_DIRTY_BITMAP: {size, hwpt_id @4, flags @8, __reserved @12, iova @16,
-    /// length @24, page_size @32, data @40}.
+    /// length @24, page_size @32, data @40}: bit i of the user's bitmap (u64 words) is set
+    /// when page i of `page_size` from `iova` was written; D is cleared unless NO_CLEAR. Bits
+    /// are ORed into the user's bitmap word by word (no buffer sized by the user's length).
     func getDirtyBitmapIoctl(_ a: inout IoctlArgument) throws(Errno) {
         guard a.u32(8) & ~UAPI.getDirtyBitmapNoClear == 0, a.u32(12) == 0 else { throw Errno.notsupp("flags or __reserved") }
         let h: HWPTPaging = try get(a.u32(4), .hwptPaging)
-        let iova = a.u64(16), length = a.u64(24), pageSize = a.u64(32)
-        let (last, o) = iova.addingReportingOverflow(length &- 1)
+        let iova = a.u64(16), length = a.u64(24), pageSize = a.u64(32), data = a.u64(40)
+        let (_, o) = iova.addingReportingOverflow(length &- 1)
         guard !o || (iova == 0 && length == 0) else { throw Errno(Errno.EOVERFLOW, "iova + length overflows") }
-        _ = last
         let alignment = h.ioas.iovaAlignment
         guard iova & (alignment - 1) == 0, (iova &+ length) & (alignment - 1) == 0 else { throw Errno.inval("range not aligned to the IOAS") }
         guard pageSize != 0 else { throw Errno.inval("page_size 0") }
         guard iova & (pageSize - 1) == 0, (iova &+ length) & (pageSize - 1) == 0 else { throw Errno.inval("range not aligned to page_size") }
         guard h.dirtyTracking else { throw Errno.notsupp("\(h) has no dirty tracking") }
-        throw Errno.notsupp("\(h.domain) cannot read dirty bits")
+        let clear = a.u32(8) & UAPI.getDirtyBitmapNoClear == 0
+        var failure: Errno?
+        do throws(IOMMUError) {
+            try h.domain.readAndClearDirty(iova: iova, size: length, clear: clear) { start, size in
+                // The pages of `page_size` the leaf [start, start + size) touches, inside the range.
+                let lo = max(start, iova), hi = min(start &+ size, iova &+ length)
+                guard lo < hi else { return }
+                var bit = (lo - iova) / pageSize
+                let end = (hi - iova + pageSize - 1) / pageSize
+                while bit < end {
+                    let word = bit / 64, first = bit % 64, count = min(64 - first, end - bit)
+                    let mask = count == 64 ? UInt64.max : ((UInt64(1) << count) - 1) << first
+                    let at = data &+ word * 8
+                    do throws(Errno) {
+                        var w = StructBytes(bytes: try self.copyIn(at, count: 8))
+                        w.set64(0, w.u64(0) | mask)
+                        try self.copyOut(at, bytes: w.bytes)
+                    } catch { failure = failure ?? error }
+                    bit += count
+                }
+            }
+        } catch { throw Errno(error) }
+        // Linux 6.17 ignores what the bitmap walk returns: a bitmap it could not write is
+        // not reported (EFAULT is not returned).
+        _ = failure
     }
 
     /// IOMMU_HWPT_INVALIDATE: {size, hwpt_id @4, data_uptr @8, data_type @16, entry_len @20,

@@ -175,6 +175,7 @@ extension IOMMUFDContext {
         var flags: DomainFlags = []
         if nestParent { flags.insert(.nestParent) }
         if pasid { flags.insert(.pasid) }
+        if dirtyTracking { flags.insert(.dirtyTracking) }
         let domain: IOMMUDomain
         do { domain = try core.allocDomain(for: d.device, flags: flags) } catch { throw Errno(error) }
         let h = HWPTPaging(domain: domain, ioas: ioas, auto: auto, nestParent: nestParent, dirtyTracking: dirtyTracking,

@@ -100,6 +100,20 @@ open class IOMMUDomain: @unchecked Sendable, CustomStringConvertible {
     /// them at the end of the driver's `iotlb_sync`: the same point in time).
     open func iotlbSync(_ gather: inout UnmapGather) throws(IOMMUError) {}
 
+    /// Starts or stops dirty tracking (Linux `dirty_ops->set_dirty_tracking`).
+    open func setDirtyTracking(_ enabled: Bool) throws(IOMMUError) {
+        throw .notSupported("\(self) cannot track dirty pages")
+    }
+
+    /// Reports the pages written in [iova, iova + size) since their last clearing, as
+    /// (IOVA, size) of each leaf (Linux `dirty_ops->read_and_clear_dirty`), clearing them
+    /// unless `clear` is false. A clearing read flushes the IOTLB before it returns, so that
+    /// every later write sets D again. With no `record` it only clears (Linux: a NULL
+    /// bitmap), which is allowed while tracking is off; reporting is not (EINVAL).
+    open func readAndClearDirty(iova: UInt64, size: UInt64, clear: Bool, _ record: ((UInt64, UInt64) -> Void)?) throws(IOMMUError) {
+        throw .notSupported("\(self) cannot track dirty pages")
+    }
+
     /// Makes new mappings visible where the hardware caches non-present entries.
     open func syncMap(iova: UInt64, size: UInt64) throws(IOMMUError) {}
 

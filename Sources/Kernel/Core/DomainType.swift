@@ -43,6 +43,9 @@ public struct DomainFlags: OptionSet, Hashable, Sendable {
     public static let pasid = DomainFlags(rawValue: 1 << 1)
     /// The domain may be the parent of nested domains (`IOMMU_HWPT_ALLOC_NEST_PARENT`).
     public static let nestParent = DomainFlags(rawValue: 1 << 2)
+    /// The domain can track what devices wrote (`IOMMU_HWPT_ALLOC_DIRTY_TRACKING`): it has
+    /// `setDirtyTracking` and `readAndClearDirty`, and attaches only where the unit can.
+    public static let dirtyTracking = DomainFlags(rawValue: 1 << 3)
 }
 
 /// The default-domain policy (Linux `iommu.passthrough=` and `iommu.strict=`).

@@ -102,14 +102,13 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
     }
 
     /// VT-d defers unmap invalidation happily (Linux `intel_iommu_capable` returns true for
-    /// `IOMMU_CAP_DEFERRED_FLUSH`) and is coherent. Dirty tracking (SSADS) is reported only
-    /// once the driver sets SSADE and reads D bits; until then a DIRTY_TRACKING HWPT is
-    /// refused with EOPNOTSUPP, as Linux refuses it on a unit without SSADS.
+    /// `IOMMU_CAP_DEFERRED_FLUSH`), is coherent, and tracks dirty pages where the unit has
+    /// SSADS (`ssads_supported`).
     public func capable(_ device: Device, _ capability: DriverCapability) -> Bool {
-        guard (try? iommu(for: device)) != nil else { return false }
+        guard let u = try? iommu(for: device) else { return false }
         switch capability {
         case .cacheCoherency, .deferredFlush: return true
-        case .dirtyTracking: return false
+        case .dirtyTracking: return u.extendedCapability.secondStageAD
         }
     }
 
@@ -129,6 +128,9 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
         let large = u.capability.secondStageLargePages
         let maxLeaf = large & 2 != 0 ? 3 : large & 1 != 0 ? 2 : 1
         if flags.contains(.nestParent) && !u.extendedCapability.nested { throw .notSupported("\(u.name) cannot nest") }
+        if flags.contains(.dirtyTracking) && !u.extendedCapability.secondStageAD {
+            throw .notSupported("\(u.name) cannot track dirty pages (no SSADS)")
+        }
         return try VTdPagingDomain(driver: self, type: type, flags: flags, levels: levels, maxLeafLevel: maxLeaf,
                                    addressWidth: u.unit.configuration.hostAddressWidth)
     }

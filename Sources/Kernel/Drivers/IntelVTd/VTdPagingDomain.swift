@@ -33,6 +33,9 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
     /// Tags on units in caching mode (which cache non-present entries): then new mappings
     /// must be flushed too. Kept so the map path need not scan the tags.
     @exclusivity(unchecked) var cachingModeTags = 0
+    /// Dirty tracking is on: every PASID entry of the domain has SSADE set
+    /// (VTdPagingDomain+Dirty.swift).
+    var dirtyTrackingEnabled = false
 
     init(driver: VTdDriver, type: DomainType, flags: DomainFlags, levels: Int, maxLeafLevel: Int, addressWidth: Int) throws(IOMMUError) {
         do {
@@ -66,6 +69,10 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
         guard pageTable.addressMask & ~PageTableGeometry.addressMask(width: u.unit.configuration.hostAddressWidth) == 0 else {
             throw .incompatible("\(u.name) has a narrower host address width")
         }
+        // Linux `paging_domain_compatible`: a dirty-tracking domain needs SSADS.
+        if flags.contains(.dirtyTracking) && !u.extendedCapability.secondStageAD {
+            throw .incompatible("\(u.name) cannot track dirty pages (no SSADS)")
+        }
     }
 
     /// Points (`device`, `pasid`) at this domain: take a DID reference on the unit, program
@@ -75,8 +82,7 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
         let u = try driver.iommu(for: device)
         try checkCompatible(u)
         let did = try acquireDID(u)
-        let entry = PASIDEntry.make(pgtt: .secondStage, did: did, secondStageTable: pageTable.root, secondStageLevels: levels,
-                                    pageWalkSnoop: true)
+        let entry = makeEntry(did: did)
         var exposed = false
         let path: UpdatePath
         do { path = try u.programEntry(device, pasid: pasid, entry, exposed: &exposed) } catch {
@@ -198,6 +204,12 @@ final class VTdPagingDomain: VTdDomain, @unchecked Sendable {
     }
 
     override func iovaToPhys(_ iova: UInt64) -> UInt64? { pageTable.translate(iova)?.physical }
+
+    override func setDirtyTracking(_ enabled: Bool) throws(IOMMUError) { try setSSADE(enabled) }
+
+    override func readAndClearDirty(iova: UInt64, size: UInt64, clear: Bool, _ record: ((UInt64, UInt64) -> Void)?) throws(IOMMUError) {
+        try readAndClearDBits(iova: iova, size: size, clear: clear, record)
+    }
 
     override func free() {
         var gather = UnmapGather()

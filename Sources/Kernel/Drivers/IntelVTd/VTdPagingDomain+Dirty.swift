@@ -1,0 +1,70 @@
+import Platform
+import Formats
+import Hardware
+
+/// Dirty tracking of a second-stage domain (Linux drivers/iommu/intel/iommu.c
+/// `intel_iommu_set_dirty_tracking`, `intel_iommu_read_and_clear_dirty`, and
+/// pasid.c `intel_pasid_setup_dirty_tracking`): SSADE in every PASID entry of the domain
+/// makes the unit set A and D in the leaves it uses; software reads and clears D.
+extension VTdPagingDomain {
+    /// The PASID entry for this domain under `did`.
+    func makeEntry(did: DomainID) -> PASIDEntry {
+        PASIDEntry.make(pgtt: .secondStage, did: did, secondStageTable: pageTable.root, secondStageLevels: levels,
+                        secondStageAD: dirtyTrackingEnabled, pageWalkSnoop: true)
+    }
+
+    /// Sets or clears SSADE in every PASID entry pointing here: one store of the entry's
+    /// first word, then the PASID-cache, IOTLB and device-TLB invalidation VT-d's table 25
+    /// asks for (done by `programEntry`). On failure the entries already changed go back.
+    func setSSADE(_ enabled: Bool) throws(IOMMUError) {
+        guard flags.contains(.dirtyTracking) else { throw .notSupported("\(self) was not allocated for dirty tracking") }
+        guard enabled != dirtyTrackingEnabled else { return }
+        dirtyTrackingEnabled = enabled
+        var done: [(IntelIOMMU, Device, UInt32)] = []
+        do {
+            for key in entries.sorted() {
+                let (u, device, pasid) = try target(key)
+                guard let did = did(on: u.index) else { continue }
+                var exposed = false
+                _ = try u.programEntry(device, pasid: pasid, makeEntry(did: did), exposed: &exposed)
+                done.append((u, device, pasid))
+            }
+        } catch {
+            dirtyTrackingEnabled = !enabled
+            for (u, device, pasid) in done {
+                guard let did = did(on: u.index) else { continue }
+                var exposed = false
+                _ = try? u.programEntry(device, pasid: pasid, makeEntry(did: did), exposed: &exposed)
+            }
+            throw error
+        }
+    }
+
+    /// The unit, device and PASID of an entry key.
+    private func target(_ key: UInt64) throws(IOMMUError) -> (IntelIOMMU, Device, UInt32) {
+        let index = Int(key >> 40), rid = RequesterID(rawValue: UInt16(truncatingIfNeeded: key >> 20)), pasid = UInt32(key & 0xFFFFF)
+        guard index < driver.units.count, let core = driver.core,
+              let device = core.device(driver: driver, unit: index, requesterID: rid) else {
+            throw .noDevice("no device \(rid) on unit \(index)")
+        }
+        return (driver.units[index], device, pasid)
+    }
+
+    /// Reads (and clears) the D bits of [iova, iova + size): EINVAL while tracking is off
+    /// (Linux answers so when asked for a bitmap). A clearing read flushes the range from
+    /// the IOTLB and device TLBs, so that a write after it, even through a translation
+    /// cached before, finds D clear and sets it again.
+    func readAndClearDBits(iova: UInt64, size: UInt64, clear: Bool, _ record: ((UInt64, UInt64) -> Void)?) throws(IOMMUError) {
+        guard flags.contains(.dirtyTracking) else { throw .notSupported("\(self) was not allocated for dirty tracking") }
+        guard dirtyTrackingEnabled || record == nil else { throw .invalidArgument("dirty tracking of \(self) is off") }
+        guard size > 0 else { return }
+        let end = iova &+ size
+        var first: UInt64 = .max, last: UInt64 = 0
+        pageTable.readAndClearDirty(start: iova, end: end < iova ? .max : end, clear: clear) { start, length in
+            first = min(first, start)
+            last = max(last, start + length - 1)
+            record?(start, length)
+        }
+        if clear && first <= last { try flushRange(start: first, end: last, hint: true) }
+    }
+}
