@@ -31,14 +31,15 @@ struct IOMMUFDBenchCommand: ParsableCommand {
         var rs: [IOMMUFDBenchmark.Round] = []
         for _ in 0..<rounds { rs.append(try bench.round()) }
         let pair = median(rs.map(\.mapUnmapPairNs)), gib = median(rs.map(\.map1GiBMs)), fault = median(rs.map(\.faultRoundTripNs))
-        let corePair = median(rs.map(\.coreMapUnmapPairNs))
+        let corePair = median(rs.map(\.coreMapUnmapPairNs)), dirty = median(rs.map(\.dirtyBitmap1GiBMs))
         if json {
             print("{\"mapUnmapPairNs\": \(String(format: "%.1f", pair)), \"map1GiBMs\": \(String(format: "%.2f", gib)), " +
-                  "\"faultRoundTripNs\": \(String(format: "%.1f", fault)), \"coreMapUnmapPairNs\": \(String(format: "%.1f", corePair)), \"rounds\": \(rounds), \"pairs\": \(pairs), \"faults\": \(faults)}")
+                  "\"faultRoundTripNs\": \(String(format: "%.1f", fault)), \"coreMapUnmapPairNs\": \(String(format: "%.1f", corePair)), \"dirtyBitmap1GiBMs\": \(String(format: "%.2f", dirty)), \"rounds\": \(rounds), \"pairs\": \(pairs), \"faults\": \(faults)}")
         } else {
             print("IOAS_MAP + IOAS_UNMAP 4 KiB, one domain:   \(String(format: "%8.1f", pair)) ns/pair   (target <= 1000)")
             print("  (core map + unmap, same domain:          \(String(format: "%8.1f", corePair)) ns/pair, reference)")
             print("IOAS_MAP 1 GiB, 2 MiB-contiguous:          \(String(format: "%8.2f", gib)) ms        (target <= 10)")
+            print("GET_DIRTY_BITMAP 1 GiB of 4 KiB, 10% dirty: \(String(format: "%8.2f", dirty)) ms        (target <= 20)")
             print("fault object round trip (real PRI path):   \(String(format: "%8.1f", fault)) ns       (target <= 2000)")
         }
     }
