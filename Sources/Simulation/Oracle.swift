@@ -71,6 +71,8 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     func tracks(_ driver: any IOMMUDriver) -> Bool { trackedDriver == nil || trackedDriver == ObjectIdentifier(driver) }
 
     @exclusivity(unchecked) public internal(set) var checks: UInt64 = 0
+    /// Domains with dirty tracking on (Oracle+Dirty.swift).
+    var dirty: [Int: DirtyState] = [:]
     public private(set) var faultsSeen: UInt64 = 0
     public private(set) var violationCount = 0
     public private(set) var violations: [Violation] = []
@@ -220,6 +222,9 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     public override func check(unit: Int, _ a: DMAAccessRecord) {
         checks &+= 1
         let key = Self.key(unit: unit, rid: a.source, pasid: a.pasid?.rawValue ?? 0)
+        if !dirty.isEmpty, a.physical != nil, a.access.contains(.write), case .paging(let id)? = windows[key]?.current {
+            noteDirtyWrite(domain: id, address: a.address, length: a.length)
+        }
         let needed: PagePermissions = a.access.contains(.write) ? .write : .read
         let slot = Self.fastSlot(key, a.address)
         if let pa = a.physical {
@@ -406,6 +411,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         let id = domain.id
         shadows[id] = nil
         graveyards[id] = nil
+        dirty[id] = nil
         abandoned[id] = nil
         deferred[id] = nil
         covering[id] = nil

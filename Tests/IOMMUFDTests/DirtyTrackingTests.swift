@@ -3,6 +3,7 @@ import Formats
 import Hardware
 import Kernel
 import IOMMUFD
+@testable import Simulation
 
 /// Dirty tracking on VT-d through iommufd: SSADE set in the PASID entries of a
 /// DIRTY_TRACKING HWPT, the unit setting D on writes, GET_DIRTY_BITMAP reading and
@@ -94,5 +95,30 @@ import IOMMUFD
         #expect(setTracking(s, false) == 0)
         #expect(bitmap(s).0 == -Errno.EINVAL)
         #expect(s.rig.run(.hwptSetDirtyTracking) { $0.set32(4, 2); $0.set32(8, s.hwpt) }.rc == -Errno.EOPNOTSUPP)
+    }
+}
+
+/// The oracle's dirty completeness: a write before a clearing read is in that read.
+@Suite struct DirtyCompletenessTests {
+    static func run(bug: InjectedBugs) throws -> [Violation] {
+        let s = try DirtyTrackingTests.setup()
+        s.rig.core.injectedBugs = bug
+        let t = DirtyTrackingTests()
+        #expect(t.setTracking(s, true) == 0)
+        #expect(s.rig.dma(s.ep, write: 0x4000_4000)?.fault == nil)
+        #expect(t.bitmap(s) == (0, 1 << 4))
+        // Written again through the translation cached with D set before the clear.
+        #expect(s.rig.dma(s.ep, write: 0x4000_4000)?.fault == nil)
+        _ = t.bitmap(s)
+        return s.rig.machine.oracle.violations
+    }
+
+    @Test func aWriteBeforeAClearingReadIsReportedByIt() throws {
+        #expect(try Self.run(bug: []).isEmpty)
+    }
+
+    @Test func aClearWithoutTheIOTLBFlushLosesAWriteAndTheOracleSaysSo() throws {
+        let v = try Self.run(bug: .dirtyClearWithoutFlush)
+        #expect(v.contains { $0.invariant == "dirty-write-missed" }, "\(v)")
     }
 }

@@ -142,9 +142,9 @@ extension IOMMUFDContext {
         let enable = flags & UAPI.dirtyTrackingEnable != 0
         do throws(IOMMUError) {
             if enable {
-                for (iova, length) in h.ioas.mappings { try h.domain.readAndClearDirty(iova: iova, size: length, clear: true, nil) }
+                for (iova, length) in h.ioas.mappings { try core.readAndClearDirty(h.domain, iova: iova, size: length, clear: true, nil) }
             }
-            try h.domain.setDirtyTracking(enable)
+            try core.setDirtyTracking(h.domain, enable)
         } catch { throw Errno(error) }
     }
 
@@ -166,7 +166,7 @@ extension IOMMUFDContext {
         let clear = a.u32(8) & UAPI.getDirtyBitmapNoClear == 0
         var failure: Errno?
         do throws(IOMMUError) {
-            try h.domain.readAndClearDirty(iova: iova, size: length, clear: clear) { start, size in
+            try core.readAndClearDirty(h.domain, iova: iova, size: length, clear: clear) { start, size in
                 // The pages of `page_size` the leaf [start, start + size) touches, inside the range.
                 let lo = max(start, iova), hi = min(start &+ size, iova &+ length)
                 guard lo < hi else { return }

@@ -127,6 +127,13 @@ public protocol KernelObserver: AnyObject {
     /// A driver gave `did` on `unit` back (after its invalidation).
     func domainIDReleased(driver: any IOMMUDriver, unit: Int, did: DomainID)
     func faultReported(_ device: Device?, _ fault: ReportedFault)
+    /// Dirty tracking of `domain` was turned on or off.
+    func dirtyTrackingChanged(_ domain: IOMMUDomain, enabled: Bool)
+    /// A read of `domain`'s dirty bits starts.
+    func dirtyReadBegan(_ domain: IOMMUDomain)
+    /// That read over [iova, iova + size) ended, reporting `reported` leaves as (IOVA, size),
+    /// clearing them if `cleared`.
+    func dirtyReadEnded(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, cleared: Bool, reported: [(UInt64, UInt64)])
     /// A driver reported a page request of `device` to the core.
     func pageFaultReported(_ device: Device, _ fault: PageFault)
     /// The core sent the response for the group `fault` ends.
@@ -153,6 +160,9 @@ extension KernelObserver {
     public func domainIDReleased(driver: any IOMMUDriver, unit: Int, did: DomainID) {}
     public func faultReported(_ device: Device?, _ fault: ReportedFault) {}
     public func pageFaultReported(_ device: Device, _ fault: PageFault) {}
+    public func dirtyTrackingChanged(_ domain: IOMMUDomain, enabled: Bool) {}
+    public func dirtyReadBegan(_ domain: IOMMUDomain) {}
+    public func dirtyReadEnded(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, cleared: Bool, reported: [(UInt64, UInt64)]) {}
     public func pageResponseSent(_ device: Device, _ fault: PageFault, _ code: PageResponseCode) {}
 }
 

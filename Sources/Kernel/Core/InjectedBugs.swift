@@ -45,4 +45,7 @@ extension InjectedBugs {
     /// A PASID drain leaves the PASID's partial page requests with the core: a group of its
     /// next owner that reuses their PRG index takes them in.
     public static let keepPartialsAtTeardown = InjectedBugs(rawValue: 1 << 13)
+    /// A clearing dirty read does not flush the IOTLB: a translation cached with D set lets
+    /// later writes through without setting D again (the oracle: `dirty-write-missed`).
+    public static let dirtyClearWithoutFlush = InjectedBugs(rawValue: 1 << 14)
 }

@@ -65,6 +65,8 @@ extension VTdPagingDomain {
             last = max(last, start + length - 1)
             record?(start, length)
         }
-        if clear && first <= last { try flushRange(start: first, end: last, hint: true) }
+        if clear && first <= last && driver.core?.injectedBugs.contains(.dirtyClearWithoutFlush) != true {
+            try flushRange(start: first, end: last, hint: true)
+        }
     }
 }
