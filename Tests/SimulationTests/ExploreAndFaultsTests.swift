@@ -121,6 +121,9 @@ struct OracleStrengthTests {
         // The PASID drain leaves the stopped PASID's partial groups with the core; the next
         // owner's group that reuses a PRG index takes the old owner's requests in.
         (.partialsKeptAtTeardown, "pasid-teardown", ["stale-partial-in-group"], "partial groups kept after a PASID teardown"),
+        // A clearing dirty read leaves translations cached with D set: the device's next write
+        // to such a page sets no D, and the next pass misses it.
+        (.dirtyClearWithoutFlush, "vmm-dirty", ["dirty-write-missed"], "a dirty read that does not flush the IOTLB"),
     ]
 
     @Test("each broken behaviour is caught in seeds 1...3", arguments: OracleStrengthTests.cases.indices)

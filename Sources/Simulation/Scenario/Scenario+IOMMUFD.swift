@@ -15,7 +15,12 @@ extension Scenario {
         case ioasMap(ioas: String, region: String, offsetPages: Int, pages: Int?, iova: UInt64?, writeable: Bool)
         /// IOAS_UNMAP of [iova, iova + pages), or of everything (`pages` nil).
         case ioasUnmap(ioas: String, iova: UInt64, pages: Int?)
-        case hwptAlloc(name: String, ioas: String, device: Int, fault: String?, pasid: Bool)
+        case hwptAlloc(name: String, ioas: String, device: Int, fault: String?, pasid: Bool, dirtyTracking: Bool)
+        /// IOMMU_HWPT_SET_DIRTY_TRACKING.
+        case dirtyTracking(hwpt: String, enable: Bool)
+        /// IOMMU_HWPT_GET_DIRTY_BITMAP of `pages` 4 KiB pages from `iova` (a pre-copy pass of a
+        /// live migration), clearing unless `noClear`.
+        case dirtyRead(hwpt: String, iova: UInt64, pages: Int, noClear: Bool)
         /// VFIO_DEVICE_ATTACH_IOMMUFD_PT to a HWPT or an IOAS (automatic domain), of the RID or a PASID.
         case attach(device: Int, target: String, pasid: UInt32?)
         case replace(device: Int, target: String, pasid: UInt32?)

@@ -7,7 +7,7 @@ import Kernel
 extension ScenarioParser {
     static let iommufdKinds = ["iommufd-open", "iommufd-bind", "iommufd-unbind", "ioas-alloc", "ioas-map", "ioas-unmap", "hwpt-alloc",
                                "iommufd-attach", "iommufd-replace", "iommufd-detach", "fault-alloc", "fault-close",
-                               "iommufd-destroy", "iommufd-close"]
+                               "iommufd-destroy", "iommufd-close", "dirty-tracking", "dirty-read"]
 
     mutating func declareIOMMUFD(_ kind: String, _ name: String, _ nf: YAMLField) throws(ScenarioError) {
         if kind == "iommufd-open" {
@@ -74,7 +74,8 @@ extension ScenarioParser {
             let d = try dev()
             let fault = try m.optional("fault").map { (v) throws(ScenarioError) in try objectRef(v, kinds: ["fault"], what: "fault object") }
             let p = try m.optional("pasid")?.bool() ?? false
-            a = .hwptAlloc(name: n, ioas: i, device: d, fault: fault, pasid: p)
+            let dirty = try m.optional("dirty-tracking")?.bool() ?? false
+            a = .hwptAlloc(name: n, ioas: i, device: d, fault: fault, pasid: p, dirtyTracking: dirty)
             label = "HWPT_ALLOC \(n) on \(i)\(fault.map { " with fault \($0)" } ?? "")"
         case "iommufd-attach", "iommufd-replace":
             let d = try dev()
@@ -91,6 +92,18 @@ extension ScenarioParser {
         case "fault-close":
             let n = try objectRef(try m.required("fault", "a fault object"), kinds: ["fault"], what: "fault object")
             a = .closeFault(n); label = "close the file of \(n)"
+        case "dirty-tracking":
+            let h = try objectRef(try m.required("hwpt", "a HWPT (allocated with dirty-tracking: true)"), kinds: ["hwpt"], what: "HWPT")
+            let on = try m.optional("enable")?.bool() ?? true
+            a = .dirtyTracking(hwpt: h, enable: on); label = "\(on ? "start" : "stop") dirty tracking of \(h)"
+        case "dirty-read":
+            let h = try objectRef(try m.required("hwpt", "a HWPT with dirty tracking"), kinds: ["hwpt"], what: "HWPT")
+            let iova = try m.required("iova", "the first IOVA to read").unsigned(in: 0...(1 << 56))
+            if iova & 0xFFF != 0 { throw m.field.error("iova must be 4 KiB aligned") }
+            let n = try m.required("pages", "the 4 KiB pages to read").int(in: 1...(1 << 20))
+            let keep = try m.optional("no-clear")?.bool() ?? false
+            a = .dirtyRead(hwpt: h, iova: iova, pages: n, noClear: keep)
+            label = "read\(keep ? "" : " and clear") the dirty bits of \(n) page(s) of \(h)"
         case "iommufd-destroy":
             let n = try objectRef(try m.required("object", "an IOAS, HWPT or fault object"), kinds: ["ioas", "hwpt", "fault"], what: "object")
             a = .destroy(n); label = "IOMMU_DESTROY \(n)"

@@ -42,6 +42,7 @@ extension ScenarioRunner {
             step(label, line: line) { () throws(IOMMUError) in
                 guard let p = processes[pname] else { throw .notFound("process \(pname) does not exist") }
                 contexts[name] = IOMMUFDContext(core: m.core, memory: p)
+                contextProcesses[name] = p
             }
         case .bind(let cname, let d):
             step(label, line: line) { () throws(IOMMUError) in
@@ -83,13 +84,14 @@ extension ScenarioRunner {
                 }
                 note("\(label): 0x\(String(out.u64(16), radix: 16)) bytes")
             }
-        case .hwptAlloc(let name, let ioas, let d, let fault, let pasid):
+        case .hwptAlloc(let name, let ioas, let d, let fault, let pasid, let dirty):
             step(label, line: line) { () throws(IOMMUError) in
                 let (c, ioasID) = try object(ioas)
                 let (_, devID) = try boundID(d)
                 let faultID = try fault.map { (f) throws(IOMMUError) in try object(f).1 }
                 let out = try ioctl(c, .hwptAlloc) { s in
-                    s.set32(4, (pasid ? UAPI.hwptAllocPASID : 0) | (faultID != nil ? UAPI.hwptFaultIDValid : 0))
+                    s.set32(4, (pasid ? UAPI.hwptAllocPASID : 0) | (faultID != nil ? UAPI.hwptFaultIDValid : 0) |
+                               (dirty ? UAPI.hwptAllocDirtyTracking : 0))
                     s.set32(8, devID); s.set32(12, ioasID); s.set32(40, faultID ?? 0)
                 }
                 iommufdNames[name] = (iommufdNames[ioas]?.context ?? "", out.u32(16))
@@ -108,6 +110,29 @@ extension ScenarioRunner {
             step(label, line: line) { () throws(IOMMUError) in
                 let (c, devID) = try boundID(d)
                 try user { () throws(Errno) in try c.detach(devID, pasid: pasid.map { PASID(truncating: $0) }) }
+            }
+        case .dirtyTracking(let hwpt, let enable):
+            step(label, line: line) { () throws(IOMMUError) in
+                let (c, id) = try object(hwpt)
+                _ = try ioctl(c, .hwptSetDirtyTracking) { $0.set32(4, enable ? UAPI.dirtyTrackingEnable : 0); $0.set32(8, id) }
+            }
+        case .dirtyRead(let hwpt, let iova, let pages, let noClear):
+            step(label, line: line) { () throws(IOMMUError) in
+                let (c, id) = try object(hwpt)
+                guard let cname = iommufdNames[hwpt]?.context, let p = contextProcesses[cname] else { throw .notFound("no process for \(hwpt)") }
+                // The VMM's bitmap: a buffer of its own, for this pass.
+                let bytes = UInt64((pages + 63) / 64 * 8)
+                let buffer = try p.mmap(length: bytes, permissions: .readWrite)
+                defer { try? p.munmap(address: buffer, length: bytes) }
+                _ = try ioctl(c, .hwptGetDirtyBitmap) { s in
+                    s.set32(4, id); s.set32(8, noClear ? UAPI.getDirtyBitmapNoClear : 0)
+                    s.set64(16, iova); s.set64(24, UInt64(pages) << 12); s.set64(32, 4096); s.set64(40, buffer)
+                }
+                var words = [UInt8](repeating: 0, count: Int(bytes))
+                _ = words.withUnsafeMutableBytes { p.copyIn(from: buffer, into: $0) }
+                let n = words.reduce(0) { $0 + $1.nonzeroBitCount }
+                dirtyPagesReported += n
+                note("\(label): \(n) dirty")
             }
         case .faultAlloc(let name, let cname):
             step(label, line: line) { () throws(IOMMUError) in

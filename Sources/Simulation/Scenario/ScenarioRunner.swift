@@ -39,6 +39,9 @@ public enum Breakage: String, CaseIterable, Sendable {
     case deferredTablesFreedAtOnce = "deferred-tables-freed-at-once"
     /// A PASID drain keeps the PASID's partial page requests (a later group takes them in).
     case partialsKeptAtTeardown = "partials-kept-at-teardown"
+    /// A clearing dirty read does not flush the IOTLB (writes through cached translations
+    /// with D set are lost to the next read).
+    case dirtyClearWithoutFlush = "dirty-clear-without-flush"
 }
 
 /// Runs a `Scenario` on a fresh `Machine`: probes, runs timed actions and workloads in
@@ -112,6 +115,9 @@ public final class ScenarioRunner {
     var iommufdNames: [String: (context: String, id: UInt32)] = [:]
     var boundDevices: [Int: (context: String, id: UInt32)] = [:]
     var iommufdFaults: [String: FaultObject] = [:]
+    var contextProcesses: [String: Process] = [:]
+    /// Pages reported by the dirty reads of the run.
+    var dirtyPagesReported = 0
     var log: [(time: UInt64, text: String)] = []
     var records: [StepRecord] = []
     /// Why the run stopped early (a failed step of a plain run, a budget), or nil.
@@ -302,6 +308,7 @@ public final class ScenarioRunner {
             case .dmaMaskIgnored: bugs.insert(.ignoreDMAMask)
             case .deferredTablesFreedAtOnce: bugs.insert(.freeDeferredTablesAtOnce)
             case .partialsKeptAtTeardown: bugs.insert(.keepPartialsAtTeardown)
+            case .dirtyClearWithoutFlush: bugs.insert(.dirtyClearWithoutFlush)
             }
         }
         m.core.injectedBugs = bugs
