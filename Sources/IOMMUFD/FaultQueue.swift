@@ -55,11 +55,11 @@ public final class FaultQueue: IOPFHandler, @unchecked Sendable {
 
     /// Groups waiting to be read, and read groups waiting for their response.
     public var undelivered: Int { deliver.count - head }
+    public var awaitingResponse: Int { responses.count }
 
     private func compact() {
         if head > 0 { deliver.removeFirst(head); head = 0 }
     }
-    public var awaitingResponse: Int { responses.count }
 
     // MARK: IOPFHandler
 

@@ -16,20 +16,12 @@ extension IOAS {
     /// Inserts `pieces` as consecutive areas at `iova` (fixed) or at an allocated IOVA
     /// aligned after `address`, and fills every domain. Returns the IOVA.
     func insert(_ pieces: [Piece], iova fixed: UInt64?, address: UInt64, permissions: PagePermissions) throws(Errno) -> UInt64 {
-        let length = pieces.reduce(UInt64(0)) { $0 + $1.length }
-        guard length != 0, length & (iovaAlignment - 1) == 0 else {
-            throw Errno.inval("length 0x\(String(length, radix: 16)) is zero or not aligned to 0x\(String(iovaAlignment, radix: 16))")
-        }
-        let iova: UInt64
-        if let fixed { try checkIOVA(fixed, length); iova = fixed } else { iova = try allocIOVA(address: address, length: length) }
+        let iova = try place(length: pieces.reduce(UInt64(0)) { $0 + $1.length }, fixed: fixed, address: address)
         if pieces.count == 1 { return try insertPlaced(pieces[0], iova: iova, permissions: permissions) }
         var made: [IOPTArea] = []
         var at = iova
         for p in pieces {
-            if permissions.contains(.write) && !p.pages.writable { throw Errno(Errno.EPERM, "the pages were mapped read-only") }
-            guard (p.pageOffset & 0xFFF) & (iovaAlignment - 1) == 0 else {
-                throw Errno.inval("in-page offset 0x\(String(p.pageOffset & 0xFFF, radix: 16)) is not aligned to 0x\(String(iovaAlignment, radix: 16))")
-            }
+            try check(p, permissions: permissions)
             made.append(IOPTArea(iova: at, length: p.length, pages: p.pages, pageOffset: p.pageOffset, permissions: permissions))
             at &+= p.length
         }
@@ -51,19 +43,33 @@ extension IOAS {
 
     /// One piece (every MAP and MAP_FILE): placed, checked, filled, with no lists.
     func insertOne(_ p: Piece, iova fixed: UInt64?, address: UInt64, permissions: PagePermissions) throws(Errno) -> UInt64 {
-        guard p.length != 0, p.length & (iovaAlignment - 1) == 0 else {
-            throw Errno.inval("length 0x\(String(p.length, radix: 16)) is zero or not aligned to 0x\(String(iovaAlignment, radix: 16))")
-        }
-        let iova: UInt64
-        if let fixed { try checkIOVA(fixed, p.length); iova = fixed } else { iova = try allocIOVA(address: address, length: p.length) }
-        return try insertPlaced(p, iova: iova, permissions: permissions)
+        try insertPlaced(p, iova: try place(length: p.length, fixed: fixed, address: address), permissions: permissions)
     }
 
-    private func insertPlaced(_ p: Piece, iova: UInt64, permissions: PagePermissions) throws(Errno) -> UInt64 {
+    /// The IOVA of a new mapping of `length` bytes: non-zero and aligned (EINVAL), then
+    /// `fixed` checked, or one allocated keeping `address`'s low bits.
+    private func place(length: UInt64, fixed: UInt64?, address: UInt64) throws(Errno) -> UInt64 {
+        guard length != 0, length & (iovaAlignment - 1) == 0 else {
+            throw Errno.inval("length 0x\(String(length, radix: 16)) is zero or not aligned to 0x\(String(iovaAlignment, radix: 16))")
+        }
+        if let fixed {
+            try checkIOVA(fixed, length)
+            return fixed
+        }
+        return try allocIOVA(address: address, length: length)
+    }
+
+    /// A piece may be mapped with `permissions` here: writable pages for a writeable mapping
+    /// (EPERM), an in-page offset aligned to the IOAS (EINVAL).
+    private func check(_ p: Piece, permissions: PagePermissions) throws(Errno) {
         if permissions.contains(.write) && !p.pages.writable { throw Errno(Errno.EPERM, "the pages were mapped read-only") }
         guard (p.pageOffset & 0xFFF) & (iovaAlignment - 1) == 0 else {
             throw Errno.inval("in-page offset 0x\(String(p.pageOffset & 0xFFF, radix: 16)) is not aligned to 0x\(String(iovaAlignment, radix: 16))")
         }
+    }
+
+    private func insertPlaced(_ p: Piece, iova: UInt64, permissions: PagePermissions) throws(Errno) -> UInt64 {
+        try check(p, permissions: permissions)
         let a = IOPTArea(iova: iova, length: p.length, pages: p.pages, pageOffset: p.pageOffset, permissions: permissions)
         try fillDomains(a)
         areas.insert(a, at: firstAreaIndex(atOrAfter: iova))

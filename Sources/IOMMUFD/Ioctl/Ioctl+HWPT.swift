@@ -27,14 +27,10 @@ extension IOMMUFDContext {
             // A paging domain takes no driver data on this driver (Linux: domain_alloc_paging_flags with user_data).
             if dataLength > 0 { throw Errno.notsupp("paging domains take no driver data") }
             let p = try allocPaging(ioas, dev, nestParent: parent, dirtyTracking: dirty, pasid: flags & UAPI.hwptAllocPASID != 0,
-                                    fault: nil, auto: false)
+                                    auto: false)
             if faultValid {
-                do throws(Errno) {
-                    let f: FaultObject = try get(a.u32(40), .fault)
-                    do throws(IOMMUError) { try core.setFaultQueue(f.queue, for: p.domain) } catch { throw Errno(error) }
-                    p.fault = f
-                    f.users += 1
-                } catch {
+                // Looked up once the domain is made and added (their errors come first).
+                do throws(Errno) { try give(p, fault: try get(a.u32(40), .fault)) } catch {
                     remove(p)
                     throw error
                 }
@@ -65,17 +61,16 @@ extension IOMMUFDContext {
                 try? core.freeDomain(domain)
                 throw error
             }
-            let n = HWPTNested(domain: domain, parent: parent, fault: fault, pasidCompatible: df.contains(.pasid))
+            let n = HWPTNested(domain: domain, parent: parent, fault: nil, pasidCompatible: df.contains(.pasid))
             do throws(Errno) {
                 try add(n)
-                if let fault { do throws(IOMMUError) { try core.setFaultQueue(fault.queue, for: domain) } catch { throw Errno(error) } }
+                if let fault { try give(n, fault: fault) }
             } catch {
                 if n.id != 0 { table.remove(n) }
                 try? core.freeDomain(domain)
                 throw error
             }
             parent.users += 1
-            fault?.users += 1
             h = n
         default:
             throw Errno.inval("\(pt) cannot back a HWPT")

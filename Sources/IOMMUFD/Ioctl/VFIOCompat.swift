@@ -68,7 +68,7 @@ extension IOMMUFDContext {
                 guard length != 0, length <= UInt64.max - IOAS.pageSize else { throw Errno.inval("size 0x\(String(length, radix: 16))") }
                 let pages = IOPTPages(source: .user(memory, address: va & ~0xFFF), pageCount: IOAS.pageCount(offset: va & 0xFFF, length: length),
                                       writable: perms.contains(.write), accountMode: capIPCLock ? .none : .mm, ledger: ledger)
-                _ = try ioas.insert([IOAS.Piece(pages: pages, pageOffset: va & 0xFFF, length: length)], iova: iova, address: va, permissions: perms)
+                _ = try ioas.insertOne(IOAS.Piece(pages: pages, pageOffset: va & 0xFFF, length: length), iova: iova, address: va, permissions: perms)
             } catch { return fail(error) }
             return 0
         case Self.vfioIOMMUUnmapDMA:

@@ -82,7 +82,7 @@ public final class AccessObject: IOMMUFDObject {
     public func pinPages(iova: UInt64, length: UInt64, write: Bool) throws(Errno) -> [UInt64] {
         guard needsPinPages || isInternal else { throw Errno.inval("the access does not pin pages") }
         let pieces = try walk(iova, length, write: write)
-        for (n, p) in pieces.enumerated() where n > 0 || pieces.count > 1 {
+        for (n, p) in pieces.enumerated() {
             // Pieces meeting another must do so on page boundaries of their pages.
             if n > 0 && (p.area.pageOffset + (p.from - p.area.iova)) & 0xFFF != 0 { throw Errno.inval("the range crosses mappings mid-page") }
             if n < pieces.count - 1 && (p.area.pageOffset + (p.to - p.area.iova) + 1) & 0xFFF != 0 { throw Errno.inval("the range crosses mappings mid-page") }
@@ -92,7 +92,7 @@ public final class AccessObject: IOMMUFDObject {
         var frames: [UInt64] = []
         for p in pieces {
             do { try p.area.pages.pin(p.pages, faults: ctx.faults) } catch {
-                for (a, r) in done { a.pages.unpin(r); a.accessPins -= 1; if isInternal { a.locks -= 1 } }
+                release(Pin(iova: iova, length: length, pieces: done))
                 throw error
             }
             p.area.accessPins += 1

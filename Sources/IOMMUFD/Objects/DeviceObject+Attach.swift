@@ -70,22 +70,14 @@ extension IOMMUFDContext {
         if let existing {
             existing.devices.append(d)
         } else {
-            do {
+            do throws(Errno) {
                 try checkPASIDCompat(h, d, pasid)
-                if let pasid {
-                    try core.attachPASID(h.domain, to: d.device, pasid: pasid)
-                } else {
-                    try core.attach(h.domain, to: d.igroup.group)
-                }
-            } catch let e as Errno {
-                ioas?.removeReservations(of: owner)
-                throw e
-            } catch let e as IOMMUError {
-                ioas?.removeReservations(of: owner)
-                throw Errno(e)
+                do throws(IOMMUError) {
+                    if let pasid { try core.attachPASID(h.domain, to: d.device, pasid: pasid) } else { try core.attach(h.domain, to: d.igroup.group) }
+                } catch { throw Errno(error) }
             } catch {
                 ioas?.removeReservations(of: owner)
-                throw Errno.inval("\(error)")
+                throw error
             }
             d.igroup.attachments[key] = IGroup.Attachment(hwpt: h, devices: [d])
         }
@@ -112,14 +104,14 @@ extension IOMMUFDContext {
                 done.append(m)
             }
         }
-        do {
+        do throws(Errno) {
             try checkPASIDCompat(h, d, pasid)
-            if let pasid { try core.replacePASID(h.domain, on: d.device, pasid: pasid) } else { try core.replace(d.igroup.group, with: h.domain) }
+            do throws(IOMMUError) {
+                if let pasid { try core.replacePASID(h.domain, on: d.device, pasid: pasid) } else { try core.replace(d.igroup.group, with: h.domain) }
+            } catch { throw Errno(error) }
         } catch {
             if moveReservations, let newIOAS { for m in e.devices { newIOAS.removeReservations(of: ObjectIdentifier(m)) } }
-            if let e = error as? Errno { throw e }
-            if let e = error as? IOMMUError { throw Errno(e) }
-            throw Errno.inval("\(error)")
+            throw error
         }
         if moveReservations, let oldIOAS { for m in e.devices { oldIOAS.removeReservations(of: ObjectIdentifier(m)) } }
         e.hwpt = h
@@ -159,7 +151,7 @@ extension IOMMUFDContext {
                 continue
             }
         }
-        let h = try allocPaging(ioas, d, nestParent: false, dirtyTracking: false, pasid: false, fault: nil, auto: true)
+        let h = try allocPaging(ioas, d, nestParent: false, dirtyTracking: false, pasid: false, auto: true)
         do {
             if replace { try replaceHWPT(h, d, pasid) } else { try attachHWPT(h, d, pasid) }
         } catch {
@@ -171,7 +163,7 @@ extension IOMMUFDContext {
 
     /// A paging HWPT on `ioas` for devices like `d` (Linux `iommufd_hwpt_paging_alloc`).
     func allocPaging(_ ioas: IOAS, _ d: DeviceObject, nestParent: Bool, dirtyTracking: Bool, pasid: Bool,
-                     fault: FaultObject?, auto: Bool) throws(Errno) -> HWPTPaging {
+                     auto: Bool) throws(Errno) -> HWPTPaging {
         var flags: DomainFlags = []
         if nestParent { flags.insert(.nestParent) }
         if pasid { flags.insert(.pasid) }
@@ -179,19 +171,25 @@ extension IOMMUFDContext {
         let domain: IOMMUDomain
         do { domain = try core.allocDomain(for: d.device, flags: flags) } catch { throw Errno(error) }
         let h = HWPTPaging(domain: domain, ioas: ioas, auto: auto, nestParent: nestParent, dirtyTracking: dirtyTracking,
-                           fault: fault, pasidCompatible: pasid)
+                           fault: nil, pasidCompatible: pasid)
         do throws(Errno) {
             try add(h)
-            if let fault { do throws(IOMMUError) { try core.setFaultQueue(fault.queue, for: domain) } catch { throw Errno(error) } }
             try ioas.addDomain(h)
         } catch {
             if h.id != 0 { table.remove(h) }
             try? core.freeDomain(domain)
             throw error
         }
-        fault?.users += 1
         ioas.users += 1
         ioas.hwpts.append(h)
         return h
+    }
+
+    /// Makes a HWPT not attached yet deliver its page faults to `fault`
+    /// (`IOMMU_HWPT_FAULT_ID_VALID`); the HWPT then holds the fault object.
+    func give(_ h: HWPT, fault: FaultObject) throws(Errno) {
+        do throws(IOMMUError) { try core.setFaultQueue(fault.queue, for: h.domain) } catch { throw Errno(error) }
+        h.fault = fault
+        fault.users += 1
     }
 }

@@ -18,6 +18,13 @@ public class HWPT: IOMMUFDObject {
 
     /// The paging HWPT whose IOAS this one's DMA goes through (itself, or a nested one's parent).
     var pagingBacking: HWPTPaging? { nil }
+
+    /// What every HWPT gives back last: its fault object and its domain.
+    override func destroy(_ ctx: IOMMUFDContext) {
+        fault?.users -= 1
+        fault = nil
+        try? ctx.core.freeDomain(domain)
+    }
 }
 
 /// A paging HWPT (Linux `struct iommufd_hwpt_paging`): a domain holding every mapping of
@@ -40,9 +47,7 @@ public final class HWPTPaging: HWPT {
         ioas.removeDomain(self)
         ioas.hwpts.removeAll { $0 === self }
         ioas.users -= 1
-        fault?.users -= 1
-        fault = nil
-        try? ctx.core.freeDomain(domain)
+        super.destroy(ctx)
     }
 }
 
@@ -60,9 +65,7 @@ public final class HWPTNested: HWPT {
 
     override func destroy(_ ctx: IOMMUFDContext) {
         parent.users -= 1
-        fault?.users -= 1
-        fault = nil
-        try? ctx.core.freeDomain(domain)
+        super.destroy(ctx)
     }
 }
 

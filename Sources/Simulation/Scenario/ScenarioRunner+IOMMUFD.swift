@@ -198,13 +198,7 @@ extension ScenarioRunner {
         let bytes = (try? f.read(count: h.spec.batch * 40)) ?? []
         var records: [FaultQueue.Record] = []
         for o in stride(from: 0, to: bytes.count, by: 40) { records.append(FaultObject.decode(bytes, at: o)) }
-        var i = 0
-        while i < records.count {
-            var j = i
-            while j < records.count && records[j].cookie == records[i].cookie { j += 1 }
-            answerIOMMUFD(Array(records[i..<j]), f, h, ioas: ioasName, region: rname)
-            i = j
-        }
+        Self.forEachGroup(records) { answerIOMMUFD($0, f, h, ioas: ioasName, region: rname) }
         // More to read and progress made (a group larger than the batch never fits: no spin).
         if f.queue.undelivered > 0 && !records.isEmpty { wakeHandler(h) }
     }

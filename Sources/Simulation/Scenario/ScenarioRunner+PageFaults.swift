@@ -132,6 +132,17 @@ extension ScenarioRunner {
         if let q = faultQueues[h.spec.queue] ?? iommufdFaults[h.spec.queue]?.queue, q.undelivered > 0 { wakeHandler(h) }
     }
 
+    /// The records of one read, group by group (a group's records share its cookie).
+    static func forEachGroup(_ records: [FaultQueue.Record], _ body: ([FaultQueue.Record]) -> Void) {
+        var i = 0
+        while i < records.count {
+            var j = i
+            while j < records.count && records[j].cookie == records[i].cookie { j += 1 }
+            body(Array(records[i..<j]))
+            i = j
+        }
+    }
+
     func faultQueueReadable(_ name: String) {
         for case let h? in faultHandlers where h.running && h.spec.queue == name { wakeHandler(h) }
     }
@@ -154,13 +165,7 @@ extension ScenarioRunner {
         if let f = iommufdFaults[h.spec.queue] { serveIOMMUFD(h, f); return }
         guard let q = faultQueues[h.spec.queue], !q.isClosed else { return }
         let records = q.read(maxRecords: h.spec.batch)
-        var i = 0
-        while i < records.count {
-            var j = i
-            while j < records.count && records[j].cookie == records[i].cookie { j += 1 }
-            answer(Array(records[i..<j]), queue: q, handler: h)
-            i = j
-        }
+        Self.forEachGroup(records) { answer($0, queue: q, handler: h) }
         if q.undelivered > 0 && !records.isEmpty { wakeHandler(h) }
     }
 
