@@ -19,7 +19,7 @@ public final class Machine: @unchecked Sendable {
     public private(set) var buffers: [UInt64] = []
 
     public init(seed: UInt64, memorySize: UInt64 = 256 << 20, units configurations: [VTdConfiguration],
-                policy: DMAPolicy = .strict, cpus: Int = 2) throws {
+                policy: DMAPolicy = .strict, cpus: Int = 2, pagingStage: VTdPagingStage? = nil, pagingLevels: Int = 4) throws {
         let platform = try PlatformContext(memorySize: memorySize, seed: seed)
         self.platform = platform
         units = configurations.map { VTdUnit(configuration: $0, platform: platform) }
@@ -28,6 +28,8 @@ public final class Machine: @unchecked Sendable {
         core = IOMMUCore(platform: platform, policy: policy)
         core.observer = oracle
         driver = try VTdDriver(platform: platform, hardware: units)
+        driver.preferredStage = pagingStage
+        driver.pagingLevels = pagingLevels
         core.register(driver)
         dma = IOMMUDMA(core: core, cpus: cpus)
         oracle.trackedDriver = ObjectIdentifier(driver)

@@ -299,7 +299,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
             // handed an IOVA whose translation is live (Linux WARNs: "PTE already set").
             violate("map-over-live-range", "\(domain) maps IOVA \(Self.hex(max(iova, r.start))) while a mapping of it is still live (\(r.state))")
         }
-        shadows[domain.id, default: ShadowMap()].insertIntoHoles(iova, iova + size, physical: physical, permissions: permissions, state: .mapping)
+        shadows[domain.id, default: ShadowMap()].insertIntoHoles(iova, iova + size, physical: physical, permissions: domain.grantedPermissions(permissions), state: .mapping)
     }
 
     public func mapEnded(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, mapped: Bool) {

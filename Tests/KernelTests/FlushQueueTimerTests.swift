@@ -29,7 +29,8 @@ struct FlushQueueTimerTests {
             self.core = core
             dma = IOMMUDMA(core: core)
             platform.realThreads = true
-            if latencyNs > 0 { unit.descriptorFaults[InvalidationDescriptor.iotlbType] = .delay(latencyNs) }
+            // First-stage DMA domains flush with PASID-based IOTLB descriptors.
+            if latencyNs > 0 { unit.descriptorFaults[InvalidationDescriptor.pasidIOTLBType] = .delay(latencyNs) }
         }
 
         /// Maps and unmaps one page, so an entry waits in the flush queue under an armed
@@ -53,7 +54,7 @@ struct FlushQueueTimerTests {
     func timerOutlivesTheCore() throws {
         let stack = try Stack(latencyNs: 30_000_000)
         let unit = stack.unit
-        let before = unit.counters.descriptorsByType[Int(InvalidationDescriptor.iotlbType)]
+        let before = unit.counters.descriptorsByType[Int(InvalidationDescriptor.pasidIOTLBType)]
         let q = try stack.queueOneUnmap()
         weak var weakCore: IOMMUCore? = stack.core
         // The 10 ms timer fires and starts a flush that spins 30 ms in the invalidation wait.
@@ -65,7 +66,7 @@ struct FlushQueueTimerTests {
         while weakCore != nil, HostClock.monotonic() &- start < 2_000_000_000 { usleep(1_000) }
         #expect(weakCore == nil, "the core was not freed after the timer finished")
         // The timer's flush completed before the core went.
-        #expect(unit.counters.descriptorsByType[Int(InvalidationDescriptor.iotlbType)] > before)
+        #expect(unit.counters.descriptorsByType[Int(InvalidationDescriptor.pasidIOTLBType)] > before)
         #expect(q.failedFlushes.load(ordering: .relaxed) == 0)
     }
 

@@ -15,10 +15,20 @@ struct KernelRig {
     var scheduler: Scheduler { machine.scheduler }
     var platform: PlatformContext { machine.platform }
 
-    init(seed: UInt64 = 1, policy: DMAPolicy = .strict, units: [VTdConfiguration]? = nil) throws {
+    /// `stage` nil: paging domains as Linux chooses them (first stage on these units).
+    init(seed: UInt64 = 1, policy: DMAPolicy = .strict, units: [VTdConfiguration]? = nil, stage: VTdPagingStage? = nil,
+         levels: Int = 4) throws {
         machine = try Machine(seed: seed, memorySize: 64 << 20,
                               units: units ?? [VTdConfiguration(name: "dmar0"), VTdConfiguration(name: "dmar1")],
-                              policy: policy)
+                              policy: policy, pagingStage: stage, pagingLevels: levels)
+    }
+
+    /// The stage paging domains get here.
+    var stage: VTdPagingStage { driver.preferredStage ?? .first }
+    /// The descriptor type that drops a paging domain's translations from the IOTLB: PASID-based
+    /// for first-stage domains, the type-2 IOTLB descriptor for second-stage ones.
+    var iotlbDescriptorType: UInt8 {
+        stage == .first ? InvalidationDescriptor.pasidIOTLBType : InvalidationDescriptor.iotlbType
     }
 
     static func rid(_ bus: UInt8, _ dev: UInt8, _ fn: UInt8 = 0) -> RequesterID { RequesterID(bus: bus, device: dev, function: fn) }

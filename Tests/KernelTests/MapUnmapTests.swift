@@ -17,7 +17,7 @@ struct PageSizeCase: Sendable, CustomTestStringConvertible {
     var testDescription: String { name }
 }
 
-/// One `VTdPagingDomain.psiRange` case.
+/// One `VTdDMARDomain.psiRange` case.
 struct PSICase: Sendable, CustomTestStringConvertible {
     var name: String
     var start: UInt64
@@ -86,7 +86,7 @@ struct MapUnmapTests {
         for page in stride(from: UInt64(0), to: 4 << 20, by: 0x1000) {
             #expect(rig.core.iovaToPhys(domain, iova + page) == physical + page)
         }
-        #expect((domain as? VTdPagingDomain)?.pageTable.translate(iova + m2)?.pageSize == k4)
+        #expect((domain as? VTdDMARDomain)?.mappedPageSize(iova + m2) == k4)
         #expect(try rig.core.unmap(domain, iova: iova, size: 4 << 20) == 4 << 20)
         #expect(rig.core.iovaToPhys(domain, iova) == nil)
     }
@@ -119,9 +119,9 @@ struct MapUnmapTests {
             #expect(rig.core.iovaToPhys(domain, iova + offset) == pa + offset, "offset 0x\(String(offset, radix: 16))")
         }
         #expect(rig.core.iovaToPhys(domain, iova + (4 << 20)) == nil)
-        let paging = try #require(domain as? VTdPagingDomain)
-        #expect(paging.pageTable.translate(iova)?.pageSize == m2)
-        #expect(paging.pageTable.translate(iova + m2)?.pageSize == m2)
+        let paging = try #require(domain as? VTdDMARDomain)
+        #expect(paging.mappedPageSize(iova) == m2)
+        #expect(paging.mappedPageSize(iova + m2) == m2)
         // Tables for levels 3 and 2 only: no leaf (4K) tables.
         #expect(rig.platform.frames.inUse(.pageTable) - tablesBefore <= 2)
 
@@ -148,8 +148,8 @@ struct MapUnmapTests {
         let pa = try contiguousBuffer(rig, bytes: m2, alignment: m2)
         let iova: UInt64 = 0x4000_0000
         try rig.core.map(domain, iova: iova, physical: pa, size: m2, permissions: .readWrite)
-        let paging = try #require(domain as? VTdPagingDomain)
-        #expect(paging.pageTable.translate(iova)?.pageSize == m2)
+        let paging = try #require(domain as? VTdDMARDomain)
+        #expect(paging.mappedPageSize(iova) == m2)
         // Fill the IOTLB with the 2 MiB translation: the split must flush it.
         #expect(rig.dmaWrite(ep, iova + 0x5000, value: 1)?.fault == nil)
 
@@ -160,7 +160,7 @@ struct MapUnmapTests {
         #expect(rig.core.iovaToPhys(domain, hole + 0x1000) == pa + 0x10_1000)
         #expect(rig.core.iovaToPhys(domain, iova) == pa)
         #expect(rig.core.iovaToPhys(domain, iova + m2 - 0x1000) == pa + m2 - 0x1000)
-        #expect(paging.pageTable.translate(iova)?.pageSize == 0x1000)
+        #expect(paging.mappedPageSize(iova) == 0x1000)
 
         let faulted = rig.dmaWrite(ep, hole, value: 9)
         #expect(faulted?.fault != nil, "the unmapped page must fault, not hit the old 2 MiB entry")
@@ -245,7 +245,7 @@ struct MapUnmapTests {
         try rig.core.map(domain, iova: iova, physical: physical, size: m2, permissions: .readWrite)
         let mapped = rig.platform.frames.inUse(.pageTable)
         #expect(mapped > before)
-        #expect((domain as? VTdPagingDomain)?.pageTable.translate(iova)?.pageSize == k4)
+        #expect((domain as? VTdDMARDomain)?.mappedPageSize(iova) == k4)
         #expect(try rig.core.unmap(domain, iova: iova, size: m2) == m2)
         #expect(rig.platform.frames.inUse(.pageTable) == mapped - 1, "the emptied leaf table is freed once the flush completed")
 
@@ -302,7 +302,7 @@ struct MapUnmapTests {
     @Test("psiRange gives the smallest naturally aligned power-of-two block of pages covering the range",
           arguments: psiCases)
     func psiRange(_ c: PSICase) {
-        let r = VTdPagingDomain.psiRange(start: c.start, end: c.end)
+        let r = VTdDMARDomain.psiRange(start: c.start, end: c.end)
         #expect(r.mask == c.mask)
         #expect(r.address == c.address)
         // The block covers both ends.
@@ -318,8 +318,12 @@ struct MapUnmapTests {
     @Test("flushRange falls back to domain-selective invalidation when the PSI mask exceeds the unit's MAMV",
           arguments: [(4, false), (8, true)])
     func flushFallsBackToDSI(pages: Int, domainSelective: Bool) throws {
+        for stage in VTdPagingStage.allCases { try flushFallsBackToDSI(pages: pages, domainSelective: domainSelective, stage: stage) }
+    }
+
+    func flushFallsBackToDSI(pages: Int, domainSelective: Bool, stage: VTdPagingStage) throws {
         let rig = try KernelRig(units: [VTdConfiguration(name: "dmar0", capability: .make(maxAddressMask: 2)),
-                                        VTdConfiguration(name: "dmar1")])
+                                        VTdConfiguration(name: "dmar1")], stage: stage)
         let (dev, ep) = try rig.add("nic0", dev: 2)
         let domain = try #require(dev.attachedDomain)
         let unit = rig.machine.units[0]
@@ -328,13 +332,13 @@ struct MapUnmapTests {
         try rig.mapBuffers(domain, iova: 0x80_0000)
         for p in 0..<pages { #expect(rig.dmaWrite(ep, 0x10_0000 + UInt64(p) * 4096)?.fault == nil) }
         #expect(rig.dmaWrite(ep, 0x80_0000)?.fault == nil)
-        let mask = VTdPagingDomain.psiRange(start: 0x10_0000, end: 0x10_0000 + UInt64(pages) * 4096 - 1).mask
+        let mask = VTdDMARDomain.psiRange(start: 0x10_0000, end: 0x10_0000 + UInt64(pages) * 4096 - 1).mask
         #expect((mask > 2) == domainSelective)
 
-        let iotlbDescriptors = unit.counters.descriptorsByType[Int(InvalidationDescriptor.iotlbType)]
+        let iotlbDescriptors = unit.counters.descriptorsByType[Int(rig.iotlbDescriptorType)]
         #expect(try rig.core.unmap(domain, iova: 0x10_0000, size: UInt64(pages) * 4096) == UInt64(pages) * 4096)
-        #expect(unit.counters.descriptorsByType[Int(InvalidationDescriptor.iotlbType)] == iotlbDescriptors + 1,
-                "one IOTLB descriptor for the domain's one DID")
+        #expect(unit.counters.descriptorsByType[Int(rig.iotlbDescriptorType)] == iotlbDescriptors + 1,
+                "one IOTLB descriptor for the domain's one DID (and PASID)")
         #expect(unit.counters.invalidationQueueErrors == 0, "no descriptor with a mask beyond MAMV was issued")
         for p in 0..<pages { #expect(rig.dmaWrite(ep, 0x10_0000 + UInt64(p) * 4096)?.fault != nil) }
 

@@ -70,9 +70,9 @@ struct OracleChecksTests {
         #expect(rig.violations.isEmpty, "\(rig.violations)")
     }
 
-    @Test("the oracle catches a stale translation when the hardware drops IOTLB invalidations")
-    func droppedIOTLBInvalidationIsStale() throws {
-        let rig = try KernelRig()
+    @Test("the oracle catches a stale translation when the hardware drops IOTLB invalidations", arguments: VTdPagingStage.allCases)
+    func droppedIOTLBInvalidationIsStale(stage: VTdPagingStage) throws {
+        let rig = try KernelRig(stage: stage)
         let (dev, ep) = try rig.add("nic0", dev: 2)
         let domain = try #require(dev.attachedDomain)
         let unit = rig.machine.units[0]
@@ -80,7 +80,7 @@ struct OracleChecksTests {
         #expect(rig.dmaWrite(ep, 0x10_0000, value: 0x11)?.fault == nil)
         #expect(rig.violations.isEmpty)
 
-        unit.descriptorFaults[InvalidationDescriptor.iotlbType] = .drop
+        unit.descriptorFaults[rig.iotlbDescriptorType] = .drop
         // The wait descriptor after the dropped one still completes, so unmap returns normally.
         #expect(try rig.core.unmap(domain, iova: 0x10_0000, size: 0x1000) == 0x1000)
         #expect(unit.counters.descriptorsDropped >= 1)
@@ -95,16 +95,16 @@ struct OracleChecksTests {
     /// Descriptors are applied in queue order and the wait descriptor fences behind the
     /// delayed IOTLB descriptor, so a delay shorter than the wait time-out only makes strict
     /// unmap take longer: the invalidation is complete when unmap returns (a slow IOMMU).
-    @Test("an IOTLB invalidation delayed within the wait time-out only makes strict unmap slower")
-    func delayedInvalidationStillStrict() throws {
-        let rig = try KernelRig()
+    @Test("an IOTLB invalidation delayed within the wait time-out only makes strict unmap slower", arguments: VTdPagingStage.allCases)
+    func delayedInvalidationStillStrict(stage: VTdPagingStage) throws {
+        let rig = try KernelRig(stage: stage)
         let (dev, ep) = try rig.add("nic0", dev: 2)
         let domain = try #require(dev.attachedDomain)
         let unit = rig.machine.units[0]
         try rig.mapBuffers(domain, iova: 0x10_0000)
         #expect(rig.dmaWrite(ep, 0x10_0000)?.fault == nil)
 
-        unit.descriptorFaults[InvalidationDescriptor.iotlbType] = .delay(200_000)
+        unit.descriptorFaults[rig.iotlbDescriptorType] = .delay(200_000)
         let start = rig.scheduler.now
         #expect(try rig.core.unmap(domain, iova: 0x10_0000, size: 0x1000) == 0x1000)
         #expect(rig.scheduler.now - start >= 200_000, "unmap must have waited for the delayed invalidation")
@@ -117,16 +117,16 @@ struct OracleChecksTests {
     /// unmap fails with ETIMEDOUT, and since it never announced the unmap as done the
     /// oracle keeps treating the old translation as permitted (the caller was told the unmap
     /// did not complete). Once the late descriptor is applied the translation is gone.
-    @Test("an IOTLB invalidation delayed beyond the wait time-out makes strict unmap fail with ETIMEDOUT, without a violation")
-    func delayedInvalidationTimesOut() throws {
-        let rig = try KernelRig()
+    @Test("an IOTLB invalidation delayed beyond the wait time-out makes strict unmap fail with ETIMEDOUT, without a violation", arguments: VTdPagingStage.allCases)
+    func delayedInvalidationTimesOut(stage: VTdPagingStage) throws {
+        let rig = try KernelRig(stage: stage)
         let (dev, ep) = try rig.add("nic0", dev: 2)
         let domain = try #require(dev.attachedDomain)
         let unit = rig.machine.units[0]
         try rig.mapBuffers(domain, iova: 0x10_0000)
         #expect(rig.dmaWrite(ep, 0x10_0000)?.fault == nil)
 
-        unit.descriptorFaults[InvalidationDescriptor.iotlbType] = .delay(1_000_000)
+        unit.descriptorFaults[rig.iotlbDescriptorType] = .delay(1_000_000)
         do {
             try rig.core.unmap(domain, iova: 0x10_0000, size: 0x1000)
             Issue.record("unmap must not return while the invalidation is outstanding")

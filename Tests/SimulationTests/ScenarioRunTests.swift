@@ -66,10 +66,10 @@ struct ScenarioRunTests {
         }
     }
 
-    @Test("a descriptor-fault action in the file makes the unit drop IOTLB invalidations, and the oracle sees the stale translation")
+    @Test("a descriptor-fault action in the file makes the unit drop PASID-based IOTLB invalidations (the tour's domains are first stage), and the oracle sees the stale translation")
     func descriptorFaultAction() throws {
         let tour = try #require(BuiltinScenarios.text(named: "tour"))
-        let yaml = tour.replacingOccurrences(of: "actions:\n", with: "actions:\n  - {at: 0, do: descriptor-fault, unit: dmar0, type: iotlb, drop: true}\n")
+        let yaml = tour.replacingOccurrences(of: "actions:\n", with: "actions:\n  - {at: 0, do: descriptor-fault, unit: dmar0, type: pasid-iotlb, drop: true}\n")
         let o = try runScenario(try ScenarioLoader.load(yaml: yaml, file: "tour-drop.yaml"))
         #expect(o.result.violationCount > 0)
         #expect(o.expectationFailures.contains { $0.contains("violation") })

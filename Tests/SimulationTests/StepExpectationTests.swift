@@ -29,6 +29,7 @@ actions:
   - {at: 6000, do: attach-pasid, pasid: p1, device: vf0, domain: A, expect-path: fresh}
   - {at: 7000, do: replace-pasid, pasid: p1, device: vf0, domain: B, expect-path: [singleWord, compareExchange128]}
 end-ns: 10000
+machine: {paging-stage: second}
 """
 
 private func edited(_ original: String, _ replacement: String) throws -> Scenario {
@@ -106,7 +107,7 @@ struct StepExpectationTests {
                       ("expect-error: ENOSPC}", "expect-error: ENOSPACE}", "expected one of EINVAL"),
                       ("expect-error: ENOSPC}", "expect-error: []}", "expected an errno name"),
                       ("{at: 0, do: map, buffers: ua}", "{at: 0, do: map, buffers: ua, expect-path: fresh}", "changes no translation entry"),
-                      ("expect-path: compareExchange128}", "expect-path: hitless}", "expected one of fresh, singleWord, compareExchange128, teardownSetup"),
+                      ("expect-path: compareExchange128}", "expect-path: hitless}", "expected one of fresh, singleWord, compareExchange128, staged, teardownSetup"),
                       ("expect-error: ENOSPC}", "expect-error: ENOSPC, expect-path: fresh}", "expected to fail")])
     func refusedWhereTheyCannotHold(original: String, replacement: String, message: String) throws {
         let e = try #require(loadError(original, replacement))

@@ -48,3 +48,34 @@ public enum FirstStageFormat: PageTableFormat {
                           address: raw & addrMask, permissions: perms)
     }
 }
+
+/// First-stage entries as the Linux VT-d driver writes them for a DMA paging domain
+/// (drivers/iommu/intel/iommu.c `__domain_mapping` with `use_first_level`): the x86-64
+/// format, with every leaf user-accessible (requests without PASID are user requests),
+/// not executable, and A (and D when writable) set in advance, so the hardware never has
+/// to write them back; tables are present, writable, user and accessed. Decoding is the
+/// hardware's (`FirstStageFormat`).
+public enum FirstStageDMAFormat: PageTableFormat {
+    public static let name = "x86-64-first-stage-dma"
+    @inlinable public static var accessedBit: UInt64 { FirstStageFormat.accessedBit }
+    @inlinable public static var dirtyBit: UInt64 { FirstStageFormat.dirtyBit }
+
+    @inlinable
+    public static func leaf(address: UInt64, permissions: PagePermissions, level: Int) -> UInt64 {
+        var v = (address & 0x000F_FFFF_FFFF_F000) | FirstStageFormat.p | FirstStageFormat.us | FirstStageFormat.xd
+            | FirstStageFormat.accessedBit
+        if permissions.contains(.write) { v |= FirstStageFormat.rw | FirstStageFormat.dirtyBit }
+        if level > 1 { v |= FirstStageFormat.ps }
+        return v
+    }
+
+    @inlinable
+    public static func table(address: UInt64) -> UInt64 {
+        (address & 0x000F_FFFF_FFFF_F000) | FirstStageFormat.p | FirstStageFormat.rw | FirstStageFormat.us | FirstStageFormat.accessedBit
+    }
+
+    @inlinable @inline(__always)
+    public static func decode(_ raw: UInt64, level: Int, addressMask: UInt64) -> DecodedPTE {
+        FirstStageFormat.decode(raw, level: level, addressMask: addressMask)
+    }
+}

@@ -131,6 +131,7 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     // run the generic code (format calls through witness tables).
     @_specialize(exported: true, where F == SecondStageFormat)
     @_specialize(exported: true, where F == FirstStageFormat)
+    @_specialize(exported: true, where F == FirstStageDMAFormat)
     public func map(iova: UInt64, physical: UInt64, size: UInt64, permissions: PagePermissions) throws(PageTableError) {
         guard size > 0, (iova | physical | size) & 0xFFF == 0 else { throw .misaligned }
         guard !permissions.isDisjoint(with: .readWrite) else { throw .noAccess }
@@ -215,6 +216,7 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     @discardableResult
     @_specialize(exported: true, where F == SecondStageFormat)
     @_specialize(exported: true, where F == FirstStageFormat)
+    @_specialize(exported: true, where F == FirstStageDMAFormat)
     public func unmap(iova: UInt64, size: UInt64, gather: inout UnmapGather, freeTables: Bool = true) throws(PageTableError) -> UInt64 {
         guard size > 0, (iova | size) & 0xFFF == 0 else { throw .misaligned }
         guard iova < inputLimit, inputLimit - iova >= size else { throw .outOfRange }
@@ -328,6 +330,7 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     /// Software iova-to-phys: the output address and rights, or nil when unmapped.
     @_specialize(exported: true, where F == SecondStageFormat)
     @_specialize(exported: true, where F == FirstStageFormat)
+    @_specialize(exported: true, where F == FirstStageDMAFormat)
     public func translate(_ iova: UInt64) -> (physical: UInt64, pageSize: UInt64, permissions: PagePermissions)? {
         guard iova < inputLimit else { return nil }
         guard let r = try? PageTableWalker.walk(F.self, memory: memory, root: root, levels: levels,

@@ -42,7 +42,8 @@ public struct PASIDEntry: Equatable, Sendable {
     public static func make(pgtt: PGTT, did: DomainID, secondStageTable: UInt64 = 0, secondStageLevels: Int = 4,
                             firstStageTable: UInt64 = 0, firstStageLevels: Int = 4, fpd: Bool = false,
                             supervisorRequests: Bool = false, executeRequests: Bool = false,
-                            secondStageAD: Bool = false, pageWalkSnoop: Bool = false) -> PASIDEntry {
+                            secondStageAD: Bool = false, pageWalkSnoop: Bool = false,
+                            writeProtect: Bool = false, extendedAccessed: Bool = false) -> PASIDEntry {
         var e = PASIDEntry()
         var v0: UInt64 = 1 | (UInt64(pgtt.rawValue) << 6)
         if fpd { v0 |= 2 }
@@ -55,6 +56,8 @@ public struct PASIDEntry: Equatable, Sendable {
         if supervisorRequests { v2 |= 1 }
         if executeRequests { v2 |= 2 }
         if firstStageLevels == 5 { v2 |= 1 << 2 }
+        if writeProtect { v2 |= 1 << 4 }
+        if extendedAccessed { v2 |= 1 << 7 }
         e.val[0] = v0; e.val[1] = v1; e.val[2] = v2
         return e
     }

@@ -159,6 +159,7 @@ public struct VTdExtendedCapability: Equatable, Sendable {
     public var secondStageAD: Bool { raw & (1 << 45) != 0 }           // SSADS
     public var secondStage: Bool { raw & (1 << 46) != 0 }             // SSTS
     public var firstStage: Bool { raw & (1 << 47) != 0 }              // FSTS
+    public var extendedAccessed: Bool { raw & (1 << 52) != 0 }        // EAFS
 
     public static func make(passThrough: Bool = true, nested: Bool = true, pageRequests: Bool = true,
                             deviceTLB: Bool = true, pasidBits: Int = 20, firstStage: Bool = true,

@@ -4,8 +4,8 @@ import Kernel
 
 /// HWPT, hardware-info, fault-queue and vIOMMU commands (drivers/iommu/iommufd/
 /// hw_pagetable.c, device.c, eventq.c, viommu.c), each check in the kernel's order. Where
-/// the driver has no operation for a command (the VT-d driver has no vIOMMU, no nested
-/// domains and no dirty tracking yet), the answer is the kernel's for such a driver.
+/// the driver has no operation for a command (the VT-d driver of the pinned release has no
+/// vIOMMU), the answer is the kernel's for such a driver.
 extension IOMMUFDContext {
     /// IOMMU_HWPT_ALLOC: {size, flags @4, dev_id @8, pt_id @12, out_hwpt_id @16,
     /// __reserved @20, data_type @24, data_len @28, data_uptr @32, fault_id @40}.
@@ -52,7 +52,7 @@ extension IOMMUFDContext {
             var df: DomainFlags = []
             if flags & UAPI.hwptAllocPASID != 0 { df.insert(.pasid) }
             let domain: IOMMUDomain
-            do throws(IOMMUError) { domain = try dev.device.driver.allocNestedDomain(for: dev.device, parent: parent.domain, flags: df, dataType: dataType, data: data) } catch {
+            do throws(IOMMUError) { domain = try core.allocNestedDomain(for: dev.device, parent: parent.domain, flags: df, dataType: dataType, data: data) } catch {
                 throw Errno(error)
             }
             // The fault is looked up once the driver made the domain (its error comes first).
@@ -183,23 +183,6 @@ extension IOMMUFDContext {
         // Linux 6.17 ignores what the bitmap walk returns: a bitmap it could not write is
         // not reported (EFAULT is not returned).
         _ = failure
-    }
-
-    /// IOMMU_HWPT_INVALIDATE: {size, hwpt_id @4, data_uptr @8, data_type @16, entry_len @20,
-    /// entry_num @24 (in/out), __reserved @28}; `entry_num` goes back even on error.
-    func invalidateIoctl(_ a: inout IoctlArgument) throws(Errno) {
-        // entry_num goes back (0 before the driver ran) whatever fails.
-        let requested = a.u32(24)
-        a.set32(24, 0)
-        a.respond()
-        guard a.u32(28) == 0 else { throw Errno.notsupp("__reserved is not zero") }
-        guard requested == 0 || (a.u64(8) != 0 && a.u32(20) != 0) else { throw Errno.inval("entries without data_uptr or entry_len") }
-        guard let o = table.object(a.u32(4)), !o.isDestroyed else { throw Errno.noent("no object with ID \(a.u32(4))") }
-        switch o {
-        case let n as HWPTNested: throw Errno.notsupp("\(n.domain) takes no user invalidations")
-        case is HWPTPaging: throw Errno.inval("a paging HWPT takes no user invalidations")
-        default: throw Errno.inval("\(o) takes no invalidations")
-        }
     }
 
     /// IOMMU_FAULT_QUEUE_ALLOC: {size, flags @4, out_fault_id @8, out_fault_fd @12}.

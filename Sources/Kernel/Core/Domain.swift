@@ -11,6 +11,10 @@ public enum UpdatePath: String, Equatable, Sendable, CaseIterable {
     case singleWord
     /// Hitless: a 128-bit compare-exchange switched the words carrying DID and table pointer.
     case compareExchange128
+    /// Hitless in steps: the first-stage pointer word was written where the entry in force
+    /// ignores it (or uses it as the new one will), around a 128-bit compare-exchange of
+    /// the words carrying type, second-stage pointer and DID.
+    case staged
     /// Not hitless: the old entry was torn down (DMA blocked) before the new one was set up.
     case teardownSetup
     /// The translation was removed (blocked).
@@ -123,6 +127,22 @@ open class IOMMUDomain: @unchecked Sendable, CustomStringConvertible {
     /// Invalidates [start, end] wherever this domain's translations may be cached, and waits
     /// (SVA: the mmu-notifier's `arch_invalidate_secondary_tlbs`).
     open func invalidateRange(start: UInt64, end: UInt64) throws(IOMMUError) {}
+
+    /// The rights a mapping asked with `permissions` gives a device: what the table format
+    /// can express (x86-64 first-stage entries cannot refuse reads of a present page, so a
+    /// write-only mapping is readable there, as on real hardware).
+    open func grantedPermissions(_ permissions: PagePermissions) -> PagePermissions { permissions }
+
+    /// The uAPI data type of the invalidation entries the user may send for this domain
+    /// (`cache_invalidate_user`), and the size of one entry's struct; nil when it takes none.
+    open var userInvalidationDataType: UInt32? { nil }
+    open var userInvalidationEntrySize: Int { 0 }
+
+    /// Acts on one user invalidation entry (the first `userInvalidationEntrySize` bytes;
+    /// Linux `cache_invalidate_user`, one entry of the array).
+    open func cacheInvalidateUser(entry: [UInt8]) throws(IOMMUError) {
+        throw .notSupported("\(self) takes no user invalidations")
+    }
 
     /// The physical address `iova` maps to, or nil.
     open func iovaToPhys(_ iova: UInt64) -> UInt64? { nil }

@@ -145,6 +145,18 @@ public final class IOMMUCore: @unchecked Sendable {
         return d
     }
 
+    /// A nested domain over `parent` from the user's data (Linux `domain_alloc_nested`
+    /// through iommufd): the driver checks the data and the parent.
+    public func allocNestedDomain(for device: Device, parent: IOMMUDomain, flags: DomainFlags, dataType: UInt32,
+                                  data: [UInt8]) throws(IOMMUError) -> IOMMUDomain {
+        try checkProbed(device)
+        try checkAlive(parent)
+        if platform.faults.shouldFail(.domainAlloc) { throw .noMemory("domain allocation (injected)") }
+        let d = try device.driver.allocNestedDomain(for: device, parent: parent, flags: flags, dataType: dataType, data: data)
+        adopt(d)
+        return d
+    }
+
     /// Frees a domain nothing is attached to (Linux `iommu_domain_free`).
     public func freeDomain(_ domain: IOMMUDomain) throws(IOMMUError) {
         try checkAlive(domain)

@@ -48,4 +48,13 @@ extension InjectedBugs {
     /// A clearing dirty read does not flush the IOTLB: a translation cached with D set lets
     /// later writes through without setting D again (the oracle: `dirty-write-missed`).
     public static let dirtyClearWithoutFlush = InjectedBugs(rawValue: 1 << 14)
+    /// Unmap flushes set the invalidation hint (IH, "only leaves changed") even when they
+    /// freed table pages: the unit keeps paging-structure cache entries pointing at them.
+    public static let hintAfterFreeingTables = InjectedBugs(rawValue: 1 << 15)
+    /// The driver drops the guest's invalidations (HWPT_INVALIDATE on a nested domain does
+    /// nothing): the guest's unmapped or remapped pages stay cached.
+    public static let dropGuestInvalidation = InjectedBugs(rawValue: 1 << 16)
+    /// A nest parent's flush skips its nested children's tags: nested translations built on
+    /// an unmapped second-stage page stay cached.
+    public static let parentFlushSkipsNested = InjectedBugs(rawValue: 1 << 17)
 }

@@ -19,6 +19,11 @@ public struct Scenario: Sendable {
         public var memoryMiB: UInt64 = 256
         public var cpus = 2
         public var policy: DMAPolicy = .strict
+        /// The stage of DMA and unmanaged paging domains (`paging-stage`): nil follows Linux
+        /// (first stage where the unit has FLTS).
+        public var pagingStage: VTdPagingStage?
+        /// Table levels of new paging domains (`paging-levels`: 4 or 5).
+        public var pagingLevels = 4
         public var yield: YieldPolicy = .never
         /// Virtual time the idle phase before teardown lasts (lets flush-queue timers fire).
         public var settleNs: UInt64 = 10_500_000

@@ -128,6 +128,11 @@ struct ScenarioParser {
         if let v = m.optional("policy") {
             s.machine.policy = DMAPolicy(rawValue: try v.oneOf(DMAPolicy.allCases.map(\.rawValue))) ?? .strict
         }
+        if let v = m.optional("paging-stage") {
+            let name = try v.oneOf(["linux"] + VTdPagingStage.allCases.map(\.rawValue))
+            s.machine.pagingStage = VTdPagingStage(rawValue: name)
+        }
+        if let v = m.optional("paging-levels") { s.machine.pagingLevels = try v.int(in: 4...5) }
         if let v = m.optional("settle-ns") { s.machine.settleNs = try v.unsigned(in: 0...(1 << 40)) }
         if let v = m.optional("max-events") {
             s.machine.maxEvents = try v.unsigned(in: 1...(1 << 50))

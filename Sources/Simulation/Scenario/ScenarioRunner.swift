@@ -86,7 +86,8 @@ public final class ScenarioRunner {
         self.scenario = scenario
         self.options = options
         m = try Machine(seed: options.seed, memorySize: scenario.machine.memoryMiB << 20, units: scenario.units.map(\.configuration),
-                        policy: scenario.machine.policy, cpus: scenario.machine.cpus)
+                        policy: scenario.machine.policy, cpus: scenario.machine.cpus,
+                        pagingStage: scenario.machine.pagingStage, pagingLevels: scenario.machine.pagingLevels)
     }
 
     // Run state.

@@ -158,18 +158,29 @@ extension IntelIOMMU {
         }
         if old == new { return .unchanged }
         var path: UpdatePath = .teardownSetup
-        var sameTail = true
-        for i in 2..<8 where old.val[i] != new.val[i] { sameTail = false }
+        var sameUpper = true
+        for i in 3..<8 where old.val[i] != new.val[i] { sameUpper = false }
+        let sameTail = sameUpper && old.val[2] == new.val[2]
         if sameTail && old.val[1] == new.val[1] {
             exposed = true
             try store(address, new.val[0])
             path = .singleWord
         } else if sameTail {
-            let r: (exchanged: Bool, original: (UInt64, UInt64))
-            do {
-                r = try memory.compareExchange128(address, expected: (old.val[0], old.val[1]), desired: (new.val[0], new.val[1]))
-            } catch { throw .ioError("PASID entry update: \(error)") }
-            if r.exchanged { path = .compareExchange128; exposed = true }
+            if try switch128(address, old, new) { path = .compareExchange128; exposed = true }
+        } else if sameUpper, let order = Self.stagedOrder(old, new) {
+            // The first-stage pointer word differs too (first-stage and nested entries): it is
+            // written on the side of the switch where the entry in force ignores it, or, when
+            // both entries use it alike (first stage to first stage), just before: the unit
+            // then translates with the new tables under the old DID until the switch, and the
+            // flush of the old DID below drops what it cached so.
+            exposed = true
+            if order == .pointerFirst { try store(address + 16, new.val[2]) }
+            if try switch128(address, old, new) {
+                if order == .pointerAfter { try store(address + 16, new.val[2]) }
+                path = .staged
+            } else if order == .pointerFirst {
+                try? store(address + 16, old.val[2])
+            }
         }
         if path != .teardownSetup, bugs.contains(.replaceThroughNonPresent) {
             // Injected bug: a window with no translation, reported as hitless.
@@ -195,11 +206,35 @@ extension IntelIOMMU {
             // with the new DID). The caller treats the new DID as possibly cached anyway.
             if path == .singleWord { try? store(address, old.val[0]) } else {
                 _ = try? memory.compareExchange128(address, expected: (new.val[0], new.val[1]), desired: (old.val[0], old.val[1]))
+                if path == .staged { try? store(address + 16, old.val[2]) }
             }
             try? flushEntry(new, pasid: pasid, info: info)
             throw error
         }
         return path
+    }
+
+    /// Switches the words carrying PGTT, second-stage pointer and DID with one 128-bit
+    /// compare-exchange; false when the entry changed under it.
+    private func switch128(_ address: UInt64, _ old: PASIDEntry, _ new: PASIDEntry) throws(IOMMUError) -> Bool {
+        do {
+            return try memory.compareExchange128(address, expected: (old.val[0], old.val[1]), desired: (new.val[0], new.val[1])).exchanged
+        } catch { throw .ioError("PASID entry update: \(error)") }
+    }
+
+    enum StagedOrder { case pointerFirst, pointerAfter }
+
+    /// When the first-stage pointer word (val[2]) can change around a 128-bit switch without
+    /// a moment where the unit reads a meaningless entry: before it when the old entry
+    /// ignores that word or uses it as the new one will (same PGTT), after it when the new
+    /// entry ignores it. First stage against nested (one pointer host-physical, the other
+    /// guest-physical) has no such order.
+    static func stagedOrder(_ old: PASIDEntry, _ new: PASIDEntry) -> StagedOrder? {
+        func usesPointer(_ e: PASIDEntry) -> Bool { e.pgtt == .firstStage || e.pgtt == .nested }
+        if old.pgtt == .nested && new.pgtt == .nested && old.secondStageTable != new.secondStageTable { return nil }
+        if !usesPointer(old) || old.pgtt == new.pgtt { return .pointerFirst }
+        if !usesPointer(new) { return .pointerAfter }
+        return nil
     }
 
     func setUp(_ address: UInt64, _ e: PASIDEntry) throws(IOMMUError) {

@@ -20,6 +20,13 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
     /// Report invalidations as expensive so DMA domains use one large flush queue (what
     /// Linux's s390 driver does with `shadow_on_flush`; a knob here, for experiments).
     public var shadowOnFlush = false
+    /// The stage DMA and unmanaged paging domains translate with where both could serve:
+    /// nil follows Linux (first stage where the unit has it; `intel_iommu_domain_alloc_paging_flags`
+    /// "prefers first stage if possible"), `.second` forces second-stage tables (as booting
+    /// Linux on hardware without FLTS does). Nest parents and dirty tracking are second stage.
+    public var preferredStage: VTdPagingStage?
+    /// Table levels of new paging domains: 4, or 5 where the unit can walk them.
+    public var pagingLevels = 4
     private lazy var blocked = VTdBlockedDomain(driver: self)
     private lazy var identity: VTdIdentityDomain? =
         units.allSatisfy { $0.extendedCapability.passThrough } ? VTdIdentityDomain(driver: self) : nil
@@ -58,7 +65,7 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
     /// The DID `domain` holds on unit `index`: a paging domain's own, while something on that
     /// unit uses it; nil otherwise (SVA and identity domains use the fixed shared DIDs).
     public func domainID(of domain: IOMMUDomain, onUnit index: Int) -> DomainID? {
-        (domain as? VTdPagingDomain)?.did(on: index)
+        (domain as? VTdDMARDomain)?.did(on: index)
     }
     public var blockedDomain: IOMMUDomain { blocked }
     public var identityDomain: IOMMUDomain? { identity }
@@ -114,15 +121,27 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
 
     public func invalidationsAreExpensive(_ device: Device) -> Bool { shadowOnFlush }
 
-    /// A second-stage paging domain shaped by the device's unit (Linux
-    /// `intel_iommu_domain_alloc_paging_flags`): 4-level tables where supported, the superpage
-    /// sizes the unit offers.
+    /// A paging domain shaped by the device's unit (Linux
+    /// `intel_iommu_domain_alloc_paging_flags`): first stage when the flags allow it (none
+    /// but PASID) and the unit has FLTS, second stage otherwise; the levels asked for where
+    /// the unit walks them, and the superpage sizes it offers.
     public func allocPagingDomain(for device: Device, type: DomainType, flags: DomainFlags) throws(IOMMUError) -> IOMMUDomain {
         let u = try iommu(for: device)
         guard type.isPaging else { throw .invalidArgument("\(type) is not a paging type") }
+        if preferredStage != .second, flags.isSubset(of: [.pasid, .deferredFlush]),
+           u.extendedCapability.scalableMode, u.extendedCapability.firstStage {
+            // Linux `intel_iommu_domain_alloc_first_stage`: 5 levels need FS5LP, 1 GiB pages FS1GP.
+            let levels = pagingLevels == 5 && u.capability.firstStage5Level ? 5 : 4
+            return try VTdFirstStageDomain(driver: self, type: type, flags: flags, levels: levels,
+                                           oneGiBPages: u.capability.firstStage1GPages,
+                                           addressWidth: u.unit.configuration.hostAddressWidth)
+        }
+        // Linux `intel_iommu_domain_alloc_second_stage`.
         guard u.extendedCapability.secondStage else { throw .notSupported("\(u.name) has no second-stage translation") }
         let levels: Int
-        if u.capability.supportsSecondStage(levels: 4) { levels = 4 } else if u.capability.supportsSecondStage(levels: 5) { levels = 5 } else {
+        if u.capability.supportsSecondStage(levels: pagingLevels) { levels = pagingLevels } else if u.capability.supportsSecondStage(levels: 4) {
+            levels = 4
+        } else if u.capability.supportsSecondStage(levels: 5) { levels = 5 } else {
             throw .notSupported("\(u.name) supports neither 4- nor 5-level tables")
         }
         let large = u.capability.secondStageLargePages
@@ -131,8 +150,31 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
         if flags.contains(.dirtyTracking) && !u.extendedCapability.secondStageAD {
             throw .notSupported("\(u.name) cannot track dirty pages (no SSADS)")
         }
-        return try VTdPagingDomain(driver: self, type: type, flags: flags, levels: levels, maxLeafLevel: maxLeaf,
-                                   addressWidth: u.unit.configuration.hostAddressWidth)
+        return try VTdSecondStageDomain(driver: self, type: type, flags: flags, levels: levels, maxLeafLevel: maxLeaf,
+                                        addressWidth: u.unit.configuration.hostAddressWidth)
+    }
+
+    /// `IOMMU_HWPT_DATA_VTD_S1` (1) takes `struct iommu_hwpt_vtd_s1`.
+    public func nestedDataSize(for device: Device, dataType: UInt32) -> Int {
+        dataType == 1 ? VTdStage1Configuration.size : 0
+    }
+
+    /// Linux `intel_iommu_domain_alloc_nested`: the unit must nest and only the PASID flag is
+    /// taken (EOPNOTSUPP), the data must be VTD_S1 (EOPNOTSUPP), the parent a second-stage
+    /// domain allocated as a nest parent (EINVAL), the data at least its struct (EINVAL).
+    /// The stage-1 configuration itself is checked at attach, as Linux does.
+    public func allocNestedDomain(for device: Device, parent: IOMMUDomain, flags: DomainFlags, dataType: UInt32,
+                                  data: [UInt8]) throws(IOMMUError) -> IOMMUDomain {
+        let u = try iommu(for: device)
+        guard u.extendedCapability.scalableMode, u.extendedCapability.nested, flags.isSubset(of: .pasid) else {
+            throw .notSupported("\(u.name) cannot nest with flags \(flags)")
+        }
+        guard dataType == 1 else { throw .notSupported("nested data type \(dataType)") }
+        guard let s2 = parent as? VTdSecondStageDomain, s2.flags.contains(.nestParent) else {
+            throw .invalidArgument("\(parent) is not a second-stage nest parent")
+        }
+        guard data.count >= VTdStage1Configuration.size else { throw .invalidArgument("iommu_hwpt_vtd_s1 of \(data.count) bytes") }
+        return VTdNestedDomain(driver: self, parent: s2, stage1: VTdStage1Configuration(bytes: data), flags: flags)
     }
 
     /// The interrupt address range every device has reserved (Linux

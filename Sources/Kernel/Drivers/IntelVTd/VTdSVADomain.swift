@@ -37,7 +37,7 @@ final class VTdSVADomain: VTdDomain, @unchecked Sendable {
 
     /// Linux `intel_arch_invalidate_secondary_tlbs` → `cache_tag_flush_range`.
     override func invalidateRange(start: UInt64, end: UInt64) throws(IOMMUError) {
-        let (address, mask) = VTdPagingDomain.psiRange(start: start, end: end)
+        let (address, mask) = VTdDMARDomain.psiRange(start: start, end: end)
         var firstError: IOMMUError?
         for unitIndex in Set(uses.map(\.unit)).sorted() {
             let u = driver.units[unitIndex]
