@@ -227,6 +227,7 @@ extension VTdUnit {
     /// IOTLB invalidation (type 2): second-stage, nested and pass-through translations of a
     /// DID (VT-d §6.5.2.3); page-selective drops every entry overlapping the range.
     func invalidateIOTLB(_ g: IOTLBGranularity) {
+        invalidatePagingStructures(g)
         // Nothing cached, nothing to find (the emulator skips the probe; the model is the same).
         guard iotlb.count > 0 else { noteIOTLBRemoved(0); return }
         let covers: (UInt8) -> Bool = { $0 != PGTT.firstStage.rawValue }
@@ -248,6 +249,7 @@ extension VTdUnit {
     /// PASID-based IOTLB invalidation (type 6): first-stage, nested and pass-through
     /// translations of a (DID, PASID) (VT-d §6.5.2.4).
     func invalidatePASIDIOTLB(did: DomainID, pasid: PASID, _ g: PASIDIOTLBGranularity) {
+        invalidatePagingStructures(did: did, pasid: pasid, g)
         guard iotlb.count > 0 else { noteIOTLBRemoved(0); return }
         let covers: (UInt8) -> Bool = { $0 != PGTT.secondStage.rawValue }
         let match: (UInt64, IOTLBEntry) -> Bool = { k1, e in
