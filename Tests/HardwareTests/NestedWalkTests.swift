@@ -93,6 +93,38 @@ struct NestedWalkTests {
         #expect(rig.fault(0x5000, pasid: 9, .write) == .smNestedFirstStageWriteError)
     }
 
+    /// Builds a nested walk for 0x5000 whose first-stage entry at `level` is replaced by
+    /// `entry(gpaOfFreshPage)`; returns the fault for a read.
+    func nestedFault(level: Int, _ entry: (NestedRig, UInt64) throws -> UInt64) throws -> VTdFaultReason? {
+        let rig = try Rig()
+        let n = try NestedRig(rig)
+        try n.map(0x5000, to: try n.page())
+        let slot = try n.entryHPA(0x5000, level: level)
+        try rig.memory.store64(slot, try entry(n, try n.page()))
+        try n.attach()
+        return rig.fault(0x5000, pasid: 9)
+    }
+
+    @Test("nested walks report the first-stage reasons: 0x70 unbacked table, 0x71 not present, 0x72 reserved, 0x74 beyond the second stage's width")
+    func nestedFirstStageReasons() throws {
+        // A PDE pointing at a guest page the second stage maps to an unbacked host frame.
+        #expect(try nestedFault(level: 2) { n, _ in
+            let gpa: UInt64 = 0x2000_0000
+            try n.s2.map(iova: gpa, physical: n.rig.unbackedFrame, size: 0x1000, permissions: .readWrite)
+            return FirstStageFormat.table(address: gpa)
+        } == .smFirstStageAccessError)
+        #expect(try nestedFault(level: 3) { _, _ in 0 } == .smFirstStageNotPresent)
+        #expect(try nestedFault(level: 4) { _, page in FirstStageFormat.table(address: page) | FirstStageFormat.ps } == .smFirstStageReserved)
+        #expect(try nestedFault(level: 1) { _, _ in FirstStageFormat.leaf(address: 1 << 45, permissions: [.read, .user], level: 1) }
+                == .smSecondStagePermission, "inside the width but unmapped by the second stage")
+        let wide = try Rig(configuration: VTdConfiguration(hostAddressWidth: 52), memory: 256 << 20)
+        let n = try NestedRig(wide)
+        try n.map(0x5000, to: try n.page())
+        try wide.memory.store64(try n.entryHPA(0x5000, level: 1), FirstStageFormat.leaf(address: 1 << 49, permissions: [.read, .user], level: 1))
+        try n.attach()
+        #expect(wide.fault(0x5000, pasid: 9) == .smNestedFirstStageBeyondMGAW)
+    }
+
     @Test("the table-read hook sees a second-stage walk's pages root first, and only the leaf table below a cached PDE")
     func hookSecondStage() throws {
         let rig = try Rig()
