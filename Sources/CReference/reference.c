@@ -4,7 +4,7 @@
 #include <time.h>
 
 typedef struct { uint64_t key0, key1, stamp; uint64_t pasid_dir; uint32_t limit, rid_pasid; uint8_t flags; } ctx_slot;
-typedef struct { uint64_t key0, key1, stamp; uint64_t ss_root; uint16_t did; uint8_t pgtt, flags, ss_levels; } pasid_slot;
+typedef struct { uint64_t key0, key1, stamp; uint64_t ss_root, fs_root; uint16_t did; uint8_t pgtt, flags, ss_levels, fs_levels; } pasid_slot;
 typedef struct { uint64_t key0, key1, stamp; uint64_t page_base; uint8_t shift, perms, pgtt, write_ready; } iotlb_slot;
 
 #define VALID (1ULL << 63)
@@ -72,6 +72,8 @@ static inline int dev_load64(const ref_unit *u, uint64_t pa, uint64_t *out) {
     FILL; \
 } while (0)
 
+#include "nested_walk.h"
+
 __attribute__((noinline))
 int ref_translate(ref_unit *u, uint16_t sid, uint64_t address, int write, uint64_t *pa) {
     u->translations++;
@@ -105,32 +107,42 @@ int ref_translate(ref_unit *u, uint16_t sid, uint64_t address, int write, uint64
     for (int i = 0; i < u->pas_ways; i++)
         if (ps[i].key0 == pk && ps[i].key1 == VALID) { ps[i].stamp = ++u->clock; pe = &ps[i]; break; }
     if (!pe) {
-        uint64_t d, v0, v1;
+        uint64_t d, v0, v1, v2;
         if (dev_load64(u, ctx->pasid_dir + (uint64_t)(pasid >> 6) * 8, &d)) return 0x50;
         if (!(d & 1)) return 0x51;
         uint64_t ea = (d & ~0xFFFULL) + (uint64_t)(pasid & 63) * 64;
-        if (dev_load64(u, ea, &v0) || dev_load64(u, ea + 8, &v1)) return 0x58;
+        if (dev_load64(u, ea, &v0) || dev_load64(u, ea + 8, &v1) || dev_load64(u, ea + 16, &v2)) return 0x58;
         if (!(v0 & 1)) return 0x59;
         uint8_t pgtt = (uint8_t)((v0 >> 6) & 7), aw = (uint8_t)((v0 >> 2) & 7);
-        if (pgtt != 2 || aw < 1 || aw > 3) return 0x5B;
+        if ((pgtt != 2 && pgtt != 3) || aw < 1 || aw > 3) return 0x5B;
+        if (pgtt == 3 && ((v2 >> 2) & 3) > 1) return 0x5B;
         LRU_INSERT(u->pas, u->pas_ways, ps, pk, 0, (ps[victim].ss_root = v0 & ~0xFFFULL, ps[victim].did = (uint16_t)v1,
-                   ps[victim].pgtt = pgtt, ps[victim].flags = 0, ps[victim].ss_levels = (uint8_t)(aw + 2), pe = &ps[victim]));
+                   ps[victim].pgtt = pgtt, ps[victim].flags = (uint8_t)((v0 >> 9) & 1), ps[victim].ss_levels = (uint8_t)(aw + 2),
+                   ps[victim].fs_root = v2 & ~0xFFFULL, ps[victim].fs_levels = (uint8_t)(((v2 >> 2) & 3) ? 5 : 4),
+                   pe = &ps[victim]));
     }
     /* IOTLB (second-stage tags carry no PASID). */
-    uint64_t k1 = (1ULL << 51) | ((uint64_t)pe->did << 20);
+    uint64_t k1 = pe->pgtt == 2 ? (1ULL << 51) | ((uint64_t)pe->did << 20) : ((uint64_t)pe->did << 20) | pasid;
     uint64_t k0 = address >> 12;
     iotlb_slot *ts = u->tlb + set_index(k0, k1, u->tlb_setmask, u->tlb_shift) * u->tlb_ways;
     for (int i = 0; i < u->tlb_ways; i++) {
         if (ts[i].key0 == k0 && ts[i].key1 == (k1 | VALID)) {
+            if (write && !ts[i].write_ready) break;
             ts[i].stamp = ++u->clock;
             u->hits++;
-            if (write && !(ts[i].perms & 2)) return 0x79;
-            if (!write && !(ts[i].perms & 1)) return 0x79;
+            if (ts[i].pgtt == 3) {
+                int f = fs_rights(ts[i].perms, write);
+                if (f) return f;
+            } else {
+                if (write && !(ts[i].perms & 2)) return 0x79;
+                if (!write && !(ts[i].perms & 1)) return 0x79;
+            }
             *pa = ts[i].page_base | (address & ((1ULL << ts[i].shift) - 1));
             return 0;
         }
     }
     u->misses++;
+    if (pe->pgtt == 3) return nested_walk(u, pe, pasid, address, write, pa);
     /* Walk. */
     int levels = pe->ss_levels;
     if (address >> (12 + 9 * levels)) return 0x83;

@@ -39,6 +39,9 @@ public final class Machine: @unchecked Sendable {
         platform.frames.ownedAllocationObserver = { [unowned oracle] address, purpose, owner in
             oracle.ownedFrameAllocated(address, purpose: purpose, owner: owner)
         }
+        for (i, u) in units.enumerated() {
+            u.onTableRead = { [unowned oracle] address in oracle.tableRead(address, unit: i) }
+        }
         let d = driver
         oracle.reservedCheck = { d.units.allSatisfy { $0.domainIDs.reservedIntact } }
     }
@@ -47,7 +50,7 @@ public final class Machine: @unchecked Sendable {
         // Endpoints and units reference each other, and events still pending (a run that stopped
         // at a failing step, a machine never run) hold the hardware that holds the scheduler;
         // without this a machine would never be freed.
-        for u in units { u.disconnectAll() }
+        for u in units { u.disconnectAll(); u.onTableRead = nil }
         platform.scheduler.discardPending()
         // The oracle goes with the machine; what outlives it (a user API context closed later)
         // may still free frames, with nobody watching.

@@ -23,6 +23,7 @@ extension Oracle {
         switch r {
         case .identity: return "the identity domain"
         case .paging(let id): return "domain \(id)"
+        case .nested(let id): return "nested domain \(id)"
         }
     }
 }

@@ -5,7 +5,8 @@ import Kernel
 /// Page-table pages: every frame of a domain's tables is known from its allocation, so a page
 /// freed while a walk may still reach it is caught however it was freed — through an unmap's
 /// gather before the flush completed (`table-freed-before-flush`), or outside any gather
-/// (`table-freed-while-reachable`).
+/// (`table-freed-while-reachable`); and a walk that reads a freed table page is caught
+/// when it happens (`walk-through-freed-table`).
 extension Oracle {
     public func tablesDetached(_ domain: IOMMUDomain, _ tables: [UInt64]) {
         for t in tables { pendingTables[t] = domain.id; liveTables[t] = nil }
@@ -21,6 +22,7 @@ extension Oracle {
     /// `owner` is the allocator's owner tag the frame was allocated with (0: untagged).
     public func frameFreed(_ address: UInt64, owner: UInt32) {
         checks &+= 1
+        if owner != 0 { freedTables.insert(address) }
         if let id = pendingTables.removeValue(forKey: address) {
             violate("table-freed-before-flush", "table page \(Self.hex(address)) of domain \(id) was freed before the invalidation of the unmap that unlinked it completed")
             return
@@ -33,6 +35,17 @@ extension Oracle {
     /// A frame allocated as part of a structure with an owner tag: a page-table page is
     /// reachable from the moment it exists until an unmap hands it over or its domain goes.
     public func ownedFrameAllocated(_ address: UInt64, purpose: FrameAllocator.Purpose, owner: UInt32) {
-        if purpose == .pageTable { liveTables[address] = owner }
+        if purpose == .pageTable {
+            liveTables[address] = owner
+            freedTables.remove(address)
+        }
+    }
+
+    /// The unit read a table page during a walk: it must not be one software freed (a
+    /// paging-structure cache entry kept past the free, or an entry never unlinked, leads
+    /// there). `walk-through-freed-table`.
+    public func tableRead(_ address: UInt64, unit: Int) {
+        guard !freedTables.isEmpty, freedTables.contains(address) else { return }
+        violate("walk-through-freed-table", "unit \(unit) walked through table page \(Self.hex(address)), which software freed (a paging-structure cache entry or a table entry still pointed at it)")
     }
 }

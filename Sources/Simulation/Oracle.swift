@@ -23,7 +23,7 @@ import Kernel
 ///   (strict or deferred) before its invalidation completed.
 /// - After teardown: no frame, DID, PASID or domain left.
 public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable {
-    enum Ref: Equatable { case identity, paging(Int) }
+    enum Ref: Equatable { case identity, paging(Int), nested(Int) }
 
     struct Window {
         var current: Ref?
@@ -34,14 +34,14 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
 
     let platform: PlatformContext
     let units: [VTdUnit]
-    @exclusivity(unchecked) private var shadows: [Int: ShadowMap] = [:]
-    @exclusivity(unchecked) private var graveyards: [Int: ShadowMap] = [:]
+    @exclusivity(unchecked) var shadows: [Int: ShadowMap] = [:]
+    @exclusivity(unchecked) var graveyards: [Int: ShadowMap] = [:]
     /// Ranges whose unmap could not invalidate: the hardware may use them for ever.
-    @exclusivity(unchecked) private var abandoned: [Int: ShadowMap] = [:]
+    @exclusivity(unchecked) var abandoned: [Int: ShadowMap] = [:]
     /// Deferred unmaps waiting for a flush, and those a running flush covers: both still
     /// permitted (stale), and their IOVAs must not be mapped again yet.
-    @exclusivity(unchecked) private var deferred: [Int: ShadowMap] = [:]
-    @exclusivity(unchecked) private var covering: [Int: ShadowMap] = [:]
+    @exclusivity(unchecked) var deferred: [Int: ShadowMap] = [:]
+    @exclusivity(unchecked) var covering: [Int: ShadowMap] = [:]
     /// Unlinked table pages that must not be freed yet (frame → domain), and per domain
     /// those of strict unmaps in progress, of deferred unmaps, and of the running flush.
     var pendingTables: [UInt64: Int] = [:]
@@ -53,9 +53,13 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     /// its allocation until an unmap's gather hands it over (then `pendingTables` follows it)
     /// or its domain is freed.
     var liveTables: [UInt64: UInt32] = [:]
+    /// Table pages of domains software freed and has not allocated as a table again.
+    var freedTables: Set<UInt64> = []
     /// Which domain each owner tag belongs to (for reports).
     var tableOwners: [UInt32: Int] = [:]
     @exclusivity(unchecked) var windows: [UInt64: Window] = [:]
+    /// Nested domains: their guest tables and what the guest is changing (Oracle+Nested.swift).
+    var nested = NestedState()
     /// When each (unit, RID, PASID) was last detached (its PASID torn down and drained).
     var pasidTornDownAt: [UInt64: UInt64] = [:]
     /// Untrusted devices by (unit, requester ID): their unmaps are never deferred.
@@ -105,7 +109,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     }()
     /// Bumped by every event that can take a permission away from any device (transitions,
     /// domain frees); maps only add permissions and leave the cache valid.
-    @exclusivity(unchecked) private var generation: UInt64 = 1
+    @exclusivity(unchecked) var generation: UInt64 = 1
     /// Per paging domain (by id; slot 0, identity, never changes): bumped by the events that
     /// take permissions away inside one domain (unmaps, flush completions), so churn in one
     /// domain leaves the cached translations of the others valid.
@@ -175,6 +179,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         switch d.type {
         case .blocked: return nil
         case .identity: return .identity
+        case .nested: noteNested(d); return .nested(d.id)
         default: return .paging(d.id)
         }
     }
@@ -206,6 +211,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
                 || Self.target(abandoned[id]?.lookup(iova), iova: iova, access: access) == physical
                 || Self.target(deferred[id]?.lookup(iova), iova: iova, access: access) == physical
                 || Self.target(covering[id]?.lookup(iova), iova: iova, access: access) == physical
+        case .nested(let id): return permitsNested(id, iova: iova, physical: physical, access: access)
         }
     }
 
@@ -216,14 +222,19 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         case .paging(let id):
             guard let region = shadows[id]?.lookup(iova), region.state == .settled else { return nil }
             return Self.target(region, iova: iova, access: access)
+        case .nested(let id): return nestedSettledTarget(id, iova: iova, access: access)
         }
     }
 
     public override func check(unit: Int, _ a: DMAAccessRecord) {
         checks &+= 1
         let key = Self.key(unit: unit, rid: a.source, pasid: a.pasid?.rawValue ?? 0)
-        if !dirty.isEmpty, a.physical != nil, a.access.contains(.write), case .paging(let id)? = windows[key]?.current {
-            noteDirtyWrite(domain: id, address: a.address, length: a.length)
+        if !dirty.isEmpty, a.physical != nil, a.access.contains(.write) {
+            switch windows[key]?.current {
+            case .paging(let id)?: noteDirtyWrite(domain: id, address: a.address, length: a.length)
+            case .nested(let id)?: noteNestedDirtyWrite(id, address: a.address, length: a.length)
+            default: break
+            }
         }
         let needed: PagePermissions = a.access.contains(.write) ? .write : .read
         let slot = Self.fastSlot(key, a.address)
@@ -249,6 +260,8 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
                                                    permissions: r.permissions, generation: generation,
                                                    domain: id, domainGeneration: domainGenerations[id])
                         }
+                    case .nested:
+                        break // Guest tables change behind the oracle's back: checked every time.
                     }
                 }
                 return
@@ -261,6 +274,11 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
             if case .paging(let id) = c, let old = graveyards[id]?.lookup(a.address),
                old.physical &+ (a.address - old.start) == pa {
                 violate("stale-translation", "\(who) reached \(Self.hex(pa)) through IOVA \(Self.hex(a.address)) of domain \(id) after its unmap returned")
+                return
+            }
+            if case .nested(let id) = c {
+                violate(nestedStale(id, iova: a.address, physical: pa) ? "stale-translation" : "nested-composition",
+                        "\(who) reached \(Self.hex(pa)) through IOVA \(Self.hex(a.address)) of nested domain \(id), which its guest table composed with its parent's does not give\(nestedStale(id, iova: a.address, physical: pa) ? " (a translation removed, and invalidated, before)" : "")")
                 return
             }
             violate("unpermitted-access", "\(who) reached \(Self.hex(pa)) at IOVA \(Self.hex(a.address)) (\(a.access.contains(.write) ? "write" : "read")), which its domain does not map there")
@@ -409,6 +427,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     public func domainFreed(_ domain: IOMMUDomain) {
         generation &+= 1
         let id = domain.id
+        nested.forget(id)
         shadows[id] = nil
         graveyards[id] = nil
         dirty[id] = nil

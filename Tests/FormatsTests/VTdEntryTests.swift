@@ -207,6 +207,19 @@ struct PASIDEntryTests {
         #expect(PASIDEntry.size == 64)
     }
 
+    @Test("EAFE is val[2] bit 7 and WPE val[2] bit 4; neither is reserved")
+    func eafeAndWPE() {
+        let e = PASIDEntry.make(pgtt: .nested, did: DomainID(1), secondStageTable: 0x1000, firstStageTable: 0x2000,
+                                extendedAccessedFlag: true)
+        #expect(e.val[2] == 0x2000 | 1 << 7)
+        #expect(e.extendedAccessedFlag && !e.writeProtect)
+        var w = PASIDEntry.make(pgtt: .nested, did: DomainID(1), secondStageTable: 0x1000, firstStageTable: 0x2000)
+        #expect(!w.extendedAccessedFlag)
+        w.val[2] |= 1 << 4
+        #expect(w.writeProtect)
+        #expect(!e.reservedBitsSet(addressMask: mask52) && !w.reservedBitsSet(addressMask: mask52))
+    }
+
     @Test("AW encodes 3/4/5 second-stage levels as 1/2/3 in bits 4:2",
           arguments: [(3, UInt64(1)), (4, 2), (5, 3)])
     func aw(levels: Int, aw: UInt64) {

@@ -167,8 +167,22 @@ struct FaultReasonTests {
             let s2 = try rig.secondStage()
             let fsRoot = try rig.platform.frames.allocate(.pageTable)
             let fsNext = try rig.platform.frames.allocate(.pageTable)
-            try s2.map(iova: 0x4000_0000, physical: fsRoot, size: 0x1000, permissions: .read)
+            try s2.map(iova: 0x4000_0000, physical: fsRoot, size: 0x1000, permissions: .readWrite)
             try s2.map(iova: 0x4000_1000, physical: fsNext, size: 0x1000, permissions: .write)
+            try rig.memory.store64(fsRoot, FirstStageFormat.table(address: 0x4000_1000))
+            try rig.bench.setContext(rig.rid)
+            try rig.bench.setPASIDEntry(rig.rid, pasid: 5, .make(pgtt: .nested, did: DomainID(9), secondStageTable: s2.root,
+                                                                  firstStageTable: 0x4000_0000))
+            return rig.translate(0x1000, pasid: 5)
+        },
+        Case(reason: .smNestedFirstStageWriteError) { rig in
+            // The root entry's A bit is clear and the second stage maps its page read-only:
+            // hardware cannot set A (VT-d §3.8).
+            let s2 = try rig.secondStage()
+            let fsRoot = try rig.platform.frames.allocate(.pageTable)
+            let fsNext = try rig.platform.frames.allocate(.pageTable)
+            try s2.map(iova: 0x4000_0000, physical: fsRoot, size: 0x1000, permissions: .read)
+            try s2.map(iova: 0x4000_1000, physical: fsNext, size: 0x1000, permissions: .readWrite)
             try rig.memory.store64(fsRoot, FirstStageFormat.table(address: 0x4000_1000))
             try rig.bench.setContext(rig.rid)
             try rig.bench.setPASIDEntry(rig.rid, pasid: 5, .make(pgtt: .nested, did: DomainID(9), secondStageTable: s2.root,
@@ -219,7 +233,7 @@ struct FaultReasonTests {
             // Identity-map the first-stage tables in the second stage (they are at their own GPAs).
             var table = fs.root, level = 4
             while true {
-                try s2.map(iova: table, physical: table, size: 0x1000, permissions: .read)
+                try s2.map(iova: table, physical: table, size: 0x1000, permissions: .readWrite)
                 if level == 1 { break }
                 table = try rig.memory.load64(table + PageTableGeometry.index(0x1000, level: level) * 8) & 0x000F_FFFF_FFFF_F000
                 level -= 1

@@ -90,7 +90,8 @@ struct TranslationTests {
             table = raw & 0x000F_FFFF_FFFF_F000
             level -= 1
         }
-        for tbl in tables { try s2.map(iova: tbl + 0x2000_0000, physical: tbl, size: 0x1000, permissions: .read) }
+        // Writable: hardware sets A/D in them through the second stage.
+        for tbl in tables { try s2.map(iova: tbl + 0x2000_0000, physical: tbl, size: 0x1000, permissions: .readWrite) }
         // Rewrite the first-stage pointers as guest-physical addresses.
         for (i, tbl) in tables.dropLast().enumerated() {
             let slot = tbl + PageTableGeometry.index(0x8000, level: 4 - i) * 8

@@ -43,7 +43,7 @@ public struct PASIDEntry: Equatable, Sendable {
                             firstStageTable: UInt64 = 0, firstStageLevels: Int = 4, fpd: Bool = false,
                             supervisorRequests: Bool = false, executeRequests: Bool = false,
                             secondStageAD: Bool = false, pageWalkSnoop: Bool = false,
-                            writeProtect: Bool = false, extendedAccessed: Bool = false) -> PASIDEntry {
+                            writeProtect: Bool = false, extendedAccessedFlag: Bool = false) -> PASIDEntry {
         var e = PASIDEntry()
         var v0: UInt64 = 1 | (UInt64(pgtt.rawValue) << 6)
         if fpd { v0 |= 2 }
@@ -57,7 +57,7 @@ public struct PASIDEntry: Equatable, Sendable {
         if executeRequests { v2 |= 2 }
         if firstStageLevels == 5 { v2 |= 1 << 2 }
         if writeProtect { v2 |= 1 << 4 }
-        if extendedAccessed { v2 |= 1 << 7 }
+        if extendedAccessedFlag { v2 |= 1 << 7 }
         e.val[0] = v0; e.val[1] = v1; e.val[2] = v2
         return e
     }
@@ -74,6 +74,11 @@ public struct PASIDEntry: Equatable, Sendable {
     public var did: DomainID { DomainID(UInt16(truncatingIfNeeded: val[1])) }
     public var supervisorRequests: Bool { val[2] & 1 != 0 }
     public var executeRequests: Bool { val[2] & 2 != 0 }
+    /// EAFE (val[2] bit 7): hardware also sets the extended-accessed bit (bit 10) of the
+    /// first-stage entries it uses (VT-d §3.6.2).
+    public var extendedAccessedFlag: Bool { val[2] & (1 << 7) != 0 }
+    /// WPE (val[2] bit 4): write protection applies to supervisor requests.
+    public var writeProtect: Bool { val[2] & (1 << 4) != 0 }
     public var fspm: UInt8 { UInt8((val[2] >> 2) & 3) }
     /// First-stage levels from FSPM (0→4, 1→5), nil for reserved values.
     public var firstStageLevels: Int? { fspm == 0 ? 4 : fspm == 1 ? 5 : nil }

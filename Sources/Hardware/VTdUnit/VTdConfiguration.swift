@@ -57,17 +57,23 @@ public struct VTdConfiguration: Sendable {
     public var contextCacheWays: Int
     public var pasidCacheEntries: Int
     public var pasidCacheWays: Int
+    /// Paging-structure cache entries per non-leaf level (PDE, PDPE, PML4E, PML5E; VT-d
+    /// §6.2.4), shared by first-stage, second-stage and nested walks; 0 disables the caches.
+    public var pagingStructureCacheEntries: Int
+    public var pagingStructureCacheWays: Int
     public var latency: VTdLatency
 
     public init(name: String = "dmar0", capability: VTdCapability = .make(), extendedCapability: VTdExtendedCapability = .make(),
                 hostAddressWidth: Int = 46, iotlbEntries: Int = 1024, iotlbWays: Int = 4,
                 contextCacheEntries: Int = 64, contextCacheWays: Int = 4,
-                pasidCacheEntries: Int = 256, pasidCacheWays: Int = 4, latency: VTdLatency = VTdLatency()) {
+                pasidCacheEntries: Int = 256, pasidCacheWays: Int = 4,
+                pagingStructureCacheEntries: Int = 32, pagingStructureCacheWays: Int = 4, latency: VTdLatency = VTdLatency()) {
         self.name = name; self.capability = capability; self.extendedCapability = extendedCapability
         self.hostAddressWidth = hostAddressWidth
         self.iotlbEntries = iotlbEntries; self.iotlbWays = iotlbWays
         self.contextCacheEntries = contextCacheEntries; self.contextCacheWays = contextCacheWays
         self.pasidCacheEntries = pasidCacheEntries; self.pasidCacheWays = pasidCacheWays
+        self.pagingStructureCacheEntries = pagingStructureCacheEntries; self.pagingStructureCacheWays = pagingStructureCacheWays
         self.latency = latency
     }
 }
@@ -92,6 +98,11 @@ public struct VTdCounters: Equatable, Sendable {
     public var pasidCacheMisses: UInt64 = 0
     public var walks: UInt64 = 0
     public var walkMemoryAccesses: UInt64 = 0
+    /// Walks (second-stage walks inside a nested walk count too) that started below a cached
+    /// paging-structure entry, and those that found none (only with the caches enabled).
+    public var pagingStructureCacheHits: UInt64 = 0
+    public var pagingStructureCacheMisses: UInt64 = 0
+    public var pagingStructureEntriesInvalidated: UInt64 = 0
     public var faults: UInt64 = 0
     public var faultsRecorded: UInt64 = 0
     public var faultsSuppressedByFPD: UInt64 = 0

@@ -227,6 +227,7 @@ extension VTdUnit {
     /// IOTLB invalidation (type 2): second-stage, nested and pass-through translations of a
     /// DID (VT-d §6.5.2.3); page-selective drops every entry overlapping the range.
     func invalidateIOTLB(_ g: IOTLBGranularity) {
+        invalidatePagingStructures(g)
         // Nothing cached, nothing to find (the emulator skips the probe; the model is the same).
         guard iotlb.count > 0 else { noteIOTLBRemoved(0); return }
         let covers: (UInt8) -> Bool = { $0 != PGTT.firstStage.rawValue }
@@ -240,7 +241,14 @@ extension VTdUnit {
             let (lo, hi) = Self.range(address, am)
             n = removeOverlapping(lo: lo, hi: hi, probeKey1: { sizeClass in
                 Self.iotlbKey1(did: did.rawValue, pasid: 0, pgtt: PGTT.secondStage.rawValue, sizeClass: sizeClass)
-            }, scanForOthers: nestedEntries != 0) { k1, e in Self.did(k1) == did.rawValue && covers(e.pgtt) }
+            }, scanForOthers: false) { k1, e in Self.did(k1) == did.rawValue && e.pgtt == PGTT.secondStage.rawValue }
+            // Nested translations are tagged by their first-stage input address, which a
+            // second-stage (GPA) range cannot identify: every one of the DID goes (VT-d
+            // §6.5.2.3; the guest's own invalidations, forwarded with the nested DID, land here
+            // too and are over-served the same way).
+            if nestedEntries != 0 {
+                n += iotlb.removeAll { _, k1, e in Self.did(k1) == did.rawValue && e.pgtt == PGTT.nested.rawValue }
+            }
         }
         noteIOTLBRemoved(n)
     }
@@ -248,6 +256,7 @@ extension VTdUnit {
     /// PASID-based IOTLB invalidation (type 6): first-stage, nested and pass-through
     /// translations of a (DID, PASID) (VT-d §6.5.2.4).
     func invalidatePASIDIOTLB(did: DomainID, pasid: PASID, _ g: PASIDIOTLBGranularity) {
+        invalidatePagingStructures(did: did, pasid: pasid, g)
         guard iotlb.count > 0 else { noteIOTLBRemoved(0); return }
         let covers: (UInt8) -> Bool = { $0 != PGTT.secondStage.rawValue }
         let match: (UInt64, IOTLBEntry) -> Bool = { k1, e in

@@ -23,7 +23,7 @@ struct PASIDCacheEntry: Sendable {
     var flags: UInt8
     var secondStageLevels: UInt8
     var firstStageLevels: UInt8
-    static let fpd: UInt8 = 1, sre: UInt8 = 2, ere: UInt8 = 4, ssade: UInt8 = 8
+    static let fpd: UInt8 = 1, sre: UInt8 = 2, ere: UInt8 = 4, ssade: UInt8 = 8, eafe: UInt8 = 16
     static let empty = PASIDCacheEntry(secondStageRoot: 0, firstStageRoot: 0, did: 0, pgtt: 0, flags: 0, secondStageLevels: 0, firstStageLevels: 0)
 }
 
@@ -259,135 +259,12 @@ extension VTdUnit {
         if e.supervisorRequests { flags |= PASIDCacheEntry.sre }
         if e.executeRequests { flags |= PASIDCacheEntry.ere }
         if e.secondStageAD { flags |= PASIDCacheEntry.ssade }
+        if e.extendedAccessedFlag { flags |= PASIDCacheEntry.eafe }
         return .success(PASIDCacheEntry(secondStageRoot: e.secondStageTable, firstStageRoot: e.firstStageTable,
                                         did: e.did.rawValue, pgtt: pgtt.rawValue, flags: flags,
                                         secondStageLevels: ssLevels, firstStageLevels: fsLevels))
     }
 
-    /// IOTLB miss: walks the tables the PASID entry names, checks rights, fills the IOTLB.
-
-    func walkAndFill(_ pe: PASIDCacheEntry, pasid: UInt32, address: UInt64, access: DMAAccess) -> TranslationResult {
-        let c = countersStorage
-        c.pointee.walks &+= 1
-        let cap = configuration.capability
-        let walk: WalkResult
-        var adEnabled = false
-        switch pe.pgtt {
-        case PGTT.secondStage.rawValue:
-            let levels = Int(pe.secondStageLevels)
-            guard address >> PageTableGeometry.shift(level: levels + 1) == 0 else { return .fault(.smAddressBeyondMax) }
-            let maxLeaf = cap.secondStageLargePages & 2 != 0 ? 3 : cap.secondStageLargePages & 1 != 0 ? 2 : 1
-            do {
-                walk = try PageTableWalker.walk(SecondStageFormat.self, memory: memory, root: pe.secondStageRoot, levels: levels,
-                                                input: address, addressMask: addressMask, maxLeafLevel: maxLeaf)
-            } catch { return .fault(Self.secondStageReason(error)) }
-            c.pointee.walkMemoryAccesses &+= UInt64(levels - walk.level + 1)
-            adEnabled = pe.flags & PASIDCacheEntry.ssade != 0
-        case PGTT.firstStage.rawValue:
-            let levels = Int(pe.firstStageLevels)
-            guard Self.isCanonical(address, levels: levels) else { return .fault(.smNonCanonicalAddress) }
-            let maxLeaf = cap.firstStage1GPages ? 3 : 2
-            do {
-                walk = try PageTableWalker.walk(FirstStageFormat.self, memory: memory, root: pe.firstStageRoot, levels: levels,
-                                                input: address, addressMask: addressMask, maxLeafLevel: maxLeaf)
-            } catch { return .fault(Self.firstStageReason(error)) }
-            c.pointee.walkMemoryAccesses &+= UInt64(levels - walk.level + 1)
-            adEnabled = true
-        case PGTT.nested.rawValue:
-            switch nestedWalk(pe, address: address) {
-            case .success(let w): walk = w
-            case .failure(let f): return .fault(f.reason)
-            }
-        default:
-            return .fault(.smPASIDEntryInvalid)
-        }
-        if let f = Self.rightsFault(walk.permissions, access: access, pgtt: pe.pgtt) {
-            insertIOTLB(pe, pasid: pasid, address: address, walk: walk, writeReady: !adEnabled)
-            return .fault(f)
-        }
-        var writeReady = !adEnabled
-        if adEnabled {
-            // Hardware sets A (and D on a write) atomically in the leaf (VT-d §3.6.2, §3.7.2).
-            let aBit = pe.pgtt == PGTT.secondStage.rawValue ? SecondStageFormat.accessedBit : FirstStageFormat.accessedBit
-            let dBit = pe.pgtt == PGTT.secondStage.rawValue ? SecondStageFormat.dirtyBit : FirstStageFormat.dirtyBit
-            let bits = aBit | (access.contains(.write) ? dBit : 0)
-            if let old = try? memory.deviceFetchOr64(walk.leafEntryAddress, bits) {
-                writeReady = access.contains(.write) || old & dBit != 0
-            }
-        }
-        insertIOTLB(pe, pasid: pasid, address: address, walk: walk, writeReady: writeReady)
-        return .translated(physical: walk.output(for: address), pageShift: UInt8(walk.pageShift), permissions: walk.permissions)
-    }
-
-
-    func insertIOTLB(_ pe: PASIDCacheEntry, pasid: UInt32, address: UInt64, walk: WalkResult, writeReady: Bool) {
-        let sizeClass = UInt64(walk.level - 1)
-        if sizeClass > 0 { superpageEntries &+= 1 }
-        if pe.pgtt == PGTT.nested.rawValue { nestedEntries &+= 1 }
-        iotlb.insert(address >> walk.pageShift, Self.iotlbKey1(did: pe.did, pasid: pasid, pgtt: pe.pgtt, sizeClass: sizeClass),
-                     IOTLBEntry(pageBase: walk.pageBase, pageShift: UInt8(walk.pageShift), permissions: walk.permissions.rawValue,
-                                pgtt: pe.pgtt, writeReady: writeReady))
-    }
-
-    /// Nested translation (VT-d §3.8): every first-stage table pointer and the final output
-    /// are guest-physical addresses translated by the second stage.
-    func nestedWalk(_ pe: PASIDCacheEntry, address: UInt64) -> Result<WalkResult, FetchFault> {
-        let levels = Int(pe.firstStageLevels)
-        guard Self.isCanonical(address, levels: levels) else { return .failure(FetchFault(reason: .smNonCanonicalAddress, fpd: false)) }
-        let ssLevels = Int(pe.secondStageLevels)
-        let cap = configuration.capability
-        let ssMaxLeaf = cap.secondStageLargePages & 2 != 0 ? 3 : cap.secondStageLargePages & 1 != 0 ? 2 : 1
-        func stage2(_ gpa: UInt64) -> Result<WalkResult, FetchFault> {
-            guard gpa >> PageTableGeometry.shift(level: ssLevels + 1) == 0 else {
-                return .failure(FetchFault(reason: .smNestedFirstStageBeyondMGAW, fpd: false))
-            }
-            do {
-                return .success(try PageTableWalker.walk(SecondStageFormat.self, memory: memory, root: pe.secondStageRoot, levels: ssLevels,
-                                                         input: gpa, addressMask: addressMask, maxLeafLevel: ssMaxLeaf))
-            } catch { return .failure(FetchFault(reason: Self.secondStageReason(error), fpd: false)) }
-        }
-        var tableGPA = pe.firstStageRoot
-        var level = levels
-        var perms = PagePermissions.all
-        let fsMaxLeaf = cap.firstStage1GPages ? 3 : 2
-        while true {
-            let tableHPA: UInt64
-            switch stage2(tableGPA) {
-            case .success(let w):
-                guard w.permissions.contains(.read) else {
-                    return .failure(FetchFault(reason: level == levels ? .smNestedFirstStagePML4ReadError : .smNestedFirstStageReadError, fpd: false))
-                }
-                tableHPA = w.output(for: tableGPA)
-            case .failure(let f): return .failure(f)
-            }
-            let entryAddress = tableHPA + PageTableGeometry.index(address, level: level) * 8
-            guard let raw = try? memory.deviceLoad(entryAddress, as: UInt64.self) else {
-                return .failure(FetchFault(reason: level == levels ? .smFirstStagePML4AccessError : .smFirstStageAccessError, fpd: false))
-            }
-            let e = FirstStageFormat.decode(raw, level: level, addressMask: addressMask)
-            guard e.present else { return .failure(FetchFault(reason: .smFirstStageNotPresent, fpd: false)) }
-            guard !e.reserved, !(e.leaf && level > fsMaxLeaf) else { return .failure(FetchFault(reason: .smFirstStageReserved, fpd: false)) }
-            perms.formIntersection(e.permissions)
-            if e.leaf {
-                let shift = PageTableGeometry.shift(level: level)
-                let gpa = (e.address & ~((1 << shift) - 1)) | (address & ((1 << shift) - 1))
-                switch stage2(gpa) {
-                case .success(let w):
-                    perms.formIntersection(w.permissions.union(.user).union(.execute))
-                    // The combined page is the smaller of the two stages' pages.
-                    let outShift = min(shift, w.pageShift)
-                    let hpa = w.output(for: gpa)
-                    return .success(WalkResult(pageBase: hpa & ~((1 << outShift) - 1), pageShift: outShift, permissions: perms,
-                                               level: Int((outShift - 12) / 9) + 1, leafEntryAddress: entryAddress))
-                case .failure(let f): return .failure(f)
-                }
-            }
-            tableGPA = e.address
-            level -= 1
-        }
-    }
-
-    
     /// Whether `address` is canonical for a first-stage walk of `levels` levels (48 or 57 bits).
     public static func isCanonical(_ address: UInt64, levels: Int) -> Bool {
         let bits = levels == 5 ? 57 : 48

@@ -90,6 +90,7 @@ public final class VTdUnit: @unchecked Sendable {
     let contextCache: TaggedCache<ContextCacheEntry>
     let pasidCache: TaggedCache<PASIDCacheEntry>
     let iotlb: TaggedCache<IOTLBEntry>
+    let psc: PagingStructureCache
     /// IOTLB entries by size class (4 KiB, 2 MiB, 1 GiB), so lookups skip empty classes.
     @exclusivity(unchecked) var superpageEntries: UInt64 = 0
     /// Nested translations inserted since the IOTLB was last empty (they are tagged per PASID).
@@ -111,6 +112,12 @@ public final class VTdUnit: @unchecked Sendable {
     @exclusivity(unchecked) public var accessObserver: ((DMAAccessRecord) -> Void)?
     @exclusivity(unchecked) var accessChecker: Unmanaged<DMAAccessChecker>?
     @exclusivity(unchecked) var accessCheckerIndex = 0
+    /// Called with the physical address of every page-table page the unit reads during a
+    /// walk (IOTLB misses only): first-stage and second-stage tables, and for nested walks the
+    /// host-physical first-stage table pages and the second-stage table pages used to reach
+    /// them. Nil costs one test per table read. An inspection hook (the simulator's oracle
+    /// flags a walk through a freed page-table page); software never sets it.
+    @exclusivity(unchecked) public var onTableRead: ((UInt64) -> Void)?
     /// Endpoints reachable through this unit, by requester ID.
     var endpoints: [UInt16: any VTdEndpointPort] = [:]
 
@@ -125,6 +132,7 @@ public final class VTdUnit: @unchecked Sendable {
         contextCache = TaggedCache(capacity: configuration.contextCacheEntries, ways: configuration.contextCacheWays, empty: .empty)
         pasidCache = TaggedCache(capacity: configuration.pasidCacheEntries, ways: configuration.pasidCacheWays, empty: .empty)
         iotlb = TaggedCache(capacity: configuration.iotlbEntries, ways: configuration.iotlbWays, empty: .empty)
+        psc = PagingStructureCache(entriesPerLevel: configuration.pagingStructureCacheEntries, ways: configuration.pagingStructureCacheWays)
         faultRecords = [(UInt64, UInt64)](repeating: (0, 0), count: configuration.capability.numberOfFaultRecords)
         countersStorage = .allocate(capacity: 1)
         countersStorage.initialize(to: VTdCounters())
@@ -155,6 +163,11 @@ public final class VTdUnit: @unchecked Sendable {
 
     /// Entries currently held by each cache.
     public var cacheOccupancy: (context: Int, pasid: Int, iotlb: Int) { (contextCache.count, pasidCache.count, iotlb.count) }
+
+    /// Entries currently held by the paging-structure caches, by level (PDE, PDPE, PML4E, PML5E).
+    public var pagingStructureCacheOccupancy: (pde: Int, pdpe: Int, pml4e: Int, pml5e: Int) {
+        (psc.pde.count, psc.pdpe.count, psc.pml4e.count, psc.pml5e.count)
+    }
 
     // MARK: Interrupts
 
@@ -226,5 +239,15 @@ extension VTdUnit {
         iotlb.forEach { _, key1, _ in if (key1 >> 20) & 0xFFFF == d { tlb += 1 } }
         pasidCache.forEach { _, _, payload in if UInt64(payload.did) == d { pc += 1 } }
         return (tlb, pc)
+    }
+
+    /// How many paging-structure-cache entries are tagged with `did` right now (like
+    /// `cachedEntries(taggedWith:)`, an inspection hook for the oracle).
+    public func cachedPagingStructureEntries(taggedWith did: DomainID) -> Int {
+        var n = 0
+        for level in 2...5 {
+            psc.cache(level).forEach { _, key1, _ in if PagingStructureCache.did(key1) == did.rawValue { n += 1 } }
+        }
+        return n
     }
 }

@@ -133,6 +133,10 @@ open class IOMMUDomain: @unchecked Sendable, CustomStringConvertible {
     /// write-only mapping is readable there, as on real hardware).
     open func grantedPermissions(_ permissions: PagePermissions) -> PagePermissions { permissions }
 
+    /// A nested domain's first stage: the parent whose second stage translates every
+    /// address it holds, and where its (x86-64 format) tables start in the parent's space.
+    open var nestedStage1: NestedStage1? { nil }
+
     /// The uAPI data type of the invalidation entries the user may send for this domain
     /// (`cache_invalidate_user`), and the size of one entry's struct; nil when it takes none.
     open var userInvalidationDataType: UInt32? { nil }
@@ -149,4 +153,15 @@ open class IOMMUDomain: @unchecked Sendable, CustomStringConvertible {
 
     /// Releases the driver's resources (page tables). Called once, when nothing is attached.
     open func free() {}
+}
+
+/// What a nested domain's first stage is (for observers that check nested translations).
+public struct NestedStage1: @unchecked Sendable {
+    public let parent: IOMMUDomain
+    /// Guest-physical address (an IOVA of the parent) of the top-level table.
+    public let tableAddress: UInt64
+    public let levels: Int
+    public init(parent: IOMMUDomain, tableAddress: UInt64, levels: Int) {
+        self.parent = parent; self.tableAddress = tableAddress; self.levels = levels
+    }
 }

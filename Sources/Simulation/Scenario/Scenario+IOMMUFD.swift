@@ -15,7 +15,10 @@ extension Scenario {
         case ioasMap(ioas: String, region: String, offsetPages: Int, pages: Int?, iova: UInt64?, writeable: Bool)
         /// IOAS_UNMAP of [iova, iova + pages), or of everything (`pages` nil).
         case ioasUnmap(ioas: String, iova: UInt64, pages: Int?)
-        case hwptAlloc(name: String, ioas: String, device: Int, fault: String?, pasid: Bool, dirtyTracking: Bool)
+        /// IOMMU_HWPT_ALLOC on an IOAS (a paging HWPT, maybe a nest parent), or on a nest
+        /// parent HWPT with a guest table (a nested HWPT, `IOMMU_HWPT_DATA_VTD_S1`).
+        case hwptAlloc(name: String, on: String, device: Int, fault: String?, pasid: Bool, dirtyTracking: Bool,
+                       nestParent: Bool, guestTable: String?)
         /// IOMMU_HWPT_SET_DIRTY_TRACKING.
         case dirtyTracking(hwpt: String, enable: Bool)
         /// IOMMU_HWPT_GET_DIRTY_BITMAP of `pages` 4 KiB pages from `iova` (a pre-copy pass of a
@@ -32,5 +35,17 @@ extension Scenario {
         case destroy(String)
         /// close() of the context with whatever is still alive.
         case close(String)
+        // The guest role (ScenarioRunner+Guest.swift): a guest with its own first-stage
+        // table in its RAM, under a vIOMMU the VMM emulates with nested HWPTs.
+        /// The guest sets up a page table: its pages are the first `tablePages` of `region`,
+        /// which the VMM maps at guest-physical `gpa`.
+        case guestTable(name: String, region: String, gpa: UInt64, tablePages: Int, levels: Int)
+        /// The guest maps `pages` pages from `gva` to `gpa` (no invalidation: the entries were
+        /// not present).
+        case guestMap(table: String, gva: UInt64, gpa: UInt64, pages: Int, writable: Bool)
+        /// The guest unmaps `pages` pages from `gva`, then invalidates them through every
+        /// nested HWPT on the table (the VMM forwards its invalidation queue with
+        /// HWPT_INVALIDATE), unless `invalidate` is false (a guest bug).
+        case guestUnmap(table: String, gva: UInt64, pages: Int, invalidate: Bool)
     }
 }

@@ -17,7 +17,7 @@ extension ScenarioParser {
     /// alloc-fault-queue declare.
     mutating func declare(_ list: [YAMLField]) throws(ScenarioError) {
         let declaring: Set<String> = ["alloc-domain", "alloc-pasid", "create-process", "mmap", "sva-bind", "alloc-fault-queue",
-                                      "iommufd-open", "ioas-alloc", "hwpt-alloc", "fault-alloc"]
+                                      "iommufd-open", "ioas-alloc", "hwpt-alloc", "fault-alloc", "guest-table"]
         for f in list {
             guard case .mapping(let m) = f.node else { continue }
             for (k, v) in m where k.string == "do" {
@@ -37,7 +37,7 @@ extension ScenarioParser {
                     guard processNames.insert(name).inserted else { throw nf.error("process '\(name)' is created twice") }
                 case "mmap":
                     guard regionNames.insert(name).inserted else { throw nf.error("region '\(name)' is mapped twice") }
-                case "iommufd-open", "ioas-alloc", "hwpt-alloc", "fault-alloc":
+                case "iommufd-open", "ioas-alloc", "hwpt-alloc", "fault-alloc", "guest-table":
                     try declareIOMMUFD(kind, name, nf)
                 case "sva-bind":
                     guard bindNames[name] == nil else { throw nf.error("SVA bind '\(name)' is made twice") }

@@ -7,7 +7,8 @@ import Kernel
 extension ScenarioParser {
     static let iommufdKinds = ["iommufd-open", "iommufd-bind", "iommufd-unbind", "ioas-alloc", "ioas-map", "ioas-unmap", "hwpt-alloc",
                                "iommufd-attach", "iommufd-replace", "iommufd-detach", "fault-alloc", "fault-close",
-                               "iommufd-destroy", "iommufd-close", "dirty-tracking", "dirty-read"]
+                               "iommufd-destroy", "iommufd-close", "dirty-tracking", "dirty-read",
+                               "guest-table", "guest-map", "guest-unmap"]
 
     mutating func declareIOMMUFD(_ kind: String, _ name: String, _ nf: YAMLField) throws(ScenarioError) {
         if kind == "iommufd-open" {
@@ -15,7 +16,7 @@ extension ScenarioParser {
             return
         }
         guard iommufdObjects[name] == nil, deviceIndex[name] == nil else { throw nf.error("'\(name)' names another object or a device") }
-        iommufdObjects[name] = kind == "ioas-alloc" ? "ioas" : kind == "hwpt-alloc" ? "hwpt" : "fault"
+        iommufdObjects[name] = kind == "ioas-alloc" ? "ioas" : kind == "hwpt-alloc" ? "hwpt" : kind == "guest-table" ? "guest-table" : "fault"
     }
 
     func objectRef(_ f: YAMLField, kinds: Set<String>, what: String) throws(ScenarioError) -> String {
@@ -70,13 +71,46 @@ extension ScenarioParser {
             }
         case "hwpt-alloc":
             let n = try name("the HWPT's name")
-            let i = try objectRef(try m.required("ioas", "an IOAS"), kinds: ["ioas"], what: "IOAS")
             let d = try dev()
             let fault = try m.optional("fault").map { (v) throws(ScenarioError) in try objectRef(v, kinds: ["fault"], what: "fault object") }
             let p = try m.optional("pasid")?.bool() ?? false
-            let dirty = try m.optional("dirty-tracking")?.bool() ?? false
-            a = .hwptAlloc(name: n, ioas: i, device: d, fault: fault, pasid: p, dirtyTracking: dirty)
-            label = "HWPT_ALLOC \(n) on \(i)\(fault.map { " with fault \($0)" } ?? "")"
+            if let pf = m.optional("parent") {
+                let parent = try objectRef(pf, kinds: ["hwpt"], what: "nest parent HWPT")
+                let g = try objectRef(try m.required("guest-table", "the guest table (from guest-table) of a nested HWPT"), kinds: ["guest-table"], what: "guest table")
+                a = .hwptAlloc(name: n, on: parent, device: d, fault: fault, pasid: p, dirtyTracking: false, nestParent: false, guestTable: g)
+                label = "HWPT_ALLOC \(n) nested on \(parent) over \(g)"
+            } else {
+                let i = try objectRef(try m.required("ioas", "an IOAS (or parent: a nest parent HWPT)"), kinds: ["ioas"], what: "IOAS")
+                let dirty = try m.optional("dirty-tracking")?.bool() ?? false
+                let np = try m.optional("nest-parent")?.bool() ?? false
+                a = .hwptAlloc(name: n, on: i, device: d, fault: fault, pasid: p, dirtyTracking: dirty, nestParent: np, guestTable: nil)
+                label = "HWPT_ALLOC \(n) on \(i)\(np ? " (nest parent)" : "")\(fault.map { " with fault \($0)" } ?? "")"
+            }
+        case "guest-table":
+            let n = try name("the guest table's name")
+            let r = try nameRef(try m.required("region", "guest RAM holding the table (from mmap)"), in: regionNames, what: "region", from: "mmap")
+            let gpa = try m.required("gpa", "where the VMM maps the region in guest-physical space").unsigned(in: 0...(1 << 52))
+            if gpa & 0xFFF != 0 { throw m.field.error("gpa must be 4 KiB aligned") }
+            let tp = try m.optional("table-pages")?.int(in: 1...4096) ?? 16
+            let levels = try m.optional("levels")?.int(in: 4...5) ?? 4
+            a = .guestTable(name: n, region: r, gpa: gpa, tablePages: tp, levels: levels)
+            label = "the guest builds page table \(n) in \(r)"
+        case "guest-map", "guest-unmap":
+            let t = try objectRef(try m.required("table", "a guest table"), kinds: ["guest-table"], what: "guest table")
+            let gva = try m.required("gva", "the guest virtual (IO) address").unsigned(in: 0...((1 << 56) - 1))
+            if gva & 0xFFF != 0 { throw m.field.error("gva must be 4 KiB aligned") }
+            let n = try m.optional("pages")?.int(in: 1...(1 << 16)) ?? 1
+            if kind == "guest-map" {
+                let gpa = try m.required("gpa", "the guest-physical address").unsigned(in: 0...(1 << 52))
+                if gpa & 0xFFF != 0 { throw m.field.error("gpa must be 4 KiB aligned") }
+                let w = try m.optional("writable")?.bool() ?? true
+                a = .guestMap(table: t, gva: gva, gpa: gpa, pages: n, writable: w)
+                label = "the guest maps \(n) page(s) at GVA 0x\(String(gva, radix: 16)) to GPA 0x\(String(gpa, radix: 16)) in \(t)"
+            } else {
+                let inv = try m.optional("invalidate")?.bool() ?? true
+                a = .guestUnmap(table: t, gva: gva, pages: n, invalidate: inv)
+                label = "the guest unmaps \(n) page(s) at GVA 0x\(String(gva, radix: 16)) in \(t)\(inv ? "" : " without invalidating")"
+            }
         case "iommufd-attach", "iommufd-replace":
             let d = try dev()
             let t = try objectRef(try m.required("to", "a HWPT or an IOAS"), kinds: ["ioas", "hwpt"], what: "HWPT or IOAS")

@@ -300,8 +300,11 @@ struct ScenarioParser {
         throw f.error("no \(userOnly ? "user " : "")domain named '\(n)' (user domains come from alloc-domain actions\(userOnly ? "" : "; a device name means its default domain")); known: \(choices.joined(separator: ", "))")
     }
 
+    /// A PASID from alloc-pasid by name, or a PASID value (a VMM's guest picks its own, and
+    /// attaches it through iommufd): `#N`.
     func pasidRef(_ f: YAMLField) throws(ScenarioError) -> String {
         let n = try f.string()
+        if let v = UInt32(n), (1...0xFFFFF).contains(v) { return "#\(v)" }
         guard pasidNames.contains(n) else { throw f.error("no PASID named '\(n)' (PASIDs come from alloc-pasid actions)") }
         return n
     }

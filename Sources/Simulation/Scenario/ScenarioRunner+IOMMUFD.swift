@@ -84,17 +84,29 @@ extension ScenarioRunner {
                 }
                 note("\(label): 0x\(String(out.u64(16), radix: 16)) bytes")
             }
-        case .hwptAlloc(let name, let ioas, let d, let fault, let pasid, let dirty):
+        case .hwptAlloc(let name, let on, let d, let fault, let pasid, let dirty, let nestParent, let guestTable):
             step(label, line: line) { () throws(IOMMUError) in
-                let (c, ioasID) = try object(ioas)
+                let (c, ptID) = try object(on)
                 let (_, devID) = try boundID(d)
                 let faultID = try fault.map { (f) throws(IOMMUError) in try object(f).1 }
+                // A nested HWPT's iommu_hwpt_vtd_s1, in the VMM's memory for the call.
+                var data: (address: UInt64, process: Process)?
+                if let guestTable {
+                    guard let g = guestTables[guestTable] else { throw .notFound("guest table \(guestTable) was not built") }
+                    let s1 = VTdStage1Configuration(tableAddress: g.root, addressWidth: g.levels == 5 ? 57 : 48).bytes
+                    let address = try g.process.mmap(length: 4096, permissions: .readWrite)
+                    _ = s1.withUnsafeBytes { g.process.copyOut(to: address, from: $0) }
+                    data = (address, g.process)
+                }
+                defer { if let data { try? data.process.munmap(address: data.address, length: 4096) } }
                 let out = try ioctl(c, .hwptAlloc) { s in
                     s.set32(4, (pasid ? UAPI.hwptAllocPASID : 0) | (faultID != nil ? UAPI.hwptFaultIDValid : 0) |
-                               (dirty ? UAPI.hwptAllocDirtyTracking : 0))
-                    s.set32(8, devID); s.set32(12, ioasID); s.set32(40, faultID ?? 0)
+                               (dirty ? UAPI.hwptAllocDirtyTracking : 0) | (nestParent ? UAPI.hwptAllocNestParent : 0))
+                    s.set32(8, devID); s.set32(12, ptID); s.set32(40, faultID ?? 0)
+                    if let data { s.set32(24, UAPI.hwptDataVTdS1); s.set32(28, UInt32(VTdStage1Configuration.size)); s.set64(32, data.address) }
                 }
-                iommufdNames[name] = (iommufdNames[ioas]?.context ?? "", out.u32(16))
+                iommufdNames[name] = (iommufdNames[on]?.context ?? "", out.u32(16))
+                if let guestTable { guestTables[guestTable]?.hwpts.append(name) }
             }
         case .attach(let d, let target, let pasid), .replace(let d, let target, let pasid):
             var replace = false
@@ -158,6 +170,8 @@ extension ScenarioRunner {
         case .close(let cname):
             if let c = contexts[cname], !c.isClosed { closeContext(cname, c) }
             note(label)
+        case .guestTable, .guestMap, .guestUnmap:
+            performGuest(a, label: label, line: line)
         }
         checkIOASes()
     }

@@ -86,7 +86,7 @@ extension ScenarioRunner {
             note("\(spec.name) starts")
         } else if let st = streams[i] {
             if case .dma(let d) = spec.kind, let p = d.pasid {
-                guard let pasid = pasids[p] else {
+                guard let pasid = pasids[p] ?? (p.hasPrefix("#") ? UInt32(p.dropFirst()).map { PASID(truncating: $0) } : nil) else {
                     // The PASID was never allocated (its allocation failed in a sweep): nothing to run.
                     note("\(spec.name) not started: PASID \(p) is not allocated")
                     return

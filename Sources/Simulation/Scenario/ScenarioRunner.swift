@@ -42,6 +42,15 @@ public enum Breakage: String, CaseIterable, Sendable {
     /// A clearing dirty read does not flush the IOTLB (writes through cached translations
     /// with D set are lost to the next read).
     case dirtyClearWithoutFlush = "dirty-clear-without-flush"
+    /// The driver drops the guest's invalidations (HWPT_INVALIDATE on a nested HWPT does
+    /// nothing): guest unmaps leave nested translations cached.
+    case guestInvalidationDropped = "guest-invalidation-dropped"
+    /// A nest parent's flushes skip the nested children's tags: a host unmap of guest RAM
+    /// leaves nested translations of it cached.
+    case parentFlushSkipsNested = "parent-flush-skips-nested"
+    /// Unmap flushes set IH although they freed table pages: paging-structure caches keep
+    /// pointing at them and a walk goes through a freed page.
+    case hintAfterFreeingTables = "hint-after-freeing-tables"
 }
 
 /// Runs a `Scenario` on a fresh `Machine`: probes, runs timed actions and workloads in
@@ -117,6 +126,8 @@ public final class ScenarioRunner {
     var boundDevices: [Int: (context: String, id: UInt32)] = [:]
     var iommufdFaults: [String: FaultObject] = [:]
     var contextProcesses: [String: Process] = [:]
+    /// The guest's page tables (ScenarioRunner+Guest.swift).
+    var guestTables: [String: GuestPageTable] = [:]
     /// Pages reported by the dirty reads of the run.
     var dirtyPagesReported = 0
     var log: [(time: UInt64, text: String)] = []
@@ -310,6 +321,9 @@ public final class ScenarioRunner {
             case .deferredTablesFreedAtOnce: bugs.insert(.freeDeferredTablesAtOnce)
             case .partialsKeptAtTeardown: bugs.insert(.keepPartialsAtTeardown)
             case .dirtyClearWithoutFlush: bugs.insert(.dirtyClearWithoutFlush)
+            case .guestInvalidationDropped: bugs.insert(.dropGuestInvalidation)
+            case .parentFlushSkipsNested: bugs.insert(.parentFlushSkipsNested)
+            case .hintAfterFreeingTables: bugs.insert(.hintAfterFreeingTables)
             }
         }
         m.core.injectedBugs = bugs

@@ -20,8 +20,13 @@ struct TranslateReport {
                 ("cIotlbHitMeanNs", .double(r.cHit.mean)),
                 ("cWalkNs", .double(r.cWalk.p50)),
                 ("cWalkMeanNs", .double(r.cWalk.mean)),
+                ("nestedWalkNs", .double(r.swiftNested.p50)),
+                ("nestedWalkMeanNs", .double(r.swiftNested.mean)),
+                ("cNestedWalkNs", .double(r.cNested.p50)),
+                ("cNestedWalkMeanNs", .double(r.cNested.mean)),
                 ("hitSwiftToC", .double(hitRatio)),
                 ("walkSwiftToC", .double(walkRatio)),
+                ("nestedWalkSwiftToC", .double(r.nestedRatio)),
                 ("hitRunIOTLBHitRate", .double(rate(r.swiftHit))),
                 ("walkRunIOTLBHitRate", .double(rate(r.swiftWalk))),
             ]).render()
@@ -32,6 +37,7 @@ struct TranslateReport {
                                  p50      mean     C p50    C mean   Swift/C (p50)
           IOTLB hit          \(pad(f(r.swiftHit.p50)))\(pad(f(r.swiftHit.mean)))\(pad(f(r.cHit.p50)))\(pad(f(r.cHit.mean)))   \(f(hitRatio))x
           miss + 4-level walk\(pad(f(r.swiftWalk.p50)))\(pad(f(r.swiftWalk.mean)))\(pad(f(r.cWalk.p50)))\(pad(f(r.cWalk.mean)))   \(f(walkRatio))x
+          miss + nested walk \(pad(f(r.swiftNested.p50)))\(pad(f(r.swiftNested.mean)))\(pad(f(r.cNested.p50)))\(pad(f(r.cNested.mean)))   \(f(r.nestedRatio))x
           IOTLB hit rate: hit run \(f(rate(r.swiftHit) * 100))%, walk run \(f(rate(r.swiftWalk) * 100))%
         """
     }

@@ -52,6 +52,10 @@ final class VTdNestedDomain: VTdDMARDomain, @unchecked Sendable {
         parent.nestedChildren.append(.passUnretained(self))
     }
 
+    override var nestedStage1: NestedStage1? {
+        NestedStage1(parent: parent, tableAddress: stage1.tableAddress, levels: stage1.addressWidth == 57 ? 5 : 4)
+    }
+
     override var description: String { "domain \(id) (nested on \(parent.id))" }
 
     /// Linux `intel_pasid_setup_nested`'s checks (EINVAL), then the parent's compatibility
@@ -81,7 +85,7 @@ final class VTdNestedDomain: VTdDMARDomain, @unchecked Sendable {
                                firstStageTable: stage1.tableAddress, firstStageLevels: stage1.addressWidth == 57 ? 5 : 4,
                                supervisorRequests: sre, secondStageAD: parent.dirtyTrackingEnabled, pageWalkSnoop: true,
                                writeProtect: sre && stage1.flags & VTdStage1Configuration.writeProtect != 0,
-                               extendedAccessed: stage1.flags & VTdStage1Configuration.extendedAccessed != 0)
+                               extendedAccessedFlag: stage1.flags & VTdStage1Configuration.extendedAccessed != 0)
     }
 
     /// The parent's nesting tags follow this domain's own (Linux `cache_tag_assign_domain`

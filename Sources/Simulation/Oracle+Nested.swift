@@ -1,0 +1,147 @@
+import Platform
+import Formats
+import Hardware
+import Kernel
+
+/// Nested translations: what a device reaches through a nested domain must be the guest's
+/// first stage, read from the guest's tables in memory (every table address translated by
+/// the parent), composed with the parent's second stage as the oracle knows it (so a
+/// parent mapping being unmapped, deferred or abandoned still counts, as for any domain).
+/// A guest unmap allows the old translation only while it runs (its table write, then its
+/// invalidation through HWPT_INVALIDATE); a device reaching it after that is a
+/// `stale-translation`, and anything else the composition does not give is
+/// `nested-composition`.
+extension Oracle {
+    struct NestedState {
+        struct Stage1 { var parent: Int; var root: UInt64; var levels: Int }
+        /// Nested domain → its first stage.
+        var stage1: [Int: Stage1] = [:]
+        /// Per nested domain, GVA page → the translation a running guest unmap removes.
+        var unmapping: [Int: [UInt64: (gpa: UInt64, writable: Bool)]] = [:]
+        /// Per nested domain, GVA pages a running guest map is filling (faults expected).
+        var mapping: [Int: Set<UInt64>] = [:]
+        /// Per nested domain, translations guest unmaps removed (for reports), GVA page → GPA.
+        var removed: [Int: [UInt64: UInt64]] = [:]
+
+        mutating func forget(_ id: Int) {
+            stage1[id] = nil; unmapping[id] = nil; mapping[id] = nil; removed[id] = nil
+        }
+    }
+
+    func noteNested(_ d: IOMMUDomain) {
+        guard nested.stage1[d.id] == nil, let s = d.nestedStage1 else { return }
+        nested.stage1[d.id] = NestedState.Stage1(parent: s.parent.id, root: s.tableAddress, levels: s.levels)
+    }
+
+    /// The guest's translation of `gva`, walking its tables as they are in memory now: the
+    /// GPA and whether every level allows writes; nil where the walk ends in a hole,
+    /// reserved bits, or a table page the parent does not map.
+    func guestTranslation(_ s: NestedState.Stage1, _ gva: UInt64) -> (gpa: UInt64, writable: Bool)? {
+        var table = s.root
+        var level = s.levels
+        var writable = true
+        let mask = PageTableGeometry.addressMask(width: 52)
+        while level >= 1 {
+            let entry = table &+ PageTableGeometry.index(gva, level: level) * 8
+            guard let r = shadows[s.parent]?.lookup(entry), r.permissions.contains(.read),
+                  let raw = try? platform.memory.load64(r.physical &+ (entry &- r.start)) else { return nil }
+            let e = FirstStageFormat.decode(raw, level: level, addressMask: mask)
+            guard e.present, !e.reserved else { return nil }
+            if !e.permissions.contains(.write) { writable = false }
+            if e.leaf {
+                let span = PageTableGeometry.span(level: level)
+                return ((e.address & ~(span - 1)) | (gva & (span - 1)), writable)
+            }
+            table = e.address
+            level -= 1
+        }
+        return nil
+    }
+
+    func permitsNested(_ id: Int, iova: UInt64, physical: UInt64, access: DMAAccess) -> Bool {
+        guard let s = nested.stage1[id] else { return false }
+        let write = access.contains(.write)
+        var candidates: [(gpa: UInt64, writable: Bool)] = []
+        if let t = guestTranslation(s, iova) { candidates.append(t) }
+        if let old = nested.unmapping[id]?[iova >> 12] { candidates.append((old.gpa | (iova & 0xFFF), old.writable)) }
+        for c in candidates where c.writable || !write {
+            if permits(.paging(s.parent), iova: c.gpa, physical: physical, access: access) { return true }
+        }
+        return false
+    }
+
+    /// Where the nested domain settles `iova` for `access`: the guest's translation (not
+    /// being changed) composed with the parent's settled mapping; nil when either refuses.
+    func nestedSettledTarget(_ id: Int, iova: UInt64, access: DMAAccess) -> UInt64? {
+        guard let s = nested.stage1[id] else { return nil }
+        let page = iova >> 12
+        if nested.unmapping[id]?[page] != nil || nested.mapping[id]?.contains(page) == true { return nil }
+        guard let t = guestTranslation(s, iova), t.writable || !access.contains(.write) else { return nil }
+        return settledTarget(.paging(s.parent), iova: t.gpa, access: access)
+    }
+
+    /// Whether `physical` is what `iova` gave before a guest unmap, or what the guest's GPA
+    /// gave before the parent unmapped it: a stale translation rather than a wrong one.
+    func nestedStale(_ id: Int, iova: UInt64, physical: UInt64) -> Bool {
+        guard let s = nested.stage1[id] else { return false }
+        var gpas: [UInt64] = []
+        if let g = nested.removed[id]?[iova >> 12] { gpas.append(g | (iova & 0xFFF)) }
+        if let t = guestTranslation(s, iova) { gpas.append(t.gpa) }
+        for g in gpas {
+            if let r = shadows[s.parent]?.lookup(g), r.physical &+ (g - r.start) == physical { return true }
+            if let r = graveyards[s.parent]?.lookup(g), r.physical &+ (g - r.start) == physical { return true }
+        }
+        return false
+    }
+
+    /// A write through a nested domain dirties the parent's guest-physical page.
+    func noteNestedDirtyWrite(_ id: Int, address: UInt64, length: UInt64) {
+        guard let s = nested.stage1[id], let t = guestTranslation(s, address) else { return }
+        noteDirtyWrite(domain: s.parent, address: t.gpa, length: length)
+    }
+
+    // MARK: The guest's side (the scenario's guest role tells what it is about to change)
+
+    /// A guest unmap of `pages` pages from `gva` begins: until it ends, the translations the
+    /// guest tables give now stay permitted.
+    public func guestUnmapBegan(_ domain: IOMMUDomain, gva: UInt64, pages: Int) {
+        noteNested(domain)
+        guard let s = nested.stage1[domain.id] else { return }
+        generation &+= 1
+        var u = nested.unmapping[domain.id] ?? [:]
+        for i in 0..<UInt64(pages) {
+            let page = (gva >> 12) &+ i
+            if let t = guestTranslation(s, page << 12) { u[page] = (t.gpa & ~0xFFF, t.writable) }
+        }
+        nested.unmapping[domain.id] = u
+    }
+
+    /// The guest unmap ended (its invalidation returned, or it skipped one): the old
+    /// translations are no longer permitted.
+    public func guestUnmapEnded(_ domain: IOMMUDomain, gva: UInt64, pages: Int) {
+        generation &+= 1
+        for i in 0..<UInt64(pages) {
+            let page = (gva >> 12) &+ i
+            if let old = nested.unmapping[domain.id]?.removeValue(forKey: page) {
+                nested.removed[domain.id, default: [:]][page] = old.gpa
+            }
+        }
+    }
+
+    /// A guest map of `pages` pages from `gva` begins or ends: faults there are expected
+    /// while it runs.
+    public func guestMapBegan(_ domain: IOMMUDomain, gva: UInt64, pages: Int) {
+        noteNested(domain)
+        generation &+= 1
+        for i in 0..<UInt64(pages) { nested.mapping[domain.id, default: []].insert((gva >> 12) &+ i) }
+    }
+
+    public func guestMapEnded(_ domain: IOMMUDomain, gva: UInt64, pages: Int) {
+        generation &+= 1
+        for i in 0..<UInt64(pages) {
+            let page = (gva >> 12) &+ i
+            nested.mapping[domain.id]?.remove(page)
+            nested.removed[domain.id]?[page] = nil
+        }
+    }
+}

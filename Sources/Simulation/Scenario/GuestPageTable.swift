@@ -1,0 +1,86 @@
+import Platform
+import Formats
+import Kernel
+
+/// A guest's own first-stage page table (x86-64 format, 4 or 5 levels), in its RAM: a region
+/// of the VMM process that the VMM maps into an IOAS at `gpaBase`, so every table page has a
+/// guest-physical address (what the entries hold, and what the nested HWPT's `pgtbl_addr`
+/// names) and a VMM virtual address (where the guest, played by the scenario, writes it).
+/// Table pages come from the first `tablePages` pages of the region; tables are kept once
+/// made, as a guest driver's would be for a long-lived mapping.
+final class GuestPageTable {
+    let region: String
+    let process: Process
+    let va: UInt64
+    let gpaBase: UInt64
+    let levels: Int
+    let root: UInt64
+    private var nextTable: UInt64
+    private let tableLimit: UInt64
+    /// The nested HWPTs built on this table (their invalidations follow the guest's unmaps).
+    var hwpts: [String] = []
+
+    init(region: String, process: Process, va: UInt64, gpaBase: UInt64, tablePages: Int, levels: Int) throws(IOMMUError) {
+        self.region = region; self.process = process; self.va = va; self.gpaBase = gpaBase; self.levels = levels
+        root = gpaBase
+        nextTable = gpaBase + 4096
+        tableLimit = gpaBase + UInt64(tablePages) * 4096
+        let zeros = [UInt8](repeating: 0, count: 4096)
+        for i in 0..<UInt64(tablePages) {
+            let ok = zeros.withUnsafeBytes { process.copyOut(to: va + i * 4096, from: $0) }
+            guard ok else { throw .invalidArgument("guest RAM at 0x\(String(va + i * 4096, radix: 16)) is not writable") }
+        }
+    }
+
+    func read(_ gpa: UInt64) -> UInt64? {
+        var v: UInt64 = 0
+        let ok = withUnsafeMutableBytes(of: &v) { process.copyIn(from: va &+ (gpa &- gpaBase), into: $0) }
+        return ok ? v : nil
+    }
+
+    func write(_ gpa: UInt64, _ value: UInt64) throws(IOMMUError) {
+        var v = value
+        let ok = withUnsafeBytes(of: &v) { process.copyOut(to: va &+ (gpa &- gpaBase), from: $0) }
+        guard ok else { throw .invalidArgument("guest page-table write at GPA 0x\(String(gpa, radix: 16)) failed") }
+    }
+
+    /// Maps one 4 KiB page (present, user, writable when asked), making tables on the way.
+    func map(gva: UInt64, gpa: UInt64, writable: Bool) throws(IOMMUError) {
+        var table = root
+        var level = levels
+        while level > 1 {
+            let slot = table + PageTableGeometry.index(gva, level: level) * 8
+            guard let raw = read(slot) else { throw .invalidArgument("guest table at GPA 0x\(String(table, radix: 16)) is unreadable") }
+            if raw & FirstStageFormat.p != 0 {
+                guard raw & FirstStageFormat.ps == 0 else { throw .exists("GVA 0x\(String(gva, radix: 16)) is in a guest superpage") }
+                table = raw & 0x000F_FFFF_FFFF_F000
+            } else {
+                guard nextTable < tableLimit else { throw .noMemory("the guest's page-table pages") }
+                let next = nextTable
+                nextTable += 4096
+                try write(slot, FirstStageFormat.table(address: next))
+                table = next
+            }
+            level -= 1
+        }
+        let slot = table + PageTableGeometry.index(gva, level: 1) * 8
+        try write(slot, FirstStageFormat.leaf(address: gpa, permissions: writable ? [.read, .write, .user, .execute] : [.read, .user, .execute], level: 1))
+    }
+
+    /// Clears the leaf of one page; false when it was not mapped.
+    @discardableResult
+    func unmap(gva: UInt64) throws(IOMMUError) -> Bool {
+        var table = root
+        var level = levels
+        while level > 1 {
+            guard let raw = read(table + PageTableGeometry.index(gva, level: level) * 8), raw & FirstStageFormat.p != 0,
+                  raw & FirstStageFormat.ps == 0 else { return false }
+            table = raw & 0x000F_FFFF_FFFF_F000
+            level -= 1
+        }
+        let slot = table + PageTableGeometry.index(gva, level: 1) * 8
+        guard let raw = read(slot), raw & FirstStageFormat.p != 0 else { return false }
+        try write(slot, 0)
+        return true
+    }
+}
