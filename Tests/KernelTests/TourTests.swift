@@ -50,6 +50,20 @@ struct TourRunTests {
         #expect(!r1.log.isEmpty)
     }
 
+    @Test("the tour on second-stage domains (paging-stage: second) finds no violation and replaces with a 128-bit exchange", arguments: 1...3 as ClosedRange<UInt64>)
+    func secondStage(seed: UInt64) throws {
+        let text = try #require(BuiltinScenarios.text(named: "tour"))
+        let yaml = text.replacingOccurrences(of: "machine:\n", with: "machine:\n  paging-stage: second\n")
+        #expect(yaml != text)
+        let s = try ScenarioLoader.load(yaml: yaml, file: "tour-second-stage.yaml")
+        #expect(s.machine.pagingStage == .second)
+        let r = try ScenarioRunner(scenario: s, options: .init(seed: seed)).run().result
+        #expect(r.violationCount == 0, "\(r.violations)")
+        #expect(r.framesLeft == 0)
+        let cx = r.updatePaths.first { $0.0 == UpdatePath.compareExchange128.rawValue }?.1 ?? 0
+        #expect(cx >= 1, "\(r.updatePaths)")
+    }
+
     @Test("different seeds take different interleavings")
     func seedsDiffer() throws {
         let a = try tour(1)

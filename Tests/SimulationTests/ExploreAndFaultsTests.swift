@@ -124,6 +124,18 @@ struct OracleStrengthTests {
         // A clearing dirty read leaves translations cached with D set: the device's next write
         // to such a page sets no D, and the next pass misses it.
         (.dirtyClearWithoutFlush, "vmm-dirty", ["dirty-write-missed"], "a dirty read that does not flush the IOTLB"),
+        // The same in a live migration whose devices write directly and through a guest's
+        // first stage (dirty bits in the nest parent).
+        (.dirtyClearWithoutFlush, "live-migration", ["dirty-write-missed"], "a dirty read without its flush during a migration"),
+        // The driver drops the guest's forwarded invalidations: a guest remap under traffic
+        // leaves the old nested translation cached, used after the guest's unmap returned.
+        (.guestInvalidationDropped, "vmm-nested", ["stale-translation"], "a dropped guest invalidation"),
+        // The host replaces part of the parent's mappings; the parent's flush skips the nested
+        // DIDs, so nested translations through the old guest-RAM pages stay cached.
+        (.parentFlushSkipsNested, "vmm-nested", ["stale-translation"], "a parent unmap that skips the nested children's tags"),
+        // Unmaps that free table pages flush with IH set: the paging-structure caches keep
+        // entries pointing at the freed pages, and the next miss walks through one.
+        (.hintAfterFreeingTables, "table-churn", ["walk-through-freed-table"], "an IH flush after freeing table pages"),
     ]
 
     @Test("each broken behaviour is caught in seeds 1...3", arguments: OracleStrengthTests.cases.indices)

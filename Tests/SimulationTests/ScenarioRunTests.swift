@@ -12,7 +12,7 @@ func runScenario(_ s: Scenario, seed: UInt64 = 1, configure: (inout ScenarioRunn
 
 @Suite("ScenarioRuns: scenarios run their actions and workloads, tear down cleanly and check expectations")
 struct ScenarioRunTests {
-    @Test("every built-in scenario runs without violations, meets its expectations and leaves nothing", arguments: ["did-reuse", "replace-storm", "pasid-detach", "table-churn", "dma32", "ats-churn", "vmm-replace", "vmm-faults", "vmm-dirty"])
+    @Test("every built-in scenario runs without violations, meets its expectations and leaves nothing", arguments: ["did-reuse", "replace-storm", "pasid-detach", "table-churn", "dma32", "ats-churn", "vmm-replace", "vmm-faults", "vmm-dirty", "vmm-nested", "live-migration"])
     func builtinClean(name: String) throws {
         let s = try BuiltinScenarios.load(name)
         for seed: UInt64 in 1...2 {
