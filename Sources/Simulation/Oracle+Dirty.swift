@@ -30,6 +30,15 @@ extension Oracle {
         }
     }
 
+    /// A failed clearing read (its flush timed out) may leave cached translations that no
+    /// longer set D: the VMM was told and must restart tracking (a migration aborts), so the
+    /// domain is not judged until tracking is turned on again.
+    public func dirtyReadFailed(_ domain: IOMMUDomain, cleared: Bool) {
+        checks &+= 1
+        guard cleared else { dirty[domain.id]?.readBegan = nil; return }
+        dirty[domain.id] = nil
+    }
+
     public func dirtyTrackingChanged(_ domain: IOMMUDomain, enabled: Bool) {
         checks &+= 1
         dirty[domain.id] = enabled ? DirtyState() : nil

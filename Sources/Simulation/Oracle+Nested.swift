@@ -22,9 +22,13 @@ extension Oracle {
         var mapping: [Int: Set<UInt64>] = [:]
         /// Per nested domain, translations guest unmaps removed (for reports), GVA page → GPA.
         var removed: [Int: [UInt64: UInt64]] = [:]
+        /// Per nested domain, translations whose guest unmap could not invalidate (the
+        /// forwarded HWPT_INVALIDATE failed): the unit may use them until a later
+        /// invalidation of the page succeeds.
+        var abandoned: [Int: [UInt64: (gpa: UInt64, writable: Bool)]] = [:]
 
         mutating func forget(_ id: Int) {
-            stage1[id] = nil; unmapping[id] = nil; mapping[id] = nil; removed[id] = nil
+            stage1[id] = nil; unmapping[id] = nil; mapping[id] = nil; removed[id] = nil; abandoned[id] = nil
         }
     }
 
@@ -58,16 +62,24 @@ extension Oracle {
         return nil
     }
 
-    func permitsNested(_ id: Int, iova: UInt64, physical: UInt64, access: DMAAccess) -> Bool {
-        guard let s = nested.stage1[id] else { return false }
+    /// The guest-physical address through which a nested access of `iova` can reach
+    /// `physical`: the guest's translation now, or one a guest unmap is removing or could
+    /// not invalidate, composed with what the parent permits.
+    func nestedPath(_ id: Int, iova: UInt64, physical: UInt64, access: DMAAccess) -> UInt64? {
+        guard let s = nested.stage1[id] else { return nil }
         let write = access.contains(.write)
         var candidates: [(gpa: UInt64, writable: Bool)] = []
         if let t = guestTranslation(s, iova) { candidates.append(t) }
         if let old = nested.unmapping[id]?[iova >> 12] { candidates.append((old.gpa | (iova & 0xFFF), old.writable)) }
+        if let old = nested.abandoned[id]?[iova >> 12] { candidates.append((old.gpa | (iova & 0xFFF), old.writable)) }
         for c in candidates where c.writable || !write {
-            if permits(.paging(s.parent), iova: c.gpa, physical: physical, access: access) { return true }
+            if permits(.paging(s.parent), iova: c.gpa, physical: physical, access: access) { return c.gpa }
         }
-        return false
+        return nil
+    }
+
+    func permitsNested(_ id: Int, iova: UInt64, physical: UInt64, access: DMAAccess) -> Bool {
+        nestedPath(id, iova: iova, physical: physical, access: access) != nil
     }
 
     /// Where the nested domain settles `iova` for `access`: the guest's translation (not
@@ -94,10 +106,10 @@ extension Oracle {
         return false
     }
 
-    /// A write through a nested domain dirties the parent's guest-physical page.
-    func noteNestedDirtyWrite(_ id: Int, address: UInt64, length: UInt64) {
-        guard let s = nested.stage1[id], let t = guestTranslation(s, address) else { return }
-        noteDirtyWrite(domain: s.parent, address: t.gpa, length: length)
+    /// A write through a nested domain dirties the parent's guest-physical page it went through.
+    func noteNestedDirtyWrite(_ id: Int, address: UInt64, physical: UInt64, length: UInt64) {
+        guard let s = nested.stage1[id], let gpa = nestedPath(id, iova: address, physical: physical, access: .write) else { return }
+        noteDirtyWrite(domain: s.parent, address: gpa, length: length)
     }
 
     // MARK: The guest's side (the scenario's guest role tells what it is about to change)
@@ -116,14 +128,22 @@ extension Oracle {
         nested.unmapping[domain.id] = u
     }
 
-    /// The guest unmap ended (its invalidation returned, or it skipped one): the old
-    /// translations are no longer permitted.
-    public func guestUnmapEnded(_ domain: IOMMUDomain, gva: UInt64, pages: Int) {
+    /// The guest unmap ended. `invalidated`: its invalidation returned success, or the guest
+    /// skipped it (claiming it done): the old translations are no longer permitted. A
+    /// failed invalidation leaves them permitted until a later one of the page succeeds.
+    public func guestUnmapEnded(_ domain: IOMMUDomain, gva: UInt64, pages: Int, invalidated: Bool) {
         generation &+= 1
         for i in 0..<UInt64(pages) {
             let page = (gva >> 12) &+ i
-            if let old = nested.unmapping[domain.id]?.removeValue(forKey: page) {
+            guard let old = nested.unmapping[domain.id]?.removeValue(forKey: page) else {
+                if invalidated { nested.abandoned[domain.id]?[page] = nil }
+                continue
+            }
+            if invalidated {
                 nested.removed[domain.id, default: [:]][page] = old.gpa
+                nested.abandoned[domain.id]?[page] = nil
+            } else {
+                nested.abandoned[domain.id, default: [:]][page] = old
             }
         }
     }

@@ -229,10 +229,10 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     public override func check(unit: Int, _ a: DMAAccessRecord) {
         checks &+= 1
         let key = Self.key(unit: unit, rid: a.source, pasid: a.pasid?.rawValue ?? 0)
-        if !dirty.isEmpty, a.physical != nil, a.access.contains(.write) {
+        if !dirty.isEmpty, let pa = a.physical, a.access.contains(.write) {
             switch windows[key]?.current {
             case .paging(let id)?: noteDirtyWrite(domain: id, address: a.address, length: a.length)
-            case .nested(let id)?: noteNestedDirtyWrite(id, address: a.address, length: a.length)
+            case .nested(let id)?: noteNestedDirtyWrite(id, address: a.address, physical: pa, length: a.length)
             default: break
             }
         }
@@ -278,7 +278,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
             }
             if case .nested(let id) = c {
                 violate(nestedStale(id, iova: a.address, physical: pa) ? "stale-translation" : "nested-composition",
-                        "\(who) reached \(Self.hex(pa)) through IOVA \(Self.hex(a.address)) of nested domain \(id), which its guest table composed with its parent's does not give\(nestedStale(id, iova: a.address, physical: pa) ? " (a translation removed, and invalidated, before)" : "")")
+                        "\(who) reached \(Self.hex(pa)) through IOVA \(Self.hex(a.address)) of nested domain \(id), which its guest table composed with its parent's does not give\(nestedStale(id, iova: a.address, physical: pa) ? " (the translation before a guest or host unmap that has returned)" : "")")
                 return
             }
             violate("unpermitted-access", "\(who) reached \(Self.hex(pa)) at IOVA \(Self.hex(a.address)) (\(a.access.contains(.write) ? "write" : "read")), which its domain does not map there")

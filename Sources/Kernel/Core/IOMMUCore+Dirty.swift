@@ -23,9 +23,14 @@ extension IOMMUCore {
         guard let observer, let record else { return try domain.readAndClearDirty(iova: iova, size: size, clear: clear, record) }
         observer.dirtyReadBegan(domain)
         var reported: [(UInt64, UInt64)] = []
-        try domain.readAndClearDirty(iova: iova, size: size, clear: clear) { start, length in
-            reported.append((start, length))
-            record(start, length)
+        do {
+            try domain.readAndClearDirty(iova: iova, size: size, clear: clear) { start, length in
+                reported.append((start, length))
+                record(start, length)
+            }
+        } catch {
+            observer.dirtyReadFailed(domain, cleared: clear)
+            throw error
         }
         observer.dirtyReadEnded(domain, iova: iova, size: size, cleared: clear, reported: reported)
     }

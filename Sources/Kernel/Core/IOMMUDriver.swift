@@ -134,6 +134,9 @@ public protocol KernelObserver: AnyObject {
     /// That read over [iova, iova + size) ended, reporting `reported` leaves as (IOVA, size),
     /// clearing them if `cleared`.
     func dirtyReadEnded(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, cleared: Bool, reported: [(UInt64, UInt64)])
+    /// A dirty read failed (its IOTLB flush did not complete): D bits it cleared may not be
+    /// set again by writes through translations still cached, and the caller was told.
+    func dirtyReadFailed(_ domain: IOMMUDomain, cleared: Bool)
     /// A driver reported a page request of `device` to the core.
     func pageFaultReported(_ device: Device, _ fault: PageFault)
     /// The core sent the response for the group `fault` ends.
@@ -163,6 +166,7 @@ extension KernelObserver {
     public func dirtyTrackingChanged(_ domain: IOMMUDomain, enabled: Bool) {}
     public func dirtyReadBegan(_ domain: IOMMUDomain) {}
     public func dirtyReadEnded(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, cleared: Bool, reported: [(UInt64, UInt64)]) {}
+    public func dirtyReadFailed(_ domain: IOMMUDomain, cleared: Bool) {}
     public func pageResponseSent(_ device: Device, _ fault: PageFault, _ code: PageResponseCode) {}
 }
 
