@@ -38,12 +38,13 @@ extension Oracle {
     }
 
     /// The guest's translation of `gva`, walking its tables as they are in memory now: the
-    /// GPA and whether every level allows writes; nil where the walk ends in a hole,
-    /// reserved bits, or a table page the parent does not map.
-    func guestTranslation(_ s: NestedState.Stage1, _ gva: UInt64) -> (gpa: UInt64, writable: Bool)? {
+    /// GPA, whether every level allows writes, and whether every level allows user (not
+    /// privileged) requests (U/S); nil where the walk ends in a hole, reserved bits, or a
+    /// table page the parent does not map.
+    func guestTranslation(_ s: NestedState.Stage1, _ gva: UInt64) -> (gpa: UInt64, writable: Bool, user: Bool)? {
         var table = s.root
         var level = s.levels
-        var writable = true
+        var writable = true, user = true
         let mask = PageTableGeometry.addressMask(width: 52)
         while level >= 1 {
             let entry = table &+ PageTableGeometry.index(gva, level: level) * 8
@@ -52,9 +53,10 @@ extension Oracle {
             let e = FirstStageFormat.decode(raw, level: level, addressMask: mask)
             guard e.present, !e.reserved else { return nil }
             if !e.permissions.contains(.write) { writable = false }
+            if !e.permissions.contains(.user) { user = false }
             if e.leaf {
                 let span = PageTableGeometry.span(level: level)
-                return ((e.address & ~(span - 1)) | (gva & (span - 1)), writable)
+                return ((e.address & ~(span - 1)) | (gva & (span - 1)), writable, user)
             }
             table = e.address
             level -= 1
@@ -69,7 +71,7 @@ extension Oracle {
         guard let s = nested.stage1[id] else { return nil }
         let write = access.contains(.write)
         var candidates: [(gpa: UInt64, writable: Bool)] = []
-        if let t = guestTranslation(s, iova) { candidates.append(t) }
+        if let t = guestTranslation(s, iova) { candidates.append((t.gpa, t.writable)) }
         if let old = nested.unmapping[id]?[iova >> 12] { candidates.append((old.gpa | (iova & 0xFFF), old.writable)) }
         if let old = nested.abandoned[id]?[iova >> 12] { candidates.append((old.gpa | (iova & 0xFFF), old.writable)) }
         for c in candidates where c.writable || !write {
@@ -88,7 +90,9 @@ extension Oracle {
         guard let s = nested.stage1[id] else { return nil }
         let page = iova >> 12
         if nested.unmapping[id]?[page] != nil || nested.mapping[id]?.contains(page) == true { return nil }
-        guard let t = guestTranslation(s, iova), t.writable || !access.contains(.write) else { return nil }
+        // A user request (every request without PASID, or without PMR) needs U/S at every level.
+        guard let t = guestTranslation(s, iova), t.writable || !access.contains(.write),
+              t.user || access.contains(.privileged) else { return nil }
         return settledTarget(.paging(s.parent), iova: t.gpa, access: access)
     }
 

@@ -43,12 +43,15 @@ extension IOMMUFDContext {
             guard !parent.isAutoDomain, parent.isNestParent, parent.domain.owner == ObjectIdentifier(dev.device.driver) else {
                 throw Errno.inval("\(parent) cannot be a nesting parent")
             }
-            // The driver answers for the data type first, then its struct is copied: a longer
-            // one is EINVAL (Linux iommu_copy_struct_from_user in domain_alloc_nested).
+            // The driver answers for the data type first, then its struct is copied as Linux
+            // iommu_copy_struct_from_user does in domain_alloc_nested: shorter than the struct
+            // is EINVAL before anything is read; a longer one is copy_struct_from_user's, whose
+            // trailing bytes must be zero (E2BIG) and are checked before the struct is copied.
             let size = dev.device.driver.nestedDataSize(for: dev.device, dataType: dataType)
             guard size > 0 else { throw Errno.notsupp("\(dev.device.driver.name) takes no nested data of type \(dataType)") }
-            guard Int(dataLength) <= size else { throw Errno.inval("data_len \(dataLength) is longer than the driver's \(size)-byte struct") }
-            let data = try readBlob(a.u64(32), Int(dataLength))
+            guard Int(dataLength) >= size else { throw Errno.inval("data_len \(dataLength) is shorter than the driver's \(size)-byte struct") }
+            if Int(dataLength) > size { try checkZeroTail(a.u64(32) &+ UInt64(size), Int(dataLength) - size) }
+            let data = try copyIn(a.u64(32), count: size)
             var df: DomainFlags = []
             if flags & UAPI.hwptAllocPASID != 0 { df.insert(.pasid) }
             let domain: IOMMUDomain
@@ -80,15 +83,6 @@ extension IOMMUFDContext {
     }
 
     static let zeros = [UInt8](repeating: 0, count: 4096)
-
-    /// The largest driver blob any driver takes (Linux bounds each by its struct's size).
-    static let maxBlob = 4096
-
-    /// Copies a driver blob from user memory (EFAULT); longer than any driver struct: EINVAL.
-    func readBlob(_ address: UInt64, _ length: Int) throws(Errno) -> [UInt8] {
-        guard length <= Self.maxBlob else { throw Errno.inval("driver data of \(length) bytes is longer than any driver's struct") }
-        return try copyIn(address, count: length)
-    }
 
     /// IOMMU_GET_HW_INFO: {size, flags @4, dev_id @8, data_len @12 (in/out), data_uptr @16,
     /// in/out_data_type @24, out_max_pasid_log2 @28 (u8), __reserved[3] @29,

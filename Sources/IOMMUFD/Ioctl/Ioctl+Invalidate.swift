@@ -31,8 +31,9 @@ extension IOMMUFDContext {
             let address = base &+ UInt64(processed) &* UInt64(entryLength)
             do throws(Errno) {
                 guard entryLength >= size else { throw Errno.inval("entry_len \(entryLength) is shorter than the \(size)-byte entry") }
-                let entry = try copyIn(address, count: size)
+                // copy_struct_from_user checks the trailing bytes before it copies the struct.
                 if entryLength > size { try checkZeroTail(address &+ UInt64(size), entryLength - size) }
+                let entry = try copyIn(address, count: size)
                 do throws(IOMMUError) { try domain.cacheInvalidateUser(entry: entry) } catch { throw Errno(error) }
             } catch {
                 a.set32(24, processed)
@@ -50,7 +51,8 @@ extension IOMMUFDContext {
     func checkZeroTail(_ address: UInt64, _ count: Int) throws(Errno) {
         var at = 0
         while at < count {
-            let n = min(count - at, 4096)
+            // Page by page: a non-zero byte before an unreadable page is E2BIG, not EFAULT.
+            let n = min(count - at, 4096 - Int((address &+ UInt64(at)) & 0xFFF))
             let bytes = try copyIn(address &+ UInt64(at), count: n)
             if let i = bytes.firstIndex(where: { $0 != 0 }) {
                 throw Errno(Errno.E2BIG, "byte \(at + i) past the \(count)-byte entry's struct is not zero")
