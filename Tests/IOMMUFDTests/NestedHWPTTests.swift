@@ -111,9 +111,12 @@ final class NestedVMM {
     func guestUnmap(_ nested: UInt32, gva: UInt64, invalidate: Bool) throws -> (rc: Int32, done: UInt32)? {
         let domain = try #require((rig.ctx.object(nested) as? HWPTNested)?.domain)
         oracle.guestUnmapBegan(domain, gva: gva, pages: 1)
-        defer { oracle.guestUnmapEnded(domain, gva: gva, pages: 1) }
         #expect(try guest.unmap(gva: gva))
-        return invalidate ? self.invalidate(nested, entries: [Self.entry(addr: gva, pages: 1)]) : nil
+        // A skipped invalidation is the guest claiming it done; a failed one leaves the old
+        // translation permitted.
+        let result = invalidate ? self.invalidate(nested, entries: [Self.entry(addr: gva, pages: 1)]) : nil
+        oracle.guestUnmapEnded(domain, gva: gva, pages: 1, invalidated: result.map { $0.rc == 0 } ?? true)
+        return result
     }
 }
 

@@ -79,7 +79,9 @@ struct DMAMapBenchmark {
         let go = Atomic<Bool>(false)
         let results = Mutex<[(Samples, Samples, Int, String?)]>([])
         let durationNs = UInt64(o.seconds * 1e9)
+        // IOTLB descriptors of either kind: type 2 (second-stage domains) and PASID-based (first stage).
         let descriptorsBefore = unit.counters.descriptorsByType[Int(InvalidationDescriptor.iotlbType)]
+            + unit.counters.descriptorsByType[Int(InvalidationDescriptor.pasidIOTLBType)]
         let samplesPerThread = 1 << 20
         let allStarted = runOnThreads(o.threads + 1) { index in
             if index == o.threads {
@@ -127,7 +129,8 @@ struct DMAMapBenchmark {
         var pairs = 0
         for r in all { map.merge(r.0); unmap.merge(r.1); pairs += r.2 }
         let stats = cookie.statistics
-        let descriptors = unit.counters.descriptorsByType[Int(InvalidationDescriptor.iotlbType)] - descriptorsBefore
+        let descriptors = unit.counters.descriptorsByType[Int(InvalidationDescriptor.iotlbType)]
+            + unit.counters.descriptorsByType[Int(InvalidationDescriptor.pasidIOTLBType)] - descriptorsBefore
         // Tear down (the flush queue stops acting, so a pending real timer finds nothing to
         // do); the platform stays in real-thread mode for any timer still in flight.
         try? core.release(device)
