@@ -63,6 +63,20 @@ class VTdDMARDomain: VTdDomain, @unchecked Sendable {
     func tagsAssigned(unit: Int, did: DomainID, pasid: UInt32, device: Device) {}
     func tagsUnassigned(unit: Int, did: DomainID, pasid: UInt32, device: Device) {}
 
+    // MARK: Flushes (VTdDMARDomain+Flush.swift)
+
+    /// The flush of an unmap (Linux `intel_iommu_tlb_sync`); IH as `flushHint` says.
+    override func iotlbSync(_ gather: inout UnmapGather) throws(IOMMUError) {
+        if gather.start < gather.end {
+            try flushRange(start: gather.start, end: gather.end - 1, hint: flushHint(gather))
+        }
+    }
+
+    /// Linux `intel_flush_iotlb_all`.
+    override func flushAll() throws(IOMMUError) {
+        try flushRange(start: 0, end: .max, hint: false)
+    }
+
     // MARK: Attach
 
     /// Points (`device`, `pasid`) at this domain: take a DID reference on the unit, program

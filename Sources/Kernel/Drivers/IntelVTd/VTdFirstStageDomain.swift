@@ -59,16 +59,6 @@ final class VTdFirstStageDomain: VTdDMARDomain, @unchecked Sendable {
         pageTable.domainUnmap(iova: iova, pageSize: pageSize, count: count, gather: &gather)
     }
 
-    override func iotlbSync(_ gather: inout UnmapGather) throws(IOMMUError) {
-        if gather.start < gather.end {
-            try flushRange(start: gather.start, end: gather.end - 1, hint: flushHint(gather))
-        }
-    }
-
-    override func flushAll() throws(IOMMUError) {
-        try flushRange(start: 0, end: .max, hint: false)
-    }
-
     override func iovaToPhys(_ iova: UInt64) -> UInt64? { pageTable.translate(iova)?.physical }
     override func mappedPageSize(_ iova: UInt64) -> UInt64? { pageTable.translate(iova)?.pageSize }
 

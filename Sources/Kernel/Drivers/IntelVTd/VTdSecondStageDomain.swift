@@ -65,21 +65,11 @@ final class VTdSecondStageDomain: VTdDMARDomain, @unchecked Sendable {
         pageTable.domainUnmap(iova: iova, pageSize: pageSize, count: count, gather: &gather)
     }
 
-    override func iotlbSync(_ gather: inout UnmapGather) throws(IOMMUError) {
-        if gather.start < gather.end {
-            try flushRange(start: gather.start, end: gather.end - 1, hint: flushHint(gather))
-        }
-    }
-
     override func syncMap(iova: UInt64, size: UInt64) throws(IOMMUError) {
         // Caching-mode hardware may cache non-present second-stage entries: flush the new
         // range (Linux `cache_tag_flush_range_np`). Otherwise nothing is needed.
         guard cachingModeTags > 0 else { return }
         try flushRange(start: iova, end: iova + size - 1, hint: false)
-    }
-
-    override func flushAll() throws(IOMMUError) {
-        try flushRange(start: 0, end: .max, hint: false)
     }
 
     override func iovaToPhys(_ iova: UInt64) -> UInt64? { pageTable.translate(iova)?.physical }
