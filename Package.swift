@@ -3,6 +3,7 @@ import PackageDescription
 
 // Layers (bottom-up; a layer imports only layers below it):
 //   CIOMMUSupport (C atomics) -> Platform -> Formats -> Hardware -> Kernel -> IOMMUFD -> Simulation -> iommu-sim
+//   Simulation -> Preload (+ the CPreload shim): the LD_PRELOAD library, a dynamic product
 // CReference holds plain-C reference implementations used only by the benchmarks.
 // Release builds drop the runtime exclusivity checks (swift_beginAccess on every class-property
 // access that spans a call or crosses a module; about 15% of a `run`). Debug builds, which
@@ -19,6 +20,8 @@ let package = Package(
         .library(name: "IOMMUFD", targets: ["IOMMUFD"]),
         .library(name: "Simulation", targets: ["Simulation"]),
         .executable(name: "iommu-sim", targets: ["iommu-sim"]),
+        // LD_PRELOAD this into an unmodified program: it serves /dev/iommu (docs/architecture.md, "The C ABI").
+        .library(name: "IOMMUPreload", type: .dynamic, targets: ["Preload"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -38,6 +41,9 @@ let package = Package(
             resources: [.copy("Scenarios")],
             swiftSettings: releaseSettings
         ),
+        .target(name: "CPreload"),
+        .target(name: "Preload", dependencies: ["CPreload", "Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"],
+                swiftSettings: releaseSettings),
         .executableTarget(
             name: "iommu-sim",
             dependencies: [

@@ -32,7 +32,7 @@ extension IOMMUFDContext {
         if copied < kernelSize { (scratch + copied).initializeMemory(as: UInt8.self, repeating: 0, count: kernelSize - copied) }
         var a = IoctlArgument(base: scratch, kernelSize: kernelSize, userSize: size)
         var rc: Int32 = 0
-        do { try execute(command, &a) } catch { rc = fail(error) }
+        do { try executeCommand(command, &a) } catch { rc = fail(error) }
         if a.responded { user.copyMemory(from: scratch, byteCount: copied) }
         return rc
     }
@@ -53,7 +53,7 @@ extension IOMMUFDContext {
         return -e.code
     }
 
-    private func execute(_ c: IOMMUFDCommand, _ a: inout IoctlArgument) throws(Errno) {
+    func executeCommand(_ c: IOMMUFDCommand, _ a: inout IoctlArgument) throws(Errno) {
         guard !isClosed else { throw Errno(Errno.EBADF, "the context is closed") }
         switch c {
         case .destroy: try destroy(a.u32(4))

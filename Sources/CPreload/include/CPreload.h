@@ -1,0 +1,21 @@
+#ifndef CPRELOAD_H
+#define CPRELOAD_H
+
+/* The preload shim (preload.c) interposes libc's file calls and hands those on /dev/iommu to
+ * the Swift side of the library through these entry points (defined with @_cdecl in
+ * Sources/Preload). Each returns a result >= 0 or -errno. */
+
+/* Marks `fd` (a descriptor the shim reserved) as an iommufd file, or forgets it. */
+void swiftiommu_shim_mark(int fd, int ours);
+/* Whether the shim has been told `fd` is an iommufd file. */
+int swiftiommu_shim_is_ours(int fd);
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* copy_from_user / copy_to_user on this process: the whole `n` bytes or nothing reported
+ * (returns 1 on success, 0 when any byte is not accessible), never a fault. */
+int swiftiommu_copy_from_user(void *dst, uint64_t src, size_t n);
+int swiftiommu_copy_to_user(uint64_t dst, const void *src, size_t n);
+
+#endif

@@ -1,0 +1,166 @@
+/* The preload shim: interposes the libc entry points a program uses on /dev/iommu and hands
+ * those to the Swift side (Sources/Preload); everything else goes to the next definition
+ * (libc) unchanged. C does this part because ioctl and open are variadic and glibc's
+ * fortified variants (__open_2, __read_chk, ...) are plain C symbols.
+ *
+ * An iommufd file is a real descriptor (a memfd the shim creates), so descriptor numbers,
+ * dup-free close and O_CLOEXEC behave as the kernel's; the shim keeps one byte per
+ * descriptor saying whether it is one of ours (the only check non-iommufd calls pay). */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include "CPreload.h"
+
+/* The Swift side (weak: resolved within the same library). */
+extern int swiftiommu_open(int fd) __attribute__((weak));
+extern long swiftiommu_ioctl(int fd, unsigned long request, unsigned long arg) __attribute__((weak));
+extern int swiftiommu_close(int fd) __attribute__((weak));
+extern void swiftiommu_fork_child(void) __attribute__((weak));
+
+#define MAX_FDS 65536
+static unsigned char ours[MAX_FDS];
+
+void swiftiommu_shim_mark(int fd, int on) {
+    if (fd >= 0 && fd < MAX_FDS) __atomic_store_n(&ours[fd], on ? 1 : 0, __ATOMIC_RELEASE);
+}
+
+int swiftiommu_shim_is_ours(int fd) {
+    return fd >= 0 && fd < MAX_FDS && __atomic_load_n(&ours[fd], __ATOMIC_ACQUIRE);
+}
+
+static void *next(const char *name) { return dlsym(RTLD_NEXT, name); }
+
+#define REAL(ret, name, args) \
+    static ret (*real_##name) args; \
+    if (!real_##name) real_##name = (ret (*) args) next(#name);
+
+static int is_iommu_path(const char *path) {
+    if (!path) return 0;
+    return strcmp(path, "/dev/iommu") == 0;
+}
+
+static void child_after_fork(void) {
+    if (swiftiommu_fork_child) swiftiommu_fork_child();
+}
+
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static void register_fork(void) { pthread_atfork(NULL, NULL, child_after_fork); }
+
+/* Opens an iommufd file: a descriptor of our own, then the Swift context behind it. */
+static int open_iommu(int flags) {
+    if (!swiftiommu_open) { errno = ENODEV; return -1; }
+    pthread_once(&fork_once, register_fork);
+    int fd = memfd_create("iommufd", (flags & O_CLOEXEC) ? MFD_CLOEXEC : 0);
+    if (fd < 0) return -1;
+    if (fd >= MAX_FDS) { close(fd); errno = EMFILE; return -1; }
+    int rc = swiftiommu_open(fd);
+    if (rc < 0) {
+        REAL(int, close, (int));
+        real_close(fd);
+        errno = -rc;
+        return -1;
+    }
+    swiftiommu_shim_mark(fd, 1);
+    return fd;
+}
+
+static mode_t mode_arg(int flags, va_list ap) {
+    return (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+}
+
+int open(const char *path, int flags, ...) {
+    va_list ap; va_start(ap, flags); mode_t mode = mode_arg(flags, ap); va_end(ap);
+    if (is_iommu_path(path)) return open_iommu(flags);
+    REAL(int, open, (const char *, int, ...));
+    return real_open(path, flags, mode);
+}
+
+int open64(const char *path, int flags, ...) {
+    va_list ap; va_start(ap, flags); mode_t mode = mode_arg(flags, ap); va_end(ap);
+    if (is_iommu_path(path)) return open_iommu(flags);
+    REAL(int, open64, (const char *, int, ...));
+    return real_open64(path, flags, mode);
+}
+
+int openat(int dirfd, const char *path, int flags, ...) {
+    va_list ap; va_start(ap, flags); mode_t mode = mode_arg(flags, ap); va_end(ap);
+    if (is_iommu_path(path)) return open_iommu(flags);
+    REAL(int, openat, (int, const char *, int, ...));
+    return real_openat(dirfd, path, flags, mode);
+}
+
+int openat64(int dirfd, const char *path, int flags, ...) {
+    va_list ap; va_start(ap, flags); mode_t mode = mode_arg(flags, ap); va_end(ap);
+    if (is_iommu_path(path)) return open_iommu(flags);
+    REAL(int, openat64, (int, const char *, int, ...));
+    return real_openat64(dirfd, path, flags, mode);
+}
+
+/* glibc's fortified opens (_FORTIFY_SOURCE with a flags argument known at compile time). */
+int __open_2(const char *path, int flags) {
+    if (is_iommu_path(path)) return open_iommu(flags);
+    REAL(int, __open_2, (const char *, int));
+    return real___open_2(path, flags);
+}
+
+int __open64_2(const char *path, int flags) {
+    if (is_iommu_path(path)) return open_iommu(flags);
+    REAL(int, __open64_2, (const char *, int));
+    return real___open64_2(path, flags);
+}
+
+int __openat_2(int dirfd, const char *path, int flags) {
+    if (is_iommu_path(path)) return open_iommu(flags);
+    REAL(int, __openat_2, (int, const char *, int));
+    return real___openat_2(dirfd, path, flags);
+}
+
+int __openat64_2(int dirfd, const char *path, int flags) {
+    if (is_iommu_path(path)) return open_iommu(flags);
+    REAL(int, __openat64_2, (int, const char *, int));
+    return real___openat64_2(dirfd, path, flags);
+}
+
+int close(int fd) {
+    REAL(int, close, (int));
+    if (swiftiommu_shim_is_ours(fd)) {
+        swiftiommu_shim_mark(fd, 0);
+        if (swiftiommu_close) swiftiommu_close(fd);
+    }
+    return real_close(fd);
+}
+
+int ioctl(int fd, unsigned long request, ...) {
+    va_list ap; va_start(ap, request); unsigned long arg = va_arg(ap, unsigned long); va_end(ap);
+    if (swiftiommu_shim_is_ours(fd) && swiftiommu_ioctl) {
+        long rc = swiftiommu_ioctl(fd, request, arg);
+        if (rc < 0) { errno = (int)-rc; return -1; }
+        return (int)rc;
+    }
+    REAL(int, ioctl, (int, unsigned long, ...));
+    return real_ioctl(fd, request, arg);
+}
+
+/* Fault-safe copies: the kernel's process_vm_readv/writev on ourselves report an
+ * inaccessible byte as a short count (EFAULT), where a plain memcpy would fault. */
+int swiftiommu_copy_from_user(void *dst, uint64_t src, size_t n) {
+    if (n == 0) return 1;
+    struct iovec local = { dst, n }, remote = { (void *)(uintptr_t)src, n };
+    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)n;
+}
+
+int swiftiommu_copy_to_user(uint64_t dst, const void *src, size_t n) {
+    if (n == 0) return 1;
+    struct iovec local = { (void *)src, n }, remote = { (void *)(uintptr_t)dst, n };
+    return process_vm_writev(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)n;
+}
