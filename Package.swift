@@ -42,7 +42,7 @@ let package = Package(
             swiftSettings: releaseSettings
         ),
         .target(name: "CPreload"),
-        .target(name: "Preload", dependencies: ["CPreload", "Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"],
+        .target(name: "Preload", dependencies: ["CPreload", "CIOMMUSupport", "Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"],
                 swiftSettings: releaseSettings),
         .executableTarget(
             name: "iommu-sim",

@@ -22,7 +22,7 @@
 #include "CPreload.h"
 
 /* The Swift side (weak: resolved within the same library). */
-extern int swiftiommu_open(int fd) __attribute__((weak));
+extern int swiftiommu_open(int fd, const char *path) __attribute__((weak));
 extern long swiftiommu_ioctl(int fd, unsigned long request, unsigned long arg) __attribute__((weak));
 extern int swiftiommu_close(int fd) __attribute__((weak));
 extern void swiftiommu_fork_child(void) __attribute__((weak));
@@ -44,9 +44,10 @@ static void *next(const char *name) { return dlsym(RTLD_NEXT, name); }
     static ret (*real_##name) args; \
     if (!real_##name) real_##name = (ret (*) args) next(#name);
 
+/* The files the emulated machine serves: /dev/iommu and the VFIO device cdevs. */
 static int is_iommu_path(const char *path) {
     if (!path) return 0;
-    return strcmp(path, "/dev/iommu") == 0;
+    return strcmp(path, "/dev/iommu") == 0 || strncmp(path, "/dev/vfio/devices/vfio", 22) == 0;
 }
 
 static void child_after_fork(void) {
@@ -56,14 +57,14 @@ static void child_after_fork(void) {
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 static void register_fork(void) { pthread_atfork(NULL, NULL, child_after_fork); }
 
-/* Opens an iommufd file: a descriptor of our own, then the Swift context behind it. */
-static int open_iommu(int flags) {
+/* Opens one of our files: a descriptor of our own, then the Swift side behind it. */
+static int open_iommu_path(const char *path, int flags) {
     if (!swiftiommu_open) { errno = ENODEV; return -1; }
     pthread_once(&fork_once, register_fork);
-    int fd = memfd_create("iommufd", (flags & O_CLOEXEC) ? MFD_CLOEXEC : 0);
+    int fd = memfd_create(strncmp(path, "/dev/iommu", 10) == 0 ? "iommufd" : "vfio-device", (flags & O_CLOEXEC) ? MFD_CLOEXEC : 0);
     if (fd < 0) return -1;
     if (fd >= MAX_FDS) { close(fd); errno = EMFILE; return -1; }
-    int rc = swiftiommu_open(fd);
+    int rc = swiftiommu_open(fd, path);
     if (rc < 0) {
         REAL(int, close, (int));
         real_close(fd);
@@ -80,53 +81,53 @@ static mode_t mode_arg(int flags, va_list ap) {
 
 int open(const char *path, int flags, ...) {
     va_list ap; va_start(ap, flags); mode_t mode = mode_arg(flags, ap); va_end(ap);
-    if (is_iommu_path(path)) return open_iommu(flags);
+    if (is_iommu_path(path)) return open_iommu_path(path, flags);
     REAL(int, open, (const char *, int, ...));
     return real_open(path, flags, mode);
 }
 
 int open64(const char *path, int flags, ...) {
     va_list ap; va_start(ap, flags); mode_t mode = mode_arg(flags, ap); va_end(ap);
-    if (is_iommu_path(path)) return open_iommu(flags);
+    if (is_iommu_path(path)) return open_iommu_path(path, flags);
     REAL(int, open64, (const char *, int, ...));
     return real_open64(path, flags, mode);
 }
 
 int openat(int dirfd, const char *path, int flags, ...) {
     va_list ap; va_start(ap, flags); mode_t mode = mode_arg(flags, ap); va_end(ap);
-    if (is_iommu_path(path)) return open_iommu(flags);
+    if (is_iommu_path(path)) return open_iommu_path(path, flags);
     REAL(int, openat, (int, const char *, int, ...));
     return real_openat(dirfd, path, flags, mode);
 }
 
 int openat64(int dirfd, const char *path, int flags, ...) {
     va_list ap; va_start(ap, flags); mode_t mode = mode_arg(flags, ap); va_end(ap);
-    if (is_iommu_path(path)) return open_iommu(flags);
+    if (is_iommu_path(path)) return open_iommu_path(path, flags);
     REAL(int, openat64, (int, const char *, int, ...));
     return real_openat64(dirfd, path, flags, mode);
 }
 
 /* glibc's fortified opens (_FORTIFY_SOURCE with a flags argument known at compile time). */
 int __open_2(const char *path, int flags) {
-    if (is_iommu_path(path)) return open_iommu(flags);
+    if (is_iommu_path(path)) return open_iommu_path(path, flags);
     REAL(int, __open_2, (const char *, int));
     return real___open_2(path, flags);
 }
 
 int __open64_2(const char *path, int flags) {
-    if (is_iommu_path(path)) return open_iommu(flags);
+    if (is_iommu_path(path)) return open_iommu_path(path, flags);
     REAL(int, __open64_2, (const char *, int));
     return real___open64_2(path, flags);
 }
 
 int __openat_2(int dirfd, const char *path, int flags) {
-    if (is_iommu_path(path)) return open_iommu(flags);
+    if (is_iommu_path(path)) return open_iommu_path(path, flags);
     REAL(int, __openat_2, (int, const char *, int));
     return real___openat_2(dirfd, path, flags);
 }
 
 int __openat64_2(int dirfd, const char *path, int flags) {
-    if (is_iommu_path(path)) return open_iommu(flags);
+    if (is_iommu_path(path)) return open_iommu_path(path, flags);
     REAL(int, __openat64_2, (int, const char *, int));
     return real___openat64_2(dirfd, path, flags);
 }

@@ -46,14 +46,30 @@ public final class PhysicalMemory: @unchecked Sendable {
     /// Largest supported installed size (2^40 bytes = 1 TiB).
     public static let maximumSize: UInt64 = 1 << 40
 
-    /// Creates memory of `size` bytes (a non-zero multiple of 4 KiB, at most 1 TiB).
-    public init(size: UInt64) throws(MemoryError) {
+    /// The memory file behind shared memory (`shared: true`), -1 otherwise.
+    public let sharedFile: Int32
+
+    /// Creates memory of `size` bytes (a non-zero multiple of 4 KiB, at most 1 TiB). With
+    /// `shared`, the storage is a memory file mapped shared, so a frame can also be mapped
+    /// into a real process's address space, or stand for a page of a file the process maps
+    /// (`mapFrame`, `aliasFrame`): the C ABI's pinned pages.
+    public init(size: UInt64, shared: Bool = false) throws(MemoryError) {
         guard size > 0, size % Self.frameSize == 0, size <= Self.maximumSize else {
             throw .outOfRange(address: size)
         }
-        let mapped = mmap(nil, Int(size), PROT_READ | PROT_WRITE,
-                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        guard let mapped, mapped != MAP_FAILED else { throw .outOfRange(address: size) }
+        var file: Int32 = -1
+        if shared {
+            file = ciommu_memfd(size)
+            guard file >= 0 else { throw .outOfRange(address: size) }
+        }
+        let mapped = shared
+            ? mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, file, 0)
+            : mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let mapped, mapped != MAP_FAILED else {
+            if file >= 0 { close(file) }
+            throw .outOfRange(address: size)
+        }
+        self.sharedFile = file
         self.base = mapped
         self.size = size
         self.frameCount = size >> Self.frameShift
@@ -64,7 +80,35 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     deinit {
         munmap(base, Int(size))
+        if sharedFile >= 0 { close(sharedFile) }
         backedBits.deallocate()
+    }
+
+    // MARK: Sharing with a real process (shared memory only)
+
+    /// Maps the frame at physical address `frame` (4 KiB aligned) at the page-aligned
+    /// `address` of this process (replacing what was there), so the process's page there and
+    /// the frame are one page. False when the memory is not shared or the host refuses.
+    public func mapFrame(_ frame: UInt64, at address: UInt64, writable: Bool) -> Bool {
+        guard sharedFile >= 0, frame & (Self.frameSize - 1) == 0, frame < size,
+              let p = UnsafeMutableRawPointer(bitPattern: UInt(address)) else { return false }
+        return ciommu_map_shared_fixed(p, Self.frameSize, sharedFile, frame, writable ? 1 : 0) == 0
+    }
+
+    /// Makes the frame at physical address `frame` stand for the page at `offset` of file
+    /// `fd` (mapped shared over the frame), so accesses to the frame are accesses to that
+    /// file page; `restoreFrame` undoes it.
+    public func aliasFrame(_ frame: UInt64, file fd: Int32, offset: UInt64) -> Bool {
+        guard sharedFile >= 0, frame & (Self.frameSize - 1) == 0, frame < size else { return false }
+        guard ciommu_map_shared_fixed(base + Int(frame), Self.frameSize, fd, offset, 1) == 0 else { return false }
+        markBacked(frame >> Self.frameShift)
+        return true
+    }
+
+    /// Puts the frame's own storage back behind it (after `aliasFrame`).
+    public func restoreFrame(_ frame: UInt64) {
+        guard sharedFile >= 0, frame & (Self.frameSize - 1) == 0, frame < size else { return }
+        _ = ciommu_map_shared_fixed(base + Int(frame), Self.frameSize, sharedFile, frame, 1)
     }
 
     // MARK: Backing

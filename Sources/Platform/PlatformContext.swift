@@ -32,8 +32,9 @@ public final class PlatformContext: @unchecked Sendable {
     @usableFromInline let hardwareLock = SpinLock()
 
     /// A platform with `memorySize` bytes of RAM (default 4 GiB), seeded with `seed`.
-    public init(memorySize: UInt64 = 4 << 30, seed: UInt64 = 0) throws(MemoryError) {
-        let memory = try PhysicalMemory(size: memorySize)
+    /// `sharedMemory`: physical memory a real process's pages can share (the C ABI).
+    public init(memorySize: UInt64 = 4 << 30, seed: UInt64 = 0, sharedMemory: Bool = false) throws(MemoryError) {
+        let memory = try PhysicalMemory(size: memorySize, shared: sharedMemory)
         let faults = FaultInjector(seed: seed)
         self.memory = memory
         self.faults = faults

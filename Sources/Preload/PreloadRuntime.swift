@@ -18,25 +18,52 @@ final class PreloadRuntime: @unchecked Sendable {
     let machine: Machine
     let memory: HostMemory
     private(set) var contexts: [Int32: IOMMUFDContext] = [:]
+    private(set) var deviceFiles: [Int32: VFIODeviceFile] = [:]
+    /// The machine's devices in probe order: /dev/vfio/devices/vfioN is the Nth.
+    private(set) var devices: [(Device, PCIeEndpoint)] = []
+
+    func context(_ fd: Int32) -> IOMMUFDContext? { contexts[fd] }
 
     init() throws {
-        machine = try Machine(seed: 1, memorySize: 256 << 20, units: [VTdConfiguration(name: "dmar0")], policy: .strict)
-        memory = HostMemory(physical: machine.platform.memory)
+        machine = try Machine(seed: 1, memorySize: 256 << 20, units: [VTdConfiguration(name: "dmar0")], policy: .strict,
+                              sharedMemory: true)
+        memory = HostMemory(physical: machine.platform.memory, frames: machine.platform.frames)
+        // The default machine: a PASID/ATS/PRI-capable accelerator and a plain NIC.
+        devices = try machine.addDevices([
+            DeviceDescription(name: "accel0", requesterID: RequesterID(bus: 0, device: 2, function: 0), unit: 0,
+                              maxPASIDs: 1 << 8, ats: true, pri: true),
+            DeviceDescription(name: "nic0", requesterID: RequesterID(bus: 0, device: 3, function: 0), unit: 0),
+        ])
     }
 
-    func open(_ fd: Int32) -> Int32 {
-        contexts[fd] = IOMMUFDContext(core: machine.core, memory: memory)
+    /// Opens `path` as file `fd`: /dev/iommu, or /dev/vfio/devices/vfioN (ENOENT beyond
+    /// the machine's devices; EBUSY while that device file is open).
+    func open(_ fd: Int32, path: String) -> Int32 {
+        if path == "/dev/iommu" {
+            contexts[fd] = IOMMUFDContext(core: machine.core, memory: memory)
+            return 0
+        }
+        let prefix = "/dev/vfio/devices/vfio"
+        guard path.hasPrefix(prefix), let n = Int(path.dropFirst(prefix.count)), n >= 0, n < devices.count else { return -ENOENT }
+        guard !deviceFiles.values.contains(where: { $0.index == n }) else { return -EBUSY }
+        deviceFiles[fd] = VFIODeviceFile(index: n, device: devices[n].0, endpoint: devices[n].1)
         return 0
     }
 
     func ioctl(_ fd: Int32, _ request: UInt, _ arg: UInt) -> Int {
-        guard let c = contexts[fd] else { return -Int(EBADF) }
         // Only the low 32 bits are the ioctl number (the kernel's `unsigned int cmd`).
-        return Int(c.ioctl(UInt32(truncatingIfNeeded: request), userArgument: UInt64(arg)))
+        let cmd = UInt32(truncatingIfNeeded: request)
+        if let c = contexts[fd] { return Int(c.ioctl(cmd, userArgument: UInt64(arg))) }
+        if let d = deviceFiles[fd] { return d.ioctl(cmd, UInt64(arg), runtime: self) }
+        return -Int(EBADF)
     }
 
     func close(_ fd: Int32) {
-        contexts.removeValue(forKey: fd)?.close()
+        if let d = deviceFiles.removeValue(forKey: fd) { d.unbind(self) }
+        guard let c = contexts.removeValue(forKey: fd) else { return }
+        // Device files bound to this context lose their binding with it.
+        for d in deviceFiles.values where d.bound?.fd == fd { d.bound = nil }
+        c.close()
     }
 
     // MARK: Process-wide
@@ -53,12 +80,13 @@ final class PreloadRuntime: @unchecked Sendable {
 }
 
 @_cdecl("swiftiommu_open")
-public func swiftiommuOpen(_ fd: Int32) -> Int32 {
-    PreloadRuntime.withLock {
+public func swiftiommuOpen(_ fd: Int32, _ path: UnsafePointer<CChar>) -> Int32 {
+    let p = String(cString: path)
+    return PreloadRuntime.withLock {
         if PreloadRuntime.shared == nil {
             do { PreloadRuntime.shared = try PreloadRuntime() } catch { return -ENOMEM }
         }
-        return PreloadRuntime.shared?.open(fd) ?? -ENOMEM
+        return PreloadRuntime.shared?.open(fd, path: p) ?? -ENOMEM
     }
 }
 
@@ -85,13 +113,17 @@ public func swiftiommuForkChild() {
     // The lock may have been held by another parent thread at fork: start a new one.
     PreloadRuntime.lockStorage = pthread_mutex_t()
     guard let old = PreloadRuntime.shared else { return }
-    let fds = Array(old.contexts.keys)
+    old.memory.privatizeMovedPages()
+    let contexts = Array(old.contexts.keys)
+    let deviceFiles = old.deviceFiles.map { ($0.key, $0.value.index) }
     _ = Unmanaged.passRetained(old) // never deinitialised in the child
     PreloadRuntime.shared = nil
     guard let fresh = try? PreloadRuntime() else {
-        for fd in fds { swiftiommu_shim_mark(fd, 0) }
+        for fd in contexts { swiftiommu_shim_mark(fd, 0) }
+        for (fd, _) in deviceFiles { swiftiommu_shim_mark(fd, 0) }
         return
     }
     PreloadRuntime.shared = fresh
-    for fd in fds { _ = fresh.open(fd) }
+    for fd in contexts { _ = fresh.open(fd, path: "/dev/iommu") }
+    for (fd, n) in deviceFiles { _ = fresh.open(fd, path: "/dev/vfio/devices/vfio\(n)") }
 }

@@ -19,8 +19,9 @@ public final class Machine: @unchecked Sendable {
     public private(set) var buffers: [UInt64] = []
 
     public init(seed: UInt64, memorySize: UInt64 = 256 << 20, units configurations: [VTdConfiguration],
-                policy: DMAPolicy = .strict, cpus: Int = 2, pagingStage: VTdPagingStage? = nil, pagingLevels: Int = 4) throws {
-        let platform = try PlatformContext(memorySize: memorySize, seed: seed)
+                policy: DMAPolicy = .strict, cpus: Int = 2, pagingStage: VTdPagingStage? = nil, pagingLevels: Int = 4,
+                sharedMemory: Bool = false) throws {
+        let platform = try PlatformContext(memorySize: memorySize, seed: seed, sharedMemory: sharedMemory)
         self.platform = platform
         units = configurations.map { VTdUnit(configuration: $0, platform: platform) }
         oracle = Oracle(platform: platform, units: units)

@@ -85,4 +85,18 @@ void ciommu_futex_wait(uint32_t *address, uint32_t expected);
 /// Wakes every thread sleeping on `address`.
 void ciommu_futex_wake(uint32_t *address);
 
+/* Shared physical memory (the C ABI, where emulated RAM must alias a real process's pages):
+ * an anonymous memory file of `size` bytes (memfd_create + ftruncate), -1 on failure. */
+int ciommu_memfd(uint64_t size);
+/* Maps `length` bytes of `fd` at `offset` exactly at `address` (MAP_SHARED | MAP_FIXED),
+ * readable, and writable when `writable`; 0 on success, -errno on failure. */
+int ciommu_map_shared_fixed(void *address, uint64_t length, int fd, uint64_t offset, int writable);
+/* Maps `length` bytes of fresh private anonymous memory exactly at `address` with the given
+ * protection (PROT_* bits); 0 or -errno. */
+int ciommu_map_anonymous_fixed(void *address, uint64_t length, int prot);
+
+/* Replaces the page at `address` with a private anonymous page holding `content` (4 KiB)
+ * and protection `prot`, in one step (built aside, then moved over with mremap); 0 or -errno. */
+int ciommu_replace_private_page(void *address, const void *content, int prot);
+
 #endif
