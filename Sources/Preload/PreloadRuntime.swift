@@ -24,11 +24,24 @@ final class PreloadRuntime: @unchecked Sendable {
 
     func context(_ fd: Int32) -> IOMMUFDContext? { contexts[fd] }
 
+    /// The machine of `SWIFTIOMMU_MACHINE` (a built-in scenario's name or a scenario file:
+    /// its units and devices, in its order; `iommu-sim preload --machine` sets it), or the
+    /// default one: a PASID/ATS/PRI-capable accelerator and a plain NIC behind one unit.
     init() throws {
+        if let spec = getenv("SWIFTIOMMU_MACHINE").map({ String(cString: $0) }), !spec.isEmpty {
+            let scenario = try BuiltinScenarios.load(spec)
+            machine = try Machine(seed: 1, memorySize: scenario.machine.memoryMiB << 20, units: scenario.units.map(\.configuration),
+                                  policy: scenario.machine.policy, cpus: scenario.machine.cpus,
+                                  pagingStage: scenario.machine.pagingStage, pagingLevels: scenario.machine.pagingLevels,
+                                  sharedMemory: true)
+            memory = HostMemory(physical: machine.platform.memory, frames: machine.platform.frames)
+            devices = try machine.addDevices(scenario.devices.map(\.description), ats: scenario.devices.map(\.ats),
+                                             pri: scenario.devices.map(\.pri))
+            return
+        }
         machine = try Machine(seed: 1, memorySize: 256 << 20, units: [VTdConfiguration(name: "dmar0")], policy: .strict,
                               sharedMemory: true)
         memory = HostMemory(physical: machine.platform.memory, frames: machine.platform.frames)
-        // The default machine: a PASID/ATS/PRI-capable accelerator and a plain NIC.
         devices = try machine.addDevices([
             DeviceDescription(name: "accel0", requesterID: RequesterID(bus: 0, device: 2, function: 0), unit: 0,
                               maxPASIDs: 1 << 8, ats: true, pri: true),

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Simulation
 
 /// `iommu-sim preload -- PROGRAM [ARGS]`: runs an unmodified program with the preload library
 /// (libIOMMUPreload.so, built beside this executable by `swift build`), so its opens of
@@ -15,8 +16,11 @@ struct PreloadCommand: ParsableCommand {
             """
     )
 
-    @Flag(help: "Print the LD_PRELOAD line to use instead of running anything.")
+    @Flag(help: "Print the environment line to use instead of running anything.")
     var print = false
+
+    @Option(help: "The machine: a built-in scenario's name or a scenario file (its units and devices; /dev/vfio/devices/vfioN is its Nth device). Default: an accelerator with PASID, ATS and PRI, and a plain NIC.")
+    var machine: String?
 
     @Argument(parsing: .captureForPassthrough, help: "The program and its arguments (after --).")
     var command: [String] = []
@@ -38,8 +42,13 @@ struct PreloadCommand: ParsableCommand {
         let lib = try Self.library()
         var env = ProcessInfo.processInfo.environment
         let preload = [lib, env["LD_PRELOAD"]].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: ":")
+        if let machine {
+            // Checked here, so a bad name is an error now rather than ENODEV in the program.
+            do { _ = try BuiltinScenarios.load(machine) } catch { throw ValidationError("--machine \(machine): \(error)") }
+            env["SWIFTIOMMU_MACHINE"] = machine
+        }
         if print {
-            Swift.print("LD_PRELOAD=\(preload)")
+            Swift.print("\(machine.map { "SWIFTIOMMU_MACHINE=\($0) " } ?? "")LD_PRELOAD=\(preload)")
             return
         }
         var args = command
