@@ -18,6 +18,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 #include "CPreload.h"
 
@@ -26,6 +27,9 @@ extern int swiftiommu_open(int fd, const char *path) __attribute__((weak));
 extern long swiftiommu_ioctl(int fd, unsigned long request, unsigned long arg) __attribute__((weak));
 extern int swiftiommu_close(int fd) __attribute__((weak));
 extern void swiftiommu_fork_child(void) __attribute__((weak));
+extern long swiftiommu_read(int fd, void *buf, unsigned long count) __attribute__((weak));
+extern long swiftiommu_write(int fd, const void *buf, unsigned long count) __attribute__((weak));
+extern long swiftiommu_positioned(int fd) __attribute__((weak));
 
 #define MAX_FDS 65536
 static unsigned char ours[MAX_FDS];
@@ -164,4 +168,74 @@ int swiftiommu_copy_to_user(uint64_t dst, const void *src, size_t n) {
     if (n == 0) return 1;
     struct iovec local = { (void *)src, n }, remote = { (void *)(uintptr_t)dst, n };
     return process_vm_writev(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)n;
+}
+
+/* Files the machine serves that poll must see (fault queues) are eventfds: the Swift side
+ * keeps the count at 1 while records wait and 0 otherwise, so poll, ppoll, select and epoll
+ * work natively; read and write go to the Swift side. */
+int swiftiommu_shim_eventfd(int cloexec) {
+    int fd = eventfd(0, EFD_NONBLOCK | (cloexec ? EFD_CLOEXEC : 0));
+    if (fd < 0) return -errno;
+    if (fd >= MAX_FDS) { REAL(int, close, (int)); real_close(fd); return -EMFILE; }
+    swiftiommu_shim_mark(fd, 1);
+    return fd;
+}
+
+void swiftiommu_shim_signal(int fd, int readable) {
+    REAL(ssize_t, read, (int, void *, size_t));
+    REAL(ssize_t, write, (int, const void *, size_t));
+    uint64_t v;
+    while (real_read(fd, &v, sizeof(v)) == sizeof(v)) {}
+    if (readable) { v = 1; real_write(fd, &v, sizeof(v)); }
+}
+
+ssize_t read(int fd, void *buf, size_t count) {
+    if (swiftiommu_shim_is_ours(fd) && swiftiommu_read) {
+        long rc = swiftiommu_read(fd, buf, count);
+        if (rc < 0) { errno = (int)-rc; return -1; }
+        return rc;
+    }
+    REAL(ssize_t, read, (int, void *, size_t));
+    return real_read(fd, buf, count);
+}
+
+ssize_t __read_chk(int fd, void *buf, size_t count, size_t buflen) {
+    if (count > buflen) { REAL(void, __chk_fail, (void)); real___chk_fail(); }
+    return read(fd, buf, count);
+}
+
+ssize_t write(int fd, const void *buf, size_t count) {
+    if (swiftiommu_shim_is_ours(fd) && swiftiommu_write) {
+        long rc = swiftiommu_write(fd, buf, count);
+        if (rc < 0) { errno = (int)-rc; return -1; }
+        return rc;
+    }
+    REAL(ssize_t, write, (int, const void *, size_t));
+    return real_write(fd, buf, count);
+}
+
+/* Positioned reads and writes of our files: the Swift side gives the errno (a fault file
+ * does not seek: ESPIPE; /dev/iommu has no read: EINVAL; device regions are not emulated). */
+ssize_t pread(int fd, void *buf, size_t count, off_t offset) {
+    if (swiftiommu_shim_is_ours(fd)) { errno = swiftiommu_positioned ? (int)-swiftiommu_positioned(fd) : ESPIPE; return -1; }
+    REAL(ssize_t, pread, (int, void *, size_t, off_t));
+    return real_pread(fd, buf, count, offset);
+}
+
+ssize_t pread64(int fd, void *buf, size_t count, off_t offset) {
+    if (swiftiommu_shim_is_ours(fd)) { errno = swiftiommu_positioned ? (int)-swiftiommu_positioned(fd) : ESPIPE; return -1; }
+    REAL(ssize_t, pread64, (int, void *, size_t, off_t));
+    return real_pread64(fd, buf, count, offset);
+}
+
+ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
+    if (swiftiommu_shim_is_ours(fd)) { errno = swiftiommu_positioned ? (int)-swiftiommu_positioned(fd) : ESPIPE; return -1; }
+    REAL(ssize_t, pwrite, (int, const void *, size_t, off_t));
+    return real_pwrite(fd, buf, count, offset);
+}
+
+ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
+    if (swiftiommu_shim_is_ours(fd)) { errno = swiftiommu_positioned ? (int)-swiftiommu_positioned(fd) : ESPIPE; return -1; }
+    REAL(ssize_t, pwrite64, (int, const void *, size_t, off_t));
+    return real_pwrite64(fd, buf, count, offset);
 }

@@ -19,6 +19,8 @@ final class PreloadRuntime: @unchecked Sendable {
     let memory: HostMemory
     private(set) var contexts: [Int32: IOMMUFDContext] = [:]
     private(set) var deviceFiles: [Int32: VFIODeviceFile] = [:]
+    /// Fault queue files (eventfds the shim made): their context's descriptor and object.
+    private(set) var faultFiles: [Int32: (context: Int32, fault: FaultObject)] = [:]
     /// The machine's devices in probe order: /dev/vfio/devices/vfioN is the Nth.
     private(set) var devices: [(Device, PCIeEndpoint)] = []
 
@@ -53,7 +55,18 @@ final class PreloadRuntime: @unchecked Sendable {
     /// the machine's devices; EBUSY while that device file is open).
     func open(_ fd: Int32, path: String) -> Int32 {
         if path == "/dev/iommu" {
-            contexts[fd] = IOMMUFDContext(core: machine.core, memory: memory)
+            let c = IOMMUFDContext(core: machine.core, memory: memory)
+            // IOMMU_FAULT_QUEUE_ALLOC's file: an eventfd readable while records wait.
+            c.openFile = { [unowned self, unowned c] object in
+                guard let f = object as? FaultObject else { return -1 }
+                let efd = swiftiommu_shim_eventfd(1)
+                guard efd >= 0 else { return -1 }
+                faultFiles[efd] = (fd, f)
+                f.queue.onReadable = { swiftiommu_shim_signal(efd, 1) }
+                _ = c
+                return efd
+            }
+            contexts[fd] = c
             return 0
         }
         let prefix = "/dev/vfio/devices/vfio"
@@ -71,11 +84,58 @@ final class PreloadRuntime: @unchecked Sendable {
         return -Int(EBADF)
     }
 
+    /// read() of one of our files: fault records from a fault file (whole groups; the
+    /// eventfd's readiness follows what is left); /dev/iommu and device files have no read.
+    func read(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: Int) -> Int {
+        guard let (_, f) = faultFiles[fd] else { return -Int(EINVAL) }
+        guard count >= 0, count % 40 == 0 else { return -Int(ESPIPE) }
+        // The records go through a buffer of ours, then to the caller's (EFAULT, never a crash).
+        let local = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 8)
+        defer { local.deallocate() }
+        let n: Int
+        do { n = try f.read(into: UnsafeMutableRawBufferPointer(rebasing: local[0..<count])) } catch { return -Int(error.code) }
+        swiftiommu_shim_signal(fd, f.queue.undelivered > 0 ? 1 : 0)
+        guard n == 0 || memory.copyOut(to: UInt64(UInt(bitPattern: buffer)), from: UnsafeRawBufferPointer(rebasing: local[0..<n])) else {
+            return -Int(EFAULT)
+        }
+        return n
+    }
+
+    /// write() of one of our files: page responses to a fault file; the machine then runs
+    /// until idle (the response reaches the device, which retries).
+    func write(_ fd: Int32, _ buffer: UnsafeRawPointer?, _ count: Int) -> Int {
+        guard let (_, f) = faultFiles[fd] else { return -Int(EINVAL) }
+        guard count >= 0, count % 8 == 0 else { return -Int(ESPIPE) }
+        let local = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 8)
+        defer { local.deallocate() }
+        guard count == 0 || memory.copyIn(from: UInt64(UInt(bitPattern: buffer)), into: UnsafeMutableRawBufferPointer(rebasing: local[0..<count])) else {
+            return -Int(EFAULT)
+        }
+        let n: Int
+        do { n = try f.write(from: UnsafeRawBufferPointer(rebasing: local[0..<count])) } catch { return -Int(error.code) }
+        settle()
+        return n
+    }
+
+    /// pread/pwrite of one of our files.
+    func positioned(_ fd: Int32) -> Int { faultFiles[fd] != nil ? -Int(ESPIPE) : -Int(EINVAL) }
+
+    /// Runs the machine until nothing is pending (its software and hardware work in virtual
+    /// time): what a real system would have done by the time the program looks again.
+    func settle() { _ = machine.scheduler.runUntilIdle() }
+
     func close(_ fd: Int32) {
+        if let (ctx, f) = faultFiles.removeValue(forKey: fd) {
+            f.queue.onReadable = nil
+            if let c = contexts[ctx] { try? c.closeFaultFile(f.id) }
+            return
+        }
         if let d = deviceFiles.removeValue(forKey: fd) { d.unbind(self) }
         guard let c = contexts.removeValue(forKey: fd) else { return }
-        // Device files bound to this context lose their binding with it.
+        // Device files bound to this context lose their binding with it; its fault files
+        // read nothing more.
         for d in deviceFiles.values where d.bound?.fd == fd { d.bound = nil }
+        for (efd, ff) in faultFiles where ff.context == fd { ff.fault.queue.onReadable = nil; swiftiommu_shim_signal(efd, 0) }
         c.close()
     }
 
@@ -106,6 +166,21 @@ public func swiftiommuOpen(_ fd: Int32, _ path: UnsafePointer<CChar>) -> Int32 {
 @_cdecl("swiftiommu_ioctl")
 public func swiftiommuIoctl(_ fd: Int32, _ request: UInt, _ arg: UInt) -> Int {
     PreloadRuntime.withLock { PreloadRuntime.shared?.ioctl(fd, request, arg) ?? -Int(EBADF) }
+}
+
+@_cdecl("swiftiommu_read")
+public func swiftiommuRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: UInt) -> Int {
+    PreloadRuntime.withLock { PreloadRuntime.shared?.read(fd, buffer, Int(min(count, 1 << 30))) ?? -Int(EBADF) }
+}
+
+@_cdecl("swiftiommu_write")
+public func swiftiommuWrite(_ fd: Int32, _ buffer: UnsafeRawPointer?, _ count: UInt) -> Int {
+    PreloadRuntime.withLock { PreloadRuntime.shared?.write(fd, buffer, Int(min(count, 1 << 30))) ?? -Int(EBADF) }
+}
+
+@_cdecl("swiftiommu_positioned")
+public func swiftiommuPositioned(_ fd: Int32) -> Int {
+    PreloadRuntime.withLock { PreloadRuntime.shared?.positioned(fd) ?? -Int(EBADF) }
 }
 
 @_cdecl("swiftiommu_close")

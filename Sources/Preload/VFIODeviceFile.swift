@@ -19,12 +19,23 @@ final class VFIODeviceFile {
     static let attachIOMMUFDPT: UInt32 = 0x3b77    // _IO(';', 100 + 19)
     static let detachIOMMUFDPT: UInt32 = 0x3b78    // _IO(';', 100 + 20)
     /// The emulator's DMA command: `struct swiftiommu_device_dma` {argsz u32, flags u32
-    /// (WRITE 1: the device writes memory; PASID 2), pasid u32, out_status u32 (0 done, 1 the
-    /// DMA faulted), iova u64, length u64, data u64 (the program's buffer: what the device
-    /// writes, or where what it read goes), out_fault_reason u32 (the VT-d fault reason),
-    /// pad u32} = 48 bytes. `_IO('S', 0x01)`, outside the VFIO range.
+    /// (WRITE 1: the device writes memory; PASID 2; ATS 4: through ATS, with page requests
+    /// for what is not mapped when the device has PRI; ASYNC 8: return at once with a
+    /// handle), pasid u32, out_status u32 (0 done, 1 the DMA faulted or failed, 2 pending),
+    /// iova u64, length u64, data u64 (the program's buffer: what the device writes, or where
+    /// what it read goes; unused with ATS), out_fault_reason u32 (the VT-d fault reason),
+    /// out_handle u32} = 48 bytes. `_IO('S', 0x01)`, outside the VFIO range.
     static let deviceDMA: UInt32 = 0x5301
-    static let dmaWrite: UInt32 = 1, dmaPASID: UInt32 = 2
+    /// `struct swiftiommu_device_dma_wait` {argsz u32, handle u32, out_status u32,
+    /// out_transferred u32} = 16: the machine runs until the asynchronous DMA `handle`
+    /// completes or nothing more can happen (then status 2: it waits, e.g. for a page
+    /// response). `_IO('S', 0x02)`.
+    static let deviceDMAWait: UInt32 = 0x5302
+    static let dmaWrite: UInt32 = 1, dmaPASID: UInt32 = 2, dmaATS: UInt32 = 4, dmaAsync: UInt32 = 8
+
+    /// Asynchronous DMAs: handle → the ATS access's result once it ended.
+    private var pending: [UInt32: ATSAccessResult?] = [:]
+    private var nextHandle: UInt32 = 1
 
     let index: Int
     let device: Device
@@ -103,6 +114,8 @@ final class VFIODeviceFile {
             return 0
         case Self.deviceDMA:
             return dma(arg, runtime: runtime)
+        case Self.deviceDMAWait:
+            return dmaWait(arg, runtime: runtime)
         default:
             return -Int(ENOTTY)
         }
@@ -115,8 +128,29 @@ final class VFIODeviceFile {
         var s = StructBytes(size: 48)
         guard s.bytes.withUnsafeMutableBytes({ m.copyIn(from: arg, into: $0) }) else { return -Int(EFAULT) }
         let flags = s.u32(4), length = s.u64(24), data = s.u64(32)
-        guard s.u32(0) >= 48, flags & ~(Self.dmaWrite | Self.dmaPASID) == 0, length > 0, length <= 1 << 20 else { return -Int(EINVAL) }
+        let known = Self.dmaWrite | Self.dmaPASID | Self.dmaATS | Self.dmaAsync
+        guard s.u32(0) >= 48, flags & ~known == 0, length > 0, length <= 1 << 20 else { return -Int(EINVAL) }
         let pasid = flags & Self.dmaPASID != 0 ? PASID(truncating: s.u32(8)) : nil
+        if flags & Self.dmaATS != 0 {
+            // Through ATS (and PRI): the endpoint translates, asks for missing pages, retries.
+            guard device.ats else { return -Int(EOPNOTSUPP) }
+            let h = nextHandle
+            nextHandle &+= 1
+            pending[h] = .some(nil)
+            endpoint.atsAccess(pasid: pasid, address: s.u64(16), length: Int(length), write: flags & Self.dmaWrite != 0) { [weak self] r in
+                self?.pending[h] = .some(r)
+            }
+            runtime.settle()
+            s.set32(44, h)
+            if flags & Self.dmaAsync == 0 || (pending[h] ?? nil) != nil {
+                s.set32(12, Self.status(pending[h] ?? nil))
+                if flags & Self.dmaAsync == 0 { pending[h] = nil }
+            } else {
+                s.set32(12, 2)
+            }
+            return s.bytes.withUnsafeBytes({ m.copyOut(to: arg, from: $0) }) ? 0 : -Int(EFAULT)
+        }
+        guard flags & Self.dmaAsync == 0 else { return -Int(EINVAL) }
         var request: PCIeEndpoint.Request
         if flags & Self.dmaWrite != 0 {
             var bytes = [UInt8](repeating: 0, count: Int(length))
@@ -138,6 +172,29 @@ final class VFIODeviceFile {
                 guard c.data.withUnsafeBytes({ m.copyOut(to: data, from: $0) }) else { return -Int(EFAULT) }
             }
         }
+        return s.bytes.withUnsafeBytes({ m.copyOut(to: arg, from: $0) }) ? 0 : -Int(EFAULT)
+    }
+
+    static func status(_ r: ATSAccessResult?) -> UInt32 {
+        guard let r else { return 2 }
+        return r.outcome == .completed ? 0 : 1
+    }
+
+    private func dmaWait(_ arg: UInt64, runtime: PreloadRuntime) -> Int {
+        let m = runtime.memory
+        var s = StructBytes(size: 16)
+        guard s.bytes.withUnsafeMutableBytes({ m.copyIn(from: arg, into: $0) }) else { return -Int(EFAULT) }
+        guard s.u32(0) >= 16 else { return -Int(EINVAL) }
+        let h = s.u32(4)
+        guard let entry = pending[h] else { return -Int(ENOENT) }
+        var result = entry
+        if result == nil {
+            runtime.settle()
+            result = pending[h] ?? nil
+        }
+        s.set32(8, Self.status(result))
+        s.set32(12, UInt32(clamping: result?.transferred ?? 0))
+        if result != nil { pending[h] = nil }
         return s.bytes.withUnsafeBytes({ m.copyOut(to: arg, from: $0) }) ? 0 : -Int(EFAULT)
     }
 

@@ -11,6 +11,11 @@ void swiftiommu_shim_mark(int fd, int ours);
 int swiftiommu_shim_is_ours(int fd);
 
 #include <stddef.h>
+
+/* A new eventfd for a file the machine serves (a fault queue): marked as ours; -errno on failure. */
+int swiftiommu_shim_eventfd(int cloexec);
+/* Sets the eventfd's readiness: readable (count 1) or not (count 0). */
+void swiftiommu_shim_signal(int fd, int readable);
 #include <stdint.h>
 
 /* copy_from_user / copy_to_user on this process: the whole `n` bytes or nothing reported
