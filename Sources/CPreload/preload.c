@@ -30,6 +30,7 @@ extern void swiftiommu_fork_child(void) __attribute__((weak));
 extern long swiftiommu_read(int fd, void *buf, unsigned long count) __attribute__((weak));
 extern long swiftiommu_write(int fd, const void *buf, unsigned long count) __attribute__((weak));
 extern long swiftiommu_positioned(int fd) __attribute__((weak));
+extern long swiftiommu_mmap(int fd, int prot) __attribute__((weak));
 
 #define MAX_FDS 65536
 static unsigned char ours[MAX_FDS];
@@ -48,10 +49,20 @@ static void *next(const char *name) { return dlsym(RTLD_NEXT, name); }
     static ret (*real_##name) args; \
     if (!real_##name) real_##name = (ret (*) args) next(#name);
 
-/* The files the emulated machine serves: /dev/iommu and the VFIO device cdevs. */
+/* The files the emulated machine serves: /dev/iommu, the VFIO device cdevs, and the fault
+ * injection files a fail_nth loop writes (the task's fail-nth, debugfs fail* knobs), so that
+ * loop drives the emulated system's injection points instead of the host kernel's. */
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
 static int is_iommu_path(const char *path) {
     if (!path) return 0;
-    return strcmp(path, "/dev/iommu") == 0 || strncmp(path, "/dev/vfio/devices/vfio", 22) == 0;
+    if (strcmp(path, "/dev/iommu") == 0 || strncmp(path, "/dev/vfio/devices/vfio", 22) == 0) return 1;
+    if (strncmp(path, "/sys/kernel/debug/fail", 22) == 0) return 1;
+    if (strncmp(path, "/proc/", 6) == 0 && ends_with(path, "/fail-nth")) return 1;
+    return 0;
 }
 
 static void child_after_fork(void) {
@@ -65,7 +76,8 @@ static void register_fork(void) { pthread_atfork(NULL, NULL, child_after_fork); 
 static int open_iommu_path(const char *path, int flags) {
     if (!swiftiommu_open) { errno = ENODEV; return -1; }
     pthread_once(&fork_once, register_fork);
-    int fd = memfd_create(strncmp(path, "/dev/iommu", 10) == 0 ? "iommufd" : "vfio-device", (flags & O_CLOEXEC) ? MFD_CLOEXEC : 0);
+    int fd = memfd_create(strncmp(path, "/dev/iommu", 10) == 0 ? "iommufd" : strncmp(path, "/dev/vfio", 9) == 0 ? "vfio-device" : "fault-injection",
+                          (flags & O_CLOEXEC) ? MFD_CLOEXEC : 0);
     if (fd < 0) return -1;
     if (fd >= MAX_FDS) { close(fd); errno = EMFILE; return -1; }
     int rc = swiftiommu_open(fd, path);
@@ -238,4 +250,19 @@ ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
     if (swiftiommu_shim_is_ours(fd)) { errno = swiftiommu_positioned ? (int)-swiftiommu_positioned(fd) : ESPIPE; return -1; }
     REAL(ssize_t, pwrite64, (int, const void *, size_t, off_t));
     return real_pwrite64(fd, buf, count, offset);
+}
+
+/* mmap of our files: the Swift side answers (iommufd: ENXIO, as for an offset with no
+ * window; EPERM when executable; device regions are not emulated). */
+void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
+    if (!(flags & MAP_ANONYMOUS) && swiftiommu_shim_is_ours(fd)) {
+        errno = swiftiommu_mmap ? (int)-swiftiommu_mmap(fd, prot) : ENODEV;
+        return MAP_FAILED;
+    }
+    REAL(void *, mmap, (void *, size_t, int, int, int, off_t));
+    return real_mmap(addr, length, prot, flags, fd, offset);
+}
+
+void *mmap64(void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
+    return mmap(addr, length, prot, flags, fd, offset);
 }

@@ -61,6 +61,9 @@ public final class FaultInjector: @unchecked Sendable {
         case failNth(Int, only: FaultPoint? = nil)
         /// Fail each hit of the points in `only` (every point when nil) with probability `p`.
         case probability(Double, only: Set<FaultPoint>? = nil)
+        /// Fail the `n`th hit (1-based) counted over the points in `among` (Linux's per-task
+        /// `fail-nth`: only the injection points it covers count).
+        case failNthAmong(Int, among: Set<FaultPoint>)
     }
 
     public var mode: Mode {
@@ -102,15 +105,22 @@ public final class FaultInjector: @unchecked Sendable {
             }
         case .probability(let p, let only):
             fail = (only?.contains(point) ?? true) && rng.chance(p)
+        case .failNthAmong(let n, let among):
+            if among.contains(point) { countedAmong += 1 }
+            fail = among.contains(point) && countedAmong == n
         }
         if fail { fired.append((point, totalHits)) }
         return fail
     }
 
+    /// Hits counted by `failNthAmong` since the last reset.
+    public private(set) var countedAmong = 0
+
     /// Forgets all counts and fired records (the mode is kept).
     public func reset() {
         hits = [:]
         totalHits = 0
+        countedAmong = 0
         fired = []
     }
 }

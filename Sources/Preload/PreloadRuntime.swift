@@ -19,6 +19,13 @@ final class PreloadRuntime: @unchecked Sendable {
     let memory: HostMemory
     private(set) var contexts: [Int32: IOMMUFDContext] = [:]
     private(set) var deviceFiles: [Int32: VFIODeviceFile] = [:]
+    /// Fault-injection files (the task's fail-nth, debugfs knobs): what they hold, and how
+    /// much of it a reader has read.
+    private(set) var injectionFiles: [Int32: (path: String, offset: Int)] = [:]
+    /// The values written to debugfs fault-injection knobs (read back as written).
+    private var knobs: [String: String] = [:]
+    /// The fail-nth count in force (0: none), counted over the software injection points.
+    private var failNth = 0
     /// Fault queue files (eventfds the shim made): their context's descriptor and object.
     private(set) var faultFiles: [Int32: (context: Int32, fault: FaultObject)] = [:]
     /// The machine's devices in probe order: /dev/vfio/devices/vfioN is the Nth.
@@ -69,6 +76,10 @@ final class PreloadRuntime: @unchecked Sendable {
             contexts[fd] = c
             return 0
         }
+        if path.hasPrefix("/sys/kernel/debug/fail") || (path.hasPrefix("/proc/") && path.hasSuffix("/fail-nth")) {
+            injectionFiles[fd] = (path, 0)
+            return 0
+        }
         let prefix = "/dev/vfio/devices/vfio"
         guard path.hasPrefix(prefix), let n = Int(path.dropFirst(prefix.count)), n >= 0, n < devices.count else { return -ENOENT }
         guard !deviceFiles.values.contains(where: { $0.index == n }) else { return -EBUSY }
@@ -76,9 +87,28 @@ final class PreloadRuntime: @unchecked Sendable {
         return 0
     }
 
+    /// The emulator's own query on /dev/iommu, `_IO('S', 0x10)`: `struct swiftiommu_stats`
+    /// {argsz u32, pad u32, frames_in_use u64, pinned_pages u64, live_domains u64,
+    /// dids_in_use u64} = 40 bytes: what a leak check after a failed call compares.
+    static let stats: UInt32 = 0x5310
+
+    private func statsIoctl(_ arg: UInt64) -> Int {
+        var s = StructBytes(size: 40)
+        guard s.bytes.withUnsafeMutableBytes({ memory.copyIn(from: arg, into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<4])) }) else {
+            return -Int(EFAULT)
+        }
+        guard s.u32(0) >= 40 else { return -Int(EINVAL) }
+        s.set64(8, UInt64(machine.platform.frames.inUse))
+        s.set64(16, UInt64(memory.pinnedPages))
+        s.set64(24, UInt64(machine.core.liveDomains.count))
+        s.set64(32, UInt64(machine.driver.units.reduce(0) { $0 + $1.domainIDs.allocated }))
+        return s.bytes.withUnsafeBytes({ memory.copyOut(to: arg, from: $0) }) ? 0 : -Int(EFAULT)
+    }
+
     func ioctl(_ fd: Int32, _ request: UInt, _ arg: UInt) -> Int {
         // Only the low 32 bits are the ioctl number (the kernel's `unsigned int cmd`).
         let cmd = UInt32(truncatingIfNeeded: request)
+        if cmd == Self.stats, contexts[fd] != nil { return statsIoctl(UInt64(arg)) }
         if let c = contexts[fd] { return Int(c.ioctl(cmd, userArgument: UInt64(arg))) }
         if let d = deviceFiles[fd] { return d.ioctl(cmd, UInt64(arg), runtime: self) }
         return -Int(EBADF)
@@ -87,6 +117,7 @@ final class PreloadRuntime: @unchecked Sendable {
     /// read() of one of our files: fault records from a fault file (whole groups; the
     /// eventfd's readiness follows what is left); /dev/iommu and device files have no read.
     func read(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: Int) -> Int {
+        if let file = injectionFiles[fd] { return readInjection(fd, file, buffer, count) }
         guard let (_, f) = faultFiles[fd] else { return -Int(EINVAL) }
         guard count >= 0, count % 40 == 0 else { return -Int(ESPIPE) }
         // The records go through a buffer of ours, then to the caller's (EFAULT, never a crash).
@@ -104,6 +135,7 @@ final class PreloadRuntime: @unchecked Sendable {
     /// write() of one of our files: page responses to a fault file; the machine then runs
     /// until idle (the response reaches the device, which retries).
     func write(_ fd: Int32, _ buffer: UnsafeRawPointer?, _ count: Int) -> Int {
+        if let file = injectionFiles[fd] { return writeInjection(file.path, buffer, count) }
         guard let (_, f) = faultFiles[fd] else { return -Int(EINVAL) }
         guard count >= 0, count % 8 == 0 else { return -Int(ESPIPE) }
         let local = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 8)
@@ -120,11 +152,71 @@ final class PreloadRuntime: @unchecked Sendable {
     /// pread/pwrite of one of our files.
     func positioned(_ fd: Int32) -> Int { faultFiles[fd] != nil ? -Int(ESPIPE) : -Int(EINVAL) }
 
+    /// mmap of one of our files: iommufd has no mmap window on this driver (Linux
+    /// `iommufd_fops_mmap`: EPERM for an executable mapping, ENXIO for an offset with no
+    /// window); device regions are not emulated (EINVAL); the others have no mmap (ENODEV).
+    func mmap(_ fd: Int32, prot: Int32) -> Int {
+        if contexts[fd] != nil { return prot & PROT_EXEC != 0 ? -Int(EPERM) : -Int(ENXIO) }
+        if deviceFiles[fd] != nil { return -Int(EINVAL) }
+        return -Int(ENODEV)
+    }
+
+    // MARK: Fault injection from the program (fail_nth)
+
+    /// The software injection points a task's fail-nth covers: allocations and user copies
+    /// of the kernel and iommufd (not the hardware's own failure modes).
+    static let softwarePoints: Set<FaultPoint> = Set(FaultPoint.all.filter { !$0.name.hasPrefix("hw.") })
+
+    /// What the file reads: fail-nth the count still to go (0 once the failure fired or when
+    /// none is set, as Linux `proc_fail_nth_read`), a knob what was written to it.
+    private func injectionText(_ path: String) -> String {
+        if path.hasSuffix("/fail-nth") {
+            let f = machine.platform.faults
+            guard failNth > 0, case .failNthAmong = f.mode, f.fired.isEmpty else { return "0" }
+            return String(max(0, failNth - f.countedAmong))
+        }
+        return knobs[path] ?? "0"
+    }
+
+    private func readInjection(_ fd: Int32, _ file: (path: String, offset: Int), _ buffer: UnsafeMutableRawPointer?, _ count: Int) -> Int {
+        let text = Array(injectionText(file.path).utf8)
+        let n = max(0, min(count, text.count - file.offset))
+        guard n > 0 else { return 0 }
+        guard text[file.offset..<file.offset + n].withUnsafeBytes({ memory.copyOut(to: UInt64(UInt(bitPattern: buffer)), from: $0) }) else {
+            return -Int(EFAULT)
+        }
+        injectionFiles[fd] = (file.path, file.offset + n)
+        return n
+    }
+
+    /// Writing N to fail-nth makes the Nth software injection point hit from now fail (0
+    /// turns it off; not a number: EINVAL); a knob keeps what was written.
+    private func writeInjection(_ path: String, _ buffer: UnsafeRawPointer?, _ count: Int) -> Int {
+        let local = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, min(count, 64)), alignment: 1)
+        defer { local.deallocate() }
+        let n = min(count, 64)
+        guard n == 0 || memory.copyIn(from: UInt64(UInt(bitPattern: buffer)), into: UnsafeMutableRawBufferPointer(rebasing: local[0..<n])) else {
+            return -Int(EFAULT)
+        }
+        let text = String(decoding: local[0..<n], as: UTF8.self).filter { !" \n\t".contains($0) }
+        if path.hasSuffix("/fail-nth") {
+            guard let v = Int(text), v >= 0, v <= Int(Int32.max) else { return -Int(EINVAL) }
+            let f = machine.platform.faults
+            failNth = v
+            f.mode = v == 0 ? .off : .failNthAmong(v, among: Self.softwarePoints)
+            f.reset()
+            return count
+        }
+        knobs[path] = text
+        return count
+    }
+
     /// Runs the machine until nothing is pending (its software and hardware work in virtual
     /// time): what a real system would have done by the time the program looks again.
     func settle() { _ = machine.scheduler.runUntilIdle() }
 
     func close(_ fd: Int32) {
+        if injectionFiles.removeValue(forKey: fd) != nil { return }
         if let (ctx, f) = faultFiles.removeValue(forKey: fd) {
             f.queue.onReadable = nil
             if let c = contexts[ctx] { try? c.closeFaultFile(f.id) }
@@ -183,6 +275,11 @@ public func swiftiommuPositioned(_ fd: Int32) -> Int {
     PreloadRuntime.withLock { PreloadRuntime.shared?.positioned(fd) ?? -Int(EBADF) }
 }
 
+@_cdecl("swiftiommu_mmap")
+public func swiftiommuMmap(_ fd: Int32, _ prot: Int32) -> Int {
+    PreloadRuntime.withLock { PreloadRuntime.shared?.mmap(fd, prot: prot) ?? -Int(ENODEV) }
+}
+
 @_cdecl("swiftiommu_close")
 public func swiftiommuClose(_ fd: Int32) -> Int32 {
     PreloadRuntime.withLock {
@@ -214,4 +311,7 @@ public func swiftiommuForkChild() {
     PreloadRuntime.shared = fresh
     for fd in contexts { _ = fresh.open(fd, path: "/dev/iommu") }
     for (fd, n) in deviceFiles { _ = fresh.open(fd, path: "/dev/vfio/devices/vfio\(n)") }
+    // Other files of ours (fault queues, fault injection) belong to the parent's state.
+    for fd in old.faultFiles.keys { swiftiommu_shim_mark(fd, 0) }
+    for fd in old.injectionFiles.keys { swiftiommu_shim_mark(fd, 0) }
 }

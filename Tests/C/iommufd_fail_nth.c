@@ -1,0 +1,140 @@
+/* A fail_nth loop (run under `iommu-sim preload`), as the kernel's iommufd_fail_nth test
+ * runs one: for N = 1, 2, ... write N to this task's fail-nth, run a VMM's sequence (IOAS,
+ * private and shared memory mapped, a HWPT, attach, device DMA, unmap, detach, destroy),
+ * and check that every call gave 0 or an errno, that closing left nothing behind (the
+ * emulator's stats: frames, pins, domains, DIDs), and stop when fail-nth reads back non-zero
+ * (the Nth injection point was never reached: every point has been failed once). The
+ * injection points are the emulated system's, not the host kernel's. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define IOMMU_DESTROY _IO(';', 0x80)
+#define IOMMU_IOAS_ALLOC _IO(';', 0x81)
+#define IOMMU_IOAS_MAP _IO(';', 0x85)
+#define IOMMU_IOAS_UNMAP _IO(';', 0x86)
+#define IOMMU_HWPT_ALLOC _IO(';', 0x89)
+#define VFIO_DEVICE_BIND_IOMMUFD _IO(';', 100 + 18)
+#define VFIO_DEVICE_ATTACH_IOMMUFD_PT _IO(';', 100 + 19)
+#define VFIO_DEVICE_DETACH_IOMMUFD_PT _IO(';', 100 + 20)
+#define SWIFTIOMMU_DEVICE_DMA _IO('S', 0x01)
+#define SWIFTIOMMU_STATS _IO('S', 0x10)
+
+struct iommu_destroy { uint32_t size, id; };
+struct iommu_ioas_alloc { uint32_t size, flags, out_ioas_id; };
+struct iommu_ioas_map { uint32_t size, flags, ioas_id, __reserved; uint64_t user_va, length, iova; };
+struct iommu_ioas_unmap { uint32_t size, ioas_id; uint64_t iova, length; };
+struct iommu_hwpt_alloc { uint32_t size, flags, dev_id, pt_id, out_hwpt_id, __reserved, data_type, data_len; uint64_t data_uptr;
+                          uint32_t fault_id, __reserved2; };
+struct vfio_device_bind_iommufd { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; uint64_t token_uuid_ptr; };
+struct vfio_device_attach_iommufd_pt { uint32_t argsz, flags, pt_id, pasid; };
+struct vfio_device_detach_iommufd_pt { uint32_t argsz, flags, pasid; };
+struct swiftiommu_device_dma { uint32_t argsz, flags, pasid, out_status; uint64_t iova, length, data; uint32_t out_fault_reason, out_handle; };
+struct swiftiommu_stats { uint32_t argsz, pad; uint64_t frames, pinned, domains, dids; };
+
+static int passed, failed;
+#define CHECK(cond, ...) do { if (cond) passed++; else { failed++; fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+    fprintf(stderr, __VA_ARGS__); fprintf(stderr, " (errno %d %s)\n", errno, strerror(errno)); } } while (0)
+
+static char nth_path[64];
+
+static void set_nth(int n) {
+    int fd = open(nth_path, O_WRONLY);
+    char b[16];
+    int len = snprintf(b, sizeof(b), "%d", n);
+    if (fd < 0 || write(fd, b, len) != len) { fprintf(stderr, "cannot write %s\n", nth_path); exit(2); }
+    close(fd);
+}
+
+static int read_nth(void) {
+    int fd = open(nth_path, O_RDONLY);
+    char b[16] = { 0 };
+    ssize_t n = fd >= 0 ? read(fd, b, sizeof(b) - 1) : -1;
+    close(fd);
+    return n > 0 ? atoi(b) : -1;
+}
+
+/* A call's result: 0 or an errno a failed allocation or copy may give. */
+static int bad_errnos;
+static void expect_ok_or_errno(int rc, const char *what) {
+    if (rc == 0) return;
+    switch (errno) {
+    case ENOMEM: case EFAULT: case ENOSPC: case EIO: case ETIMEDOUT: case ENOENT: case EINVAL: case EBUSY: case ENODEV:
+        return;
+    default:
+        if (bad_errnos++ < 5) fprintf(stderr, "%s: unexpected errno %d (%s)\n", what, errno, strerror(errno));
+    }
+}
+
+static struct swiftiommu_stats stats(int iommufd) {
+    struct swiftiommu_stats s = { .argsz = sizeof(s) };
+    if (ioctl(iommufd, SWIFTIOMMU_STATS, &s)) { fprintf(stderr, "SWIFTIOMMU_STATS failed\n"); exit(2); }
+    return s;
+}
+
+int main(void) {
+    snprintf(nth_path, sizeof(nth_path), "/proc/self/task/%ld/fail-nth", (long)syscall(SYS_gettid));
+    unsigned char *ram = mmap(NULL, 8 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memset(ram, 0x33, 8 * 4096);
+    int probe = open("/dev/iommu", O_RDWR);
+    struct swiftiommu_stats before = stats(probe);
+    int n, runs = 0, fired = 0;
+    for (n = 1; n < 2000; n++) {
+        int iommufd = open("/dev/iommu", O_RDWR), dev = open("/dev/vfio/devices/vfio1", O_RDWR);
+        if (iommufd < 0 || dev < 0) { fprintf(stderr, "open failed\n"); return 2; }
+        set_nth(n);
+        struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = iommufd };
+        int rc = ioctl(dev, VFIO_DEVICE_BIND_IOMMUFD, &bind);
+        expect_ok_or_errno(rc, "bind");
+        struct iommu_ioas_alloc ia = { .size = sizeof(ia) };
+        expect_ok_or_errno(ioctl(iommufd, IOMMU_IOAS_ALLOC, &ia), "IOAS_ALLOC");
+        struct iommu_ioas_map m = { .size = sizeof(m), .flags = 7, .ioas_id = ia.out_ioas_id, .user_va = (uintptr_t)ram,
+                                    .length = 8 * 4096, .iova = 0x100000 };
+        expect_ok_or_errno(ioctl(iommufd, IOMMU_IOAS_MAP, &m), "IOAS_MAP");
+        struct iommu_hwpt_alloc ha = { .size = sizeof(ha), .dev_id = bind.out_devid, .pt_id = ia.out_ioas_id };
+        expect_ok_or_errno(ioctl(iommufd, IOMMU_HWPT_ALLOC, &ha), "HWPT_ALLOC");
+        struct vfio_device_attach_iommufd_pt at = { .argsz = sizeof(at), .pt_id = ha.out_hwpt_id };
+        expect_ok_or_errno(ioctl(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &at), "ATTACH");
+        const char msg[] = "fail_nth";
+        struct swiftiommu_device_dma d = { .argsz = sizeof(d), .flags = 1, .iova = 0x100000 + 4096, .length = sizeof(msg), .data = (uintptr_t)msg };
+        expect_ok_or_errno(ioctl(dev, SWIFTIOMMU_DEVICE_DMA, &d), "DMA");
+        struct iommu_ioas_unmap u = { .size = sizeof(u), .ioas_id = ia.out_ioas_id, .iova = 0x100000, .length = 8 * 4096 };
+        expect_ok_or_errno(ioctl(iommufd, IOMMU_IOAS_UNMAP, &u), "IOAS_UNMAP");
+        struct vfio_device_detach_iommufd_pt de = { .argsz = sizeof(de) };
+        expect_ok_or_errno(ioctl(dev, VFIO_DEVICE_DETACH_IOMMUFD_PT, &de), "DETACH");
+        struct iommu_destroy dh = { .size = sizeof(dh), .id = ha.out_hwpt_id };
+        expect_ok_or_errno(ioctl(iommufd, IOMMU_DESTROY, &dh), "DESTROY hwpt");
+        int left = read_nth();
+        set_nth(0);
+        close(dev);
+        close(iommufd);
+        runs++;
+        struct swiftiommu_stats after = stats(probe);
+        if (after.frames != before.frames || after.pinned != before.pinned || after.domains != before.domains || after.dids != before.dids) {
+            failed++;
+            fprintf(stderr, "FAIL: N=%d leaked: frames %llu->%llu pinned %llu->%llu domains %llu->%llu dids %llu->%llu\n", n,
+                    (unsigned long long)before.frames, (unsigned long long)after.frames, (unsigned long long)before.pinned,
+                    (unsigned long long)after.pinned, (unsigned long long)before.domains, (unsigned long long)after.domains,
+                    (unsigned long long)before.dids, (unsigned long long)after.dids);
+            before = after;
+        }
+        if (left != 0) break; /* the Nth point was never reached: every point was failed once */
+        fired++;
+    }
+    close(probe);
+    CHECK(bad_errnos == 0, "every failed call gave an allocation or copy errno (%d did not)", bad_errnos);
+    CHECK(fired >= 10, "the loop failed at least ten injection points (%d)", fired);
+    CHECK(n < 2000, "the loop ended: fail-nth read back non-zero after %d runs", runs);
+    CHECK(memcmp(ram, "\x33\x33", 2) == 0, "the program's memory is intact");
+    fprintf(stderr, "%d runs, %d injected failures\n", runs, fired);
+    printf("%d passed, %d failed\n", passed + (failed == 0 ? 1 : 0), failed);
+    return failed ? 1 : 0;
+}
