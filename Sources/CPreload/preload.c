@@ -31,6 +31,24 @@ extern long swiftiommu_read(int fd, void *buf, unsigned long count) __attribute_
 extern long swiftiommu_write(int fd, const void *buf, unsigned long count) __attribute__((weak));
 extern long swiftiommu_positioned(int fd) __attribute__((weak));
 extern long swiftiommu_mmap(int fd, int prot) __attribute__((weak));
+/* The program is about to change the mappings of [addr, addr + len): `kind` 0 unmaps or
+ * replaces them, 1 moves them (mremap), 2 changes their protection or advice. */
+extern void swiftiommu_range_changing(uint64_t addr, uint64_t len, int kind) __attribute__((weak));
+
+static uint64_t maps_generation = 1;
+/* Set while this thread runs the shim's Swift side: its own mappings need no notice. */
+static __thread int in_shim;
+
+uint64_t swiftiommu_shim_maps_generation(void) { return __atomic_load_n(&maps_generation, __ATOMIC_ACQUIRE); }
+
+static void range_changing(void *addr, size_t len, int kind) {
+    __atomic_add_fetch(&maps_generation, 1, __ATOMIC_ACQ_REL);
+    if (!in_shim && swiftiommu_range_changing && len) {
+        in_shim = 1;
+        swiftiommu_range_changing((uint64_t)(uintptr_t)addr, (uint64_t)len, kind);
+        in_shim = 0;
+    }
+}
 
 #define MAX_FDS 65536
 static unsigned char ours[MAX_FDS];
@@ -66,7 +84,9 @@ static int is_iommu_path(const char *path) {
 }
 
 static void child_after_fork(void) {
+    in_shim = 1;
     if (swiftiommu_fork_child) swiftiommu_fork_child();
+    in_shim = 0;
 }
 
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
@@ -80,7 +100,9 @@ static int open_iommu_path(const char *path, int flags) {
                           (flags & O_CLOEXEC) ? MFD_CLOEXEC : 0);
     if (fd < 0) return -1;
     if (fd >= MAX_FDS) { close(fd); errno = EMFILE; return -1; }
+    in_shim = 1;
     int rc = swiftiommu_open(fd, path);
+    in_shim = 0;
     if (rc < 0) {
         REAL(int, close, (int));
         real_close(fd);
@@ -152,7 +174,9 @@ int close(int fd) {
     REAL(int, close, (int));
     if (swiftiommu_shim_is_ours(fd)) {
         swiftiommu_shim_mark(fd, 0);
+        in_shim = 1;
         if (swiftiommu_close) swiftiommu_close(fd);
+        in_shim = 0;
     }
     return real_close(fd);
 }
@@ -160,7 +184,9 @@ int close(int fd) {
 int ioctl(int fd, unsigned long request, ...) {
     va_list ap; va_start(ap, request); unsigned long arg = va_arg(ap, unsigned long); va_end(ap);
     if (swiftiommu_shim_is_ours(fd) && swiftiommu_ioctl) {
+        in_shim = 1;
         long rc = swiftiommu_ioctl(fd, request, arg);
+        in_shim = 0;
         if (rc < 0) { errno = (int)-rc; return -1; }
         return (int)rc;
     }
@@ -203,7 +229,9 @@ void swiftiommu_shim_signal(int fd, int readable) {
 
 ssize_t read(int fd, void *buf, size_t count) {
     if (swiftiommu_shim_is_ours(fd) && swiftiommu_read) {
+        in_shim = 1;
         long rc = swiftiommu_read(fd, buf, count);
+        in_shim = 0;
         if (rc < 0) { errno = (int)-rc; return -1; }
         return rc;
     }
@@ -218,7 +246,9 @@ ssize_t __read_chk(int fd, void *buf, size_t count, size_t buflen) {
 
 ssize_t write(int fd, const void *buf, size_t count) {
     if (swiftiommu_shim_is_ours(fd) && swiftiommu_write) {
+        in_shim = 1;
         long rc = swiftiommu_write(fd, buf, count);
+        in_shim = 0;
         if (rc < 0) { errno = (int)-rc; return -1; }
         return rc;
     }
@@ -259,8 +289,36 @@ void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
         errno = swiftiommu_mmap ? (int)-swiftiommu_mmap(fd, prot) : ENODEV;
         return MAP_FAILED;
     }
+    if (flags & MAP_FIXED) range_changing(addr, length, 0);
+    else __atomic_add_fetch(&maps_generation, 1, __ATOMIC_ACQ_REL);
     REAL(void *, mmap, (void *, size_t, int, int, int, off_t));
     return real_mmap(addr, length, prot, flags, fd, offset);
+}
+
+int munmap(void *addr, size_t length) {
+    range_changing(addr, length, 0);
+    REAL(int, munmap, (void *, size_t));
+    return real_munmap(addr, length);
+}
+
+void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...) {
+    va_list ap; va_start(ap, flags); void *new_address = (flags & MREMAP_FIXED) ? va_arg(ap, void *) : NULL; va_end(ap);
+    range_changing(old, old_size, 1);
+    if (flags & MREMAP_FIXED) range_changing(new_address, new_size, 0);
+    REAL(void *, mremap, (void *, size_t, size_t, int, ...));
+    return real_mremap(old, old_size, new_size, flags, new_address);
+}
+
+int mprotect(void *addr, size_t len, int prot) {
+    range_changing(addr, len, 2);
+    REAL(int, mprotect, (void *, size_t, int));
+    return real_mprotect(addr, len, prot);
+}
+
+int madvise(void *addr, size_t len, int advice) {
+    range_changing(addr, len, 2);
+    REAL(int, madvise, (void *, size_t, int));
+    return real_madvise(addr, len, advice);
 }
 
 void *mmap64(void *addr, size_t length, int prot, int flags, int fd, off_t offset) {

@@ -16,14 +16,10 @@ struct HostMapping {
     var inode: UInt64
     var path: String
 
-    /// The mapping covering `address`, read from /proc/self/maps (nil: nothing is mapped).
-    static func containing(_ address: UInt64) -> HostMapping? {
-        guard let text = readMaps() else { return nil }
-        for line in text.split(separator: "\n") {
-            guard let m = parse(line), m.start <= address, address < m.end else { continue }
-            return m
-        }
-        return nil
+    /// Every mapping, in address order, read from /proc/self/maps.
+    static func all() -> [HostMapping] {
+        guard let text = readMaps() else { return [] }
+        return text.split(separator: "\n").compactMap(parse)
     }
 
     static func parse(_ line: Substring) -> HostMapping? {

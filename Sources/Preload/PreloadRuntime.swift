@@ -46,6 +46,7 @@ final class PreloadRuntime: @unchecked Sendable {
             memory = HostMemory(physical: machine.platform.memory, frames: machine.platform.frames)
             devices = try machine.addDevices(scenario.devices.map(\.description), ats: scenario.devices.map(\.ats),
                                              pri: scenario.devices.map(\.pri))
+            Self.applyOracleSetting(machine)
             return
         }
         machine = try Machine(seed: 1, memorySize: 256 << 20, units: [VTdConfiguration(name: "dmar0")], policy: .strict,
@@ -56,6 +57,13 @@ final class PreloadRuntime: @unchecked Sendable {
                               maxPASIDs: 1 << 8, ats: true, pri: true),
             DeviceDescription(name: "nic0", requesterID: RequesterID(bus: 0, device: 3, function: 0), unit: 0),
         ])
+        Self.applyOracleSetting(machine)
+    }
+
+    /// SWIFTIOMMU_ORACLE=0: the system alone, as Linux runs it (benchmarks); by default the
+    /// oracle checks every map and DMA of the program's machine.
+    static func applyOracleSetting(_ machine: Machine) {
+        if let o = getenv("SWIFTIOMMU_ORACLE"), String(cString: o) == "0" { machine.core.observer = nil }
     }
 
     /// Opens `path` as file `fd`: /dev/iommu, or /dev/vfio/devices/vfioN (ENOENT beyond
@@ -98,7 +106,9 @@ final class PreloadRuntime: @unchecked Sendable {
             return -Int(EFAULT)
         }
         guard s.u32(0) >= 40 else { return -Int(EINVAL) }
-        s.set64(8, UInt64(machine.platform.frames.inUse))
+        // Frames the system holds for itself: those standing in for the program's own pages
+        // (pinned or parked) are the program's memory, not the system's.
+        s.set64(8, UInt64(machine.platform.frames.inUse - memory.framesStandingIn))
         s.set64(16, UInt64(memory.pinnedPages))
         s.set64(24, UInt64(machine.core.liveDomains.count))
         s.set64(32, UInt64(machine.driver.units.reduce(0) { $0 + $1.domainIDs.allocated }))
@@ -278,6 +288,11 @@ public func swiftiommuPositioned(_ fd: Int32) -> Int {
 @_cdecl("swiftiommu_mmap")
 public func swiftiommuMmap(_ fd: Int32, _ prot: Int32) -> Int {
     PreloadRuntime.withLock { PreloadRuntime.shared?.mmap(fd, prot: prot) ?? -Int(ENODEV) }
+}
+
+@_cdecl("swiftiommu_range_changing")
+public func swiftiommuRangeChanging(_ address: UInt64, _ length: UInt64, _ kind: Int32) {
+    PreloadRuntime.withLock { PreloadRuntime.shared?.memory.rangeChanging(address, length, kind: kind) }
 }
 
 @_cdecl("swiftiommu_close")

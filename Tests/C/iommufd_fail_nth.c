@@ -82,14 +82,17 @@ static struct swiftiommu_stats stats(int iommufd) {
 
 int main(void) {
     snprintf(nth_path, sizeof(nth_path), "/proc/self/task/%ld/fail-nth", (long)syscall(SYS_gettid));
-    unsigned char *ram = mmap(NULL, 8 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    memset(ram, 0x33, 8 * 4096);
+    unsigned char *ram = NULL;
     int probe = open("/dev/iommu", O_RDWR);
     struct swiftiommu_stats before = stats(probe);
     int n, runs = 0, fired = 0;
     for (n = 1; n < 2000; n++) {
         int iommufd = open("/dev/iommu", O_RDWR), dev = open("/dev/vfio/devices/vfio1", O_RDWR);
         if (iommufd < 0 || dev < 0) { fprintf(stderr, "open failed\n"); return 2; }
+        /* Fresh guest RAM each run, so its pages are pinned afresh (and the old ones let go). */
+        if (ram) munmap(ram, 8 * 4096);
+        ram = mmap(NULL, 8 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        memset(ram, 0x33, 8 * 4096);
         set_nth(n);
         struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = iommufd };
         int rc = ioctl(dev, VFIO_DEVICE_BIND_IOMMUFD, &bind);

@@ -18,6 +18,10 @@ int swiftiommu_shim_eventfd(int cloexec);
 void swiftiommu_shim_signal(int fd, int readable);
 #include <stdint.h>
 
+/* Bumped by every change of this process's mappings (mmap, munmap, mremap, mprotect,
+ * madvise through libc): a parse of /proc/self/maps is good while it is unchanged. */
+uint64_t swiftiommu_shim_maps_generation(void);
+
 /* copy_from_user / copy_to_user on this process: the whole `n` bytes or nothing reported
  * (returns 1 on success, 0 when any byte is not accessible), never a fault. */
 int swiftiommu_copy_from_user(void *dst, uint64_t src, size_t n);

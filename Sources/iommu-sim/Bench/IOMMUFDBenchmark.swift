@@ -26,6 +26,9 @@ struct IOMMUFDBenchmark {
         var coreMapUnmapPairNs = 0.0
         /// GET_DIRTY_BITMAP of 1 GiB mapped with 4 KiB pages, 10% of them written (T17).
         var dirtyBitmap1GiBMs = 0.0
+        /// IOMMU_OPTION (get RLIMIT_MODE) through the Swift ioctl entry: what the C ABI's
+        /// shim cost is measured above.
+        var optionIoctlNs = 0.0
     }
 
     let pairs: Int
@@ -106,7 +109,23 @@ struct IOMMUFDBenchmark {
         r.map1GiBMs = try map1GiB()
         r.faultRoundTripNs = try faultRoundTrip()
         r.dirtyBitmap1GiBMs = try dirtyBitmap1GiB()
+        r.optionIoctlNs = try optionIoctl()
         return r
+    }
+
+    /// IOMMU_OPTION get RLIMIT_MODE, the cheapest real command, through the byte entry.
+    func optionIoctl() throws -> Double {
+        var o = StructBytes(size: IOMMUFDCommand.option.size)
+        o.set32(4, 0); o.set16(8, 1)
+        let number = IOMMUFDCommand.option.number, ctx = self.ctx, n = 200_000
+        var failures = 0
+        let elapsed: UInt64 = o.bytes.withUnsafeMutableBytes { b in
+            let start = HostClock.now()
+            for _ in 0..<n where ctx.ioctl(number, b) != 0 { failures += 1 }
+            return HostClock.elapsed(start, HostClock.now())
+        }
+        guard failures == 0 else { throw Failure(description: "IOMMU_OPTION failed \(failures) times") }
+        return Double(elapsed) / Double(n)
     }
 
     /// Argument buffers made once, so the loop allocates nothing.
