@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -29,7 +30,8 @@ extern int swiftiommu_close(int fd) __attribute__((weak));
 extern void swiftiommu_fork_child(void) __attribute__((weak));
 extern long swiftiommu_read(int fd, void *buf, unsigned long count) __attribute__((weak));
 extern long swiftiommu_write(int fd, const void *buf, unsigned long count) __attribute__((weak));
-extern long swiftiommu_positioned(int fd) __attribute__((weak));
+extern long swiftiommu_pread(int fd, void *buf, unsigned long count, long offset) __attribute__((weak));
+extern long swiftiommu_pwrite(int fd, const void *buf, unsigned long count, long offset) __attribute__((weak));
 extern long swiftiommu_mmap(int fd, int prot) __attribute__((weak));
 /* The program is about to change the mappings of [addr, addr + len): `kind` 0 unmaps or
  * replaces them, 1 moves them (mremap), 2 changes their protection or advice. */
@@ -73,6 +75,22 @@ static void *next(const char *name) { return dlsym(RTLD_NEXT, name); }
 static int ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), m = strlen(suffix);
     return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+/* debugfs itself, which a fail_nth program opens first (opendir): an empty directory of our
+ * own, so the program goes on to the knobs the shim serves. */
+static int is_debugfs_root(const char *path) {
+    return path && (strcmp(path, "/sys/kernel/debug") == 0 || strcmp(path, "/sys/kernel/debug/") == 0);
+}
+
+static int open_debugfs_root(int flags) {
+    static char dir[64];
+    if (!dir[0]) {
+        strcpy(dir, "/tmp/swiftiommu-debugfs-XXXXXX");
+        if (!mkdtemp(dir)) { dir[0] = 0; return -1; }
+    }
+    REAL(int, open, (const char *, int, ...));
+    return real_open(dir, (flags & ~(O_WRONLY | O_RDWR | O_CREAT)) | O_DIRECTORY);
 }
 
 static int is_iommu_path(const char *path) {
@@ -120,6 +138,7 @@ static mode_t mode_arg(int flags, va_list ap) {
 int open(const char *path, int flags, ...) {
     va_list ap; va_start(ap, flags); mode_t mode = mode_arg(flags, ap); va_end(ap);
     if (is_iommu_path(path)) return open_iommu_path(path, flags);
+    if (is_debugfs_root(path)) return open_debugfs_root(flags);
     REAL(int, open, (const char *, int, ...));
     return real_open(path, flags, mode);
 }
@@ -127,6 +146,7 @@ int open(const char *path, int flags, ...) {
 int open64(const char *path, int flags, ...) {
     va_list ap; va_start(ap, flags); mode_t mode = mode_arg(flags, ap); va_end(ap);
     if (is_iommu_path(path)) return open_iommu_path(path, flags);
+    if (is_debugfs_root(path)) return open_debugfs_root(flags);
     REAL(int, open64, (const char *, int, ...));
     return real_open64(path, flags, mode);
 }
@@ -134,6 +154,7 @@ int open64(const char *path, int flags, ...) {
 int openat(int dirfd, const char *path, int flags, ...) {
     va_list ap; va_start(ap, flags); mode_t mode = mode_arg(flags, ap); va_end(ap);
     if (is_iommu_path(path)) return open_iommu_path(path, flags);
+    if (is_debugfs_root(path)) return open_debugfs_root(flags);
     REAL(int, openat, (int, const char *, int, ...));
     return real_openat(dirfd, path, flags, mode);
 }
@@ -141,6 +162,7 @@ int openat(int dirfd, const char *path, int flags, ...) {
 int openat64(int dirfd, const char *path, int flags, ...) {
     va_list ap; va_start(ap, flags); mode_t mode = mode_arg(flags, ap); va_end(ap);
     if (is_iommu_path(path)) return open_iommu_path(path, flags);
+    if (is_debugfs_root(path)) return open_debugfs_root(flags);
     REAL(int, openat64, (int, const char *, int, ...));
     return real_openat64(dirfd, path, flags, mode);
 }
@@ -148,24 +170,28 @@ int openat64(int dirfd, const char *path, int flags, ...) {
 /* glibc's fortified opens (_FORTIFY_SOURCE with a flags argument known at compile time). */
 int __open_2(const char *path, int flags) {
     if (is_iommu_path(path)) return open_iommu_path(path, flags);
+    if (is_debugfs_root(path)) return open_debugfs_root(flags);
     REAL(int, __open_2, (const char *, int));
     return real___open_2(path, flags);
 }
 
 int __open64_2(const char *path, int flags) {
     if (is_iommu_path(path)) return open_iommu_path(path, flags);
+    if (is_debugfs_root(path)) return open_debugfs_root(flags);
     REAL(int, __open64_2, (const char *, int));
     return real___open64_2(path, flags);
 }
 
 int __openat_2(int dirfd, const char *path, int flags) {
     if (is_iommu_path(path)) return open_iommu_path(path, flags);
+    if (is_debugfs_root(path)) return open_debugfs_root(flags);
     REAL(int, __openat_2, (int, const char *, int));
     return real___openat_2(dirfd, path, flags);
 }
 
 int __openat64_2(int dirfd, const char *path, int flags) {
     if (is_iommu_path(path)) return open_iommu_path(path, flags);
+    if (is_debugfs_root(path)) return open_debugfs_root(flags);
     REAL(int, __openat64_2, (int, const char *, int));
     return real___openat64_2(dirfd, path, flags);
 }
@@ -256,28 +282,53 @@ ssize_t write(int fd, const void *buf, size_t count) {
     return real_write(fd, buf, count);
 }
 
-/* Positioned reads and writes of our files: the Swift side gives the errno (a fault file
- * does not seek: ESPIPE; /dev/iommu has no read: EINVAL; device regions are not emulated). */
+/* Positioned reads and writes of our files: the fault-injection files take them (a
+ * fail_nth loop uses pread/pwrite); a fault file does not seek (ESPIPE); /dev/iommu has no
+ * read and device regions are not emulated (EINVAL). */
 ssize_t pread(int fd, void *buf, size_t count, off_t offset) {
-    if (swiftiommu_shim_is_ours(fd)) { errno = swiftiommu_positioned ? (int)-swiftiommu_positioned(fd) : ESPIPE; return -1; }
+    if (swiftiommu_shim_is_ours(fd) && swiftiommu_pread) {
+        in_shim = 1;
+        long rc = swiftiommu_pread(fd, buf, count, (long)offset);
+        in_shim = 0;
+        if (rc < 0) { errno = (int)-rc; return -1; }
+        return rc;
+    }
     REAL(ssize_t, pread, (int, void *, size_t, off_t));
     return real_pread(fd, buf, count, offset);
 }
 
 ssize_t pread64(int fd, void *buf, size_t count, off_t offset) {
-    if (swiftiommu_shim_is_ours(fd)) { errno = swiftiommu_positioned ? (int)-swiftiommu_positioned(fd) : ESPIPE; return -1; }
+    if (swiftiommu_shim_is_ours(fd) && swiftiommu_pread) {
+        in_shim = 1;
+        long rc = swiftiommu_pread(fd, buf, count, (long)offset);
+        in_shim = 0;
+        if (rc < 0) { errno = (int)-rc; return -1; }
+        return rc;
+    }
     REAL(ssize_t, pread64, (int, void *, size_t, off_t));
     return real_pread64(fd, buf, count, offset);
 }
 
 ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
-    if (swiftiommu_shim_is_ours(fd)) { errno = swiftiommu_positioned ? (int)-swiftiommu_positioned(fd) : ESPIPE; return -1; }
+    if (swiftiommu_shim_is_ours(fd) && swiftiommu_pwrite) {
+        in_shim = 1;
+        long rc = swiftiommu_pwrite(fd, buf, count, (long)offset);
+        in_shim = 0;
+        if (rc < 0) { errno = (int)-rc; return -1; }
+        return rc;
+    }
     REAL(ssize_t, pwrite, (int, const void *, size_t, off_t));
     return real_pwrite(fd, buf, count, offset);
 }
 
 ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
-    if (swiftiommu_shim_is_ours(fd)) { errno = swiftiommu_positioned ? (int)-swiftiommu_positioned(fd) : ESPIPE; return -1; }
+    if (swiftiommu_shim_is_ours(fd) && swiftiommu_pwrite) {
+        in_shim = 1;
+        long rc = swiftiommu_pwrite(fd, buf, count, (long)offset);
+        in_shim = 0;
+        if (rc < 0) { errno = (int)-rc; return -1; }
+        return rc;
+    }
     REAL(ssize_t, pwrite64, (int, const void *, size_t, off_t));
     return real_pwrite64(fd, buf, count, offset);
 }

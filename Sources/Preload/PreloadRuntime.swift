@@ -159,8 +159,23 @@ final class PreloadRuntime: @unchecked Sendable {
         return n
     }
 
-    /// pread/pwrite of one of our files.
-    func positioned(_ fd: Int32) -> Int { faultFiles[fd] != nil ? -Int(ESPIPE) : -Int(EINVAL) }
+    /// pread of one of our files: a fault-injection file reads from `offset`; a fault file
+    /// does not seek (ESPIPE); the others have no read (EINVAL).
+    func pread(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: Int, _ offset: Int) -> Int {
+        if let file = injectionFiles[fd] {
+            guard offset >= 0 else { return -Int(EINVAL) }
+            let n = readInjection(fd, (file.path, offset), buffer, count)
+            injectionFiles[fd] = file
+            return n
+        }
+        return faultFiles[fd] != nil ? -Int(ESPIPE) : -Int(EINVAL)
+    }
+
+    /// pwrite of one of our files: a fault-injection file takes it as a write.
+    func pwrite(_ fd: Int32, _ buffer: UnsafeRawPointer?, _ count: Int, _ offset: Int) -> Int {
+        if let file = injectionFiles[fd] { return offset < 0 ? -Int(EINVAL) : writeInjection(file.path, buffer, count) }
+        return faultFiles[fd] != nil ? -Int(ESPIPE) : -Int(EINVAL)
+    }
 
     /// mmap of one of our files: iommufd has no mmap window on this driver (Linux
     /// `iommufd_fops_mmap`: EPERM for an executable mapping, ENXIO for an offset with no
@@ -280,9 +295,14 @@ public func swiftiommuWrite(_ fd: Int32, _ buffer: UnsafeRawPointer?, _ count: U
     PreloadRuntime.withLock { PreloadRuntime.shared?.write(fd, buffer, Int(min(count, 1 << 30))) ?? -Int(EBADF) }
 }
 
-@_cdecl("swiftiommu_positioned")
-public func swiftiommuPositioned(_ fd: Int32) -> Int {
-    PreloadRuntime.withLock { PreloadRuntime.shared?.positioned(fd) ?? -Int(EBADF) }
+@_cdecl("swiftiommu_pread")
+public func swiftiommuPread(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: UInt, _ offset: Int) -> Int {
+    PreloadRuntime.withLock { PreloadRuntime.shared?.pread(fd, buffer, Int(min(count, 1 << 30)), offset) ?? -Int(EBADF) }
+}
+
+@_cdecl("swiftiommu_pwrite")
+public func swiftiommuPwrite(_ fd: Int32, _ buffer: UnsafeRawPointer?, _ count: UInt, _ offset: Int) -> Int {
+    PreloadRuntime.withLock { PreloadRuntime.shared?.pwrite(fd, buffer, Int(min(count, 1 << 30)), offset) ?? -Int(EBADF) }
 }
 
 @_cdecl("swiftiommu_mmap")

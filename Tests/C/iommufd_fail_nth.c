@@ -7,6 +7,7 @@
  * injection points are the emulated system's, not the host kernel's. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -46,19 +47,18 @@ static int passed, failed;
 
 static char nth_path[64];
 
+/* As the kernel's fail_nth test does: one descriptor, pwrite to arm, pread to read back. */
+static int nth_fd = -1;
+
 static void set_nth(int n) {
-    int fd = open(nth_path, O_WRONLY);
     char b[16];
     int len = snprintf(b, sizeof(b), "%d", n);
-    if (fd < 0 || write(fd, b, len) != len) { fprintf(stderr, "cannot write %s\n", nth_path); exit(2); }
-    close(fd);
+    if (pwrite(nth_fd, b, len, 0) != len) { fprintf(stderr, "cannot write %s\n", nth_path); exit(2); }
 }
 
 static int read_nth(void) {
-    int fd = open(nth_path, O_RDONLY);
     char b[16] = { 0 };
-    ssize_t n = fd >= 0 ? read(fd, b, sizeof(b) - 1) : -1;
-    close(fd);
+    ssize_t n = pread(nth_fd, b, sizeof(b) - 1, 0);
     return n > 0 ? atoi(b) : -1;
 }
 
@@ -82,6 +82,17 @@ static struct swiftiommu_stats stats(int iommufd) {
 
 int main(void) {
     snprintf(nth_path, sizeof(nth_path), "/proc/self/task/%ld/fail-nth", (long)syscall(SYS_gettid));
+    /* The kernel test's setup: debugfs is there, and its knobs take what is written. */
+    DIR *debugfs = opendir("/sys/kernel/debug/");
+    CHECK(debugfs != NULL, "opendir of debugfs");
+    if (debugfs) closedir(debugfs);
+    int knob = open("/sys/kernel/debug/failslab/ignore-gfp-wait", O_RDWR);
+    char kb[8] = { 0 };
+    CHECK(knob >= 0 && write(knob, "N", 1) == 1 && pread(knob, kb, sizeof(kb) - 1, 0) == 1 && kb[0] == 'N',
+          "a debugfs fault knob keeps what is written");
+    close(knob);
+    nth_fd = open(nth_path, O_RDWR);
+    CHECK(nth_fd >= 0 && read_nth() == 0, "fail-nth reads 0 before it is armed");
     unsigned char *ram = NULL;
     int probe = open("/dev/iommu", O_RDWR);
     struct swiftiommu_stats before = stats(probe);
@@ -138,6 +149,7 @@ int main(void) {
     CHECK(n < 2000, "the loop ended: fail-nth read back non-zero after %d runs", runs);
     CHECK(memcmp(ram, "\x33\x33", 2) == 0, "the program's memory is intact");
     fprintf(stderr, "%d runs, %d injected failures\n", runs, fired);
+    close(nth_fd);
     printf("%d passed, %d failed\n", passed + (failed == 0 ? 1 : 0), failed);
     return failed ? 1 : 0;
 }
