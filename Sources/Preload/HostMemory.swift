@@ -167,6 +167,23 @@ final class HostMemory: UserMemory {
         return f
     }
 
+    /// Pins the page at `offset` of the file open as `fd` (IOAS_MAP_FILE): the frame that
+    /// aliases it, shared with every mapping of the same page (same device, inode, offset).
+    /// Nil beyond the file's end (a device would fault on it) or when it cannot be mapped.
+    func pinFilePage(fd: Int32, device: String, inode: UInt64, size: UInt64, offset: UInt64) -> UInt64? {
+        guard physical.sharedFile >= 0, offset < size else { return nil }
+        let key = FileKey(device: device, inode: inode, offset: offset)
+        if let f = byFile[key], let p = pinned[f] {
+            pinned[f] = (p.page, p.pins + 1)
+            return f
+        }
+        guard let f = try? frames.allocate(.dmaBuffer) else { return nil }
+        guard physical.aliasFrame(f, file: fd, offset: offset) else { try? frames.free(f); return nil }
+        byFile[key] = f
+        pinned[f] = (.aliased(key), 1)
+        return f
+    }
+
     /// Drops a pin of each frame. A moved page whose last pin goes stays parked (see
     /// `pinned`); one the process no longer maps at its address goes back to wherever the
     /// process maps the frame now (found in /proc/self/maps) and its frame is freed; an

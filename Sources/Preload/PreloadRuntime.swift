@@ -119,9 +119,25 @@ final class PreloadRuntime: @unchecked Sendable {
         // Only the low 32 bits are the ioctl number (the kernel's `unsigned int cmd`).
         let cmd = UInt32(truncatingIfNeeded: request)
         if cmd == Self.stats, contexts[fd] != nil { return statsIoctl(UInt64(arg)) }
-        if let c = contexts[fd] { return Int(c.ioctl(cmd, userArgument: UInt64(arg))) }
+        if let c = contexts[fd] {
+            if cmd == IOMMUFDCommand.ioasMapFile.number { offerFile(c, UInt64(arg)) }
+            return Int(c.ioctl(cmd, userArgument: UInt64(arg)))
+        }
         if let d = deviceFiles[fd] { return d.ioctl(cmd, UInt64(arg), runtime: self) }
         return -Int(EBADF)
+    }
+
+    /// IOMMU_IOAS_MAP_FILE names a descriptor of the program's: the context gets the file
+    /// behind it (if it is open) under that number, so the command finds it (EBADF otherwise).
+    private func offerFile(_ c: IOMMUFDContext, _ arg: UInt64) {
+        var head = (UInt64(0), UInt64(0))
+        guard withUnsafeMutableBytes(of: &head, { memory.copyIn(from: arg, into: $0) }) else { return }
+        let userFD = Int32(bitPattern: UInt32(truncatingIfNeeded: head.1 >> 32))
+        guard !swiftiommu_shim_is_ours(userFD).isTrue, let file = HostFile(fd: userFD, memory: memory) else {
+            c.files[userFD] = nil
+            return
+        }
+        c.files[userFD] = file
     }
 
     /// read() of one of our files: fault records from a fault file (whole groups; the
@@ -349,4 +365,8 @@ public func swiftiommuForkChild() {
     // Other files of ours (fault queues, fault injection) belong to the parent's state.
     for fd in old.faultFiles.keys { swiftiommu_shim_mark(fd, 0) }
     for fd in old.injectionFiles.keys { swiftiommu_shim_mark(fd, 0) }
+}
+
+extension Int32 {
+    var isTrue: Bool { self != 0 }
 }

@@ -19,6 +19,7 @@
 #define IOMMU_IOAS_ALLOC _IO(';', 0x81)
 #define IOMMU_IOAS_MAP _IO(';', 0x85)
 #define IOMMU_IOAS_UNMAP _IO(';', 0x86)
+#define IOMMU_IOAS_MAP_FILE _IO(';', 0x8f)
 #define VFIO_DEVICE_GET_INFO _IO(';', 100 + 7)
 #define VFIO_DEVICE_BIND_IOMMUFD _IO(';', 100 + 18)
 #define VFIO_DEVICE_ATTACH_IOMMUFD_PT _IO(';', 100 + 19)
@@ -29,6 +30,7 @@
 struct iommu_ioas_alloc { uint32_t size, flags, out_ioas_id; };
 struct iommu_ioas_map { uint32_t size, flags, ioas_id, __reserved; uint64_t user_va, length, iova; };
 struct iommu_ioas_unmap { uint32_t size, ioas_id; uint64_t iova, length; };
+struct iommu_ioas_map_file { uint32_t size, flags, ioas_id; int32_t fd; uint64_t start, length, iova; };
 struct vfio_device_info { uint32_t argsz, flags, num_regions, num_irqs, cap_offset, pad; };
 struct vfio_device_bind_iommufd { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; uint64_t token_uuid_ptr; };
 struct vfio_device_attach_iommufd_pt { uint32_t argsz, flags, pt_id, pasid; };
@@ -121,6 +123,20 @@ int main(void) {
     CHECK(device_dma(dev, 1, 0x200000 + 4096, (void *)msg, sizeof(msg), NULL) == 0, "the device writes the memfd's page");
     CHECK(memcmp(b + 4096, msg, sizeof(msg)) == 0, "the write shows through another mapping of the same memfd");
     CHECK(memcmp(a + 4096, msg, sizeof(msg)) == 0, "and through the mapped one");
+
+    /* IOAS_MAP_FILE of the same memfd: its pages are the ones the mappings show. */
+    struct iommu_ioas_map_file mf = { .size = sizeof(mf), .flags = MAP_READABLE | MAP_WRITEABLE | MAP_FIXED_IOVA, .ioas_id = ia.out_ioas_id,
+                                      .fd = mfd, .start = 0, .length = 2 * 4096, .iova = 0x300000 };
+    CHECK(ioctl(iommufd, IOMMU_IOAS_MAP_FILE, &mf) == 0, "IOAS_MAP_FILE of the memfd");
+    CHECK(device_dma(dev, 1, 0x300000 + 16, "by file", 8, NULL) == 0 && memcmp(a + 16, "by file", 8) == 0,
+          "a device write through the file mapping shows in the program's mappings");
+    char seen2[sizeof(msg)] = { 0 };
+    CHECK(device_dma(dev, 0, 0x300000 + 4096, seen2, sizeof(msg), NULL) == 0 && memcmp(seen2, msg, sizeof(msg)) == 0,
+          "and the device reads what came in through the other IOVA: one page");
+    struct iommu_ioas_map_file badfd = mf;
+    badfd.fd = 999; badfd.iova = 0x400000;
+    errno = 0;
+    CHECK(ioctl(iommufd, IOMMU_IOAS_MAP_FILE, &badfd) == -1 && errno == EBADF, "IOAS_MAP_FILE of a closed descriptor: EBADF");
 
     struct iommu_ioas_unmap u = { .size = sizeof(u), .ioas_id = ia.out_ioas_id, .iova = 0x100000, .length = 4 * 4096 };
     CHECK(ioctl(iommufd, IOMMU_IOAS_UNMAP, &u) == 0, "IOAS_UNMAP of the private memory");
