@@ -31,3 +31,8 @@ int ciommu_replace_private_page(void *address, const void *content, int prot) {
     if (moved == MAP_FAILED) { int e = errno; munmap(tmp, 4096); return -e; }
     return 0;
 }
+
+int ciommu_duplicate_shared_page(void *source, void *target) {
+    void *p = mremap(source, 0, 4096, MREMAP_MAYMOVE | MREMAP_FIXED, target);
+    return p == MAP_FAILED ? -errno : 0;
+}

@@ -20,6 +20,9 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/eventfd.h>
+#include <signal.h>
+#include <ucontext.h>
+#include <linux/close_range.h>
 #include <unistd.h>
 #include "CPreload.h"
 
@@ -28,11 +31,13 @@ extern int swiftiommu_open(int fd, const char *path) __attribute__((weak));
 extern long swiftiommu_ioctl(int fd, unsigned long request, unsigned long arg) __attribute__((weak));
 extern int swiftiommu_close(int fd) __attribute__((weak));
 extern void swiftiommu_fork_child(void) __attribute__((weak));
+extern void swiftiommu_fork_prepare(void) __attribute__((weak));
+extern void swiftiommu_fork_parent(void) __attribute__((weak));
 extern long swiftiommu_read(int fd, void *buf, unsigned long count) __attribute__((weak));
 extern long swiftiommu_write(int fd, const void *buf, unsigned long count) __attribute__((weak));
 extern long swiftiommu_pread(int fd, void *buf, unsigned long count, long offset) __attribute__((weak));
 extern long swiftiommu_pwrite(int fd, const void *buf, unsigned long count, long offset) __attribute__((weak));
-extern long swiftiommu_mmap(int fd, int prot) __attribute__((weak));
+extern long swiftiommu_mmap(int fd, int prot, int flags) __attribute__((weak));
 /* The program is about to change the mappings of [addr, addr + len): `kind` 0 unmaps or
  * replaces them, 1 moves them (mremap), 2 changes their protection or advice. */
 extern void swiftiommu_range_changing(uint64_t addr, uint64_t len, int kind) __attribute__((weak));
@@ -43,9 +48,24 @@ static __thread int in_shim;
 
 uint64_t swiftiommu_shim_maps_generation(void) { return __atomic_load_n(&maps_generation, __ATOMIC_ACQUIRE); }
 
+/* Counts the calls that may unmap memory without the shim seeing the unmap itself (glibc's
+ * free, realloc and malloc_trim unmap large blocks and trim heaps internally; thread creation
+ * frees cached stacks), besides every mapping change the shim sees: while it is unchanged,
+ * nothing the program maps went away. */
+static uint64_t release_events = 1;
+uint64_t swiftiommu_shim_release_events(void) { return __atomic_load_n(&release_events, __ATOMIC_ACQUIRE); }
+static void note_release(void) { __atomic_add_fetch(&release_events, 1, __ATOMIC_ACQ_REL); }
+
+/* Set once the Swift side has a runtime (the first open of one of our files): before, the
+ * program's mapping changes concern nobody. */
+static int runtime_started;
+
 static void range_changing(void *addr, size_t len, int kind) {
+    /* The shim's own changes (in_shim) are tracked by the Swift side itself. */
+    if (in_shim) return;
+    note_release();
     __atomic_add_fetch(&maps_generation, 1, __ATOMIC_ACQ_REL);
-    if (!in_shim && swiftiommu_range_changing && len) {
+    if (!in_shim && runtime_started && swiftiommu_range_changing && len) {
         in_shim = 1;
         swiftiommu_range_changing((uint64_t)(uintptr_t)addr, (uint64_t)len, kind);
         in_shim = 0;
@@ -62,6 +82,10 @@ void swiftiommu_shim_mark(int fd, int on) {
 int swiftiommu_shim_is_ours(int fd) {
     return fd >= 0 && fd < MAX_FDS && __atomic_load_n(&ours[fd], __ATOMIC_ACQUIRE);
 }
+
+/* Whether a call on `fd` goes to the Swift side: one of ours, and not a call the Swift side
+ * itself makes (its own reads, closes and ioctls go to libc). */
+static int serve(int fd) { return !in_shim && swiftiommu_shim_is_ours(fd); }
 
 static void *next(const char *name) { return dlsym(RTLD_NEXT, name); }
 
@@ -107,8 +131,13 @@ static void child_after_fork(void) {
     in_shim = 0;
 }
 
+/* Around fork the Swift side's lock is held, so the child never copies a state another thread
+ * was changing; the parent lets go after, the child starts over lazily. */
+static void prepare_fork(void) { if (swiftiommu_fork_prepare) swiftiommu_fork_prepare(); }
+static void parent_after_fork(void) { if (swiftiommu_fork_parent) swiftiommu_fork_parent(); }
+
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
-static void register_fork(void) { pthread_atfork(NULL, NULL, child_after_fork); }
+static void register_fork(void) { pthread_atfork(prepare_fork, parent_after_fork, child_after_fork); }
 
 /* Opens one of our files: a descriptor of our own, then the Swift side behind it. */
 static int open_iommu_path(const char *path, int flags) {
@@ -121,6 +150,7 @@ static int open_iommu_path(const char *path, int flags) {
     in_shim = 1;
     int rc = swiftiommu_open(fd, path);
     in_shim = 0;
+    runtime_started = 1;
     if (rc < 0) {
         REAL(int, close, (int));
         real_close(fd);
@@ -198,7 +228,7 @@ int __openat64_2(int dirfd, const char *path, int flags) {
 
 int close(int fd) {
     REAL(int, close, (int));
-    if (swiftiommu_shim_is_ours(fd)) {
+    if (serve(fd)) {
         swiftiommu_shim_mark(fd, 0);
         in_shim = 1;
         if (swiftiommu_close) swiftiommu_close(fd);
@@ -209,7 +239,12 @@ int close(int fd) {
 
 int ioctl(int fd, unsigned long request, ...) {
     va_list ap; va_start(ap, request); unsigned long arg = va_arg(ap, unsigned long); va_end(ap);
-    if (swiftiommu_shim_is_ours(fd) && swiftiommu_ioctl) {
+    if (serve(fd) && (request == FIOCLEX || request == FIONCLEX || request == FIONBIO || request == FIOASYNC)) {
+        /* The VFS answers these for every file (do_vfs_ioctl): on the descriptor itself. */
+        REAL(int, ioctl, (int, unsigned long, ...));
+        return real_ioctl(fd, request, arg);
+    }
+    if (serve(fd) && swiftiommu_ioctl) {
         in_shim = 1;
         long rc = swiftiommu_ioctl(fd, request, arg);
         in_shim = 0;
@@ -254,7 +289,7 @@ void swiftiommu_shim_signal(int fd, int readable) {
 }
 
 ssize_t read(int fd, void *buf, size_t count) {
-    if (swiftiommu_shim_is_ours(fd) && swiftiommu_read) {
+    if (serve(fd) && swiftiommu_read) {
         in_shim = 1;
         long rc = swiftiommu_read(fd, buf, count);
         in_shim = 0;
@@ -271,7 +306,7 @@ ssize_t __read_chk(int fd, void *buf, size_t count, size_t buflen) {
 }
 
 ssize_t write(int fd, const void *buf, size_t count) {
-    if (swiftiommu_shim_is_ours(fd) && swiftiommu_write) {
+    if (serve(fd) && swiftiommu_write) {
         in_shim = 1;
         long rc = swiftiommu_write(fd, buf, count);
         in_shim = 0;
@@ -286,7 +321,7 @@ ssize_t write(int fd, const void *buf, size_t count) {
  * fail_nth loop uses pread/pwrite); a fault file does not seek (ESPIPE); /dev/iommu has no
  * read and device regions are not emulated (EINVAL). */
 ssize_t pread(int fd, void *buf, size_t count, off_t offset) {
-    if (swiftiommu_shim_is_ours(fd) && swiftiommu_pread) {
+    if (serve(fd) && swiftiommu_pread) {
         in_shim = 1;
         long rc = swiftiommu_pread(fd, buf, count, (long)offset);
         in_shim = 0;
@@ -298,7 +333,7 @@ ssize_t pread(int fd, void *buf, size_t count, off_t offset) {
 }
 
 ssize_t pread64(int fd, void *buf, size_t count, off_t offset) {
-    if (swiftiommu_shim_is_ours(fd) && swiftiommu_pread) {
+    if (serve(fd) && swiftiommu_pread) {
         in_shim = 1;
         long rc = swiftiommu_pread(fd, buf, count, (long)offset);
         in_shim = 0;
@@ -310,7 +345,7 @@ ssize_t pread64(int fd, void *buf, size_t count, off_t offset) {
 }
 
 ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
-    if (swiftiommu_shim_is_ours(fd) && swiftiommu_pwrite) {
+    if (serve(fd) && swiftiommu_pwrite) {
         in_shim = 1;
         long rc = swiftiommu_pwrite(fd, buf, count, (long)offset);
         in_shim = 0;
@@ -322,7 +357,7 @@ ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
 }
 
 ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
-    if (swiftiommu_shim_is_ours(fd) && swiftiommu_pwrite) {
+    if (serve(fd) && swiftiommu_pwrite) {
         in_shim = 1;
         long rc = swiftiommu_pwrite(fd, buf, count, (long)offset);
         in_shim = 0;
@@ -336,12 +371,13 @@ ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
 /* mmap of our files: the Swift side answers (iommufd: ENXIO, as for an offset with no
  * window; EPERM when executable; device regions are not emulated). */
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
-    if (!(flags & MAP_ANONYMOUS) && swiftiommu_shim_is_ours(fd)) {
-        errno = swiftiommu_mmap ? (int)-swiftiommu_mmap(fd, prot) : ENODEV;
+    if (!(flags & MAP_ANONYMOUS) && serve(fd)) {
+        errno = swiftiommu_mmap ? (int)-swiftiommu_mmap(fd, prot, flags) : ENODEV;
         return MAP_FAILED;
     }
+    /* A new mapping elsewhere changes nothing known (the Swift side re-reads the maps when it
+     * meets an address it does not know); one placed over others replaces them. */
     if (flags & MAP_FIXED) range_changing(addr, length, 0);
-    else __atomic_add_fetch(&maps_generation, 1, __ATOMIC_ACQ_REL);
     REAL(void *, mmap, (void *, size_t, int, int, int, off_t));
     return real_mmap(addr, length, prot, flags, fd, offset);
 }
@@ -374,4 +410,144 @@ int madvise(void *addr, size_t len, int advice) {
 
 void *mmap64(void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
     return mmap(addr, length, prot, flags, fd, offset);
+}
+
+/* Closing one of ours by other means than close(): the Swift side lets go of it first. */
+static void drop_if_ours(int fd) {
+    if (serve(fd)) {
+        swiftiommu_shim_mark(fd, 0);
+        in_shim = 1;
+        if (swiftiommu_close) swiftiommu_close(fd);
+        in_shim = 0;
+    }
+}
+
+int dup2(int oldfd, int newfd) {
+    if (oldfd != newfd) drop_if_ours(newfd);
+    REAL(int, dup2, (int, int));
+    return real_dup2(oldfd, newfd);
+}
+
+int dup3(int oldfd, int newfd, int flags) {
+    if (oldfd != newfd) drop_if_ours(newfd);
+    REAL(int, dup3, (int, int, int));
+    return real_dup3(oldfd, newfd, flags);
+}
+
+int close_range(unsigned int first, unsigned int last, int flags) {
+    if (!(flags & CLOSE_RANGE_CLOEXEC)) {
+        for (unsigned int fd = first; fd <= last && fd < MAX_FDS; fd++) drop_if_ours((int)fd);
+    }
+    REAL(int, close_range, (unsigned int, unsigned int, int));
+    return real_close_range(first, last, flags);
+}
+
+/* Fault-safe copies without a system call: one `rep movsb` whose fault, if any, the
+ * SIGSEGV/SIGBUS handler turns into a return with the bytes left (the kernel's exception
+ * fixup, done with the signal's register state). Faults anywhere else go to whatever handler
+ * the program has (or the default action), as if the shim were not there; a SIGBUS in the
+ * emulated RAM window (a file a frame aliases was truncated) gets a zero page there instead. */
+extern char swiftiommu_copy_insn[], swiftiommu_copy_done[];
+
+__attribute__((noinline)) static size_t copy_guarded(void *dst, const void *src, size_t n) {
+    __asm__ volatile(
+        ".globl swiftiommu_copy_insn\n"
+        "swiftiommu_copy_insn: rep movsb\n"
+        ".globl swiftiommu_copy_done\n"
+        "swiftiommu_copy_done:\n"
+        : "+D"(dst), "+S"(src), "+c"(n) : : "memory");
+    return n;
+}
+
+static struct sigaction program_segv, program_bus;
+static int guard_installed;
+static uint64_t window_start, window_end;
+
+static void chain(int sig, siginfo_t *info, void *uc) {
+    struct sigaction *a = sig == SIGSEGV ? &program_segv : &program_bus;
+    if (a->sa_flags & SA_SIGINFO) { if (a->sa_sigaction) { a->sa_sigaction(sig, info, uc); return; } }
+    else if (a->sa_handler != SIG_IGN && a->sa_handler != SIG_DFL) { a->sa_handler(sig); return; }
+    /* Default action: put it back and let the fault happen again. */
+    struct sigaction dfl = { .sa_handler = SIG_DFL };
+    REAL(int, sigaction, (int, const struct sigaction *, struct sigaction *));
+    real_sigaction(sig, &dfl, NULL);
+}
+
+static void guard_handler(int sig, siginfo_t *info, void *ucv) {
+    ucontext_t *uc = ucv;
+    if (uc->uc_mcontext.gregs[REG_RIP] == (greg_t)(uintptr_t)swiftiommu_copy_insn) {
+        uc->uc_mcontext.gregs[REG_RIP] = (greg_t)(uintptr_t)swiftiommu_copy_done;
+        return;
+    }
+    uint64_t a = (uint64_t)(uintptr_t)info->si_addr;
+    if (sig == SIGBUS && a >= window_start && a < window_end) {
+        REAL(void *, mmap, (void *, size_t, int, int, int, off_t));
+        if (real_mmap((void *)(uintptr_t)(a & ~0xfffull), 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) return;
+    }
+    chain(sig, info, ucv);
+}
+
+void swiftiommu_shim_install_guard(uint64_t start, uint64_t end) {
+    window_start = start; window_end = end;
+    if (guard_installed) return;
+    REAL(int, sigaction, (int, const struct sigaction *, struct sigaction *));
+    struct sigaction sa = { 0 };
+    sa.sa_sigaction = guard_handler;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    real_sigaction(SIGSEGV, &sa, &program_segv);
+    real_sigaction(SIGBUS, &sa, &program_bus);
+    guard_installed = 1;
+}
+
+/* The program's own SIGSEGV/SIGBUS handlers are kept behind the guard, which calls them. */
+int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+    if (guard_installed && (sig == SIGSEGV || sig == SIGBUS)) {
+        struct sigaction *mine = sig == SIGSEGV ? &program_segv : &program_bus;
+        if (old) *old = *mine;
+        if (act) *mine = *act;
+        return 0;
+    }
+    REAL(int, sigaction, (int, const struct sigaction *, struct sigaction *));
+    return real_sigaction(sig, act, old);
+}
+
+int swiftiommu_copy_from_user_fast(void *dst, uint64_t src, size_t n) {
+    if (!guard_installed) return swiftiommu_copy_from_user(dst, src, n);
+    if (n == 0) return 1;
+    if (src + n < src) return 0;
+    return copy_guarded(dst, (const void *)(uintptr_t)src, n) == 0;
+}
+
+int swiftiommu_copy_to_user_fast(uint64_t dst, const void *src, size_t n) {
+    if (!guard_installed) return swiftiommu_copy_to_user(dst, src, n);
+    if (n == 0) return 1;
+    if (dst + n < dst) return 0;
+    return copy_guarded((void *)(uintptr_t)dst, src, n) == 0;
+}
+
+/* The shim's own frees (in_shim) do not count: glibc can only give back memory the program
+ * freed before (which counted) or the shim's own. */
+void free(void *p) {
+    if (p && !in_shim) note_release();
+    REAL(void, free, (void *));
+    real_free(p);
+}
+
+void *realloc(void *p, size_t n) {
+    if (p && !in_shim) note_release();
+    REAL(void *, realloc, (void *, size_t));
+    return real_realloc(p, n);
+}
+
+int malloc_trim(size_t pad) {
+    note_release();
+    REAL(int, malloc_trim, (size_t));
+    return real_malloc_trim(pad);
+}
+
+int pthread_create(pthread_t *t, const pthread_attr_t *attr, void *(*start)(void *), void *arg) {
+    note_release();
+    REAL(int, pthread_create, (pthread_t *, const pthread_attr_t *, void *(*)(void *), void *));
+    return real_pthread_create(t, attr, start, arg);
 }

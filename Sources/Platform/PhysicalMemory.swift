@@ -86,6 +86,9 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     // MARK: Sharing with a real process (shared memory only)
 
+    /// Where the memory sits in this process's address space (its window).
+    public var hostAddress: UInt64 { UInt64(UInt(bitPattern: base)) }
+
     /// Maps the frame at physical address `frame` (4 KiB aligned) at the page-aligned
     /// `address` of this process (replacing what was there), so the process's page there and
     /// the frame are one page. False when the memory is not shared or the host refuses.
@@ -101,6 +104,16 @@ public final class PhysicalMemory: @unchecked Sendable {
     public func aliasFrame(_ frame: UInt64, file fd: Int32, offset: UInt64) -> Bool {
         guard sharedFile >= 0, frame & (Self.frameSize - 1) == 0, frame < size else { return false }
         guard ciommu_map_shared_fixed(base + Int(frame), Self.frameSize, fd, offset, 1) == 0 else { return false }
+        markBacked(frame >> Self.frameShift)
+        return true
+    }
+
+    /// Makes the frame at physical address `frame` the same page as the shared page the
+    /// process maps at `address` (a second mapping of it over the frame); `restoreFrame` undoes.
+    public func aliasFrame(_ frame: UInt64, toSharedPageAt address: UInt64) -> Bool {
+        guard sharedFile >= 0, frame & (Self.frameSize - 1) == 0, frame < size,
+              let source = UnsafeMutableRawPointer(bitPattern: UInt(address)) else { return false }
+        guard ciommu_duplicate_shared_page(source, base + Int(frame)) == 0 else { return false }
         markBacked(frame >> Self.frameShift)
         return true
     }

@@ -22,15 +22,28 @@ final class HostFile: PinnableFile {
         guard fstat(copy, &st) == 0 else { Glibc.close(copy); return nil }
         fd = copy
         // As /proc/self/maps prints a device: major:minor in hex, two digits at least.
-        let dev = UInt64(st.st_dev)
-        let major = ((dev >> 8) & 0xFFF) | ((dev >> 32) & ~0xFFF), minor = (dev & 0xFF) | ((dev >> 12) & ~0xFF)
-        func hex2(_ v: UInt64) -> String { let h = String(v, radix: 16); return h.count < 2 ? "0" + h : h }
-        device = "\(hex2(major)):\(hex2(minor))"
+        device = Self.deviceName(UInt64(st.st_dev))
         inode = UInt64(st.st_ino)
         self.memory = memory
     }
 
     deinit { Glibc.close(fd) }
+
+    /// The emulated machine's own RAM file (reachable through /proc/self/fd): never a
+    /// program's file to map.
+    var isEmulatedRAM: Bool {
+        let ram = memory.physical.sharedFile
+        guard ram >= 0 else { return false }
+        var st = Glibc.stat()
+        guard fstat(ram, &st) == 0 else { return false }
+        return UInt64(st.st_ino) == inode && device == Self.deviceName(UInt64(st.st_dev))
+    }
+
+    static func deviceName(_ dev: UInt64) -> String {
+        let major = ((dev >> 8) & 0xFFF) | ((dev >> 32) & ~0xFFF), minor = (dev & 0xFF) | ((dev >> 12) & ~0xFF)
+        func hex2(_ v: UInt64) -> String { let h = String(v, radix: 16); return h.count < 2 ? "0" + h : h }
+        return "\(hex2(major)):\(hex2(minor))"
+    }
 
     /// The file's size now.
     var length: UInt64 {

@@ -21,40 +21,13 @@ final class HostMemory: UserMemory {
     func copyIn(from address: UInt64, into bytes: UnsafeMutableRawBufferPointer) -> Bool {
         guard bytes.count > 0 else { return true }
         guard let base = bytes.baseAddress, address != 0, address &+ UInt64(bytes.count) >= address else { return false }
-        if directlyAccessible(address, bytes.count, write: false), let source = UnsafeRawPointer(bitPattern: UInt(address)) {
-            base.copyMemory(from: source, byteCount: bytes.count)
-            return true
-        }
-        return swiftiommu_copy_from_user(base, address, bytes.count) != 0
+        return swiftiommu_copy_from_user_fast(base, address, bytes.count) != 0
     }
 
     func copyOut(to address: UInt64, from bytes: UnsafeRawBufferPointer) -> Bool {
         guard bytes.count > 0 else { return true }
         guard let base = bytes.baseAddress, address != 0, address &+ UInt64(bytes.count) >= address else { return false }
-        if directlyAccessible(address, bytes.count, write: true), let target = UnsafeMutableRawPointer(bitPattern: UInt(address)) {
-            target.copyMemory(from: base, byteCount: bytes.count)
-            return true
-        }
-        return swiftiommu_copy_to_user(address, base, bytes.count) != 0
-    }
-
-    /// Whether [address, address + count) lies in anonymous memory mapped with the rights
-    /// asked (per the cached /proc/self/maps), so a plain copy cannot fault: such memory
-    /// cannot be truncated under us (no SIGBUS), and the shim holds back every libc
-    /// munmap/mremap/mprotect/mmap(MAP_FIXED) of another thread until this call is done (they
-    /// take the runtime's lock first). Anything else takes the system-call copy, which
-    /// reports a bad byte instead of faulting.
-    private func directlyAccessible(_ address: UInt64, _ count: Int, write: Bool) -> Bool {
-        refreshMaps()
-        var at = address
-        let end = address &+ UInt64(count)
-        while at < end {
-            guard let i = spanIndex(containing: at) else { return false }
-            let m = spans[i]
-            guard m.readable, !write || m.writable, m.plain else { return false }
-            at = m.end
-        }
-        return true
+        return swiftiommu_copy_to_user_fast(address, base, bytes.count) != 0
     }
 
     // MARK: Pins (get_user_pages with FOLL_LONGTERM)
@@ -74,6 +47,9 @@ final class HostMemory: UserMemory {
     /// again without asking the host; the shim tells us (`rangeChanging`) before the process
     /// unmaps, moves, reprotects or advises it, and then it goes back.
     private var pinned: [UInt64: (page: PinnedPage, pins: Int)] = [:]
+    /// For moved pages: the shim's release-event count when the address was last known to
+    /// map the frame (nothing that could unmap it has run since while it is unchanged).
+    private var verifiedAt: [UInt64: UInt64] = [:]
     private var byAddress: [UInt64: UInt64] = [:]
     private var byFile: [FileKey: UInt64] = [:]
     /// The name the physical memory's file shows in /proc/self/maps (CIOMMUSupport's memfd).
@@ -108,7 +84,12 @@ final class HostMemory: UserMemory {
         return lo
     }
 
+    /// The mapping at `va`: from the cached maps, read again when the shim saw a change or
+    /// when `va` is not in them (a mapping made since, which needs no notice to be found).
     private func mapping(containing va: UInt64) -> HostMapping? {
+        refreshMaps()
+        if let i = spanIndex(containing: va) { return mapsCache.mappings[i] }
+        mapsCache.mappings = []
         refreshMaps()
         guard let i = spanIndex(containing: va) else { return nil }
         return mapsCache.mappings[i]
@@ -133,10 +114,17 @@ final class HostMemory: UserMemory {
 
     private func pinOne(_ va: UInt64, write: Bool) -> UInt64? {
         if let f = byAddress[va], let p = pinned[f], case .moved(_, let prot) = p.page {
-            // Moved before, and the process has not touched the mapping since (the shim says).
-            guard !write || prot & PROT_WRITE != 0 else { return nil }
-            pinned[f] = (p.page, p.pins + 1)
-            return f
+            // Moved before. The shim hears of the program's own mapping changes, not of
+            // glibc's (free() of a large block unmaps it inside libc): the page table says
+            // whether the address still maps the frame.
+            let now = swiftiommu_shim_release_events()
+            if verifiedAt[va] == now || stillMapsFrame(va, f) {
+                verifiedAt[va] = now
+                guard !write || prot & PROT_WRITE != 0 else { return nil }
+                pinned[f] = (p.page, p.pins + 1)
+                return f
+            }
+            forget(va, f, prot: prot)
         }
         guard let m = mapping(containing: va), m.readable, !write || m.writable, !m.path.hasPrefix(Self.physicalName) else { return nil }
         if m.shared {
@@ -145,11 +133,11 @@ final class HostMemory: UserMemory {
                 pinned[f] = (p.page, p.pins + 1)
                 return f
             }
-            let fd = m.openFile()
-            guard fd >= 0 else { return nil }
-            defer { Glibc.close(fd) }
+            // The frame becomes a second mapping of the same shared page (no file descriptor
+            // or privilege needed). The page must exist in the file: past its end it is EFAULT.
+            guard copyIn(from: va, into: UnsafeMutableRawBufferPointer(start: probeByte, count: 1)) else { return nil }
             guard let f = try? frames.allocate(.dmaBuffer) else { return nil }
-            guard physical.aliasFrame(f, file: fd, offset: key.offset) else { try? frames.free(f); return nil }
+            guard physical.aliasFrame(f, toSharedPageAt: va) else { try? frames.free(f); return nil }
             byFile[key] = f
             pinned[f] = (.aliased(key), 1)
             return f
@@ -160,9 +148,13 @@ final class HostMemory: UserMemory {
             try? frames.free(f)
             return nil
         }
+        // Fault the new mapping in now: a present page-table entry is what later pins check
+        // (`stillMapsFrame`) to know the address still maps the frame.
+        _ = copyIn(from: va, into: UnsafeMutableRawBufferPointer(start: probeByte, count: 1))
         let prot = (m.readable ? PROT_READ : 0) | (m.writable ? PROT_WRITE : 0) | (m.executable ? PROT_EXEC : 0)
         if m.executable { mprotect(UnsafeMutableRawPointer(bitPattern: UInt(va)), 4096, prot) }
         byAddress[va] = f
+        verifiedAt[va] = swiftiommu_shim_release_events()
         pinned[f] = (.moved(address: va, prot: Int32(prot)), 1)
         return f
     }
@@ -182,6 +174,49 @@ final class HostMemory: UserMemory {
         byFile[key] = f
         pinned[f] = (.aliased(key), 1)
         return f
+    }
+
+    /// /proc/self/pagemap, kept open: a page's entry tells whether it is present and shared
+    /// (bit 63, bit 61) and, with the right privilege, its page frame number.
+    private lazy var pagemap: Int32 = Glibc.open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
+
+    private func pagemapEntry(_ va: UInt64) -> UInt64? {
+        guard pagemap >= 0 else { return nil }
+        var e: UInt64 = 0
+        let n = withUnsafeMutableBytes(of: &e) { Glibc.pread(pagemap, $0.baseAddress, 8, off_t(Int64(bitPattern: (va >> 12) &* 8))) }
+        return n == 8 ? e : nil
+    }
+
+    /// Whether the program's page at `va` is still the shared page of frame `f`: present and
+    /// shared in the page table, and the same page frame as the frame's when the host tells
+    /// page frame numbers (privileged); a page not faulted in since counts (it cannot have
+    /// been replaced by a private one without a fault).
+    private func stillMapsFrame(_ va: UInt64, _ f: UInt64) -> Bool {
+        guard let e = pagemapEntry(va) else { return true }
+        let present = e & (1 << 63) != 0, shared = e & (1 << 61) != 0
+        if !present { return e & (1 << 62) == 0 ? sharedStillMapped(va) : false }
+        guard shared else { return false }
+        let pfn = e & ((1 << 55) - 1)
+        guard pfn != 0, let frame = pagemapEntry(physical.hostAddress &+ f), frame & (1 << 63) != 0 else { return true }
+        return frame & ((1 << 55) - 1) == pfn
+    }
+
+    /// A page not in the page table: whether the maps still show the physical memory file there.
+    private func sharedStillMapped(_ va: UInt64) -> Bool {
+        mapsCache.mappings = []
+        guard let m = mapping(containing: va) else { return false }
+        return m.path.hasPrefix(Self.physicalName)
+    }
+
+    /// `va` no longer maps frame `f` (glibc let it go behind the shim's back): the frame stands
+    /// for nothing the program sees; pinned, it stays the device's until its last unpin.
+    private func forget(_ va: UInt64, _ f: UInt64, prot: Int32) {
+        byAddress[va] = nil
+        verifiedAt[va] = nil
+        guard let p = pinned[f] else { return }
+        if p.pins > 0 { pinned[f] = (.moved(address: nil, prot: prot), p.pins); return }
+        pinned[f] = nil
+        try? frames.free(f)
     }
 
     /// Drops a pin of each frame. A moved page whose last pin goes stays parked (see
@@ -214,7 +249,9 @@ final class HostMemory: UserMemory {
         let page = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
         defer { page.deallocate() }
         if readFrame(f, offset: 0, into: page) {
-            for m in HostMapping.all() where m.path.hasPrefix(Self.physicalName) && m.offset <= f && f < m.offset &+ (m.end &- m.start) {
+            let window = physical.hostAddress..<(physical.hostAddress &+ physical.size)
+            for m in HostMapping.all() where m.path.hasPrefix(Self.physicalName) && !window.contains(m.start)
+                && m.offset <= f && f < m.offset &+ (m.end &- m.start) {
                 if let target = UnsafeMutableRawPointer(bitPattern: UInt(m.start &+ (f &- m.offset))) {
                     _ = ciommu_replace_private_page(target, page.baseAddress, prot)
                 }
@@ -237,13 +274,20 @@ final class HostMemory: UserMemory {
         defer { page.deallocate() }
         for (va, f) in byAddress where va >= lo && va < hi {
             guard let p = pinned[f], case .moved(_, let prot) = p.page else { continue }
-            byAddress[va] = nil
             if p.pins > 0 {
-                pinned[f] = (.moved(address: nil, prot: prot), p.pins)
+                // Pinned: a reprotect or advice acts on the shared mapping as it would on the
+                // page; an unmap or move takes the address away (the device keeps the frame).
+                if kind != 2 {
+                    byAddress[va] = nil
+                    pinned[f] = (.moved(address: nil, prot: prot), p.pins)
+                }
                 continue
             }
+            // Parked: back to a private page first (so the change acts on the program's own
+            // memory, and a change that fails leaves it intact), then the frame goes.
+            byAddress[va] = nil
             pinned[f] = nil
-            if kind != 0, let target = UnsafeMutableRawPointer(bitPattern: UInt(va)), readFrame(f, offset: 0, into: page) {
+            if let target = UnsafeMutableRawPointer(bitPattern: UInt(va)), readFrame(f, offset: 0, into: page) {
                 _ = ciommu_replace_private_page(target, page.baseAddress, prot)
             }
             try? frames.free(f)
@@ -258,8 +302,7 @@ final class HostMemory: UserMemory {
         defer { page.deallocate() }
         for (va, _) in byAddress {
             guard let f = byAddress[va], let p = pinned[f], case .moved(_, let prot) = p.page,
-                  let source = UnsafeRawPointer(bitPattern: UInt(va)), let target = UnsafeMutableRawPointer(bitPattern: UInt(va)) else { continue }
-            page.copyMemory(from: UnsafeRawBufferPointer(start: source, count: 4096))
+                  let target = UnsafeMutableRawPointer(bitPattern: UInt(va)), copyIn(from: va, into: page) else { continue }
             _ = ciommu_replace_private_page(target, page.baseAddress, prot)
         }
     }
@@ -270,6 +313,8 @@ final class HostMemory: UserMemory {
         defer { page.deallocate() }
         return copyIn(from: va, into: page) && writeFrame(f, offset: 0, from: UnsafeRawBufferPointer(page))
     }
+
+    private let probeByte = UnsafeMutableRawPointer.allocate(byteCount: 1, alignment: 1)
 
     /// Pages pinned now (parked pages, which only stand for the process's memory, excluded).
     var pinnedPages: Int { pinned.values.reduce(0) { $0 + ($1.pins > 0 ? 1 : 0) } }

@@ -64,11 +64,16 @@ final class PreloadRuntime: @unchecked Sendable {
     /// oracle checks every map and DMA of the program's machine.
     static func applyOracleSetting(_ machine: Machine) {
         if let o = getenv("SWIFTIOMMU_ORACLE"), String(cString: o) == "0" { machine.core.observer = nil }
+        // Fault-safe copies without system calls, and no SIGBUS from the RAM window.
+        let m = machine.platform.memory
+        swiftiommu_shim_install_guard(m.hostAddress, m.hostAddress &+ m.size)
     }
 
     /// Opens `path` as file `fd`: /dev/iommu, or /dev/vfio/devices/vfioN (ENOENT beyond
     /// the machine's devices; EBUSY while that device file is open).
     func open(_ fd: Int32, path: String) -> Int32 {
+        // A descriptor number the shim thought ours but the program closed behind its back.
+        if contexts[fd] != nil || deviceFiles[fd] != nil || faultFiles[fd] != nil || injectionFiles[fd] != nil { close(fd) }
         if path == "/dev/iommu" {
             let c = IOMMUFDContext(core: machine.core, memory: memory)
             // IOMMU_FAULT_QUEUE_ALLOC's file: an eventfd readable while records wait.
@@ -124,7 +129,8 @@ final class PreloadRuntime: @unchecked Sendable {
             return Int(c.ioctl(cmd, userArgument: UInt64(arg)))
         }
         if let d = deviceFiles[fd] { return d.ioctl(cmd, UInt64(arg), runtime: self) }
-        return -Int(EBADF)
+        // Fault queue and fault-injection files take no ioctl.
+        return faultFiles[fd] != nil || injectionFiles[fd] != nil ? -Int(ENOTTY) : -Int(EBADF)
     }
 
     /// IOMMU_IOAS_MAP_FILE names a descriptor of the program's: the context gets the file
@@ -133,7 +139,7 @@ final class PreloadRuntime: @unchecked Sendable {
         var head = (UInt64(0), UInt64(0))
         guard withUnsafeMutableBytes(of: &head, { memory.copyIn(from: arg, into: $0) }) else { return }
         let userFD = Int32(bitPattern: UInt32(truncatingIfNeeded: head.1 >> 32))
-        guard !swiftiommu_shim_is_ours(userFD).isTrue, let file = HostFile(fd: userFD, memory: memory) else {
+        guard !swiftiommu_shim_is_ours(userFD).isTrue, let file = HostFile(fd: userFD, memory: memory), !file.isEmulatedRAM else {
             c.files[userFD] = nil
             return
         }
@@ -146,11 +152,17 @@ final class PreloadRuntime: @unchecked Sendable {
         if let file = injectionFiles[fd] { return readInjection(fd, file, buffer, count) }
         guard let (_, f) = faultFiles[fd] else { return -Int(EINVAL) }
         guard count >= 0, count % 40 == 0 else { return -Int(ESPIPE) }
-        // The records go through a buffer of ours, then to the caller's (EFAULT, never a crash).
-        let local = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 8)
+        // The records go through a buffer of ours (no larger than what waits), then to the
+        // caller's; the caller's buffer is checked first, so a bad one takes no record away.
+        let wanted = min(count, max(f.queue.undelivered, 0) * 40 * 64, 1 << 20) / 40 * 40
+        guard wanted > 0 else { return 0 }
+        let local = UnsafeMutableRawBufferPointer.allocate(byteCount: wanted, alignment: 8)
         defer { local.deallocate() }
+        local.initializeMemory(as: UInt8.self, repeating: 0)
+        guard memory.copyIn(from: UInt64(UInt(bitPattern: buffer)), into: local),
+              memory.copyOut(to: UInt64(UInt(bitPattern: buffer)), from: UnsafeRawBufferPointer(local)) else { return -Int(EFAULT) }
         let n: Int
-        do { n = try f.read(into: UnsafeMutableRawBufferPointer(rebasing: local[0..<count])) } catch { return -Int(error.code) }
+        do { n = try f.read(into: local) } catch { return -Int(error.code) }
         swiftiommu_shim_signal(fd, f.queue.undelivered > 0 ? 1 : 0)
         guard n == 0 || memory.copyOut(to: UInt64(UInt(bitPattern: buffer)), from: UnsafeRawBufferPointer(rebasing: local[0..<n])) else {
             return -Int(EFAULT)
@@ -164,6 +176,7 @@ final class PreloadRuntime: @unchecked Sendable {
         if let file = injectionFiles[fd] { return writeInjection(file.path, buffer, count) }
         guard let (_, f) = faultFiles[fd] else { return -Int(EINVAL) }
         guard count >= 0, count % 8 == 0 else { return -Int(ESPIPE) }
+        guard count <= 1 << 20 else { return -Int(EINVAL) }
         let local = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 8)
         defer { local.deallocate() }
         guard count == 0 || memory.copyIn(from: UInt64(UInt(bitPattern: buffer)), into: UnsafeMutableRawBufferPointer(rebasing: local[0..<count])) else {
@@ -196,8 +209,13 @@ final class PreloadRuntime: @unchecked Sendable {
     /// mmap of one of our files: iommufd has no mmap window on this driver (Linux
     /// `iommufd_fops_mmap`: EPERM for an executable mapping, ENXIO for an offset with no
     /// window); device regions are not emulated (EINVAL); the others have no mmap (ENODEV).
-    func mmap(_ fd: Int32, prot: Int32) -> Int {
-        if contexts[fd] != nil { return prot & PROT_EXEC != 0 ? -Int(EPERM) : -Int(ENXIO) }
+    func mmap(_ fd: Int32, prot: Int32, flags: Int32) -> Int {
+        if contexts[fd] != nil {
+            // iommufd_fops_mmap: shared mappings only (EINVAL), never executable (EPERM),
+            // and no window at any offset here (ENXIO).
+            if flags & MAP_SHARED == 0 { return -Int(EINVAL) }
+            return prot & PROT_EXEC != 0 ? -Int(EPERM) : -Int(ENXIO)
+        }
         if deviceFiles[fd] != nil { return -Int(EINVAL) }
         return -Int(ENODEV)
     }
@@ -258,9 +276,9 @@ final class PreloadRuntime: @unchecked Sendable {
 
     func close(_ fd: Int32) {
         if injectionFiles.removeValue(forKey: fd) != nil { return }
-        if let (ctx, f) = faultFiles.removeValue(forKey: fd) {
+        if let (_, f) = faultFiles.removeValue(forKey: fd) {
             f.queue.onReadable = nil
-            if let c = contexts[ctx] { try? c.closeFaultFile(f.id) }
+            f.closeFile()
             return
         }
         if let d = deviceFiles.removeValue(forKey: fd) { d.unbind(self) }
@@ -289,82 +307,100 @@ final class PreloadRuntime: @unchecked Sendable {
 public func swiftiommuOpen(_ fd: Int32, _ path: UnsafePointer<CChar>) -> Int32 {
     let p = String(cString: path)
     return PreloadRuntime.withLock {
-        if PreloadRuntime.shared == nil {
+        if PreloadRuntime.current() == nil {
             do { PreloadRuntime.shared = try PreloadRuntime() } catch { return -ENOMEM }
         }
-        return PreloadRuntime.shared?.open(fd, path: p) ?? -ENOMEM
+        return PreloadRuntime.current()?.open(fd, path: p) ?? -ENOMEM
     }
 }
 
 @_cdecl("swiftiommu_ioctl")
 public func swiftiommuIoctl(_ fd: Int32, _ request: UInt, _ arg: UInt) -> Int {
-    PreloadRuntime.withLock { PreloadRuntime.shared?.ioctl(fd, request, arg) ?? -Int(EBADF) }
+    PreloadRuntime.withLock { PreloadRuntime.current()?.ioctl(fd, request, arg) ?? -Int(EBADF) }
 }
 
 @_cdecl("swiftiommu_read")
 public func swiftiommuRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: UInt) -> Int {
-    PreloadRuntime.withLock { PreloadRuntime.shared?.read(fd, buffer, Int(min(count, 1 << 30))) ?? -Int(EBADF) }
+    PreloadRuntime.withLock { PreloadRuntime.current()?.read(fd, buffer, Int(min(count, 1 << 30))) ?? -Int(EBADF) }
 }
 
 @_cdecl("swiftiommu_write")
 public func swiftiommuWrite(_ fd: Int32, _ buffer: UnsafeRawPointer?, _ count: UInt) -> Int {
-    PreloadRuntime.withLock { PreloadRuntime.shared?.write(fd, buffer, Int(min(count, 1 << 30))) ?? -Int(EBADF) }
+    PreloadRuntime.withLock { PreloadRuntime.current()?.write(fd, buffer, Int(min(count, 1 << 30))) ?? -Int(EBADF) }
 }
 
 @_cdecl("swiftiommu_pread")
 public func swiftiommuPread(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: UInt, _ offset: Int) -> Int {
-    PreloadRuntime.withLock { PreloadRuntime.shared?.pread(fd, buffer, Int(min(count, 1 << 30)), offset) ?? -Int(EBADF) }
+    PreloadRuntime.withLock { PreloadRuntime.current()?.pread(fd, buffer, Int(min(count, 1 << 30)), offset) ?? -Int(EBADF) }
 }
 
 @_cdecl("swiftiommu_pwrite")
 public func swiftiommuPwrite(_ fd: Int32, _ buffer: UnsafeRawPointer?, _ count: UInt, _ offset: Int) -> Int {
-    PreloadRuntime.withLock { PreloadRuntime.shared?.pwrite(fd, buffer, Int(min(count, 1 << 30)), offset) ?? -Int(EBADF) }
+    PreloadRuntime.withLock { PreloadRuntime.current()?.pwrite(fd, buffer, Int(min(count, 1 << 30)), offset) ?? -Int(EBADF) }
 }
 
 @_cdecl("swiftiommu_mmap")
-public func swiftiommuMmap(_ fd: Int32, _ prot: Int32) -> Int {
-    PreloadRuntime.withLock { PreloadRuntime.shared?.mmap(fd, prot: prot) ?? -Int(ENODEV) }
+public func swiftiommuMmap(_ fd: Int32, _ prot: Int32, _ flags: Int32) -> Int {
+    PreloadRuntime.withLock { PreloadRuntime.current()?.mmap(fd, prot: prot, flags: flags) ?? -Int(ENODEV) }
 }
 
 @_cdecl("swiftiommu_range_changing")
 public func swiftiommuRangeChanging(_ address: UInt64, _ length: UInt64, _ kind: Int32) {
-    PreloadRuntime.withLock { PreloadRuntime.shared?.memory.rangeChanging(address, length, kind: kind) }
+    PreloadRuntime.withLock { PreloadRuntime.current()?.memory.rangeChanging(address, length, kind: kind) }
 }
 
 @_cdecl("swiftiommu_close")
 public func swiftiommuClose(_ fd: Int32) -> Int32 {
     PreloadRuntime.withLock {
-        PreloadRuntime.shared?.close(fd)
+        PreloadRuntime.current()?.close(fd)
         return 0
     }
 }
 
+@_cdecl("swiftiommu_fork_prepare")
+public func swiftiommuForkPrepare() { pthread_mutex_lock(&PreloadRuntime.lockStorage) }
+
+@_cdecl("swiftiommu_fork_parent")
+public func swiftiommuForkParent() { pthread_mutex_unlock(&PreloadRuntime.lockStorage) }
+
 /// In a child after fork: the parent's contexts are the parent's (the child has a copy of
-/// their memory, not the objects behind them). The child's inherited iommufd descriptors
-/// get fresh, empty contexts over a fresh machine, so nothing the parent holds can be
-/// reached or corrupted from the child. The copy of the parent's state is left alone: its
-/// threads do not exist here, so it is never touched again.
+/// their memory, not the objects behind them). The child's pinned private pages become
+/// private copies (as the kernel gives a child copies of pinned pages); its inherited
+/// iommufd and device descriptors get fresh, empty contexts over a fresh machine, made on the
+/// child's first call (nothing heavy runs in the fork handler). The copy of the parent's
+/// state is left alone: its threads do not exist here, so it is never touched again.
 @_cdecl("swiftiommu_fork_child")
 public func swiftiommuForkChild() {
-    // The lock may have been held by another parent thread at fork: start a new one.
+    // The parent's lock was held for the fork: the child starts with a new one.
     PreloadRuntime.lockStorage = pthread_mutex_t()
     guard let old = PreloadRuntime.shared else { return }
     old.memory.privatizeMovedPages()
-    let contexts = Array(old.contexts.keys)
-    let deviceFiles = old.deviceFiles.map { ($0.key, $0.value.index) }
-    _ = Unmanaged.passRetained(old) // never deinitialised in the child
-    PreloadRuntime.shared = nil
-    guard let fresh = try? PreloadRuntime() else {
-        for fd in contexts { swiftiommu_shim_mark(fd, 0) }
-        for (fd, _) in deviceFiles { swiftiommu_shim_mark(fd, 0) }
-        return
-    }
-    PreloadRuntime.shared = fresh
-    for fd in contexts { _ = fresh.open(fd, path: "/dev/iommu") }
-    for (fd, n) in deviceFiles { _ = fresh.open(fd, path: "/dev/vfio/devices/vfio\(n)") }
-    // Other files of ours (fault queues, fault injection) belong to the parent's state.
+    PreloadRuntime.pendingChild = (Array(old.contexts.keys), old.deviceFiles.map { ($0.key, $0.value.index) })
     for fd in old.faultFiles.keys { swiftiommu_shim_mark(fd, 0) }
     for fd in old.injectionFiles.keys { swiftiommu_shim_mark(fd, 0) }
+    _ = Unmanaged.passRetained(old) // never deinitialised in the child
+    PreloadRuntime.shared = nil
+}
+
+extension PreloadRuntime {
+    /// Descriptors a fork child inherited, to reopen on its first call.
+    nonisolated(unsafe) static var pendingChild: (contexts: [Int32], devices: [(Int32, Int)])?
+
+    /// The runtime, made again in a fork child on its first call (under the lock).
+    static func current() -> PreloadRuntime? {
+        if shared == nil, let pending = pendingChild {
+            pendingChild = nil
+            guard let fresh = try? PreloadRuntime() else {
+                for fd in pending.contexts { swiftiommu_shim_mark(fd, 0) }
+                for (fd, _) in pending.devices { swiftiommu_shim_mark(fd, 0) }
+                return nil
+            }
+            shared = fresh
+            for fd in pending.contexts { _ = fresh.open(fd, path: "/dev/iommu") }
+            for (fd, n) in pending.devices { _ = fresh.open(fd, path: "/dev/vfio/devices/vfio\(n)") }
+        }
+        return shared
+    }
 }
 
 extension Int32 {

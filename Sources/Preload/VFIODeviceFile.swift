@@ -57,21 +57,45 @@ final class VFIODeviceFile {
         func write(_ s: StructBytes, _ n: Int) -> Bool {
             s.bytes.withUnsafeBytes { m.copyOut(to: arg, from: UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
         }
+        // A cdev not bound to iommufd answers EINVAL to all but BIND, before reading anything
+        // (vfio_device_fops_cdev_ioctl / vfio_device_fops_unl_ioctl).
+        if cmd != Self.bindIOMMUFD && bound == nil { return -Int(EINVAL) }
         switch cmd {
         case Self.getInfo:
             // struct vfio_device_info {argsz, flags @4, num_regions @8, num_irqs @12,
-            // cap_offset @16, pad @20}; minsz = 16 (vfio_pci_core_ioctl_get_info).
-            guard var s = read(16) else { return -Int(EFAULT) }
-            guard s.u32(0) >= 16 else { return -Int(EINVAL) }
+            // cap_offset @16, pad @20}; minsz = 16 (vfio_pci_core_ioctl_get_info), and
+            // min(argsz, 24) bytes go back (no capabilities: cap_offset 0).
+            guard let head = read(4) else { return -Int(EFAULT) }
+            let argsz = Int(head.u32(0))
+            guard argsz >= 16 else { return -Int(EINVAL) }
+            guard var s = read(min(argsz, 24)) else { return -Int(EFAULT) }
             s.set32(4, 1 << 1 | 1 << 0) // VFIO_DEVICE_FLAGS_PCI | RESET
             s.set32(8, 9)              // VFIO_PCI_NUM_REGIONS (BARs 0-5, ROM, config, VGA)
             s.set32(12, 5)             // VFIO_PCI_NUM_IRQS (INTx, MSI, MSI-X, ERR, REQ)
-            return write(s, 16) ? 0 : -Int(EFAULT)
+            if argsz >= 20 { s.set32(16, 0) }
+            return write(s, min(argsz, 24)) ? 0 : -Int(EFAULT)
         case Self.bindIOMMUFD:
             // struct vfio_device_bind_iommufd {argsz, flags @4 (TOKEN 1), iommufd @8 (s32),
-            // out_devid @12, token_uuid_ptr @16}; minsz 16.
-            guard var s = read(16) else { return -Int(EFAULT) }
-            guard s.u32(0) >= 16, s.u32(4) & ~1 == 0 else { return -Int(EINVAL) }
+            // out_devid @12, token_uuid_ptr @16}: argsz first (get_user), minsz 16, then the
+            // struct as copy_struct_from_user takes it (24 bytes; a longer one's tail must be
+            // zero: E2BIG). With TOKEN the UUID is read (EFAULT); these devices take none (EINVAL).
+            guard let head = read(4) else { return -Int(EFAULT) }
+            let argsz = Int(head.u32(0))
+            guard argsz >= 16 else { return -Int(EINVAL) }
+            guard var s = read(min(argsz, 24)) else { return -Int(EFAULT) }
+            if argsz > 24 {
+                var tail = [UInt8](repeating: 0, count: min(argsz - 24, 4096))
+                guard tail.withUnsafeMutableBytes({ m.copyIn(from: arg &+ 24, into: $0) }) else { return -Int(EFAULT) }
+                if tail.contains(where: { $0 != 0 }) { return -Int(E2BIG) }
+            }
+            guard s.u32(4) & ~1 == 0 else { return -Int(EINVAL) }
+            if s.u32(4) & 1 != 0 {
+                var uuid = [UInt8](repeating: 0, count: 16)
+                let ptr = argsz >= 24 ? s.u64(16) : 0
+                guard uuid.withUnsafeMutableBytes({ m.copyIn(from: ptr, into: $0) }) else { return -Int(EFAULT) }
+                return -Int(EINVAL)
+            }
+            s = StructBytes(bytes: Array(s.bytes[0..<16]))
             let fd = Int32(bitPattern: s.u32(8))
             guard fd >= 0 else { return -Int(EINVAL) }
             guard bound == nil else { return -Int(EINVAL) }
@@ -89,6 +113,7 @@ final class VFIODeviceFile {
             var pasid: PASID?
             if s.u32(4) & 1 != 0 {
                 guard s.u32(0) >= 16, let full = read(16) else { return s.u32(0) < 16 ? -Int(EINVAL) : -Int(EFAULT) }
+                guard full.u32(12) <= 0xFFFFF else { return -Int(EINVAL) }
                 pasid = PASID(truncating: full.u32(12))
             }
             guard let (fd, id) = bound, let ctx = runtime.context(fd) else { return -Int(EINVAL) }
@@ -107,6 +132,7 @@ final class VFIODeviceFile {
             var pasid: PASID?
             if s.u32(4) & 1 != 0 {
                 guard s.u32(0) >= 12, let full = read(12) else { return s.u32(0) < 12 ? -Int(EINVAL) : -Int(EFAULT) }
+                guard full.u32(8) <= 0xFFFFF else { return -Int(EINVAL) }
                 pasid = PASID(truncating: full.u32(8))
             }
             guard let (fd, id) = bound, let ctx = runtime.context(fd) else { return -Int(EINVAL) }

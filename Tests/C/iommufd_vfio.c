@@ -60,17 +60,27 @@ int main(void) {
     CHECK_ERRNO(open("/dev/vfio/devices/vfio0", O_RDWR), EBUSY, "a device file opened twice");
 
     struct vfio_device_info info = { .argsz = sizeof(info) };
-    CHECK(ioctl(dev, VFIO_DEVICE_GET_INFO, &info) == 0 && (info.flags & 2) && info.num_regions == 9 && info.num_irqs == 5,
-          "GET_INFO: a PCI device with 9 regions and 5 IRQ types");
-    struct vfio_device_info tiny = { .argsz = 8 };
-    CHECK_ERRNO(ioctl(dev, VFIO_DEVICE_GET_INFO, &tiny), EINVAL, "GET_INFO with argsz below 16");
+    CHECK_ERRNO(ioctl(dev, VFIO_DEVICE_GET_INFO, &info), EINVAL, "an unbound device file answers EINVAL but to BIND");
 
     struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = -1 };
     CHECK_ERRNO(ioctl(dev, VFIO_DEVICE_BIND_IOMMUFD, &bind), EINVAL, "BIND with iommufd -1");
     bind.iommufd = 0;
     CHECK_ERRNO(ioctl(dev, VFIO_DEVICE_BIND_IOMMUFD, &bind), EBADFD, "BIND with a descriptor that is not iommufd");
     bind.iommufd = iommufd;
+    struct { struct vfio_device_bind_iommufd b; uint64_t extra; } longer = { bind, 1 };
+    longer.b.argsz = sizeof(longer);
+    CHECK_ERRNO(ioctl(dev, VFIO_DEVICE_BIND_IOMMUFD, &longer), E2BIG, "BIND with a non-zero byte past the kernel's struct");
+    unsigned char uuid[16] = { 1 };
+    struct vfio_device_bind_iommufd tok = bind;
+    tok.flags = 1; tok.token_uuid_ptr = (uintptr_t)uuid;
+    CHECK_ERRNO(ioctl(dev, VFIO_DEVICE_BIND_IOMMUFD, &tok), EINVAL, "BIND with a VF token on a device that takes none");
     CHECK(ioctl(dev, VFIO_DEVICE_BIND_IOMMUFD, &bind) == 0 && bind.out_devid != 0, "BIND gives a device ID");
+    CHECK(ioctl(dev, VFIO_DEVICE_GET_INFO, &info) == 0 && (info.flags & 2) && info.num_regions == 9 && info.num_irqs == 5 && info.cap_offset == 0,
+          "GET_INFO: a PCI device with 9 regions and 5 IRQ types, no capabilities");
+    struct vfio_device_info tiny = { .argsz = 8 };
+    CHECK_ERRNO(ioctl(dev, VFIO_DEVICE_GET_INFO, &tiny), EINVAL, "GET_INFO with argsz below 16");
+    struct vfio_device_attach_iommufd_pt badpasid = { .argsz = sizeof(badpasid), .flags = 1, .pt_id = 1, .pasid = 1u << 20 };
+    CHECK_ERRNO(ioctl(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &badpasid), EINVAL, "ATTACH with a PASID beyond 20 bits");
     CHECK_ERRNO(ioctl(dev, VFIO_DEVICE_BIND_IOMMUFD, &bind), EINVAL, "BIND twice");
 
     struct iommu_ioas_alloc ia = { .size = sizeof(ia) };

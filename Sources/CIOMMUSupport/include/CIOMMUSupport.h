@@ -99,4 +99,8 @@ int ciommu_map_anonymous_fixed(void *address, uint64_t length, int prot);
  * and protection `prot`, in one step (built aside, then moved over with mremap); 0 or -errno. */
 int ciommu_replace_private_page(void *address, const void *content, int prot);
 
+/* Maps the shared page mapped at `source` also at `target` (mremap with old size 0: a second
+ * mapping of the same shared page, no file descriptor needed); 0 or -errno. */
+int ciommu_duplicate_shared_page(void *source, void *target);
+
 #endif

@@ -22,9 +22,21 @@ void swiftiommu_shim_signal(int fd, int readable);
  * madvise through libc): a parse of /proc/self/maps is good while it is unchanged. */
 uint64_t swiftiommu_shim_maps_generation(void);
 
+/* Moves with every call that may unmap memory behind the shim's back (free, realloc,
+ * malloc_trim, thread creation) and every mapping change it sees. */
+uint64_t swiftiommu_shim_release_events(void);
+
 /* copy_from_user / copy_to_user on this process: the whole `n` bytes or nothing reported
  * (returns 1 on success, 0 when any byte is not accessible), never a fault. */
 int swiftiommu_copy_from_user(void *dst, uint64_t src, size_t n);
 int swiftiommu_copy_to_user(uint64_t dst, const void *src, size_t n);
+
+/* The same without a system call where the guard is installed: a plain copy whose fault the
+ * shim's SIGSEGV/SIGBUS handler turns into a failure (1 on success, 0 on a fault). */
+int swiftiommu_copy_from_user_fast(void *dst, uint64_t src, size_t n);
+int swiftiommu_copy_to_user_fast(uint64_t dst, const void *src, size_t n);
+/* Installs that guard; [start, end) is the emulated RAM window, where a SIGBUS (a truncated
+ * file a frame aliases) maps a zero page instead of killing the program. */
+void swiftiommu_shim_install_guard(uint64_t start, uint64_t end);
 
 #endif

@@ -20,7 +20,7 @@ public final class FaultObject: IOMMUFDObject {
     override func destroy(_ ctx: IOMMUFDContext) { queue.close() }
 
     /// Closes the file (its reference goes; the object stays while HWPTs use it).
-    func closeFile() {
+    public func closeFile() {
         guard isFileOpen else { return }
         isFileOpen = false
         users -= 1
