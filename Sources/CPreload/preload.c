@@ -108,11 +108,9 @@ static int is_debugfs_root(const char *path) {
 }
 
 static int open_debugfs_root(int flags) {
-    static char dir[64];
-    if (!dir[0]) {
-        strcpy(dir, "/tmp/swiftiommu-debugfs-XXXXXX");
-        if (!mkdtemp(dir)) { dir[0] = 0; return -1; }
-    }
+    /* One empty directory for every process (created once, never written). */
+    static const char dir[] = "/tmp/swiftiommu-debugfs";
+    mkdir(dir, 0755);
     REAL(int, open, (const char *, int, ...));
     return real_open(dir, (flags & ~(O_WRONLY | O_RDWR | O_CREAT)) | O_DIRECTORY);
 }
@@ -550,4 +548,14 @@ int pthread_create(pthread_t *t, const pthread_attr_t *attr, void *(*start)(void
     note_release();
     REAL(int, pthread_create, (pthread_t *, const pthread_attr_t *, void *(*)(void *), void *));
     return real_pthread_create(t, attr, start, arg);
+}
+
+ssize_t __pread_chk(int fd, void *buf, size_t count, off_t offset, size_t buflen) {
+    if (count > buflen) { REAL(void, __chk_fail, (void)); real___chk_fail(); }
+    return pread(fd, buf, count, offset);
+}
+
+ssize_t __pread64_chk(int fd, void *buf, size_t count, off_t offset, size_t buflen) {
+    if (count > buflen) { REAL(void, __chk_fail, (void)); real___chk_fail(); }
+    return pread(fd, buf, count, offset);
 }
