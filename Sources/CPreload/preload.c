@@ -25,6 +25,7 @@
 #include <linux/close_range.h>
 #include <unistd.h>
 #include "CPreload.h"
+#include "shim.h"
 
 /* The Swift side (weak: resolved within the same library). */
 extern int swiftiommu_open(int fd, const char *path) __attribute__((weak));
@@ -42,9 +43,9 @@ extern long swiftiommu_mmap(int fd, int prot, int flags) __attribute__((weak));
  * replaces them, 1 moves them (mremap), 2 changes their protection or advice. */
 extern void swiftiommu_range_changing(uint64_t addr, uint64_t len, int kind) __attribute__((weak));
 
-static uint64_t maps_generation = 1;
+uint64_t maps_generation = 1;
 /* Set while this thread runs the shim's Swift side: its own mappings need no notice. */
-static __thread int in_shim;
+__thread int in_shim;
 
 uint64_t swiftiommu_shim_maps_generation(void) { return __atomic_load_n(&maps_generation, __ATOMIC_ACQUIRE); }
 
@@ -52,15 +53,15 @@ uint64_t swiftiommu_shim_maps_generation(void) { return __atomic_load_n(&maps_ge
  * free, realloc and malloc_trim unmap large blocks and trim heaps internally; thread creation
  * frees cached stacks), besides every mapping change the shim sees: while it is unchanged,
  * nothing the program maps went away. */
-static uint64_t release_events = 1;
+uint64_t release_events = 1;
 uint64_t swiftiommu_shim_release_events(void) { return __atomic_load_n(&release_events, __ATOMIC_ACQUIRE); }
-static void note_release(void) { __atomic_add_fetch(&release_events, 1, __ATOMIC_ACQ_REL); }
+void note_release(void) { __atomic_add_fetch(&release_events, 1, __ATOMIC_ACQ_REL); }
 
 /* Set once the Swift side has a runtime (the first open of one of our files): before, the
  * program's mapping changes concern nobody. */
-static int runtime_started;
+int runtime_started;
 
-static void range_changing(void *addr, size_t len, int kind) {
+void range_changing(void *addr, size_t len, int kind) {
     /* The shim's own changes (in_shim) are tracked by the Swift side itself. */
     if (in_shim) return;
     note_release();
@@ -86,12 +87,6 @@ int swiftiommu_shim_is_ours(int fd) {
 /* Whether a call on `fd` goes to the Swift side: one of ours, and not a call the Swift side
  * itself makes (its own reads, closes and ioctls go to libc). */
 static int serve(int fd) { return !in_shim && swiftiommu_shim_is_ours(fd); }
-
-static void *next(const char *name) { return dlsym(RTLD_NEXT, name); }
-
-#define REAL(ret, name, args) \
-    static ret (*real_##name) args; \
-    if (!real_##name) real_##name = (ret (*) args) next(#name);
 
 /* The files the emulated machine serves: /dev/iommu, the VFIO device cdevs, and the fault
  * injection files a fail_nth loop writes (the task's fail-nth, debugfs fail* knobs), so that
@@ -253,20 +248,6 @@ int ioctl(int fd, unsigned long request, ...) {
     return real_ioctl(fd, request, arg);
 }
 
-/* Fault-safe copies: the kernel's process_vm_readv/writev on ourselves report an
- * inaccessible byte as a short count (EFAULT), where a plain memcpy would fault. */
-int swiftiommu_copy_from_user(void *dst, uint64_t src, size_t n) {
-    if (n == 0) return 1;
-    struct iovec local = { dst, n }, remote = { (void *)(uintptr_t)src, n };
-    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)n;
-}
-
-int swiftiommu_copy_to_user(uint64_t dst, const void *src, size_t n) {
-    if (n == 0) return 1;
-    struct iovec local = { (void *)src, n }, remote = { (void *)(uintptr_t)dst, n };
-    return process_vm_writev(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)n;
-}
-
 /* Files the machine serves that poll must see (fault queues) are eventfds: the Swift side
  * keeps the count at 1 while records wait and 0 otherwise, so poll, ppoll, select and epoll
  * work natively; read and write go to the Swift side. */
@@ -380,32 +361,6 @@ void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
     return real_mmap(addr, length, prot, flags, fd, offset);
 }
 
-int munmap(void *addr, size_t length) {
-    range_changing(addr, length, 0);
-    REAL(int, munmap, (void *, size_t));
-    return real_munmap(addr, length);
-}
-
-void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...) {
-    va_list ap; va_start(ap, flags); void *new_address = (flags & MREMAP_FIXED) ? va_arg(ap, void *) : NULL; va_end(ap);
-    range_changing(old, old_size, 1);
-    if (flags & MREMAP_FIXED) range_changing(new_address, new_size, 0);
-    REAL(void *, mremap, (void *, size_t, size_t, int, ...));
-    return real_mremap(old, old_size, new_size, flags, new_address);
-}
-
-int mprotect(void *addr, size_t len, int prot) {
-    range_changing(addr, len, 2);
-    REAL(int, mprotect, (void *, size_t, int));
-    return real_mprotect(addr, len, prot);
-}
-
-int madvise(void *addr, size_t len, int advice) {
-    range_changing(addr, len, 2);
-    REAL(int, madvise, (void *, size_t, int));
-    return real_madvise(addr, len, advice);
-}
-
 void *mmap64(void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
     return mmap(addr, length, prot, flags, fd, offset);
 }
@@ -438,116 +393,6 @@ int close_range(unsigned int first, unsigned int last, int flags) {
     }
     REAL(int, close_range, (unsigned int, unsigned int, int));
     return real_close_range(first, last, flags);
-}
-
-/* Fault-safe copies without a system call: one `rep movsb` whose fault, if any, the
- * SIGSEGV/SIGBUS handler turns into a return with the bytes left (the kernel's exception
- * fixup, done with the signal's register state). Faults anywhere else go to whatever handler
- * the program has (or the default action), as if the shim were not there; a SIGBUS in the
- * emulated RAM window (a file a frame aliases was truncated) gets a zero page there instead. */
-extern char swiftiommu_copy_insn[], swiftiommu_copy_done[];
-
-__attribute__((noinline)) static size_t copy_guarded(void *dst, const void *src, size_t n) {
-    __asm__ volatile(
-        ".globl swiftiommu_copy_insn\n"
-        "swiftiommu_copy_insn: rep movsb\n"
-        ".globl swiftiommu_copy_done\n"
-        "swiftiommu_copy_done:\n"
-        : "+D"(dst), "+S"(src), "+c"(n) : : "memory");
-    return n;
-}
-
-static struct sigaction program_segv, program_bus;
-static int guard_installed;
-static uint64_t window_start, window_end;
-
-static void chain(int sig, siginfo_t *info, void *uc) {
-    struct sigaction *a = sig == SIGSEGV ? &program_segv : &program_bus;
-    if (a->sa_flags & SA_SIGINFO) { if (a->sa_sigaction) { a->sa_sigaction(sig, info, uc); return; } }
-    else if (a->sa_handler != SIG_IGN && a->sa_handler != SIG_DFL) { a->sa_handler(sig); return; }
-    /* Default action: put it back and let the fault happen again. */
-    struct sigaction dfl = { .sa_handler = SIG_DFL };
-    REAL(int, sigaction, (int, const struct sigaction *, struct sigaction *));
-    real_sigaction(sig, &dfl, NULL);
-}
-
-static void guard_handler(int sig, siginfo_t *info, void *ucv) {
-    ucontext_t *uc = ucv;
-    if (uc->uc_mcontext.gregs[REG_RIP] == (greg_t)(uintptr_t)swiftiommu_copy_insn) {
-        uc->uc_mcontext.gregs[REG_RIP] = (greg_t)(uintptr_t)swiftiommu_copy_done;
-        return;
-    }
-    uint64_t a = (uint64_t)(uintptr_t)info->si_addr;
-    if (sig == SIGBUS && a >= window_start && a < window_end) {
-        REAL(void *, mmap, (void *, size_t, int, int, int, off_t));
-        if (real_mmap((void *)(uintptr_t)(a & ~0xfffull), 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) return;
-    }
-    chain(sig, info, ucv);
-}
-
-void swiftiommu_shim_install_guard(uint64_t start, uint64_t end) {
-    window_start = start; window_end = end;
-    if (guard_installed) return;
-    REAL(int, sigaction, (int, const struct sigaction *, struct sigaction *));
-    struct sigaction sa = { 0 };
-    sa.sa_sigaction = guard_handler;
-    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
-    sigemptyset(&sa.sa_mask);
-    real_sigaction(SIGSEGV, &sa, &program_segv);
-    real_sigaction(SIGBUS, &sa, &program_bus);
-    guard_installed = 1;
-}
-
-/* The program's own SIGSEGV/SIGBUS handlers are kept behind the guard, which calls them. */
-int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
-    if (guard_installed && (sig == SIGSEGV || sig == SIGBUS)) {
-        struct sigaction *mine = sig == SIGSEGV ? &program_segv : &program_bus;
-        if (old) *old = *mine;
-        if (act) *mine = *act;
-        return 0;
-    }
-    REAL(int, sigaction, (int, const struct sigaction *, struct sigaction *));
-    return real_sigaction(sig, act, old);
-}
-
-int swiftiommu_copy_from_user_fast(void *dst, uint64_t src, size_t n) {
-    if (!guard_installed) return swiftiommu_copy_from_user(dst, src, n);
-    if (n == 0) return 1;
-    if (src + n < src) return 0;
-    return copy_guarded(dst, (const void *)(uintptr_t)src, n) == 0;
-}
-
-int swiftiommu_copy_to_user_fast(uint64_t dst, const void *src, size_t n) {
-    if (!guard_installed) return swiftiommu_copy_to_user(dst, src, n);
-    if (n == 0) return 1;
-    if (dst + n < dst) return 0;
-    return copy_guarded((void *)(uintptr_t)dst, src, n) == 0;
-}
-
-/* The shim's own frees (in_shim) do not count: glibc can only give back memory the program
- * freed before (which counted) or the shim's own. */
-void free(void *p) {
-    if (p && !in_shim) note_release();
-    REAL(void, free, (void *));
-    real_free(p);
-}
-
-void *realloc(void *p, size_t n) {
-    if (p && !in_shim) note_release();
-    REAL(void *, realloc, (void *, size_t));
-    return real_realloc(p, n);
-}
-
-int malloc_trim(size_t pad) {
-    note_release();
-    REAL(int, malloc_trim, (size_t));
-    return real_malloc_trim(pad);
-}
-
-int pthread_create(pthread_t *t, const pthread_attr_t *attr, void *(*start)(void *), void *arg) {
-    note_release();
-    REAL(int, pthread_create, (pthread_t *, const pthread_attr_t *, void *(*)(void *), void *));
-    return real_pthread_create(t, attr, start, arg);
 }
 
 ssize_t __pread_chk(int fd, void *buf, size_t count, off_t offset, size_t buflen) {

@@ -12,6 +12,8 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <unistd.h>
 
 #define IOMMUFD_TYPE ';'
@@ -175,6 +177,24 @@ static void forked(int fd) {
     CHECK(ioctl(fd, IOMMU_DESTROY, &d) == 0, "the parent's object survives the child");
 }
 
+/* The program's own SIGSEGV handler still sees its own faults with the shim's guard installed. */
+static sigjmp_buf segv_jump;
+static volatile int segv_seen;
+static void on_segv(int sig) { (void)sig; segv_seen = 1; siglongjmp(segv_jump, 1); }
+
+static void own_segv_handler(void) {
+    struct sigaction sa = { 0 }, old;
+    sa.sa_handler = on_segv;
+    sigemptyset(&sa.sa_mask);
+    CHECK(sigaction(SIGSEGV, &sa, &old) == 0, "the program installs a SIGSEGV handler");
+    if (sigsetjmp(segv_jump, 1) == 0) {
+        volatile int *bad = (volatile int *)16;
+        (void)*bad;
+    }
+    CHECK(segv_seen, "and it runs for the program's own fault");
+    sigaction(SIGSEGV, &old, NULL);
+}
+
 int main(void) {
     int fd = open("/dev/iommu", O_RDWR);
     CHECK(fd >= 0, "open /dev/iommu");
@@ -183,6 +203,7 @@ int main(void) {
     ioas(fd);
     vfio_compat(fd);
     forked(fd);
+    own_segv_handler();
     CHECK(close(fd) == 0, "close /dev/iommu");
     two_files();
     printf("%d passed, %d failed\n", passed, failed);
