@@ -176,16 +176,25 @@ final class PreloadRuntime: @unchecked Sendable {
         if let file = injectionFiles[fd] { return writeInjection(file.path, buffer, count) }
         guard let (_, f) = faultFiles[fd] else { return -Int(EINVAL) }
         guard count >= 0, count % 8 == 0 else { return -Int(ESPIPE) }
-        guard count <= 1 << 20 else { return -Int(EINVAL) }
-        let local = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 8)
-        defer { local.deallocate() }
-        guard count == 0 || memory.copyIn(from: UInt64(UInt(bitPattern: buffer)), into: UnsafeMutableRawBufferPointer(rebasing: local[0..<count])) else {
-            return -Int(EFAULT)
+        // One response at a time, as iommufd_fault_fops_write: each copied, then taken; the
+        // first that cannot be read or is refused ends the write, which returns the bytes
+        // taken before it, or the error when it was the first. (An unreadable first response
+        // gives the kernel's copy_from_user remainder, 8, not EFAULT: v6.17 returns `rc`
+        // as it is there; matched here.)
+        var done = 0
+        var response = (UInt64(0))
+        var failure = 0
+        while done < count {
+            let readable = withUnsafeMutableBytes(of: &response) { memory.copyIn(from: UInt64(UInt(bitPattern: buffer)) &+ UInt64(done), into: $0) }
+            guard readable else { failure = 8; break }
+            do { _ = try withUnsafeBytes(of: &response) { (b) throws(Errno) in try f.write(from: b) } } catch {
+                failure = -Int(error.code)
+                break
+            }
+            done += 8
         }
-        let n: Int
-        do { n = try f.write(from: UnsafeRawBufferPointer(rebasing: local[0..<count])) } catch { return -Int(error.code) }
-        settle()
-        return n
+        if done > 0 { settle() }
+        return done > 0 ? done : failure
     }
 
     /// pread of one of our files: a fault-injection file reads from `offset`; a fault file
