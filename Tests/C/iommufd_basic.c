@@ -1,6 +1,6 @@
 /* iommufd through /dev/iommu from an unmodified C program: run it under
- * `iommu-sim preload -- ./iommufd_basic`. It uses only the uAPI's layouts (Linux v6.17
- * include/uapi/linux/iommufd.h), written out here, so it needs no kernel headers. Prints
+ * `iommu-sim preload -- ./iommufd_basic`. It uses only the uAPI's layouts (uapi.h: Linux v6.17's,
+ * written out), so it needs no kernel headers. Prints
  * "N passed, N failed" and exits non-zero on any failure. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -15,29 +15,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <unistd.h>
-
-#define IOMMUFD_TYPE ';'
-#define IOMMU_DESTROY _IO(IOMMUFD_TYPE, 0x80)
-#define IOMMU_IOAS_ALLOC _IO(IOMMUFD_TYPE, 0x81)
-#define IOMMU_IOAS_ALLOW_IOVAS _IO(IOMMUFD_TYPE, 0x82)
-#define IOMMU_IOAS_COPY _IO(IOMMUFD_TYPE, 0x83)
-#define IOMMU_IOAS_IOVA_RANGES _IO(IOMMUFD_TYPE, 0x84)
-#define IOMMU_IOAS_MAP _IO(IOMMUFD_TYPE, 0x85)
-#define IOMMU_IOAS_UNMAP _IO(IOMMUFD_TYPE, 0x86)
-#define IOMMU_OPTION _IO(IOMMUFD_TYPE, 0x87)
-#define VFIO_GET_API_VERSION _IO(IOMMUFD_TYPE, 100)
-#define VFIO_CHECK_EXTENSION _IO(IOMMUFD_TYPE, 101)
-
-struct iommu_destroy { uint32_t size, id; };
-struct iommu_ioas_alloc { uint32_t size, flags, out_ioas_id; };
-struct iommu_iova_range { uint64_t start, last; };
-struct iommu_ioas_iova_ranges { uint32_t size, ioas_id, num_iovas, __reserved; uint64_t allowed_iovas, out_iova_alignment; };
-struct iommu_ioas_allow_iovas { uint32_t size, ioas_id, num_iovas, __reserved; uint64_t allowed_iovas; };
-struct iommu_ioas_map { uint32_t size, flags, ioas_id, __reserved; uint64_t user_va, length, iova; };
-struct iommu_ioas_copy { uint32_t size, flags, dst_ioas_id, src_ioas_id; uint64_t length, dst_iova, src_iova; };
-struct iommu_ioas_unmap { uint32_t size, ioas_id; uint64_t iova, length; };
-struct iommu_option { uint32_t size, option_id; uint16_t op, __reserved; uint32_t object_id; uint64_t val64; };
-enum { MAP_FIXED_IOVA = 1, MAP_WRITEABLE = 2, MAP_READABLE = 4 };
+#include "uapi.h"
 
 static int passed, failed;
 #define CHECK(cond, ...) do { if (cond) passed++; else { failed++; fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \

@@ -17,29 +17,7 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-
-#define IOMMU_DESTROY _IO(';', 0x80)
-#define IOMMU_IOAS_ALLOC _IO(';', 0x81)
-#define IOMMU_IOAS_MAP _IO(';', 0x85)
-#define IOMMU_IOAS_UNMAP _IO(';', 0x86)
-#define IOMMU_HWPT_ALLOC _IO(';', 0x89)
-#define VFIO_DEVICE_BIND_IOMMUFD _IO(';', 100 + 18)
-#define VFIO_DEVICE_ATTACH_IOMMUFD_PT _IO(';', 100 + 19)
-#define VFIO_DEVICE_DETACH_IOMMUFD_PT _IO(';', 100 + 20)
-#define SWIFTIOMMU_DEVICE_DMA _IO('S', 0x01)
-#define SWIFTIOMMU_STATS _IO('S', 0x10)
-
-struct iommu_destroy { uint32_t size, id; };
-struct iommu_ioas_alloc { uint32_t size, flags, out_ioas_id; };
-struct iommu_ioas_map { uint32_t size, flags, ioas_id, __reserved; uint64_t user_va, length, iova; };
-struct iommu_ioas_unmap { uint32_t size, ioas_id; uint64_t iova, length; };
-struct iommu_hwpt_alloc { uint32_t size, flags, dev_id, pt_id, out_hwpt_id, __reserved, data_type, data_len; uint64_t data_uptr;
-                          uint32_t fault_id, __reserved2; };
-struct vfio_device_bind_iommufd { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; uint64_t token_uuid_ptr; };
-struct vfio_device_attach_iommufd_pt { uint32_t argsz, flags, pt_id, pasid; };
-struct vfio_device_detach_iommufd_pt { uint32_t argsz, flags, pasid; };
-struct swiftiommu_device_dma { uint32_t argsz, flags, pasid, out_status; uint64_t iova, length, data; uint32_t out_fault_reason, out_handle; };
-struct swiftiommu_stats { uint32_t argsz, pad; uint64_t frames, pinned, domains, dids; };
+#include "uapi.h"
 
 static int passed, failed;
 #define CHECK(cond, ...) do { if (cond) passed++; else { failed++; fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \

@@ -1,7 +1,7 @@
 /* A VMM's IO page fault loop (run under `iommu-sim preload`): a HWPT with a fault queue, a
  * PRI-capable device that touches unmapped IOVAs through ATS, and the program answering
  * its page requests with poll + read + write on the fault file, mapping each page as it
- * is asked for. Layouts from Linux v6.17 include/uapi/linux/{iommufd,vfio}.h. */
+ * is asked for. The uAPI layouts are in uapi.h. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -13,29 +13,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-#define IOMMU_IOAS_ALLOC _IO(';', 0x81)
-#define IOMMU_IOAS_MAP _IO(';', 0x85)
-#define IOMMU_HWPT_ALLOC _IO(';', 0x89)
-#define IOMMU_FAULT_QUEUE_ALLOC _IO(';', 0x8e)
-#define VFIO_DEVICE_BIND_IOMMUFD _IO(';', 100 + 18)
-#define VFIO_DEVICE_ATTACH_IOMMUFD_PT _IO(';', 100 + 19)
-#define SWIFTIOMMU_DEVICE_DMA _IO('S', 0x01)
-#define SWIFTIOMMU_DEVICE_DMA_WAIT _IO('S', 0x02)
-
-struct iommu_ioas_alloc { uint32_t size, flags, out_ioas_id; };
-struct iommu_ioas_map { uint32_t size, flags, ioas_id, __reserved; uint64_t user_va, length, iova; };
-struct iommu_hwpt_alloc { uint32_t size, flags, dev_id, pt_id, out_hwpt_id, __reserved, data_type, data_len; uint64_t data_uptr;
-                          uint32_t fault_id, __reserved2; };
-struct iommu_fault_alloc { uint32_t size, flags, out_fault_id, out_fault_fd; };
-struct iommu_hwpt_pgfault { uint32_t flags, dev_id, pasid, grpid, perm, __reserved; uint64_t addr; uint32_t length, cookie; };
-struct iommu_hwpt_page_response { uint32_t cookie, code; };
-struct vfio_device_bind_iommufd { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; uint64_t token_uuid_ptr; };
-struct vfio_device_attach_iommufd_pt { uint32_t argsz, flags, pt_id, pasid; };
-struct swiftiommu_device_dma { uint32_t argsz, flags, pasid, out_status; uint64_t iova, length, data; uint32_t out_fault_reason, out_handle; };
-struct swiftiommu_device_dma_wait { uint32_t argsz, handle, out_status, out_transferred; };
-enum { MAP_FIXED_IOVA = 1, MAP_WRITEABLE = 2, MAP_READABLE = 4, HWPT_FAULT_ID_VALID = 4 };
-enum { DMA_WRITE = 1, DMA_ATS = 4, DMA_ASYNC = 8 };
+#include "uapi.h"
 
 static int passed, failed;
 #define CHECK(cond, ...) do { if (cond) passed++; else { failed++; fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \

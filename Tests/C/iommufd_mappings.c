@@ -13,22 +13,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-#define IOMMU_IOAS_ALLOC _IO(';', 0x81)
-#define IOMMU_IOAS_MAP _IO(';', 0x85)
-#define IOMMU_IOAS_UNMAP _IO(';', 0x86)
-#define VFIO_DEVICE_BIND_IOMMUFD _IO(';', 100 + 18)
-#define VFIO_DEVICE_ATTACH_IOMMUFD_PT _IO(';', 100 + 19)
-#define SWIFTIOMMU_DEVICE_DMA _IO('S', 0x01)
-#define SWIFTIOMMU_STATS _IO('S', 0x10)
-
-struct iommu_ioas_alloc { uint32_t size, flags, out_ioas_id; };
-struct iommu_ioas_map { uint32_t size, flags, ioas_id, __reserved; uint64_t user_va, length, iova; };
-struct iommu_ioas_unmap { uint32_t size, ioas_id; uint64_t iova, length; };
-struct vfio_device_bind_iommufd { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; uint64_t token_uuid_ptr; };
-struct vfio_device_attach_iommufd_pt { uint32_t argsz, flags, pt_id, pasid; };
-struct swiftiommu_device_dma { uint32_t argsz, flags, pasid, out_status; uint64_t iova, length, data; uint32_t out_fault_reason, out_handle; };
-struct swiftiommu_stats { uint32_t argsz, pad; uint64_t frames, pinned, domains, dids; };
+#include "uapi.h"
 
 static int passed, failed;
 #define CHECK(cond, ...) do { if (cond) passed++; else { failed++; fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \

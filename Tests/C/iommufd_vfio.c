@@ -2,7 +2,7 @@
  * a device to iommufd, map the program's own memory (private and a shared memfd) into an
  * IOAS, attach, and have the device DMA into it with the emulator's DMA command; the
  * program reads the bytes the device wrote, and the device reads what the program wrote.
- * Layouts from Linux v6.17 include/uapi/linux/{iommufd,vfio}.h, written out here. */
+ * The uAPI layouts are in uapi.h. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -14,29 +14,9 @@
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "uapi.h"
 
-#define IOMMU_DESTROY _IO(';', 0x80)
-#define IOMMU_IOAS_ALLOC _IO(';', 0x81)
-#define IOMMU_IOAS_MAP _IO(';', 0x85)
-#define IOMMU_IOAS_UNMAP _IO(';', 0x86)
-#define IOMMU_IOAS_MAP_FILE _IO(';', 0x8f)
-#define VFIO_DEVICE_GET_INFO _IO(';', 100 + 7)
-#define VFIO_DEVICE_BIND_IOMMUFD _IO(';', 100 + 18)
-#define VFIO_DEVICE_ATTACH_IOMMUFD_PT _IO(';', 100 + 19)
-#define VFIO_DEVICE_DETACH_IOMMUFD_PT _IO(';', 100 + 20)
 /* The emulator's DMA command on a device file (docs/architecture.md, "The C ABI"). */
-#define SWIFTIOMMU_DEVICE_DMA _IO('S', 0x01)
-
-struct iommu_ioas_alloc { uint32_t size, flags, out_ioas_id; };
-struct iommu_ioas_map { uint32_t size, flags, ioas_id, __reserved; uint64_t user_va, length, iova; };
-struct iommu_ioas_unmap { uint32_t size, ioas_id; uint64_t iova, length; };
-struct iommu_ioas_map_file { uint32_t size, flags, ioas_id; int32_t fd; uint64_t start, length, iova; };
-struct vfio_device_info { uint32_t argsz, flags, num_regions, num_irqs, cap_offset, pad; };
-struct vfio_device_bind_iommufd { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; uint64_t token_uuid_ptr; };
-struct vfio_device_attach_iommufd_pt { uint32_t argsz, flags, pt_id, pasid; };
-struct vfio_device_detach_iommufd_pt { uint32_t argsz, flags, pasid; };
-struct swiftiommu_device_dma { uint32_t argsz, flags, pasid, out_status; uint64_t iova, length, data; uint32_t out_fault_reason, pad; };
-enum { MAP_FIXED_IOVA = 1, MAP_WRITEABLE = 2, MAP_READABLE = 4, DMA_WRITE = 1 };
 
 static int passed, failed;
 #define CHECK(cond, ...) do { if (cond) passed++; else { failed++; fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \

@@ -12,20 +12,7 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
-
-#define IOMMU_IOAS_ALLOC _IO(';', 0x81)
-#define IOMMU_IOAS_MAP _IO(';', 0x85)
-#define IOMMU_IOAS_UNMAP _IO(';', 0x86)
-#define IOMMU_OPTION _IO(';', 0x87)
-#define VFIO_DEVICE_BIND_IOMMUFD _IO(';', 100 + 18)
-#define VFIO_DEVICE_ATTACH_IOMMUFD_PT _IO(';', 100 + 19)
-
-struct iommu_ioas_alloc { uint32_t size, flags, out_ioas_id; };
-struct iommu_ioas_map { uint32_t size, flags, ioas_id, __reserved; uint64_t user_va, length, iova; };
-struct iommu_ioas_unmap { uint32_t size, ioas_id; uint64_t iova, length; };
-struct iommu_option { uint32_t size, option_id; uint16_t op, __reserved; uint32_t object_id; uint64_t val64; };
-struct vfio_device_bind_iommufd { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; uint64_t token_uuid_ptr; };
-struct vfio_device_attach_iommufd_pt { uint32_t argsz, flags, pt_id, pasid; };
+#include "../uapi.h"
 
 static double now_ns(void) {
     struct timespec t;
