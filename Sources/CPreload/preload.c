@@ -39,6 +39,7 @@ extern long swiftiommu_write(int fd, const void *buf, unsigned long count) __att
 extern long swiftiommu_pread(int fd, void *buf, unsigned long count, long offset) __attribute__((weak));
 extern long swiftiommu_pwrite(int fd, const void *buf, unsigned long count, long offset) __attribute__((weak));
 extern long swiftiommu_mmap(int fd, int prot, int flags) __attribute__((weak));
+extern int swiftiommu_dup(int oldfd, int newfd) __attribute__((weak));
 /* The program is about to change the mappings of [addr, addr + len): `kind` 0 unmaps or
  * replaces them, 1 moves them (mremap), 2 changes their protection or advice. */
 extern void swiftiommu_range_changing(uint64_t addr, uint64_t len, int kind) __attribute__((weak));
@@ -375,16 +376,41 @@ static void drop_if_ours(int fd) {
     }
 }
 
+/* A new descriptor for one of ours names the same file (the kernel shares it). */
+static int adopt_dup(int oldfd, int newfd) {
+    if (newfd < 0 || !serve(oldfd) || !swiftiommu_dup) return newfd;
+    if (newfd >= MAX_FDS) { REAL(int, close, (int)); real_close(newfd); errno = EMFILE; return -1; }
+    in_shim = 1;
+    int rc = swiftiommu_dup(oldfd, newfd);
+    in_shim = 0;
+    if (rc == 0) swiftiommu_shim_mark(newfd, 1);
+    return newfd;
+}
+
+int dup(int oldfd) {
+    REAL(int, dup, (int));
+    return adopt_dup(oldfd, real_dup(oldfd));
+}
+
 int dup2(int oldfd, int newfd) {
     if (oldfd != newfd) drop_if_ours(newfd);
     REAL(int, dup2, (int, int));
-    return real_dup2(oldfd, newfd);
+    int rc = real_dup2(oldfd, newfd);
+    return oldfd == newfd ? rc : adopt_dup(oldfd, rc);
 }
 
 int dup3(int oldfd, int newfd, int flags) {
     if (oldfd != newfd) drop_if_ours(newfd);
     REAL(int, dup3, (int, int, int));
-    return real_dup3(oldfd, newfd, flags);
+    return adopt_dup(oldfd, real_dup3(oldfd, newfd, flags));
+}
+
+int fcntl(int fd, int cmd, ...) {
+    va_list ap; va_start(ap, cmd); unsigned long arg = va_arg(ap, unsigned long); va_end(ap);
+    REAL(int, fcntl, (int, int, ...));
+    int rc = real_fcntl(fd, cmd, arg);
+    if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) return adopt_dup(fd, rc);
+    return rc;
 }
 
 int close_range(unsigned int first, unsigned int last, int flags) {

@@ -26,8 +26,8 @@ final class PreloadRuntime: @unchecked Sendable {
     private var knobs: [String: String] = [:]
     /// The fail-nth count in force (0: none), counted over the software injection points.
     private var failNth = 0
-    /// Fault queue files (eventfds the shim made): their context's descriptor and object.
-    private(set) var faultFiles: [Int32: (context: Int32, fault: FaultObject)] = [:]
+    /// Fault queue files (eventfds the shim made): their context and object.
+    private(set) var faultFiles: [Int32: (context: IOMMUFDContext, fault: FaultObject)] = [:]
     /// The machine's devices in probe order: /dev/vfio/devices/vfioN is the Nth.
     private(set) var devices: [(Device, PCIeEndpoint)] = []
 
@@ -81,7 +81,7 @@ final class PreloadRuntime: @unchecked Sendable {
                 guard let f = object as? FaultObject else { return -1 }
                 let efd = swiftiommu_shim_eventfd(1)
                 guard efd >= 0 else { return -1 }
-                faultFiles[efd] = (fd, f)
+                faultFiles[efd] = (c, f)
                 f.queue.onReadable = { swiftiommu_shim_signal(efd, 1) }
                 _ = c
                 return efd
@@ -283,20 +283,35 @@ final class PreloadRuntime: @unchecked Sendable {
     /// time): what a real system would have done by the time the program looks again.
     func settle() { _ = machine.scheduler.runUntilIdle() }
 
+    /// close() of one of our descriptors: the file goes with its last descriptor (dup shares
+    /// it, as the kernel's file is shared).
     func close(_ fd: Int32) {
         if injectionFiles.removeValue(forKey: fd) != nil { return }
         if let (_, f) = faultFiles.removeValue(forKey: fd) {
+            guard !faultFiles.values.contains(where: { $0.fault === f }) else { return }
             f.queue.onReadable = nil
             f.closeFile()
             return
         }
-        if let d = deviceFiles.removeValue(forKey: fd) { d.unbind(self) }
-        guard let c = contexts.removeValue(forKey: fd) else { return }
+        if let d = deviceFiles.removeValue(forKey: fd) {
+            if !deviceFiles.values.contains(where: { $0 === d }) { d.unbind(self) }
+            return
+        }
+        guard let c = contexts.removeValue(forKey: fd), !contexts.values.contains(where: { $0 === c }) else { return }
         // Device files bound to this context lose their binding with it; its fault files
         // read nothing more.
-        for d in deviceFiles.values where d.bound?.fd == fd { d.bound = nil }
-        for (efd, ff) in faultFiles where ff.context == fd { ff.fault.queue.onReadable = nil; swiftiommu_shim_signal(efd, 0) }
+        for d in deviceFiles.values where d.bound?.context === c { d.bound = nil }
+        for (efd, ff) in faultFiles where ff.context === c { ff.fault.queue.onReadable = nil; swiftiommu_shim_signal(efd, 0) }
         c.close()
+    }
+
+    /// dup of one of our descriptors: `new` names the same file as `old`.
+    func dup(_ old: Int32, _ new: Int32) -> Int32 {
+        if let c = contexts[old] { contexts[new] = c; return 0 }
+        if let d = deviceFiles[old] { deviceFiles[new] = d; return 0 }
+        if let f = faultFiles[old] { faultFiles[new] = f; return 0 }
+        if let i = injectionFiles[old] { injectionFiles[new] = (i.path, 0); return 0 }
+        return -EBADF
     }
 
     // MARK: Process-wide
@@ -356,6 +371,11 @@ public func swiftiommuMmap(_ fd: Int32, _ prot: Int32, _ flags: Int32) -> Int {
 @_cdecl("swiftiommu_range_changing")
 public func swiftiommuRangeChanging(_ address: UInt64, _ length: UInt64, _ kind: Int32) {
     PreloadRuntime.withLock { PreloadRuntime.current()?.memory.rangeChanging(address, length, kind: kind) }
+}
+
+@_cdecl("swiftiommu_dup")
+public func swiftiommuDup(_ old: Int32, _ new: Int32) -> Int32 {
+    PreloadRuntime.withLock { PreloadRuntime.current()?.dup(old, new) ?? -EBADF }
 }
 
 @_cdecl("swiftiommu_close")

@@ -40,8 +40,8 @@ final class VFIODeviceFile {
     let index: Int
     let device: Device
     let endpoint: PCIeEndpoint
-    /// The iommufd file and device ID it is bound to.
-    var bound: (fd: Int32, id: UInt32)?
+    /// The iommufd context (whichever of its descriptors named it) and device ID it is bound to.
+    var bound: (context: IOMMUFDContext, id: UInt32)?
 
     init(index: Int, device: Device, endpoint: PCIeEndpoint) {
         self.index = index; self.device = device; self.endpoint = endpoint
@@ -102,7 +102,7 @@ final class VFIODeviceFile {
             guard let ctx = runtime.context(fd) else { return fcntl(fd, F_GETFD) < 0 ? -Int(EBADF) : -Int(EBADFD) }
             let id: UInt32
             do { id = try ctx.bind(device) } catch { return -Int(error.code) }
-            bound = (fd, id)
+            bound = (ctx, id)
             s.set32(12, id)
             guard write(s, 16) else { unbind(runtime); return -Int(EFAULT) }
             return 0
@@ -116,7 +116,7 @@ final class VFIODeviceFile {
                 guard full.u32(12) <= 0xFFFFF else { return -Int(EINVAL) }
                 pasid = PASID(truncating: full.u32(12))
             }
-            guard let (fd, id) = bound, let ctx = runtime.context(fd) else { return -Int(EINVAL) }
+            guard let (ctx, id) = bound, !ctx.isClosed else { return -Int(EINVAL) }
             let hwpt: UInt32
             do { hwpt = try ctx.attach(id, to: s.u32(8), pasid: pasid) } catch { return -Int(error.code) }
             s.set32(8, hwpt)
@@ -135,7 +135,7 @@ final class VFIODeviceFile {
                 guard full.u32(8) <= 0xFFFFF else { return -Int(EINVAL) }
                 pasid = PASID(truncating: full.u32(8))
             }
-            guard let (fd, id) = bound, let ctx = runtime.context(fd) else { return -Int(EINVAL) }
+            guard let (ctx, id) = bound, !ctx.isClosed else { return -Int(EINVAL) }
             do { try ctx.detach(id, pasid: pasid) } catch { return -Int(error.code) }
             return 0
         case Self.deviceDMA:
@@ -226,8 +226,8 @@ final class VFIODeviceFile {
 
     /// Closing the device file: detached and unbound (the iommufd device object goes).
     func unbind(_ runtime: PreloadRuntime) {
-        guard let (fd, id) = bound else { return }
+        guard let (ctx, id) = bound else { return }
         bound = nil
-        if let ctx = runtime.context(fd) { try? ctx.unbind(id) }
+        if !ctx.isClosed { try? ctx.unbind(id) }
     }
 }

@@ -131,7 +131,15 @@ static void two_files(void) {
     struct iommu_destroy d = { .size = sizeof(d), .id = ia };
     CHECK(ioctl(b, IOMMU_DESTROY, &d) == 0, "destroying in one file");
     CHECK(ioctl(a, IOMMU_DESTROY, &d) == 0, "leaves the other's object alive");
-    CHECK(close(a) == 0 && close(b) == 0, "close");
+    /* dup shares the file: the context lives until its last descriptor goes. */
+    int a2 = dup(a), a3 = fcntl(a, F_DUPFD_CLOEXEC, 100);
+    CHECK(a2 >= 0 && a3 >= 100, "dup and F_DUPFD_CLOEXEC of /dev/iommu");
+    CHECK(close(a) == 0, "close the first descriptor");
+    struct iommu_ioas_alloc via = { .size = sizeof(via) };
+    CHECK(ioctl(a2, IOMMU_IOAS_ALLOC, &via) == 0 && via.out_ioas_id != 0, "the duplicate reaches the context (IOAS %u)", via.out_ioas_id);
+    struct iommu_destroy dd = { .size = sizeof(dd), .id = via.out_ioas_id };
+    CHECK(ioctl(a3, IOMMU_DESTROY, &dd) == 0, "and so does the other duplicate");
+    CHECK(close(a2) == 0 && close(a3) == 0 && close(b) == 0, "close");
     struct iommu_ioas_alloc x = { .size = sizeof(x) };
     CHECK_ERRNO(ioctl(a, IOMMU_IOAS_ALLOC, &x), EBADF, "ioctl on a closed iommufd");
 }
