@@ -7,12 +7,14 @@
  * dup-free close and O_CLOEXEC behave as the kernel's; the shim keeps one byte per
  * descriptor saying whether it is one of ours (the only check non-iommufd calls pay). */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -104,11 +106,43 @@ static int is_debugfs_root(const char *path) {
 }
 
 static int open_debugfs_root(int flags) {
-    /* One empty directory for every process (created once, never written). */
+    /* One directory for every process, holding the fault-injection knobs a fail_nth program
+     * writes through the directory (openat relative to it: ignore-gfp-wait, verbose, ...):
+     * plain files, so those writes succeed and reach nothing. The task's fail-nth, which
+     * matters, is served by the Swift side. */
     static const char dir[] = "/tmp/swiftiommu-debugfs";
-    mkdir(dir, 0755);
+    static const char *const knobs[] = {
+        "failslab/ignore-gfp-wait", "failslab/verbose", "fail_page_alloc/ignore-gfp-wait",
+        "fail_page_alloc/ignore-gfp-highmem", "fail_page_alloc/verbose", "fail_iommufd/verbose",
+        "fail_usercopy/verbose",
+    };
     REAL(int, open, (const char *, int, ...));
+    REAL(int, close, (int));
+    mkdir(dir, 0755);
+    for (size_t i = 0; i < sizeof(knobs) / sizeof(knobs[0]); i++) {
+        char path[128];
+        snprintf(path, sizeof(path), "%s/%s", dir, knobs[i]);
+        char *slash = strrchr(path, '/');
+        *slash = 0;
+        mkdir(path, 0755);
+        *slash = '/';
+        int fd = real_open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+        if (fd >= 0) real_close(fd);
+    }
     return real_open(dir, (flags & ~(O_WRONLY | O_RDWR | O_CREAT)) | O_DIRECTORY);
+}
+
+/* glibc's opendir opens inside libc: debugfs is redirected here. */
+DIR *opendir(const char *name) {
+    if (is_debugfs_root(name)) {
+        int fd = open_debugfs_root(O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return NULL;
+        DIR *d = fdopendir(fd);
+        if (!d) { REAL(int, close, (int)); real_close(fd); }
+        return d;
+    }
+    REAL(DIR *, opendir, (const char *));
+    return real_opendir(name);
 }
 
 static int is_iommu_path(const char *path) {

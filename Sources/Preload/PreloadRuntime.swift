@@ -235,13 +235,14 @@ final class PreloadRuntime: @unchecked Sendable {
     /// of the kernel and iommufd (not the hardware's own failure modes).
     static let softwarePoints: Set<FaultPoint> = Set(FaultPoint.all.filter { !$0.name.hasPrefix("hw.") })
 
-    /// What the file reads: fail-nth the count still to go (0 once the failure fired or when
-    /// none is set, as Linux `proc_fail_nth_read`), a knob what was written to it.
+    /// What the file reads: fail-nth the count still to go and a newline (0 once the failure
+    /// fired or when none is set, as Linux `proc_fail_nth_read`), a knob what was written to it.
     private func injectionText(_ path: String) -> String {
         if path.hasSuffix("/fail-nth") {
             let f = machine.platform.faults
-            guard failNth > 0, case .failNthAmong = f.mode, f.fired.isEmpty else { return "0" }
-            return String(max(0, failNth - f.countedAmong))
+            // Linux proc_fail_nth_read prints the count and a newline.
+            guard failNth > 0, case .failNthAmong = f.mode, f.fired.isEmpty else { return "0\n" }
+            return "\(max(0, failNth - f.countedAmong))\n"
         }
         return knobs[path] ?? "0"
     }
