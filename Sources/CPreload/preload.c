@@ -464,3 +464,33 @@ ssize_t __pread64_chk(int fd, void *buf, size_t count, off_t offset, size_t bufl
     if (count > buflen) { REAL(void, __chk_fail, (void)); real___chk_fail(); }
     return pread(fd, buf, count, offset);
 }
+
+/* stdio on our files: glibc's fopen opens, and its streams read and write, inside libc, past
+ * the interposed calls; a stream of ours is a cookie stream whose reads and writes go through
+ * them (a fail_nth program may arm fail-nth with fprintf). */
+static ssize_t cookie_read(void *c, char *buf, size_t n) { return read((int)(intptr_t)c, buf, n); }
+static ssize_t cookie_write(void *c, const char *buf, size_t n) { return write((int)(intptr_t)c, buf, n); }
+static int cookie_close(void *c) { return close((int)(intptr_t)c); }
+
+static FILE *fopen_ours(const char *path, const char *mode) {
+    int flags = strchr(mode, '+') ? O_RDWR : (mode[0] == 'r' ? O_RDONLY : O_WRONLY);
+    if (strchr(mode, 'e')) flags |= O_CLOEXEC;
+    int fd = is_debugfs_root(path) ? -1 : open_iommu_path(path, flags);
+    if (fd < 0) return NULL;
+    cookie_io_functions_t io = { .read = cookie_read, .write = cookie_write, .seek = NULL, .close = cookie_close };
+    FILE *f = fopencookie((void *)(intptr_t)fd, mode, io);
+    if (!f) close(fd);
+    return f;
+}
+
+FILE *fopen(const char *path, const char *mode) {
+    if (path && mode && is_iommu_path(path)) return fopen_ours(path, mode);
+    REAL(FILE *, fopen, (const char *, const char *));
+    return real_fopen(path, mode);
+}
+
+FILE *fopen64(const char *path, const char *mode) {
+    if (path && mode && is_iommu_path(path)) return fopen_ours(path, mode);
+    REAL(FILE *, fopen64, (const char *, const char *));
+    return real_fopen64(path, mode);
+}

@@ -75,6 +75,14 @@ int main(void) {
     CHECK(knob >= 0 && write(knob, "N", 1) == 1 && pread(knob, kb, sizeof(kb) - 1, 0) == 1 && kb[0] == 'N',
           "a debugfs fault knob keeps what is written");
     close(knob);
+    /* Through stdio too: fprintf arms it, fscanf reads it back. */
+    FILE *nf = fopen(nth_path, "r+");
+    int left_via_stdio = -1;
+    CHECK(nf != NULL && fprintf(nf, "%d", 0) > 0 && fflush(nf) == 0, "fail-nth written through stdio");
+    if (nf) { rewind(nf); fclose(nf); }
+    nf = fopen(nth_path, "r");
+    CHECK(nf != NULL && fscanf(nf, "%d", &left_via_stdio) == 1 && left_via_stdio == 0, "and read through stdio (%d)", left_via_stdio);
+    if (nf) fclose(nf);
     nth_fd = open(nth_path, O_RDWR);
     char zero[8] = { 0 };
     CHECK(nth_fd >= 0 && pread(nth_fd, zero, sizeof(zero) - 1, 0) == 2 && strcmp(zero, "0\n") == 0,
