@@ -48,12 +48,6 @@ struct HostMapping {
         }
         return String(decoding: bytes, as: UTF8.self)
     }
-
-    /// A descriptor for the file behind this mapping (/proc/self/map_files), or -1.
-    func openFile() -> Int32 {
-        let name = "/proc/self/map_files/\(String(start, radix: 16))-\(String(end, radix: 16))"
-        return Glibc.open(name, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC)
-    }
 }
 
 extension String {

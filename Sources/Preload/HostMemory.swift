@@ -54,45 +54,24 @@ final class HostMemory: UserMemory {
     private var byFile: [FileKey: UInt64] = [:]
     /// The name the physical memory's file shows in /proc/self/maps (CIOMMUSupport's memfd).
     private static let physicalName = "/memfd:swiftiommu-physical"
-    /// /proc/self/maps as last parsed, and the shim's mapping generation it was read at;
-    /// `spans` the same ranges reduced to what the copy path asks (no strings: no reference
-    /// counting on that path), and the span the last copy used.
+    /// /proc/self/maps as last parsed (in address order), and the shim's mapping generation
+    /// it was read at.
     private var mapsCache: (generation: UInt64, mappings: [HostMapping]) = (0, [])
-    private struct Span { var start: UInt64; var end: UInt64; var readable: Bool; var writable: Bool; var plain: Bool }
-    private var spans: [Span] = []
-    private var lastSpan = 0
-
-    private func refreshMaps() {
-        let g = swiftiommu_shim_maps_generation()
-        guard mapsCache.generation != g || mapsCache.mappings.isEmpty else { return }
-        let all = HostMapping.all()
-        mapsCache = (g, all)
-        spans = all.map { m in
-            Span(start: m.start, end: m.end, readable: m.readable, writable: m.writable,
-                 plain: m.path.isEmpty || m.path.hasPrefix("[heap]") || m.path.hasPrefix("[stack") || m.path.hasPrefix("[anon")
-                    || m.path.hasPrefix(Self.physicalName))
-        }
-        lastSpan = 0
-    }
-
-    private func spanIndex(containing va: UInt64) -> Int? {
-        if lastSpan < spans.count, spans[lastSpan].start <= va, va < spans[lastSpan].end { return lastSpan }
-        var lo = 0, hi = spans.count
-        while lo < hi { let m = (lo + hi) >> 1; if spans[m].end <= va { lo = m + 1 } else { hi = m } }
-        guard lo < spans.count, spans[lo].start <= va else { return nil }
-        lastSpan = lo
-        return lo
-    }
 
     /// The mapping at `va`: from the cached maps, read again when the shim saw a change or
     /// when `va` is not in them (a mapping made since, which needs no notice to be found).
     private func mapping(containing va: UInt64) -> HostMapping? {
-        refreshMaps()
-        if let i = spanIndex(containing: va) { return mapsCache.mappings[i] }
+        func lookup() -> HostMapping? {
+            let g = swiftiommu_shim_maps_generation()
+            if mapsCache.generation != g || mapsCache.mappings.isEmpty { mapsCache = (g, HostMapping.all()) }
+            let list = mapsCache.mappings
+            var lo = 0, hi = list.count
+            while lo < hi { let m = (lo + hi) >> 1; if list[m].end <= va { lo = m + 1 } else { hi = m } }
+            return lo < list.count && list[lo].start <= va ? list[lo] : nil
+        }
+        if let m = lookup() { return m }
         mapsCache.mappings = []
-        refreshMaps()
-        guard let i = spanIndex(containing: va) else { return nil }
-        return mapsCache.mappings[i]
+        return lookup()
     }
 
     /// Pins pages from `address`: each page's frame, made the process's page on first pin.

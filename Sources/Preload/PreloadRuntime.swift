@@ -139,7 +139,7 @@ final class PreloadRuntime: @unchecked Sendable {
         var head = (UInt64(0), UInt64(0))
         guard withUnsafeMutableBytes(of: &head, { memory.copyIn(from: arg, into: $0) }) else { return }
         let userFD = Int32(bitPattern: UInt32(truncatingIfNeeded: head.1 >> 32))
-        guard !swiftiommu_shim_is_ours(userFD).isTrue, let file = HostFile(fd: userFD, memory: memory), !file.isEmulatedRAM else {
+        guard swiftiommu_shim_is_ours(userFD) == 0, let file = HostFile(fd: userFD, memory: memory), !file.isEmulatedRAM else {
             c.files[userFD] = nil
             return
         }
@@ -295,7 +295,7 @@ final class PreloadRuntime: @unchecked Sendable {
             return
         }
         if let d = deviceFiles.removeValue(forKey: fd) {
-            if !deviceFiles.values.contains(where: { $0 === d }) { d.unbind(self) }
+            if !deviceFiles.values.contains(where: { $0 === d }) { d.unbind() }
             return
         }
         guard let c = contexts.removeValue(forKey: fd), !contexts.values.contains(where: { $0 === c }) else { return }
@@ -319,7 +319,6 @@ final class PreloadRuntime: @unchecked Sendable {
 
     nonisolated(unsafe) static var shared: PreloadRuntime?
     nonisolated(unsafe) static var lockStorage = pthread_mutex_t()
-    nonisolated(unsafe) static var lockReady = false
 
     static func withLock<R>(_ body: () -> R) -> R {
         pthread_mutex_lock(&lockStorage)
@@ -431,8 +430,4 @@ extension PreloadRuntime {
         }
         return shared
     }
-}
-
-extension Int32 {
-    var isTrue: Bool { self != 0 }
 }

@@ -104,7 +104,7 @@ final class VFIODeviceFile {
             do { id = try ctx.bind(device) } catch { return -Int(error.code) }
             bound = (ctx, id)
             s.set32(12, id)
-            guard write(s, 16) else { unbind(runtime); return -Int(EFAULT) }
+            guard write(s, 16) else { unbind(); return -Int(EFAULT) }
             return 0
         case Self.attachIOMMUFDPT:
             // struct vfio_device_attach_iommufd_pt {argsz, flags @4 (PASID 1), pt_id @8, pasid @12}.
@@ -225,7 +225,7 @@ final class VFIODeviceFile {
     }
 
     /// Closing the device file: detached and unbound (the iommufd device object goes).
-    func unbind(_ runtime: PreloadRuntime) {
+    func unbind() {
         guard let (ctx, id) = bound else { return }
         bound = nil
         if !ctx.isClosed { try? ctx.unbind(id) }
