@@ -40,7 +40,7 @@ extern long swiftiommu_read(int fd, void *buf, unsigned long count) __attribute_
 extern long swiftiommu_write(int fd, const void *buf, unsigned long count) __attribute__((weak));
 extern long swiftiommu_pread(int fd, void *buf, unsigned long count, long offset) __attribute__((weak));
 extern long swiftiommu_pwrite(int fd, const void *buf, unsigned long count, long offset) __attribute__((weak));
-extern long swiftiommu_mmap(int fd, int prot, int flags) __attribute__((weak));
+extern long swiftiommu_mmap(int fd, uint64_t addr, size_t length, int prot, int flags, int64_t offset) __attribute__((weak));
 extern int swiftiommu_dup(int oldfd, int newfd) __attribute__((weak));
 /* The program is about to change the mappings of [addr, addr + len): `kind` 0 unmaps or
  * replaces them, 1 moves them (mremap), 2 changes their protection or advice. */
@@ -382,12 +382,17 @@ ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
     return real_pwrite64(fd, buf, count, offset);
 }
 
-/* mmap of our files: the Swift side answers (iommufd: ENXIO, as for an offset with no
- * window; EPERM when executable; device regions are not emulated). */
+/* mmap of our files: the Swift side maps a window of the iommufd file (a vIOMMU's pages)
+ * and returns its address, or answers -errno (ENXIO for an offset with no window, EPERM
+ * when executable; device regions are not emulated). */
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
     if (!(flags & MAP_ANONYMOUS) && serve(fd)) {
-        errno = swiftiommu_mmap ? (int)-swiftiommu_mmap(fd, prot, flags) : ENODEV;
-        return MAP_FAILED;
+        if (!swiftiommu_mmap) { errno = ENODEV; return MAP_FAILED; }
+        in_shim = 1;
+        long rc = swiftiommu_mmap(fd, (uint64_t)(uintptr_t)addr, length, prot, flags, (int64_t)offset);
+        in_shim = 0;
+        if (rc < 0 && rc > -4096) { errno = (int)-rc; return MAP_FAILED; }
+        return (void *)rc;
     }
     /* A new mapping elsewhere changes nothing known (the Swift side re-reads the maps when it
      * meets an address it does not know); one placed over others replaces them. */

@@ -21,6 +21,7 @@ public struct Errno: Error, Equatable, Sendable, CustomStringConvertible {
     public static let EFAULT: Int32 = 14
     public static let EBUSY: Int32 = 16
     public static let EEXIST: Int32 = 17
+    public static let ENXIO: Int32 = 6
     public static let ENODEV: Int32 = 19
     public static let EINVAL: Int32 = 22
     public static let ENOTTY: Int32 = 25
@@ -29,6 +30,7 @@ public struct Errno: Error, Equatable, Sendable, CustomStringConvertible {
     public static let ERANGE: Int32 = 34
     public static let EDEADLK: Int32 = 35
     public static let EOVERFLOW: Int32 = 75
+    public static let EBADE: Int32 = 52
     public static let EBADFD: Int32 = 77
     public static let EMSGSIZE: Int32 = 90
     public static let EOPNOTSUPP: Int32 = 95

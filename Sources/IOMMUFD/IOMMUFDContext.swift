@@ -31,6 +31,10 @@ public final class IOMMUFDContext: @unchecked Sendable, CustomStringConvertible 
     var groups: [ObjectIdentifier: IGroup] = [:]
     /// Device objects by core device.
     var boundDevices: [ObjectIdentifier: DeviceObject] = [:]
+    /// Accesses the selftest made, by the descriptor of their file.
+    var testAccesses: [Int32: SelftestAccess] = [:]
+    /// Windows of the file drivers exposed (vIOMMU pages), by offset.
+    var mmapRegions: [UInt64: (frames: [UInt64], owner: IOMMUFDObject)] = [:]
     /// Unmaps whose invalidation failed: their pages stay pinned (a device may reach them).
     public internal(set) var pinsKeptAfterFailedUnmap = 0
     public internal(set) var pagesKeptAfterFailedUnmap = 0
@@ -93,9 +97,34 @@ public final class IOMMUFDContext: @unchecked Sendable, CustomStringConvertible 
         return unsafeDowncast(o, to: T.self)
     }
 
+    /// Takes the lowest free ID for an object not visible yet (Linux: the zero entry
+    /// `iommufd_object_alloc` leaves until `finalize`): lookups and DESTROY of it are ENOENT.
+    func reserve(_ o: IOMMUFDObject) throws(Errno) {
+        try add(o)
+        o.isDestroyed = true
+    }
+
+    /// Makes a reserved object visible (`iommufd_object_finalize`).
+    func finalize(_ o: IOMMUFDObject) { o.isDestroyed = false }
+
+    /// Undoes a reserved object: its ID is free again (`iommufd_object_abort`). What it
+    /// took meanwhile the caller gives back.
+    func abort(_ o: IOMMUFDObject) { table.remove(o) }
+
+    /// Destroys an object whose owner went while it lived (a vDEVICE of an unbound device):
+    /// its ID stays taken until the context closes, and lookups and DESTROY of it are
+    /// ENOENT (Linux `iommufd_object_tombstone_user`).
+    func tombstone(_ o: IOMMUFDObject) {
+        guard !o.isDestroyed else { return }
+        o.isDestroyed = true
+        o.isTombstone = true
+        o.users = 0
+        o.destroy(self)
+    }
+
     /// IOMMU_DESTROY: ENOENT if there is no such object, EBUSY while anything refers to it.
     public func destroy(_ id: UInt32) throws(Errno) {
-        guard let o = table.object(id) else { throw Errno.noent("no object with ID \(id)") }
+        guard let o = table.object(id), !o.isDestroyed else { throw Errno.noent("no object with ID \(id)") }
         guard o.users == 0 else { throw Errno.busy("\(o) is in use (\(o.users) reference(s))") }
         remove(o)
     }
@@ -103,6 +132,7 @@ public final class IOMMUFDContext: @unchecked Sendable, CustomStringConvertible 
     /// Takes an object out of the table and releases what it holds.
     func remove(_ o: IOMMUFDObject) {
         table.remove(o)
+        if o.isTombstone { return }
         if vfioIOAS === o { vfioIOAS = nil }
         o.isDestroyed = true
         o.destroy(self)
@@ -119,7 +149,9 @@ public final class IOMMUFDContext: @unchecked Sendable, CustomStringConvertible 
         isClosed = true
         for o in table.all {
             if let f = o as? FaultObject { f.closeFile() }
+            if let q = o as? VEventQueueObject { q.closeFile() }
         }
+        for fd in testAccesses.keys.sorted() { closeTestAccess(fd) }
         for o in table.all {
             if let d = o as? DeviceObject { unbind(d) }
             // The in-kernel users (mdev drivers) let go of their accesses as the devices go.

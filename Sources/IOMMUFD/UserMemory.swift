@@ -20,6 +20,19 @@ public protocol UserMemory: AnyObject {
     /// Reads or writes bytes of a pinned frame (an access object's `rw` through the IOAS).
     func readFrame(_ frame: UInt64, offset: Int, into bytes: UnsafeMutableRawBufferPointer) -> Bool
     func writeFrame(_ frame: UInt64, offset: Int, from bytes: UnsafeRawBufferPointer) -> Bool
+    /// The page at the page-aligned `address` as `get_user_pages` finds it, keeping no pin
+    /// (the selftest's checks): nil when nothing is mapped there (EFAULT).
+    func inspectPage(at address: UInt64) -> UserPage?
+}
+
+/// What `UserMemory.inspectPage` finds: the frame standing for the page (nil when none
+/// does, e.g. a page never pinned by the C ABI), how many long-term pins it has (Linux: the
+/// page providers holding it), and whether it belongs to a huge (compound) page.
+public struct UserPage: Equatable, Sendable {
+    public var frame: UInt64?
+    public var pins: Int
+    public var huge: Bool
+    public init(frame: UInt64?, pins: Int, huge: Bool) { self.frame = frame; self.pins = pins; self.huge = huge }
 }
 
 /// A file whose pages can be pinned (`IOMMU_IOAS_MAP_FILE`: a memfd). Pages are identified
@@ -31,7 +44,14 @@ public protocol PinnableFile: AnyObject {
     func unpinPages(_ frames: UnsafeBufferPointer<UInt64>)
 }
 
-extension Process: UserMemory {}
+extension Process: UserMemory {
+    public func inspectPage(at address: UInt64) -> UserPage? {
+        guard let vma = vma(containing: address) else { return nil }
+        if let base = vma.physicalBase { return UserPage(frame: base + (address - vma.start), pins: 0, huge: true) }
+        guard fault(at: address, access: .read), let f = residentPages[address & ~0xFFF] else { return nil }
+        return UserPage(frame: f, pins: Int(pinCount(of: f)), huge: false)
+    }
+}
 
 /// A simulated memfd (`memfd_create`): `length` bytes of pages allocated on first pin and
 /// kept until the file is closed and no pin remains.

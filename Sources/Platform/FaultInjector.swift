@@ -32,6 +32,8 @@ public struct FaultPoint: Hashable, Sendable, CustomStringConvertible {
     @inlinable public static var iommufdPin: FaultPoint { FaultPoint("iommufd.pin") }
     @inlinable public static var iommufdAccount: FaultPoint { FaultPoint("iommufd.account") }
     @inlinable public static var iommufdUserCopy: FaultPoint { FaultPoint("iommufd.user-copy") }
+    /// The selftest mock driver's `map_pages` (Linux `iommufd_should_fail` there: ENOENT).
+    @inlinable public static var mockMapPages: FaultPoint { FaultPoint("iommufd.mock-map-pages") }
 
     /// Every point the code consults, in one list: scenario files may name only these (a
     /// misspelt point would inject nothing). A point is declared here, beside the others,
@@ -39,7 +41,7 @@ public struct FaultPoint: Hashable, Sendable, CustomStringConvertible {
     /// sources construct by name is in this list).
     public static var all: [FaultPoint] {
         [.frameAlloc, .didAlloc, .pasidAlloc, .domainAlloc, .invalidationTimeout, .invalidationDrop, .invalidationDelay,
-         .faultRecordOverflow, .iommufdObjectAlloc, .iommufdPin, .iommufdAccount, .iommufdUserCopy]
+         .faultRecordOverflow, .iommufdObjectAlloc, .iommufdPin, .iommufdAccount, .iommufdUserCopy, .mockMapPages]
     }
 
     /// The point called `name`, if the code has one.

@@ -100,9 +100,11 @@ public final class FrameAllocator: @unchecked Sendable {
     }
 
     /// Allocates one zeroed, backed frame and returns its physical address. `owner` tags the
-    /// frame as part of a structure (see `makeOwnerTag`); 0: none.
-    public func allocate(_ purpose: Purpose = .other, owner: UInt32 = 0) throws(FrameError) -> UInt64 {
-        if let faults, faults.shouldFail(.frameAlloc) { throw .injected }
+    /// frame as part of a structure (see `makeOwnerTag`); 0: none. `injectable` false: not a
+    /// fault-injection point (a frame that stands for memory the emulated kernel would not
+    /// allocate, such as a user page it pins).
+    public func allocate(_ purpose: Purpose = .other, owner: UInt32 = 0, injectable: Bool = true) throws(FrameError) -> UInt64 {
+        if injectable, let faults, faults.shouldFail(.frameAlloc) { throw .injected }
         let first = firstFrame, end = endFrame
         var prefault: Range<UInt64>? = nil
         let frame: UInt64? = state.withLock { s in

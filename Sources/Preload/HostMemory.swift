@@ -115,14 +115,14 @@ final class HostMemory: UserMemory {
             // The frame becomes a second mapping of the same shared page (no file descriptor
             // or privilege needed). The page must exist in the file: past its end it is EFAULT.
             guard copyIn(from: va, into: UnsafeMutableRawBufferPointer(start: probeByte, count: 1)) else { return nil }
-            guard let f = try? frames.allocate(.dmaBuffer) else { return nil }
+            guard let f = try? frames.allocate(.dmaBuffer, injectable: false) else { return nil }
             guard physical.aliasFrame(f, toSharedPageAt: va) else { try? frames.free(f); return nil }
             byFile[key] = f
             pinned[f] = (.aliased(key), 1)
             return f
         }
         // A private page: its contents go to a fresh frame, which then replaces it.
-        guard let f = try? frames.allocate(.dmaBuffer) else { return nil }
+        guard let f = try? frames.allocate(.dmaBuffer, injectable: false) else { return nil }
         guard copyPageToFrame(va, f), physical.mapFrame(f, at: va, writable: m.writable) else {
             try? frames.free(f)
             return nil
@@ -148,11 +148,25 @@ final class HostMemory: UserMemory {
             pinned[f] = (p.page, p.pins + 1)
             return f
         }
-        guard let f = try? frames.allocate(.dmaBuffer) else { return nil }
+        guard let f = try? frames.allocate(.dmaBuffer, injectable: false) else { return nil }
         guard physical.aliasFrame(f, file: fd, offset: offset) else { try? frames.free(f); return nil }
         byFile[key] = f
         pinned[f] = (.aliased(key), 1)
         return f
+    }
+
+    /// The page at `va` for the selftest's checks: the frame pinning made it (its pins), or
+    /// no frame when it was never pinned; nil when nothing is mapped there.
+    func inspectPage(at va: UInt64) -> UserPage? {
+        if let f = byAddress[va], let p = pinned[f], case .moved = p.page, stillMapsFrame(va, f) {
+            return UserPage(frame: f, pins: p.pins, huge: false)
+        }
+        guard let m = mapping(containing: va) else { return nil }
+        if m.shared, !m.path.hasPrefix(Self.physicalName) {
+            let key = FileKey(device: m.device, inode: m.inode, offset: m.offset &+ (va &- m.start))
+            if let f = byFile[key], let p = pinned[f] { return UserPage(frame: f, pins: p.pins, huge: false) }
+        }
+        return UserPage(frame: nil, pins: 0, huge: false)
     }
 
     /// /proc/self/pagemap, kept open: a page's entry tells whether it is present and shared

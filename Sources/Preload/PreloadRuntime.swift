@@ -30,6 +30,13 @@ final class PreloadRuntime: @unchecked Sendable {
     private(set) var faultFiles: [Int32: (context: IOMMUFDContext, fault: FaultObject)] = [:]
     /// The machine's devices in probe order: /dev/vfio/devices/vfioN is the Nth.
     private(set) var devices: [(Device, PCIeEndpoint)] = []
+    /// The selftest's access files and vEVENTQ files (PreloadRuntime+Selftest.swift).
+    var accessFiles: [Int32: IOMMUFDContext] = [:]
+    var eventQueueFiles: [Int32: (context: IOMMUFDContext, queue: VEventQueueObject)] = [:]
+    /// Contexts whose last /dev/iommu descriptor closed while an access file keeps them.
+    var orphanedContexts: [IOMMUFDContext] = []
+    /// Windows of iommufd files mapped into the program: [start, start + length).
+    var windows: [(start: UInt64, length: UInt64, context: IOMMUFDContext, owner: IOMMUFDObject)] = []
 
     func context(_ fd: Int32) -> IOMMUFDContext? { contexts[fd] }
 
@@ -47,6 +54,7 @@ final class PreloadRuntime: @unchecked Sendable {
             devices = try machine.addDevices(scenario.devices.map(\.description), ats: scenario.devices.map(\.ats),
                                              pri: scenario.devices.map(\.pri))
             Self.applyOracleSetting(machine)
+            Self.registerSelftest(machine)
             return
         }
         machine = try Machine(seed: 1, memorySize: 256 << 20, units: [VTdConfiguration(name: "dmar0")], policy: .strict,
@@ -58,6 +66,7 @@ final class PreloadRuntime: @unchecked Sendable {
             DeviceDescription(name: "nic0", requesterID: RequesterID(bus: 0, device: 3, function: 0), unit: 0),
         ])
         Self.applyOracleSetting(machine)
+        Self.registerSelftest(machine)
     }
 
     /// SWIFTIOMMU_ORACLE=0: the system alone, as Linux runs it (benchmarks); by default the
@@ -73,12 +82,13 @@ final class PreloadRuntime: @unchecked Sendable {
     /// the machine's devices; EBUSY while that device file is open).
     func open(_ fd: Int32, path: String) -> Int32 {
         // A descriptor number the shim thought ours but the program closed behind its back.
-        if contexts[fd] != nil || deviceFiles[fd] != nil || faultFiles[fd] != nil || injectionFiles[fd] != nil { close(fd) }
+        if contexts[fd] != nil || deviceFiles[fd] != nil || faultFiles[fd] != nil || injectionFiles[fd] != nil || accessFiles[fd] != nil
+            || eventQueueFiles[fd] != nil { close(fd) }
         if path == "/dev/iommu" {
             let c = IOMMUFDContext(core: machine.core, memory: memory)
             // IOMMU_FAULT_QUEUE_ALLOC's file: an eventfd readable while records wait.
             c.openFile = { [unowned self, unowned c] object in
-                guard let f = object as? FaultObject else { return -1 }
+                guard let f = object as? FaultObject else { return openObjectFile(c, object) }
                 let efd = swiftiommu_shim_eventfd(1)
                 guard efd >= 0 else { return -1 }
                 faultFiles[efd] = (c, f)
@@ -129,8 +139,9 @@ final class PreloadRuntime: @unchecked Sendable {
             return Int(c.ioctl(cmd, userArgument: UInt64(arg)))
         }
         if let d = deviceFiles[fd] { return d.ioctl(cmd, UInt64(arg), runtime: self) }
-        // Fault queue and fault-injection files take no ioctl.
-        return faultFiles[fd] != nil || injectionFiles[fd] != nil ? -Int(ENOTTY) : -Int(EBADF)
+        // Fault queue, fault-injection, access and event queue files take no ioctl.
+        return faultFiles[fd] != nil || injectionFiles[fd] != nil || accessFiles[fd] != nil || eventQueueFiles[fd] != nil
+            ? -Int(ENOTTY) : -Int(EBADF)
     }
 
     /// IOMMU_IOAS_MAP_FILE names a descriptor of the program's: the context gets the file
@@ -150,6 +161,7 @@ final class PreloadRuntime: @unchecked Sendable {
     /// eventfd's readiness follows what is left); /dev/iommu and device files have no read.
     func read(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: Int) -> Int {
         if let file = injectionFiles[fd] { return readInjection(fd, file, buffer, count) }
+        if let (_, q) = eventQueueFiles[fd] { return readEvents(q, buffer, count) }
         guard let (_, f) = faultFiles[fd] else { return -Int(EINVAL) }
         guard count >= 0, count % 40 == 0 else { return -Int(ESPIPE) }
         // The records go through a buffer of ours (no larger than what waits), then to the
@@ -206,27 +218,13 @@ final class PreloadRuntime: @unchecked Sendable {
             injectionFiles[fd] = file
             return n
         }
-        return faultFiles[fd] != nil ? -Int(ESPIPE) : -Int(EINVAL)
+        return faultFiles[fd] != nil || eventQueueFiles[fd] != nil ? -Int(ESPIPE) : -Int(EINVAL)
     }
 
     /// pwrite of one of our files: a fault-injection file takes it as a write.
     func pwrite(_ fd: Int32, _ buffer: UnsafeRawPointer?, _ count: Int, _ offset: Int) -> Int {
         if let file = injectionFiles[fd] { return offset < 0 ? -Int(EINVAL) : writeInjection(file.path, buffer, count) }
-        return faultFiles[fd] != nil ? -Int(ESPIPE) : -Int(EINVAL)
-    }
-
-    /// mmap of one of our files: iommufd has no mmap window on this driver (Linux
-    /// `iommufd_fops_mmap`: EPERM for an executable mapping, ENXIO for an offset with no
-    /// window); device regions are not emulated (EINVAL); the others have no mmap (ENODEV).
-    func mmap(_ fd: Int32, prot: Int32, flags: Int32) -> Int {
-        if contexts[fd] != nil {
-            // iommufd_fops_mmap: shared mappings only (EINVAL), never executable (EPERM),
-            // and no window at any offset here (ENXIO).
-            if flags & MAP_SHARED == 0 { return -Int(EINVAL) }
-            return prot & PROT_EXEC != 0 ? -Int(EPERM) : -Int(ENXIO)
-        }
-        if deviceFiles[fd] != nil { return -Int(EINVAL) }
-        return -Int(ENODEV)
+        return faultFiles[fd] != nil || eventQueueFiles[fd] != nil ? -Int(ESPIPE) : -Int(EINVAL)
     }
 
     // MARK: Fault injection from the program (fail_nth)
@@ -288,6 +286,7 @@ final class PreloadRuntime: @unchecked Sendable {
     /// it, as the kernel's file is shared).
     func close(_ fd: Int32) {
         if injectionFiles.removeValue(forKey: fd) != nil { return }
+        if closeSelftestFile(fd) { return }
         if let (_, f) = faultFiles.removeValue(forKey: fd) {
             guard !faultFiles.values.contains(where: { $0.fault === f }) else { return }
             f.queue.onReadable = nil
@@ -299,10 +298,28 @@ final class PreloadRuntime: @unchecked Sendable {
             return
         }
         guard let c = contexts.removeValue(forKey: fd), !contexts.values.contains(where: { $0 === c }) else { return }
-        // Device files bound to this context lose their binding with it; its fault files
-        // read nothing more.
+        // An open access file holds the context (Linux: the access's file holds the iommufd
+        // file); it closes with the last of them.
+        if accessFiles.values.contains(where: { $0 === c }) {
+            orphanedContexts.append(c)
+            return
+        }
+        finishClose(c)
+    }
+
+    /// The context's last file went: device files bound to it lose their binding; its
+    /// fault and event files read nothing more.
+    func finishClose(_ c: IOMMUFDContext) {
         for d in deviceFiles.values where d.bound?.context === c { d.bound = nil }
         for (efd, ff) in faultFiles where ff.context === c { ff.fault.queue.onReadable = nil; swiftiommu_shim_signal(efd, 0) }
+        for (efd, q) in eventQueueFiles where q.context === c { q.queue.onReadinessChange = nil; swiftiommu_shim_signal(efd, 0) }
+        // A window still mapped holds the context's file in Linux; the program's exit is
+        // the usual way here, and the frames go with the context.
+        windows.removeAll { w in
+            guard w.context === c else { return false }
+            c.releaseMmap(w.owner)
+            return true
+        }
         c.close()
     }
 
@@ -312,6 +329,8 @@ final class PreloadRuntime: @unchecked Sendable {
         if let d = deviceFiles[old] { deviceFiles[new] = d; return 0 }
         if let f = faultFiles[old] { faultFiles[new] = f; return 0 }
         if let i = injectionFiles[old] { injectionFiles[new] = (i.path, 0); return 0 }
+        if let a = accessFiles[old] { accessFiles[new] = a; return 0 }
+        if let q = eventQueueFiles[old] { eventQueueFiles[new] = q; return 0 }
         return -EBADF
     }
 
@@ -364,13 +383,19 @@ public func swiftiommuPwrite(_ fd: Int32, _ buffer: UnsafeRawPointer?, _ count: 
 }
 
 @_cdecl("swiftiommu_mmap")
-public func swiftiommuMmap(_ fd: Int32, _ prot: Int32, _ flags: Int32) -> Int {
-    PreloadRuntime.withLock { PreloadRuntime.current()?.mmap(fd, prot: prot, flags: flags) ?? -Int(ENODEV) }
+public func swiftiommuMmap(_ fd: Int32, _ address: UInt64, _ length: Int, _ prot: Int32, _ flags: Int32, _ offset: Int64) -> Int {
+    PreloadRuntime.withLock {
+        PreloadRuntime.current()?.mmap(fd, address: address, length: length, prot: prot, flags: flags, offset: offset) ?? -Int(ENODEV)
+    }
 }
 
 @_cdecl("swiftiommu_range_changing")
 public func swiftiommuRangeChanging(_ address: UInt64, _ length: UInt64, _ kind: Int32) {
-    PreloadRuntime.withLock { PreloadRuntime.current()?.memory.rangeChanging(address, length, kind: kind) }
+    PreloadRuntime.withLock {
+        guard let r = PreloadRuntime.current() else { return }
+        r.memory.rangeChanging(address, length, kind: kind)
+        if kind != 2 { r.windowsChanging(address, length) }
+    }
 }
 
 @_cdecl("swiftiommu_dup")
@@ -407,6 +432,8 @@ public func swiftiommuForkChild() {
     PreloadRuntime.pendingChild = (Array(old.contexts.keys), old.deviceFiles.map { ($0.key, $0.value.index) })
     for fd in old.faultFiles.keys { swiftiommu_shim_mark(fd, 0) }
     for fd in old.injectionFiles.keys { swiftiommu_shim_mark(fd, 0) }
+    for fd in old.accessFiles.keys { swiftiommu_shim_mark(fd, 0) }
+    for fd in old.eventQueueFiles.keys { swiftiommu_shim_mark(fd, 0) }
     _ = Unmanaged.passRetained(old) // never deinitialised in the child
     PreloadRuntime.shared = nil
 }

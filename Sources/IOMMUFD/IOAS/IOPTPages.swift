@@ -152,6 +152,11 @@ final class IOPTPages {
                 if got > 0 { record(x, k..<k + got); here += got }
                 guard got == e - k else {
                     undo()
+                    // A file page past the file's end is EINVAL (memfd_pin_folios); any
+                    // other page that cannot be pinned is EFAULT.
+                    if case .file(let f, let start) = source, start &+ UInt64(offset + k + got) << 12 >= f.length {
+                        throw Errno.inval("page \(offset + k + got) of the mapping is past the end of the file")
+                    }
                     throw Errno.fault("page \(offset + k + got) of the mapping cannot be pinned")
                 }
                 k = e

@@ -14,7 +14,9 @@ extension IOMMUFDContext {
     /// for iommufd commands (the struct goes through the context's scratch buffer).
     public func ioctl(_ cmd: UInt32, userArgument arg: UInt64) -> Int32 {
         let nr = UInt8(truncatingIfNeeded: cmd)
-        guard let command = IOMMUFDCommand(rawValue: nr) else { return vfioUserIoctl(cmd, arg) }
+        guard let command = IOMMUFDCommand(rawValue: nr) else {
+            return isTestCommand(cmd) ? (isClosed ? fail(Errno(Errno.EBADF, "the context is closed")) : testIoctl(userArgument: arg)) : vfioUserIoctl(cmd, arg)
+        }
         guard !isClosed else { return fail(Errno(Errno.EBADF, "the context is closed")) }
         var size32: UInt32 = 0
         guard withUnsafeMutableBytes(of: &size32, { memory.copyIn(from: arg, into: $0) }) else {

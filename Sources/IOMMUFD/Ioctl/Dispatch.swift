@@ -15,7 +15,7 @@ extension IOMMUFDContext {
     /// 0, a non-negative result (VFIO's CHECK_EXTENSION), or -errno.
     public func ioctl(_ cmd: UInt32, _ arg: UnsafeMutableRawBufferPointer) -> Int32 {
         let nr = UInt8(truncatingIfNeeded: cmd)
-        guard let command = IOMMUFDCommand(rawValue: nr) else { return vfioIoctl(cmd, arg) }
+        guard let command = IOMMUFDCommand(rawValue: nr) else { return isTestCommand(cmd) ? testIoctl(arg) : vfioIoctl(cmd, arg) }
         guard arg.count >= 4, let user = arg.baseAddress else { return fail(Errno.fault("the argument is not readable")) }
         let size = Int(UInt32(littleEndian: user.loadUnaligned(as: UInt32.self)))
         guard cmd == command.number else { return fail(Errno(Errno.ENOTTY, "0x\(String(cmd, radix: 16)) is not \(command.name)")) }

@@ -43,43 +43,57 @@ extension IOMMUFDContext {
             guard !parent.isAutoDomain, parent.isNestParent, parent.domain.owner == ObjectIdentifier(dev.device.driver) else {
                 throw Errno.inval("\(parent) cannot be a nesting parent")
             }
-            // The driver answers for the data type first, then its struct is copied as Linux
-            // iommu_copy_struct_from_user does in domain_alloc_nested: shorter than the struct
-            // is EINVAL before anything is read; a longer one is copy_struct_from_user's, whose
-            // trailing bytes must be zero (E2BIG) and are checked before the struct is copied.
-            let size = dev.device.driver.nestedDataSize(for: dev.device, dataType: dataType)
-            guard size > 0 else { throw Errno.notsupp("\(dev.device.driver.name) takes no nested data of type \(dataType)") }
-            guard Int(dataLength) >= size else { throw Errno.inval("data_len \(dataLength) is shorter than the driver's \(size)-byte struct") }
-            if Int(dataLength) > size { try checkZeroTail(a.u64(32) &+ UInt64(size), Int(dataLength) - size) }
-            let data = try copyIn(a.u64(32), count: size)
-            var df: DomainFlags = []
-            if flags & UAPI.hwptAllocPASID != 0 { df.insert(.pasid) }
-            let domain: IOMMUDomain
-            do throws(IOMMUError) { domain = try core.allocNestedDomain(for: dev.device, parent: parent.domain, flags: df, dataType: dataType, data: data) } catch {
-                throw Errno(error)
+            h = try allocNested(&a, dev, parent: parent, viommu: nil)
+        case let v as VIOMMUObject:
+            // Linux `iommufd_viommu_alloc_hwpt_nested`: the vIOMMU holds the parent.
+            guard flags & ~(UAPI.hwptFaultIDValid | UAPI.hwptAllocPASID) == 0, dataLength > 0 else {
+                throw Errno.notsupp("a nested HWPT takes only FAULT_ID_VALID|PASID and driver data")
             }
-            // The fault is looked up once the driver made the domain (its error comes first).
-            let fault: FaultObject?
-            do throws(Errno) { fault = faultValid ? try get(a.u32(40), .fault) : nil } catch {
-                try? core.freeDomain(domain)
-                throw error
-            }
-            let n = HWPTNested(domain: domain, parent: parent, fault: nil, pasidCompatible: df.contains(.pasid))
-            do throws(Errno) {
-                try add(n)
-                if let fault { try give(n, fault: fault) }
-            } catch {
-                if n.id != 0 { table.remove(n) }
-                try? core.freeDomain(domain)
-                throw error
-            }
-            parent.users += 1
-            h = n
+            h = try allocNested(&a, dev, parent: v.parent, viommu: v)
         default:
             throw Errno.inval("\(pt) cannot back a HWPT")
         }
         a.set32(16, h.id)
         a.respond()
+    }
+
+    /// The nested half of HWPT_ALLOC: the driver answers for the data type first, then its
+    /// struct is copied as Linux `iommu_copy_struct_from_user` does in `domain_alloc_nested`
+    /// (include/linux/iommu.h): a length below the struct's first version or above its
+    /// size is EINVAL before anything is read (both drivers' structs have one version).
+    private func allocNested(_ a: inout IoctlArgument, _ dev: DeviceObject, parent: HWPTPaging, viommu: VIOMMUObject?) throws(Errno) -> HWPT {
+        let flags = a.u32(4), dataType = a.u32(24), dataLength = a.u32(28)
+        let size = dev.device.driver.nestedDataSize(for: dev.device, dataType: dataType)
+        guard size > 0 else { throw Errno.notsupp("\(dev.device.driver.name) takes no nested data of type \(dataType)") }
+        guard Int(dataLength) == size else { throw Errno.inval("data_len \(dataLength) is not the driver's \(size)-byte struct") }
+        let data = try copyIn(a.u64(32), count: size)
+        var df: DomainFlags = []
+        if flags & UAPI.hwptAllocPASID != 0 { df.insert(.pasid) }
+        let domain: IOMMUDomain
+        do throws(IOMMUError) {
+            if let viommu {
+                domain = try core.allocNestedDomain(on: viommu.viommu, for: dev.device, flags: df, dataType: dataType, data: data)
+            } else {
+                domain = try core.allocNestedDomain(for: dev.device, parent: parent.domain, flags: df, dataType: dataType, data: data)
+            }
+        } catch { throw Errno(error) }
+        // The fault is looked up once the driver made the domain (its error comes first).
+        let fault: FaultObject?
+        do throws(Errno) { fault = flags & UAPI.hwptFaultIDValid != 0 ? try get(a.u32(40), .fault) : nil } catch {
+            try? core.freeDomain(domain)
+            throw error
+        }
+        let n = HWPTNested(domain: domain, parent: parent, viommu: viommu, fault: nil, pasidCompatible: df.contains(.pasid))
+        do throws(Errno) {
+            try add(n)
+            if let fault { try give(n, fault: fault) }
+        } catch {
+            if n.id != 0 { table.remove(n) }
+            try? core.freeDomain(domain)
+            throw error
+        }
+        if let viommu { viommu.users += 1 } else { parent.users += 1 }
+        return n
     }
 
     static let zeros = [UInt8](repeating: 0, count: 4096)
@@ -173,9 +187,13 @@ extension IOMMUFDContext {
                     bit += count
                 }
             }
-        } catch { throw Errno(error) }
-        // Linux 6.17 ignores what the bitmap walk returns: a bitmap it could not write is
-        // not reported (EFAULT is not returned).
+        } catch {
+            // Linux 6.17 ignores what the walk returns (io_pagetable.c
+            // `iommu_read_and_clear_dirty`): a driver's refusal (tracking off) is not
+            // reported either; the call returns 0 with nothing in the bitmap.
+            _ = error
+        }
+        // Nor is a bitmap it could not write (EFAULT is not returned).
         _ = failure
     }
 
@@ -186,43 +204,5 @@ extension IOMMUFDContext {
         a.set32(8, f.id)
         a.set32(12, UInt32(bitPattern: openFile(f)))
         a.respond()
-    }
-
-    /// IOMMU_VIOMMU_ALLOC: {size, flags @4, type @8, dev_id @12, hwpt_id @16,
-    /// out_viommu_id @20, data_len @24, __reserved @28, data_uptr @32}.
-    func viommuAllocIoctl(_ a: inout IoctlArgument) throws(Errno) {
-        guard a.u32(4) == 0, a.u32(8) != UAPI.viommuTypeDefault else { throw Errno.notsupp("flags or the default vIOMMU type") }
-        let dev: DeviceObject = try get(a.u32(12), .device)
-        // The driver says first whether it has such a vIOMMU (Linux `get_viommu_size`), then
-        // the parent is checked. The VT-d driver of the pinned release has none.
-        guard dev.device.driver.viommuSize(for: dev.device, type: a.u32(8)) > 0 else {
-            throw Errno.notsupp("\(dev.device.driver.name) has no vIOMMU of type \(a.u32(8))")
-        }
-        let parent: HWPTPaging = try get(a.u32(16), .hwptPaging)
-        guard parent.isNestParent else { throw Errno.inval("\(parent) was not allocated as a nesting parent") }
-        throw Errno.notsupp("vIOMMU objects come with the first driver that has one")
-    }
-
-    /// IOMMU_VDEVICE_ALLOC: {size, viommu_id @4, dev_id @8, out_vdevice_id @12, virt_id @16}.
-    func vdeviceAllocIoctl(_ a: inout IoctlArgument) throws(Errno) {
-        throw Errno.noent("no vIOMMU with ID \(a.u32(4))")
-    }
-
-    /// IOMMU_VEVENTQ_ALLOC: {size, flags @4, viommu_id @8, type @12, veventq_depth @16,
-    /// out_veventq_id @20, out_veventq_fd @24, __reserved @28}.
-    func veventqAllocIoctl(_ a: inout IoctlArgument) throws(Errno) {
-        guard a.u32(4) == 0, a.u32(28) == 0, a.u32(12) != UAPI.veventqTypeDefault else { throw Errno.notsupp("flags, __reserved or the default type") }
-        guard a.u32(16) != 0 else { throw Errno.inval("veventq_depth 0") }
-        throw Errno.noent("no vIOMMU with ID \(a.u32(8))")
-    }
-
-    /// IOMMU_HW_QUEUE_ALLOC: {size, flags @4, viommu_id @8, type @12, index @16,
-    /// out_hw_queue_id @20, nesting_parent_iova @24, length @32}.
-    func hwQueueAllocIoctl(_ a: inout IoctlArgument) throws(Errno) {
-        guard a.u32(4) == 0, a.u32(12) != UAPI.hwQueueTypeDefault else { throw Errno.notsupp("flags or the default type") }
-        let length = a.u64(32)
-        guard length != 0 else { throw Errno.inval("length 0") }
-        guard !a.u64(24).addingReportingOverflow(length - 1).overflow else { throw Errno(Errno.EOVERFLOW, "base + length overflows") }
-        throw Errno.noent("no vIOMMU with ID \(a.u32(8))")
     }
 }

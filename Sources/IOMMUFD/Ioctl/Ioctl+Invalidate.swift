@@ -19,6 +19,9 @@ extension IOMMUFDContext {
         let domain: IOMMUDomain
         switch o {
         case let n as HWPTNested: domain = n.domain
+        case let v as VIOMMUObject:
+            try invalidateVIOMMU(v, &a, requested: requested)
+            return
         case is HWPTPaging: throw Errno.inval("a paging HWPT takes no user invalidations")
         default: throw Errno.inval("\(o) takes no invalidations")
         }
@@ -30,9 +33,9 @@ extension IOMMUFDContext {
         while processed < requested {
             let address = base &+ UInt64(processed) &* UInt64(entryLength)
             do throws(Errno) {
-                guard entryLength >= size else { throw Errno.inval("entry_len \(entryLength) is shorter than the \(size)-byte entry") }
-                // copy_struct_from_user checks the trailing bytes before it copies the struct.
-                if entryLength > size { try checkZeroTail(address &+ UInt64(size), entryLength - size) }
+                // iommu_copy_struct_from_user_array: below the entry's first version or above
+                // its size is EINVAL (the drivers' entries have one version).
+                guard entryLength == size else { throw Errno.inval("entry_len \(entryLength) is not the \(size)-byte entry") }
                 let entry = try copyIn(address, count: size)
                 do throws(IOMMUError) { try domain.cacheInvalidateUser(entry: entry) } catch { throw Errno(error) }
             } catch {
@@ -43,6 +46,37 @@ extension IOMMUFDContext {
             processed += 1
         }
         a.set32(24, processed)
+        a.respond()
+    }
+
+    /// The vIOMMU's invalidation (its `cache_invalidate`): the driver copies the whole array
+    /// first (Linux `iommu_copy_struct_from_full_user_array`: the type must be the driver's,
+    /// EINVAL; each entry zero-extended or tail-checked, E2BIG), then acts on the entries
+    /// in order, stopping at the first that fails.
+    private func invalidateVIOMMU(_ v: VIOMMUObject, _ a: inout IoctlArgument, requested: UInt32) throws(Errno) {
+        guard let dataType = v.viommu.userInvalidationDataType else { throw Errno.notsupp("\(v) takes no invalidations") }
+        let base = a.u64(8), entryLength = Int(a.u32(20)), size = v.viommu.userInvalidationEntrySize
+        if requested == 0 && a.u32(16) == dataType { return }
+        guard a.u32(16) == dataType else { throw Errno.inval("invalidation data type \(a.u32(16))") }
+        var entries: [[UInt8]] = []
+        entries.reserveCapacity(Int(min(requested, 4096)))
+        for i in 0..<UInt64(requested) {
+            let address = base &+ i &* UInt64(entryLength)
+            if entryLength > size { try checkZeroTail(address &+ UInt64(size), entryLength - size) }
+            var e = try copyIn(address, count: min(entryLength, size))
+            if e.count < size { e += [UInt8](repeating: 0, count: size - e.count) }
+            entries.append(e)
+        }
+        var done: UInt32 = 0
+        for e in entries {
+            do throws(IOMMUError) { try v.viommu.cacheInvalidateUser(entry: e) } catch {
+                a.set32(24, done)
+                a.respond()
+                throw Errno(error)
+            }
+            done += 1
+        }
+        a.set32(24, done)
         a.respond()
     }
 

@@ -111,9 +111,12 @@ extension IOMMUFDContext {
             let argsz = Int(arg.loadUnaligned(as: UInt32.self))
             guard argsz >= 16 else { return fail(Errno.inval("argsz \(argsz)")) }
             guard let ioas = vfioIOAS else { return fail(Errno(Errno.ENODEV, "no VFIO compatibility IOAS")) }
-            var sizes: UInt64 = ~(IOAS.pageSize - 1)
+            // Linux `iommufd_get_pagesizes`: what every domain has, sizes below PAGE_SIZE
+            // counting as PAGE_SIZE, and at least the IOAS's alignment.
+            var sizes: UInt64 = .max
             for h in ioas.domains { sizes &= h.domain.pageSizes }
             if sizes & (IOAS.pageSize - 1) != 0 { sizes = (sizes & ~(IOAS.pageSize - 1)) | IOAS.pageSize }
+            sizes = max(sizes, ioas.iovaAlignment)
             let ranges = ioas.usableRanges
             // The fixed part, then DMA_AVAIL (12 bytes, padded to 16) and IOVA_RANGE; each
             // capability is written only when all of it fits, the padding never.

@@ -8,6 +8,8 @@ import Kernel
 public final class DeviceObject: IOMMUFDObject {
     public let device: Device
     let igroup: IGroup
+    /// Its vDEVICE, if it has one (one per device, on any vIOMMU).
+    var vdevice: VDeviceObject?
 
     init(device: Device, igroup: IGroup) {
         self.device = device; self.igroup = igroup
@@ -82,6 +84,9 @@ extension IOMMUFDContext {
     }
 
     func unbind(_ d: DeviceObject) {
+        // Linux `iommufd_device_pre_destroy`: a vDEVICE left behind is destroyed and its ID
+        // tombstoned.
+        if let vd = d.vdevice { tombstone(vd) }
         for pasid in d.igroup.attachments.keys.sorted() where pasid != 0 { detach(d, pasid: PASID(truncating: pasid)) }
         detach(d, pasid: nil)
         d.users -= 1

@@ -55,16 +55,19 @@ public final class HWPTPaging: HWPT {
 /// nesting parent's second stage.
 public final class HWPTNested: HWPT {
     public let parent: HWPTPaging
+    /// The vIOMMU it was made on (which holds the parent), if any.
+    public let viommu: VIOMMUObject?
 
-    init(domain: IOMMUDomain, parent: HWPTPaging, fault: FaultObject?, pasidCompatible: Bool) {
+    init(domain: IOMMUDomain, parent: HWPTPaging, viommu: VIOMMUObject? = nil, fault: FaultObject?, pasidCompatible: Bool) {
         self.parent = parent
+        self.viommu = viommu
         super.init(type: .hwptNested, domain: domain, fault: fault, pasidCompatible: pasidCompatible)
     }
 
     override var pagingBacking: HWPTPaging? { parent }
 
     override func destroy(_ ctx: IOMMUFDContext) {
-        parent.users -= 1
+        if let viommu { viommu.users -= 1 } else { parent.users -= 1 }
         super.destroy(ctx)
     }
 }
@@ -81,6 +84,12 @@ extension IOAS {
         try checkAreasAligned(alignment)
         let owner = ObjectIdentifier(hwpt)
         if d.apertureEnd != .max { try reserve(d.apertureEnd + 1, .max, owner: owner) }
+        if d.apertureStart > 0 {
+            do { try reserve(0, d.apertureStart - 1, owner: owner) } catch {
+                removeReservations(of: owner)
+                throw error
+            }
+        }
         let first = domains.isEmpty
         var filled = 0
         do throws(Errno) {

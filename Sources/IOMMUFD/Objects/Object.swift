@@ -1,6 +1,8 @@
 /// The kinds of objects a context holds (Linux `enum iommufd_object_type`).
 public enum ObjectType: String, CaseIterable, Sendable {
     case ioas, hwptPaging, hwptNested, device, access, fault, viommu, vdevice, veventq, hwQueue
+    /// The selftest's mock device (Linux `IOMMUFD_OBJ_SELFTEST`).
+    case selftest
 }
 
 /// An object of a context (Linux `struct iommufd_object`): its ID and the references other
@@ -13,6 +15,8 @@ public class IOMMUFDObject: CustomStringConvertible {
     /// table's own).
     public internal(set) var users = 0
     public internal(set) var isDestroyed = false
+    /// Destroyed while its ID stays taken (see `IOMMUFDContext.tombstone`).
+    var isTombstone = false
 
     init(type: ObjectType) { self.type = type }
 

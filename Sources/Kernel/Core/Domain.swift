@@ -43,6 +43,8 @@ open class IOMMUDomain: @unchecked Sendable, CustomStringConvertible {
     @inlinable public var smallestPageSize: UInt64 { pageSizes & (~pageSizes &+ 1) }
     /// Last IOVA the domain can map (Linux `geometry.aperture_end`).
     public let apertureEnd: UInt64
+    /// First IOVA the domain can map (Linux `geometry.aperture_start`).
+    public let apertureStart: UInt64
     /// Set when the domain has been freed; every operation then fails with `ENOENT`.
     @exclusivity(unchecked) public internal(set) var isDestroyed = false
     /// Attachments through the core (RIDs and PASIDs); a domain in use cannot be freed.
@@ -60,9 +62,10 @@ open class IOMMUDomain: @unchecked Sendable, CustomStringConvertible {
     /// of its own), so the simulator knows every frame its translations can walk.
     open var tableOwnerTag: UInt32 { 0 }
 
-    public init(type: DomainType, flags: DomainFlags = [], owner: ObjectIdentifier, pageSizes: UInt64 = 0, apertureEnd: UInt64 = 0) {
+    public init(type: DomainType, flags: DomainFlags = [], owner: ObjectIdentifier, pageSizes: UInt64 = 0, apertureEnd: UInt64 = 0,
+                apertureStart: UInt64 = 0) {
         self.type = type; self.flags = flags; self.owner = owner
-        self.pageSizes = pageSizes; self.apertureEnd = apertureEnd
+        self.pageSizes = pageSizes; self.apertureEnd = apertureEnd; self.apertureStart = apertureStart
     }
 
     deinit {

@@ -39,8 +39,8 @@ extension IOMMUCore {
             throw .outOfRange("physical range 0x\(String(physical, radix: 16)) +0x\(String(size, radix: 16)) wraps")
         }
         let (last, o) = iova.addingReportingOverflow(size - 1)
-        guard !o, last <= domain.apertureEnd else {
-            throw .outOfRange("[0x\(String(iova, radix: 16)), +0x\(String(size, radix: 16))) is beyond the aperture end 0x\(String(domain.apertureEnd, radix: 16))")
+        guard !o, iova >= domain.apertureStart, last <= domain.apertureEnd else {
+            throw .outOfRange("[0x\(String(iova, radix: 16)), +0x\(String(size, radix: 16))) is outside the aperture [0x\(String(domain.apertureStart, radix: 16)), 0x\(String(domain.apertureEnd, radix: 16))]")
         }
     }
 

@@ -86,7 +86,9 @@ extension IOMMUCore {
         let driver = first.driver
         let (type, flags) = defaultDomainType(g)
         let domain: IOMMUDomain
-        if type == .identity, let identity = driver.identityDomain {
+        if let fixed = driver.defaultDomain {
+            domain = fixed
+        } else if type == .identity, let identity = driver.identityDomain {
             domain = identity
         } else {
             if platform.faults.shouldFail(.domainAlloc) { throw .noMemory("default domain allocation (injected)") }

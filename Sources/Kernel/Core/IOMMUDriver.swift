@@ -18,6 +18,12 @@ public protocol IOMMUDriver: AnyObject, Sendable {
     var blockedDomain: IOMMUDomain { get }
     /// The static identity domain, or nil if the hardware has no pass-through.
     var identityDomain: IOMMUDomain? { get }
+    /// A static domain every group of the driver starts in instead of one the policy picks
+    /// (Linux `ops->default_domain`, e.g. the selftest mock's blocking domain); nil: none.
+    var defaultDomain: IOMMUDomain? { get }
+    /// The PASID table is the guest's (Linux `ops->user_pasid_table`): a page request for a
+    /// PASID with no attachment goes to the RID's domain when that is a nested one.
+    var usesUserPASIDTable: Bool { get }
     /// A new paging domain suitable for `device` (`domain_alloc_paging_flags`).
     func allocPagingDomain(for device: Device, type: DomainType, flags: DomainFlags) throws(IOMMUError) -> IOMMUDomain
     /// Called once when the driver is registered with a core, to report faults to it.
@@ -39,6 +45,9 @@ public protocol IOMMUDriver: AnyObject, Sendable {
     /// The size of the driver's vIOMMU state for uAPI type `type` (`get_viommu_size`): 0 when
     /// the driver has no vIOMMU of that type (the user API answers EOPNOTSUPP).
     func viommuSize(for device: Device, type: UInt32) -> Int
+    /// A vIOMMU of `type` over the nesting parent `parent`, not yet initialised: the user
+    /// API connects it to its file, then calls its `initialize` (`viommu_init`).
+    func allocVIOMMU(for device: Device, parent: IOMMUDomain, type: UInt32) throws(IOMMUError) -> IOMMUVIOMMU
     /// The size of the driver's nested-domain data of uAPI type `dataType` (the struct
     /// `domain_alloc_nested` copies); 0 when it takes none of that type (EOPNOTSUPP).
     func nestedDataSize(for device: Device, dataType: UInt32) -> Int
@@ -70,6 +79,8 @@ public struct ReservedRegion: Equatable, Sendable {
 }
 
 extension IOMMUDriver {
+    public var defaultDomain: IOMMUDomain? { nil }
+    public var usesUserPASIDTable: Bool { false }
     public func invalidationsAreExpensive(_ device: Device) -> Bool { false }
     public var supportsPageResponse: Bool { false }
     public func pageResponse(_ device: Device, to fault: PageFault, code: PageResponseCode) {}
@@ -79,6 +90,9 @@ extension IOMMUDriver {
     public func reservedRegions(for device: Device) -> [ReservedRegion] { [] }
     public func hardwareInfo(_ device: Device) -> (type: UInt32, payload: [UInt8])? { nil }
     public func viommuSize(for device: Device, type: UInt32) -> Int { 0 }
+    public func allocVIOMMU(for device: Device, parent: IOMMUDomain, type: UInt32) throws(IOMMUError) -> IOMMUVIOMMU {
+        throw .notSupported("\(name) has no vIOMMU")
+    }
     public func nestedDataSize(for device: Device, dataType: UInt32) -> Int { 0 }
     public func allocNestedDomain(for device: Device, parent: IOMMUDomain, flags: DomainFlags, dataType: UInt32,
                                   data: [UInt8]) throws(IOMMUError) -> IOMMUDomain {

@@ -101,6 +101,9 @@ extension Process {
         return nil
     }
 
+    /// Long-term pins of one frame of this process (not of contiguous blocks).
+    public func pinCount(of frame: UInt64) -> UInt32 { pinCounts[frame] }
+
     /// Long-term pins held on this process's memory (pages).
     public var pinnedPages: Int { pinCounts.total + blockPins.values.reduce(0, +) }
 

@@ -69,7 +69,15 @@ extension IOMMUCore {
         observer?.pageFaultReported(device, fault)
         let domain: IOMMUDomain?
         if let p = fault.requestPASID {
-            domain = device.attachedPASIDs[p.rawValue]
+            // Linux `find_fault_handler`: with a guest-owned PASID table, a PASID the host
+            // has no attachment for is the guest's, served by the nested RID domain.
+            if let d = device.attachedPASIDs[p.rawValue] {
+                domain = d
+            } else if device.driver.usesUserPASIDTable, let rid = device.attachedDomain, rid.type == .nested {
+                domain = rid
+            } else {
+                domain = nil
+            }
         } else {
             domain = device.attachedDomain
         }

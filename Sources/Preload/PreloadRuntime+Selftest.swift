@@ -1,0 +1,117 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Platform
+import Kernel
+import IOMMUFD
+import Simulation
+import CPreload
+
+/// What the kernel's selftest interface needs from the process (notes: mock-driver §4):
+/// the mock driver beside the machine's units (a kernel with CONFIG_IOMMUFD_TEST), files for
+/// the selftest's accesses and for vEVENTQs, and windows of the iommufd file mapped into the
+/// program (a vIOMMU's pages).
+extension PreloadRuntime {
+    /// Registers the selftest's mock driver with the machine's core, unless
+    /// `SWIFTIOMMU_SELFTEST=0` asks for a kernel without it (IOMMU_TEST_CMD is then ENOTTY).
+    static func registerSelftest(_ machine: Machine) {
+        if let v = getenv("SWIFTIOMMU_SELFTEST"), String(cString: v) == "0" { return }
+        machine.core.register(MockIOMMUDriver(platform: machine.platform))
+    }
+
+    /// A file for an object the context made (besides fault queues): an access gets a
+    /// descriptor of its own (an eventfd nobody signals: the access file has no read, poll
+    /// or mmap); a vEVENTQ an eventfd kept readable while events wait.
+    func openObjectFile(_ c: IOMMUFDContext, _ object: IOMMUFDObject) -> Int32 {
+        let efd = swiftiommu_shim_eventfd(1)
+        guard efd >= 0 else { return -1 }
+        switch object {
+        case is AccessObject:
+            accessFiles[efd] = c
+        case let q as VEventQueueObject:
+            eventQueueFiles[efd] = (c, q)
+            q.onReadinessChange = { readable in swiftiommu_shim_signal(efd, readable ? 1 : 0) }
+        default:
+            swiftiommu_shim_mark(efd, 0)
+            Glibc.close(efd)
+            return -1
+        }
+        return efd
+    }
+
+    /// close() of an access or vEVENTQ file; false when `fd` is neither. The last access
+    /// file of a context whose /dev/iommu descriptors are gone closes the context.
+    func closeSelftestFile(_ fd: Int32) -> Bool {
+        if let c = accessFiles.removeValue(forKey: fd) {
+            c.closeTestAccess(fd)
+            if !accessFiles.values.contains(where: { $0 === c }), let i = orphanedContexts.firstIndex(where: { $0 === c }) {
+                orphanedContexts.remove(at: i)
+                finishClose(c)
+            }
+            return true
+        }
+        if let (_, q) = eventQueueFiles.removeValue(forKey: fd) {
+            if !eventQueueFiles.values.contains(where: { $0.queue === q }) { q.closeFile() }
+            return true
+        }
+        return false
+    }
+
+    /// read() of a vEVENTQ file (Linux `iommufd_veventq_fops_read`): whole events while they
+    /// fit, 0 when the first does not or none waits. The buffer is checked first, so a bad
+    /// one takes no event away.
+    func readEvents(_ q: VEventQueueObject, _ buffer: UnsafeMutableRawPointer?, _ count: Int) -> Int {
+        let wanted = min(count, q.readableBytes)
+        guard wanted > 0 else { return 0 }
+        let local = UnsafeMutableRawBufferPointer.allocate(byteCount: wanted, alignment: 8)
+        defer { local.deallocate() }
+        let user = UInt64(UInt(bitPattern: buffer))
+        guard memory.copyIn(from: user, into: local), memory.copyOut(to: user, from: UnsafeRawBufferPointer(local)) else { return -Int(EFAULT) }
+        let n = q.read(into: local)
+        guard n == 0 || memory.copyOut(to: user, from: UnsafeRawBufferPointer(rebasing: local[0..<n])) else { return -Int(EFAULT) }
+        return n
+    }
+
+    /// mmap of one of our files (Linux `iommufd_fops_mmap`): a window the driver exposed in
+    /// the iommufd file, mapped shared over its frames (EINVAL for a length not page-sized
+    /// or a private mapping, EPERM executable, ENXIO where there is no window); device
+    /// regions are not emulated (EINVAL); the other files have no mmap (ENODEV). Returns the
+    /// address, or -errno.
+    func mmap(_ fd: Int32, address: UInt64, length: Int, prot: Int32, flags: Int32, offset: Int64) -> Int {
+        guard let c = contexts[fd] else { return deviceFiles[fd] != nil ? -Int(EINVAL) : -Int(ENODEV) }
+        guard length > 0, length & 0xFFF == 0 else { return -Int(EINVAL) }
+        guard flags & MAP_SHARED != 0 else { return -Int(EINVAL) }
+        guard prot & PROT_EXEC == 0 else { return -Int(EPERM) }
+        guard offset >= 0 else { return -Int(ENXIO) }
+        let window: (frames: [UInt64], owner: IOMMUFDObject)
+        do { window = try c.mapWindow(offset: UInt64(offset), length: UInt64(length)) } catch { return -Int(error.code) }
+        // Address space first (where the program asked, if it insisted), then each frame.
+        let fixed = flags & MAP_FIXED != 0
+        guard let base = Glibc.mmap(UnsafeMutableRawPointer(bitPattern: UInt(address)), length, PROT_NONE,
+                                    MAP_PRIVATE | MAP_ANONYMOUS | (fixed ? MAP_FIXED : 0), -1, 0), base != MAP_FAILED else {
+            c.releaseMmap(window.owner)
+            return -Int(ENOMEM)
+        }
+        let start = UInt64(UInt(bitPattern: base))
+        for (i, f) in window.frames.enumerated() where !machine.platform.memory.mapFrame(f, at: start + UInt64(i) << 12, writable: prot & PROT_WRITE != 0) {
+            Glibc.munmap(base, length)
+            c.releaseMmap(window.owner)
+            return -Int(ENOMEM)
+        }
+        if prot & PROT_READ == 0 && prot & PROT_WRITE == 0 { Glibc.mprotect(base, length, PROT_NONE) }
+        windows.append((start, UInt64(length), c, window.owner))
+        return Int(bitPattern: UInt(start))
+    }
+
+    /// The program unmaps or moves [address, address + length): a window mapped wholly
+    /// inside it is gone, and no longer holds its owner (a part of one keeps it).
+    func windowsChanging(_ address: UInt64, _ length: UInt64) {
+        guard !windows.isEmpty else { return }
+        let end = address &+ length
+        windows.removeAll { w in
+            guard w.start >= address, w.start + w.length <= end else { return false }
+            w.context.releaseMmap(w.owner)
+            return true
+        }
+    }
+}
