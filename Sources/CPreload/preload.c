@@ -382,6 +382,28 @@ ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
     return real_pwrite64(fd, buf, count, offset);
 }
 
+/* MAP_HUGETLB on a host with no huge pages reserved (vm.nr_hugepages 0, the usual case):
+ * ordinary memory of the same size, aligned to the huge page size (2 MiB, or the size the
+ * flags encode), as the program's arithmetic on huge page boundaries expects. The emulated
+ * system sees 4 KiB pages there, as Linux would after a THP split. */
+static void *huge_fallback(size_t length, int prot, int flags) {
+    int shift = (flags >> MAP_HUGE_SHIFT) & MAP_HUGE_MASK;
+    size_t huge = shift ? (size_t)1 << shift : (size_t)2 << 20;
+    size_t len = (length + huge - 1) & ~(huge - 1);
+    if (len < length || len + huge < len) { errno = ENOMEM; return MAP_FAILED; }
+    REAL(void *, mmap, (void *, size_t, int, int, int, off_t));
+    REAL(int, munmap, (void *, size_t));
+    int plain = flags & ~(MAP_HUGETLB | (MAP_HUGE_MASK << MAP_HUGE_SHIFT));
+    char *p = real_mmap(NULL, len + huge, prot, plain & ~MAP_POPULATE, -1, 0);
+    if (p == MAP_FAILED) return p;
+    char *a = (char *)(((uintptr_t)p + huge - 1) & ~(uintptr_t)(huge - 1));
+    if (a > p) real_munmap(p, (size_t)(a - p));
+    if (a + len < p + len + huge) real_munmap(a + len, (size_t)(p + len + huge - (a + len)));
+    REAL(int, madvise, (void *, size_t, int));
+    if (flags & MAP_POPULATE) real_madvise(a, len, (prot & PROT_WRITE) ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+    return a;
+}
+
 /* mmap of our files: the Swift side maps a window of the iommufd file (a vIOMMU's pages)
  * and returns its address, or answers -errno (ENXIO for an offset with no window, EPERM
  * when executable; device regions are not emulated). */
@@ -398,7 +420,10 @@ void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
      * meets an address it does not know); one placed over others replaces them. */
     if (flags & MAP_FIXED) range_changing(addr, length, 0);
     REAL(void *, mmap, (void *, size_t, int, int, int, off_t));
-    return real_mmap(addr, length, prot, flags, fd, offset);
+    void *p = real_mmap(addr, length, prot, flags, fd, offset);
+    if (p == MAP_FAILED && (flags & MAP_HUGETLB) && (flags & MAP_ANONYMOUS) && !(flags & MAP_FIXED) && errno == ENOMEM)
+        return huge_fallback(length, prot, flags);
+    return p;
 }
 
 void *mmap64(void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
