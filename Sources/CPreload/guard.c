@@ -29,6 +29,14 @@ int swiftiommu_copy_to_user(uint64_t dst, const void *src, size_t n) {
     return process_vm_writev(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)n;
 }
 
+/* The same on another process (a forked child calling through a file it inherited): the whole
+ * `n` bytes or 0. */
+int swiftiommu_copy_process(int pid, void *local_buffer, uint64_t address, size_t n, int write) {
+    struct iovec local = { local_buffer, n }, remote = { (void *)(uintptr_t)address, n };
+    ssize_t done = write ? process_vm_writev(pid, &local, 1, &remote, 1, 0) : process_vm_readv(pid, &local, 1, &remote, 1, 0);
+    return done == (ssize_t)n;
+}
+
 /* Fault-safe copies without a system call: one `rep movsb` whose fault, if any, the
  * SIGSEGV/SIGBUS handler turns into a return with the bytes left (the kernel's exception
  * fixup, done with the signal's register state). Faults anywhere else go to whatever handler

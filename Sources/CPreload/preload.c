@@ -50,6 +50,8 @@ uint64_t maps_generation = 1;
 /* Set while this thread runs the shim's Swift side: its own mappings need no notice. */
 __thread int in_shim;
 
+void swiftiommu_shim_set_inside(int inside) { in_shim = inside; }
+
 uint64_t swiftiommu_shim_maps_generation(void) { return __atomic_load_n(&maps_generation, __ATOMIC_ACQUIRE); }
 
 /* Counts the calls that may unmap memory without the shim seeing the unmap itself (glibc's
@@ -146,10 +148,18 @@ DIR *opendir(const char *name) {
 }
 
 static int is_iommu_path(const char *path) {
-    if (!path) return 0;
+    /* The library's own opens (reading a real /proc file for a synthesized one) pass on. */
+    if (!path || in_shim) return 0;
     if (strcmp(path, "/dev/iommu") == 0 || strncmp(path, "/dev/vfio/devices/vfio", 22) == 0) return 1;
     if (strncmp(path, "/sys/kernel/debug/fail", 22) == 0) return 1;
     if (strncmp(path, "/proc/", 6) == 0 && ends_with(path, "/fail-nth")) return 1;
+    /* A process's status, once the machine exists: VmPin and VmLck are its accounting. */
+    if (runtime_started && strncmp(path, "/proc/", 6) == 0 && ends_with(path, "/status")) {
+        const char *p = path + 6;
+        if (strncmp(p, "self/", 5) == 0) return 1;
+        while (*p >= '0' && *p <= '9') p++;
+        return p > path + 6 && strcmp(p, "/status") == 0;
+    }
     return 0;
 }
 

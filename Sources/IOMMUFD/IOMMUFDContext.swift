@@ -11,10 +11,11 @@ import Kernel
 /// lock around each).
 public final class IOMMUFDContext: @unchecked Sendable, CustomStringConvertible {
     public let core: IOMMUCore
-    /// The memory of the process that opened it: where user pointers point.
-    public let memory: UserMemory
+    /// The memory of the process calling now (Linux `current->mm`): where user pointers
+    /// point and whose pages a new mapping pins. The opener's, except inside `withMemory`.
+    public private(set) var memory: UserMemory
     /// The RLIMIT_MEMLOCK ledger of the process using it now (IOAS_CHANGE_PROCESS moves
-    /// charges to it).
+    /// charges to it; `withMemory` makes another process's the current one for a call).
     public var ledger: PinLedger
     /// Files the process has open, by descriptor (IOAS_MAP_FILE).
     public var files: [Int32: PinnableFile] = [:]
@@ -58,6 +59,17 @@ public final class IOMMUFDContext: @unchecked Sendable, CustomStringConvertible 
             self.nextDescriptor += 1
             return self.nextDescriptor - 1
         }
+    }
+
+    /// Runs `body` as a call from another process sharing the file (a forked child's call
+    /// through a descriptor it inherited): user pointers are that process's, and mappings
+    /// made meanwhile pin its pages.
+    public func withMemory<R>(_ caller: UserMemory, ledger callerLedger: PinLedger? = nil, _ body: () -> R) -> R {
+        let own = memory, ownLedger = ledger
+        memory = caller
+        if let callerLedger { ledger = callerLedger }
+        defer { memory = own; ledger = ownLedger }
+        return body()
     }
 
     /// A context dropped without `close` is closed (the process went): nothing it holds may

@@ -16,9 +16,9 @@ struct HostMapping {
     var inode: UInt64
     var path: String
 
-    /// Every mapping, in address order, read from /proc/self/maps.
-    static func all() -> [HostMapping] {
-        guard let text = readMaps() else { return [] }
+    /// Every mapping, in address order, read from /proc/self/maps (or another process's).
+    static func all(of pid: Int32? = nil) -> [HostMapping] {
+        guard let text = readMaps(pid.map { "/proc/\($0)/maps" } ?? "/proc/self/maps") else { return [] }
         return text.split(separator: "\n").compactMap(parse)
     }
 
@@ -35,8 +35,8 @@ struct HostMapping {
     }
 
     /// The whole of /proc/self/maps (read with the system's calls, which the shim passes on).
-    static func readMaps() -> String? {
-        let fd = Glibc.open("/proc/self/maps", O_RDONLY | O_CLOEXEC)
+    static func readMaps(_ path: String = "/proc/self/maps") -> String? {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { Glibc.close(fd) }
         var bytes: [UInt8] = []

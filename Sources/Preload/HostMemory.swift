@@ -155,6 +155,15 @@ final class HostMemory: UserMemory {
         return f
     }
 
+    /// Where this process maps page `offset` of the shared object (device, inode), if it
+    /// does (a forked child's shared page the parent maps too: the same page).
+    func addressOfShared(device: String, inode: UInt64, offset: UInt64) -> UInt64? {
+        for m in HostMapping.all() where m.shared && m.device == device && m.inode == inode && !m.path.hasPrefix(Self.physicalName) {
+            if offset >= m.offset, offset - m.offset < m.end - m.start { return m.start + (offset - m.offset) }
+        }
+        return nil
+    }
+
     /// The page at `va` for the selftest's checks: the frame pinning made it (its pins), or
     /// no frame when it was never pinned; nil when nothing is mapped there.
     func inspectPage(at va: UInt64) -> UserPage? {

@@ -35,6 +35,12 @@ final class PreloadRuntime: @unchecked Sendable {
     var eventQueueFiles: [Int32: (context: IOMMUFDContext, queue: VEventQueueObject)] = [:]
     /// Contexts whose last /dev/iommu descriptor closed while an access file keeps them.
     var orphanedContexts: [IOMMUFDContext] = []
+    /// Servers of forked children sharing this process's iommufd files (ForkSharing.swift).
+    var servers: [ForkServer] = []
+    /// The process's pin accounting, shared by its contexts (Linux: its mm and user).
+    let ledger = PinLedger()
+    /// /proc/PID/status files opened, with the emulated accounting in them (StatusFiles.swift).
+    var statusFiles: [Int32: (text: [UInt8], offset: Int)] = [:]
     /// Windows of iommufd files mapped into the program: [start, start + length).
     var windows: [(start: UInt64, length: UInt64, context: IOMMUFDContext, owner: IOMMUFDObject)] = []
 
@@ -83,9 +89,9 @@ final class PreloadRuntime: @unchecked Sendable {
     func open(_ fd: Int32, path: String) -> Int32 {
         // A descriptor number the shim thought ours but the program closed behind its back.
         if contexts[fd] != nil || deviceFiles[fd] != nil || faultFiles[fd] != nil || injectionFiles[fd] != nil || accessFiles[fd] != nil
-            || eventQueueFiles[fd] != nil { close(fd) }
+            || eventQueueFiles[fd] != nil || statusFiles[fd] != nil { close(fd) }
         if path == "/dev/iommu" {
-            let c = IOMMUFDContext(core: machine.core, memory: memory)
+            let c = IOMMUFDContext(core: machine.core, memory: memory, ledger: ledger)
             // IOMMU_FAULT_QUEUE_ALLOC's file: an eventfd readable while records wait.
             c.openFile = { [unowned self, unowned c] object in
                 guard let f = object as? FaultObject else { return openObjectFile(c, object) }
@@ -97,6 +103,10 @@ final class PreloadRuntime: @unchecked Sendable {
                 return efd
             }
             contexts[fd] = c
+            return 0
+        }
+        if let pid = Self.statusPID(path) {
+            statusFiles[fd] = (Array(Self.statusText(pid: pid, pinnedKiB(pid: pid)).utf8), 0)
             return 0
         }
         if path.hasPrefix("/sys/kernel/debug/fail") || (path.hasPrefix("/proc/") && path.hasSuffix("/fail-nth")) {
@@ -139,8 +149,9 @@ final class PreloadRuntime: @unchecked Sendable {
             return Int(c.ioctl(cmd, userArgument: UInt64(arg)))
         }
         if let d = deviceFiles[fd] { return d.ioctl(cmd, UInt64(arg), runtime: self) }
-        // Fault queue, fault-injection, access and event queue files take no ioctl.
+        // Fault queue, fault-injection, status, access and event queue files take no ioctl.
         return faultFiles[fd] != nil || injectionFiles[fd] != nil || accessFiles[fd] != nil || eventQueueFiles[fd] != nil
+            || statusFiles[fd] != nil
             ? -Int(ENOTTY) : -Int(EBADF)
     }
 
@@ -161,6 +172,7 @@ final class PreloadRuntime: @unchecked Sendable {
     /// eventfd's readiness follows what is left); /dev/iommu and device files have no read.
     func read(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: Int) -> Int {
         if let file = injectionFiles[fd] { return readInjection(fd, file, buffer, count) }
+        if statusFiles[fd] != nil { return Self.readSnapshot(&statusFiles, fd, buffer, count, at: nil, memory) }
         if let (_, q) = eventQueueFiles[fd] { return readEvents(q, buffer, count) }
         guard let (_, f) = faultFiles[fd] else { return -Int(EINVAL) }
         guard count >= 0, count % 40 == 0 else { return -Int(ESPIPE) }
@@ -212,6 +224,7 @@ final class PreloadRuntime: @unchecked Sendable {
     /// pread of one of our files: a fault-injection file reads from `offset`; a fault file
     /// does not seek (ESPIPE); the others have no read (EINVAL).
     func pread(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: Int, _ offset: Int) -> Int {
+        if statusFiles[fd] != nil { return Self.readSnapshot(&statusFiles, fd, buffer, count, at: offset, memory) }
         if let file = injectionFiles[fd] {
             guard offset >= 0 else { return -Int(EINVAL) }
             let n = readInjection(fd, (file.path, offset), buffer, count)
@@ -285,7 +298,7 @@ final class PreloadRuntime: @unchecked Sendable {
     /// close() of one of our descriptors: the file goes with its last descriptor (dup shares
     /// it, as the kernel's file is shared).
     func close(_ fd: Int32) {
-        if injectionFiles.removeValue(forKey: fd) != nil { return }
+        if injectionFiles.removeValue(forKey: fd) != nil || statusFiles.removeValue(forKey: fd) != nil { return }
         if closeSelftestFile(fd) { return }
         if let (_, f) = faultFiles.removeValue(forKey: fd) {
             guard !faultFiles.values.contains(where: { $0.fault === f }) else { return }
@@ -297,14 +310,10 @@ final class PreloadRuntime: @unchecked Sendable {
             if !deviceFiles.values.contains(where: { $0 === d }) { d.unbind() }
             return
         }
-        guard let c = contexts.removeValue(forKey: fd), !contexts.values.contains(where: { $0 === c }) else { return }
-        // An open access file holds the context (Linux: the access's file holds the iommufd
-        // file); it closes with the last of them.
-        if accessFiles.values.contains(where: { $0 === c }) {
-            orphanedContexts.append(c)
-            return
-        }
-        finishClose(c)
+        guard let c = contexts.removeValue(forKey: fd) else { return }
+        // Another descriptor, a forked child's, or an open access file (Linux: the access's
+        // file holds the iommufd file) keeps the context; it closes with the last of them.
+        lastHolderLeft(c)
     }
 
     /// The context's last file went: device files bound to it lose their binding; its
@@ -329,6 +338,7 @@ final class PreloadRuntime: @unchecked Sendable {
         if let d = deviceFiles[old] { deviceFiles[new] = d; return 0 }
         if let f = faultFiles[old] { faultFiles[new] = f; return 0 }
         if let i = injectionFiles[old] { injectionFiles[new] = (i.path, 0); return 0 }
+        if let t = statusFiles[old] { statusFiles[new] = t; return 0 }
         if let a = accessFiles[old] { accessFiles[new] = a; return 0 }
         if let q = eventQueueFiles[old] { eventQueueFiles[new] = q; return 0 }
         return -EBADF
@@ -343,118 +353,5 @@ final class PreloadRuntime: @unchecked Sendable {
         pthread_mutex_lock(&lockStorage)
         defer { pthread_mutex_unlock(&lockStorage) }
         return body()
-    }
-}
-
-@_cdecl("swiftiommu_open")
-public func swiftiommuOpen(_ fd: Int32, _ path: UnsafePointer<CChar>) -> Int32 {
-    let p = String(cString: path)
-    return PreloadRuntime.withLock {
-        if PreloadRuntime.current() == nil {
-            do { PreloadRuntime.shared = try PreloadRuntime() } catch { return -ENOMEM }
-        }
-        return PreloadRuntime.current()?.open(fd, path: p) ?? -ENOMEM
-    }
-}
-
-@_cdecl("swiftiommu_ioctl")
-public func swiftiommuIoctl(_ fd: Int32, _ request: UInt, _ arg: UInt) -> Int {
-    PreloadRuntime.withLock { PreloadRuntime.current()?.ioctl(fd, request, arg) ?? -Int(EBADF) }
-}
-
-@_cdecl("swiftiommu_read")
-public func swiftiommuRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: UInt) -> Int {
-    PreloadRuntime.withLock { PreloadRuntime.current()?.read(fd, buffer, Int(min(count, 1 << 30))) ?? -Int(EBADF) }
-}
-
-@_cdecl("swiftiommu_write")
-public func swiftiommuWrite(_ fd: Int32, _ buffer: UnsafeRawPointer?, _ count: UInt) -> Int {
-    PreloadRuntime.withLock { PreloadRuntime.current()?.write(fd, buffer, Int(min(count, 1 << 30))) ?? -Int(EBADF) }
-}
-
-@_cdecl("swiftiommu_pread")
-public func swiftiommuPread(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: UInt, _ offset: Int) -> Int {
-    PreloadRuntime.withLock { PreloadRuntime.current()?.pread(fd, buffer, Int(min(count, 1 << 30)), offset) ?? -Int(EBADF) }
-}
-
-@_cdecl("swiftiommu_pwrite")
-public func swiftiommuPwrite(_ fd: Int32, _ buffer: UnsafeRawPointer?, _ count: UInt, _ offset: Int) -> Int {
-    PreloadRuntime.withLock { PreloadRuntime.current()?.pwrite(fd, buffer, Int(min(count, 1 << 30)), offset) ?? -Int(EBADF) }
-}
-
-@_cdecl("swiftiommu_mmap")
-public func swiftiommuMmap(_ fd: Int32, _ address: UInt64, _ length: Int, _ prot: Int32, _ flags: Int32, _ offset: Int64) -> Int {
-    PreloadRuntime.withLock {
-        PreloadRuntime.current()?.mmap(fd, address: address, length: length, prot: prot, flags: flags, offset: offset) ?? -Int(ENODEV)
-    }
-}
-
-@_cdecl("swiftiommu_range_changing")
-public func swiftiommuRangeChanging(_ address: UInt64, _ length: UInt64, _ kind: Int32) {
-    PreloadRuntime.withLock {
-        guard let r = PreloadRuntime.current() else { return }
-        r.memory.rangeChanging(address, length, kind: kind)
-        if kind != 2 { r.windowsChanging(address, length) }
-    }
-}
-
-@_cdecl("swiftiommu_dup")
-public func swiftiommuDup(_ old: Int32, _ new: Int32) -> Int32 {
-    PreloadRuntime.withLock { PreloadRuntime.current()?.dup(old, new) ?? -EBADF }
-}
-
-@_cdecl("swiftiommu_close")
-public func swiftiommuClose(_ fd: Int32) -> Int32 {
-    PreloadRuntime.withLock {
-        PreloadRuntime.current()?.close(fd)
-        return 0
-    }
-}
-
-@_cdecl("swiftiommu_fork_prepare")
-public func swiftiommuForkPrepare() { pthread_mutex_lock(&PreloadRuntime.lockStorage) }
-
-@_cdecl("swiftiommu_fork_parent")
-public func swiftiommuForkParent() { pthread_mutex_unlock(&PreloadRuntime.lockStorage) }
-
-/// In a child after fork: the parent's contexts are the parent's (the child has a copy of
-/// their memory, not the objects behind them). The child's pinned private pages become
-/// private copies (as the kernel gives a child copies of pinned pages); its inherited
-/// iommufd and device descriptors get fresh, empty contexts over a fresh machine, made on the
-/// child's first call (nothing heavy runs in the fork handler). The copy of the parent's
-/// state is left alone: its threads do not exist here, so it is never touched again.
-@_cdecl("swiftiommu_fork_child")
-public func swiftiommuForkChild() {
-    // The parent's lock was held for the fork: the child starts with a new one.
-    PreloadRuntime.lockStorage = pthread_mutex_t()
-    guard let old = PreloadRuntime.shared else { return }
-    old.memory.privatizeMovedPages()
-    PreloadRuntime.pendingChild = (Array(old.contexts.keys), old.deviceFiles.map { ($0.key, $0.value.index) })
-    for fd in old.faultFiles.keys { swiftiommu_shim_mark(fd, 0) }
-    for fd in old.injectionFiles.keys { swiftiommu_shim_mark(fd, 0) }
-    for fd in old.accessFiles.keys { swiftiommu_shim_mark(fd, 0) }
-    for fd in old.eventQueueFiles.keys { swiftiommu_shim_mark(fd, 0) }
-    _ = Unmanaged.passRetained(old) // never deinitialised in the child
-    PreloadRuntime.shared = nil
-}
-
-extension PreloadRuntime {
-    /// Descriptors a fork child inherited, to reopen on its first call.
-    nonisolated(unsafe) static var pendingChild: (contexts: [Int32], devices: [(Int32, Int)])?
-
-    /// The runtime, made again in a fork child on its first call (under the lock).
-    static func current() -> PreloadRuntime? {
-        if shared == nil, let pending = pendingChild {
-            pendingChild = nil
-            guard let fresh = try? PreloadRuntime() else {
-                for fd in pending.contexts { swiftiommu_shim_mark(fd, 0) }
-                for (fd, _) in pending.devices { swiftiommu_shim_mark(fd, 0) }
-                return nil
-            }
-            shared = fresh
-            for fd in pending.contexts { _ = fresh.open(fd, path: "/dev/iommu") }
-            for (fd, n) in pending.devices { _ = fresh.open(fd, path: "/dev/vfio/devices/vfio\(n)") }
-        }
-        return shared
     }
 }

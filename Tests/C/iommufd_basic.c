@@ -146,21 +146,34 @@ static void two_files(void) {
 
 static void forked(int fd) {
     uint32_t id = ioas_alloc(fd);
+    int pipefd[2];
+    CHECK(pipe(pipefd) == 0, "pipe");
     pid_t pid = fork();
     if (pid == 0) {
-        /* The child's copy of the file starts clean: the parent's objects are not reachable. */
-        struct iommu_destroy d = { .size = sizeof(d), .id = id };
+        /* The child's descriptor names the parent's file, as in the kernel: the parent's
+         * objects are there, and what the child makes is the parent's too. */
         int bad = 0;
+        struct iommu_ioas_iova_ranges r = { .size = sizeof(r), .ioas_id = id };
         errno = 0;
-        if (!(ioctl(fd, IOMMU_DESTROY, &d) == -1 && errno == ENOENT)) bad |= 1;
-        if (ioas_alloc(fd) != 1) bad |= 2;
+        if (!(ioctl(fd, IOMMU_IOAS_IOVA_RANGES, &r) == -1 && errno == EMSGSIZE && r.num_iovas == 1)) bad |= 1;
+        uint32_t mine = ioas_alloc(fd);
+        if (mine == 0 || write(pipefd[1], &mine, sizeof(mine)) != sizeof(mine)) bad |= 2;
+        struct iommu_destroy d = { .size = sizeof(d), .id = 999 };
+        errno = 0;
+        if (!(ioctl(fd, IOMMU_DESTROY, &d) == -1 && errno == ENOENT)) bad |= 4;
         _exit(bad);
     }
+    uint32_t childs = 0;
+    CHECK(read(pipefd[0], &childs, sizeof(childs)) == sizeof(childs) && childs != 0 && childs != id, "the child made an IOAS (%u)", childs);
     int status = 0;
     waitpid(pid, &status, 0);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child sees a clean iommufd (status %d)", status);
-    struct iommu_destroy d = { .size = sizeof(d), .id = id };
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child reached the parent's objects through its descriptor (status %d)", status);
+    struct iommu_destroy d = { .size = sizeof(d), .id = childs };
+    CHECK(ioctl(fd, IOMMU_DESTROY, &d) == 0, "the parent destroys the IOAS its child made");
+    d.id = id;
     CHECK(ioctl(fd, IOMMU_DESTROY, &d) == 0, "the parent's object survives the child");
+    close(pipefd[0]);
+    close(pipefd[1]);
 }
 
 /* The program's own SIGSEGV handler still sees its own faults with the shim's guard installed. */

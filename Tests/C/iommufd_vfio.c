@@ -128,6 +128,34 @@ int main(void) {
     errno = 0;
     CHECK(ioctl(iommufd, IOMMU_IOAS_MAP_FILE, &badfd) == -1 && errno == EBADF, "IOAS_MAP_FILE of a closed descriptor: EBADF");
 
+    /* A forked child maps through the descriptor it inherited (the parent's file): shared
+     * memory both map, and a private page of its own. The device then reaches both from the
+     * parent's side; the shared page is the one the parent sees. */
+    unsigned char *shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    memset(shared, 0, 4096);
+    pid_t child = fork();
+    if (child == 0) {
+        static unsigned char own[4096] __attribute__((aligned(4096)));
+        memcpy(own, "child's own", 12);
+        struct iommu_ioas_map cm = { .size = sizeof(cm), .flags = MAP_READABLE | MAP_WRITEABLE | MAP_FIXED_IOVA,
+                                     .ioas_id = ia.out_ioas_id, .user_va = (uintptr_t)shared, .length = 4096, .iova = 0x500000 };
+        int bad = ioctl(iommufd, IOMMU_IOAS_MAP, &cm) != 0;
+        cm.user_va = (uintptr_t)own; cm.iova = 0x501000;
+        bad |= (ioctl(iommufd, IOMMU_IOAS_MAP, &cm) != 0) << 1;
+        _exit(bad);
+    }
+    int cstatus = 0;
+    waitpid(child, &cstatus, 0);
+    CHECK(WIFEXITED(cstatus) && WEXITSTATUS(cstatus) == 0, "a forked child maps through its inherited descriptor (status %d)", cstatus);
+    CHECK(device_dma(dev, 1, 0x500000 + 8, "to both", 8, NULL) == 0 && memcmp(shared + 8, "to both", 8) == 0,
+          "the device writes the shared page the child mapped, and the parent sees it");
+    char owned[12] = { 0 };
+    CHECK(device_dma(dev, 0, 0x501000, owned, 12, NULL) == 0 && memcmp(owned, "child's own", 12) == 0,
+          "the device reads the child's private page, pinned while the child lived");
+    struct iommu_ioas_unmap cu = { .size = sizeof(cu), .ioas_id = ia.out_ioas_id, .iova = 0x500000, .length = 2 * 4096 };
+    CHECK(ioctl(iommufd, IOMMU_IOAS_UNMAP, &cu) == 0, "the parent unmaps what its child mapped");
+    munmap(shared, 4096);
+
     struct iommu_ioas_unmap u = { .size = sizeof(u), .ioas_id = ia.out_ioas_id, .iova = 0x100000, .length = 4 * 4096 };
     CHECK(ioctl(iommufd, IOMMU_IOAS_UNMAP, &u) == 0, "IOAS_UNMAP of the private memory");
     CHECK(device_dma(dev, 1, 0x100000, (void *)msg, 8, &reason) == 1, "the device no longer reaches it");

@@ -9,6 +9,9 @@
 void swiftiommu_shim_mark(int fd, int ours);
 /* Whether the shim has been told `fd` is an iommufd file. */
 int swiftiommu_shim_is_ours(int fd);
+/* Marks the calling thread as the library's own (1): its libc calls are not the program's,
+ * so they pass through (a thread that serves a forked child). */
+void swiftiommu_shim_set_inside(int inside);
 
 #include <stddef.h>
 
@@ -30,6 +33,10 @@ uint64_t swiftiommu_shim_release_events(void);
  * (returns 1 on success, 0 when any byte is not accessible), never a fault. */
 int swiftiommu_copy_from_user(void *dst, uint64_t src, size_t n);
 int swiftiommu_copy_to_user(uint64_t dst, const void *src, size_t n);
+
+/* Copies from (write 0) or to (write 1) the memory of process `pid`: 1 when all `n` bytes
+ * moved, else 0. */
+int swiftiommu_copy_process(int pid, void *local_buffer, uint64_t address, size_t n, int write);
 
 /* The same without a system call where the guard is installed: a plain copy whose fault the
  * shim's SIGSEGV/SIGBUS handler turns into a failure (1 on success, 0 on a fault). */

@@ -47,10 +47,10 @@ extension IOMMUFDContext {
             }
             q.report(payload)
         }
-        v.viommu.addMmapRegion = { [unowned self, unowned v] (frames: [UInt64]) throws(IOMMUError) -> UInt64 in
+        v.viommu.addMmapRegion = { [unowned(unsafe) self, unowned v] (frames: [UInt64]) throws(IOMMUError) -> UInt64 in
             self.addMmapRegion(frames: frames, owner: v)
         }
-        v.viommu.removeMmapRegion = { [unowned self] offset in self.mmapRegions[offset] = nil }
+        v.viommu.removeMmapRegion = { [unowned(unsafe) self] offset in self.mmapRegions[offset] = nil }
     }
 
     /// A driver's view of user data at `address` (copies through the context's user memory).
