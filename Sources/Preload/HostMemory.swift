@@ -324,12 +324,23 @@ final class HostMemory: UserMemory {
     var framesStandingIn: Int { pinned.count }
 
     func readFrame(_ frame: UInt64, offset: Int, into bytes: UnsafeMutableRawBufferPointer) -> Bool {
-        do { try physical.read(frame + UInt64(offset), into: bytes) } catch { return false }
+        physical.readFrame(frame, offset: offset, into: bytes)
+    }
+
+    func writeFrame(_ frame: UInt64, offset: Int, from bytes: UnsafeRawBufferPointer) -> Bool {
+        physical.writeFrame(frame, offset: offset, from: bytes)
+    }
+}
+
+extension PhysicalMemory {
+    /// Bytes of a frame (an access's read or write through the IOAS): false if out of range.
+    func readFrame(_ frame: UInt64, offset: Int, into bytes: UnsafeMutableRawBufferPointer) -> Bool {
+        do { try read(frame + UInt64(offset), into: bytes) } catch { return false }
         return true
     }
 
     func writeFrame(_ frame: UInt64, offset: Int, from bytes: UnsafeRawBufferPointer) -> Bool {
-        do { try physical.write(frame + UInt64(offset), from: bytes) } catch { return false }
+        do { try write(frame + UInt64(offset), from: bytes) } catch { return false }
         return true
     }
 }

@@ -113,13 +113,11 @@ final class RemoteMemory: UserMemory {
     }
 
     func readFrame(_ frame: UInt64, offset: Int, into bytes: UnsafeMutableRawBufferPointer) -> Bool {
-        do { try physical.read(frame + UInt64(offset), into: bytes) } catch { return false }
-        return true
+        physical.readFrame(frame, offset: offset, into: bytes)
     }
 
     func writeFrame(_ frame: UInt64, offset: Int, from bytes: UnsafeRawBufferPointer) -> Bool {
-        do { try physical.write(frame + UInt64(offset), from: bytes) } catch { return false }
-        return true
+        physical.writeFrame(frame, offset: offset, from: bytes)
     }
 
     func inspectPage(at address: UInt64) -> UserPage? {
