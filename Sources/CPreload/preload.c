@@ -41,6 +41,7 @@ extern long swiftiommu_write(int fd, const void *buf, unsigned long count) __att
 extern long swiftiommu_pread(int fd, void *buf, unsigned long count, long offset) __attribute__((weak));
 extern long swiftiommu_pwrite(int fd, const void *buf, unsigned long count, long offset) __attribute__((weak));
 extern long swiftiommu_mmap(int fd, uint64_t addr, size_t length, int prot, int flags, int64_t offset) __attribute__((weak));
+extern void swiftiommu_huge_mapping(uint64_t addr, size_t length, int prot) __attribute__((weak));
 extern int swiftiommu_dup(int oldfd, int newfd) __attribute__((weak));
 /* The program is about to change the mappings of [addr, addr + len): `kind` 0 unmaps or
  * replaces them, 1 moves them (mremap), 2 changes their protection or advice. */
@@ -156,7 +157,7 @@ static int is_iommu_path(const char *path) {
     /* A process's status, once the machine exists: VmPin and VmLck are its accounting. */
     if (runtime_started && strncmp(path, "/proc/", 6) == 0 && ends_with(path, "/status")) {
         const char *p = path + 6;
-        if (strncmp(p, "self/", 5) == 0) return 1;
+        if (strcmp(p, "self/status") == 0) return 1;
         while (*p >= '0' && *p <= '9') p++;
         return p > path + 6 && strcmp(p, "/status") == 0;
     }
@@ -392,6 +393,16 @@ ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
     return real_pwrite64(fd, buf, count, offset);
 }
 
+/* Once the machine exists, the Swift side backs the fallback with physically contiguous
+ * emulated memory (HostMemory+Huge.swift), as a huge page is contiguous. */
+static void huge_backing(void *a, size_t len, int prot) {
+    if (!runtime_started || !swiftiommu_huge_mapping) return;
+    int was = in_shim;
+    in_shim = 1;
+    swiftiommu_huge_mapping((uint64_t)(uintptr_t)a, len, prot);
+    in_shim = was;
+}
+
 /* MAP_HUGETLB on a host with no huge pages reserved (vm.nr_hugepages 0, the usual case):
  * ordinary memory of the same size, aligned to the huge page size (2 MiB, or the size the
  * flags encode), as the program's arithmetic on huge page boundaries expects. The emulated
@@ -411,6 +422,7 @@ static void *huge_fallback(size_t length, int prot, int flags) {
     if (a + len < p + len + huge) real_munmap(a + len, (size_t)(p + len + huge - (a + len)));
     REAL(int, madvise, (void *, size_t, int));
     if (flags & MAP_POPULATE) real_madvise(a, len, (prot & PROT_WRITE) ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+    huge_backing(a, len, prot);
     return a;
 }
 
@@ -431,8 +443,14 @@ void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
     if (flags & MAP_FIXED) range_changing(addr, length, 0);
     REAL(void *, mmap, (void *, size_t, int, int, int, off_t));
     void *p = real_mmap(addr, length, prot, flags, fd, offset);
-    if (p == MAP_FAILED && (flags & MAP_HUGETLB) && (flags & MAP_ANONYMOUS) && !(flags & MAP_FIXED) && errno == ENOMEM)
-        return huge_fallback(length, prot, flags);
+    if (p == MAP_FAILED && (flags & MAP_HUGETLB) && (flags & MAP_ANONYMOUS) && errno == ENOMEM) {
+        if (!(flags & MAP_FIXED)) return huge_fallback(length, prot, flags);
+        /* At a fixed place the program chose (aligned, as a huge page would need): there. */
+        int plain = flags & ~(MAP_HUGETLB | (MAP_HUGE_MASK << MAP_HUGE_SHIFT));
+        void *q = real_mmap(addr, length, prot, plain, fd, offset);
+        if (q != MAP_FAILED && (((uintptr_t)q | length) & ((2 << 20) - 1)) == 0) huge_backing(q, length, prot);
+        return q;
+    }
     return p;
 }
 

@@ -43,6 +43,9 @@ public final class IOMMUFDContext: @unchecked Sendable, CustomStringConvertible 
     /// Gives an event file (fault, vEVENTQ) its descriptor: the C ABI makes a real one; by
     /// default descriptors are numbered from 1000.
     public var openFile: (IOMMUFDObject) -> Int32
+    /// Closes a descriptor `openFile` gave for a command whose response never reached the
+    /// program (the C ABI closes its file); by default nothing.
+    public var releaseFile: (Int32) -> Void = { _ in }
     private var nextDescriptor: Int32 = 1000
     /// The last error an ioctl returned, with its message.
     public internal(set) var lastError: Errno?

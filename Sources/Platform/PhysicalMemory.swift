@@ -92,6 +92,12 @@ public final class PhysicalMemory: @unchecked Sendable {
     /// Maps the frame at physical address `frame` (4 KiB aligned) at the page-aligned
     /// `address` of this process (replacing what was there), so the process's page there and
     /// the frame are one page. False when the memory is not shared or the host refuses.
+    /// Maps `count` consecutive frames from `first` shared at `address` (one mapping).
+    public func mapFrames(_ first: UInt64, count: Int, at address: UnsafeMutableRawPointer, writable: Bool) -> Bool {
+        guard sharedFile >= 0, count > 0, first & (Self.frameSize - 1) == 0, first + UInt64(count) * Self.frameSize <= size else { return false }
+        return ciommu_map_shared_fixed(address, UInt64(count) * Self.frameSize, sharedFile, first, writable ? 1 : 0) == 0
+    }
+
     public func mapFrame(_ frame: UInt64, at address: UInt64, writable: Bool) -> Bool {
         guard sharedFile >= 0, frame & (Self.frameSize - 1) == 0, frame < size,
               let p = UnsafeMutableRawPointer(bitPattern: UInt(address)) else { return false }

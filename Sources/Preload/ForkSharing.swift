@@ -60,9 +60,7 @@ final class ForkServer: @unchecked Sendable {
             contexts = [:]
             if let runtime = PreloadRuntime.shared {
                 runtime.servers.removeAll { $0 === self }
-                for c in Set(held.values.map(ObjectIdentifier.init)) {
-                    if let ctx = held.values.first(where: { ObjectIdentifier($0) == c }) { runtime.lastHolderLeft(ctx) }
-                }
+                for c in held.values { runtime.closeIfUnheld(c) }
             }
         }
         Glibc.close(socket)
@@ -79,10 +77,12 @@ final class ForkServer: @unchecked Sendable {
             let cmd = UInt32(truncatingIfNeeded: a)
             if cmd == PreloadRuntime.stats { return -Int64(ENOTTY) }
             if cmd == IOMMUFDCommand.ioasMapFile.number { offerChildFile(c, b) }
+            runtime.servingChild = true
+            defer { runtime.servingChild = false }
             return Int64(c.withMemory(memory, ledger: ledger) { c.ioctl(cmd, userArgument: b) })
         case ForkMessage.close:
             guard let c = contexts.removeValue(forKey: fd) else { return -Int64(EBADF) }
-            runtime.lastHolderLeft(c)
+            runtime.closeIfUnheld(c)
             return 0
         case ForkMessage.status:
             guard let v = runtime.pinnedKiB(pid: pid_t(truncatingIfNeeded: a)) else { return -Int64(ENOENT) }
@@ -181,14 +181,20 @@ extension PreloadRuntime {
 
     /// In the child after fork: inherited iommufd descriptors go to the parent.
     static func childAfterFork(inherited: [Int32]) {
+        // A client's own fork: the descriptors it got from its parent cannot be shared further
+        // (the socket is its parent's and its own).
+        if let old = client {
+            for fd in old.descriptors { swiftiommu_shim_mark(fd, 0) }
+            for fd in old.statusFiles.keys { swiftiommu_shim_mark(fd, 0) }
+            Glibc.close(old.socket)
+            client = nil
+        }
         guard let pair = forkPair else {
             for fd in inherited { swiftiommu_shim_mark(fd, 0) }
             return
         }
         forkPair = nil
         Glibc.close(pair.parent)
-        // A client's own fork: its inherited descriptors cannot be shared further.
-        if let old = client { for fd in old.descriptors { swiftiommu_shim_mark(fd, 0) }; Glibc.close(old.socket) }
         let c = ForkClient(socket: pair.child, descriptors: Set(inherited))
         client = c
         _ = c.call(ForkMessage.hello, fd: -1, a: UInt64(UInt32(bitPattern: getpid())))
@@ -202,26 +208,21 @@ extension PreloadRuntime {
         return (l.chargedPages * 4, l.mmPages * 4)
     }
 
-    /// Whether a process other than this one (a child through a server) holds `c`. A child
-    /// that has exited and been waited for holds nothing any more, even if its server has not
-    /// yet seen its socket close (Linux closes an exiting task's files before the parent's
-    /// wait returns).
+    /// Whether a process other than this one (a child through a server) holds `c`.
     func heldByChildren(_ c: IOMMUFDContext) -> Bool {
-        for s in servers where s.memory.map({ kill($0.pid, 0) == -1 && errno == ESRCH }) ?? false {
-            s.memory?.isGone = true
-            s.contexts = [:]
-        }
-        return servers.contains { $0.contexts.values.contains { $0 === c } }
+        servers.contains { $0.contexts.values.contains { $0 === c } }
     }
 
-    /// A holder of `c` let go (a child's descriptor, or the child itself): with none left
-    /// in this process or its children, the context closes.
-    func lastHolderLeft(_ c: IOMMUFDContext) {
-        guard !contexts.values.contains(where: { $0 === c }), !heldByChildren(c) else { return }
-        if accessFiles.values.contains(where: { $0 === c }) {
-            if !orphanedContexts.contains(where: { $0 === c }) { orphanedContexts.append(c) }
-            return
+    /// Children that have exited and been waited for hold nothing any more, even if their
+    /// servers have not yet seen their sockets close (Linux closes an exiting task's files
+    /// before the parent's wait returns). Returns the contexts they held.
+    func reapDeadChildren() -> [IOMMUFDContext] {
+        var released: [IOMMUFDContext] = []
+        for s in servers where s.memory.map({ kill($0.pid, 0) == -1 && errno == ESRCH }) ?? false {
+            s.memory?.isGone = true
+            released += s.contexts.values
+            s.contexts = [:]
         }
-        finishClose(c)
+        return released
     }
 }

@@ -51,6 +51,11 @@ final class HostMemory: UserMemory {
     /// map the frame (nothing that could unmap it has run since while it is unchanged).
     private var verifiedAt: [UInt64: UInt64] = [:]
     private var byAddress: [UInt64: UInt64] = [:]
+    /// Emulated huge pages (HostMemory+Huge.swift): the frame each address of a MAP_HUGETLB
+    /// mapping maps, the pins of those frames, and frames unmapped while pinned.
+    var hugePages: [UInt64: UInt64] = [:]
+    var hugePins: [UInt64: Int] = [:]
+    var hugeOrphans: Set<UInt64> = []
     private var byFile: [FileKey: UInt64] = [:]
     /// The name the physical memory's file shows in /proc/self/maps (CIOMMUSupport's memfd).
     private static let physicalName = "/memfd:swiftiommu-physical"
@@ -60,7 +65,7 @@ final class HostMemory: UserMemory {
 
     /// The mapping at `va`: from the cached maps, read again when the shim saw a change or
     /// when `va` is not in them (a mapping made since, which needs no notice to be found).
-    private func mapping(containing va: UInt64) -> HostMapping? {
+    func mapping(containing va: UInt64) -> HostMapping? {
         func lookup() -> HostMapping? {
             let g = swiftiommu_shim_maps_generation()
             if mapsCache.generation != g || mapsCache.mappings.isEmpty { mapsCache = (g, HostMapping.all()) }
@@ -92,6 +97,7 @@ final class HostMemory: UserMemory {
     }
 
     private func pinOne(_ va: UInt64, write: Bool) -> UInt64? {
+        if let f = hugePages[va] { return pinHuge(va, f, write: write) }
         if let f = byAddress[va], let p = pinned[f], case .moved(_, let prot) = p.page {
             // Moved before. The shim hears of the program's own mapping changes, not of
             // glibc's (free() of a large block unmaps it inside libc): the page table says
@@ -167,6 +173,7 @@ final class HostMemory: UserMemory {
     /// The page at `va` for the selftest's checks: the frame pinning made it (its pins), or
     /// no frame when it was never pinned; nil when nothing is mapped there.
     func inspectPage(at va: UInt64) -> UserPage? {
+        if let f = hugePages[va] { return UserPage(frame: f, pins: hugePins[f] ?? 0, huge: true) }
         if let f = byAddress[va], let p = pinned[f], case .moved = p.page, stillMapsFrame(va, f) {
             return UserPage(frame: f, pins: p.pins, huge: false)
         }
@@ -227,6 +234,7 @@ final class HostMemory: UserMemory {
     /// aliased frame gets its own storage back and is freed.
     func unpinPages(_ list: UnsafeBufferPointer<UInt64>) {
         for f in list {
+            if unpinHuge(f) { continue }
             guard let p = pinned[f] else { continue }
             if p.pins > 1 { pinned[f] = (p.page, p.pins - 1); continue }
             switch p.page {
@@ -269,6 +277,7 @@ final class HostMemory: UserMemory {
     /// address (a device still uses the frame; their last unpin finds where the process maps
     /// it, if anywhere).
     func rangeChanging(_ address: UInt64, _ length: UInt64, kind: Int32) {
+        if !hugePages.isEmpty && kind != 2 { hugeRangeChanging(address, length, moved: kind == 1) }
         guard !byAddress.isEmpty else { return }
         let lo = address & ~0xFFF, hi = address &+ length
         guard hi > lo else { return }
@@ -319,9 +328,9 @@ final class HostMemory: UserMemory {
     private let probeByte = UnsafeMutableRawPointer.allocate(byteCount: 1, alignment: 1)
 
     /// Pages pinned now (parked pages, which only stand for the process's memory, excluded).
-    var pinnedPages: Int { pinned.values.reduce(0) { $0 + ($1.pins > 0 ? 1 : 0) } }
-    /// Frames standing for the process's pages (pinned or parked).
-    var framesStandingIn: Int { pinned.count }
+    var pinnedPages: Int { pinned.values.reduce(0) { $0 + ($1.pins > 0 ? 1 : 0) } + hugePins.count }
+    /// Frames standing for the process's pages (pinned or parked, and huge pages).
+    var framesStandingIn: Int { pinned.count + hugePages.count + hugeOrphans.count }
 
     func readFrame(_ frame: UInt64, offset: Int, into bytes: UnsafeMutableRawBufferPointer) -> Bool {
         physical.readFrame(frame, offset: offset, into: bytes)

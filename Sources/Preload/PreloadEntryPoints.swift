@@ -14,10 +14,7 @@ import CPreload
 public func swiftiommuOpen(_ fd: Int32, _ path: UnsafePointer<CChar>) -> Int32 {
     let p = String(cString: path)
     return PreloadRuntime.withLock {
-        if let c = PreloadRuntime.client, let pid = PreloadRuntime.statusPID(p) {
-            c.openStatus(fd, pid: pid)
-            return 0
-        }
+        if let c = PreloadRuntime.client, let pid = PreloadRuntime.statusPID(p) { return c.openStatus(fd, pid: pid) }
         if PreloadRuntime.current() == nil {
             do { PreloadRuntime.shared = try PreloadRuntime() } catch { return -ENOMEM }
         }
@@ -77,12 +74,19 @@ public func swiftiommuMmap(_ fd: Int32, _ address: UInt64, _ length: Int, _ prot
     }
 }
 
+@_cdecl("swiftiommu_huge_mapping")
+public func swiftiommuHugeMapping(_ address: UInt64, _ length: Int, _ prot: Int32) {
+    PreloadRuntime.withLock {
+        _ = PreloadRuntime.current()?.memory.mapHuge(at: address, length: UInt64(length), writable: prot & PROT_WRITE != 0)
+    }
+}
+
 @_cdecl("swiftiommu_range_changing")
 public func swiftiommuRangeChanging(_ address: UInt64, _ length: UInt64, _ kind: Int32) {
     PreloadRuntime.withLock {
         guard let r = PreloadRuntime.current() else { return }
         r.memory.rangeChanging(address, length, kind: kind)
-        if kind != 2 { r.windowsChanging(address, length) }
+        if kind != 2 { r.windowsChanging(address, length, moved: kind == 1) }
     }
 }
 
@@ -131,6 +135,7 @@ public func swiftiommuForkChild() {
     PreloadRuntime.childAfterFork(inherited: inherited)
     guard let old = PreloadRuntime.shared else { return }
     old.memory.privatizeMovedPages()
+    old.privatizeWindows()
     PreloadRuntime.pendingChild = ([], old.deviceFiles.map { ($0.key, $0.value.index) })
     for fd in old.faultFiles.keys { swiftiommu_shim_mark(fd, 0) }
     for fd in old.injectionFiles.keys { swiftiommu_shim_mark(fd, 0) }

@@ -39,24 +39,6 @@ extension PreloadRuntime {
         return efd
     }
 
-    /// close() of an access or vEVENTQ file; false when `fd` is neither. The last access
-    /// file of a context whose /dev/iommu descriptors are gone closes the context.
-    func closeSelftestFile(_ fd: Int32) -> Bool {
-        if let c = accessFiles.removeValue(forKey: fd) {
-            c.closeTestAccess(fd)
-            if !accessFiles.values.contains(where: { $0 === c }), let i = orphanedContexts.firstIndex(where: { $0 === c }) {
-                orphanedContexts.remove(at: i)
-                finishClose(c)
-            }
-            return true
-        }
-        if let (_, q) = eventQueueFiles.removeValue(forKey: fd) {
-            if !eventQueueFiles.values.contains(where: { $0.queue === q }) { q.closeFile() }
-            return true
-        }
-        return false
-    }
-
     /// read() of a vEVENTQ file (Linux `iommufd_veventq_fops_read`): whole events while they
     /// fit, 0 when the first does not or none waits. The buffer is checked first, so a bad
     /// one takes no event away.
@@ -73,20 +55,25 @@ extension PreloadRuntime {
     }
 
     /// mmap of one of our files (Linux `iommufd_fops_mmap`): a window the driver exposed in
-    /// the iommufd file, mapped shared over its frames (EINVAL for a length not page-sized
-    /// or a private mapping, EPERM executable, ENXIO where there is no window); device
-    /// regions are not emulated (EINVAL); the other files have no mmap (ENODEV). Returns the
-    /// address, or -errno.
+    /// the iommufd file, mapped shared over its frames (EINVAL for a length not page-sized,
+    /// an offset not page-aligned or a private mapping, EPERM executable, ENXIO where there
+    /// is no window); device regions are not emulated (EINVAL); the other files have no mmap
+    /// (ENODEV). Returns the address, or -errno.
     func mmap(_ fd: Int32, address: UInt64, length: Int, prot: Int32, flags: Int32, offset: Int64) -> Int {
         guard let c = contexts[fd] else { return deviceFiles[fd] != nil ? -Int(EINVAL) : -Int(ENODEV) }
-        guard length > 0, length & 0xFFF == 0 else { return -Int(EINVAL) }
+        guard length > 0, length & 0xFFF == 0, offset & 0xFFF == 0 else { return -Int(EINVAL) }
         guard flags & MAP_SHARED != 0 else { return -Int(EINVAL) }
         guard prot & PROT_EXEC == 0 else { return -Int(EPERM) }
         guard offset >= 0 else { return -Int(ENXIO) }
         let window: (frames: [UInt64], owner: IOMMUFDObject)
         do { window = try c.mapWindow(offset: UInt64(offset), length: UInt64(length)) } catch { return -Int(error.code) }
-        // Address space first (where the program asked, if it insisted), then each frame.
+        // Address space first (where the program asked, if it insisted), then each frame. A
+        // fixed mapping replaces what was there: the pages the system tracks there are told.
         let fixed = flags & MAP_FIXED != 0
+        if fixed {
+            memory.rangeChanging(address, UInt64(length), kind: 0)
+            windowsChanging(address, UInt64(length), moved: false)
+        }
         guard let base = Glibc.mmap(UnsafeMutableRawPointer(bitPattern: UInt(address)), length, PROT_NONE,
                                     MAP_PRIVATE | MAP_ANONYMOUS | (fixed ? MAP_FIXED : 0), -1, 0), base != MAP_FAILED else {
             c.releaseMmap(window.owner)
@@ -99,19 +86,60 @@ extension PreloadRuntime {
             return -Int(ENOMEM)
         }
         if prot & PROT_READ == 0 && prot & PROT_WRITE == 0 { Glibc.mprotect(base, length, PROT_NONE) }
-        windows.append((start, UInt64(length), c, window.owner))
+        windows.append(MappedWindow(start: start, pages: window.frames.count, context: c, owner: window.owner))
         return Int(bitPattern: UInt(start))
     }
 
-    /// The program unmaps or moves [address, address + length): a window mapped wholly
-    /// inside it is gone, and no longer holds its owner (a part of one keeps it).
-    func windowsChanging(_ address: UInt64, _ length: UInt64) {
-        guard !windows.isEmpty else { return }
-        let end = address &+ length
-        windows.removeAll { w in
-            guard w.start >= address, w.start + w.length <= end else { return false }
-            w.context.releaseMmap(w.owner)
-            return true
+    /// The program unmaps [address, address + length) (or maps over it): the pages of
+    /// windows there are gone, and a window with none left no longer holds its owner nor
+    /// the context's file. A window moved by mremap keeps its hold wherever it went (its new
+    /// place is not known here): its owner stays busy until the context closes.
+    func windowsChanging(_ address: UInt64, _ length: UInt64, moved: Bool) {
+        guard !windows.isEmpty, !moved else { return }
+        let end = address &+ length < address ? UInt64.max : address &+ length
+        var emptied: [MappedWindow] = []
+        for w in windows where w.start < end && address < w.start + UInt64(w.mapped.count) << 12 {
+            for i in w.mapped.indices where w.mapped[i] {
+                let page = w.start + UInt64(i) << 12
+                if page >= address && page + 4096 <= end { w.mapped[i] = false; w.remaining -= 1 }
+            }
+            if w.remaining == 0 { emptied.append(w) }
         }
+        for w in emptied {
+            windows.removeAll { $0 === w }
+            w.context.releaseMmap(w.owner)
+            closeIfUnheld(w.context)
+        }
+    }
+
+    /// In a fork child: the windows it inherited become private copies (a child's mapping
+    /// must not outlive the parent's hold on the frames).
+    func privatizeWindows() {
+        for w in windows {
+            let length = w.mapped.count << 12
+            guard let at = UnsafeMutableRawPointer(bitPattern: UInt(w.start)) else { continue }
+            let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 4096)
+            defer { copy.deallocate() }
+            _ = swiftiommu_copy_from_user(copy.baseAddress!, w.start, length)
+            guard Glibc.mmap(at, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED else { continue }
+            at.copyMemory(from: copy.baseAddress!, byteCount: length)
+        }
+        windows = []
+    }
+}
+
+/// A window of an iommufd file mapped into the program: which of its pages are still mapped
+/// (munmap may take it piece by piece).
+final class MappedWindow {
+    let start: UInt64
+    let context: IOMMUFDContext
+    let owner: IOMMUFDObject
+    var mapped: [Bool]
+    var remaining: Int
+
+    init(start: UInt64, pages: Int, context: IOMMUFDContext, owner: IOMMUFDObject) {
+        self.start = start; self.context = context; self.owner = owner
+        mapped = [Bool](repeating: true, count: pages)
+        remaining = pages
     }
 }

@@ -17,32 +17,32 @@ import CPreload
 final class PreloadRuntime: @unchecked Sendable {
     let machine: Machine
     let memory: HostMemory
-    private(set) var contexts: [Int32: IOMMUFDContext] = [:]
-    private(set) var deviceFiles: [Int32: VFIODeviceFile] = [:]
+    var contexts: [Int32: IOMMUFDContext] = [:]
+    var deviceFiles: [Int32: VFIODeviceFile] = [:]
     /// Fault-injection files (the task's fail-nth, debugfs knobs): what they hold, and how
     /// much of it a reader has read.
-    private(set) var injectionFiles: [Int32: (path: String, offset: Int)] = [:]
+    var injectionFiles: [Int32: (path: String, offset: Int)] = [:]
     /// The values written to debugfs fault-injection knobs (read back as written).
     private var knobs: [String: String] = [:]
     /// The fail-nth count in force (0: none), counted over the software injection points.
     private var failNth = 0
     /// Fault queue files (eventfds the shim made): their context and object.
-    private(set) var faultFiles: [Int32: (context: IOMMUFDContext, fault: FaultObject)] = [:]
+    var faultFiles: [Int32: (context: IOMMUFDContext, fault: FaultObject)] = [:]
     /// The machine's devices in probe order: /dev/vfio/devices/vfioN is the Nth.
     private(set) var devices: [(Device, PCIeEndpoint)] = []
     /// The selftest's access files and vEVENTQ files (PreloadRuntime+Selftest.swift).
     var accessFiles: [Int32: IOMMUFDContext] = [:]
     var eventQueueFiles: [Int32: (context: IOMMUFDContext, queue: VEventQueueObject)] = [:]
-    /// Contexts whose last /dev/iommu descriptor closed while an access file keeps them.
-    var orphanedContexts: [IOMMUFDContext] = []
     /// Servers of forked children sharing this process's iommufd files (ForkSharing.swift).
     var servers: [ForkServer] = []
     /// The process's pin accounting, shared by its contexts (Linux: its mm and user).
     let ledger = PinLedger()
     /// /proc/PID/status files opened, with the emulated accounting in them (StatusFiles.swift).
     var statusFiles: [Int32: (text: [UInt8], offset: Int)] = [:]
-    /// Windows of iommufd files mapped into the program: [start, start + length).
-    var windows: [(start: UInt64, length: UInt64, context: IOMMUFDContext, owner: IOMMUFDObject)] = []
+    /// Windows of iommufd files mapped into the program (PreloadRuntime+Selftest.swift).
+    var windows: [MappedWindow] = []
+    /// Set while a forked child's call runs (ForkSharing.swift): files cannot be made for it.
+    var servingChild = false
 
     func context(_ fd: Int32) -> IOMMUFDContext? { contexts[fd] }
 
@@ -63,7 +63,9 @@ final class PreloadRuntime: @unchecked Sendable {
             Self.registerSelftest(machine)
             return
         }
-        machine = try Machine(seed: 1, memorySize: 256 << 20, units: [VTdConfiguration(name: "dmar0")], policy: .strict,
+        // 512 MiB of emulated memory (a sparse file: only what is used is backed), room for
+        // the kernel selftests' 128 MiB of huge pages.
+        machine = try Machine(seed: 1, memorySize: 512 << 20, units: [VTdConfiguration(name: "dmar0")], policy: .strict,
                               sharedMemory: true)
         memory = HostMemory(physical: machine.platform.memory, frames: machine.platform.frames)
         devices = try machine.addDevices([
@@ -94,6 +96,8 @@ final class PreloadRuntime: @unchecked Sendable {
             let c = IOMMUFDContext(core: machine.core, memory: memory, ledger: ledger)
             // IOMMU_FAULT_QUEUE_ALLOC's file: an eventfd readable while records wait.
             c.openFile = { [unowned self, unowned c] object in
+                // A descriptor made here would be this process's, not the calling child's.
+                guard !servingChild else { return -1 }
                 guard let f = object as? FaultObject else { return openObjectFile(c, object) }
                 let efd = swiftiommu_shim_eventfd(1)
                 guard efd >= 0 else { return -1 }
@@ -102,11 +106,13 @@ final class PreloadRuntime: @unchecked Sendable {
                 _ = c
                 return efd
             }
+            c.releaseFile = { [unowned self] fd in releaseFile(fd) }
             contexts[fd] = c
             return 0
         }
         if let pid = Self.statusPID(path) {
-            statusFiles[fd] = (Array(Self.statusText(pid: pid, pinnedKiB(pid: pid)).utf8), 0)
+            guard let text = Self.statusText(pid: pid, pinnedKiB(pid: pid)) else { return -ENOENT }
+            statusFiles[fd] = (Array(text.utf8), 0)
             return 0
         }
         if path.hasPrefix("/sys/kernel/debug/fail") || (path.hasPrefix("/proc/") && path.hasSuffix("/fail-nth")) {
@@ -294,55 +300,6 @@ final class PreloadRuntime: @unchecked Sendable {
     /// Runs the machine until nothing is pending (its software and hardware work in virtual
     /// time): what a real system would have done by the time the program looks again.
     func settle() { _ = machine.scheduler.runUntilIdle() }
-
-    /// close() of one of our descriptors: the file goes with its last descriptor (dup shares
-    /// it, as the kernel's file is shared).
-    func close(_ fd: Int32) {
-        if injectionFiles.removeValue(forKey: fd) != nil || statusFiles.removeValue(forKey: fd) != nil { return }
-        if closeSelftestFile(fd) { return }
-        if let (_, f) = faultFiles.removeValue(forKey: fd) {
-            guard !faultFiles.values.contains(where: { $0.fault === f }) else { return }
-            f.queue.onReadable = nil
-            f.closeFile()
-            return
-        }
-        if let d = deviceFiles.removeValue(forKey: fd) {
-            if !deviceFiles.values.contains(where: { $0 === d }) { d.unbind() }
-            return
-        }
-        guard let c = contexts.removeValue(forKey: fd) else { return }
-        // Another descriptor, a forked child's, or an open access file (Linux: the access's
-        // file holds the iommufd file) keeps the context; it closes with the last of them.
-        lastHolderLeft(c)
-    }
-
-    /// The context's last file went: device files bound to it lose their binding; its
-    /// fault and event files read nothing more.
-    func finishClose(_ c: IOMMUFDContext) {
-        for d in deviceFiles.values where d.bound?.context === c { d.bound = nil }
-        for (efd, ff) in faultFiles where ff.context === c { ff.fault.queue.onReadable = nil; swiftiommu_shim_signal(efd, 0) }
-        for (efd, q) in eventQueueFiles where q.context === c { q.queue.onReadinessChange = nil; swiftiommu_shim_signal(efd, 0) }
-        // A window still mapped holds the context's file in Linux; the program's exit is
-        // the usual way here, and the frames go with the context.
-        windows.removeAll { w in
-            guard w.context === c else { return false }
-            c.releaseMmap(w.owner)
-            return true
-        }
-        c.close()
-    }
-
-    /// dup of one of our descriptors: `new` names the same file as `old`.
-    func dup(_ old: Int32, _ new: Int32) -> Int32 {
-        if let c = contexts[old] { contexts[new] = c; return 0 }
-        if let d = deviceFiles[old] { deviceFiles[new] = d; return 0 }
-        if let f = faultFiles[old] { faultFiles[new] = f; return 0 }
-        if let i = injectionFiles[old] { injectionFiles[new] = (i.path, 0); return 0 }
-        if let t = statusFiles[old] { statusFiles[new] = t; return 0 }
-        if let a = accessFiles[old] { accessFiles[new] = a; return 0 }
-        if let q = eventQueueFiles[old] { eventQueueFiles[new] = q; return 0 }
-        return -EBADF
-    }
 
     // MARK: Process-wide
 

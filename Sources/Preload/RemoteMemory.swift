@@ -23,10 +23,12 @@ final class RemoteMemory: UserMemory {
     let host: HostMemory
     /// Set when the child's connection closed: its pid may name another process later.
     var isGone = false
-    /// Pinned pages by the child's address: the frame, its pins, and whether the parent's
-    /// memory holds it (a shared page) rather than this snapshot.
-    private var pinned: [UInt64: (frame: UInt64, pins: Int, shared: Bool)] = [:]
+    /// Pages copied in, by the child's address: the frame and its pins.
+    private var snapshots: [UInt64: (frame: UInt64, pins: Int)] = [:]
     private var addressOf: [UInt64: UInt64] = [:]
+    /// Pins taken on the parent's own memory for shared pages, by frame (the child may map
+    /// one page at several addresses: each pin is one of the parent's).
+    private var sharedPins: [UInt64: Int] = [:]
 
     init(pid: pid_t, host: HostMemory, physical: PhysicalMemory, frames: FrameAllocator) {
         self.pid = pid; self.host = host; self.physical = physical; self.frames = frames
@@ -57,13 +59,8 @@ final class RemoteMemory: UserMemory {
         var maps: [HostMapping]?
         while done < out.count {
             let va = address &+ UInt64(done) << 12
-            if let p = pinned[va] {
-                if p.shared {
-                    var f: UInt64 = 0
-                    guard let pva = sharedAddress(va, &maps), withUnsafeMutablePointer(to: &f, {
-                        host.pinPages(at: pva, write: write, into: UnsafeMutableBufferPointer(start: $0, count: 1)) }) == 1, f == p.frame else { break }
-                }
-                pinned[va] = (p.frame, p.pins + 1, p.shared)
+            if let p = snapshots[va] {
+                snapshots[va] = (p.frame, p.pins + 1)
                 out[done] = p.frame
                 done += 1
                 continue
@@ -71,8 +68,7 @@ final class RemoteMemory: UserMemory {
             if let pva = sharedAddress(va, &maps) {
                 var f: UInt64 = 0
                 guard withUnsafeMutablePointer(to: &f, { host.pinPages(at: pva, write: write, into: UnsafeMutableBufferPointer(start: $0, count: 1)) }) == 1 else { break }
-                pinned[va] = (f, 1, true)
-                addressOf[f] = va
+                sharedPins[f, default: 0] += 1
                 out[done] = f
                 done += 1
                 continue
@@ -84,7 +80,7 @@ final class RemoteMemory: UserMemory {
                 try? frames.free(f)
                 break
             }
-            pinned[va] = (f, 1, false)
+            snapshots[va] = (f, 1)
             addressOf[f] = va
             out[done] = f
             done += 1
@@ -94,21 +90,24 @@ final class RemoteMemory: UserMemory {
 
     func unpinPages(_ list: UnsafeBufferPointer<UInt64>) {
         for f in list {
-            guard let va = addressOf[f], let p = pinned[va] else { continue }
-            if p.shared { withUnsafePointer(to: f) { host.unpinPages(UnsafeBufferPointer(start: $0, count: 1)) } }
-            if p.pins > 1 { pinned[va] = (f, p.pins - 1, p.shared); continue }
-            pinned[va] = nil
+            if let n = sharedPins[f] {
+                sharedPins[f] = n > 1 ? n - 1 : nil
+                withUnsafePointer(to: f) { host.unpinPages(UnsafeBufferPointer(start: $0, count: 1)) }
+                continue
+            }
+            guard let va = addressOf[f], let p = snapshots[va] else { continue }
+            if p.pins > 1 { snapshots[va] = (f, p.pins - 1); continue }
+            snapshots[va] = nil
             addressOf[f] = nil
-            if !p.shared { try? frames.free(f) }
+            try? frames.free(f)
         }
     }
 
     /// Where the parent maps the child's page at `va`, when it is a shared page the parent
-    /// maps too (the child's mappings read once per pin call).
+    /// maps too (the child's mappings read once per call).
     private func sharedAddress(_ va: UInt64, _ maps: inout [HostMapping]?) -> UInt64? {
         if maps == nil { maps = HostMapping.all(of: pid) }
-        guard let m = maps?.first(where: { $0.start <= va && va < $0.end }), m.shared, m.inode != 0 || m.path.hasPrefix("/dev/zero") ||
-                m.path.hasPrefix("/SYSV") || m.path.hasPrefix("/memfd:") else { return nil }
+        guard let m = maps?.first(where: { $0.start <= va && va < $0.end }), m.shared else { return nil }
         return host.addressOfShared(device: m.device, inode: m.inode, offset: m.offset &+ (va &- m.start))
     }
 
@@ -121,11 +120,13 @@ final class RemoteMemory: UserMemory {
     }
 
     func inspectPage(at address: UInt64) -> UserPage? {
-        if let p = pinned[address] { return UserPage(frame: p.frame, pins: p.pins, huge: false) }
+        if let p = snapshots[address] { return UserPage(frame: p.frame, pins: p.pins, huge: false) }
+        var maps: [HostMapping]?
+        if let pva = sharedAddress(address, &maps) { return host.inspectPage(at: pva) }
         var byte: UInt8 = 0
         return transfer(address, &byte, 1, write: false) ? UserPage(frame: nil, pins: 0, huge: false) : nil
     }
 
     /// Pages pinned now.
-    var pinnedPages: Int { pinned.count }
+    var pinnedPages: Int { snapshots.count + sharedPins.count }
 }

@@ -20,8 +20,8 @@ extension PreloadRuntime {
 
     /// The host's status text of `pid` with the VmPin and VmLck lines replaced by `values`
     /// (KiB), when there are values.
-    static func statusText(pid: pid_t, _ values: (pinned: UInt64, locked: UInt64)?) -> String {
-        let real = HostMapping.readMaps("/proc/\(pid)/status") ?? ""
+    static func statusText(pid: pid_t, _ values: (pinned: UInt64, locked: UInt64)?) -> String? {
+        guard let real = HostMapping.readMaps("/proc/\(pid)/status") else { return nil }
         guard let values else { return real }
         func pad(_ v: UInt64) -> String { let s = String(v); return String(repeating: " ", count: max(0, 8 - s.count)) + s }
         var lines = real.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
@@ -50,10 +50,13 @@ extension PreloadRuntime {
 
 /// The same in a forked child: the accounting is the parent's, asked over the socket.
 extension ForkClient {
-    func openStatus(_ fd: Int32, pid: pid_t) {
+    /// 0, or -ENOENT for a process that does not exist.
+    func openStatus(_ fd: Int32, pid: pid_t) -> Int32 {
         let rc = call(ForkMessage.status, fd: -1, a: UInt64(UInt32(bitPattern: pid)))
         let values = rc < 0 ? nil : (pinned: UInt64(rc) >> 32, locked: UInt64(rc) & 0xFFFF_FFFF)
-        statusFiles[fd] = (Array(PreloadRuntime.statusText(pid: pid, values).utf8), 0)
+        guard let text = PreloadRuntime.statusText(pid: pid, values) else { return -ENOENT }
+        statusFiles[fd] = (Array(text.utf8), 0)
+        return 0
     }
 
     func readStatus(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: Int, at offset: Int?) -> Int {

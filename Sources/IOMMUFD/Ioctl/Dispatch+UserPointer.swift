@@ -39,8 +39,38 @@ extension IOMMUFDContext {
         do { try executeCommand(command, &a) } catch { rc = fail(error) }
         if a.responded && !memory.copyOut(to: arg, from: UnsafeRawBufferPointer(start: scratch, count: copied)) && rc == 0 {
             rc = fail(Errno.fault("\(command.name): the response could not be written back"))
+            undoUnreported(command, a)
         }
         return rc
+    }
+
+    /// A command whose response could not be written back made an object the program never
+    /// learns of: the allocation commands undo it, as theirs do when `iommufd_ucmd_respond`
+    /// fails (the object aborted, its file closed).
+    private func undoUnreported(_ command: IOMMUFDCommand, _ a: IoctlArgument) {
+        let idOffset: Int
+        switch command {
+        case .ioasAlloc, .faultQueueAlloc: idOffset = 8
+        case .vdeviceAlloc: idOffset = 12
+        case .hwptAlloc: idOffset = 16
+        case .viommuAlloc, .veventqAlloc, .hwQueueAlloc: idOffset = 20
+        default: return
+        }
+        guard let o = table.object(a.u32(idOffset)), !o.isDestroyed else { return }
+        switch o {
+        case let f as FaultObject:
+            releaseFile(Int32(bitPattern: a.u32(12)))
+            f.closeFile()
+        case let q as VEventQueueObject:
+            releaseFile(Int32(bitPattern: a.u32(24)))
+            q.closeFile()
+        case let vd as VDeviceObject:
+            // Linux finalizes a vDEVICE after the response: it never existed.
+            remove(vd)
+            return
+        default: break
+        }
+        try? destroy(o.id)
     }
 
     /// Bytes [address, address + count) must read as zero (E2BIG) and be readable (EFAULT).

@@ -201,8 +201,14 @@ extension IOMMUFDContext {
     func faultAllocIoctl(_ a: inout IoctlArgument) throws(Errno) {
         guard a.u32(4) == 0 else { throw Errno.notsupp("flags 0x\(String(a.u32(4), radix: 16))") }
         let f = try allocFault()
+        let fd = openFile(f)
+        guard fd >= 0 else {
+            f.closeFile()
+            try? destroy(f.id)
+            throw Errno.nomem("no file for the fault queue")
+        }
         a.set32(8, f.id)
-        a.set32(12, UInt32(bitPattern: openFile(f)))
+        a.set32(12, UInt32(bitPattern: fd))
         a.respond()
     }
 }

@@ -58,6 +58,9 @@ extension IOMMUFDContext {
         let base = a.u64(8), entryLength = Int(a.u32(20)), size = v.viommu.userInvalidationEntrySize
         if requested == 0 && a.u32(16) == dataType { return }
         guard a.u32(16) == dataType else { throw Errno.inval("invalidation data type \(a.u32(16))") }
+        // The driver copies the whole array into one kernel allocation (kcalloc): beyond
+        // KMALLOC_MAX_SIZE (4 MiB on x86-64) it fails.
+        guard UInt64(requested) * UInt64(size) <= 4 << 20 else { throw Errno.nomem("\(requested) invalidation entries") }
         var entries: [[UInt8]] = []
         entries.reserveCapacity(Int(min(requested, 4096)))
         for i in 0..<UInt64(requested) {

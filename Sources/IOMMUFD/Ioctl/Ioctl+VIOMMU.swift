@@ -127,8 +127,9 @@ extension IOMMUFDContext {
         let q = HWQueueObject(viommu: v, index: index, access: access, iova: base, length: length)
         try reserve(q)
         let ioas = v.parent.ioas
+        let alignment = max(ioas.iovaAlignment, access.iovaAlignment)
         do throws(Errno) {
-            try ioas.checkAreasAligned(max(ioas.iovaAlignment, access.iovaAlignment))
+            try ioas.checkAreasAligned(alignment)
             try add(access)
         } catch {
             abort(q)
@@ -138,6 +139,7 @@ extension IOMMUFDContext {
         access.ioas = ioas
         ioas.accesses.append(access)
         ioas.users += 1
+        ioas.iovaAlignment = alignment
         func undoAccess() {
             access.users = 1
             destroyAccess(access)

@@ -17,10 +17,9 @@ extension IOMMUFDContext {
     /// whose descriptor is returned; NEEDS_PIN_PAGES (1) is the only flag.
     func testCreateAccess(ioasID: UInt32, flags: UInt32) throws(Errno) -> UInt32 {
         guard flags & ~1 == 0 else { throw Errno.notsupp("access flags 0x\(String(flags, radix: 16))") }
-        var made: SelftestAccess?
-        let a = try createAccess(ioasID: ioasID, needsPinPages: flags & 1 != 0) { iova, length in made?.unmapped(iova, length) }
+        let a = try createAccess(ioasID: ioasID, needsPinPages: flags & 1 != 0, onUnmap: nil)
         let t = SelftestAccess(access: a)
-        made = t
+        a.onUnmap = { [weak t] iova, length in t?.unmapped(iova, length) }
         let fd = openFile(a)
         guard fd >= 0 else {
             destroyAccess(a)
@@ -30,9 +29,15 @@ extension IOMMUFDContext {
         return UInt32(bitPattern: fd)
     }
 
-    /// The access file `fd` was closed: its pins go, then the access.
+    /// `new` is a duplicate of the access file `old` (dup): either names the access.
+    public func duplicateTestAccess(_ old: Int32, as new: Int32) {
+        if let t = testAccesses[old] { testAccesses[new] = t }
+    }
+
+    /// The access file's descriptor `fd` was closed: with its last descriptor, its pins go,
+    /// then the access.
     public func closeTestAccess(_ fd: Int32) {
-        guard let t = testAccesses.removeValue(forKey: fd) else { return }
+        guard let t = testAccesses.removeValue(forKey: fd), !testAccesses.values.contains(where: { $0 === t }) else { return }
         for item in t.items { t.access.unpinPages(iova: item.iova, length: item.length) }
         t.items = []
         destroyAccess(t.access)
@@ -49,9 +54,16 @@ extension IOMMUFDContext {
         let frames = try t.access.pinPages(iova: iova, length: length, write: flags & 1 != 0)
         if uptr != 0 {
             let first = (uptr &- (iova & 0xFFF)) & ~0xFFF
-            for (k, f) in frames.enumerated() where memory.inspectPage(at: first &+ UInt64(k) << 12)?.frame != f {
-                t.access.unpinPages(iova: iova, length: length)
-                throw Errno(Errno.EBADE, "pinned page \(k) is not the user's page at 0x\(String(first &+ UInt64(k) << 12, radix: 16))")
+            for (k, f) in frames.enumerated() {
+                let va = first &+ UInt64(k) << 12
+                guard let page = memory.inspectPage(at: va) else {
+                    t.access.unpinPages(iova: iova, length: length)
+                    throw Errno.fault("user page 0x\(String(va, radix: 16)) is not mapped")
+                }
+                guard page.frame == f else {
+                    t.access.unpinPages(iova: iova, length: length)
+                    throw Errno(Errno.EBADE, "pinned page \(k) is not the user's page at 0x\(String(va, radix: 16))")
+                }
             }
         }
         let id = t.nextItemID

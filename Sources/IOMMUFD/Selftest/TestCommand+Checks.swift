@@ -51,11 +51,13 @@ extension IOMMUFDContext {
         let h: HWPTPaging = try get(id, .hwptPaging)
         guard let domain = h.domain as? MockPagingDomain, domain.trackingDirty else { throw Errno.inval("\(h) is not tracking dirty pages") }
         let bits = length / pageSize
-        guard bits <= UInt64(Int32.max) else { throw Errno.nomem("bitmap of \(bits) bits") }
+        // The mock allocates the bitmap (kvzalloc): past what that can give, ENOMEM.
+        guard bits <= 1 << 31 else { throw Errno.nomem("bitmap of \(bits) bits") }
         let bitmap = try copyIn(uptr, count: Int((bits + 7) / 8))
         var count: UInt64 = 0
         for i in 0..<bits where bitmap[Int(i / 8)] & (1 << (i % 8)) != 0 {
-            if domain.markDirty(slot: (iova + i * pageSize) / pageSize) { count += 1 }
+            // The kernel's unsigned long arithmetic: wraps.
+            if domain.markDirty(slot: (iova &+ i &* pageSize) / pageSize) { count += 1 }
         }
         return count
     }

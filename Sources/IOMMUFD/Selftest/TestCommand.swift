@@ -48,8 +48,30 @@ extension IOMMUFDContext {
         do { try testCommand(&bytes, userSize: size, responded: &responded) } catch { rc = fail(error) }
         if responded && !bytes.withUnsafeBytes({ memory.copyOut(to: arg, from: UnsafeRawBufferPointer(rebasing: $0[0..<copied])) }) && rc == 0 {
             rc = fail(Errno.fault("IOMMU_TEST_CMD: the response could not be written back"))
+            undoUnreported(StructBytes(bytes: bytes))
         }
         return rc
+    }
+
+    /// What the selftest undoes when its response cannot be written back (mock-driver §5.12):
+    /// MOCK_DOMAIN, CREATE_ACCESS, ACCESS_PAGES and PASID_ATTACH; the replace ops and DIRTY
+    /// keep what they did.
+    private func undoUnreported(_ c: StructBytes) {
+        switch IOMMUTestOp(rawValue: c.u32(4)) {
+        case .mockDomain, .mockDomainFlags:
+            if let s = table.object(c.u32(16)) as? SelftestObject, !s.isDestroyed { try? destroy(s.id) }
+        case .createAccess:
+            let fd = Int32(bitPattern: c.u32(16))
+            closeTestAccess(fd)
+            releaseFile(fd)
+        case .accessPages:
+            try? testDestroyAccessPages(fd: Int32(bitPattern: c.u32(8)), item: c.u32(20))
+        case .pasidAttach:
+            if let s = table.object(c.u32(8)) as? SelftestObject, let d = s.idev, !d.isDestroyed {
+                detach(d, pasid: Self.userPASID(PASID(truncating: c.u32(16))))
+            }
+        default: break
+        }
     }
 
     /// The same on the caller's bytes (tests): the array is the user's struct.

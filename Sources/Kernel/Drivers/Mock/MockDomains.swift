@@ -155,10 +155,15 @@ public final class MockPagingDomain: MockDomain, @unchecked Sendable {
         guard flags.contains(.dirtyTracking) else { throw .invalidArgument("\(self) has no dirty operations") }
         if record != nil && !trackingDirty { throw .invalidArgument("dirty tracking is off") }
         let step = MockIOMMUDriver.pageSize
+        let end = iova &+ size < iova ? UInt64.max : iova &+ size
+        // The walk only stops at present slots (an empty one advances 2 KiB): visit those in
+        // order, so a huge range over few mappings costs what is mapped.
+        let present = slots.keys.filter { $0 >= iova / step && $0 < end / step }.sorted()
         var cur = iova
-        let end = iova &+ size
-        while cur < end {
-            guard let e = slots[cur / step] else { cur += step; continue }
+        for key in present {
+            guard key * step >= cur else { continue }
+            cur = key * step
+            guard let e = slots[key] else { continue }
             let pgsize = e & Self.hugeBit != 0 ? MockIOMMUDriver.hugePageSize : step
             let head = cur & ~(pgsize - 1)
             var dirty = false
@@ -177,7 +182,8 @@ public final class MockPagingDomain: MockDomain, @unchecked Sendable {
                     }
                 }
             }
-            cur = head + pgsize
+            cur = head &+ pgsize
+            if cur < head { break }
         }
     }
 

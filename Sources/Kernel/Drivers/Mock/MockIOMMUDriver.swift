@@ -52,7 +52,12 @@ public final class MockIOMMUDriver: IOMMUDriver, @unchecked Sendable {
     public func createDevice(flags: MockDeviceFlags) throws(IOMMUError) -> Device {
         guard let core else { throw .noDevice("\(name) is not registered") }
         guard flags.isSubset(of: .all) else { throw .invalidArgument("mock device flags 0x\(String(flags.rawValue, radix: 16))") }
-        nextRequesterID &+= 1
+        // A requester ID no live mock device has (they wrap after 65535 devices).
+        var tries = 0
+        repeat {
+            nextRequesterID &+= 1
+            tries += 1
+        } while core.device(driver: self, unit: 0, requesterID: RequesterID(rawValue: nextRequesterID)) != nil && tries <= 1 << 16
         pendingFlags = flags
         defer { pendingFlags = [] }
         let desc = DeviceDescription(name: "mock\(nextRequesterID)", requesterID: RequesterID(rawValue: nextRequesterID), unit: 0,
