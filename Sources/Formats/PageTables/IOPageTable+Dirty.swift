@@ -2,7 +2,9 @@ import Platform
 
 /// Dirty tracking on an I/O page table: the hardware sets D in a leaf when it translates a
 /// write with A/D enabled (VT-d §3.6.2, SSADE); software reads and clears it (Linux
-/// `intel_iommu_read_and_clear_dirty`, drivers/iommu/intel/iommu.c).
+/// `intel_iommu_read_and_clear_dirty`, drivers/iommu/intel/iommu.c). Arm formats record the
+/// dirty state in the write permission under DBM (`PageTableFormat.isDirty`/`cleaned`; Linux
+/// io-pgtable-arm.c `arm_lpae_read_and_clear_dirty` sets AP[2] to clean).
 extension IOPageTable {
     /// Reports every leaf in [start, end) whose D bit is set, as (first IOVA of the leaf, its
     /// size): a superpage is reported whole. Clears D (atomically against the hardware
@@ -30,11 +32,11 @@ extension IOPageTable {
                 walkDirty(table: e.address, level: level - 1, base: entryBase, start: start, end: end, clear: clear, record)
                 continue
             }
-            guard raw & F.dirtyBit != 0 else { continue }
+            guard F.isDirty(raw) else { continue }
             if clear {
                 var seen = raw
-                while seen & F.dirtyBit != 0 {
-                    guard let r = try? memory.compareExchange64(address, expected: seen, desired: seen & ~F.dirtyBit) else { break }
+                while F.isDirty(seen) {
+                    guard let r = try? memory.compareExchange64(address, expected: seen, desired: F.cleaned(seen)) else { break }
                     if r.exchanged { break }
                     seen = r.original
                 }

@@ -132,6 +132,8 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     @_specialize(exported: true, where F == SecondStageFormat)
     @_specialize(exported: true, where F == FirstStageFormat)
     @_specialize(exported: true, where F == FirstStageDMAFormat)
+    @_specialize(exported: true, where F == ArmStage1Format)
+    @_specialize(exported: true, where F == ArmStage2Format)
     public func map(iova: UInt64, physical: UInt64, size: UInt64, permissions: PagePermissions) throws(PageTableError) {
         guard size > 0, (iova | physical | size) & 0xFFF == 0 else { throw .misaligned }
         guard !permissions.isDisjoint(with: .readWrite) else { throw .noAccess }
@@ -217,6 +219,8 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     @_specialize(exported: true, where F == SecondStageFormat)
     @_specialize(exported: true, where F == FirstStageFormat)
     @_specialize(exported: true, where F == FirstStageDMAFormat)
+    @_specialize(exported: true, where F == ArmStage1Format)
+    @_specialize(exported: true, where F == ArmStage2Format)
     public func unmap(iova: UInt64, size: UInt64, gather: inout UnmapGather, freeTables: Bool = true) throws(PageTableError) -> UInt64 {
         guard size > 0, (iova | size) & 0xFFF == 0 else { throw .misaligned }
         guard iova < inputLimit, inputLimit - iova >= size else { throw .outOfRange }
@@ -317,10 +321,8 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     private func split(raw: UInt64, decoded e: DecodedPTE, level: Int) -> UInt64? {
         guard let child = try? frames.allocate(.pageTable, owner: ownerTag) else { return nil }
         tablePageCount.add(1, ordering: .relaxed)
-        let sub = PageTableGeometry.span(level: level - 1)
-        let perms = e.permissions
         for i in 0..<UInt64(512) {
-            try? memory.store64(child + i * 8, F.leaf(address: e.address + i * sub, permissions: perms, level: level - 1))
+            try? memory.store64(child + i * 8, F.splitLeaf(raw, decoded: e, level: level, index: i))
         }
         return child
     }
@@ -331,6 +333,8 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     @_specialize(exported: true, where F == SecondStageFormat)
     @_specialize(exported: true, where F == FirstStageFormat)
     @_specialize(exported: true, where F == FirstStageDMAFormat)
+    @_specialize(exported: true, where F == ArmStage1Format)
+    @_specialize(exported: true, where F == ArmStage2Format)
     public func translate(_ iova: UInt64) -> (physical: UInt64, pageSize: UInt64, permissions: PagePermissions)? {
         guard iova < inputLimit else { return nil }
         guard let r = try? PageTableWalker.walk(F.self, memory: memory, root: root, levels: levels,

@@ -34,7 +34,8 @@ public struct DecodedPTE: Equatable, Sendable {
 public protocol PageTableFormat {
     /// A short name for reports.
     static var name: String { get }
-    /// The accessed bit hardware sets on use, and the dirty bit it sets on write.
+    /// The accessed bit hardware sets on use, and the dirty bit it sets on write (Arm: AF,
+    /// and DBM, the bit that enables dirty-state recording; see `isDirty`).
     static var accessedBit: UInt64 { get }
     static var dirtyBit: UInt64 { get }
     /// Encodes a leaf at `level` (1: 4 KiB, 2: 2 MiB, 3: 1 GiB) mapping `address`.
@@ -44,6 +45,41 @@ public protocol PageTableFormat {
     /// Decodes `raw` found at `level`; `addressMask` has the bits an address may use
     /// (bits HAW-1..12), everything above is reserved.
     static func decode(_ raw: UInt64, level: Int, addressMask: UInt64) -> DecodedPTE
+
+    // Dirty state and superpage splitting. The defaults below are the single-bit model of
+    // VT-d (a D bit hardware sets on write and software clears); Arm formats record dirtiness
+    // as write permission under DBM (VMSAv8-64 "dirty state": stage 1 AP[2] clear, stage 2
+    // S2AP[1] set) and override them.
+
+    /// The leaf `raw` records a write since it was last cleaned.
+    static func isDirty(_ raw: UInt64) -> Bool
+    /// `raw` with its dirty state cleaned, so the next write is recorded again.
+    static func cleaned(_ raw: UInt64) -> UInt64
+    /// `raw` as hardware leaves it when it allows a write and records the dirty state.
+    static func dirtied(_ raw: UInt64) -> UInt64
+    /// The leaf is writable only through a hardware dirty-state update (Arm: DBM set and the
+    /// write permission not yet granted); the walk reports it without write permission.
+    static func isWritableClean(_ raw: UInt64) -> Bool
+    /// The entry at `index` (0..<512) of the level `level - 1` table that maps what the
+    /// superpage `raw` (decoded as `decoded`) at `level` maps.
+    static func splitLeaf(_ raw: UInt64, decoded: DecodedPTE, level: Int, index: UInt64) -> UInt64
+}
+
+extension PageTableFormat {
+    @inlinable @inline(__always)
+    public static func isDirty(_ raw: UInt64) -> Bool { raw & dirtyBit != 0 }
+    @inlinable @inline(__always)
+    public static func cleaned(_ raw: UInt64) -> UInt64 { raw & ~dirtyBit }
+    @inlinable @inline(__always)
+    public static func dirtied(_ raw: UInt64) -> UInt64 { raw | dirtyBit }
+    @inlinable @inline(__always)
+    public static func isWritableClean(_ raw: UInt64) -> Bool { false }
+    /// A fresh leaf with the superpage's address and rights (accessed/dirty bits are not kept).
+    @inlinable
+    public static func splitLeaf(_ raw: UInt64, decoded: DecodedPTE, level: Int, index: UInt64) -> UInt64 {
+        leaf(address: decoded.address + index * PageTableGeometry.span(level: level - 1),
+             permissions: decoded.permissions, level: level - 1)
+    }
 }
 
 public enum PageTableGeometry {
