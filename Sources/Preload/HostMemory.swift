@@ -97,7 +97,7 @@ final class HostMemory: UserMemory {
     }
 
     private func pinOne(_ va: UInt64, write: Bool) -> UInt64? {
-        if let f = hugePages[va] { return pinHuge(va, f, write: write) }
+        if !hugePages.isEmpty, let f = hugePages[va] { return pinHuge(va, f, write: write) }
         if let f = byAddress[va], let p = pinned[f], case .moved(_, let prot) = p.page {
             // Moved before. The shim hears of the program's own mapping changes, not of
             // glibc's (free() of a large block unmaps it inside libc): the page table says
@@ -234,7 +234,7 @@ final class HostMemory: UserMemory {
     /// aliased frame gets its own storage back and is freed.
     func unpinPages(_ list: UnsafeBufferPointer<UInt64>) {
         for f in list {
-            if unpinHuge(f) { continue }
+            if !hugePins.isEmpty, unpinHuge(f) { continue }
             guard let p = pinned[f] else { continue }
             if p.pins > 1 { pinned[f] = (p.page, p.pins - 1); continue }
             switch p.page {
