@@ -10,10 +10,10 @@ final class SMMUv3Rig {
     let sid: UInt32 = 0x10
 
     init(configuration: SMMUv3Configuration = SMMUv3Configuration(), memory: UInt64 = 256 << 20, seed: UInt64 = 1,
-         twoLevel: Bool = false, eventQueueLog2: UInt8 = 7, priQueueLog2: UInt8 = 8, enable: Bool = true) throws {
+         twoLevel: Bool = false, streamTableLog2: UInt8? = nil, eventQueueLog2: UInt8 = 7, priQueueLog2: UInt8 = 8, enable: Bool = true) throws {
         platform = try PlatformContext(memorySize: memory, seed: seed)
         unit = SMMUv3Unit(configuration: configuration, platform: platform)
-        bench = try SMMUv3TestBench(platform: platform, unit: unit, twoLevel: twoLevel,
+        bench = try SMMUv3TestBench(platform: platform, unit: unit, streamTableLog2: streamTableLog2 ?? (twoLevel ? 16 : 8), twoLevel: twoLevel,
                                     eventQueueLog2: eventQueueLog2, priQueueLog2: priQueueLog2)
         if enable { try bench.enable() }
     }

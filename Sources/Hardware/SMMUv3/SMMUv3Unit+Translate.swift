@@ -53,12 +53,16 @@ struct CDCacheEntry: Sendable {
 /// A TLB entry: a leaf translation from the input page to the output page.
 struct SMMUTLBEntry: Sendable {
     var pageBase: UInt64
+    /// Nested entries: the IPA of the page and the rights stage 2 gives (so a permission
+    /// fault on a hit is reported at the stage that denies it).
+    var ipaBase: UInt64
     var pageShift: UInt8
     var permissions: UInt8
+    var s2Permissions: UInt8
     /// Write permission may be gained by a hardware dirty-state update (DBM with HD): a write
     /// that hits without write permission walks again instead of faulting.
     var dirtyUpgradable: Bool
-    static let empty = SMMUTLBEntry(pageBase: 0, pageShift: 12, permissions: 0, dirtyUpgradable: false)
+    static let empty = SMMUTLBEntry(pageBase: 0, ipaBase: 0, pageShift: 12, permissions: 0, s2Permissions: 0, dirtyUpgradable: false)
 }
 
 /// The translation regime a TLB entry belongs to (part of its tag).
@@ -233,7 +237,12 @@ extension SMMUv3Unit {
             }
             if !(p.dirtyUpgradable && access.contains(.write)) {
                 c.pointee.tlbHits &+= 1
-                return terminate(SMMUFault(event: .fPermission), sid: sid, ssid: ssid, address: address, access: access, ste: ste, cd: cd)
+                var f = SMMUFault(event: .fPermission)
+                if nested && Self.permissionFault(PagePermissions(rawValue: p.s2Permissions), access: access, stage2: true) != nil {
+                    f.s2 = true
+                    f.ipa = p.ipaBase | (input & ((1 << UInt64(p.pageShift)) - 1))
+                }
+                return terminate(f, sid: sid, ssid: ssid, address: address, access: access, ste: ste, cd: cd)
             }
         }
         c.pointee.tlbMisses &+= 1
@@ -274,7 +283,8 @@ extension SMMUv3Unit {
         let sizeClass = UInt64(w.pageShift == 30 ? 2 : w.pageShift == 21 ? 1 : 0)
         if sizeClass > 0 { superpageEntries &+= 1 }
         tlb.insert(input >> w.pageShift, Self.tlbKey1(world: world, vmid: vmid, asid: asid, sizeClass: sizeClass),
-                   SMMUTLBEntry(pageBase: w.pageBase, pageShift: UInt8(w.pageShift), permissions: w.permissions.rawValue,
+                   SMMUTLBEntry(pageBase: w.pageBase, ipaBase: w.ipaBase, pageShift: UInt8(w.pageShift),
+                                permissions: w.permissions.rawValue, s2Permissions: w.s2Permissions.rawValue,
                                 dirtyUpgradable: w.dirtyUpgradable))
     }
 

@@ -15,6 +15,9 @@ struct SMMUWalk {
     var dirtyUpgradable: Bool
     var fault: SMMUFault?
     var cacheable: Bool = true
+    /// Nested walks: the IPA page and stage 2's rights.
+    var ipaBase: UInt64 = 0
+    var s2Permissions: PagePermissions = .all
 
     @inline(__always)
     func output(_ input: UInt64) -> UInt64 { pageBase | (input & ((1 << pageShift) - 1)) }
@@ -156,6 +159,8 @@ extension SMMUv3Unit {
                                    permissions: perms.intersection(s2.permissions),
                                    dirtyUpgradable: upgradable || s2.dirtyUpgradable)
                 out.fault = s2.fault
+                out.ipaBase = ipa & ~((1 << combined) - 1)
+                out.s2Permissions = s2.permissions
                 return .success(out)
             case .failure(let f):
                 return .failure(f)
