@@ -171,7 +171,7 @@ struct SMMUv3TranslationTests {
         #expect(ArmStage1Format.isDirty(try rig.memory.load64(l4)))
     }
 
-    @Test("GBPA bypass with SMMUEN 0, STE bypass, abort STE: no events; the TLB hit path allocates nothing")
+    @Test("STE bypass passes addresses through; an abort STE terminates silently: no events")
     func bypassAndAbort() throws {
         let rig = try SMMUv3Rig()
         try rig.bench.setSTE(1, .bypass())
