@@ -1,0 +1,62 @@
+// SMMUv3 configuration cache and TLB invalidation (IHI 0070 §4.3 CMD_CFGI_*, §4.4 CMD_TLBI_*,
+// §16.2 caching). CFGI_STE drops the STE and every CD cached through it; CFGI_CD one CD;
+// CFGI_CD_ALL the CDs of a StreamID; CFGI_ALL everything. TLB invalidations match entries by
+// their architected tags: translation regime (NS-EL1 stage 1, EL2, stage 2, nested), VMID,
+// ASID and input address (one address, or a range of (NUM+1) × 2^SCALE granules). Leaf and
+// TTL are hints: only leaf entries are cached, so they change nothing here.
+import Platform
+import Formats
+
+extension SMMUv3Unit {
+    func invalidateConfiguration(sids: ClosedRange<UInt32>) {
+        var n = steCache.removeAll { key0, _, _ in sids.contains(UInt32(truncatingIfNeeded: key0)) }
+        n += cdCache.removeAll { key0, _, _ in sids.contains(UInt32(truncatingIfNeeded: key0)) }
+        countersStorage.pointee.configEntriesInvalidated &+= UInt64(n)
+    }
+
+    func invalidateAllConfiguration() {
+        var n = steCache.removeAll { _, _, _ in true }
+        n += cdCache.removeAll { _, _, _ in true }
+        countersStorage.pointee.configEntriesInvalidated &+= UInt64(n)
+    }
+
+    func invalidateCD(sid: UInt32, ssid: UInt32) {
+        if cdCache.remove(UInt64(sid), UInt64(ssid)) { countersStorage.pointee.configEntriesInvalidated &+= 1 }
+    }
+
+    func invalidateCDs(sid: UInt32) {
+        let n = cdCache.removeAll { key0, _, _ in key0 == UInt64(sid) }
+        countersStorage.pointee.configEntriesInvalidated &+= UInt64(n)
+    }
+
+    /// Drops the TLB entries whose (world, VMID, ASID) tag matches.
+    func invalidateTLB(_ match: (UInt64, UInt16, UInt16) -> Bool) {
+        let n = tlb.removeAll { _, key1, _ in
+            match((key1 >> 48) & 0xFF, UInt16(truncatingIfNeeded: key1 >> 16), UInt16(truncatingIfNeeded: key1))
+        }
+        noteTLBInvalidated(n)
+    }
+
+    /// Drops the matching TLB entries that overlap the address or range `r` names.
+    func invalidateTLB(range r: TLBIAddress, _ match: (UInt64, UInt16, UInt16) -> Bool) {
+        let lo = r.address
+        let bytes = r.rangeBytes ?? 4096
+        let (end, o) = lo.addingReportingOverflow(bytes)
+        let hi = o ? UInt64.max : end - 1
+        let n = tlb.removeAll { key0, key1, payload in
+            guard match((key1 >> 48) & 0xFF, UInt16(truncatingIfNeeded: key1 >> 16), UInt16(truncatingIfNeeded: key1)) else {
+                return false
+            }
+            let shift = UInt64(payload.pageShift)
+            let start = key0 << shift
+            let last = start | ((1 << shift) - 1)
+            return start <= hi && last >= lo
+        }
+        noteTLBInvalidated(n)
+    }
+
+    func noteTLBInvalidated(_ n: Int) {
+        countersStorage.pointee.tlbEntriesInvalidated &+= UInt64(n)
+        if tlb.count == 0 { superpageEntries = 0 }
+    }
+}
