@@ -156,9 +156,12 @@ final class ArmSMMUS1Domain: ArmSMMUPagingDomain, @unchecked Sendable {
         return stePath == .teardownSetup || cdPath == .teardownSetup ? .teardownSetup : stePath
     }
 
+    /// The core's rights are IOMMU_READ/WRITE without IOMMU_PRIV, so every leaf is
+    /// unprivileged-accessible (io-pgtable-arm sets AP[1], `ARM_LPAE_PTE_AP_UNPRIV`).
     override func mapPages(iova: UInt64, physical: UInt64, pageSize: UInt64, count: UInt64,
                            permissions: PagePermissions) throws(IOMMUError) -> UInt64 {
-        try pageTable.domainMap(iova: iova, physical: physical, pageSize: pageSize, count: count, permissions: permissions, domain: self)
+        try pageTable.domainMap(iova: iova, physical: physical, pageSize: pageSize, count: count,
+                                permissions: permissions.union(.user), domain: self)
     }
 
     override func unmapPages(iova: UInt64, pageSize: UInt64, count: UInt64, gather: inout UnmapGather) -> UInt64 {
