@@ -28,10 +28,17 @@ public struct DeviceDescription: Sendable {
 }
 
 /// A fault the driver read from the hardware and the core reported for a device.
+///
+/// `record` is in VT-d's fault-record terms (requester ID, reason, page address, PASID,
+/// access), which every driver can fill; an SMMUv3 driver puts the event's StreamID (the
+/// requester ID), event number, input address and SubstreamID there and the whole
+/// architected event in `event`.
 public struct ReportedFault: Equatable, Sendable {
     public var time: UInt64
     public var unit: Int
     public var record: FaultRecord
+    /// The SMMUv3 event record the fault came from (nil: a VT-d fault record).
+    public var event: SMMUEventRecord? = nil
 }
 
 /// A device known to the IOMMU core (Linux `struct device` with its `dev_iommu`).

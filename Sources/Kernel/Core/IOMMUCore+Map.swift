@@ -200,8 +200,10 @@ extension IOMMUCore {
 
     /// A driver reports a non-recoverable fault read from `unit`'s fault-recording registers;
     /// it is logged for the device that caused it (Linux `report_iommu_fault` / dmar_fault).
-    public func reportFault(driver: any IOMMUDriver, unit: Int, record: FaultRecord) {
-        let fault = ReportedFault(time: platform.scheduler.now, unit: unit, record: record)
+    /// An SMMUv3 driver passes the architected event too (`event`), with its StreamID as the
+    /// record's requester ID.
+    public func reportFault(driver: any IOMMUDriver, unit: Int, record: FaultRecord, event: SMMUEventRecord? = nil) {
+        let fault = ReportedFault(time: platform.scheduler.now, unit: unit, record: record, event: event)
         let dev = device(driver: driver, unit: unit, requesterID: record.source)
         if let dev {
             dev.faultCount += 1

@@ -1,0 +1,59 @@
+import Platform
+import Formats
+import Hardware
+
+extension ArmSMMUDevice {
+    /// The event queue interrupt thread (Linux `arm_smmu_evtq_thread`): reads records from
+    /// CONS until CONS = PROD, reports each as the core's fault for the master that owns its
+    /// StreamID (Linux `arm_smmu_find_master`; records of unknown StreamIDs are counted), then
+    /// acknowledges an overflow by copying PROD.OVFLG into CONS.OVACKFLG.
+    func handleEventQueue() {
+        let mask: UInt32 = (1 << (evtqLog2 + 1)) - 1
+        let indexMask: UInt32 = (1 << evtqLog2) - 1
+        while true {
+            let prod = unit.read32(SMMUv3Register.evtqProd)
+            var cons = unit.read32(SMMUv3Register.evtqCons)
+            if (prod ^ cons) & mask == 0 {
+                if (prod ^ cons) & SMMUv3Bits.queueOverflow != 0 {
+                    eventOverflows += 1
+                    unit.write32(SMMUv3Register.evtqCons, (cons & mask) | (prod & SMMUv3Bits.queueOverflow))
+                }
+                return
+            }
+            while (cons ^ prod) & mask != 0 {
+                let slot = evtqFrame + UInt64(cons & indexMask) * RawEvent.size
+                let raw = RawEvent((try? load(slot)) ?? 0, (try? load(slot + 8)) ?? 0, (try? load(slot + 16)) ?? 0, (try? load(slot + 24)) ?? 0)
+                report(SMMUEventRecord.decode(raw))
+                cons = (cons & SMMUv3Bits.queueOverflow) | ((cons + 1) & mask)
+            }
+            // Consumed up to PROD; OVACKFLG takes PROD.OVFLG (Linux `queue_sync_cons_out`
+            // after `Q_OVF(q->prod)`).
+            if (prod ^ cons) & SMMUv3Bits.queueOverflow != 0 { eventOverflows += 1 }
+            unit.write32(SMMUv3Register.evtqCons, (cons & mask) | (prod & SMMUv3Bits.queueOverflow))
+        }
+    }
+
+    private func report(_ event: SMMUEventRecord) {
+        eventsHandled += 1
+        guard let master = masters[event.sid], let driver, let core = driver.core else {
+            unknownStreamEvents += 1
+            return
+        }
+        let record = FaultRecord(source: master.device.requesterID, reason: event.id, address: event.inputAddress,
+                                 pasid: event.ssid.map { PASID(truncating: $0) }, isRead: event.read,
+                                 execute: event.instruction, privileged: event.privileged)
+        core.reportFault(driver: driver, unit: index, record: record, event: event)
+    }
+
+    /// The global error interrupt (Linux `arm_smmu_gerror_handler`): a command queue error
+    /// is skipped (`arm_smmu_cmdq_skip_err`); every active error is acknowledged in GERRORN.
+    func handleGlobalError() {
+        let gerror = unit.read32(SMMUv3Register.gerror), gerrorn = unit.read32(SMMUv3Register.gerrorn)
+        let active = (gerror ^ gerrorn) & SMMUv3Bits.gerrorMask
+        guard active != 0 else { return }
+        globalErrors += 1
+        if active & SMMUv3Bits.gerrorCMDQ != 0 { cmdq.skipError() }
+        let now = unit.read32(SMMUv3Register.gerrorn)
+        unit.write32(SMMUv3Register.gerrorn, now ^ ((gerror ^ now) & SMMUv3Bits.gerrorMask))
+    }
+}

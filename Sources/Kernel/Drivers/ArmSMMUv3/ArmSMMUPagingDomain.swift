@@ -1,0 +1,221 @@
+import Platform
+import Formats
+import Hardware
+
+/// Which stage an SMMUv3 paging domain translates with (Linux `enum arm_smmu_domain_stage`).
+public enum ArmSMMUStage: String, Sendable, CaseIterable {
+    /// Stage 1: a CD with an ASID, VMSAv8-64 stage 1 tables. Linux's choice where the unit has it.
+    case s1
+    /// Stage 2: the STE holds a VMID and the stage 2 tables. Nest parents and dirty tracking.
+    case s2
+}
+
+/// A paging domain of one SMMUv3 unit (Linux `arm_smmu_domain` after
+/// `arm_smmu_domain_finalise`): bound to the unit it was allocated for, tagged by an ASID
+/// (stage 1) or a VMID (stage 2) held for the domain's whole life and released only after the
+/// TLBI by it completed, at free. The TLB maintenance of unmaps is here; the tables and the
+/// entries in the subclasses.
+class ArmSMMUPagingDomain: ArmSMMUDomain, @unchecked Sendable {
+    unowned(unsafe) let smmu: ArmSMMUDevice
+    let stage: ArmSMMUStage
+    /// The ASID (stage 1) or VMID (stage 2).
+    let tag: UInt16
+    /// IDR3.RIL: range TLBIs (Linux `ARM_SMMU_FEAT_RANGE_INV`).
+    let rangeInvalidation: Bool
+
+    /// Most single-granule TLBIs one flush issues before it invalidates the whole ASID/VMID
+    /// instead (without RIL). Linux `CMDQ_MAX_TLBI_OPS` (1 << (PAGE_SHIFT − 3)).
+    static let maxTLBIOps: UInt64 = 512
+
+    init(driver: ArmSMMUv3Driver, smmu: ArmSMMUDevice, stage: ArmSMMUStage, tag: UInt16, type: DomainType, flags: DomainFlags,
+         apertureEnd: UInt64) {
+        self.smmu = smmu; self.stage = stage; self.tag = tag
+        rangeInvalidation = smmu.features.rangeInvalidation
+        super.init(driver: driver, type: type, flags: flags, pageSizes: 1 << 12 | 1 << 21 | 1 << 30, apertureEnd: apertureEnd)
+    }
+
+    override var description: String { "domain \(id) (\(type), \(stage == .s1 ? "S1 ASID" : "S2 VMID") \(tag))" }
+
+    /// A domain is finalised for one unit (Linux `arm_smmu_attach_dev`: `smmu_domain->smmu !=
+    /// master->smmu` is EINVAL).
+    override func attach(_ device: Device, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
+        let (u, master) = try driver.lookup(device)
+        guard u === smmu else { throw .incompatible("\(self) belongs to \(smmu.name), not \(u.name)") }
+        return try install(master, on: u)
+    }
+
+    // MARK: TLB maintenance (Linux `arm_smmu_tlb_inv_range_domain`, `arm_smmu_tlb_inv_context`)
+
+    /// The flush of an unmap (Linux `arm_smmu_iotlb_sync`): the gathered range by VA
+    /// (TLBI_NH_VA with the ASID) or by IPA (TLBI_S2_IPA with the VMID), then CMD_SYNC. Leaf
+    /// only when no table page was freed (Linux sends a non-leaf TLBI from the io-pgtable
+    /// walk flush when it frees a table; the core frees them after this returns).
+    override func iotlbSync(_ gather: inout UnmapGather) throws(IOMMUError) {
+        guard gather.start < gather.end else { return }
+        try invalidateRange(start: gather.start, size: gather.end - gather.start,
+                            leaf: gather.freedTables.isEmpty, largestPage: gather.largestPage)
+    }
+
+    /// Linux `arm_smmu_flush_iotlb_all`: TLBI_NH_ASID (stage 1) or TLBI_S12_VMALL (stage 2), SYNC.
+    override func flushAll() throws(IOMMUError) {
+        try smmu.platform.withHardware { () throws(IOMMUError) in
+            try smmu.cmdq.issue(contextInvalidation)
+            try smmu.cmdq.sync()
+        }
+    }
+
+    var contextInvalidation: SMMUCommand {
+        stage == .s1 ? .tlbiNHASID(vmid: 0, asid: tag) : .tlbiS12VMAll(vmid: tag)
+    }
+
+    @inline(__always)
+    private func command(_ address: TLBIAddress) -> SMMUCommand {
+        stage == .s1 ? .tlbiNHVA(vmid: 0, asid: tag, address) : .tlbiS2IPA(vmid: tag, address)
+    }
+
+    /// Linux `__arm_smmu_tlb_inv_range`. With RIL: commands of (NUM + 1) × 2^SCALE 4 KiB pages,
+    /// SCALE the lowest set bit of the pages left, TG 4 KiB and TTL 3 for leaves when only 4 KiB
+    /// pages were cleared (the core's gather may mix page sizes, so a larger page gets TTL 0,
+    /// any level). Without RIL: one command per 4 KiB page, or the whole context beyond
+    /// `maxTLBIOps` pages. Then CMD_SYNC.
+    /// - Complexity: O(log pages) commands with RIL; allocation-free.
+    func invalidateRange(start: UInt64, size: UInt64, leaf: Bool, largestPage: UInt64) throws(IOMMUError) {
+        let q = smmu.cmdq
+        try smmu.platform.withHardware { () throws(IOMMUError) in
+            var pages = (size + 0xFFF) >> 12
+            var iova = start & ~0xFFF
+            if rangeInvalidation {
+                let ttl: UInt8 = leaf && largestPage <= 4096 ? 3 : 0
+                while pages > 0 {
+                    let scale = UInt64(pages.trailingZeroBitCount)
+                    let num = (pages >> scale) & 0x1F
+                    try q.issue(command(TLBIAddress(address: iova, leaf: leaf, granule: .size4K, ttl: ttl,
+                                                    num: UInt8(num - 1), scale: UInt8(scale))))
+                    iova &+= num << (scale + 12)
+                    pages -= num << scale
+                }
+            } else if pages > Self.maxTLBIOps {
+                try q.issue(contextInvalidation)
+            } else {
+                for _ in 0..<pages {
+                    try q.issue(command(TLBIAddress(address: iova, leaf: leaf)))
+                    iova &+= 4096
+                }
+            }
+            try q.sync()
+        }
+    }
+
+    /// TLBI by the whole context and SYNC, then the ASID/VMID goes back (quarantined if the
+    /// TLBI failed) and the tables are freed — or held until translation is off when the
+    /// hardware may still walk them (Linux `arm_smmu_domain_free_paging`: `free_io_pgtable_ops`
+    /// flushes the context, then the ASID leaves `arm_smmu_asid_xa` / the VMID the IDA).
+    func releaseContext(tables: [UInt64]) {
+        var invalidated = true
+        do { try flushAll() } catch { invalidated = false }
+        if stage == .s1 { driver.releaseASID(tag, invalidated: invalidated) } else { smmu.releaseVMID(tag, invalidated: invalidated) }
+        if invalidated {
+            for t in tables { try? smmu.platform.frames.free(t) }
+        } else {
+            driver.core?.holdUntilTranslationOff(tables)
+        }
+    }
+}
+
+/// A stage 1 paging domain (Linux `ARM_SMMU_DOMAIN_S1`, `ARM_64_LPAE_S1` io-pgtable): CD 0 of
+/// the master's CD table holds its ASID and tables (`arm_smmu_make_s1_cd`), and the STE points
+/// at the CD table (`arm_smmu_make_cdtable_ste`, S1DSS = SSID0).
+final class ArmSMMUS1Domain: ArmSMMUPagingDomain, @unchecked Sendable {
+    let pageTable: IOPageTable<ArmStage1Format>
+
+    init(driver: ArmSMMUv3Driver, smmu: ArmSMMUDevice, asid: UInt16, pageTable: IOPageTable<ArmStage1Format>, type: DomainType,
+         flags: DomainFlags) {
+        self.pageTable = pageTable
+        super.init(driver: driver, smmu: smmu, stage: .s1, tag: asid, type: type, flags: flags, apertureEnd: pageTable.inputLimit - 1)
+    }
+
+    public override var tableOwnerTag: UInt32 { pageTable.ownerTag }
+
+    var contextDescriptor: ContextDescriptor {
+        .s1(asid: tag, ttb: pageTable.root, inputBits: 48, outputBits: smmu.features.outputAddressBits)
+    }
+
+    /// Linux `arm_smmu_attach_dev` for stage 1: CD 0 first, then the CD-table STE. The CD's
+    /// update matters only if the STE in force already used the CD table (S1 → S1: same STE,
+    /// another CD; the CD's ASID and TTB0 words both change, so the writer goes through
+    /// V = 0 as Linux's does); otherwise the STE's update is the transition.
+    override func install(_ master: ArmSMMUMaster, on u: ArmSMMUDevice) throws(IOMMUError) -> UpdatePath {
+        let cdInUse = master.steUsesCDTable
+        let table = try u.ensureCDTable(master)
+        let cdPath = try u.writeCD(master, contextDescriptor)
+        let ste = StreamTableEntry.cdTable(contextPointer: table, format: .linear, s1CDMax: 0, s1DSS: .ssid0,
+                                           stallDisable: u.features.stallModel == .stallOrTerminate)
+        let stePath = try u.writeSTE(master, ste)
+        guard cdInUse else { return stePath }
+        if stePath == .unchanged { return cdPath }
+        return stePath == .teardownSetup || cdPath == .teardownSetup ? .teardownSetup : stePath
+    }
+
+    /// The core's rights are IOMMU_READ/WRITE without IOMMU_PRIV, so every leaf is
+    /// unprivileged-accessible (io-pgtable-arm sets AP[1], `ARM_LPAE_PTE_AP_UNPRIV`).
+    override func mapPages(iova: UInt64, physical: UInt64, pageSize: UInt64, count: UInt64,
+                           permissions: PagePermissions) throws(IOMMUError) -> UInt64 {
+        try pageTable.domainMap(iova: iova, physical: physical, pageSize: pageSize, count: count,
+                                permissions: permissions.union(.user), domain: self)
+    }
+
+    override func unmapPages(iova: UInt64, pageSize: UInt64, count: UInt64, gather: inout UnmapGather) -> UInt64 {
+        pageTable.domainUnmap(iova: iova, pageSize: pageSize, count: count, gather: &gather)
+    }
+
+    override func iovaToPhys(_ iova: UInt64) -> UInt64? { pageTable.translate(iova)?.physical }
+
+    override func free() {
+        var gather = UnmapGather()
+        pageTable.destroy(into: &gather)
+        releaseContext(tables: gather.freedTables)
+    }
+}
+
+/// A stage 2 paging domain (Linux `ARM_SMMU_DOMAIN_S2`, `ARM_64_LPAE_S2` io-pgtable): the STE
+/// holds the VMID, VTCR and tables (`arm_smmu_make_s2_domain_ste`). Nest parents and
+/// dirty-tracking domains are of this kind (their flags are recorded; nesting and dirty
+/// reads are later slices).
+final class ArmSMMUS2Domain: ArmSMMUPagingDomain, @unchecked Sendable {
+    let pageTable: IOPageTable<ArmStage2Format>
+
+    init(driver: ArmSMMUv3Driver, smmu: ArmSMMUDevice, vmid: UInt16, pageTable: IOPageTable<ArmStage2Format>, type: DomainType,
+         flags: DomainFlags) {
+        self.pageTable = pageTable
+        super.init(driver: driver, smmu: smmu, stage: .s2, tag: vmid, type: type, flags: flags, apertureEnd: pageTable.inputLimit - 1)
+    }
+
+    public override var tableOwnerTag: UInt32 { pageTable.ownerTag }
+
+    var streamTableEntry: StreamTableEntry {
+        .s2Domain(vmid: tag, translation: .granule4K(levels: pageTable.levels, outputBits: smmu.features.outputAddressBits),
+                  ttb: pageTable.root)
+    }
+
+    /// Linux `arm_smmu_attach_dev` for stage 2: the STE, then CD 0 cleared.
+    override func install(_ master: ArmSMMUMaster, on u: ArmSMMUDevice) throws(IOMMUError) -> UpdatePath {
+        try installWithoutCD(master, on: u, streamTableEntry)
+    }
+
+    override func mapPages(iova: UInt64, physical: UInt64, pageSize: UInt64, count: UInt64,
+                           permissions: PagePermissions) throws(IOMMUError) -> UInt64 {
+        try pageTable.domainMap(iova: iova, physical: physical, pageSize: pageSize, count: count, permissions: permissions, domain: self)
+    }
+
+    override func unmapPages(iova: UInt64, pageSize: UInt64, count: UInt64, gather: inout UnmapGather) -> UInt64 {
+        pageTable.domainUnmap(iova: iova, pageSize: pageSize, count: count, gather: &gather)
+    }
+
+    override func iovaToPhys(_ iova: UInt64) -> UInt64? { pageTable.translate(iova)?.physical }
+
+    override func free() {
+        var gather = UnmapGather()
+        pageTable.destroy(into: &gather)
+        releaseContext(tables: gather.freedTables)
+    }
+}

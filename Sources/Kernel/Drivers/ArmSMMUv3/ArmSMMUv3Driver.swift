@@ -1,0 +1,173 @@
+import Platform
+import Formats
+import Hardware
+
+/// The Arm SMMUv3 driver (the counterpart of drivers/iommu/arm/arm-smmu-v3/arm-smmu-v3.c):
+/// one instance manages a set of SMMUv3 units, programming them only through their
+/// registers and structures in physical memory.
+///
+/// This slice: bring-up, streams (StreamID = requester ID) with 2-level or linear stream
+/// tables, stage 1 and stage 2 paging domains with ASIDs/VMIDs, identity and blocked
+/// domains, STE/CD updates through `SMMUEntryWriter`, TLB maintenance with RIL, and the event
+/// queue reported as the core's faults. No SubstreamIDs (PASIDs), ATS, PRI, stalls or nesting yet.
+public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
+    public let name: String
+    public let platform: PlatformContext
+    public let units: [ArmSMMUDevice]
+    /// The core this driver is registered with (it owns the driver; not counted).
+    public private(set) unowned(unsafe) var core: IOMMUCore?
+    /// ASIDs, shared by every unit (Linux `arm_smmu_asid_xa` is global, since SVA shares
+    /// ASIDs with the CPU); each allocation is bounded by its unit's ASID bits.
+    public internal(set) var asids = ArmSMMUIDAllocator(bits: 16)
+    /// The stage DMA and unmanaged domains use where the flags allow both: nil follows Linux
+    /// (stage 1 where the unit has it, "Prefer S1 if available"); `.s2` forces stage 2.
+    public var preferredStage: ArmSMMUStage?
+    private lazy var blocked = ArmSMMUBlockedDomain(driver: self)
+    private lazy var identity = ArmSMMUIdentityDomain(driver: self)
+
+    /// Brings up `hardware` (Linux `arm_smmu_device_probe` → `arm_smmu_device_reset`).
+    public init(name: String = "arm-smmu-v3", platform: PlatformContext, hardware: [SMMUv3Unit]) throws(IOMMUError) {
+        self.name = name
+        self.platform = platform
+        var made: [ArmSMMUDevice] = []
+        for (i, u) in hardware.enumerated() {
+            do {
+                let d = try ArmSMMUDevice(index: i, unit: u, platform: platform)
+                made.append(d)
+                try d.reset()
+            } catch {
+                for m in made { m.shutdown() }
+                throw error
+            }
+        }
+        units = made
+        for u in units { u.driver = self }
+    }
+
+    /// Turns every unit off and frees its tables and queues (after all devices are released).
+    public func shutdown() {
+        for u in units { u.shutdown() }
+    }
+
+    public var unitCount: Int { units.count }
+    public var blockedDomain: IOMMUDomain { blocked }
+    public var identityDomain: IOMMUDomain? { identity }
+
+    public func register(with core: IOMMUCore) { self.core = core }
+
+    func unit(for device: Device) throws(IOMMUError) -> ArmSMMUDevice {
+        guard device.driver === self, device.unit >= 0, device.unit < units.count else {
+            throw .incompatible("\(device) is not behind \(name)")
+        }
+        return units[device.unit]
+    }
+
+    /// The unit and master state of a probed device.
+    func lookup(_ device: Device) throws(IOMMUError) -> (ArmSMMUDevice, ArmSMMUMaster) {
+        let u = try unit(for: device)
+        guard let m = device.driverData as? ArmSMMUMaster else { throw .noDevice("\(device) is not probed on \(u.name)") }
+        return (u, m)
+    }
+
+    /// The StreamID the driver gave `device` (its requester ID), while probed.
+    public func streamID(of device: Device) -> UInt32? { (device.driverData as? ArmSMMUMaster)?.sid }
+
+    /// The ASID (stage 1) or VMID (stage 2) of a paging domain.
+    public func context(of domain: IOMMUDomain) -> (stage: ArmSMMUStage, id: UInt16)? {
+        (domain as? ArmSMMUPagingDomain).map { ($0.stage, $0.tag) }
+    }
+
+    /// Linux `arm_smmu_probe_device`: the stream is set up with an aborting STE. No PASIDs in
+    /// this slice (SubstreamIDs come with CD tables per SSID), so the limit is 0.
+    public func probeDevice(_ device: Device) throws(IOMMUError) -> UInt32 {
+        _ = try unit(for: device).probe(device)
+        return 0
+    }
+
+    public func releaseDevice(_ device: Device) {
+        guard let (u, m) = try? lookup(device) else { return }
+        u.release(m)
+    }
+
+    /// Linux `arm_smmu_capable`: coherent walks (IDR0.COHACC), deferred flush always, dirty
+    /// tracking where the unit updates dirty state in hardware (`arm_smmu_dbm_capable`).
+    public func capable(_ device: Device, _ capability: DriverCapability) -> Bool {
+        guard let u = try? unit(for: device) else { return false }
+        switch capability {
+        case .cacheCoherency, .deferredFlush: return true
+        case .dirtyTracking: return u.features.httu == .accessFlagAndDirty
+        }
+    }
+
+    /// Linux `arm_smmu_get_resv_regions`: the software MSI window at `MSI_IOVA_BASE`.
+    public func reservedRegions(for device: Device) -> [ReservedRegion] {
+        [ReservedRegion(start: 0x0800_0000, last: 0x080F_FFFF, kind: .softwareMSI)]
+    }
+
+    /// Linux `arm_smmu_domain_alloc_paging_flags` + `arm_smmu_domain_finalise`: stage 1 when
+    /// the flags are at most PASID and the unit has it ("Prefer S1 if available"), stage 2
+    /// for nest parents (the unit needs both stages) and dirty tracking (HTTU with dirty
+    /// state), else EOPNOTSUPP. The page table is made first, then the ASID or VMID; a
+    /// failure of the second frees the first.
+    public func allocPagingDomain(for device: Device, type: DomainType, flags: DomainFlags) throws(IOMMUError) -> IOMMUDomain {
+        let u = try unit(for: device)
+        guard type.isPaging else { throw .invalidArgument("\(type) is not a paging type") }
+        guard flags.isSubset(of: [.pasid, .nestParent, .dirtyTracking]) else { throw .notSupported("flags \(flags)") }
+        let stage: ArmSMMUStage
+        if flags.isSubset(of: .pasid) {
+            guard u.features.stage1 || u.features.stage2 else { throw .notSupported("\(u.name) translates at no stage") }
+            stage = u.features.stage1 && preferredStage != .s2 ? .s1 : .s2
+            if stage == .s2 && !u.features.stage2 { throw .notSupported("\(u.name) has no stage 2") }
+        } else {
+            if flags.contains(.nestParent) && !(u.features.stage1 && u.features.stage2) {
+                throw .notSupported("\(u.name) cannot nest")
+            }
+            if flags.contains(.dirtyTracking) && u.features.httu != .accessFlagAndDirty {
+                throw .notSupported("\(u.name) cannot track dirty pages")
+            }
+            guard u.features.stage2 else { throw .notSupported("\(u.name) has no stage 2") }
+            stage = .s2
+        }
+        let oas = u.features.outputAddressBits
+        let owner = platform.frames.makeOwnerTag()
+        switch stage {
+        case .s1:
+            let table: IOPageTable<ArmStage1Format>
+            do { table = try IOPageTable(memory: platform.memory, frames: platform.frames, levels: 4, addressWidth: oas, ownerTag: owner) } catch {
+                throw .noMemory("page-table root")
+            }
+            let asid: UInt16
+            do { asid = try allocateASID(on: u) } catch {
+                table.domainFree()
+                throw error
+            }
+            return ArmSMMUS1Domain(driver: self, smmu: u, asid: asid, pageTable: table, type: type, flags: flags)
+        case .s2:
+            let table: IOPageTable<ArmStage2Format>
+            do { table = try IOPageTable(memory: platform.memory, frames: platform.frames, levels: 4, addressWidth: oas, ownerTag: owner) } catch {
+                throw .noMemory("page-table root")
+            }
+            let vmid: UInt16
+            do { vmid = try u.allocateVMID() } catch {
+                table.domainFree()
+                throw error
+            }
+            return ArmSMMUS2Domain(driver: self, smmu: u, vmid: vmid, pageTable: table, type: type, flags: flags)
+        }
+    }
+
+    // MARK: ASIDs
+
+    /// Linux `arm_smmu_domain_finalise_s1`: `xa_alloc(&arm_smmu_asid_xa, …, XA_LIMIT(1,
+    /// (1 << asid_bits) - 1))`, EBUSY when the space is full.
+    func allocateASID(on u: ArmSMMUDevice) throws(IOMMUError) -> UInt16 {
+        if platform.faults.shouldFail(.didAlloc) { throw .busy("ASID (injected)") }
+        guard let a = asids.allocate(below: 1 << u.asidBits) else { throw .busy("no free ASID") }
+        return a
+    }
+
+    /// Gives an ASID back once the TLBI by it completed; quarantined otherwise.
+    func releaseASID(_ asid: UInt16, invalidated: Bool) {
+        if invalidated { _ = asids.free(asid) } else { asids.quarantine(asid) }
+    }
+}
