@@ -292,14 +292,23 @@ public final class ArmSMMUDevice: @unchecked Sendable {
 
     /// Changes CD `ssid` of `master`'s CD table through the entry writer, each step followed
     /// by CFGI_CD (leaf) and CMD_SYNC (Linux `arm_smmu_write_cd_entry` → `arm_smmu_sync_cd`).
+    /// The CD's leaf is made first if needed (`arm_smmu_alloc_cd_ptr`). Counts the valid CDs
+    /// at SSIDs other than 0 (Linux `used_ssids`).
     func writeCD(_ master: ArmSMMUMaster, ssid: UInt32 = 0, _ target: ContextDescriptor) throws(IOMMUError) -> UpdatePath {
         guard master.cdTable != 0 else { throw .invalidArgument("\(master.device) has no CD table") }
         let words = target.words
-        let address = master.cdTable + UInt64(ssid) * ContextDescriptor.size
+        let valid = SMMUEntryWriter.Kind.cd.validBit
+        guard let address = try cdAddress(master, ssid: ssid, create: words[0] & valid != 0) else { return .unchanged }
         let sid = master.sid
-        return try SMMUEntryWriter.write(current: master.cd0, target: words, kind: .cd, store: { [self] (i, v) throws(IOMMUError) in
+        let wasValid = master.cdValid(ssid)
+        var current = master.cd(ssid)
+        defer {
+            master.cds[ssid] = current
+            if ssid != 0, wasValid != (current[0] & valid != 0) { master.pasidsInUse += wasValid ? -1 : 1 }
+        }
+        return try SMMUEntryWriter.write(current: current, target: words, kind: .cd, store: { [self] (i, v) throws(IOMMUError) in
             try store(address + UInt64(i) * 8, v)
-            master.cd0[i] = v
+            current[i] = v
         }, sync: { [self] () throws(IOMMUError) in
             try platform.withHardware { () throws(IOMMUError) in try cmdq.issueAndSync(.cfgiCD(sid: sid, ssid: ssid, leaf: true)) }
         })

@@ -6,10 +6,14 @@ import Hardware
 /// `arm_smmu_stream`): the StreamID, where its STE is and what it holds, and its CD table.
 ///
 /// The StreamID is the device's requester ID, as Linux's `iommu-map` gives for PCI. The CD
-/// table is linear and made on the first stage 1 attach (Linux `arm_smmu_alloc_cd_tables`
-/// from `arm_smmu_get_cd_ptr`); this slice holds one CD (SSID 0, S1CDMax 0): SubstreamIDs
-/// come with `set_dev_pasid`.
+/// table (Linux `arm_smmu_ctx_desc_cfg`) is made on the first stage 1 attach of the RID or a
+/// PASID (`arm_smmu_alloc_cd_tables`): 2^`ssidBits` CDs, linear, or 2-level with 64 KiB
+/// leaves of 1024 CDs made on demand when the unit has 2-level CD tables and the SSID space
+/// exceeds one leaf.
 final class ArmSMMUMaster {
+    /// What the RID is attached to (the STE's form follows it and whether PASIDs are in use).
+    enum RID { case blocked, identity, s1, s2 }
+
     /// The core's device (it outlives this state, which goes at release).
     unowned(unsafe) let device: Device
     let sid: UInt32
@@ -17,13 +21,31 @@ final class ArmSMMUMaster {
     let steAddress: UInt64
     /// The STE words as last written (the entry writer's `current`).
     var ste: [UInt64]
-    /// The CD table (0: none yet) and CD 0 as last written.
+    /// SubstreamID bits (Linux `master->ssid_bits`: min of the unit's SSIDSIZE and the device's).
+    var ssidBits = 0
+    var rid: RID = .blocked
+    /// The CD table: its root (0: none yet; the linear table or the L1CD table), frames,
+    /// format and S1CDMax; level 2 leaves by L1 index; the CDs as last written by SSID.
     var cdTable: UInt64 = 0
-    var cd0 = [UInt64](repeating: 0, count: 8)
+    var cdTableFrames = 0
+    var cdFormat: StreamTableEntry.S1Fmt = .linear
+    var s1CDMax: UInt8 = 0
+    var cdLeaves: [UInt32: UInt64] = [:]
+    var cds: [UInt32: [UInt64]] = [:]
+    /// Valid CDs at SSIDs other than 0 (Linux `cd_table.used_ssids`).
+    var pasidsInUse = 0
+
+    static let leafCDs: UInt32 = 1024
+    static let leafFrames = 16
 
     init(device: Device, sid: UInt32, unitIndex: Int, steAddress: UInt64, ste: [UInt64]) {
         self.device = device; self.sid = sid; self.unitIndex = unitIndex; self.steAddress = steAddress; self.ste = ste
     }
+
+    /// CD 0 as last written.
+    var cd0: [UInt64] { cd(0) }
+    func cd(_ ssid: UInt32) -> [UInt64] { cds[ssid] ?? [UInt64](repeating: 0, count: 8) }
+    func cdValid(_ ssid: UInt32) -> Bool { cd(ssid)[0] & SMMUEntryWriter.Kind.cd.validBit != 0 }
 
     /// Whether the STE in force translates at stage 1 through the CD table (V, Config 0b1x1).
     var steUsesCDTable: Bool { ste[0] & 1 != 0 && (ste[0] >> 1) & 1 != 0 }
@@ -52,19 +74,70 @@ extension ArmSMMUDevice {
     /// it), so the CD table can go.
     func release(_ master: ArmSMMUMaster) {
         if master.ste[0] != StreamTableEntry.abort().data[0] { _ = try? writeSTE(master, .abort()) }
-        if master.cdTable != 0 {
-            try? platform.frames.free(master.cdTable)
-            master.cdTable = 0
-        }
+        freeCDTable(master)
         masters[master.sid] = nil
         master.device.driverData = nil
     }
 
-    /// The master's CD table, made (zeroed: every CD invalid) on first use.
+    /// Linux `arm_smmu_alloc_cd_tables`: the master's CD table, made (zeroed: every CD
+    /// invalid) on first use. Linear with 2^ssidBits CDs, or, when the unit has 2-level CD
+    /// tables and more than 1024 CDs are needed, an L1CD table whose leaves come later.
     func ensureCDTable(_ master: ArmSMMUMaster) throws(IOMMUError) -> UInt64 {
         if master.cdTable != 0 { return master.cdTable }
-        do { master.cdTable = try platform.frames.allocate(.pasidTable) } catch { throw .noMemory("CD table for \(master.device)") }
-        master.cd0 = [UInt64](repeating: 0, count: 8)
+        let (format, cdMax, bytes) = CDTableLayout.linuxGeometry(ssidBits: master.ssidBits, twoLevelSupported: features.twoLevelCDTable)
+        let frames = Int(max(1, (bytes + 4095) / 4096))
+        do { master.cdTable = try platform.frames.allocateContiguous(frames, .pasidTable, alignment: frames) } catch {
+            throw .noMemory("CD table for \(master.device)")
+        }
+        master.cdTableFrames = frames
+        master.cdFormat = format
+        master.s1CDMax = cdMax
+        master.cds = [:]
         return master.cdTable
+    }
+
+    /// Frees the CD table and its leaves (no STE may name it any more).
+    func freeCDTable(_ master: ArmSMMUMaster) {
+        guard master.cdTable != 0 else { return }
+        for (_, leaf) in master.cdLeaves { for i in 0..<ArmSMMUMaster.leafFrames { try? platform.frames.free(leaf + UInt64(i) * 4096) } }
+        for i in 0..<master.cdTableFrames { try? platform.frames.free(master.cdTable + UInt64(i) * 4096) }
+        master.cdLeaves = [:]
+        master.cds = [:]
+        master.cdTable = 0
+        master.cdTableFrames = 0
+        master.pasidsInUse = 0
+    }
+
+    /// Linux `arm_smmu_alloc_cd_ptr`: the address of CD `ssid`, its 64 KiB leaf made (and the
+    /// L1CD written, then CFGI_CD leaf = false and CMD_SYNC) if needed and `create`.
+    func cdAddress(_ master: ArmSMMUMaster, ssid: UInt32, create: Bool) throws(IOMMUError) -> UInt64? {
+        guard master.cdTable != 0 else { return nil }
+        guard UInt64(ssid) >> UInt64(master.s1CDMax) == 0 else { throw .invalidArgument("SSID \(ssid) beyond \(master.s1CDMax) bits") }
+        guard master.cdFormat != .linear else { return master.cdTable + UInt64(ssid) * ContextDescriptor.size }
+        let l1 = ssid / ArmSMMUMaster.leafCDs
+        let offset = UInt64(ssid % ArmSMMUMaster.leafCDs) * ContextDescriptor.size
+        if let leaf = master.cdLeaves[l1] { return leaf + offset }
+        guard create else { return nil }
+        let leaf: UInt64
+        do { leaf = try platform.frames.allocateContiguous(ArmSMMUMaster.leafFrames, .pasidTable, alignment: ArmSMMUMaster.leafFrames) } catch {
+            throw .noMemory("CD table leaf for \(master.device)")
+        }
+        do {
+            try store(master.cdTable + UInt64(l1) * L1ContextDescriptor.size, L1ContextDescriptor(l2Pointer: leaf).raw)
+            let sid = master.sid
+            try platform.withHardware { () throws(IOMMUError) in try cmdq.issueAndSync(.cfgiCD(sid: sid, ssid: ssid, leaf: false)) }
+        } catch {
+            try? store(master.cdTable + UInt64(l1) * L1ContextDescriptor.size, 0)
+            for i in 0..<ArmSMMUMaster.leafFrames { try? platform.frames.free(leaf + UInt64(i) * 4096) }
+            throw error
+        }
+        master.cdLeaves[l1] = leaf
+        return leaf + offset
+    }
+
+    /// `arm_smmu_make_cdtable_ste` for `master`'s table.
+    func cdTableSTE(_ master: ArmSMMUMaster, s1DSS: StreamTableEntry.S1DSS) -> StreamTableEntry {
+        .cdTable(contextPointer: master.cdTable, format: master.cdFormat, s1CDMax: master.s1CDMax, s1DSS: s1DSS,
+                 stallDisable: features.stallModel == .stallOrTerminate)
     }
 }

@@ -148,12 +148,43 @@ final class ArmSMMUS1Domain: ArmSMMUPagingDomain, @unchecked Sendable {
         let cdInUse = master.steUsesCDTable
         let table = try u.ensureCDTable(master)
         let cdPath = try u.writeCD(master, contextDescriptor)
-        let ste = StreamTableEntry.cdTable(contextPointer: table, format: .linear, s1CDMax: 0, s1DSS: .ssid0,
-                                           stallDisable: u.features.stallModel == .stallOrTerminate)
-        let stePath = try u.writeSTE(master, ste)
+        _ = table
+        let stePath = try u.writeSTE(master, u.cdTableSTE(master, s1DSS: .ssid0))
+        master.rid = .s1
         guard cdInUse else { return stePath }
         if stePath == .unchanged { return cdPath }
         return stePath == .teardownSetup || cdPath == .teardownSetup ? .teardownSetup : stePath
+    }
+
+    /// Linux `arm_smmu_s1_set_dev_pasid` → `arm_smmu_set_pasid`: CD[ssid] written through
+    /// the entry writer (a replace of one S1 domain by another is a CD rewrite), then the STE
+    /// made a CD-table STE if it was not (S1DSS bypass for an identity RID, terminate for a
+    /// blocked one; an S1 RID's STE already is one with SSID0). A stage 2 RID refuses (EINVAL).
+    /// This domain's ASID tags every CD that uses it, so its TLBIs by ASID reach all of them.
+    override func setDevicePASID(_ device: Device, pasid: PASID, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
+        let (u, master) = try driver.lookup(device)
+        guard u === smmu else { throw .incompatible("\(self) belongs to \(smmu.name), not \(u.name)") }
+        let ssid = pasid.rawValue
+        guard ssid != 0, UInt64(ssid) >> UInt64(master.ssidBits) == 0 else {
+            throw .invalidArgument("\(pasid) beyond \(master.ssidBits) SSID bits of \(device)")
+        }
+        guard master.rid != .s2 else { throw .invalidArgument("\(device)'s RID is on a stage 2 domain; no PASIDs") }
+        let fresh = master.cdTable == 0
+        _ = try u.ensureCDTable(master)
+        let previous = master.cd(ssid)
+        let cdPath: UpdatePath
+        do { cdPath = try u.writeCD(master, ssid: ssid, contextDescriptor) } catch {
+            if fresh && !master.steUsesCDTable { u.freeCDTable(master) }
+            throw error
+        }
+        let dss: StreamTableEntry.S1DSS = master.rid == .s1 ? .ssid0 : master.rid == .identity ? .bypass : .terminate
+        do { _ = try u.writeSTE(master, u.cdTableSTE(master, s1DSS: dss)) } catch {
+            var back = ContextDescriptor()
+            for i in 0..<8 { back.data[i] = previous[i] }
+            _ = try? u.writeCD(master, ssid: ssid, back)
+            throw error
+        }
+        return cdPath
     }
 
     /// The core's rights are IOMMU_READ/WRITE without IOMMU_PRIV, so every leaf is
@@ -197,9 +228,15 @@ final class ArmSMMUS2Domain: ArmSMMUPagingDomain, @unchecked Sendable {
                   ttb: pageTable.root)
     }
 
-    /// Linux `arm_smmu_attach_dev` for stage 2: the STE, then CD 0 cleared.
+    /// Linux `arm_smmu_attach_dev` for stage 2: the STE, then CD 0 cleared (EBUSY while
+    /// PASIDs are in use).
     override func install(_ master: ArmSMMUMaster, on u: ArmSMMUDevice) throws(IOMMUError) -> UpdatePath {
-        try installWithoutCD(master, on: u, streamTableEntry)
+        try installWithoutCD(master, on: u, streamTableEntry, rid: .s2, s1DSS: nil)
+    }
+
+    /// Stage 2 domains take no PASIDs (Linux: only stage 1 CDs hang off SubstreamIDs; EINVAL).
+    override func setDevicePASID(_ device: Device, pasid: PASID, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
+        throw .invalidArgument("\(self) is stage 2; PASIDs need a stage 1 domain")
     }
 
     override func mapPages(iova: UInt64, physical: UInt64, pageSize: UInt64, count: UInt64,

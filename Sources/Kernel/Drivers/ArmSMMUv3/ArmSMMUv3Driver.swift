@@ -9,7 +9,8 @@ import Hardware
 /// This slice: bring-up, streams (StreamID = requester ID) with 2-level or linear stream
 /// tables, stage 1 and stage 2 paging domains with ASIDs/VMIDs, identity and blocked
 /// domains, STE/CD updates through `SMMUEntryWriter`, TLB maintenance with RIL, and the event
-/// queue reported as the core's faults. No SubstreamIDs (PASIDs), ATS, PRI, stalls or nesting yet.
+/// queue reported as the core's faults, SubstreamIDs (PASIDs) of stage 1 domains through linear
+/// or 2-level CD tables. No ATS, PRI, stalls or nesting yet.
 public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
     public let name: String
     public let platform: PlatformContext
@@ -77,11 +78,15 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
         (domain as? ArmSMMUPagingDomain).map { ($0.stage, $0.tag) }
     }
 
-    /// Linux `arm_smmu_probe_device`: the stream is set up with an aborting STE. No PASIDs in
-    /// this slice (SubstreamIDs come with CD tables per SSID), so the limit is 0.
+    /// Linux `arm_smmu_probe_device`: the stream is set up with an aborting STE. The PASID
+    /// limit is 2^ssid_bits, `master->ssid_bits` = min(SSIDSIZE, the device's own PASID bits);
+    /// 0 when either has none.
     public func probeDevice(_ device: Device) throws(IOMMUError) -> UInt32 {
-        _ = try unit(for: device).probe(device)
-        return 0
+        let u = try unit(for: device)
+        let master = try u.probe(device)
+        let own = device.maxPASIDs > 1 ? 31 - device.maxPASIDs.leadingZeroBitCount : 0
+        master.ssidBits = min(u.features.ssidBits, own, 20)
+        return master.ssidBits > 0 ? 1 << UInt32(master.ssidBits) : 0
     }
 
     public func releaseDevice(_ device: Device) {
