@@ -111,3 +111,20 @@ struct ArmSMMUv3DriverTests {
         #expect(q.timeouts == 1)
     }
 }
+
+/// GET_HW_INFO's SMMUv3 payload comes from the unit's registers (Linux `arm_smmu_hw_info`).
+@Suite("SMMUv3 driver: hw_info")
+struct ArmSMMUv3HWInfoTests {
+    @Test("hw_info is type 2 with IDR0..5, IIDR and AIDR read from the unit, 40 bytes")
+    func hwInfoCarriesTheIDRegisters() throws {
+        let rig = try ArmSMMUv3Rig()
+        let a = try rig.add("a", dev: 3)
+        let info = try #require(rig.driver.hardwareInfo(a))
+        #expect(info.type == 2 && info.payload.count == 40)
+        func word(_ at: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(info.payload[at + $1]) << (8 * UInt32($1)) } }
+        #expect(word(0) == 0 && word(4) == 0, "flags and __reserved")
+        #expect(word(8) == rig.unit.read32(SMMUv3Register.idr0) && word(8) != 0)
+        #expect(word(12) == rig.unit.read32(SMMUv3Register.idr1) && word(28) == rig.unit.read32(SMMUv3Register.idr5))
+        #expect(word(32) == rig.unit.read32(SMMUv3Register.iidr) && word(36) == rig.unit.read32(SMMUv3Register.aidr))
+    }
+}

@@ -105,6 +105,20 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
     }
 
     /// Linux `arm_smmu_get_resv_regions`: the software MSI window at `MSI_IOVA_BASE`.
+    /// `IOMMU_HW_INFO_TYPE_ARM_SMMUV3` (2) and `struct iommu_hw_info_arm_smmuv3` {flags,
+    /// __reserved, idr[6], iidr, aidr} = 40 bytes, the registers as read from the unit (Linux
+    /// arm-smmu-v3-iommufd.c `arm_smmu_hw_info`).
+    public func hardwareInfo(_ device: Device) -> (type: UInt32, payload: [UInt8])? {
+        guard let u = try? unit(for: device) else { return nil }
+        var payload = [UInt8](repeating: 0, count: 40)
+        func put(_ at: Int, _ v: UInt32) { for i in 0..<4 { payload[at + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(i))) } }
+        let idrs = [SMMUv3Register.idr0, SMMUv3Register.idr1, SMMUv3Register.idr2, SMMUv3Register.idr3, SMMUv3Register.idr4, SMMUv3Register.idr5]
+        for (i, r) in idrs.enumerated() { put(8 + 4 * i, u.unit.read32(r)) }
+        put(32, u.unit.read32(SMMUv3Register.iidr))
+        put(36, u.unit.read32(SMMUv3Register.aidr))
+        return (2, payload)
+    }
+
     public func reservedRegions(for device: Device) -> [ReservedRegion] {
         [ReservedRegion(start: 0x0800_0000, last: 0x080F_FFFF, kind: .softwareMSI)]
     }
