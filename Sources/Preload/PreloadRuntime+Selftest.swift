@@ -117,12 +117,12 @@ extension PreloadRuntime {
     func privatizeWindows() {
         for w in windows {
             let length = w.mapped.count << 12
-            guard let at = UnsafeMutableRawPointer(bitPattern: UInt(w.start)) else { continue }
             let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 4096)
             defer { copy.deallocate() }
-            _ = swiftiommu_copy_from_user(copy.baseAddress!, w.start, length)
+            guard let at = UnsafeMutableRawPointer(bitPattern: UInt(w.start)), let saved = copy.baseAddress else { continue }
+            _ = swiftiommu_copy_from_user(saved, w.start, length)
             guard Glibc.mmap(at, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED else { continue }
-            at.copyMemory(from: copy.baseAddress!, byteCount: length)
+            at.copyMemory(from: saved, byteCount: length)
         }
         windows = []
     }

@@ -77,8 +77,9 @@ public enum SMMUEntryWriter {
     /// The words the entry holds after each step, in order (each step is followed by a sync),
     /// and how the update went (fresh: nothing translated before; removed: nothing after;
     /// singleWord: hitless; teardownSetup: through V = 0). Entries are eight words.
-    public static func plan(current: [UInt64], target: [UInt64], kind: Kind) -> (steps: [[UInt64]], path: UpdatePath) {
-        precondition(current.count == words && target.count == words, "an STE or CD is eight words")
+    public static func plan(current given: [UInt64], target wanted: [UInt64], kind: Kind) -> (steps: [[UInt64]], path: UpdatePath) {
+        // An entry is eight words: missing ones read as zero, extra ones are not the entry's.
+        let current = eightWords(given), target = eightWords(wanted)
         let curUsed = kind.used(current), targetUsed = kind.used(target)
         var unusedUpdate = [UInt64](repeating: 0, count: words)
         var differing: [Int] = []
@@ -120,13 +121,17 @@ public enum SMMUEntryWriter {
         return (steps, !wasValid ? .fresh : !willBeValid ? .removed : path)
     }
 
+    static func eightWords(_ e: [UInt64]) -> [UInt64] {
+        e.count == words ? e : Array(e.prefix(words)) + [UInt64](repeating: 0, count: max(0, words - e.count))
+    }
+
     /// Carries the update out: for each step, `store(word, value)` for every word that changes,
     /// then `sync()` (the driver's CFGI + CMD_SYNC). Returns how it went.
     @discardableResult
     public static func write(current: [UInt64], target: [UInt64], kind: Kind,
                              store: (Int, UInt64) throws(IOMMUError) -> Void, sync: () throws(IOMMUError) -> Void) throws(IOMMUError) -> UpdatePath {
         let (steps, path) = plan(current: current, target: target, kind: kind)
-        var entry = current
+        var entry = eightWords(current)
         for s in steps {
             for i in 0..<words where entry[i] != s[i] {
                 try store(i, s[i])
