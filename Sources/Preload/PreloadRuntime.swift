@@ -52,10 +52,10 @@ final class PreloadRuntime: @unchecked Sendable {
     init() throws {
         if let spec = getenv("SWIFTIOMMU_MACHINE").map({ String(cString: $0) }), !spec.isEmpty {
             let scenario = try BuiltinScenarios.load(spec)
-            machine = try Machine(seed: 1, memorySize: scenario.machine.memoryMiB << 20, units: scenario.units.map(\.configuration),
+            machine = try Machine(seed: 1, memorySize: scenario.machine.memoryMiB << 20, unitConfigurations: scenario.units.map(\.configuration),
                                   policy: scenario.machine.policy, cpus: scenario.machine.cpus,
                                   pagingStage: scenario.machine.pagingStage, pagingLevels: scenario.machine.pagingLevels,
-                                  sharedMemory: true)
+                                  sharedMemory: true, smmuStage: scenario.machine.pagingStage.map { $0 == .first ? .s1 : .s2 })
             memory = HostMemory(physical: machine.platform.memory, frames: machine.platform.frames)
             devices = try machine.addDevices(scenario.devices.map(\.description), ats: scenario.devices.map(\.ats),
                                              pri: scenario.devices.map(\.pri))
@@ -142,7 +142,7 @@ final class PreloadRuntime: @unchecked Sendable {
         s.set64(8, UInt64(machine.platform.frames.inUse - memory.framesStandingIn))
         s.set64(16, UInt64(memory.pinnedPages))
         s.set64(24, UInt64(machine.core.liveDomains.count))
-        s.set64(32, UInt64(machine.driver.units.reduce(0) { $0 + $1.domainIDs.allocated }))
+        s.set64(32, UInt64((machine.vtdDriver?.units ?? []).reduce(0) { $0 + $1.domainIDs.allocated }))
         return s.bytes.withUnsafeBytes({ memory.copyOut(to: arg, from: $0) }) ? 0 : -Int(EFAULT)
     }
 

@@ -32,6 +32,15 @@ extension RunResult {
         "stop-markers-discarded", "unsolicited-completions", "stop-markers-dropped", "prq-overflows-cleared", "pasid-drains",
     ]
 
+    /// The counters of each SMMUv3 unit, in order.
+    public static let smmuUnitCounterNames = [
+        "translations", "events-recorded", "events-lost", "faults-not-recorded", "tlb-hits", "tlb-misses",
+        "ste-cache-hits", "ste-cache-misses", "cd-cache-hits", "cd-cache-misses", "walks", "commands", "command-errors",
+        "syncs", "interrupts", "ats-translations", "translated-requests", "translated-requests-refused", "page-requests",
+        "priq-queued", "priq-overflows", "unit-auto-responses", "atc-invalidations", "stalls", "stalls-resumed",
+        "stalls-terminated",
+    ]
+
     /// Counters of each fault queue: groups delivered to user space, groups the kernel
     /// answered itself (detach, replace, close), and groups the queue's handlers served or
     /// refused.
@@ -51,7 +60,7 @@ extension RunResult {
     }
 
     static func unitCounters(_ m: Machine) -> [CounterGroup] {
-        zip(m.units, m.driver.units).map { u, d in
+        zip(m.units, m.vtdDriver?.units ?? []).map { u, d in
             let c = u.counters
             let values: [UInt64] = [
                 c.translations, c.faults, c.faultsRecorded, c.faultsLostToOverflow, c.iotlbHits, c.iotlbMisses,
@@ -62,6 +71,16 @@ extension RunResult {
                 UInt64(d.stopMarkersDropped), UInt64(d.pageRequestOverflowsCleared), UInt64(d.pageRequestDrains),
             ]
             return CounterGroup(owner: u.configuration.name, counters: Array(zip(unitCounterNames, values)).map { ($0.0, $0.1) })
+        } + m.smmuUnits.map { u in
+            let c = u.counters
+            let values: [UInt64] = [
+                c.translations, c.eventsRecorded, c.eventsLost, c.faultsNotRecorded, c.tlbHits, c.tlbMisses,
+                c.steCacheHits, c.steCacheMisses, c.cdCacheHits, c.cdCacheMisses, c.walks, c.commands, c.commandErrors,
+                c.syncsCompleted, c.interrupts, c.atsTranslations, c.translatedRequests, c.translatedRequestsRefused,
+                c.pageRequests, c.pageRequestsQueued, c.priQueueOverflows, c.priAutoResponses, c.atcInvalidationsSent,
+                c.stalls, c.stallsResumed, c.stallsTerminated,
+            ]
+            return CounterGroup(owner: u.configuration.name, counters: Array(zip(smmuUnitCounterNames, values)).map { ($0.0, $0.1) })
         }
     }
 }

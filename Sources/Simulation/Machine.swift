@@ -3,13 +3,31 @@ import Formats
 import Hardware
 import Kernel
 
-/// One simulated computer: memory and scheduler, VT-d units, PCIe endpoints, the kernel
-/// (IOMMU core with the VT-d driver) and the oracle watching every DMA. There is no global
-/// state: many machines can run side by side.
+/// What an IOMMU unit of a machine is built as.
+public enum UnitConfiguration: Sendable {
+    case vtd(VTdConfiguration)
+    case smmuv3(SMMUv3Configuration)
+
+    public var name: String {
+        switch self {
+        case .vtd(let c): return c.name
+        case .smmuv3(let c): return c.name
+        }
+    }
+}
+
+/// One simulated computer: memory and scheduler, IOMMU units of one architecture (VT-d
+/// units under the VT-d driver, or SMMUv3s under the Arm SMMUv3 driver), PCIe endpoints,
+/// the kernel (IOMMU core) and the oracle watching every DMA. There is no global state:
+/// many machines can run side by side.
 public final class Machine: @unchecked Sendable {
     public let platform: PlatformContext
+    /// VT-d units (none on an Arm machine) and SMMUv3 units (none on an Intel machine).
     public let units: [VTdUnit]
-    public let driver: VTdDriver
+    public let smmuUnits: [SMMUv3Unit]
+    /// The driver of the machine's units: VT-d or SMMUv3.
+    public let vtdDriver: VTdDriver?
+    public let smmuDriver: ArmSMMUv3Driver?
     public let core: IOMMUCore
     public let oracle: Oracle
     /// The DMA API (dma-iommu) over the core, with `cpus` CPU slots.
@@ -18,22 +36,62 @@ public final class Machine: @unchecked Sendable {
     /// Frames the scenario took for DMA buffers (freed at teardown).
     public private(set) var buffers: [UInt64] = []
 
-    public init(seed: UInt64, memorySize: UInt64 = 256 << 20, units configurations: [VTdConfiguration],
+    /// The driver of the units (devices are probed with it).
+    public let driver: any IOMMUDriver
+
+    /// Whether the units are SMMUv3s.
+    public var isArm: Bool { smmuDriver != nil }
+    /// How many IOMMU units the machine has.
+    public var unitCount: Int { isArm ? smmuUnits.count : units.count }
+
+    public convenience init(seed: UInt64, memorySize: UInt64 = 256 << 20, units configurations: [VTdConfiguration],
+                            policy: DMAPolicy = .strict, cpus: Int = 2, pagingStage: VTdPagingStage? = nil, pagingLevels: Int = 4,
+                            sharedMemory: Bool = false) throws {
+        try self.init(seed: seed, memorySize: memorySize, unitConfigurations: configurations.map { .vtd($0) }, policy: policy,
+                      cpus: cpus, pagingStage: pagingStage, pagingLevels: pagingLevels, sharedMemory: sharedMemory)
+    }
+
+    /// A machine whose units are all of one architecture (mixing VT-d and SMMUv3 units in one
+    /// machine is refused: each would need its own driver, which the machine does not model).
+    public init(seed: UInt64, memorySize: UInt64 = 256 << 20, unitConfigurations configurations: [UnitConfiguration],
                 policy: DMAPolicy = .strict, cpus: Int = 2, pagingStage: VTdPagingStage? = nil, pagingLevels: Int = 4,
-                sharedMemory: Bool = false) throws {
+                sharedMemory: Bool = false, smmuStage: ArmSMMUStage? = nil) throws {
         let platform = try PlatformContext(memorySize: memorySize, seed: seed, sharedMemory: sharedMemory)
         self.platform = platform
-        units = configurations.map { VTdUnit(configuration: $0, platform: platform) }
-        oracle = Oracle(platform: platform, units: units)
+        var vtd: [VTdConfiguration] = [], arm: [SMMUv3Configuration] = []
+        for c in configurations {
+            switch c {
+            case .vtd(let v): vtd.append(v)
+            case .smmuv3(let a): arm.append(a)
+            }
+        }
+        guard vtd.isEmpty || arm.isEmpty else { throw IOMMUError.invalidArgument("a machine's units must all be VT-d or all SMMUv3") }
+        units = vtd.map { VTdUnit(configuration: $0, platform: platform) }
+        smmuUnits = arm.map { SMMUv3Unit(configuration: $0, platform: platform) }
+        oracle = Oracle(platform: platform, units: units, smmuUnits: smmuUnits)
         oracle.policy = policy
         core = IOMMUCore(platform: platform, policy: policy)
         core.observer = oracle
-        driver = try VTdDriver(platform: platform, hardware: units)
-        driver.preferredStage = pagingStage
-        driver.pagingLevels = pagingLevels
-        core.register(driver)
+        if arm.isEmpty {
+            let d = try VTdDriver(platform: platform, hardware: units)
+            d.preferredStage = pagingStage
+            d.pagingLevels = pagingLevels
+            core.register(d)
+            vtdDriver = d
+            smmuDriver = nil
+            driver = d
+            oracle.trackedDriver = ObjectIdentifier(d)
+            oracle.reservedCheck = { d.units.allSatisfy { $0.domainIDs.reservedIntact } }
+        } else {
+            let d = try ArmSMMUv3Driver(platform: platform, hardware: smmuUnits)
+            d.preferredStage = smmuStage
+            core.register(d)
+            smmuDriver = d
+            vtdDriver = nil
+            driver = d
+            oracle.trackedDriver = ObjectIdentifier(d)
+        }
         dma = IOMMUDMA(core: core, cpus: cpus)
-        oracle.trackedDriver = ObjectIdentifier(driver)
         platform.frames.freeObserver = { [unowned oracle] address, purpose, owner in
             if purpose == .pageTable { oracle.frameFreed(address, owner: owner) }
         }
@@ -43,8 +101,6 @@ public final class Machine: @unchecked Sendable {
         for (i, u) in units.enumerated() {
             u.onTableRead = { [unowned oracle] address in oracle.tableRead(address, unit: i) }
         }
-        let d = driver
-        oracle.reservedCheck = { d.units.allSatisfy { $0.domainIDs.reservedIntact } }
     }
 
     deinit {
@@ -52,6 +108,7 @@ public final class Machine: @unchecked Sendable {
         // at a failing step, a machine never run) hold the hardware that holds the scheduler;
         // without this a machine would never be freed.
         for u in units { u.disconnectAll(); u.onTableRead = nil }
+        for u in smmuUnits { u.disconnectAll() }
         platform.scheduler.discardPending()
         // The oracle goes with the machine; what outlives it (a user API context closed later)
         // may still free frames, with nobody watching.
@@ -66,13 +123,15 @@ public final class Machine: @unchecked Sendable {
     public func addDevices(_ descriptions: [DeviceDescription], ats: [ATSConfiguration] = [],
                            pri: [PRIConfiguration] = []) throws(IOMMUError) -> [(Device, PCIeEndpoint)] {
         let devices = try core.probe(descriptions, driver: driver)
+        let arm = isArm
         return zip(devices, descriptions).enumerated().map { i, pair in
             let (d, desc) = pair
             var a = i < ats.count ? ats[i] : ATSConfiguration()
             var p = i < pri.count ? pri[i] : PRIConfiguration()
             a.enabled = desc.ats
             p.enabled = desc.pri
-            let e = PCIeEndpoint(name: d.name, requesterID: d.requesterID, unit: units[d.unit], ats: a, pri: p)
+            let e = PCIeEndpoint(name: d.name, requesterID: d.requesterID,
+                                 upstream: arm ? .smmuv3(smmuUnits[d.unit]) : .vtd(units[d.unit]), ats: a, pri: p)
             e.maxPASIDs = desc.maxPASIDs
             endpoints.append(e)
             oracle.watch(e, unit: d.unit)
@@ -111,4 +170,10 @@ public final class Machine: @unchecked Sendable {
     }
 
     public var scheduler: Scheduler { platform.scheduler }
+
+    /// Shuts the driver down (its units disabled, its structures freed).
+    public func shutdownDriver() {
+        vtdDriver?.shutdown()
+        smmuDriver?.shutdown()
+    }
 }

@@ -34,6 +34,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
 
     let platform: PlatformContext
     let units: [VTdUnit]
+    let smmuUnits: [SMMUv3Unit]
     @exclusivity(unchecked) var shadows: [Int: ShadowMap] = [:]
     @exclusivity(unchecked) var graveyards: [Int: ShadowMap] = [:]
     /// Ranges whose unmap could not invalidate: the hardware may use them for ever.
@@ -147,15 +148,15 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         domainGenerations.deallocate()
     }
 
-    public init(platform: PlatformContext, units: [VTdUnit]) {
+    public init(platform: PlatformContext, units: [VTdUnit], smmuUnits: [SMMUv3Unit] = []) {
         self.platform = platform
         self.units = units
+        self.smmuUnits = smmuUnits
         liveDIDs = [Set<UInt16>](repeating: [], count: units.count)
         super.init()
-        for (i, u) in units.enumerated() {
-            // The oracle outlives its units' use of it (one machine owns both).
-            u.attachChecker(self, index: i)
-        }
+        // The oracle outlives its units' use of it (one machine owns both).
+        for (i, u) in units.enumerated() { u.attachChecker(self, index: i) }
+        for (i, u) in smmuUnits.enumerated() { u.attachChecker(self, index: i) }
     }
 
     func violate(_ invariant: String, _ detail: String) {
@@ -284,7 +285,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
             violate("unpermitted-access", "\(who) reached \(Self.hex(pa)) at IOVA \(Self.hex(a.address)) (\(a.access.contains(.write) ? "write" : "read")), which its domain does not map there")
             return
         }
-        guard let reason = a.fault else { return }
+        guard let reason = a.refusal else { return }
         faultsSeen &+= 1
         guard var w, let current = w.current else { expectedFaults &+= 1; return }
         if w.inTransition {
@@ -551,7 +552,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     // MARK: Teardown
 
     /// Checks nothing is left once everything was torn down and the driver shut down.
-    public func checkTeardown(core: IOMMUCore, driver: VTdDriver) {
+    public func checkTeardown(core: IOMMUCore, driver: VTdDriver?) {
         checks &+= 1
         checkPageRequestsAnswered()
         let frames = platform.frames
@@ -559,7 +560,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
             let parts = FrameAllocator.Purpose.allCases.compactMap { p in frames.inUse(p) > 0 ? "\(p): \(frames.inUse(p))" : nil }
             violate("frame-leak", "\(frames.inUse) frame(s) still allocated after teardown (\(parts.joined(separator: ", ")))")
         }
-        for u in driver.units {
+        for u in driver?.units ?? [] {
             // Quarantined DIDs stay marked in use for ever; they are reported on their own.
             let live = u.domainIDs.allocated - u.domainIDs.quarantined.count
             if live > 0 { violate("did-leak", "\(u.unit.configuration.name) still has \(live) DID(s) allocated") }

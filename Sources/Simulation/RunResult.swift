@@ -118,8 +118,28 @@ public struct RunResult: Sendable {
             (InvalidationDescriptor.pasidCacheType, "pasidCache"), (InvalidationDescriptor.pasidDeviceTLBType, "pasidDeviceTLB"),
         ]
         invalidationsByType = names.map { ($0.1, c.descriptorsByType[Int($0.0)]) }
-        invalidations = invalidationsByType.reduce(0) { $0 + $1.1 }
         invalidationWaits = c.waitsCompleted
+        if !m.smmuUnits.isEmpty {
+            // SMMUv3: the commands by class (IHI 0070 §4.3 CFGI, §4.4 TLBI, §4.5 ATC_INV);
+            // CMD_SYNCs are the waits.
+            var byOpcode = [UInt64](repeating: 0, count: 0x50)
+            for u in m.smmuUnits {
+                let x = u.counters
+                translations += x.translations
+                translationFaults += x.eventsRecorded + x.eventsLost + x.faultsNotRecorded
+                faultsRecorded += x.eventsRecorded
+                iotlbHits += x.tlbHits; iotlbMisses += x.tlbMisses
+                for (i, n) in x.commandsByOpcode.enumerated() where i < byOpcode.count { byOpcode[i] += n }
+                invalidationWaits += x.syncsCompleted
+            }
+            func sum(_ ops: [Int]) -> UInt64 { ops.reduce(0) { $0 + byOpcode[$1] } }
+            invalidationsByType = [
+                ("cfgiSTE", sum([0x03, 0x04])), ("cfgiCD", sum([0x05, 0x06])), ("tlbiNH", sum([0x10, 0x11, 0x12, 0x13])),
+                ("tlbiEL2", sum([0x20, 0x21, 0x22])), ("tlbiS2", sum([0x28, 0x2A])), ("tlbiNSNH", sum([0x30])),
+                ("atcInv", sum([0x40])),
+            ]
+        }
+        invalidations = invalidationsByType.reduce(0) { $0 + $1.1 }
         oracleChecks = m.oracle.checks
         violations = m.oracle.violations
         violationCount = m.oracle.violationCount
@@ -165,7 +185,12 @@ public struct RunResult: Sendable {
             u.pageRequestsAutoResponded += x.pageRequestsAutoResponded; u.stopMarkersDiscarded += x.stopMarkersDiscarded
             u.unsolicitedCompletions += x.unsolicitedCompletions
         }
-        let d = m.driver.units
+        for x in m.smmuUnits.map(\.counters) {
+            // The SMMUv3's PRI queue in the same places (IHI 0070 chapter 8).
+            u.pageRequestsQueued += x.pageRequestsQueued; u.pageRequestOverflows += x.priQueueOverflows
+            u.pageRequestsAutoResponded += x.priAutoResponses
+        }
+        let d = m.vtdDriver?.units ?? []
         let c = m.core
         // In `pageFaultCounterNames` order (a test checks the two agree).
         return [

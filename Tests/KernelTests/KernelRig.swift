@@ -10,7 +10,8 @@ import Kernel
 struct KernelRig {
     let machine: Machine
     var core: IOMMUCore { machine.core }
-    var driver: VTdDriver { machine.driver }
+    /// The rig's machine is VT-d: its driver is always there (a nil would be a rig bug).
+    var driver: VTdDriver { machine.vtdDriver! }
     var oracle: Oracle { machine.oracle }
     var scheduler: Scheduler { machine.scheduler }
     var platform: PlatformContext { machine.platform }

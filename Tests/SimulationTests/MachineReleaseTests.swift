@@ -56,10 +56,10 @@ struct MachineReleaseTests {
         weak var driver: VTdDriver?
         weak var device: Device?
         do {
-            let m = try Machine(seed: 1, units: s.units.map(\.configuration))
+            let m = try Machine(seed: 1, unitConfigurations: s.units.map(\.configuration))
             w.machine = m; w.memory = m.platform.memory; w.scheduler = m.scheduler; w.oracle = m.oracle; w.core = m.core
             w.units = m.units.map { Weak(value: $0) }
-            driver = m.driver
+            driver = m.vtdDriver
             w.endpoints = try m.addDevices(s.devices.map(\.description), ats: s.devices.map(\.ats), pri: s.devices.map(\.pri)).map { Weak(value: $0.1) }
             device = m.core.devices.first
             #expect(!w.endpoints.isEmpty && device != nil)

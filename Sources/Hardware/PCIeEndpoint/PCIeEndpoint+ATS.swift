@@ -210,14 +210,14 @@ extension PCIeEndpoint {
         let op = ATSOperation(pasid: pasid, address: address, length: max(0, min(length, 1 << 24)), write: write,
                               completion: completion)
         atsCounters.accesses &+= 1
-        unit.platform.scheduler.schedule(after: requestLatencyNs, kind: .hardware) { [ref] in ref.target?.advance(op) }
+        platform.scheduler.schedule(after: requestLatencyNs, kind: .hardware) { [ref] in ref.target?.advance(op) }
     }
 
     private func finish(_ op: ATSOperation, _ outcome: ATSAccessOutcome) {
         guard !op.finished else { return }
         op.finished = true
         if outcome == .completed { atsCounters.completed &+= 1 } else { atsCounters.failed &+= 1 }
-        op.completion(ATSAccessResult(outcome: outcome, transferred: op.done, groups: op.groups, time: unit.platform.scheduler.now))
+        op.completion(ATSAccessResult(outcome: outcome, transferred: op.done, groups: op.groups, time: platform.scheduler.now))
     }
 
     private func isStopped(_ pasid: PASID?) -> Bool {
@@ -238,7 +238,7 @@ extension PCIeEndpoint {
         let key1 = Self.tlbKey1(op.pasid)
         while op.done < op.length {
             let (va, o) = op.address.addingReportingOverflow(UInt64(op.done))
-            if o { finish(op, .fault(DMAFault(address: op.address, reason: .smAddressBeyondMax))); return }
+            if o { finish(op, .fault(overflowFault(op.address))); return }
             guard let hit = deviceTLB.lookup(va >> 12, key1) else { break }
             let perms = PagePermissions(rawValue: hit.pointee.payload.permissions)
             guard perms.contains(op.write ? .write : .read) else { break }
@@ -247,7 +247,7 @@ extension PCIeEndpoint {
             let offset = Int(va & 0xFFF)
             let pa = hit.pointee.payload.physical | (va & 0xFFF)
             atsCounters.translatedRequests &+= 1
-            if let f = unit.translatedAccess(source: requesterID, pasid: op.pasid, address: va, physical: pa,
+            if let f = upstream.translatedAccess(source: requesterID, pasid: op.pasid, address: va, physical: pa,
                                              buffer: UnsafeMutableRawBufferPointer(rebasing: staging[offset..<offset + n]),
                                              write: op.write) {
                 finish(op, .fault(f)); return
@@ -263,7 +263,7 @@ extension PCIeEndpoint {
     private func requestTranslation(_ op: ATSOperation) {
         let va = op.address &+ UInt64(op.done)
         atsCounters.translationRequests &+= 1
-        let u = unit, rid = requesterID, pasid = op.pasid, write = op.write
+        let u = upstream, rid = requesterID, pasid = op.pasid, write = op.write
         let issued = u.platform.scheduler.now
         let serial = nextTranslationSerial
         nextTranslationSerial &+= 1
@@ -319,7 +319,7 @@ extension PCIeEndpoint {
         priState.groups[index, default: []].append(OutstandingGroup(pasid: op.pasid, pages: pages, epoch: epoch, op: op))
         op.groups += 1
         atsCounters.groups &+= 1
-        let u = unit, s = u.platform.scheduler, spacing = priConfiguration.requestSpacingNs
+        let u = upstream, s = platform.scheduler, spacing = priConfiguration.requestSpacingNs
         var at = s.now
         for i in 0..<pages {
             let d = PageRequestDescriptor(requester: requesterID, pasid: op.pasid, read: true, write: op.write,
@@ -338,14 +338,14 @@ extension PCIeEndpoint {
         }
         if misbehaviour.contains(.unsolicitedCompletions) {
             let rid = requesterID
-            link.up { u.receiveUnsolicitedInvalidationCompletion(from: rid) }
+            link.up { u.unsolicitedInvalidationCompletion(from: rid) }
         }
     }
 
     private func sendPageRequest(_ d: PageRequestDescriptor) {
         atsCounters.pageRequests &+= 1
-        let u = unit
-        link.up(pageRequest: true) { u.receivePageRequest(d) }
+        let u = upstream
+        link.up(pageRequest: true) { u.pageRequest(d) }
     }
 
     /// A free PRG index (a misbehaving device may take a busy one).
@@ -373,7 +373,7 @@ extension PCIeEndpoint {
     func pageResponseArrived(_ r: PageGroupResponse) {
         counters.pageGroupResponses &+= 1
         atsCounters.responses &+= 1
-        unit.platform.trace.record(TraceEvent(time: unit.platform.scheduler.now, kind: .pageResponse, track: trackID,
+        platform.trace.record(TraceEvent(time: platform.scheduler.now, kind: .pageResponse, track: trackID,
                                               a: UInt64(r.groupIndex), b: UInt64(r.responseCode),
                                               c: r.pasid.map { UInt64($0.rawValue) } ?? .max))
         if pageGroupResponses.count < 4096 { pageGroupResponses.append(r) }
@@ -448,8 +448,8 @@ extension PCIeEndpoint {
             atsCounters.stopMarkers &+= 1
             let d = PageRequestDescriptor(requester: requesterID, pasid: pasid, read: false, write: false,
                                           lastInGroup: true, groupIndex: 0, address: 0)
-            let u = unit
-            link.up(pageRequest: true) { u.receivePageRequest(d) }
+            let u = upstream
+            link.up(pageRequest: true) { u.pageRequest(d) }
             wakeCreditWaiters()
         }
         stopWaiters.append(StopWaiter(pasid: pasid, waitForGroups: !stopMarker, serialAtStop: nextTranslationSerial,
@@ -471,7 +471,7 @@ extension PCIeEndpoint {
         }
         stopWaiters = still
         for w in ready {
-            stopCompletedAt[w.pasid.rawValue] = (unit.platform.scheduler.now, nextTranslationSerial)
+            stopCompletedAt[w.pasid.rawValue] = (platform.scheduler.now, nextTranslationSerial)
             w.completion()
         }
     }
@@ -525,15 +525,21 @@ extension PCIeEndpoint {
                 hi = lo | (size - 1)
             }
         }
+        invalidateDeviceTLB(pasid: pasid, lo: lo, hi: hi, global: global)
+        platform.scheduler.schedule(after: upstream.deviceTLBInvalidationNs, kind: .hardware) { [link] in
+            link.up { completion() }
+        }
+    }
+
+    /// Drops the device-TLB entries of `pasid` (nil: those without PASID; `global` with a
+    /// PASID: every PASID's) whose page is in [lo, hi].
+    func invalidateDeviceTLB(pasid: PASID?, lo: UInt64, hi: UInt64, global: Bool) {
         let key = Self.tlbKey1(pasid)
         let n = deviceTLB.removeAll { key0, key1, _ in
             let a = key0 << 12
             return (key1 == key || (global && pasid != nil && key1 != Self.tlbKey1(nil))) && a >= lo && a <= hi
         }
         atsCounters.deviceTLBEntriesInvalidated &+= UInt64(n)
-        unit.platform.scheduler.schedule(after: unit.configuration.latency.deviceTLBInvalidationNs, kind: .hardware) { [link] in
-            link.up { completion() }
-        }
     }
 }
 

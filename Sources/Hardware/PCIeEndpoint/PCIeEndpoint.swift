@@ -2,11 +2,11 @@ import Platform
 import Formats
 
 /// An emulated PCIe endpoint: a requester ID and a DMA engine whose requests go through
-/// its IOMMU unit as scheduler events, one 4 KiB-bounded chunk at a time, so DMA interleaves
+/// its IOMMU unit (VT-d or SMMUv3, `UpstreamUnit`) as scheduler events, one 4 KiB-bounded chunk at a time, so DMA interleaves
 /// with software and with the unit's own work. Payloads are really copied to and from
 /// physical memory. With ATS it also has a device TLB and makes translated requests; with
 /// PRI it asks for pages with page request groups (PCIeEndpoint+ATS.swift).
-public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
+public final class PCIeEndpoint: VTdEndpointPort, SMMUv3EndpointPort, @unchecked Sendable {
     public enum Direction: Sendable { case toDevice, fromDevice }
 
     /// One DMA transfer. `.fromDevice` writes `data` to memory at `address`;
@@ -47,11 +47,16 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
         public var bytesWritten: UInt64 = 0
         public var deviceTLBInvalidations: UInt64 = 0
         public var pageGroupResponses: UInt64 = 0
+        /// TLPs held by an SMMUv3's stall model, and how many of them completed when resumed.
+        public var stalls: UInt64 = 0
+        public var stallsCompleted: UInt64 = 0
     }
 
     public let name: String
     public let requesterID: RequesterID
-    public let unit: VTdUnit
+    /// The IOMMU it sits behind.
+    public let upstream: UpstreamUnit
+    public let platform: PlatformContext
     public let trackID: UInt32
     /// Time from issuing a request to its first chunk reaching the unit.
     public var requestLatencyNs: UInt64 = 200
@@ -94,19 +99,37 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
     /// Test-only broken behaviour: a stop reports completion without waiting for the PASID's
     /// translation requests (PCIe requires them to complete first). Oracle-strength runs only.
     public var stopIgnoresTranslations = false
+    /// TLPs held by an SMMUv3's stall model, by STAG (PCIeEndpoint+SMMUv3.swift).
+    var stalledTLPs: [UInt16: StalledTLP] = [:]
 
-    public init(name: String, requesterID: RequesterID, unit: VTdUnit,
+    public init(name: String, requesterID: RequesterID, upstream: UpstreamUnit,
                 ats: ATSConfiguration = ATSConfiguration(), pri: PRIConfiguration = PRIConfiguration()) {
         self.name = name
         self.requesterID = requesterID
-        self.unit = unit
-        self.trackID = unit.platform.trace.track(named: name)
-        self.link = PCIeLink(scheduler: unit.platform.scheduler, latencyNs: unit.configuration.latency.linkNs)
+        self.upstream = upstream
+        self.platform = upstream.platform
+        self.trackID = platform.trace.track(named: name)
+        self.link = PCIeLink(scheduler: platform.scheduler, latencyNs: upstream.linkNs)
         self.atsConfiguration = ats
         self.deviceTLB = TaggedCache(capacity: max(1, ats.deviceTLBEntries), ways: max(1, ats.deviceTLBWays), empty: .empty)
         self.priConfiguration = pri
         ref.target = self
-        unit.connect(self)
+        switch upstream {
+        case .vtd(let u): u.connect(self)
+        case .smmuv3(let u): u.connect(self)
+        }
+    }
+
+    /// An endpoint behind a VT-d unit.
+    public convenience init(name: String, requesterID: RequesterID, unit: VTdUnit,
+                            ats: ATSConfiguration = ATSConfiguration(), pri: PRIConfiguration = PRIConfiguration()) {
+        self.init(name: name, requesterID: requesterID, upstream: .vtd(unit), ats: ats, pri: pri)
+    }
+
+    /// An endpoint behind an SMMUv3 (its StreamID is its requester ID).
+    public convenience init(name: String, requesterID: RequesterID, smmu: SMMUv3Unit,
+                            ats: ATSConfiguration = ATSConfiguration(), pri: PRIConfiguration = PRIConfiguration()) {
+        self.init(name: name, requesterID: requesterID, upstream: .smmuv3(smmu), ats: ats, pri: pri)
     }
 
     /// Issues `request`; `completion` runs (as part of the last hardware event) when it ends.
@@ -117,11 +140,11 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
         counters.requests += 1
         let state = TransferState(id: id, request: request, completion: completion)
         if request.direction == .toDevice { state.data = [UInt8](repeating: 0, count: max(0, request.length)) }
-        unit.platform.scheduler.schedule(after: requestLatencyNs, kind: .hardware) { [ref] in ref.target?.step(state) }
+        platform.scheduler.schedule(after: requestLatencyNs, kind: .hardware) { [ref] in ref.target?.step(state) }
         return id
     }
 
-    private final class TransferState {
+    final class TransferState {
         let id: UInt64
         let request: Request
         let completion: ((Completion) -> Void)?
@@ -133,7 +156,7 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
     }
 
     /// Moves one chunk (up to the next 4 KiB boundary) and schedules the next.
-    private func step(_ s: TransferState) {
+    func step(_ s: TransferState) {
         let r = s.request
         let total = r.direction == .fromDevice ? r.data.count : max(0, r.length)
         var fault: DMAFault?
@@ -145,28 +168,41 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
             let moved: Int
             if o {
                 moved = 0
-                fault = DMAFault(address: r.address, reason: .smAddressBeyondMax)
+                fault = overflowFault(r.address)
             } else if r.direction == .fromDevice {
                 (moved, fault) = r.data.withUnsafeBytes { all in
-                    unit.dmaWrite(source: requesterID, pasid: r.pasid, address: iova,
-                                  from: UnsafeRawBufferPointer(rebasing: all[s.done..<s.done + chunk]), access: access)
+                    upstream.dmaWrite(source: requesterID, pasid: r.pasid, address: iova,
+                                      from: UnsafeRawBufferPointer(rebasing: all[s.done..<s.done + chunk]), access: access)
                 }
                 counters.bytesWritten += UInt64(moved)
             } else {
                 let offset = s.done
                 (moved, fault) = s.data.withUnsafeMutableBytes { all in
-                    unit.dmaRead(source: requesterID, pasid: r.pasid, address: iova,
-                                 into: UnsafeMutableRawBufferPointer(rebasing: all[offset..<offset + chunk]), access: access)
+                    upstream.dmaRead(source: requesterID, pasid: r.pasid, address: iova,
+                                     into: UnsafeMutableRawBufferPointer(rebasing: all[offset..<offset + chunk]), access: access)
                 }
                 counters.bytesRead += UInt64(moved)
             }
             s.done += moved
+            if let stag = fault?.stallTag {
+                // Held by the SMMUv3 stall model: the chunk completes when software resolves it.
+                holdStalled(stag, StalledTLP(address: iova, pasid: r.pasid, length: chunk, write: r.direction == .fromDevice,
+                                             stagingOffset: nil, transfer: s))
+                return
+            }
             if fault == nil && s.done < total {
-                unit.platform.scheduler.schedule(after: chunkIntervalNs, kind: .hardware) { [ref] in ref.target?.step(s) }
+                platform.scheduler.schedule(after: chunkIntervalNs, kind: .hardware) { [ref] in ref.target?.step(s) }
                 return
             }
         }
-        let now = unit.platform.scheduler.now
+        finishTransfer(s, fault)
+    }
+
+    /// Ends a submitted transfer: its completion runs now.
+    func finishTransfer(_ s: TransferState, _ fault: DMAFault?) {
+        let r = s.request
+        let total = r.direction == .fromDevice ? r.data.count : max(0, r.length)
+        let now = platform.scheduler.now
         let c = Completion(id: s.id, request: r, transferred: s.done, fault: fault, data: s.data, time: now)
         counters.completed += 1
         if fault != nil {
@@ -174,7 +210,7 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
             if faults.count < faultLogLimit { faults.append(c) }
         }
         let kind: TraceKind = r.direction == .fromDevice ? .dmaWrite : .dmaRead
-        unit.platform.trace.record(TraceEvent(time: now, kind: kind, track: trackID, a: r.address, b: UInt64(s.done), c: UInt64(total)))
+        platform.trace.record(TraceEvent(time: now, kind: kind, track: trackID, a: r.address, b: UInt64(s.done), c: UInt64(total)))
         s.completion?(c)
     }
 
@@ -211,24 +247,29 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
         var fault: DMAFault?
         while done < length {
             let (iova, o) = address.addingReportingOverflow(UInt64(done))
-            if o { fault = DMAFault(address: address, reason: .smAddressBeyondMax); break }
+            if o { fault = overflowFault(address); break }
             let n = min(length - done, tlp, Int(4096 - (iova & 0xFFF)))
             let offset = Int(iova & 0xFFF)
             let moved: Int
             if write {
-                (moved, fault) = unit.dmaWrite(source: requesterID, pasid: pasid, address: iova,
-                                               from: UnsafeRawBufferPointer(rebasing: buffer[offset..<offset + n]))
+                (moved, fault) = upstream.dmaWrite(source: requesterID, pasid: pasid, address: iova,
+                                                   from: UnsafeRawBufferPointer(rebasing: buffer[offset..<offset + n]), access: .write)
             } else {
-                (moved, fault) = unit.dmaRead(source: requesterID, pasid: pasid, address: iova,
-                                              into: UnsafeMutableRawBufferPointer(rebasing: buffer[offset..<offset + n]))
+                (moved, fault) = upstream.dmaRead(source: requesterID, pasid: pasid, address: iova,
+                                                  into: UnsafeMutableRawBufferPointer(rebasing: buffer[offset..<offset + n]), access: .read)
             }
             done += moved
+            if let stag = fault?.stallTag {
+                // The device stops behind the held TLP, which completes when it is resolved.
+                holdStalled(stag, StalledTLP(address: iova, pasid: pasid, length: n, write: write, stagingOffset: offset, transfer: nil))
+                break
+            }
             if fault != nil { break }
         }
         if write { counters.bytesWritten &+= UInt64(done) } else { counters.bytesRead &+= UInt64(done) }
         counters.completed &+= 1
-        let now = unit.platform.scheduler.now
-        if let fault {
+        let now = platform.scheduler.now
+        if let fault, fault.stallTag == nil {
             counters.faulted &+= 1
             if faults.count < faultLogLimit {
                 let r = write ? Request(direction: .fromDevice, address: address, length: length, pasid: pasid, privileged: false, data: [])
@@ -236,7 +277,7 @@ public final class PCIeEndpoint: VTdEndpointPort, @unchecked Sendable {
                 faults.append(Completion(id: 0, request: r, transferred: done, fault: fault, data: [], time: now))
             }
         }
-        unit.platform.trace.record(TraceEvent(time: now, kind: write ? .dmaWrite : .dmaRead, track: trackID, a: address, b: UInt64(done), c: UInt64(length)))
+        platform.trace.record(TraceEvent(time: now, kind: write ? .dmaWrite : .dmaRead, track: trackID, a: address, b: UInt64(done), c: UInt64(length)))
         return (done, fault)
     }
 

@@ -21,6 +21,8 @@ public struct SMMUv3Latency: Equatable, Sendable {
     public var atcInvalidationTimeoutNs: UInt64 = 1_000_000
     /// One way through the fabric to an endpoint that has no `PCIeLink`.
     public var linkNs: UInt64 = 250
+    /// An endpoint applying an ATC invalidation (the PCIe device's side of ATC_INV).
+    public var atcInvalidationNs: UInt64 = 500
 
     public init() {}
 
@@ -169,6 +171,12 @@ public struct SMMUv3Counters: Equatable, Sendable {
     public var atcInvalidationsSent: UInt64 = 0
     public var atcInvalidationsCompleted: UInt64 = 0
     public var stalls: UInt64 = 0
+    /// Bytes endpoints moved through the unit, ATS Translation Requests answered, translated
+    /// requests let through and refused.
+    public var dmaBytes: UInt64 = 0
+    public var atsTranslations: UInt64 = 0
+    public var translatedRequests: UInt64 = 0
+    public var translatedRequestsRefused: UInt64 = 0
     public var stallsResumed: UInt64 = 0
     public var stallsTerminated: UInt64 = 0
     public var interrupts: UInt64 = 0

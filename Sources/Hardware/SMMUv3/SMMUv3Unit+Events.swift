@@ -13,6 +13,12 @@ extension SMMUv3Unit {
     func terminate(_ fault: SMMUFault, sid: UInt32, ssid: UInt32?, address: UInt64, access: DMAAccess,
                    ste: STECacheEntry?, cd: CDCacheEntry?) -> SMMUv3TranslationResult {
         var record = true, stall = false
+        if answeringTranslationRequest && !fault.configuration {
+            // ATS Translation Requests: translation-related faults are neither recorded nor
+            // stalled; the completion carries no rights (IHI 0070 §3.9.1.2).
+            countersStorage.pointee.faultsNotRecorded &+= 1
+            return .terminated(fault.event)
+        }
         if !fault.configuration {
             if fault.s2 {
                 record = ste?.has(STECacheEntry.s2R) ?? true

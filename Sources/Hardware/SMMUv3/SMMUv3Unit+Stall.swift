@@ -48,11 +48,17 @@ extension SMMUv3Unit {
         case .retry:
             countersStorage.pointee.stallsResumed &+= 1
             let r = translate(streamID: t.sid, substreamID: t.ssid, address: t.address, access: t.access)
-            onStallResolved?(t.sid, t.stag, r)
+            resolved(t, r)
         case .terminate:
             countersStorage.pointee.stallsTerminated &+= 1
-            onStallResolved?(t.sid, t.stag, .terminated(t.event))
+            resolved(t, .terminated(t.event))
         }
+    }
+
+    /// Tells the device side how a held transaction ended (or that it stalled again).
+    private func resolved(_ t: StalledTransaction, _ r: SMMUv3TranslationResult) {
+        onStallResolved?(t.sid, t.stag, r)
+        endpoints[t.sid]?.stallResolved(stag: t.stag, result: r)
     }
 
     /// CMD_STALL_TERM: every transaction held for `sid` is terminated.
@@ -61,7 +67,7 @@ extension SMMUv3Unit {
         stalled.removeAll { $0.sid == sid }
         for t in held {
             countersStorage.pointee.stallsTerminated &+= 1
-            onStallResolved?(t.sid, t.stag, .terminated(t.event))
+            resolved(t, .terminated(t.event))
         }
     }
 
@@ -71,7 +77,7 @@ extension SMMUv3Unit {
         stalled = []
         for t in held {
             countersStorage.pointee.stallsTerminated &+= 1
-            onStallResolved?(t.sid, t.stag, .terminated(t.event))
+            resolved(t, .terminated(t.event))
         }
     }
 }

@@ -27,6 +27,8 @@ struct STECacheEntry: Sendable {
     var s2ConcatLog2: UInt8
     var s2InputBits: UInt8
     var s2OutputBits: UInt8
+    /// Effective STE.EATS (0 when the unit has no ATS): 1 full ATS, 2 split-stage.
+    var eats: UInt8 = 0
     static let s1StallDisable: UInt8 = 1, s2AFFD: UInt8 = 2, s2HA: UInt8 = 4, s2HD: UInt8 = 8
     static let s2S: UInt8 = 16, s2R: UInt8 = 32, substreams: UInt8 = 64
     static let empty = STECacheEntry(s1ContextPointer: 0, s2TTB: 0, vmid: 0, config: 0, s1Fmt: 0, s1CDMax: 0, s1DSS: 0,
@@ -337,6 +339,7 @@ extension SMMUv3Unit {
             case .el2E2H: e.world = 2
             }
         }
+        if features.ats { e.eats = ste.eats == .abort ? 0 : ste.eats.rawValue }
         if features.stage2 && ste.rawConfig != StreamTableEntry.Config.bypass.rawValue { e.vmid = ste.s2VMID }
         if ste.stage2Translates {
             // Model limit: 4 KiB stage 2 granule only.

@@ -28,6 +28,14 @@ public protocol SMMUv3EndpointPort: AnyObject {
     func receivePRIResponse(ssid: UInt32?, groupIndex: UInt16, response: PageResponseCode)
     /// The fabric between the endpoint and the unit, nil to use the unit's `linkNs`.
     var smmuLink: PCIeLink? { get }
+    /// A transaction of this endpoint held by the stall model under `stag` was resumed
+    /// (`result` is its new translation, or `.stalled` with a new STAG when it faulted and
+    /// stalled again) or terminated.
+    func stallResolved(stag: UInt16, result: SMMUv3TranslationResult)
+}
+
+extension SMMUv3EndpointPort {
+    public func stallResolved(stag: UInt16, result: SMMUv3TranslationResult) {}
 }
 
 /// Architected register offsets (IHI 0070 §6.2; Linux arm-smmu-v3.h `ARM_SMMU_*`). The
@@ -175,6 +183,13 @@ public final class SMMUv3Unit: @unchecked Sendable {
     public var onStallResolved: ((UInt32, UInt16, SMMUv3TranslationResult) -> Void)?
     /// Endpoints reachable through this unit, by StreamID.
     var endpoints: [UInt32: any SMMUv3EndpointPort] = [:]
+    /// Sees every access (the simulator's oracle), held unretained (SMMUv3Unit+DMA.swift).
+    @exclusivity(unchecked) public var accessObserver: ((DMAAccessRecord) -> Void)?
+    @exclusivity(unchecked) var accessChecker: Unmanaged<DMAAccessChecker>?
+    @exclusivity(unchecked) var accessCheckerIndex = 0
+    /// An ATS Translation Request is being answered: translation faults are not recorded and
+    /// nothing stalls (IHI 0070 §3.9.1).
+    @exclusivity(unchecked) var answeringTranslationRequest = false
 
     public init(configuration: SMMUv3Configuration = SMMUv3Configuration(), platform: PlatformContext) {
         self.configuration = configuration

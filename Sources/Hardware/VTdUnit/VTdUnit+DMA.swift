@@ -1,14 +1,6 @@
 import Platform
 import Formats
 
-/// Why a DMA stopped short.
-public struct DMAFault: Equatable, Sendable {
-    /// The input address that faulted.
-    public var address: UInt64
-    /// The translation fault, or nil when translation succeeded but memory was not there.
-    public var reason: VTdFaultReason?
-}
-
 extension VTdUnit {
     /// Performs a DMA read of `buffer.count` bytes at `address` for `source`, page by page:
     /// each page is translated and copied from physical memory. Stops at the first fault and

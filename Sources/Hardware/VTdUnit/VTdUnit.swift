@@ -187,14 +187,6 @@ public final class VTdUnit: @unchecked Sendable {
     }
 }
 
-/// Something that checks every DMA access a unit performs (the simulator's oracle). A class,
-/// held unretained by the unit, so the per-access call costs no reference counting.
-open class DMAAccessChecker {
-    public init() {}
-    /// Called for every access `unit` (the index given at `attach`) performed or refused.
-    open func check(unit: Int, _ record: DMAAccessRecord) {}
-}
-
 extension VTdUnit {
     /// Makes `checker` see every access, as unit number `index`. The checker must outlive the
     /// unit's DMA (the machine owns both).
@@ -211,22 +203,6 @@ extension VTdUnit {
         }
         if let o = accessObserver { o(record) }
     }
-}
-
-/// One DMA access the unit performed (or refused), for observers.
-public struct DMAAccessRecord: Equatable, Sendable {
-    public var source: RequesterID
-    public var pasid: PASID?
-    public var address: UInt64
-    public var length: UInt64
-    public var access: DMAAccess
-    /// The physical address used, or nil when the request faulted.
-    public var physical: UInt64?
-    public var fault: VTdFaultReason?
-    public var time: UInt64
-    /// A translated request (PCIe AT = translated): the device used a translation from its
-    /// device TLB; `address` is the untranslated address that translation was for.
-    public var translated: Bool = false
 }
 
 extension VTdUnit {

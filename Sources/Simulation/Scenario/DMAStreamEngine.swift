@@ -8,7 +8,7 @@ import Hardware
 /// accesses × `walkAccessNs`. Per request nothing is allocated and no event is scheduled.
 final class DMAStreamEngine {
     let endpoint: PCIeEndpoint
-    let unit: VTdUnit
+    let unit: UpstreamUnit
     let scheduler: Scheduler
     @exclusivity(unchecked) var sets: [LiveBuffers]
     @exclusivity(unchecked) var pasid: PASID?
@@ -37,8 +37,8 @@ final class DMAStreamEngine {
          direction: Scenario.Direction, minBytes: Int, maxBytes: Int, walkAccessNs: UInt64, sequential: Bool = false) {
         self.sequential = sequential
         self.endpoint = endpoint
-        self.unit = endpoint.unit
-        self.scheduler = endpoint.unit.platform.scheduler
+        self.unit = endpoint.upstream
+        self.scheduler = endpoint.platform.scheduler
         self.sets = sets
         self.pasid = pasid
         self.intervalNs = max(1, intervalNs)
@@ -67,9 +67,9 @@ final class DMAStreamEngine {
         tickPending = false
         guard running else { return }
         var stall: UInt64 = 0
-        let walksBefore = walkAccessNs > 0 ? unit.counters.walkMemoryAccesses : 0
+        let walksBefore = walkAccessNs > 0 ? unit.walkMemoryAccesses : 0
         for _ in 0..<burst { issueOne() }
-        if walkAccessNs > 0 { stall = (unit.counters.walkMemoryAccesses &- walksBefore) &* walkAccessNs }
+        if walkAccessNs > 0 { stall = (unit.walkMemoryAccesses &- walksBefore) &* walkAccessNs }
         if let sampler, scheduler.now &- lastSample >= sampleNs {
             lastSample = scheduler.now
             sampler()

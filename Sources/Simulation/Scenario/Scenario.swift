@@ -41,7 +41,8 @@ public struct Scenario: Sendable {
 
     public struct Unit: Sendable {
         public var name: String
-        public var configuration: VTdConfiguration
+        /// A VT-d unit or an SMMUv3 (`type: smmuv3`); a scenario's units are all of one kind.
+        public var configuration: UnitConfiguration
         /// Device stall per page-table memory access on an IOTLB miss.
         public var walkAccessNs: UInt64
     }
@@ -293,6 +294,11 @@ public struct Scenario: Sendable {
     public var file: String
     public var machine = Machine()
     public var units: [Unit] = []
+    /// The units are SMMUv3s.
+    public var isArm: Bool {
+        if case .smmuv3? = units.first?.configuration { return true }
+        return false
+    }
     public var devices: [DeviceSpec] = []
     public var buffers: [BufferSet] = []
     public var workloads: [WorkloadSpec] = []

@@ -143,6 +143,9 @@ extension ScenarioParser {
         case "descriptor-fault":
             let uf = try m.required("unit", "the unit")
             guard let u = unitIndex[try uf.string()] else { throw uf.error("no unit named '\(try uf.string())'") }
+            guard case .vtd = s.units[u].configuration else {
+                throw uf.error("descriptor-fault acts on a VT-d unit's invalidation queue; '\(s.units[u].name)' is an SMMUv3")
+            }
             let types: [String: UInt8] = ["context-cache": InvalidationDescriptor.contextCacheType, "iotlb": InvalidationDescriptor.iotlbType,
                                           "device-tlb": InvalidationDescriptor.deviceTLBType, "pasid-iotlb": InvalidationDescriptor.pasidIOTLBType,
                                           "pasid-cache": InvalidationDescriptor.pasidCacheType, "wait": InvalidationDescriptor.waitType]

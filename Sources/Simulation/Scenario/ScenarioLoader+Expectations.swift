@@ -36,7 +36,7 @@ extension ScenarioParser {
         }
         let scopes: [(String, Scenario.ScopedCounterExpectation.Scope, [String], [String])] = [
             ("device-counters", .device, s.devices.map(\.description.name), RunResult.deviceCounterNames),
-            ("unit-counters", .unit, s.units.map(\.name), RunResult.unitCounterNames),
+            ("unit-counters", .unit, s.units.map(\.name), s.isArm ? RunResult.smmuUnitCounterNames : RunResult.unitCounterNames),
             ("queue-counters", .queue, faultQueueNames.sorted(), RunResult.queueCounterNames),
         ]
         for (key, scope, owners, names) in scopes {

@@ -157,6 +157,21 @@ struct ScenarioParser {
         let nameField = try m.required("name", "the unit's name, e.g. dmar0")
         let name = try nameField.string()
         guard unitIndex[name] == nil else { throw nameField.error("unit '\(name)' is declared twice") }
+        let typeField = m.optional("type")
+        let type = try typeField?.oneOf(["vtd", "smmuv3"]) ?? "vtd"
+        if let first = s.units.first, let typeField {
+            let firstIsArm: Bool
+            if case .smmuv3 = first.configuration { firstIsArm = true } else { firstIsArm = false }
+            if firstIsArm != (type == "smmuv3") {
+                throw typeField.error("unit '\(name)' is \(type) but '\(first.name)' is not: a machine's units are all VT-d or all SMMUv3")
+            }
+        } else if let first = s.units.first, case .smmuv3 = first.configuration {
+            throw nameField.error("unit '\(name)' is VT-d but '\(first.name)' is smmuv3: a machine's units are all VT-d or all SMMUv3")
+        }
+        if type == "smmuv3" {
+            try smmuUnit(m, name: name)
+            return
+        }
         var domainIDBits = 16, pasidBits = 20, faultRecords = 8
         var cachingMode = false, levels = [4, 5]
         if let v = m.optional("domain-id-bits") { domainIDBits = Int(try v.oneOf(["4", "6", "8", "10", "12", "14", "16"])) ?? 16 }
@@ -207,7 +222,7 @@ struct ScenarioParser {
         }
         try m.finish()
         unitIndex[name] = s.units.count
-        s.units.append(.init(name: name, configuration: config, walkAccessNs: walkAccessNs))
+        s.units.append(.init(name: name, configuration: .vtd(config), walkAccessNs: walkAccessNs))
     }
 
     static func parseRID(_ text: String) -> RequesterID? {

@@ -16,7 +16,7 @@ extension ScenarioRunner {
         }
         for (name, d) in named {
             for u in 0..<m.units.count {
-                guard let did = m.driver.domainID(of: d, onUnit: u)?.rawValue else { continue }
+                guard let did = m.vtdDriver?.domainID(of: d, onUnit: u)?.rawValue else { continue }
                 if !(observedDIDs[name]?[u]?.contains(did) ?? false) { observedDIDs[name, default: [:]][u, default: []].append(did) }
             }
         }

@@ -12,10 +12,10 @@ extension ScenarioRunner {
     func teardown(probed: Bool) {
         let s = m.scheduler
         guard probed else {
-            m.driver.shutdown()
+            m.shutdownDriver()
             m.core.releaseHeldFrames()
             m.freeBuffers()
-            m.oracle.checkTeardown(core: m.core, driver: m.driver)
+            m.oracle.checkTeardown(core: m.core, driver: m.vtdDriver)
             return
         }
         // Devices stop starting accesses; user-space fault handlers keep serving until the
@@ -73,10 +73,10 @@ extension ScenarioRunner {
             step("teardown: release \(dev.name)", line: 0) { () throws(IOMMUError) in try m.core.release(dev) }
         }
         s.run(until: s.now + 10_000)
-        m.driver.shutdown()
+        m.shutdownDriver()
         m.core.releaseHeldFrames()
         m.freeBuffers()
-        m.oracle.checkTeardown(core: m.core, driver: m.driver)
+        m.oracle.checkTeardown(core: m.core, driver: m.vtdDriver)
         note("teardown complete: \(m.platform.frames.inUse) frames, \(m.core.pasids.allocated) PASIDs, \(m.core.liveDomains.count) domains left")
     }
 }

@@ -94,9 +94,10 @@ public final class ScenarioRunner {
     public init(scenario: Scenario, options: Options) throws {
         self.scenario = scenario
         self.options = options
-        m = try Machine(seed: options.seed, memorySize: scenario.machine.memoryMiB << 20, units: scenario.units.map(\.configuration),
+        m = try Machine(seed: options.seed, memorySize: scenario.machine.memoryMiB << 20, unitConfigurations: scenario.units.map(\.configuration),
                         policy: scenario.machine.policy, cpus: scenario.machine.cpus,
-                        pagingStage: scenario.machine.pagingStage, pagingLevels: scenario.machine.pagingLevels)
+                        pagingStage: scenario.machine.pagingStage, pagingLevels: scenario.machine.pagingLevels,
+                        smmuStage: scenario.machine.pagingStage.map { $0 == .first ? .s1 : .s2 })
     }
 
     // Run state.

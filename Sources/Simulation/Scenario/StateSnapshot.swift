@@ -30,7 +30,7 @@ struct StateSnapshot: Equatable {
         }
         liveDomains = m.core.liveDomains.keys.sorted()
         pasids = m.core.pasids.allocated
-        dids = m.driver.units.map { $0.domainIDs.allocated - $0.domainIDs.quarantined.count }
+        dids = (m.vtdDriver?.units ?? []).map { $0.domainIDs.allocated - $0.domainIDs.quarantined.count }
     }
 
     /// What differs from `before`, in words.
