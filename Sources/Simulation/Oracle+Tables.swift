@@ -41,6 +41,17 @@ extension Oracle {
         }
     }
 
+    /// A domain the driver failed to finish frees its tables: the core never saw it, so
+    /// nothing attached it and no walk could reach them. Its tag must be unknown (no map).
+    public func unfinishedDomainTablesFreed(ownerTag: UInt32) {
+        checks &+= 1
+        if let id = tableOwners[ownerTag] {
+            violate("table-freed-while-reachable", "the tables of domain \(id), which mapped, were freed as those of an unfinished domain")
+            return
+        }
+        liveTables = liveTables.filter { $0.value != ownerTag }
+    }
+
     /// The unit read a table page during a walk: it must not be one software freed (a
     /// paging-structure cache entry kept past the free, or an entry never unlinked, leads
     /// there). `walk-through-freed-table`.

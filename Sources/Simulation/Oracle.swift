@@ -68,6 +68,8 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     /// The machine's default-domain policy: deferred unmaps exist only under `lazy`.
     public var policy: DMAPolicy = .lazy
     private var liveDIDs: [Set<UInt16>]
+    /// SMMUv3 ASIDs and VMIDs handed out (Oracle+SMMUv3.swift).
+    var liveTLBTags: Set<TLBTagKey> = []
     public var reservedCheck: (() -> Bool)?
     /// The driver whose units the oracle watches (events of other drivers are ignored: their
     /// unit indices mean other hardware). Nil: all.

@@ -60,3 +60,19 @@ extension SMMUv3Unit {
         if tlb.count == 0 { superpageEntries = 0 }
     }
 }
+
+extension SMMUv3Unit {
+    /// How many TLB entries are tagged with `asid` (stage 1 and nested entries) or `vmid`
+    /// (stage 2, nested and stage 1 entries of that VMID) right now. An inspection hook for
+    /// the simulator's oracle (a tag must not be reused while entries tagged with it are
+    /// cached); software never calls it.
+    public func cachedTLBEntries(asid: UInt16? = nil, vmid: UInt16? = nil) -> Int {
+        var n = 0
+        tlb.forEach { _, key1, _ in
+            let world = (key1 >> 48) & 0xFF, v = UInt16(truncatingIfNeeded: key1 >> 16), a = UInt16(truncatingIfNeeded: key1)
+            if let asid, world != TLBWorld.s2, a == asid { n += 1 }
+            if let vmid, world != TLBWorld.el2, v == vmid { n += 1 }
+        }
+        return n
+    }
+}

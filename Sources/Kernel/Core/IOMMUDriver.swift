@@ -100,6 +100,18 @@ extension IOMMUDriver {
     }
 }
 
+/// A TLB tag of an address space (SMMUv3: ASID for stage 1, VMID for stage 2).
+public enum TLBTag: Hashable, Sendable, CustomStringConvertible {
+    case asid(UInt16)
+    case vmid(UInt16)
+    public var description: String {
+        switch self {
+        case .asid(let a): return "ASID \(a)"
+        case .vmid(let v): return "VMID \(v)"
+        }
+    }
+}
+
 /// Where simulation and tests watch the core: every change of what a device may reach is
 /// announced before it can take effect and again when it is complete. The oracle builds its
 /// intent model from these calls. All methods have empty defaults.
@@ -136,10 +148,19 @@ public protocol KernelObserver: AnyObject {
     /// The core built a complete page request group and hands it to its domain's handler.
     func pageFaultGroupBuilt(_ group: IOPFGroup)
     func domainFreed(_ domain: IOMMUDomain)
+    /// A driver frees the page table of a domain it failed to finish (Linux
+    /// `arm_smmu_domain_finalise` freeing the io-pgtable when no ASID/VMID is left): no unit
+    /// could reach it, the domain never existed for the core.
+    func unfinishedDomainTablesFreed(ownerTag: UInt32)
     /// A driver handed out `did` on `unit`.
     func domainIDAllocated(driver: any IOMMUDriver, unit: Int, did: DomainID)
     /// A driver gave `did` on `unit` back (after its invalidation).
     func domainIDReleased(driver: any IOMMUDriver, unit: Int, did: DomainID)
+    /// A TLB tag other than a VT-d DID was handed out or given back (SMMUv3: an ASID, one
+    /// space for every unit, `unit` nil; a VMID, per unit). Given back only once no TLB may
+    /// hold entries tagged with it.
+    func tlbTagAllocated(driver: any IOMMUDriver, unit: Int?, tag: TLBTag)
+    func tlbTagReleased(driver: any IOMMUDriver, unit: Int?, tag: TLBTag)
     func faultReported(_ device: Device?, _ fault: ReportedFault)
     /// Dirty tracking of `domain` was turned on or off.
     func dirtyTrackingChanged(_ domain: IOMMUDomain, enabled: Bool)
@@ -173,8 +194,11 @@ extension KernelObserver {
     public func dmaMapped(_ device: Device, iova: UInt64, size: UInt64) {}
     public func pageFaultGroupBuilt(_ group: IOPFGroup) {}
     public func domainFreed(_ domain: IOMMUDomain) {}
+    public func unfinishedDomainTablesFreed(ownerTag: UInt32) {}
     public func domainIDAllocated(driver: any IOMMUDriver, unit: Int, did: DomainID) {}
     public func domainIDReleased(driver: any IOMMUDriver, unit: Int, did: DomainID) {}
+    public func tlbTagAllocated(driver: any IOMMUDriver, unit: Int?, tag: TLBTag) {}
+    public func tlbTagReleased(driver: any IOMMUDriver, unit: Int?, tag: TLBTag) {}
     public func faultReported(_ device: Device?, _ fault: ReportedFault) {}
     public func pageFaultReported(_ device: Device, _ fault: PageFault) {}
     public func dirtyTrackingChanged(_ domain: IOMMUDomain, enabled: Bool) {}

@@ -16,6 +16,7 @@ extension ScenarioRunner {
             m.core.releaseHeldFrames()
             m.freeBuffers()
             m.oracle.checkTeardown(core: m.core, driver: m.vtdDriver)
+            if let arm = m.smmuDriver { m.oracle.checkTeardown(smmu: arm) }
             return
         }
         // Devices stop starting accesses; user-space fault handlers keep serving until the
@@ -77,6 +78,7 @@ extension ScenarioRunner {
         m.core.releaseHeldFrames()
         m.freeBuffers()
         m.oracle.checkTeardown(core: m.core, driver: m.vtdDriver)
+        if let arm = m.smmuDriver { m.oracle.checkTeardown(smmu: arm) }
         note("teardown complete: \(m.platform.frames.inUse) frames, \(m.core.pasids.allocated) PASIDs, \(m.core.liveDomains.count) domains left")
     }
 }

@@ -321,11 +321,17 @@ public final class ArmSMMUDevice: @unchecked Sendable {
     func allocateVMID() throws(IOMMUError) -> UInt16 {
         if platform.faults.shouldFail(.didAlloc) { throw .noSpace("VMID on \(name) (injected)") }
         guard let v = vmids.allocate() else { throw .noSpace("no free VMID on \(name)") }
+        if let d = driver { d.core?.observer?.tlbTagAllocated(driver: d, unit: index, tag: .vmid(v)) }
         return v
     }
 
     /// Gives a VMID back after TLBI_S12_VMALL by it completed; else it is quarantined.
     func releaseVMID(_ vmid: UInt16, invalidated: Bool) {
-        if invalidated { _ = vmids.free(vmid) } else { vmids.quarantine(vmid) }
+        if invalidated {
+            if let d = driver { d.core?.observer?.tlbTagReleased(driver: d, unit: index, tag: .vmid(vmid)) }
+            _ = vmids.free(vmid)
+        } else {
+            vmids.quarantine(vmid)
+        }
     }
 }

@@ -157,6 +157,7 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
             }
             let asid: UInt16
             do { asid = try allocateASID(on: u) } catch {
+                core?.observer?.unfinishedDomainTablesFreed(ownerTag: owner)
                 table.domainFree()
                 throw error
             }
@@ -168,6 +169,7 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
             }
             let vmid: UInt16
             do { vmid = try u.allocateVMID() } catch {
+                core?.observer?.unfinishedDomainTablesFreed(ownerTag: owner)
                 table.domainFree()
                 throw error
             }
@@ -182,11 +184,17 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
     func allocateASID(on u: ArmSMMUDevice) throws(IOMMUError) -> UInt16 {
         if platform.faults.shouldFail(.didAlloc) { throw .busy("ASID (injected)") }
         guard let a = asids.allocate(below: 1 << u.asidBits) else { throw .busy("no free ASID") }
+        core?.observer?.tlbTagAllocated(driver: self, unit: nil, tag: .asid(a))
         return a
     }
 
     /// Gives an ASID back once the TLBI by it completed; quarantined otherwise.
     func releaseASID(_ asid: UInt16, invalidated: Bool) {
-        if invalidated { _ = asids.free(asid) } else { asids.quarantine(asid) }
+        if invalidated {
+            core?.observer?.tlbTagReleased(driver: self, unit: nil, tag: .asid(asid))
+            _ = asids.free(asid)
+        } else {
+            asids.quarantine(asid)
+        }
     }
 }
