@@ -213,7 +213,7 @@ extension PCIeEndpoint {
         platform.scheduler.schedule(after: requestLatencyNs, kind: .hardware) { [ref] in ref.target?.advance(op) }
     }
 
-    private func finish(_ op: ATSOperation, _ outcome: ATSAccessOutcome) {
+    func finish(_ op: ATSOperation, _ outcome: ATSAccessOutcome) {
         guard !op.finished else { return }
         op.finished = true
         if outcome == .completed { atsCounters.completed &+= 1 } else { atsCounters.failed &+= 1 }
@@ -230,8 +230,13 @@ extension PCIeEndpoint {
         guard !op.finished else { return }
         if isStopped(op.pasid) { finish(op, .stopped); return }
         if !atsConfiguration.enabled {
-            let r = transferNow(write: op.write, address: op.address, length: op.length, pasid: op.pasid)
-            op.done = r.transferred
+            let r = transferNow(write: op.write, address: op.address &+ UInt64(op.done), length: op.length - op.done, pasid: op.pasid)
+            op.done += r.transferred
+            if let stag = r.fault?.stallTag {
+                // Held by an SMMUv3's stall model: the access goes on once software resolves it.
+                stalledTLPs[stag]?.operation = op
+                return
+            }
             finish(op, r.fault.map { .fault($0) } ?? .completed)
             return
         }

@@ -11,6 +11,8 @@ struct StalledTLP {
     var stagingOffset: Int?
     /// The submitted transfer it belongs to, continued once it completes.
     var transfer: PCIeEndpoint.TransferState?
+    /// The access (`atsAccess` without ATS) it belongs to, continued once it completes.
+    var operation: ATSOperation? = nil
 }
 
 extension PCIeEndpoint {
@@ -69,6 +71,17 @@ extension PCIeEndpoint {
                                          buffer: UnsafeMutableRawBufferPointer(rebasing: staging[offset..<offset + n]), write: t.write)
             if fault == nil {
                 if t.write { counters.bytesWritten &+= UInt64(n) } else { counters.bytesRead &+= UInt64(n) }
+            }
+            if let op = t.operation {
+                if let fault {
+                    counters.faulted &+= 1
+                    finish(op, .fault(fault))
+                } else {
+                    counters.stallsCompleted &+= 1
+                    op.done += n
+                    advance(op)
+                }
+                return
             }
         } else if let s = t.transfer {
             let r = s.request
