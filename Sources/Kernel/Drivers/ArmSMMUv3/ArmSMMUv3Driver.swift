@@ -23,6 +23,9 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
     /// The stage DMA and unmanaged domains use where the flags allow both: nil follows Linux
     /// (stage 1 where the unit has it, "Prefer S1 if available"); `.s2` forces stage 2.
     public var preferredStage: ArmSMMUStage?
+    /// Called when the driver sets or clears a device's PCIe ATS Enable bit (`pci_enable_ats`,
+    /// `pci_disable_ats`); tests watch the order against the STE.
+    public var onDeviceATSControl: ((Device, Bool) -> Void)?
     private lazy var blocked = ArmSMMUBlockedDomain(driver: self)
     private lazy var identity = ArmSMMUIdentityDomain(driver: self)
 
@@ -54,7 +57,11 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
     public var blockedDomain: IOMMUDomain { blocked }
     public var identityDomain: IOMMUDomain? { identity }
 
-    public func register(with core: IOMMUCore) { self.core = core }
+    /// Also makes each unit's fault queue (Linux `iopf_queue_alloc` at probe of the unit).
+    public func register(with core: IOMMUCore) {
+        self.core = core
+        for u in units where u.iopfQueue == nil { u.iopfQueue = core.allocIOPFQueue(name: "iopf-\(u.name)") }
+    }
 
     func unit(for device: Device) throws(IOMMUError) -> ArmSMMUDevice {
         guard device.driver === self, device.unit >= 0, device.unit < units.count else {
@@ -86,6 +93,17 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
         let master = try u.probe(device)
         let own = device.maxPASIDs > 1 ? 31 - device.maxPASIDs.leadingZeroBitCount : 0
         master.ssidBits = min(u.features.ssidBits, own, 20)
+        // `arm_smmu_ats_supported`; `stall_enabled` with `dma-can-stall` on a unit with stalls,
+        // or always where stalls are forced (ARM_SMMU_FEAT_STALL_FORCE); PRI where both have it.
+        master.atsSupported = device.ats && u.features.ats
+        master.stallEnabled = (device.canStall && u.features.stallModel == .stallOrTerminate) || u.features.stallModel == .stallForced
+        master.priEnabled = device.pri && u.features.pri && !master.stallEnabled
+        if master.reportsIOPF, let core, let q = u.iopfQueue {
+            do { try core.iopfAddDevice(device, to: q) } catch {
+                u.release(master)
+                throw error
+            }
+        }
         return master.ssidBits > 0 ? 1 << UInt32(master.ssidBits) : 0
     }
 
@@ -101,6 +119,29 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
         switch capability {
         case .cacheCoherency, .deferredFlush: return true
         case .dirtyTracking: return u.features.httu == .accessFlagAndDirty
+        }
+    }
+
+    public var supportsPageResponse: Bool { true }
+
+    /// Linux `arm_smmu_page_response`: a stall-enabled master's transaction is resumed by
+    /// its StreamID and STAG (the fault's PRG index) — retry on Success, abort otherwise;
+    /// a PRI master gets CMD_PRI_RESP with the PCIe code (Success, Invalid Request, Response
+    /// Failure; the SSID when the request had one). No CMD_SYNC follows (Linux: "it doesn't
+    /// do anything for RESUME or PRI_RESP"). A STAG the unit does not hold is ignored by it.
+    public func pageResponse(_ device: Device, to fault: PageFault, code: PageResponseCode) {
+        guard let (u, m) = try? lookup(device) else { return }
+        if m.stallEnabled {
+            u.sendResume(sid: m.sid, stag: fault.groupIndex, retry: code == .success)
+        } else if m.priEnabled {
+            let response: PRIResponse
+            switch code {
+            case .success: response = .success
+            case .invalidRequest: response = .invalidRequest
+            case .responseFailure: response = .responseFailure
+            }
+            u.sendPRIResponse(sid: m.sid, ssid: fault.flags.contains(.needsPASID) ? fault.requestPASID?.rawValue : nil,
+                              groupIndex: fault.groupIndex, response)
         }
     }
 
