@@ -10,7 +10,8 @@ import Hardware
 /// tables, stage 1 and stage 2 paging domains with ASIDs/VMIDs, identity and blocked
 /// domains, STE/CD updates through `SMMUEntryWriter`, TLB maintenance with RIL, and the event
 /// queue reported as the core's faults, SubstreamIDs (PASIDs) of stage 1 domains through linear
-/// or 2-level CD tables. No ATS, PRI, stalls or nesting yet.
+/// or 2-level CD tables, ATS with ATC invalidation, IO page faults from the PRI queue and from
+/// stalls, and SVA domains. No nesting yet.
 public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
     public let name: String
     public let platform: PlatformContext
