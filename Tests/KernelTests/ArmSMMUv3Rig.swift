@@ -5,13 +5,18 @@ import Hardware
 @testable import Kernel
 
 /// A core with the SMMUv3 driver over one emulated unit. PCIe endpoints are not connected
-/// to SMMUv3 yet, so DMA is the unit's `translate` called with the device's StreamID.
+/// to SMMUv3 yet, so DMA is the unit's `translate` called with the device's StreamID; fake
+/// endpoints (`addEndpoint`) take ATC invalidations and PRG responses.
 final class ArmSMMUv3Rig {
     let platform: PlatformContext
     let unit: SMMUv3Unit
     let driver: ArmSMMUv3Driver
     let core: IOMMUCore
     var smmu: ArmSMMUDevice { driver.units[0] }
+    /// Fake endpoints by StreamID (`addEndpoint`), and the STE in force at each ATS Enable
+    /// change the driver made (device name, on, STE).
+    var endpoints: [UInt32: FakeSMMUEndpoint] = [:]
+    var atsControlSTEs: [(String, Bool, StreamTableEntry)] = []
 
     init(features: SMMUv3Features = SMMUv3Features(), policy: DMAPolicy = .strict, trace: Bool = false,
          preferred: ArmSMMUStage? = nil) throws {

@@ -14,15 +14,19 @@ public struct DeviceDescription: Sendable {
     public var maxPASIDs: UInt32
     public var ats: Bool
     public var pri: Bool
+    /// The device tolerates stalled transactions (Linux firmware property `dma-can-stall`):
+    /// an SMMUv3 may hold its faulting accesses until software resumes them.
+    public var canStall: Bool
     /// An external-facing device: always gets a strict DMA domain (Linux `pci_dev->untrusted`).
     public var untrusted: Bool
     /// A per-device default-domain preference (Linux `def_domain_type`), nil for none.
     public var preferredDomain: DomainType?
 
     public init(name: String, requesterID: RequesterID, unit: Int = 0, groupKey: String? = nil, maxPASIDs: UInt32 = 0,
-                ats: Bool = false, pri: Bool = false, untrusted: Bool = false, preferredDomain: DomainType? = nil) {
+                ats: Bool = false, pri: Bool = false, untrusted: Bool = false, preferredDomain: DomainType? = nil,
+                canStall: Bool = false) {
         self.name = name; self.requesterID = requesterID; self.unit = unit; self.groupKey = groupKey
-        self.maxPASIDs = maxPASIDs; self.ats = ats; self.pri = pri; self.untrusted = untrusted
+        self.maxPASIDs = maxPASIDs; self.ats = ats; self.pri = pri; self.untrusted = untrusted; self.canStall = canStall
         self.preferredDomain = preferredDomain
     }
 }
@@ -50,6 +54,8 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
     public internal(set) var maxPASIDs: UInt32
     public let ats: Bool
     public let pri: Bool
+    /// Linux `dma-can-stall` (see `DeviceDescription.canStall`).
+    public let canStall: Bool
     public let untrusted: Bool
     public let preferredDomain: DomainType?
     /// The driver that probed it.
@@ -92,7 +98,7 @@ public final class Device: @unchecked Sendable, CustomStringConvertible {
 
     init(_ d: DeviceDescription, driver: any IOMMUDriver) {
         name = d.name; requesterID = d.requesterID; unit = d.unit; maxPASIDs = d.maxPASIDs
-        ats = d.ats; pri = d.pri; untrusted = d.untrusted; preferredDomain = d.preferredDomain
+        ats = d.ats; pri = d.pri; canStall = d.canStall; untrusted = d.untrusted; preferredDomain = d.preferredDomain
         self.driver = driver
     }
 

@@ -130,6 +130,9 @@ open class IOMMUDomain: @unchecked Sendable, CustomStringConvertible {
     /// Invalidates [start, end] wherever this domain's translations may be cached, and waits
     /// (SVA: the mmu-notifier's `arch_invalidate_secondary_tlbs`).
     open func invalidateRange(start: UInt64, end: UInt64) throws(IOMMUError) {}
+    /// SVA domains: the process's address space is being torn down while still bound (Linux
+    /// `mmu_notifier_ops.release`); the device must no longer reach it.
+    open func addressSpaceReleased() {}
 
     /// The rights a mapping asked with `permissions` gives a device: what the table format
     /// can express (x86-64 first-stage entries cannot refuse reads of a present page, so a

@@ -14,13 +14,17 @@ public struct VMA: Equatable, Sendable {
 }
 
 /// A simulated process (Linux `struct mm_struct`): x86-64 4-level page tables in physical
-/// memory (the first-stage format the unit walks for SVA), VMAs, pages allocated on first
+/// memory (the first-stage format the VT-d unit walks for SVA), and, once bound to an SMMUv3
+/// device, the same mappings in VMSAv8-64 stage 1 tables; VMAs, pages allocated on first
 /// touch. Unmapping invalidates every device's view of the range before the frames are
 /// reused (the mmu-notifier path, Linux `arch_invalidate_secondary_tlbs`).
 public final class Process: @unchecked Sendable, CustomStringConvertible {
     public let pid: Int
     unowned(unsafe) let core: IOMMUCore
     let pageTable: IOPageTable<FirstStageFormat>
+    /// The same address space in the Arm VMSAv8-64 stage 1 format (see `Process+ArmTable`),
+    /// made on the first SMMUv3 SVA bind and kept in step with `pageTable` from then on.
+    var armPageTable: IOPageTable<ArmStage1Format>?
     public internal(set) var vmas: [VMA] = []
     /// Resident pages: virtual page → frame.
     public internal(set) var residentPages: [UInt64: UInt64] = [:]
@@ -95,6 +99,14 @@ public final class Process: @unchecked Sendable, CustomStringConvertible {
         for d in svaDomains { core.observer?.mapBegan(d, iova: page, physical: frame, size: 0x1000, permissions: perms) }
         do {
             try pageTable.map(iova: page, physical: frame, size: 0x1000, permissions: perms)
+            if let arm = armPageTable {
+                do { try arm.map(iova: page, physical: frame, size: 0x1000, permissions: perms) } catch {
+                    var g = UnmapGather()
+                    _ = try? pageTable.unmap(iova: page, size: 0x1000, gather: &g)
+                    for t in g.freedTables { try? core.platform.frames.free(t) }
+                    throw error
+                }
+            }
         } catch {
             for d in svaDomains { core.observer?.mapEnded(d, iova: page, size: 0x1000, mapped: false) }
             if vma.physicalBase == nil { try? core.platform.frames.free(frame) }
@@ -126,6 +138,7 @@ public final class Process: @unchecked Sendable, CustomStringConvertible {
         for d in svaDomains { core.observer?.unmapBegan(d, iova: address, size: end - address) }
         for p in pages {
             _ = try? pageTable.unmap(iova: p, size: 0x1000, gather: &gather)
+            _ = try? armPageTable?.unmap(iova: p, size: 0x1000, gather: &gather)
             if let f = residentPages.removeValue(forKey: p), !blocks.contains(where: { $0.start <= p && p < $0.end }) { frames.append(f) }
         }
         // Pinned frames stay allocated until their last unpin (the pin holds the page).
@@ -179,6 +192,8 @@ public final class Process: @unchecked Sendable, CustomStringConvertible {
         for v in vmas { try munmap(address: v.start, length: v.end - v.start) }
         var gather = UnmapGather()
         pageTable.destroy(into: &gather)
+        armPageTable?.destroy(into: &gather)
+        armPageTable = nil
         for t in gather.freedTables { try? core.platform.frames.free(t) }
         if let p = pasid { try? core.freeGlobalPASID(p) }
         pasid = nil

@@ -119,6 +119,12 @@ final class ArmSMMUCommandQueue {
         cons = readCons()
     }
 
+    /// Publishes PROD without waiting (Linux `arm_smmu_cmdq_issue_cmd` without sync: the
+    /// commands take effect when the unit gets to them).
+    func publish() {
+        unit.write32(SMMUv3Register.cmdqProd, prod)
+    }
+
     /// Issues `commands` and a sync.
     func issueAndSync(_ commands: SMMUCommand...) throws(IOMMUError) {
         for c in commands { try issue(c) }

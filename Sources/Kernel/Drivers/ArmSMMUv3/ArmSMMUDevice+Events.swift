@@ -36,13 +36,40 @@ extension ArmSMMUDevice {
     private func report(_ event: SMMUEventRecord) {
         eventsHandled += 1
         guard let master = masters[event.sid], let driver, let core = driver.core else {
+            // A stall of an unknown stream stays held, as in Linux (`arm_smmu_handle_event`
+            // returns -EINVAL); only STEs this driver wrote can stall.
             unknownStreamEvents += 1
+            return
+        }
+        if event.stall, let fault = Self.stallFault(event) {
+            // Linux `arm_smmu_handle_event`: a stalled translation, address size, access or
+            // permission fault is a page request of one page (LAST, PRG index = STAG) for
+            // the IOPF pipeline; `arm_smmu_page_response` answers it with CMD_RESUME. A master
+            // not on a fault queue gets Invalid Request from the core, so abort.
+            stallFaultsReported += 1
+            core.reportPageFault(master.device, fault)
             return
         }
         let record = FaultRecord(source: master.device.requesterID, reason: event.id, address: event.inputAddress,
                                  pasid: event.ssid.map { PASID(truncating: $0) }, isRead: event.read,
                                  execute: event.instruction, privileged: event.privileged)
         core.reportFault(driver: driver, unit: index, record: record, event: event)
+    }
+
+    /// The core's page fault for a stall event (Linux `arm_smmu_handle_event`): only the four
+    /// translation-related fault kinds; nil for anything else (reported as an ordinary fault).
+    static func stallFault(_ event: SMMUEventRecord) -> PageFault? {
+        switch event.kind {
+        case .fTranslation?, .fAddrSize?, .fAccess?, .fPermission?: break
+        default: return nil
+        }
+        var perms: FaultPermissions = event.read ? .read : .write
+        if event.instruction { perms.insert(.exec) }
+        if event.privileged { perms.insert(.priv) }
+        var flags: PageFault.Flags = .lastPage
+        if event.ssid != nil { flags.insert(.pasidValid) }
+        return PageFault(flags: flags, pasid: PASID(truncating: event.ssid ?? 0), groupIndex: event.stag,
+                         permissions: perms, address: event.inputAddress, privateData: UInt64(event.stag))
     }
 
     /// The global error interrupt (Linux `arm_smmu_gerror_handler`): a command queue error

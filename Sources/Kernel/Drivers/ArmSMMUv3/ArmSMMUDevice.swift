@@ -34,6 +34,8 @@ public final class ArmSMMUDevice: @unchecked Sendable {
     var masters: [UInt32: ArmSMMUMaster] = [:]
     /// The driver (set once at bring-up; not counted).
     unowned(unsafe) var driver: ArmSMMUv3Driver?
+    /// The core's fault queue for this unit's masters that report recoverable faults.
+    public internal(set) var iopfQueue: IOPFQueue?
     public private(set) var isEnabled = false
     /// Event queue handling: records read, overflows acknowledged, records of StreamIDs no
     /// master has.
@@ -42,6 +44,16 @@ public final class ArmSMMUDevice: @unchecked Sendable {
     public internal(set) var unknownStreamEvents = 0
     /// Global errors handled (Linux `arm_smmu_gerror_handler`).
     public internal(set) var globalErrors = 0
+    /// PRI queue handling: entries read, stop markers dropped, requests answered without
+    /// reaching the core (unknown StreamID, no PRI, no fault queue), overflows acknowledged.
+    public internal(set) var pageRequestsHandled = 0
+    public internal(set) var stopMarkersDropped = 0
+    public internal(set) var badPageRequests = 0
+    public internal(set) var priQueueOverflows = 0
+    /// Stall events reported to the core as page faults.
+    public internal(set) var stallFaultsReported = 0
+    /// CMD_PRI_RESP / CMD_RESUME that could not be written to the command queue.
+    public internal(set) var responsesLost = 0
 
     /// What interrupt handlers hold instead of a weak reference (cleared in deinit).
     let ref = PlatformContext.BackRef<ArmSMMUDevice>()
@@ -228,6 +240,7 @@ public final class ArmSMMUDevice: @unchecked Sendable {
         try writeIRQCtrl(0)
         unit.onEventQueueInterrupt = { [ref] in ref.target?.handleEventQueue() }
         unit.onGlobalErrorInterrupt = { [ref] in ref.target?.handleGlobalError() }
+        if features.pri { unit.onPRIQueueInterrupt = { [ref] in ref.target?.handlePRIQueue() } }
         try writeIRQCtrl(SMMUv3Bits.irqGERROR | SMMUv3Bits.irqEVTQ | (features.pri ? SMMUv3Bits.irqPRIQ : 0))
         enables |= SMMUv3Bits.cr0SMMUEN
         try writeCR0(enables)
@@ -242,6 +255,7 @@ public final class ArmSMMUDevice: @unchecked Sendable {
         unit.write32(SMMUv3Register.irqCtrl, 0)
         unit.onEventQueueInterrupt = nil
         unit.onGlobalErrorInterrupt = nil
+        unit.onPRIQueueInterrupt = nil
         for (_, l2) in l2Tables { for i in 0..<4 { try? platform.frames.free(l2 + UInt64(i) * 4096) } }
         l2Tables = [:]
         freeOwnFrames()

@@ -8,6 +8,11 @@ import Hardware
 class ArmSMMUDomain: IOMMUDomain, @unchecked Sendable {
     /// The driver outlives its domains (both belong to one machine); not counted.
     unowned(unsafe) let driver: ArmSMMUv3Driver
+    /// Where it is attached (Linux `smmu_domain->devices`; paging and SVA domains only).
+    var masterDomains: [ArmSMMUMasterDomain] = []
+    /// Entries of `masterDomains` with ATS (Linux `nr_ats_masters`): ATC invalidations are
+    /// sent only while it is not 0.
+    var atsMasters = 0
 
     init(driver: ArmSMMUv3Driver, type: DomainType, flags: DomainFlags = [], pageSizes: UInt64 = 0, apertureEnd: UInt64 = 0) {
         self.driver = driver
@@ -25,21 +30,28 @@ class ArmSMMUDomain: IOMMUDomain, @unchecked Sendable {
     }
 
     /// Installs a STE that does not use the CD table, then clears CD 0 (Linux
-    /// `arm_smmu_attach_dev_ste`: the STE first, then `arm_smmu_clear_cd(master,
+    /// `arm_smmu_attach_dev_ste`: prepare, the STE, commit, then `arm_smmu_clear_cd(master,
     /// IOMMU_NO_PASID)`, which no STE names any more). While PASIDs are in use the CD table
-    /// stays in the STE with S1DSS `s1DSS` (bypass for identity, terminate for blocked);
-    /// a stage 2 RID cannot coexist with PASIDs (EBUSY, as Linux's attach).
-    func installWithoutCD(_ master: ArmSMMUMaster, on u: ArmSMMUDevice, _ ste: StreamTableEntry, rid: ArmSMMUMaster.RID,
-                          s1DSS: StreamTableEntry.S1DSS?) throws(IOMMUError) -> UpdatePath {
-        let target: StreamTableEntry
-        if master.pasidsInUse > 0 {
+    /// stays in the STE with S1DSS `s1DSS` (bypass for identity, terminate for blocked) and
+    /// keeps ATS for them (`cd_needs_ats`); a stage 2 RID cannot coexist with PASIDs (EBUSY,
+    /// as Linux's attach). `tracked` is the domain when it has page tables (stage 2).
+    func installWithoutCD(_ master: ArmSMMUMaster, on u: ArmSMMUDevice, rid: ArmSMMUMaster.RID, s1DSS: StreamTableEntry.S1DSS?,
+                          tracked: ArmSMMUDomain? = nil, _ ste: (_ ats: Bool) -> StreamTableEntry) throws(IOMMUError) -> UpdatePath {
+        let keepCDTable = master.pasidsInUse > 0
+        var dss = StreamTableEntry.S1DSS.terminate
+        if keepCDTable {
             guard let s1DSS else { throw .busy("\(master.device) has PASIDs attached; a stage 2 RID domain cannot keep them") }
-            target = u.cdTableSTE(master, s1DSS: s1DSS)
-        } else {
-            target = ste
+            dss = s1DSS
         }
-        let path = try u.writeSTE(master, target)
+        let state = u.attachPrepare(master, ssid: 0, new: tracked, cdNeedsATS: keepCDTable)
+        let target = keepCDTable ? u.cdTableSTE(master, s1DSS: dss, ats: state.ats) : ste(state.ats)
+        let path: UpdatePath
+        do { path = try u.writeSTE(master, target) } catch {
+            u.attachAbort(master, state)
+            throw error
+        }
         master.rid = rid
+        u.attachCommit(master, state)
         if master.cdTable != 0, master.cdValid(0) {
             _ = try? u.writeCD(master, ContextDescriptor())
         }
@@ -58,24 +70,39 @@ final class ArmSMMUBlockedDomain: ArmSMMUDomain, @unchecked Sendable {
     override var description: String { "blocked domain" }
 
     override func install(_ master: ArmSMMUMaster, on u: ArmSMMUDevice) throws(IOMMUError) -> UpdatePath {
-        _ = try installWithoutCD(master, on: u, .abort(), rid: .blocked, s1DSS: .terminate)
+        _ = try installWithoutCD(master, on: u, rid: .blocked, s1DSS: .terminate) { _ in .abort() }
         return .removed
     }
 
     /// Linux `arm_smmu_blocking_set_dev_pasid` → `arm_smmu_remove_dev_pasid`: CD[ssid] is
-    /// cleared (V = 0 through the writer, CFGI_CD + SYNC); when no PASID remains and the RID
-    /// is identity or blocked, its plain STE (bypass or abort) comes back.
+    /// cleared (V = 0 through the writer, CFGI_CD + SYNC), the ATC of that SSID invalidated
+    /// under ATS, the master leaves the old domain; when no PASID remains and the RID is
+    /// identity or blocked, its plain STE (bypass or abort) comes back, with ATS turned off
+    /// first (no EATS without a CD table).
     override func setDevicePASID(_ device: Device, pasid: PASID, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
         let (u, master) = try driver.lookup(device)
         let ssid = pasid.rawValue
         guard ssid != 0, master.cdTable != 0, master.cdValid(ssid) else { return .unchanged }
         _ = try u.writeCD(master, ssid: ssid, ContextDescriptor())
+        if master.atsEnabled { try? u.atcInvalidateMaster(master, ssid: ssid) }
+        if let old = master.domains[ssid] {
+            u.removeMasterDomain(master, old, ssid: ssid)
+            master.domains[ssid] = nil
+        }
         if master.pasidsInUse == 0 {
+            // The RID's plain STE through `arm_smmu_attach_dev_ste` (no CD table: no ATS).
+            let plain: StreamTableEntry
             switch master.rid {
-            case .identity: _ = try u.writeSTE(master, .bypass())
-            case .blocked: _ = try u.writeSTE(master, .abort())
-            case .s1, .s2: break
+            case .identity: plain = .bypass()
+            case .blocked: plain = .abort()
+            case .s1, .s2: return .removed
             }
+            let state = u.attachPrepare(master, ssid: 0, new: nil)
+            do { _ = try u.writeSTE(master, plain) } catch {
+                u.attachAbort(master, state)
+                throw error
+            }
+            u.attachCommit(master, state)
         }
         return .removed
     }
@@ -91,7 +118,7 @@ final class ArmSMMUIdentityDomain: ArmSMMUDomain, @unchecked Sendable {
     override var description: String { "identity domain" }
 
     override func install(_ master: ArmSMMUMaster, on u: ArmSMMUDevice) throws(IOMMUError) -> UpdatePath {
-        try installWithoutCD(master, on: u, .bypass(), rid: .identity, s1DSS: .bypass)
+        try installWithoutCD(master, on: u, rid: .identity, s1DSS: .bypass) { _ in .bypass() }
     }
 
     override func iovaToPhys(_ iova: UInt64) -> UInt64? { iova }

@@ -34,6 +34,22 @@ final class ArmSMMUMaster {
     var cds: [UInt32: [UInt64]] = [:]
     /// Valid CDs at SSIDs other than 0 (Linux `cd_table.used_ssids`).
     var pasidsInUse = 0
+    /// Linux `arm_smmu_ats_supported`: the unit has IDR0.ATS and the device an ATS capability.
+    var atsSupported = false
+    /// Linux `master->ats_enabled`: the STE in force has EATS = translate and the device's
+    /// ATC may hold translations (ATC invalidations go to it).
+    var atsEnabled = false
+    /// The device's own ATS Enable bit as the driver last set it (`pci_enable_ats` /
+    /// `pci_disable_ats`); turned off before an STE without EATS is written.
+    var deviceATSEnabled = false
+    /// Linux `master->stall_enabled`: the unit has a stall model and the device can stall
+    /// (or stalls are forced); its CDs set S, its STEs leave S1STALLD clear.
+    var stallEnabled = false
+    /// The device's page requests reach the PRI queue (device PRI and IDR0.PRI).
+    var priEnabled = false
+    /// The domains (paging, SVA) attached by SSID (0: the RID), each holding a
+    /// `ArmSMMUMasterDomain` for this master (Linux `smmu_domain->devices`).
+    var domains: [UInt32: ArmSMMUDomain] = [:]
 
     static let leafCDs: UInt32 = 1024
     static let leafFrames = 16
@@ -46,6 +62,9 @@ final class ArmSMMUMaster {
     var cd0: [UInt64] { cd(0) }
     func cd(_ ssid: UInt32) -> [UInt64] { cds[ssid] ?? [UInt64](repeating: 0, count: 8) }
     func cdValid(_ ssid: UInt32) -> Bool { cd(ssid)[0] & SMMUEntryWriter.Kind.cd.validBit != 0 }
+
+    /// The master reports recoverable faults (PRI or stalls) through the core's fault queue.
+    var reportsIOPF: Bool { priEnabled || stallEnabled }
 
     /// Whether the STE in force translates at stage 1 through the CD table (V, Config 0b1x1).
     var steUsesCDTable: Bool { ste[0] & 1 != 0 && (ste[0] >> 1) & 1 != 0 }
@@ -71,8 +90,18 @@ extension ArmSMMUDevice {
 
     /// Linux `arm_smmu_release_device`: the core already attached the blocked domain (abort
     /// STE, which no longer names the CD table; its CFGI_STE dropped every CD cached through
-    /// it), so the CD table can go.
+    /// it; ATS is off), so the master leaves the fault queue and the CD table can go.
     func release(_ master: ArmSMMUMaster) {
+        if master.reportsIOPF {
+            // Linux `arm_smmu_disable_iopf` → `iopf_queue_remove_device`: what the queues
+            // already hold for the master reaches the core first, then the core answers
+            // every pending group (stalled transactions get CMD_RESUME abort). Linux never
+            // issues CMD_STALL_TERM: every stall has its event, so every one is answered.
+            if master.priEnabled { handlePRIQueue() }
+            if master.stallEnabled { handleEventQueue() }
+            driver?.core?.iopfRemoveDevice(master.device)
+        }
+        forgetMaster(master)
         if master.ste[0] != StreamTableEntry.abort().data[0] { _ = try? writeSTE(master, .abort()) }
         freeCDTable(master)
         masters[master.sid] = nil
@@ -135,9 +164,10 @@ extension ArmSMMUDevice {
         return leaf + offset
     }
 
-    /// `arm_smmu_make_cdtable_ste` for `master`'s table.
-    func cdTableSTE(_ master: ArmSMMUMaster, s1DSS: StreamTableEntry.S1DSS) -> StreamTableEntry {
+    /// `arm_smmu_make_cdtable_ste` for `master`'s table: EATS = translate with `ats`,
+    /// S1STALLD where the unit has stalls but the master may not stall.
+    func cdTableSTE(_ master: ArmSMMUMaster, s1DSS: StreamTableEntry.S1DSS, ats: Bool) -> StreamTableEntry {
         .cdTable(contextPointer: master.cdTable, format: master.cdFormat, s1CDMax: master.s1CDMax, s1DSS: s1DSS,
-                 stallDisable: features.stallModel == .stallOrTerminate)
+                 ats: ats, stallDisable: features.stallModel != .terminateOnly && !master.stallEnabled)
     }
 }

@@ -50,18 +50,25 @@ class ArmSMMUPagingDomain: ArmSMMUDomain, @unchecked Sendable {
     /// (TLBI_NH_VA with the ASID) or by IPA (TLBI_S2_IPA with the VMID), then CMD_SYNC. Leaf
     /// only when no table page was freed (Linux sends a non-leaf TLBI from the io-pgtable
     /// walk flush when it frees a table; the core frees them after this returns).
+    /// With ATS masters, then ATC_INV for the range to each of them with its SSID and a
+    /// second CMD_SYNC (Linux `arm_smmu_tlb_inv_range_domain` → `arm_smmu_atc_inv_domain`:
+    /// the ATC is invalidated only once the TLB no longer holds the range, so a device
+    /// cannot refill its ATC from a stale TLB entry).
     override func iotlbSync(_ gather: inout UnmapGather) throws(IOMMUError) {
         guard gather.start < gather.end else { return }
         try invalidateRange(start: gather.start, size: gather.end - gather.start,
                             leaf: gather.freedTables.isEmpty, largestPage: gather.largestPage)
+        if atsMasters > 0 { try smmu.atcInvalidateDomain(self, address: gather.start, size: gather.end - gather.start) }
     }
 
-    /// Linux `arm_smmu_flush_iotlb_all`: TLBI_NH_ASID (stage 1) or TLBI_S12_VMALL (stage 2), SYNC.
+    /// Linux `arm_smmu_flush_iotlb_all` → `arm_smmu_tlb_inv_context`: TLBI_NH_ASID (stage 1)
+    /// or TLBI_S12_VMALL (stage 2), SYNC, then the whole ATC of every ATS master.
     override func flushAll() throws(IOMMUError) {
         try smmu.platform.withHardware { () throws(IOMMUError) in
             try smmu.cmdq.issue(contextInvalidation)
             try smmu.cmdq.sync()
         }
+        if atsMasters > 0 { try smmu.atcInvalidateDomain(self, address: 0, size: 0) }
     }
 
     var contextInvalidation: SMMUCommand {
@@ -136,55 +143,42 @@ final class ArmSMMUS1Domain: ArmSMMUPagingDomain, @unchecked Sendable {
 
     public override var tableOwnerTag: UInt32 { pageTable.ownerTag }
 
-    var contextDescriptor: ContextDescriptor {
-        .s1(asid: tag, ttb: pageTable.root, inputBits: 48, outputBits: smmu.features.outputAddressBits)
+    /// Linux `arm_smmu_make_s1_cd`: S set for a master that stalls.
+    func contextDescriptor(for master: ArmSMMUMaster) -> ContextDescriptor {
+        .s1(asid: tag, ttb: pageTable.root, inputBits: 48, outputBits: smmu.features.outputAddressBits, stall: master.stallEnabled)
     }
 
-    /// Linux `arm_smmu_attach_dev` for stage 1: CD 0 first, then the CD-table STE. The CD's
-    /// update matters only if the STE in force already used the CD table (S1 → S1: same STE,
-    /// another CD; the CD's ASID and TTB0 words both change, so the writer goes through
-    /// V = 0 as Linux's does); otherwise the STE's update is the transition.
+    /// Linux `arm_smmu_attach_dev` for stage 1: prepare (ATS decided, the master listed),
+    /// CD 0 first, then the CD-table STE (EATS with ATS), then commit (ATS enabled or the
+    /// ATC invalidated). The CD's update matters only if the STE in force already used the
+    /// CD table (S1 → S1: same STE, another CD; the CD's ASID and TTB0 words both change, so
+    /// the writer goes through V = 0 as Linux's does); otherwise the STE's update is the
+    /// transition.
     override func install(_ master: ArmSMMUMaster, on u: ArmSMMUDevice) throws(IOMMUError) -> UpdatePath {
         let cdInUse = master.steUsesCDTable
-        let table = try u.ensureCDTable(master)
-        let cdPath = try u.writeCD(master, contextDescriptor)
-        _ = table
-        let stePath = try u.writeSTE(master, u.cdTableSTE(master, s1DSS: .ssid0))
+        _ = try u.ensureCDTable(master)
+        let state = u.attachPrepare(master, ssid: 0, new: self)
+        let cdPath: UpdatePath, stePath: UpdatePath
+        do {
+            cdPath = try u.writeCD(master, contextDescriptor(for: master))
+            stePath = try u.writeSTE(master, u.cdTableSTE(master, s1DSS: .ssid0, ats: state.ats))
+        } catch {
+            u.attachAbort(master, state)
+            throw error
+        }
         master.rid = .s1
+        u.attachCommit(master, state)
         guard cdInUse else { return stePath }
         if stePath == .unchanged { return cdPath }
         return stePath == .teardownSetup || cdPath == .teardownSetup ? .teardownSetup : stePath
     }
 
-    /// Linux `arm_smmu_s1_set_dev_pasid` → `arm_smmu_set_pasid`: CD[ssid] written through
-    /// the entry writer (a replace of one S1 domain by another is a CD rewrite), then the STE
-    /// made a CD-table STE if it was not (S1DSS bypass for an identity RID, terminate for a
-    /// blocked one; an S1 RID's STE already is one with SSID0). A stage 2 RID refuses (EINVAL).
+    /// Linux `arm_smmu_s1_set_dev_pasid` → `arm_smmu_set_pasid` (`ArmSMMUDevice.setPASID`).
     /// This domain's ASID tags every CD that uses it, so its TLBIs by ASID reach all of them.
     override func setDevicePASID(_ device: Device, pasid: PASID, old: IOMMUDomain?) throws(IOMMUError) -> UpdatePath {
         let (u, master) = try driver.lookup(device)
         guard u === smmu else { throw .incompatible("\(self) belongs to \(smmu.name), not \(u.name)") }
-        let ssid = pasid.rawValue
-        guard ssid != 0, UInt64(ssid) >> UInt64(master.ssidBits) == 0 else {
-            throw .invalidArgument("\(pasid) beyond \(master.ssidBits) SSID bits of \(device)")
-        }
-        guard master.rid != .s2 else { throw .invalidArgument("\(device)'s RID is on a stage 2 domain; no PASIDs") }
-        let fresh = master.cdTable == 0
-        _ = try u.ensureCDTable(master)
-        let previous = master.cd(ssid)
-        let cdPath: UpdatePath
-        do { cdPath = try u.writeCD(master, ssid: ssid, contextDescriptor) } catch {
-            if fresh && !master.steUsesCDTable { u.freeCDTable(master) }
-            throw error
-        }
-        let dss: StreamTableEntry.S1DSS = master.rid == .s1 ? .ssid0 : master.rid == .identity ? .bypass : .terminate
-        do { _ = try u.writeSTE(master, u.cdTableSTE(master, s1DSS: dss)) } catch {
-            var back = ContextDescriptor()
-            for i in 0..<8 { back.data[i] = previous[i] }
-            _ = try? u.writeCD(master, ssid: ssid, back)
-            throw error
-        }
-        return cdPath
+        return try u.setPASID(master, ssid: pasid.rawValue, domain: self, contextDescriptor(for: master))
     }
 
     /// The core's rights are IOMMU_READ/WRITE without IOMMU_PRIV, so every leaf is
@@ -223,15 +217,18 @@ final class ArmSMMUS2Domain: ArmSMMUPagingDomain, @unchecked Sendable {
 
     public override var tableOwnerTag: UInt32 { pageTable.ownerTag }
 
-    var streamTableEntry: StreamTableEntry {
+    /// Linux `arm_smmu_make_s2_domain_ste`: EATS with ATS, S2S for a master that stalls.
+    func streamTableEntry(ats: Bool, stall: Bool) -> StreamTableEntry {
         .s2Domain(vmid: tag, translation: .granule4K(levels: pageTable.levels, outputBits: smmu.features.outputAddressBits),
-                  ttb: pageTable.root)
+                  ttb: pageTable.root, ats: ats, stall: stall)
     }
 
     /// Linux `arm_smmu_attach_dev` for stage 2: the STE, then CD 0 cleared (EBUSY while
     /// PASIDs are in use).
     override func install(_ master: ArmSMMUMaster, on u: ArmSMMUDevice) throws(IOMMUError) -> UpdatePath {
-        try installWithoutCD(master, on: u, streamTableEntry, rid: .s2, s1DSS: nil)
+        try installWithoutCD(master, on: u, rid: .s2, s1DSS: nil, tracked: self) { ats in
+            streamTableEntry(ats: ats, stall: master.stallEnabled)
+        }
     }
 
     /// Stage 2 domains take no PASIDs (Linux: only stage 1 CDs hang off SubstreamIDs; EINVAL).

@@ -10,7 +10,8 @@ import Hardware
 /// tables, stage 1 and stage 2 paging domains with ASIDs/VMIDs, identity and blocked
 /// domains, STE/CD updates through `SMMUEntryWriter`, TLB maintenance with RIL, and the event
 /// queue reported as the core's faults, SubstreamIDs (PASIDs) of stage 1 domains through linear
-/// or 2-level CD tables. No ATS, PRI, stalls or nesting yet.
+/// or 2-level CD tables, ATS with ATC invalidation, IO page faults from the PRI queue and from
+/// stalls, and SVA domains. No nesting yet.
 public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
     public let name: String
     public let platform: PlatformContext
@@ -23,6 +24,9 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
     /// The stage DMA and unmanaged domains use where the flags allow both: nil follows Linux
     /// (stage 1 where the unit has it, "Prefer S1 if available"); `.s2` forces stage 2.
     public var preferredStage: ArmSMMUStage?
+    /// Called when the driver sets or clears a device's PCIe ATS Enable bit (`pci_enable_ats`,
+    /// `pci_disable_ats`); tests watch the order against the STE.
+    public var onDeviceATSControl: ((Device, Bool) -> Void)?
     private lazy var blocked = ArmSMMUBlockedDomain(driver: self)
     private lazy var identity = ArmSMMUIdentityDomain(driver: self)
 
@@ -54,7 +58,11 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
     public var blockedDomain: IOMMUDomain { blocked }
     public var identityDomain: IOMMUDomain? { identity }
 
-    public func register(with core: IOMMUCore) { self.core = core }
+    /// Also makes each unit's fault queue (Linux `iopf_queue_alloc` at probe of the unit).
+    public func register(with core: IOMMUCore) {
+        self.core = core
+        for u in units where u.iopfQueue == nil { u.iopfQueue = core.allocIOPFQueue(name: "iopf-\(u.name)") }
+    }
 
     func unit(for device: Device) throws(IOMMUError) -> ArmSMMUDevice {
         guard device.driver === self, device.unit >= 0, device.unit < units.count else {
@@ -86,6 +94,17 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
         let master = try u.probe(device)
         let own = device.maxPASIDs > 1 ? 31 - device.maxPASIDs.leadingZeroBitCount : 0
         master.ssidBits = min(u.features.ssidBits, own, 20)
+        // `arm_smmu_ats_supported`; `stall_enabled` with `dma-can-stall` on a unit with stalls,
+        // or always where stalls are forced (ARM_SMMU_FEAT_STALL_FORCE); PRI where both have it.
+        master.atsSupported = device.ats && u.features.ats
+        master.stallEnabled = (device.canStall && u.features.stallModel == .stallOrTerminate) || u.features.stallModel == .stallForced
+        master.priEnabled = device.pri && u.features.pri && !master.stallEnabled
+        if master.reportsIOPF, let core, let q = u.iopfQueue {
+            do { try core.iopfAddDevice(device, to: q) } catch {
+                u.release(master)
+                throw error
+            }
+        }
         return master.ssidBits > 0 ? 1 << UInt32(master.ssidBits) : 0
     }
 
@@ -101,6 +120,29 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
         switch capability {
         case .cacheCoherency, .deferredFlush: return true
         case .dirtyTracking: return u.features.httu == .accessFlagAndDirty
+        }
+    }
+
+    public var supportsPageResponse: Bool { true }
+
+    /// Linux `arm_smmu_page_response`: a stall-enabled master's transaction is resumed by
+    /// its StreamID and STAG (the fault's PRG index) — retry on Success, abort otherwise;
+    /// a PRI master gets CMD_PRI_RESP with the PCIe code (Success, Invalid Request, Response
+    /// Failure; the SSID when the request had one). No CMD_SYNC follows (Linux: "it doesn't
+    /// do anything for RESUME or PRI_RESP"). A STAG the unit does not hold is ignored by it.
+    public func pageResponse(_ device: Device, to fault: PageFault, code: PageResponseCode) {
+        guard let (u, m) = try? lookup(device) else { return }
+        if m.stallEnabled {
+            u.sendResume(sid: m.sid, stag: fault.groupIndex, retry: code == .success)
+        } else if m.priEnabled {
+            let response: PRIResponse
+            switch code {
+            case .success: response = .success
+            case .invalidRequest: response = .invalidRequest
+            case .responseFailure: response = .responseFailure
+            }
+            u.sendPRIResponse(sid: m.sid, ssid: fault.flags.contains(.needsPASID) ? fault.requestPASID?.rawValue : nil,
+                              groupIndex: fault.groupIndex, response)
         }
     }
 
