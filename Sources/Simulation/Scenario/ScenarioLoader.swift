@@ -255,6 +255,14 @@ struct ScenarioParser {
         let pri = try m.optional("pri")?.bool() ?? false
         if pri && !ats { throw f.error("pri needs ats (a page request is answered by a retried ATS translation)") }
         let untrusted = try m.optional("untrusted")?.bool() ?? false
+        // Linux `dma-can-stall`: an SMMUv3 may hold the device's faulting transactions (stall
+        // model) until software resumes them. PCIe devices cannot (a completion timeout).
+        var canStall = false
+        if let v = m.optional("can-stall") {
+            canStall = try v.bool()
+            if canStall && !s.isArm { throw v.error("can-stall needs an SMMUv3 unit (type: smmuv3): VT-d has no stall model") }
+            if canStall && (ats || pri) { throw v.error("a device that can stall is a platform device: no ats or pri (Linux disables stalls for PCI masters)") }
+        }
         let maskBits = try m.optional("dma-mask-bits")?.int(in: 12...64) ?? 64
         var preferred: DomainType?
         if let v = m.optional("default-domain") {
@@ -293,7 +301,8 @@ struct ScenarioParser {
         try m.finish()
         deviceIndex[name] = s.devices.count
         s.devices.append(.init(description: DeviceDescription(name: name, requesterID: rid, unit: unit, groupKey: group, maxPASIDs: UInt32(pasids),
-                                                              ats: ats, pri: pri, untrusted: untrusted, preferredDomain: preferred),
+                                                              ats: ats, pri: pri, untrusted: untrusted, preferredDomain: preferred,
+                                                              canStall: canStall),
                                unitName: unitName, maxPayload: Int(mps) ?? 256, maxReadRequest: Int(mrrs) ?? 512,
                                ats: atsConfig, pri: priConfig, misbehaviour: misbehaviour, dmaMaskBits: maskBits))
     }
