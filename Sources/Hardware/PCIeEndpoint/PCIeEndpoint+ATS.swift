@@ -450,11 +450,14 @@ extension PCIeEndpoint {
                     finish(g.op, .stopped)
                 }
             }
-            atsCounters.stopMarkers &+= 1
-            let d = PageRequestDescriptor(requester: requesterID, pasid: pasid, read: false, write: false,
-                                          lastInGroup: true, groupIndex: 0, address: 0)
-            let u = upstream
-            link.up(pageRequest: true) { u.pageRequest(d) }
+            // The marker is a PRI message: a function without PRI has none to send.
+            if priConfiguration.enabled {
+                atsCounters.stopMarkers &+= 1
+                let d = PageRequestDescriptor(requester: requesterID, pasid: pasid, read: false, write: false,
+                                              lastInGroup: true, groupIndex: 0, address: 0)
+                let u = upstream
+                link.up(pageRequest: true) { u.pageRequest(d) }
+            }
             wakeCreditWaiters()
         }
         stopWaiters.append(StopWaiter(pasid: pasid, waitForGroups: !stopMarker, serialAtStop: nextTranslationSerial,

@@ -35,6 +35,9 @@ public protocol IOMMUDriver: AnyObject, Sendable {
     var supportsPageResponse: Bool { get }
     /// Sends the response of the group `fault` ends to the device (`page_response`).
     func pageResponse(_ device: Device, to fault: PageFault, code: PageResponseCode)
+    /// The device is about to be reset (function reset, or a platform device's reset line):
+    /// transactions the IOMMU holds for it must not complete into the reset device.
+    func deviceReset(_ device: Device)
     /// A domain sharing `process`'s address space with `device` (`domain_alloc_sva`).
     func allocSVADomain(for device: Device, process: Process) throws(IOMMUError) -> IOMMUDomain
     /// IOVA ranges the device must not use for DMA (`get_resv_regions`).
@@ -84,6 +87,7 @@ extension IOMMUDriver {
     public func invalidationsAreExpensive(_ device: Device) -> Bool { false }
     public var supportsPageResponse: Bool { false }
     public func pageResponse(_ device: Device, to fault: PageFault, code: PageResponseCode) {}
+    public func deviceReset(_ device: Device) {}
     public func allocSVADomain(for device: Device, process: Process) throws(IOMMUError) -> IOMMUDomain {
         throw .notSupported("\(name) has no SVA")
     }

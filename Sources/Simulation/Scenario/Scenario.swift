@@ -198,6 +198,9 @@ public struct Scenario: Sendable {
         /// The device is reset: its group passes through the blocked domain for `ns`
         /// (Linux pci_dev_reset_iommu_prepare/done).
         case reset(device: Int, ns: UInt64)
+        /// Hot removal (Linux `iommu_release_device`): the device's workloads stop, the core
+        /// releases it (blocked domain, the driver frees its state) with whatever is in flight.
+        case removeDevice(Int)
         /// One-off DMA from a device (`count` requests, `stride` apart).
         case dma(device: Int, address: UInt64, length: Int, count: Int, stride: UInt64, write: Bool, pasid: String?)
         /// `pairs` map+unmap pairs through the DMA API on one CPU.

@@ -8,7 +8,7 @@ import IOMMUFD
 // `actions:` entries: the names they declare (a first pass) and each action.
 extension ScenarioParser {
     static let actionKinds = ["alloc-domain", "free-domain", "map", "unmap", "claim-owner", "release-owner", "attach", "replace",
-                              "detach", "alloc-pasid", "free-pasid", "attach-pasid", "replace-pasid", "detach-pasid", "reset",
+                              "detach", "alloc-pasid", "free-pasid", "attach-pasid", "replace-pasid", "detach-pasid", "reset", "remove-device",
                               "dma", "dma-burst", "start", "stop", "retarget", "inject", "descriptor-fault",
                               "create-process", "mmap", "munmap", "exit", "sva-bind", "sva-unbind", "alloc-fault-queue",
                               "close-fault-queue"] + iommufdKinds
@@ -102,6 +102,13 @@ extension ScenarioParser {
             let d = try dev()
             let ns = try m.optional("duration-ns")?.unsigned(in: 0...(1 << 40)) ?? 1_000
             action = .reset(device: d, ns: ns); label = "reset \(devName(d))"
+        case "remove-device":
+            let d = try dev()
+            // A device whose process binds or iommufd bindings outlive it would leave them
+            // dangling for the teardown: the scenario removes those first (not modelled).
+            if bindNames.values.contains(d) { throw m.field.error("remove-device: '\(devName(d))' has SVA binds; only a device without them can be removed") }
+            if s.devices[d].description.groupKey != nil { throw m.field.error("remove-device: '\(devName(d))' shares a group; only a device alone in its group can be removed") }
+            action = .removeDevice(d); label = "remove \(devName(d))"
         case "dma":
             let d = try dev()
             let address = try m.required("address", "the DMA address").unsigned()
@@ -195,7 +202,7 @@ extension ScenarioParser {
     /// DMA ring maps its buffers); the others run no step.
     static let failingKinds: Set<String> = Set<String>([
         "alloc-domain", "free-domain", "map", "unmap", "claim-owner", "release-owner", "attach", "replace", "detach",
-        "alloc-pasid", "free-pasid", "attach-pasid", "replace-pasid", "detach-pasid", "reset", "dma-burst",
+        "alloc-pasid", "free-pasid", "attach-pasid", "replace-pasid", "detach-pasid", "reset", "remove-device", "dma-burst",
         "create-process", "mmap", "munmap", "exit", "sva-bind", "sva-unbind",
     ]).union(iommufdKinds.filter { $0 != "iommufd-close" })
     /// Actions that change a translation entry and report the update path they took.

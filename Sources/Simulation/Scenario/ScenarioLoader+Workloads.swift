@@ -56,7 +56,11 @@ extension ScenarioParser {
             kind = .churn(.init(buffers: b, periodNs: period))
         case "ats":
             let device = try deviceRef(try m.required("device", "the ATS device"))
-            guard s.devices[device].description.ats else { throw f.error("device '\(devName(device))' has no ATS (ats: true)") }
+            // An access stream: through ATS (and PRI), or, on a device that can stall, as
+            // untranslated requests whose faults the SMMUv3 holds until software resolves them.
+            guard s.devices[device].description.ats || s.devices[device].description.canStall else {
+                throw f.error("device '\(devName(device))' has no ATS (ats: true) and cannot stall (can-stall: true)")
+            }
             var bind: String?, region: String?
             var iova: UInt64 = 0, window = 0
             if let b = m.optional("bind") {

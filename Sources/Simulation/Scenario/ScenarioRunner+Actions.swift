@@ -84,6 +84,12 @@ extension ScenarioRunner {
         case .detachPASID(let p, let d, let name):
             step(label, line: line) { () throws(IOMMUError) in try m.core.detachPASID(try domain(named: name), from: devices[d], pasid: try pasid(p)) }
         case .reset(let d, let ns): reset(d, ns: ns, label: label, line: line)
+        case .removeDevice(let d):
+            for i in scenario.workloads.indices where workloadDevice(i) == d { stopWorkload(i) }
+            let held = endpoints[d].stalledTransactions
+            if step(label, line: line, { () throws(IOMMUError) in try m.core.release(devices[d]) }) {
+                note("\(label) with \(held) transaction(s) held by the IOMMU; \(endpoints[d].stalledTransactions) left after its release")
+            }
         case .dma(let d, let address, let length, let count, let stride, let write, let p):
             let e = endpoints[d]
             let pa = p.flatMap { pasids[$0] }
@@ -192,6 +198,16 @@ extension ScenarioRunner {
 
     /// Device reset (Linux pci_dev_reset_iommu_prepare/done): the group goes to the blocked
     /// domain for the reset and back to the domain it had.
+    /// The device a workload drives (nil for churn and fault handlers).
+    func workloadDevice(_ i: Int) -> Int? {
+        switch scenario.workloads[i].kind {
+        case .dma(let w): return w.device
+        case .dmaRing(let w): return w.device
+        case .ats(let w): return w.device
+        case .churn, .faultHandler: return nil
+        }
+    }
+
     func reset(_ d: Int, ns: UInt64, label: String, line: Int) {
         guard let g = devices[d].group, let previous = g.domain else { return }
         let blocked = devices[d].driver.blockedDomain
@@ -204,6 +220,8 @@ extension ScenarioRunner {
         let deadline = s.now + 50_000_000
         while e.priState.outstandingGroups > 0 && s.runNext(notAfter: deadline) {}
         if e.priState.outstandingGroups > 0 { note("\(label): \(e.name) still had \(e.priState.outstandingGroups) page request group(s) outstanding at its reset") }
+        // The driver lets go of what the IOMMU holds for the device (stalled transactions).
+        m.core.prepareDeviceReset(devices[d])
         // The function reset itself: the device's ATS and PRI state goes as hardware's does.
         let cached = e.deviceTLBOccupancy, failed = e.priState.failed
         e.resetATS()

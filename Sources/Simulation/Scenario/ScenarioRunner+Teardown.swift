@@ -70,7 +70,7 @@ extension ScenarioRunner {
             if let d = set.domain, !d.isDestroyed { unmapSet(b, label: "teardown: unmap \(set.name)", line: 0) }
             set.mapped = false
         }
-        for dev in devices {
+        for dev in devices where !dev.isReleased {
             step("teardown: release \(dev.name)", line: 0) { () throws(IOMMUError) in try m.core.release(dev) }
         }
         s.run(until: s.now + 10_000)

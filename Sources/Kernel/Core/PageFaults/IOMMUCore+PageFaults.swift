@@ -24,6 +24,12 @@ extension IOMMUCore {
     /// already stopped page requests from it reaching software and drained its queue. Partial
     /// requests are dropped and every pending group is answered Invalid Request; responses
     /// handlers make later are ignored.
+    /// The device is being reset: its driver lets go of what the IOMMU holds for it (an
+    /// SMMUv3 terminates its stalled transactions).
+    public func prepareDeviceReset(_ device: Device) {
+        device.driver.deviceReset(device)
+    }
+
     public func iopfRemoveDevice(_ device: Device) {
         guard let param = device.faultParam else { return }
         param.partial = []

@@ -74,6 +74,14 @@ extension ArmSMMUDevice {
     }
 
     /// CMD_RESUME for a stalled transaction (IHI 0070 §4.6.2): retry or abort.
+    /// CMD_STALL_TERM for `sid`, then CMD_SYNC (so nothing is held once it returns).
+    func terminateStalls(sid: UInt32) {
+        do {
+            try platform.withHardware { () throws(IOMMUError) in try cmdq.issueAndSync(.stallTerm(sid: sid)) }
+            stallTerminations += 1
+        } catch { responsesLost += 1 }
+    }
+
     func sendResume(sid: UInt32, stag: UInt16, retry: Bool) {
         issueWithoutSync(.resume(sid: sid, stag: stag, action: retry ? .retry : .terminate(abort: true)))
     }

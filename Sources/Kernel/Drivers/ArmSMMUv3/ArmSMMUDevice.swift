@@ -54,6 +54,8 @@ public final class ArmSMMUDevice: @unchecked Sendable {
     public internal(set) var stallFaultsReported = 0
     /// CMD_PRI_RESP / CMD_RESUME that could not be written to the command queue.
     public internal(set) var responsesLost = 0
+    /// CMD_STALL_TERMs issued for device resets.
+    public internal(set) var stallTerminations = 0
 
     /// What interrupt handlers hold instead of a weak reference (cleared in deinit).
     let ref = PlatformContext.BackRef<ArmSMMUDevice>()

@@ -125,6 +125,16 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
 
     public var supportsPageResponse: Bool { true }
 
+    /// A stall-enabled master is reset: CMD_STALL_TERM + CMD_SYNC terminate every transaction
+    /// the unit holds for its StreamID (IHI 0070 §4.6.3, the command for a device that will
+    /// not wait for its stalled transactions). Their faults may still be answered later; a
+    /// CMD_RESUME for a STAG no longer held has no effect. Linux has no such path (it never
+    /// resets a stalling platform device under the SMMU's feet), so this is the model's.
+    public func deviceReset(_ device: Device) {
+        guard let (u, m) = try? lookup(device), m.stallEnabled else { return }
+        u.terminateStalls(sid: m.sid)
+    }
+
     /// Linux `arm_smmu_page_response`: a stall-enabled master's transaction is resumed by
     /// its StreamID and STAG (the fault's PRG index) — retry on Success, abort otherwise;
     /// a PRI master gets CMD_PRI_RESP with the PCIe code (Success, Invalid Request, Response
