@@ -191,6 +191,7 @@ public struct RunResult: Sendable {
             u.pageRequestsAutoResponded += x.priAutoResponses
         }
         let d = m.vtdDriver?.units ?? []
+        let arm = m.smmuDriver?.units ?? []
         let c = m.core
         // In `pageFaultCounterNames` order (a test checks the two agree).
         return [
@@ -207,9 +208,9 @@ public struct RunResult: Sendable {
             ("responses-success", UInt64(c.pageResponses[0])), ("responses-invalid", UInt64(c.pageResponses[1])),
             ("responses-failure", UInt64(c.pageResponses[2])), ("late-responses", UInt64(c.lateResponses)),
             ("partials-discarded", UInt64(c.partialsDiscarded)),
-            ("stop-markers-dropped", UInt64(d.reduce(0) { $0 + $1.stopMarkersDropped })),
-            ("prq-overflows-cleared", UInt64(d.reduce(0) { $0 + $1.pageRequestOverflowsCleared })),
-            ("pasid-drains", UInt64(d.reduce(0) { $0 + $1.pageRequestDrains })),
+            ("stop-markers-dropped", UInt64(d.reduce(0) { $0 + $1.stopMarkersDropped } + arm.reduce(0) { $0 + $1.stopMarkersDropped })),
+            ("prq-overflows-cleared", UInt64(d.reduce(0) { $0 + $1.pageRequestOverflowsCleared } + arm.reduce(0) { $0 + $1.priQueueOverflows })),
+            ("pasid-drains", UInt64(d.reduce(0) { $0 + $1.pageRequestDrains } + arm.reduce(0) { $0 + $1.pageRequestDrains })),
             ("user-auto-responses", UInt64(userAutoResponses)), ("device-resets", a.resets),
             ("partials-dropped-at-teardown", UInt64(c.partialsDroppedAtTeardown)),
         ]

@@ -74,6 +74,34 @@ extension ArmSMMUDevice {
     }
 
     /// CMD_RESUME for a stalled transaction (IHI 0070 §4.6.2): retry or abort.
+    /// The page requests of (`master`, `ssid`) drained before the SSID's next use, the SMMUv3
+    /// counterpart of VT-d's `intel_iommu_drain_pasid_prq` (the PRI series' PRIQ flush on a
+    /// PASID stop; mainline has no PRI). The device has stopped the PASID and the CD is
+    /// invalid. (1) ATC_INV for the SSID + CMD_SYNC: the invalidation's completion travels up
+    /// behind every page request the function sent before it (PCIe posted ordering), and the
+    /// request travels down behind every PRG response sent before it, so once the sync
+    /// completes nothing of the old use is in the fabric: requests are in the PRI queue (or
+    /// were lost to an overflow), responses have arrived. (2) The PRI queue is handled: every
+    /// request reaches the core. (3) The core's fault work is flushed. (4) The SSID's partial
+    /// groups, which will never complete, are dropped. Again while the queue overflowed.
+    func drainPageRequests(_ master: ArmSMMUMaster, ssid: UInt32) {
+        guard master.priEnabled, priqFrame != 0, let core = driver?.core else { return }
+        pageRequestDrains += 1
+        let pasid: PASID? = ssid == 0 ? nil : PASID(truncating: ssid)
+        defer { core.discardPartialFaults(master.device, pasid: pasid) }
+        for _ in 0..<8 {
+            if master.atsEnabled {
+                do { try atcInvalidateMaster(master, ssid: ssid) } catch { pageRequestDrainErrors += 1 }
+            } else {
+                do { try platform.withHardware { () throws(IOMMUError) in try cmdq.sync() } } catch { pageRequestDrainErrors += 1 }
+            }
+            let overflowBefore = priQueueOverflows
+            handlePRIQueue()
+            core.flushFaultWork(master.device)
+            guard priQueueOverflows != overflowBefore else { return }
+        }
+    }
+
     /// CMD_STALL_TERM for `sid`, then CMD_SYNC (so nothing is held once it returns).
     func terminateStalls(sid: UInt32) {
         do {

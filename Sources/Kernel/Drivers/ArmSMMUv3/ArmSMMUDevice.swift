@@ -54,6 +54,9 @@ public final class ArmSMMUDevice: @unchecked Sendable {
     public internal(set) var stallFaultsReported = 0
     /// CMD_PRI_RESP / CMD_RESUME that could not be written to the command queue.
     public internal(set) var responsesLost = 0
+    /// PASID page-request drains, and those whose invalidation or sync failed.
+    public internal(set) var pageRequestDrains = 0
+    public internal(set) var pageRequestDrainErrors = 0
     /// CMD_STALL_TERMs issued for device resets.
     public internal(set) var stallTerminations = 0
 

@@ -84,7 +84,12 @@ final class ArmSMMUBlockedDomain: ArmSMMUDomain, @unchecked Sendable {
         let ssid = pasid.rawValue
         guard ssid != 0, master.cdTable != 0, master.cdValid(ssid) else { return .unchanged }
         _ = try u.writeCD(master, ssid: ssid, ContextDescriptor())
-        if master.atsEnabled { try? u.atcInvalidateMaster(master, ssid: ssid) }
+        if master.priEnabled && !driver.bugs.contains(.skipPageRequestDrain) {
+            // The drain's ATC_INV is the SSID's ATC invalidation too.
+            u.drainPageRequests(master, ssid: ssid)
+        } else if master.atsEnabled {
+            try? u.atcInvalidateMaster(master, ssid: ssid)
+        }
         if let old = master.domains[ssid] {
             u.removeMasterDomain(master, old, ssid: ssid)
             master.domains[ssid] = nil

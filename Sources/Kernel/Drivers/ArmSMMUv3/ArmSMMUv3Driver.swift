@@ -229,6 +229,9 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
         }
     }
 
+    /// Deliberately broken behaviour for oracle-strength runs (never set otherwise).
+    var bugs: InjectedBugs { core?.injectedBugs ?? [] }
+
     // MARK: ASIDs
 
     /// Linux `arm_smmu_domain_finalise_s1`: `xa_alloc(&arm_smmu_asid_xa, …, XA_LIMIT(1,
