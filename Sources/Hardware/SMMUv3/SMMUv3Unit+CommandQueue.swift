@@ -68,6 +68,11 @@ extension SMMUv3Unit {
         if Int(opcode) < c.pointee.commandsByOpcode.count { c.pointee.commandsByOpcode[Int(opcode)] &+= 1 }
         platform.trace.record(TraceEvent(time: scheduler.now, kind: .descriptorCompleted, track: trackID,
                                          a: UInt64(opcode), b: UInt64(cmdq.cons)))
+        if dropsTLBInvalidations, (0x10...0x30).contains(opcode) {
+            // Broken hardware for oracle-strength runs: the TLBI is consumed and does nothing.
+            advanceCommandQueue()
+            return
+        }
         switch command {
         case .prefetchConfig, .prefetchAddr:
             break                                   // A hint; the model prefetches nothing.

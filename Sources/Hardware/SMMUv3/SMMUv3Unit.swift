@@ -183,6 +183,9 @@ public final class SMMUv3Unit: @unchecked Sendable {
     public var onStallResolved: ((UInt32, UInt16, SMMUv3TranslationResult) -> Void)?
     /// Endpoints reachable through this unit, by StreamID.
     var endpoints: [UInt32: any SMMUv3EndpointPort] = [:]
+    /// Test-only broken hardware: TLBI commands complete without invalidating anything.
+    /// Oracle-strength runs only.
+    public var dropsTLBInvalidations = false
     /// Sees every access (the simulator's oracle), held unretained (SMMUv3Unit+DMA.swift).
     @exclusivity(unchecked) public var accessObserver: ((DMAAccessRecord) -> Void)?
     @exclusivity(unchecked) var accessChecker: Unmanaged<DMAAccessChecker>?

@@ -306,6 +306,7 @@ public final class ScenarioRunner {
                     u.descriptorFaults[InvalidationDescriptor.iotlbType] = .drop
                     u.descriptorFaults[InvalidationDescriptor.pasidIOTLBType] = .drop
                 }
+                for u in m.smmuUnits { u.dropsTLBInvalidations = true }
             case .didReleasedBeforeInvalidation: bugs.insert(.releaseDIDBeforeFlush)
             case .tablesFreedBeforeFlush: bugs.insert(.freeTablesBeforeFlush)
             case .replaceThroughNonPresent: bugs.insert(.replaceThroughNonPresent)

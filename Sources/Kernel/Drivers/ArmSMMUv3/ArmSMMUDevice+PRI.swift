@@ -90,15 +90,21 @@ extension ArmSMMUDevice {
         let pasid: PASID? = ssid == 0 ? nil : PASID(truncating: ssid)
         defer { core.discardPartialFaults(master.device, pasid: pasid) }
         for _ in 0..<8 {
-            if master.atsEnabled {
-                do { try atcInvalidateMaster(master, ssid: ssid) } catch { pageRequestDrainErrors += 1 }
-            } else {
-                do { try platform.withHardware { () throws(IOMMUError) in try cmdq.sync() } } catch { pageRequestDrainErrors += 1 }
-            }
+            fenceFabric(master, ssid: ssid)
             let overflowBefore = priQueueOverflows
             handlePRIQueue()
             core.flushFaultWork(master.device)
             guard priQueueOverflows != overflowBefore else { return }
+        }
+    }
+
+    /// ATC_INV of the SSID (the ATC must lose its entries anyway) or, without ATS, a bare
+    /// CMD_SYNC, waited for.
+    private func fenceFabric(_ master: ArmSMMUMaster, ssid: UInt32) {
+        if master.atsEnabled {
+            do { try atcInvalidateMaster(master, ssid: ssid) } catch { pageRequestDrainErrors += 1 }
+        } else {
+            do { try platform.withHardware { () throws(IOMMUError) in try cmdq.sync() } } catch { pageRequestDrainErrors += 1 }
         }
     }
 

@@ -306,7 +306,12 @@ public final class ArmSMMUDevice: @unchecked Sendable {
         }, sync: { [self] () throws(IOMMUError) in
             try platform.withHardware { () throws(IOMMUError) in try cmdq.issueAndSync(.cfgiSTE(sid: sid, leaf: true)) }
         })
-        return path
+        return reported(path)
+    }
+
+    /// Broken reporting for oracle-strength runs: an update through V = 0 called hitless.
+    private func reported(_ path: UpdatePath) -> UpdatePath {
+        path == .teardownSetup && (driver?.bugs.contains(.replaceThroughNonPresent) ?? false) ? .singleWord : path
     }
 
     /// Changes CD `ssid` of `master`'s CD table through the entry writer, each step followed
@@ -325,12 +330,15 @@ public final class ArmSMMUDevice: @unchecked Sendable {
             master.cds[ssid] = current
             if ssid != 0, wasValid != (current[0] & valid != 0) { master.pasidsInUse += wasValid ? -1 : 1 }
         }
-        return try SMMUEntryWriter.write(current: current, target: words, kind: .cd, store: { [self] (i, v) throws(IOMMUError) in
+        // Broken for oracle-strength runs: a PASID's CD cleared without CFGI_CD.
+        let skipCFGI = ssid != 0 && words[0] & valid == 0 && (driver?.bugs.contains(.skipPASIDCacheInvalidation) ?? false)
+        return reported(try SMMUEntryWriter.write(current: current, target: words, kind: .cd, store: { [self] (i, v) throws(IOMMUError) in
             try store(address + UInt64(i) * 8, v)
             current[i] = v
         }, sync: { [self] () throws(IOMMUError) in
+            guard !skipCFGI else { return }
             try platform.withHardware { () throws(IOMMUError) in try cmdq.issueAndSync(.cfgiCD(sid: sid, ssid: ssid, leaf: true)) }
-        })
+        }))
     }
 
     // MARK: VMIDs

@@ -119,13 +119,20 @@ class ArmSMMUPagingDomain: ArmSMMUDomain, @unchecked Sendable {
     /// flushes the context, then the ASID leaves `arm_smmu_asid_xa` / the VMID the IDA).
     func releaseContext(tables: [UInt64]) {
         var invalidated = true
+        // Broken order for oracle-strength runs: the tag goes back before its TLBI.
+        let early = driver.bugs.contains(.releaseDIDBeforeFlush)
+        if early { releaseTag(invalidated: true) }
         do { try flushAll() } catch { invalidated = false }
-        if stage == .s1 { driver.releaseASID(tag, invalidated: invalidated) } else { smmu.releaseVMID(tag, invalidated: invalidated) }
+        if !early { releaseTag(invalidated: invalidated) }
         if invalidated {
             for t in tables { try? smmu.platform.frames.free(t) }
         } else {
             driver.core?.holdUntilTranslationOff(tables)
         }
+    }
+
+    private func releaseTag(invalidated: Bool) {
+        if stage == .s1 { driver.releaseASID(tag, invalidated: invalidated) } else { smmu.releaseVMID(tag, invalidated: invalidated) }
     }
 }
 

@@ -104,12 +104,14 @@ final class ArmSMMUSVADomain: ArmSMMUDomain, @unchecked Sendable {
     /// ASID can be reused (quarantined if that fails); the process keeps its table.
     override func free() {
         var invalidated = true
+        let early = driver.bugs.contains(.releaseDIDBeforeFlush)
+        if early { driver.releaseASID(asid, invalidated: true) }
+        defer { if !early { driver.releaseASID(asid, invalidated: invalidated) } }
         do {
             try smmu.platform.withHardware { () throws(IOMMUError) in
                 try smmu.cmdq.issueAndSync(.tlbiNHASID(vmid: 0, asid: asid))
             }
         } catch { invalidated = false }
-        driver.releaseASID(asid, invalidated: invalidated)
     }
 }
 
