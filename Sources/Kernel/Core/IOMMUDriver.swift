@@ -221,4 +221,7 @@ public enum KernelYield {
     public static let afterPresentClear = YieldSite("pasid.after-present-clear")
     public static let insideReplace = YieldSite("replace.between-devices")
     public static let beforeDIDRelease = YieldSite("did.before-release")
+    /// Between two 64-bit stores of one SMMUv3 STE/CD update step: the unit may fetch the
+    /// entry half written (IHI 0070: STEs and CDs are read with 64-bit single-copy atomicity).
+    public static let betweenEntryWords = YieldSite("smmu.between-entry-words")
 }

@@ -303,6 +303,7 @@ public final class ArmSMMUDevice: @unchecked Sendable {
         let path = try SMMUEntryWriter.write(current: master.ste, target: words, kind: .ste, store: { [self] (i, v) throws(IOMMUError) in
             try store(address + UInt64(i) * 8, v)
             master.ste[i] = v
+            platform.scheduler.yieldPoint(KernelYield.betweenEntryWords)
         }, sync: { [self] () throws(IOMMUError) in
             try platform.withHardware { () throws(IOMMUError) in try cmdq.issueAndSync(.cfgiSTE(sid: sid, leaf: true)) }
         })
@@ -335,6 +336,7 @@ public final class ArmSMMUDevice: @unchecked Sendable {
         return reported(try SMMUEntryWriter.write(current: current, target: words, kind: .cd, store: { [self] (i, v) throws(IOMMUError) in
             try store(address + UInt64(i) * 8, v)
             current[i] = v
+            platform.scheduler.yieldPoint(KernelYield.betweenEntryWords)
         }, sync: { [self] () throws(IOMMUError) in
             guard !skipCFGI else { return }
             try platform.withHardware { () throws(IOMMUError) in try cmdq.issueAndSync(.cfgiCD(sid: sid, ssid: ssid, leaf: true)) }
