@@ -23,6 +23,9 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
     /// The stage DMA and unmanaged domains use where the flags allow both: nil follows Linux
     /// (stage 1 where the unit has it, "Prefer S1 if available"); `.s2` forces stage 2.
     public var preferredStage: ArmSMMUStage?
+    /// Report invalidations as expensive so DMA domains use one large flush queue (Linux's
+    /// s390 `shadow_on_flush`; a knob for `bench dma-map --mode single-queue`, as on VT-d).
+    public var shadowOnFlush = false
     private lazy var blocked = ArmSMMUBlockedDomain(driver: self)
     private lazy var identity = ArmSMMUIdentityDomain(driver: self)
 
@@ -55,6 +58,8 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
     public var identityDomain: IOMMUDomain? { identity }
 
     public func register(with core: IOMMUCore) { self.core = core }
+
+    public func invalidationsAreExpensive(_ device: Device) -> Bool { shadowOnFlush }
 
     func unit(for device: Device) throws(IOMMUError) -> ArmSMMUDevice {
         guard device.driver === self, device.unit >= 0, device.unit < units.count else {
