@@ -108,7 +108,7 @@ final class TaggedCache<Payload> {
         victim.pointee = Slot(key0: key0, key1: k1, stamp: clock, payload: payload)
     }
 
-
+    @inline(__always)
     func noteReplacement(_ victim: UnsafeMutablePointer<Slot>, newKey0: UInt64, newKey1: UInt64) {
         if victim.pointee.key1 & Self.validBit == 0 {
             count += 1

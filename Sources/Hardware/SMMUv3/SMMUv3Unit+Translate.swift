@@ -141,9 +141,10 @@ extension SMMUv3Unit {
 
     /// The common case, with no copies and no calls: a stage 1 STE without substreams (so a
     /// transaction without a SubstreamID uses CD 0, IHI 0070 §3.9), its CD cached, and a
-    /// 4 KiB TLB entry that allows the access. Caches are probed first and marked used only
-    /// when every step hits, so a nil return (the general path runs) changed nothing; a
-    /// result is exactly what `stage1` returns for the same state.
+    /// 4 KiB TLB entry that allows the access, or no TLB entry at all (then the walk).
+    /// Caches are probed first and marked used only once the path is certain, so a nil
+    /// return (the general path runs) changed nothing; a result is exactly what `stage1`
+    /// returns for the same state.
     @inline(__always)
     func stage1Hit(_ steSlot: UnsafeMutablePointer<TaggedCache<STECacheEntry>.Slot>, sid: UInt32, address: UInt64,
                    access: DMAAccess) -> SMMUv3TranslationResult? {
@@ -155,7 +156,14 @@ extension SMMUv3Unit {
         let vmid = world == TLBWorld.el2 ? 0 : steSlot.pointee.payload.vmid
         let input = Self.stripTopByte(address, cdSlot.pointee.payload)
         let key1 = Self.tlbKey1(world: world, vmid: vmid, asid: cdSlot.pointee.payload.asid, sizeClass: 0)
-        guard let t = tlb.probe(input >> 12, key1) else { return nil }
+        guard let t = tlb.probe(input >> 12, key1) else {
+            // No 4 KiB entry and no superpage entries to probe: the miss `stage1` would reach.
+            guard superpageEntries == 0 else { return nil }
+            cdCache.touch(cdSlot)
+            countersStorage.pointee.cdCacheHits &+= 1
+            return stage1Miss(steSlot.pointee.payload, cdSlot.pointee.payload, sid: sid, ssid: nil, address: address, input: input,
+                              access: access, nested: false, world: world, vmid: vmid)
+        }
         let perms = PagePermissions(rawValue: t.pointee.payload.permissions)
         guard Self.permissionFault(perms, access: access, stage2: false) == nil else { return nil }
         cdCache.touch(cdSlot)
@@ -275,6 +283,14 @@ extension SMMUv3Unit {
                 return terminate(f, sid: sid, ssid: ssid, address: address, access: access, ste: ste, cd: cd)
             }
         }
+        return stage1Miss(ste, cd, sid: sid, ssid: ssid, address: address, input: input, access: access, nested: nested,
+                          world: world, vmid: vmid)
+    }
+
+    /// A stage 1 (or nested) TLB miss: walk, fill the TLB, and the result or the fault.
+    func stage1Miss(_ ste: STECacheEntry, _ cd: CDCacheEntry, sid: UInt32, ssid: UInt32?, address: UInt64, input: UInt64,
+                    access: DMAAccess, nested: Bool, world: UInt64, vmid: UInt16) -> SMMUv3TranslationResult {
+        let c = countersStorage
         c.pointee.tlbMisses &+= 1
         c.pointee.walks &+= 1
         switch stage1Walk(ste, cd, input: input, access: access, nested: nested) {
