@@ -366,7 +366,6 @@ int smmu_ref_translate(smmu_ref_unit *u, uint32_t sid, uint64_t address, int acc
     if (cd) u->cd_hits++;
     else {
         u->cd_misses++;
-        /* The STE slot may be evicted by nothing here (different cache); copy is not needed. */
         int r = fetch_cd(u, ste, sid, index, &cd); if (r) return r;
     }
     uint64_t world = ste->world == 0 ? 0 : 1;

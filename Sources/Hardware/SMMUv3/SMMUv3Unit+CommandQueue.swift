@@ -90,7 +90,7 @@ extension SMMUv3Unit {
         case .tlbiNHASID(let vmid, let asid):
             invalidateTLB { w, v, a in (w == TLBWorld.nsEL1 || w == TLBWorld.nested) && v == vmid && a == asid }
         case .tlbiNHVA(let vmid, let asid, let r):
-            invalidateTLB(range: r) { w, v, a in (w == TLBWorld.nsEL1 || w == TLBWorld.nested) && v == vmid && a == asid }
+            invalidateTLBByVA(vmid: vmid, asid: asid, range: r)
         case .tlbiNHVAA(let vmid, let r):
             invalidateTLB(range: r) { w, v, _ in (w == TLBWorld.nsEL1 || w == TLBWorld.nested) && v == vmid }
         case .tlbiEL2All:
