@@ -1,9 +1,9 @@
-// SMMUv3 command queue processing in virtual time (IHI 0070 §3.5 queues, chapter 4 commands,
-// §4.7.3 CMD_SYNC, §7.1 command queue errors). One command is consumed per step: fetched
-// and decoded at CONS, applied after its latency, then CONS moves on. An illegal command
-// stops the queue with CMDQ_CONS.ERR = CERROR_ILL and GERROR.CMDQ_ERR active; an abort on
-// fetch gives CERROR_ABT. The queue resumes at CONS when software acknowledges through
-// GERRORN. CMD_SYNC completes only once every earlier command has taken effect, including
+// SMMUv3 command queue processing in virtual time, or inline with real threads (IHI 0070 §3.5
+// queues, chapter 4 commands, §4.7.3 CMD_SYNC, §7.1 command queue errors). One command is
+// consumed per step: fetched and decoded at CONS, applied after its latency, then CONS moves on.
+// An illegal command stops the queue with CMDQ_CONS.ERR = CERROR_ILL and GERROR.CMDQ_ERR active;
+// an abort on fetch gives CERROR_ABT. The queue resumes at CONS when software acknowledges
+// through GERRORN. CMD_SYNC completes only once every earlier command has taken effect, including
 // ATC invalidations the endpoints have not yet answered; if they do not answer within
 // `atcInvalidationTimeoutNs`, CERROR_ATC_INV_SYNC with CONS left on the CMD_SYNC.
 import Platform
