@@ -58,5 +58,7 @@ let package = Package(
         .testTarget(name: "KernelTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"]),
         .testTarget(name: "IOMMUFDTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"]),
         .testTarget(name: "SimulationTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"]),
+        // The CLI's benchmarks and option parsing (`@testable import iommu_sim`).
+        .testTarget(name: "IOMMUSimTests", dependencies: ["iommu-sim", "Hardware", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
     ]
 )

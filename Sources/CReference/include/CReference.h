@@ -27,4 +27,5 @@ uint64_t ref_iotlb_misses(const ref_unit *unit);
 /// Monotonic clock in ns.
 uint64_t ref_now_ns(void);
 #include "IOVAReference.h"
+#include "SMMUReference.h"
 #endif

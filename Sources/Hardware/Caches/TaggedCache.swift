@@ -55,19 +55,32 @@ final class TaggedCache<Payload> {
     /// - Complexity: O(ways), no allocation.
     @inline(__always)
     func lookup(_ key0: UInt64, _ key1: UInt64) -> UnsafeMutablePointer<Slot>? {
+        guard let s = probe(key0, key1) else { return nil }
+        touch(s)
+        return s
+    }
+
+    /// The entry tagged `(key0, key1)` without marking it used (`touch` does, as `lookup`
+    /// would have); nil on a miss.
+    /// - Complexity: O(ways), no allocation.
+    @inline(__always)
+    func probe(_ key0: UInt64, _ key1: UInt64) -> UnsafeMutablePointer<Slot>? {
         let base = setBase(key0, key1)
         let k1 = key1 | Self.validBit
         var i = 0
         while i < ways {
             let s = base + i
-            if s.pointee.key0 == key0 && s.pointee.key1 == k1 {
-                clock &+= 1
-                s.pointee.stamp = clock
-                return s
-            }
+            if s.pointee.key0 == key0 && s.pointee.key1 == k1 { return s }
             i &+= 1
         }
         return nil
+    }
+
+    /// Marks `slot` (one of this cache's) most recently used.
+    @inline(__always)
+    func touch(_ slot: UnsafeMutablePointer<Slot>) {
+        clock &+= 1
+        slot.pointee.stamp = clock
     }
 
     /// Inserts or replaces the entry tagged `(key0, key1)`; evicts the set's LRU entry when full.
@@ -95,7 +108,7 @@ final class TaggedCache<Payload> {
         victim.pointee = Slot(key0: key0, key1: k1, stamp: clock, payload: payload)
     }
 
-
+    @inline(__always)
     func noteReplacement(_ victim: UnsafeMutablePointer<Slot>, newKey0: UInt64, newKey1: UInt64) {
         if victim.pointee.key1 & Self.validBit == 0 {
             count += 1

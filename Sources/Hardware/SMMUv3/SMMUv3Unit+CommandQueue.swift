@@ -1,9 +1,9 @@
-// SMMUv3 command queue processing in virtual time (IHI 0070 §3.5 queues, chapter 4 commands,
-// §4.7.3 CMD_SYNC, §7.1 command queue errors). One command is consumed per step: fetched
-// and decoded at CONS, applied after its latency, then CONS moves on. An illegal command
-// stops the queue with CMDQ_CONS.ERR = CERROR_ILL and GERROR.CMDQ_ERR active; an abort on
-// fetch gives CERROR_ABT. The queue resumes at CONS when software acknowledges through
-// GERRORN. CMD_SYNC completes only once every earlier command has taken effect, including
+// SMMUv3 command queue processing in virtual time, or inline with real threads (IHI 0070 §3.5
+// queues, chapter 4 commands, §4.7.3 CMD_SYNC, §7.1 command queue errors). One command is
+// consumed per step: fetched and decoded at CONS, applied after its latency, then CONS moves on.
+// An illegal command stops the queue with CMDQ_CONS.ERR = CERROR_ILL and GERROR.CMDQ_ERR active;
+// an abort on fetch gives CERROR_ABT. The queue resumes at CONS when software acknowledges
+// through GERRORN. CMD_SYNC completes only once every earlier command has taken effect, including
 // ATC invalidations the endpoints have not yet answered; if they do not answer within
 // `atcInvalidationTimeoutNs`, CERROR_ATC_INV_SYNC with CONS left on the CMD_SYNC.
 import Platform
@@ -12,32 +12,66 @@ import Formats
 extension SMMUv3Unit {
     /// Starts consuming commands if the queue is enabled, error-free, idle and not empty.
     func kickCommandQueue() {
-        guard commandQueueEnabled, !globalErrorActive(SMMUv3Bits.gerrorCMDQ), !commandStepScheduled,
+        guard commandQueueEnabled, !globalErrorActive(SMMUv3Bits.gerrorCMDQ), !commandStepScheduled, !drainingInline,
               parkedSync == nil, !cmdq.isEmpty else { return }
+        if platform.realThreads {
+            drainCommandQueueInline()
+            return
+        }
         commandStepScheduled = true
         scheduler.schedule(after: 0, kind: .hardware) { [ref] in ref.target?.fetchNextCommand() }
+    }
+
+    /// Real-thread runs (benchmarks): the unit consumes commands in the thread that kicked it
+    /// (which holds the platform's hardware lock), as `VTdUnit` does its invalidation queue.
+    /// Their latency counts from the start of that work: the next wait spins until then
+    /// (`Scheduler.realTimeDueNs`), so the unit's own work is part of the latency, not added to
+    /// it. A CMD_SYNC waiting for ATC invalidations stops the loop; it resumes from the
+    /// completion event, which runs inside the driver's wait.
+    func drainCommandQueueInline() {
+        drainingInline = true
+        defer { drainingInline = false }
+        let l = configuration.latency
+        let timed = l.cfgiNs | l.tlbiNs | l.syncNs | l.otherCommandNs != 0
+        let start = timed ? HostClock.now() : 0
+        var added: UInt64 = 0
+        while commandQueueEnabled, !globalErrorActive(SMMUv3Bits.gerrorCMDQ), parkedSync == nil, !cmdq.isEmpty {
+            guard let (command, opcode) = fetchCommand() else { break }
+            added &+= l.commandLatency(opcode)
+            apply(command, opcode: opcode)
+        }
+        if timed && added > 0 {
+            Unmanaged.passUnretained(scheduler)._withUnsafeGuaranteedRef { s in
+                s.realTimeDueNs = max(s.realTimeDueNs, start &+ added)
+            }
+        }
     }
 
     /// Fetches and decodes the command at CONS, then applies it after its latency.
     func fetchNextCommand() {
         commandStepScheduled = false
-        guard commandQueueEnabled, !globalErrorActive(SMMUv3Bits.gerrorCMDQ), parkedSync == nil, !cmdq.isEmpty else { return }
+        guard commandQueueEnabled, !globalErrorActive(SMMUv3Bits.gerrorCMDQ), parkedSync == nil, !cmdq.isEmpty,
+              let (command, opcode) = fetchCommand() else { return }
+        commandStepScheduled = true
+        scheduler.schedule(after: configuration.latency.commandLatency(opcode), kind: .hardware) { [ref] in
+            ref.target?.apply(command, opcode: opcode)
+        }
+    }
+
+    /// The command at CONS, decoded; nil after stopping the queue with CERROR_ABT (fetch
+    /// abort) or CERROR_ILL (IHI 0070 §7.1).
+    func fetchCommand() -> (SMMUCommand, UInt8)? {
         let address = cmdq.entryAddress(cmdq.cons)
         let raw: RawCommand
         do {
             raw = RawCommand(try memory.deviceLoad(address, as: UInt64.self), try memory.deviceLoad(address + 8, as: UInt64.self))
         } catch {
             commandError(.abt)
-            return
+            return nil
         }
-        let command: SMMUCommand
         switch SMMUCommand.decode(raw, features: features) {
-        case .success(let c): command = c
-        case .failure: commandError(.ill); return
-        }
-        commandStepScheduled = true
-        scheduler.schedule(after: configuration.latency.commandLatency(raw.opcode), kind: .hardware) { [ref] in
-            ref.target?.apply(command, opcode: raw.opcode)
+        case .success(let c): return (c, raw.opcode)
+        case .failure: commandError(.ill); return nil
         }
     }
 
@@ -95,7 +129,7 @@ extension SMMUv3Unit {
         case .tlbiNHASID(let vmid, let asid):
             invalidateTLB { w, v, a in (w == TLBWorld.nsEL1 || w == TLBWorld.nested) && v == vmid && a == asid }
         case .tlbiNHVA(let vmid, let asid, let r):
-            invalidateTLB(range: r) { w, v, a in (w == TLBWorld.nsEL1 || w == TLBWorld.nested) && v == vmid && a == asid }
+            invalidateTLBByVA(vmid: vmid, asid: asid, range: r)
         case .tlbiNHVAA(let vmid, let r):
             invalidateTLB(range: r) { w, v, _ in (w == TLBWorld.nsEL1 || w == TLBWorld.nested) && v == vmid }
         case .tlbiEL2All:

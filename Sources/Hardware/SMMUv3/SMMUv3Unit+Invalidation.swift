@@ -55,6 +55,32 @@ extension SMMUv3Unit {
         noteTLBInvalidated(n)
     }
 
+    /// CMD_TLBI_NH_VA (IHI 0070 §4.4.2): the NS-EL1 and nested entries of (`vmid`, `asid`)
+    /// that overlap `r`. A range of at most `probeLimitPages` pages is removed by probing the
+    /// tags such entries carry (each 4 KiB page, and each 2 MiB and 1 GiB block when any are
+    /// cached): the entries the full scan would match, without visiting every slot.
+    func invalidateTLBByVA(vmid: UInt16, asid: UInt16, range r: TLBIAddress) {
+        let lo = r.address
+        let (end, o) = lo.addingReportingOverflow(r.rangeBytes ?? 4096)
+        guard !o, ((end - 1) >> 12) - (lo >> 12) < Self.probeLimitPages else {
+            invalidateTLB(range: r) { w, v, a in (w == TLBWorld.nsEL1 || w == TLBWorld.nested) && v == vmid && a == asid }
+            return
+        }
+        let hi = end - 1
+        var n = 0
+        for i in 0..<2 {
+            let k1 = Self.tlbKey1(world: i == 0 ? TLBWorld.nsEL1 : TLBWorld.nested, vmid: vmid, asid: asid, sizeClass: 0)
+            for page in (lo >> 12)...(hi >> 12) { if tlb.remove(page, k1) { n += 1 } }
+            guard superpageEntries != 0 else { continue }
+            for block in (lo >> 21)...(hi >> 21) { if tlb.remove(block, k1 | 1 << 56) { n += 1 } }
+            for block in (lo >> 30)...(hi >> 30) { if tlb.remove(block, k1 | 2 << 56) { n += 1 } }
+        }
+        noteTLBInvalidated(n)
+    }
+
+    /// Ranges up to this many pages are invalidated by probing rather than by a full scan.
+    static var probeLimitPages: UInt64 { 64 }
+
     func noteTLBInvalidated(_ n: Int) {
         countersStorage.pointee.tlbEntriesInvalidated &+= UInt64(n)
         if tlb.count == 0 { superpageEntries = 0 }

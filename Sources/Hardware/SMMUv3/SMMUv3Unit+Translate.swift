@@ -112,6 +112,7 @@ extension SMMUv3Unit {
         let ste: STECacheEntry
         if let hit = steCache.lookup(UInt64(sid), 0) {
             c.pointee.steCacheHits &+= 1
+            if ssid == nil, let r = stage1Hit(hit, sid: sid, address: address, access: access) { return r }
             ste = hit.pointee.payload
         } else {
             c.pointee.steCacheMisses &+= 1
@@ -138,6 +139,43 @@ extension SMMUv3Unit {
             c.pointee.aborted &+= 1
             return .terminated(nil)
         }
+    }
+
+    /// The common case, with no copies and no calls: a stage 1 STE without substreams (so a
+    /// transaction without a SubstreamID uses CD 0, IHI 0070 §3.9), its CD cached, and a
+    /// 4 KiB TLB entry that allows the access, or no TLB entry at all (then the walk).
+    /// Caches are probed first and marked used only once the path is certain, so a nil
+    /// return (the general path runs) changed nothing; a result is exactly what `stage1`
+    /// returns for the same state.
+    @inline(__always)
+    func stage1Hit(_ steSlot: UnsafeMutablePointer<TaggedCache<STECacheEntry>.Slot>, sid: UInt32, address: UInt64,
+                   access: DMAAccess) -> SMMUv3TranslationResult? {
+        let config = steSlot.pointee.payload.config
+        let flags = steSlot.pointee.payload.flags
+        guard config == 0b101, flags & STECacheEntry.substreams == 0,
+              let cdSlot = cdCache.probe(UInt64(sid), 0) else { return nil }
+        let world = steSlot.pointee.payload.world == 0 ? TLBWorld.nsEL1 : TLBWorld.el2
+        let vmid = world == TLBWorld.el2 ? 0 : steSlot.pointee.payload.vmid
+        let input = Self.stripTopByte(address, cdSlot.pointee.payload)
+        let key1 = Self.tlbKey1(world: world, vmid: vmid, asid: cdSlot.pointee.payload.asid, sizeClass: 0)
+        guard let t = tlb.probe(input >> 12, key1) else {
+            // No 4 KiB entry and no superpage entries to probe: the miss `stage1` would reach.
+            guard superpageEntries == 0 else { return nil }
+            cdCache.touch(cdSlot)
+            countersStorage.pointee.cdCacheHits &+= 1
+            return stage1Miss(steSlot.pointee.payload, cdSlot.pointee.payload, sid: sid, ssid: nil, address: address, input: input,
+                              access: access, nested: false, world: world, vmid: vmid)
+        }
+        let perms = PagePermissions(rawValue: t.pointee.payload.permissions)
+        guard Self.permissionFault(perms, access: access, stage2: false) == nil else { return nil }
+        cdCache.touch(cdSlot)
+        tlb.touch(t)
+        let c = countersStorage
+        c.pointee.cdCacheHits &+= 1
+        c.pointee.tlbHits &+= 1
+        let shift = t.pointee.payload.pageShift
+        return .translated(physical: t.pointee.payload.pageBase | (input & ((1 << UInt64(shift)) - 1)), pageShift: shift,
+                           permissions: perms)
     }
 
     @inline(__always)
@@ -247,6 +285,14 @@ extension SMMUv3Unit {
                 return terminate(f, sid: sid, ssid: ssid, address: address, access: access, ste: ste, cd: cd)
             }
         }
+        return stage1Miss(ste, cd, sid: sid, ssid: ssid, address: address, input: input, access: access, nested: nested,
+                          world: world, vmid: vmid)
+    }
+
+    /// A stage 1 (or nested) TLB miss: walk, fill the TLB, and the result or the fault.
+    func stage1Miss(_ ste: STECacheEntry, _ cd: CDCacheEntry, sid: UInt32, ssid: UInt32?, address: UInt64, input: UInt64,
+                    access: DMAAccess, nested: Bool, world: UInt64, vmid: UInt16) -> SMMUv3TranslationResult {
+        let c = countersStorage
         c.pointee.tlbMisses &+= 1
         c.pointee.walks &+= 1
         switch stage1Walk(ste, cd, input: input, access: access, nested: nested) {

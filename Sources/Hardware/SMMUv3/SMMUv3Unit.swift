@@ -152,6 +152,8 @@ public final class SMMUv3Unit: @unchecked Sendable {
 
     // Command queue state.
     @exclusivity(unchecked) var commandStepScheduled = false
+    /// Real-thread runs: commands are being consumed inline (`drainCommandQueueInline`).
+    @exclusivity(unchecked) var drainingInline = false
     /// A CMD_SYNC waiting for ATC invalidations (its deadline), nil when none is parked.
     @exclusivity(unchecked) var parkedSync: ParkedSync?
     @exclusivity(unchecked) var pendingATCInvalidations = 0

@@ -27,6 +27,9 @@ struct DMAMapBenchmark {
         var mode: Mode = .lazy
         var invalidationLatencyNs: UInt64 = 2000
         var batch = 16
+        /// The unit under the DMA API: VT-d (VTdUnit + VTdDriver) or SMMUv3 (SMMUv3Unit +
+        /// ArmSMMUv3Driver, stage 1 DMA domains, range invalidation).
+        var arch: BenchArch = .vtd
     }
 
     struct Result {
@@ -50,23 +53,15 @@ struct DMAMapBenchmark {
         let o = options
         let platform: PlatformContext
         do { platform = try PlatformContext(memorySize: 1 << 30, seed: 1) } catch { throw Failure(description: "memory: \(error)") }
-        // One IOTLB invalidation (page- or domain-selective) plus its wait costs the
-        // requested latency; other descriptors are not on this path.
-        var latency = VTdLatency.uniform(0)
-        for t in [InvalidationDescriptor.iotlbType, InvalidationDescriptor.pasidIOTLBType] {
-            latency.descriptorNs[Int(t)] = o.invalidationLatencyNs
-        }
-        let unit = VTdUnit(configuration: VTdConfiguration(name: "dmar0", latency: latency), platform: platform)
         let core = IOMMUCore(platform: platform, policy: o.mode == .strict ? .strict : .lazy)
-        let driver: VTdDriver
-        do { driver = try VTdDriver(platform: platform, hardware: [unit]) } catch { throw Failure(description: "driver: \(error)") }
-        driver.shadowOnFlush = o.mode == .singleQueue
-        core.register(driver)
+        let hardware: BenchHardware
+        do { hardware = try BenchHardware(o, platform: platform, core: core) } catch { throw Failure(description: "driver: \(error)") }
         let device: Device
         let cookie: DMACookie
         let dma = IOMMUDMA(core: core, cpus: o.threads)
         do {
-            device = try core.probe([DeviceDescription(name: "bench", requesterID: RequesterID(bus: 1, device: 0, function: 0))], driver: driver)[0]
+            device = try core.probe([DeviceDescription(name: "bench", requesterID: RequesterID(bus: 1, device: 0, function: 0))],
+                                    driver: hardware.driver)[0]
             guard let c = try dma.cookie(for: device) else { throw Failure(description: "no DMA domain") }
             cookie = c
         } catch { throw Failure(description: "setup: \(error)") }
@@ -79,9 +74,7 @@ struct DMAMapBenchmark {
         let go = Atomic<Bool>(false)
         let results = Mutex<[(Samples, Samples, Int, String?)]>([])
         let durationNs = UInt64(o.seconds * 1e9)
-        // IOTLB descriptors of either kind: type 2 (second-stage domains) and PASID-based (first stage).
-        let descriptorsBefore = unit.counters.descriptorsByType[Int(InvalidationDescriptor.iotlbType)]
-            + unit.counters.descriptorsByType[Int(InvalidationDescriptor.pasidIOTLBType)]
+        let descriptorsBefore = hardware.tlbInvalidations
         let samplesPerThread = 1 << 20
         let allStarted = runOnThreads(o.threads + 1) { index in
             if index == o.threads {
@@ -129,13 +122,69 @@ struct DMAMapBenchmark {
         var pairs = 0
         for r in all { map.merge(r.0); unmap.merge(r.1); pairs += r.2 }
         let stats = cookie.statistics
-        let descriptors = unit.counters.descriptorsByType[Int(InvalidationDescriptor.iotlbType)]
-            + unit.counters.descriptorsByType[Int(InvalidationDescriptor.pasidIOTLBType)] - descriptorsBefore
+        let descriptors = hardware.tlbInvalidations - descriptorsBefore
         // Tear down (the flush queue stops acting, so a pending real timer finds nothing to
         // do); the platform stays in real-thread mode for any timer still in flight.
         try? core.release(device)
-        driver.shutdown()
+        hardware.shutdown()
         return Result(options: o, map: map, unmap: unmap, pairs: pairs, elapsedNs: durationNs, stats: stats,
                       iotlbDescriptors: descriptors)
     }
+}
+
+/// The unit and driver under `bench dma-map`, by architecture.
+///
+/// The invalidation latency knob means the same on both: one TLB invalidation plus its
+/// wait. VT-d: each IOTLB or PASID-based IOTLB descriptor costs it, the wait descriptor
+/// nothing. SMMUv3: each TLBI_* command costs it (`SMMUv3Latency.tlbiNs`), CMD_SYNC and every
+/// other command nothing, so a strict unmap's TLBI_NH_VA (one range command with RIL,
+/// IHI 0070 §4.4.2) + CMD_SYNC (§4.7.3) and a flush queue's TLBI_NH_ASID + CMD_SYNC cost one
+/// latency, as VT-d's descriptor + wait does.
+struct BenchHardware {
+    let driver: any IOMMUDriver
+    private let vtdUnit: VTdUnit?
+    private let smmuUnit: SMMUv3Unit?
+    private let shutdownDriver: () -> Void
+
+    init(_ o: DMAMapBenchmark.Options, platform: PlatformContext, core: IOMMUCore) throws {
+        switch o.arch {
+        case .vtd:
+            // One IOTLB invalidation (page- or domain-selective) plus its wait costs the
+            // requested latency; other descriptors are not on this path.
+            var latency = VTdLatency.uniform(0)
+            for t in [InvalidationDescriptor.iotlbType, InvalidationDescriptor.pasidIOTLBType] {
+                latency.descriptorNs[Int(t)] = o.invalidationLatencyNs
+            }
+            let unit = VTdUnit(configuration: VTdConfiguration(name: "dmar0", latency: latency), platform: platform)
+            let d = try VTdDriver(platform: platform, hardware: [unit])
+            d.shadowOnFlush = o.mode == .singleQueue
+            core.register(d)
+            driver = d; vtdUnit = unit; smmuUnit = nil
+            shutdownDriver = { d.shutdown() }
+        case .smmuv3:
+            var latency = SMMUv3Latency.uniform(0)
+            latency.tlbiNs = o.invalidationLatencyNs
+            let unit = SMMUv3Unit(configuration: SMMUv3Configuration(name: "smmu0", latency: latency), platform: platform)
+            let d = try ArmSMMUv3Driver(platform: platform, hardware: [unit])
+            d.shadowOnFlush = o.mode == .singleQueue
+            core.register(d)
+            driver = d; vtdUnit = nil; smmuUnit = unit
+            shutdownDriver = { d.shutdown() }
+        }
+    }
+
+    /// TLB invalidations the unit has completed: IOTLB descriptors of either kind (type 2
+    /// for second-stage domains, PASID-based for first stage), or TLBI_* commands.
+    var tlbInvalidations: UInt64 {
+        if let u = vtdUnit {
+            return u.counters.descriptorsByType[Int(InvalidationDescriptor.iotlbType)]
+                + u.counters.descriptorsByType[Int(InvalidationDescriptor.pasidIOTLBType)]
+        }
+        if let u = smmuUnit {
+            return u.counters.commandsByOpcode[0x10...0x30].reduce(0, +)
+        }
+        return 0
+    }
+
+    func shutdown() { shutdownDriver() }
 }

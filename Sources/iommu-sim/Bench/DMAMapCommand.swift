@@ -37,6 +37,8 @@ struct DMAMapCommand: ParsableCommand {
     var invalidationLatencyNs: UInt64 = 2000
     @Option(help: "Mappings per timed batch (1: time every operation alone).")
     var batch: Int = 16
+    @Option(help: "The unit: vtd (VT-d driver) or smmuv3 (SMMUv3 driver; the latency is each TLBI's, CMD_SYNC free).")
+    var arch: BenchArch = .vtd
     @Flag(help: "Print JSON (keys mapNs, unmapNs, pairsPerSecond, invalidationsPerUnmap, ...).")
     var json = false
 
@@ -52,7 +54,7 @@ struct DMAMapCommand: ParsableCommand {
     func run() throws {
         let options = DMAMapBenchmark.Options(threads: threads, seconds: seconds, granule: granule, direction: dir,
                                               dmaTransNs: dmaTransNs, mode: mode, invalidationLatencyNs: invalidationLatencyNs,
-                                              batch: batch)
+                                              batch: batch, arch: arch)
         let r: DMAMapBenchmark.Result
         do { r = try DMAMapBenchmark(options: options).run() } catch { throw RunFailure(message: "\(error)") }
         print(render(r))
@@ -68,6 +70,7 @@ struct DMAMapCommand: ParsableCommand {
         if json {
             return JSON.object([
                 ("benchmark", .string("dma-map")),
+                ("arch", .string(r.options.arch.rawValue)),
                 ("mode", .string(r.options.mode.rawValue)),
                 ("threads", .int(Int64(r.options.threads))),
                 ("seconds", .double(r.options.seconds)),
@@ -94,7 +97,7 @@ struct DMAMapCommand: ParsableCommand {
         func f(_ v: Double) -> String { String((v * 10).rounded() / 10) }
         let inv = perUnmap > 0 ? "\(String(format6(perUnmap))) (1/\(f(1 / perUnmap)))" : "0"
         return """
-        dma-map: \(r.options.mode.rawValue), \(r.options.threads) thread(s), \(r.options.granule) page(s) \(r.options.direction.rawValue), \
+        dma-map (\(r.options.arch.rawValue)): \(r.options.mode.rawValue), \(r.options.threads) thread(s), \(r.options.granule) page(s) \(r.options.direction.rawValue), \
         dma_trans \(r.options.dmaTransNs) ns, invalidation \(r.options.invalidationLatencyNs) ns, \(f(r.options.seconds)) s, batches of \(r.options.batch)
                      mean      p50      p99   (ns/op)
           map   \(pad(f(r.map.mean)))\(pad(f(r.map.percentile(0.5))))\(pad(f(r.map.percentile(0.99))))

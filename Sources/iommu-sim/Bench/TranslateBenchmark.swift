@@ -35,6 +35,9 @@ nonisolated struct TranslateBenchmark {
         var hitRatio: Double, walkRatio: Double, nestedRatio: Double
         var operations: Int
         var rounds: Int
+        /// The unit measured: "vtd" or "smmuv3" (which has no nested measurement).
+        var arch = "vtd"
+        var hasNested: Bool { arch == "vtd" }
     }
 
     enum BenchFailure: Error, CustomStringConvertible {
@@ -144,7 +147,7 @@ nonisolated struct TranslateBenchmark {
                       operations: operations, rounds: max(1, rounds))
     }
 
-    private func summarize(_ samples: [Double], total: UInt64, ops: Int, checksum: UInt64, hits: UInt64, misses: UInt64) -> Figures {
+    func summarize(_ samples: [Double], total: UInt64, ops: Int, checksum: UInt64, hits: UInt64, misses: UInt64) -> Figures {
         let sorted = samples.sorted()
         return Figures(p50: sorted.isEmpty ? 0 : sorted[sorted.count / 2], mean: Double(total) / Double(max(ops, 1)),
                        checksum: checksum, hits: hits, misses: misses)
@@ -153,7 +156,7 @@ nonisolated struct TranslateBenchmark {
     /// Times `ops` calls of `op(i)` in batches; sums the addresses it returns (a checksum
     /// that also keeps the work alive). Inlined so the closure costs nothing per call.
     @inline(__always)
-    private func timed(ops: Int, _ op: (Int) -> UInt64?) -> (samples: [Double], total: UInt64, sum: UInt64) {
+    func timed(ops: Int, _ op: (Int) -> UInt64?) -> (samples: [Double], total: UInt64, sum: UInt64) {
         var samples: [Double] = []
         samples.reserveCapacity(ops / batch + 1)
         var sum: UInt64 = 0, total: UInt64 = 0

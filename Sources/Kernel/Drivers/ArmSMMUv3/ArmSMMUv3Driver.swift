@@ -27,6 +27,9 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
     /// Called when the driver sets or clears a device's PCIe ATS Enable bit (`pci_enable_ats`,
     /// `pci_disable_ats`); tests watch the order against the STE.
     public var onDeviceATSControl: ((Device, Bool) -> Void)?
+    /// Report invalidations as expensive so DMA domains use one large flush queue (Linux's
+    /// s390 `shadow_on_flush`; a knob for `bench dma-map --mode single-queue`, as on VT-d).
+    public var shadowOnFlush = false
     private lazy var blocked = ArmSMMUBlockedDomain(driver: self)
     private lazy var identity = ArmSMMUIdentityDomain(driver: self)
 
@@ -63,6 +66,8 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
         self.core = core
         for u in units where u.iopfQueue == nil { u.iopfQueue = core.allocIOPFQueue(name: "iopf-\(u.name)") }
     }
+
+    public func invalidationsAreExpensive(_ device: Device) -> Bool { shadowOnFlush }
 
     func unit(for device: Device) throws(IOMMUError) -> ArmSMMUDevice {
         guard device.driver === self, device.unit >= 0, device.unit < units.count else {
