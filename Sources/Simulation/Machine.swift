@@ -101,6 +101,9 @@ public final class Machine: @unchecked Sendable {
         for (i, u) in units.enumerated() {
             u.onTableRead = { [unowned oracle] address in oracle.tableRead(address, unit: i) }
         }
+        for (i, u) in smmuUnits.enumerated() {
+            u.onTableRead = { [unowned oracle] address in oracle.tableRead(address, unit: i) }
+        }
     }
 
     deinit {
@@ -108,7 +111,7 @@ public final class Machine: @unchecked Sendable {
         // at a failing step, a machine never run) hold the hardware that holds the scheduler;
         // without this a machine would never be freed.
         for u in units { u.disconnectAll(); u.onTableRead = nil }
-        for u in smmuUnits { u.disconnectAll() }
+        for u in smmuUnits { u.disconnectAll(); u.onTableRead = nil }
         platform.scheduler.discardPending()
         // The oracle goes with the machine; what outlives it (a user API context closed later)
         // may still free frames, with nobody watching.

@@ -47,6 +47,7 @@ extension SMMUv3Unit {
             }
         }
         countersStorage.pointee.walkMemoryAccesses &+= UInt64(level - w.level + 1)
+        if let hook = onTableRead { hook(w.leafEntryAddress & ~0xFFF) }
         guard var raw = try? memory.deviceLoad(w.leafEntryAddress, as: UInt64.self) else {
             return .failure(fault(.fWalkEABT, fetch: w.leafEntryAddress))
         }
@@ -111,6 +112,7 @@ extension SMMUv3Unit {
                 }
             }
             c.pointee.walkMemoryAccesses &+= 1
+            if let hook = onTableRead { hook(entryAddress & ~0xFFF) }
             guard var raw = try? memory.deviceLoad(entryAddress, as: UInt64.self) else {
                 return .failure(SMMUFault(event: .fWalkEABT, eventClass: .tt, fetchAddress: entryAddress))
             }

@@ -185,6 +185,9 @@ public final class SMMUv3Unit: @unchecked Sendable {
     public var onStallResolved: ((UInt32, UInt16, SMMUv3TranslationResult) -> Void)?
     /// Endpoints reachable through this unit, by StreamID.
     var endpoints: [UInt32: any SMMUv3EndpointPort] = [:]
+    /// Told of every translation-table page a walk reads (stage 1 every level, stage 2 the
+    /// leaf's table): the oracle checks none was freed by software.
+    @exclusivity(unchecked) public var onTableRead: ((UInt64) -> Void)?
     /// Test-only broken hardware: TLBI commands complete without invalidating anything.
     /// Oracle-strength runs only.
     public var dropsTLBInvalidations = false
