@@ -60,14 +60,22 @@ extension PCIeEndpoint {
 
     /// The unit resumed or terminated a held TLP: it completes (moving its payload), fails,
     /// or, stalled again, waits under its new STAG.
-    public func stallResolved(stag: UInt16, result: SMMUv3TranslationResult) {
+    public func stallResolved(stag: UInt16, result: SMMUv3TranslationResult, translatedAgain: Bool) {
         guard case .smmuv3(let unit) = upstream, let t = stalledTLPs.removeValue(forKey: stag) else { return }
-        if case .stalled(let again) = result { stalledTLPs[again] = t; return }
+        if case .stalled(let again) = result {
+            // Stalled again on the retry: a new fault, seen by the checker now.
+            var buffer = [UInt8](repeating: 0, count: max(0, t.length))
+            _ = buffer.withUnsafeMutableBytes {
+                unit.completeStalled(streamID: streamID, substreamID: t.pasid?.rawValue, address: t.address, result: result, buffer: $0, write: t.write)
+            }
+            stalledTLPs[again] = t
+            return
+        }
         let sid = streamID, ssid = t.pasid?.rawValue
         var fault: DMAFault?
         if let offset = t.stagingOffset {
             let n = max(0, min(t.length, staging.count - offset))
-            fault = unit.completeStalled(streamID: sid, substreamID: ssid, address: t.address, result: result,
+            fault = unit.completeStalled(streamID: sid, substreamID: ssid, address: t.address, result: result, translatedAgain: translatedAgain,
                                          buffer: UnsafeMutableRawBufferPointer(rebasing: staging[offset..<offset + n]), write: t.write)
             if fault == nil {
                 if t.write { counters.bytesWritten &+= UInt64(n) } else { counters.bytesRead &+= UInt64(n) }
@@ -90,12 +98,14 @@ extension PCIeEndpoint {
                 guard end <= r.data.count else { return }
                 var payload = Array(r.data[start..<end])
                 fault = payload.withUnsafeMutableBytes {
-                    unit.completeStalled(streamID: sid, substreamID: ssid, address: t.address, result: result, buffer: $0, write: true)
+                    unit.completeStalled(streamID: sid, substreamID: ssid, address: t.address, result: result,
+                                         translatedAgain: translatedAgain, buffer: $0, write: true)
                 }
             } else {
                 guard end <= s.data.count else { return }
                 fault = s.data.withUnsafeMutableBytes { all in
                     unit.completeStalled(streamID: sid, substreamID: ssid, address: t.address, result: result,
+                                         translatedAgain: translatedAgain,
                                          buffer: UnsafeMutableRawBufferPointer(rebasing: all[start..<end]), write: false)
                 }
             }

@@ -71,7 +71,12 @@ extension SMMUv3Unit {
                                                  b: UInt64(event?.rawValue ?? 0), c: ssid.map { UInt64($0) } ?? .max))
                 return (done, DMAFault(address: iova, event: event))
             case .stalled(let stag):
-                return (done, DMAFault(address: iova, event: nil, stallTag: stag))
+                // The stall is the translation's fault, as of now: the checker sees it here
+                // (a later software termination is not another fault).
+                let event = stalled.last(where: { $0.sid == sid && $0.stag == stag })?.event
+                reportAccess(DMAAccessRecord(source: source, pasid: pasid, address: iova, length: UInt64(chunk),
+                                             access: access, physical: nil, fault: nil, time: now, event: event))
+                return (done, DMAFault(address: iova, event: event, stallTag: stag))
             }
             done += chunk
         }
@@ -79,11 +84,12 @@ extension SMMUv3Unit {
     }
 
     /// Completes a stalled access that software resolved: with a translation, `buffer` is
-    /// moved to or from memory at `physical`; otherwise the termination is reported. The
-    /// endpoint calls it from its `stallResolved`. Returns the fault when it did not complete.
+    /// moved to or from memory at `physical`; a translation that failed again is reported; a
+    /// termination by software is not (its fault was seen when it stalled). The endpoint calls
+    /// it from its `stallResolved`. Returns the fault when it did not complete.
     public func completeStalled(streamID sid: UInt32, substreamID ssid: UInt32?, address: UInt64,
-                                result: SMMUv3TranslationResult, buffer: UnsafeMutableRawBufferPointer,
-                                write: Bool) -> DMAFault? {
+                                result: SMMUv3TranslationResult, translatedAgain: Bool = true,
+                                buffer: UnsafeMutableRawBufferPointer, write: Bool) -> DMAFault? {
         let now = scheduler.now
         let source = RequesterID(rawValue: UInt16(truncatingIfNeeded: sid))
         let pasid = ssid.map { PASID(truncating: $0) }
@@ -100,11 +106,17 @@ extension SMMUv3Unit {
                                          access: access, physical: pa, fault: nil, time: now))
             return nil
         case .terminated(let event):
-            reportAccess(DMAAccessRecord(source: source, pasid: pasid, address: address, length: UInt64(buffer.count),
-                                         access: access, physical: nil, fault: nil, time: now, event: event))
+            if translatedAgain {
+                reportAccess(DMAAccessRecord(source: source, pasid: pasid, address: address, length: UInt64(buffer.count),
+                                             access: access, physical: nil, fault: nil, time: now, event: event))
+            }
             return DMAFault(address: address, event: event)
         case .stalled(let stag):
-            return DMAFault(address: address, stallTag: stag)
+            // Stalled again on the retry: a new fault, as of now.
+            let event = stalled.last(where: { $0.sid == sid && $0.stag == stag })?.event
+            reportAccess(DMAAccessRecord(source: source, pasid: pasid, address: address, length: UInt64(buffer.count),
+                                         access: access, physical: nil, fault: nil, time: now, event: event))
+            return DMAFault(address: address, event: event, stallTag: stag)
         }
     }
 

@@ -48,17 +48,17 @@ extension SMMUv3Unit {
         case .retry:
             countersStorage.pointee.stallsResumed &+= 1
             let r = translate(streamID: t.sid, substreamID: t.ssid, address: t.address, access: t.access)
-            resolved(t, r)
+            resolved(t, r, translatedAgain: true)
         case .terminate:
             countersStorage.pointee.stallsTerminated &+= 1
-            resolved(t, .terminated(t.event))
+            resolved(t, .terminated(t.event), translatedAgain: false)
         }
     }
 
     /// Tells the device side how a held transaction ended (or that it stalled again).
-    private func resolved(_ t: StalledTransaction, _ r: SMMUv3TranslationResult) {
+    private func resolved(_ t: StalledTransaction, _ r: SMMUv3TranslationResult, translatedAgain: Bool) {
         onStallResolved?(t.sid, t.stag, r)
-        endpoints[t.sid]?.stallResolved(stag: t.stag, result: r)
+        endpoints[t.sid]?.stallResolved(stag: t.stag, result: r, translatedAgain: translatedAgain)
     }
 
     /// CMD_STALL_TERM: every transaction held for `sid` is terminated.
@@ -67,7 +67,7 @@ extension SMMUv3Unit {
         stalled.removeAll { $0.sid == sid }
         for t in held {
             countersStorage.pointee.stallsTerminated &+= 1
-            resolved(t, .terminated(t.event))
+            resolved(t, .terminated(t.event), translatedAgain: false)
         }
     }
 
@@ -77,7 +77,7 @@ extension SMMUv3Unit {
         stalled = []
         for t in held {
             countersStorage.pointee.stallsTerminated &+= 1
-            resolved(t, .terminated(t.event))
+            resolved(t, .terminated(t.event), translatedAgain: false)
         }
     }
 }

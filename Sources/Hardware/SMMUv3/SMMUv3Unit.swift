@@ -30,12 +30,13 @@ public protocol SMMUv3EndpointPort: AnyObject {
     var smmuLink: PCIeLink? { get }
     /// A transaction of this endpoint held by the stall model under `stag` was resumed
     /// (`result` is its new translation, or `.stalled` with a new STAG when it faulted and
-    /// stalled again) or terminated.
-    func stallResolved(stag: UInt16, result: SMMUv3TranslationResult)
+    /// stalled again; `translatedAgain`) or terminated by software (CMD_RESUME abort,
+    /// CMD_STALL_TERM: `result` is `.terminated` with the fault it stalled on).
+    func stallResolved(stag: UInt16, result: SMMUv3TranslationResult, translatedAgain: Bool)
 }
 
 extension SMMUv3EndpointPort {
-    public func stallResolved(stag: UInt16, result: SMMUv3TranslationResult) {}
+    public func stallResolved(stag: UInt16, result: SMMUv3TranslationResult, translatedAgain: Bool) {}
 }
 
 /// Architected register offsets (IHI 0070 §6.2; Linux arm-smmu-v3.h `ARM_SMMU_*`). The
