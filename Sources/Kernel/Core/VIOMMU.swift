@@ -50,6 +50,17 @@ open class IOMMUVIOMMU: @unchecked Sendable, CustomStringConvertible {
         throw .notSupported("\(self) makes no nested domains")
     }
 
+    /// Whether `alloc_domain_nested` copies the user's data itself, as every 6.17 driver
+    /// does with `iommu_copy_struct_from_user` (its flags checked first, then a type other
+    /// than its own or a length other than its struct's is EINVAL); then the user API calls
+    /// `allocNestedDomain(for:flags:dataType:userData:)` instead of copying by the driver's
+    /// `nestedDataSize`.
+    open var copiesNestedData: Bool { false }
+
+    open func allocNestedDomain(for device: Device, flags: DomainFlags, dataType: UInt32, userData: IOMMUUserData) throws(IOMMUError) -> IOMMUDomain {
+        throw .notSupported("\(self) makes no nested domains")
+    }
+
     /// The size of the driver's queue state for uAPI queue type `type` (`get_hw_queue_size`);
     /// 0: no such queue (EOPNOTSUPP).
     open func hardwareQueueSize(type: UInt32) -> Int { 0 }

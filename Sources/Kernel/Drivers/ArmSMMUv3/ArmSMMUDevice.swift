@@ -134,6 +134,7 @@ public final class ArmSMMUDevice: @unchecked Sendable {
         f.ssidBits = Int((idr1 >> 6) & 0x1F)
         f.rangeInvalidation = idr3 & (1 << 10) != 0
         f.smallTranslationTables = idr3 & (1 << 9) != 0
+        f.s2FWB = idr3 & (1 << 8) != 0
         f.outputAddressBits = AddressSize.bits(UInt8(idr5 & 7))
         f.granule4K = idr5 & (1 << 4) != 0
         f.granule16K = idr5 & (1 << 5) != 0

@@ -217,10 +217,13 @@ final class ArmSMMUS2Domain: ArmSMMUPagingDomain, @unchecked Sendable {
 
     public override var tableOwnerTag: UInt32 { pageTable.ownerTag }
 
-    /// Linux `arm_smmu_make_s2_domain_ste`: EATS with ATS, S2S for a master that stalls.
+    /// Linux `arm_smmu_make_s2_domain_ste`: EATS with ATS, S2S for a master that stalls,
+    /// S2FWB for a nest parent on a unit with IDR3.FWB (`IO_PGTABLE_QUIRK_ARM_S2FWB`, set by
+    /// `arm_smmu_domain_finalise` for NEST_PARENT only).
     func streamTableEntry(ats: Bool, stall: Bool) -> StreamTableEntry {
         .s2Domain(vmid: tag, translation: .granule4K(levels: pageTable.levels, outputBits: smmu.features.outputAddressBits),
-                  ttb: pageTable.root, ats: ats, stall: stall)
+                  ttb: pageTable.root, ats: ats, stall: stall,
+                  forcedWriteBack: flags.contains(.nestParent) && smmu.features.s2FWB)
     }
 
     /// Linux `arm_smmu_attach_dev` for stage 2: the STE, then CD 0 cleared (EBUSY while
