@@ -85,4 +85,52 @@ import Hardware
         #expect(rig.driver.viommuSize(for: a, type: ArmVSMMU.type) > 0)
         #expect(rig.driver.viommuSize(for: a, type: 2) == 0)
     }
+
+    /// EATS = translate in the vSTE turns ATS on (and lists the master for a whole-ATC flush
+    /// of the parent); without it ATS stays off even on an ATS device.
+    @Test func atsFollowsTheVSTE() throws {
+        let rig = try ArmSMMUv3Rig(features: Self.features)
+        let (a, ep) = try rig.addEndpoint("a", dev: 1, ats: true)
+        let v = try Self.vsmmu(rig, a)
+        let off = try Self.nested(rig, v, a, ste: [1 | 0b101 << 1 | 0x4000_0000, 0])
+        try rig.core.attach(off, to: try #require(a.group))
+        #expect(try ArmSMMUv3Rig.ste(a).eats == .abort)
+        #expect(try !ArmSMMUv3Rig.master(a).atsEnabled)
+        let on = try Self.nested(rig, v, a, ste: [1 | 0b101 << 1 | 0x4000_0000, 1 << 28])
+        try rig.core.replace(try #require(a.group), with: on)
+        #expect(try ArmSMMUv3Rig.ste(a).eats == .translate)
+        #expect(try ArmSMMUv3Rig.master(a).atsEnabled)
+        // A parent unmap: TLBI_S2_IPA, TLBI_NH_ALL of the VMID, then the whole ATC.
+        try rig.core.map(v.s2Parent, iova: 0x10000, physical: try rig.buffer(), size: 4096, permissions: .readWrite)
+        ep.clear()
+        let nh = rig.commands(.tlbiNHAll)
+        #expect(try rig.core.unmap(v.s2Parent, iova: 0x10000, size: 4096) == 4096)
+        #expect(rig.commands(.tlbiNHAll) == nh + 1)
+        let inv = try #require(ep.invalidations.last)
+        #expect(inv.ssid == nil && inv.size == 52)
+    }
+
+    /// A plain stage 2 domain's unmap sends no TLBI_NH_ALL; the nest parent's does, after its
+    /// TLBI_S2_IPA. The VMID is the parent's and goes back with it.
+    @Test func nestParentUnmapAndVMID() throws {
+        let rig = try ArmSMMUv3Rig(features: Self.features, preferred: .s2)
+        let a = try rig.add("a", dev: 1)
+        let plain = try rig.ownedDomain(for: a)
+        try rig.core.map(plain, iova: 0x10000, physical: try rig.buffer(), size: 4096, permissions: .readWrite)
+        let nh = rig.commands(.tlbiNHAll)
+        _ = try rig.core.unmap(plain, iova: 0x10000, size: 4096)
+        #expect(rig.commands(.tlbiNHAll) == nh)
+        let vmids = rig.smmu.vmids.allocated
+        let v = try Self.vsmmu(rig, a)
+        #expect(rig.smmu.vmids.allocated == vmids + 1)
+        #expect(rig.smmu.vmids.isInUse(v.vmid))
+        try rig.core.map(v.s2Parent, iova: 0x10000, physical: try rig.buffer(), size: 4096, permissions: .readWrite)
+        let ipa = rig.commands(.tlbiS2IPA)
+        _ = try rig.core.unmap(v.s2Parent, iova: 0x10000, size: 4096)
+        #expect(rig.commands(.tlbiS2IPA) > ipa)
+        #expect(rig.commands(.tlbiNHAll) == nh + 1)
+        v.destroy()
+        try rig.core.freeDomain(v.s2Parent)
+        #expect(rig.smmu.vmids.allocated == vmids)
+    }
 }

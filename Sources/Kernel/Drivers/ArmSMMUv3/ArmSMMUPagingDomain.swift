@@ -58,6 +58,13 @@ class ArmSMMUPagingDomain: ArmSMMUDomain, @unchecked Sendable {
         guard gather.start < gather.end else { return }
         try invalidateRange(start: gather.start, size: gather.end - gather.start,
                             leaf: gather.freedTables.isEmpty, largestPage: gather.largestPage)
+        if stage == .s2 && flags.contains(.nestParent) {
+            // Linux 6.17 `arm_smmu_tlb_inv_range_domain` with `nest_parent`: "When the S2
+            // domain changes all the nested S1 ASIDs have to be flushed too" — TLBI_NH_ALL
+            // with the VMID (the combined entries; TLBI_S2_IPA leaves them, IHI 0070 §4.4.4).
+            let nhAll = SMMUCommand.tlbiNHAll(vmid: tag)
+            try smmu.platform.withHardware { () throws(IOMMUError) in try smmu.cmdq.issueAndSync(nhAll) }
+        }
         if atsMasters > 0 { try smmu.atcInvalidateDomain(self, address: gather.start, size: gather.end - gather.start) }
     }
 

@@ -67,6 +67,20 @@ public final class ArmVSMMU: IOMMUVIOMMU, @unchecked Sendable {
         return v
     }
 
+    // MARK: Invalidation (`ArmVSMMU+Invalidate.swift`)
+
+    override public var userInvalidationDataType: UInt32? { Self.invalidateDataType }
+    override public var userInvalidationEntrySize: Int { 16 }
+
+    override public func cacheInvalidateUser(entries: [[UInt8]]) -> (done: Int, error: IOMMUError?) {
+        invalidateUserCommands(entries)
+    }
+
+    /// One entry at a time is the array path with one entry.
+    override public func cacheInvalidateUser(entry: [UInt8]) throws(IOMMUError) {
+        if let e = invalidateUserCommands([entry]).error { throw e }
+    }
+
     // MARK: vSIDs (Linux `arm_vsmmu_vsid_to_sid`)
 
     /// The physical StreamID of the device whose vDEVICE has virtual ID `vsid` here; nil (EIO
