@@ -7,7 +7,8 @@ import IOMMUFD
 @testable import Simulation
 
 /// The guest's commands through IOMMU_HWPT_INVALIDATE on an SMMUv3 vIOMMU (6.17
-/// `arm_vsmmu_cache_invalidate`), the host's unmaps of the nest parent, and teardown.
+/// `arm_vsmmu_cache_invalidate`), the host's unmaps of the nest parent, guest events through
+/// the vEVENTQ, and teardown.
 @Suite struct SMMUv3NestedInvalidateTests {
     /// Without a TLBI the unit keeps the combined entry; the guest's TLBI_NH_VA (VMID 0 as the
     /// guest wrote it, replaced by the vIOMMU's) drops it.
@@ -119,6 +120,47 @@ import IOMMUFD
         #expect(vmm.unit.counters.commandsByOpcode[0x10] == nhAll + 1)
         #expect(vmm.dmaWrite(ArmNestedVMM.gva)?.fault != nil)
         #expect(vmm.machine.oracle.violations.isEmpty)
+    }
+
+    /// A stage 1 fault of the nested master is a guest event: the record with the vSID in
+    /// its StreamID field, on the vEVENTQ.
+    @Test func guestEventsReachTheVEventQueue() throws {
+        let vmm = try ArmNestedVMM()
+        let (v, _, _) = try vmm.nestedSetup()
+        let q = vmm.veventqAlloc(v)
+        try #require(q.rc == 0)
+        vmm.setGuestPTE(page: 3, present: false)
+        #expect(vmm.dmaWrite(ArmNestedVMM.gva + 3 * 4096)?.fault != nil)
+        vmm.machine.scheduler.runUntilIdle()
+        let queue = try #require(vmm.ctx.object(q.id) as? VEventQueueObject)
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let n = buffer.withUnsafeMutableBytes { queue.read(into: $0) }
+        try #require(n == 8 + 32)
+        let w0 = (0..<8).reduce(UInt64(0)) { $0 | UInt64(buffer[8 + $1]) << (8 * UInt64($1)) }
+        #expect(UInt8(truncatingIfNeeded: w0) == SMMUEventID.fTranslation.rawValue)
+        #expect(w0 >> 32 == ArmNestedVMM.vsid)
+        let w2 = (0..<8).reduce(UInt64(0)) { $0 | UInt64(buffer[24 + $1]) << (8 * UInt64($1)) }
+        #expect(w2 & ~0xFFF == ArmNestedVMM.gva + 3 * 4096)
+        #expect(vmm.driver.units[0].guestEventsReported == 1)
+    }
+
+    /// Without a vEVENTQ the event stays the host's (Linux dumps it); a stage 2 fault (the
+    /// host unmapped guest RAM) is never the guest's (`!event->s2`).
+    @Test func hostEventsStayTheHosts() throws {
+        let vmm = try ArmNestedVMM()
+        let (v, _, _) = try vmm.nestedSetup()
+        vmm.setGuestPTE(page: 3, present: false)
+        #expect(vmm.dmaWrite(ArmNestedVMM.gva + 3 * 4096)?.fault != nil)
+        vmm.machine.scheduler.runUntilIdle()
+        #expect(vmm.driver.units[0].guestEventsReported == 0)
+        #expect(vmm.driver.units[0].eventsHandled > 0)
+        let q = vmm.veventqAlloc(v)
+        try #require(q.rc == 0)
+        #expect(vmm.unmap(iova: ArmNestedVMM.dataGPA, length: ArmNestedVMM.regionSize) == 0)
+        #expect(vmm.dmaWrite(ArmNestedVMM.gva)?.fault != nil)
+        vmm.machine.scheduler.runUntilIdle()
+        #expect(vmm.driver.units[0].guestEventsReported == 0)
+        #expect(try #require(vmm.ctx.object(q.id) as? VEventQueueObject).readableBytes == 0)
     }
 
     /// Detach, then every object in order: no frame, VMID or ASID is left behind.

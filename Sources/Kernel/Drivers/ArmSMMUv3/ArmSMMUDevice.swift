@@ -52,6 +52,8 @@ public final class ArmSMMUDevice: @unchecked Sendable {
     public internal(set) var priQueueOverflows = 0
     /// Stall events reported to the core as page faults.
     public internal(set) var stallFaultsReported = 0
+    /// Events of nested masters reported to their vIOMMU's vEVENTQ.
+    public internal(set) var guestEventsReported = 0
     /// CMD_PRI_RESP / CMD_RESUME that could not be written to the command queue.
     public internal(set) var responsesLost = 0
 

@@ -113,3 +113,16 @@ extension ArmSMMUv3Driver {
     }
 }
 
+extension ArmVSMMU {
+    /// Linux `arm_vmaster_report_event`: `struct iommu_vevent_arm_smmuv3` is the record's
+    /// four words (little-endian) with the StreamID field (word 0 bits 63:32) replaced by
+    /// the vSID, reported as `IOMMU_VEVENTQ_TYPE_ARM_SMMUV3`. Throws when no vEVENTQ of
+    /// that type exists (EOPNOTSUPP).
+    func reportGuestEvent(_ raw: RawEvent, vsid: UInt64) throws(IOMMUError) {
+        guard let report = reportEvent else { throw .notSupported("no vEVENTQ") }
+        let words = [(raw.w0 & 0xFFFF_FFFF) | (vsid & 0xFFFF_FFFF) << 32, raw.w1, raw.w2, raw.w3]
+        var payload = [UInt8](repeating: 0, count: 32)
+        for (i, w) in words.enumerated() { for b in 0..<8 { payload[8 * i + b] = UInt8(truncatingIfNeeded: w >> (8 * UInt64(b))) } }
+        try report(Self.eventType, payload)
+    }
+}
