@@ -88,11 +88,11 @@ final class ArmNestedVMM {
     }
 
     func hwptAlloc(pt: UInt32, flags: UInt32 = 0, dev: UInt32? = nil, dataType: UInt32 = 0, data: [UInt8] = [],
-                   dataLength: UInt32? = nil) -> (rc: Int32, id: UInt32) {
+                   dataLength: UInt32? = nil, uptr: UInt64? = nil) -> (rc: Int32, id: UInt32) {
         if !data.isEmpty { write(scratch, data) }
         let (rc, out) = run(.hwptAlloc) { s in
             s.set32(4, flags); s.set32(8, dev ?? devID); s.set32(12, pt)
-            s.set32(24, dataType); s.set32(28, dataLength ?? UInt32(data.count)); s.set64(32, data.isEmpty ? 0 : scratch)
+            s.set32(24, dataType); s.set32(28, dataLength ?? UInt32(data.count)); s.set64(32, uptr ?? (data.isEmpty ? 0 : scratch))
         }
         return (rc, out.u32(16))
     }

@@ -34,6 +34,20 @@ import IOMMUFD
         #expect(vmm.destroy(vmm.parent) == 0)
     }
 
+    /// GET_HW_INFO on the SMMUv3 device: `IOMMU_HW_INFO_TYPE_ARM_SMMUV3` with the 40-byte
+    /// `struct iommu_hw_info_arm_smmuv3` (the unit's IDRs: a VMM reads S1P/S2P and FWB there).
+    @Test func hwInfoPayload() throws {
+        let vmm = try ArmNestedVMM()
+        let (rc, out) = vmm.run(.getHWInfo) { s in s.set32(8, vmm.devID); s.set32(12, 64); s.set64(16, vmm.scratch) }
+        #expect(rc == 0)
+        #expect(out.u32(12) == 40 && out.u32(24) == UAPI.hwInfoTypeARMSMMUv3)
+        let info = StructBytes(bytes: vmm.read(va: vmm.scratch, count: 64))
+        #expect(info.u32(8) & 0b11 == 0b11, "IDR0.S1P and S2P")
+        #expect(info.u32(8 + 12) & (1 << 8) != 0, "IDR3.FWB")
+        #expect(info.u32(36) == vmm.unit.read32(SMMUv3Register.aidr))
+        #expect((40..<64).allSatisfy { info.bytes[$0] == 0 })
+    }
+
     /// `arm_smmu_get_viommu_size`: no S2FWB (and no CANWBS device) → EOPNOTSUPP; a unit that
     /// cannot nest refuses the nest parent already.
     @Test func viommuNeedsFWBAndNesting() throws {
@@ -148,6 +162,9 @@ import IOMMUFD
         #expect(vmm.allocNested(v.id, dataLength: 24).rc == -Errno.EINVAL)
         // data_len 0 with type NONE: the core's EOPNOTSUPP (a nested HWPT needs data).
         #expect(vmm.allocNested(v.id, dataType: 0, dataLength: 0).rc == -Errno.EOPNOTSUPP)
+        // The struct is read once the flags, type and length passed: an unreadable one is EFAULT.
+        #expect(vmm.hwptAlloc(pt: v.id, dataType: ArmVSMMU.nestedDataType, data: ArmNestedVMM.bytes(ArmNestedVMM.vSTE()),
+                              uptr: 0xDEAD_0000).rc == -Errno.EFAULT)
         // Allowed bits: S1Fmt, S1CDMax, S1DSS, S1STALLD and EATS translate pass.
         let ok = vmm.allocNested(v.id, ste: ArmNestedVMM.vSTE(eats: 1, extra0: 1 << 4 | 5 << 59, extra1: 2 | 1 << 27))
         #expect(ok.rc == 0)
