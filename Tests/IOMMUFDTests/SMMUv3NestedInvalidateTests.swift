@@ -93,6 +93,20 @@ import IOMMUFD
         #expect(vmm.invalidate(v, [[0x06 | ArmNestedVMM.vsid << 32, 0]]).rc == -Errno.EIO)
     }
 
+    /// What the driver forwards is the guest's own business beyond the VMID/SID: a command
+    /// the unit finds illegal (reserved bits) is refused with CERROR_ILL and skipped as
+    /// Linux's `arm_smmu_cmdq_skip_err` does, and the call still succeeds; an ATC_INV to a
+    /// device without ATS completes.
+    @Test func illegalFieldsAreTheUnits() throws {
+        let vmm = try ArmNestedVMM()
+        let (v, _, _) = try vmm.nestedSetup()
+        let errors = vmm.unit.counters.commandErrors
+        let r = vmm.invalidate(v, [[0x12 | UInt64(0xFFFF) << 16, ~0], [0x40 | ArmNestedVMM.vsid << 32, 52]])
+        #expect(r.rc == 0 && r.done == 2)
+        #expect(vmm.unit.counters.commandErrors == errors + 1)
+        #expect(vmm.dmaReaches(page: 0, value: 9))
+    }
+
     @Test func arrayChecks() throws {
         let vmm = try ArmNestedVMM()
         let (v, _, _) = try vmm.nestedSetup()
