@@ -107,6 +107,21 @@ import IOMMUFD
         #expect(vmm.dmaReaches(page: 0, value: 9))
     }
 
+    /// A batch whose CMD_SYNC does not complete: the error, and `entry_num` one less than
+    /// the commands converted (6.17 `cur--`). The queue goes on afterwards.
+    @Test func failedIssueReportsOneLess() throws {
+        let vmm = try ArmNestedVMM()
+        let (v, _, _) = try vmm.nestedSetup()
+        let q = vmm.driver.units[0].cmdq
+        let saved = q.timeoutNs
+        q.timeoutNs = 1
+        let r = vmm.invalidate(v, [[0x10, 0], [0x10, 0], [0x10, 0]])
+        q.timeoutNs = saved
+        #expect(r.rc == -110 && r.done == 2)
+        #expect(vmm.invalidate(v, [[0x10, 0]]).rc == 0)
+        #expect(vmm.dmaReaches(page: 0, value: 3))
+    }
+
     @Test func arrayChecks() throws {
         let vmm = try ArmNestedVMM()
         let (v, _, _) = try vmm.nestedSetup()
