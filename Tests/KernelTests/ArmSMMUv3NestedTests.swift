@@ -86,6 +86,29 @@ import Hardware
         #expect(rig.driver.viommuSize(for: a, type: 2) == 0)
     }
 
+    /// `arm_smmu_attach_dev_nested`: PASIDs in use are EBUSY; a nested RID takes no PASID
+    /// (the guest's SubstreamIDs are its CD table's, S1CDMax); the guest's CD table serves
+    /// SubstreamIDs through the nested STE.
+    @Test func pasidsAndNesting() throws {
+        let rig = try ArmSMMUv3Rig(features: Self.features)
+        let (a, _) = try rig.addEndpoint("a", dev: 1, pasids: 16)
+        let v = try Self.vsmmu(rig, a)
+        let s1 = try rig.core.allocDomain(for: a, flags: .pasid)
+        _ = try rig.core.attachPASID(s1, to: a, pasid: PASID(truncating: 1))
+        let n = try Self.nested(rig, v, a, ste: [1 | 0b101 << 1 | 0x4000_0000 | 1 << 59, 0])
+        #expect(throws: IOMMUError.self) { try rig.core.attach(n, to: try #require(a.group)) }
+        #expect(try ArmSMMUv3Rig.ste(a).config != .nested)
+        try rig.core.detachPASID(s1, from: a, pasid: PASID(truncating: 1))
+        try rig.core.attach(n, to: try #require(a.group))
+        let ste = try ArmSMMUv3Rig.ste(a)
+        #expect(ste.config == .nested && ste.s1CDMax == 1)
+        do {
+            _ = try rig.core.attachPASID(s1, to: a, pasid: PASID(truncating: 2))
+            Issue.record("a PASID attached under a nested RID")
+        } catch { #expect(error.errno == 22, "arm_smmu_set_pasid: the CD table is not in the STE: EINVAL") }
+        #expect(try ArmSMMUv3Rig.ste(a) == ste)
+    }
+
     /// EATS = translate in the vSTE turns ATS on (and lists the master for a whole-ATC flush
     /// of the parent); without it ATS stays off even on an ATS device.
     @Test func atsFollowsTheVSTE() throws {
