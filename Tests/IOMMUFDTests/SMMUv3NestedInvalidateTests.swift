@@ -173,6 +173,41 @@ import IOMMUFD
         #expect(vmm.driver.units[0].guestEventsReported == 1)
     }
 
+    /// The guest's SubstreamIDs are its CD table's (S1CDMax in the vSTE): DMA with PASID 1
+    /// goes through the guest's CD 1; once the guest clears CD 1 and sends CFGI_CD for its
+    /// vSID and SSID 1 (converted to the StreamID), the unit reports C_BAD_CD, which reaches
+    /// the vEVENTQ with the vSID and the SSID.
+    @Test func guestSubstreams() throws {
+        let vmm = try ArmNestedVMM(pasids: 16)
+        let v = vmm.viommuAlloc()
+        try #require(v.rc == 0)
+        try #require(vmm.vdeviceAlloc(v.id).rc == 0)
+        vmm.buildGuestTables()
+        let cd1 = ContextDescriptor.s1(asid: 8, ttb: ArmNestedVMM.tableGPA(level: 0))
+        vmm.write(vmm.tableVA + 64, ArmNestedVMM.bytes((0..<8).map { cd1.data[$0] }))
+        let n = vmm.allocNested(v.id, ste: ArmNestedVMM.vSTE(extra0: 1 << 59))
+        try #require(n.rc == 0)
+        _ = try vmm.ctx.attach(vmm.devID, to: n.id)
+        let q = vmm.veventqAlloc(v.id)
+        try #require(q.rc == 0)
+        let pasid = PASID(truncating: 1)
+        #expect(vmm.dmaWrite(ArmNestedVMM.gva, value: 0x61, pasid: pasid)?.fault == nil)
+        #expect(vmm.read(va: vmm.dataVA, count: 4) == [0x61, 0x61, 0x61, 0x61])
+        #expect(vmm.unit.cachedTLBEntries(asid: 8) > 0)
+        vmm.write(vmm.tableVA + 64, [UInt8](repeating: 0, count: 64))
+        #expect(vmm.invalidate(v.id, [[0x05 | ArmNestedVMM.vsid << 32 | 1 << 12, 1], [0x11 | 8 << 48, 0]]).rc == 0)
+        #expect(vmm.dmaWrite(ArmNestedVMM.gva, value: 0x62, pasid: pasid)?.fault != nil)
+        vmm.machine.scheduler.runUntilIdle()
+        let queue = try #require(vmm.ctx.object(q.id) as? VEventQueueObject)
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let got = buffer.withUnsafeMutableBytes { queue.read(into: $0) }
+        try #require(got == 40)
+        let w0 = (0..<8).reduce(UInt64(0)) { $0 | UInt64(buffer[8 + $1]) << (8 * UInt64($1)) }
+        #expect(UInt8(truncatingIfNeeded: w0) == SMMUEventID.cBadCD.rawValue)
+        #expect(w0 >> 32 == ArmNestedVMM.vsid)
+        #expect((w0 >> 12) & 0xFFFFF == 1, "SSID 1")
+    }
+
     /// Without a vEVENTQ the event stays the host's (Linux dumps it); a stage 2 fault (the
     /// host unmapped guest RAM) is never the guest's (`!event->s2`).
     @Test func hostEventsStayTheHosts() throws {

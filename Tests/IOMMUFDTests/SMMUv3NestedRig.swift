@@ -31,12 +31,13 @@ final class ArmNestedVMM {
     static let guestASID: UInt16 = 7
     static let vsid: UInt64 = 0x42
 
-    init(features: SMMUv3Features = ArmNestedVMM.features, parentFlags: UInt32 = UAPI.hwptAllocNestParent, ats: Bool = false) throws {
+    init(features: SMMUv3Features = ArmNestedVMM.features, parentFlags: UInt32 = UAPI.hwptAllocNestParent, ats: Bool = false,
+         pasids: UInt32 = 0) throws {
         machine = try Machine(seed: 1, memorySize: 128 << 20, unitConfigurations: [.smmuv3(SMMUv3Configuration(name: "smmu0", features: features))])
         process = try machine.core.createProcess()
         ctx = IOMMUFDContext(core: machine.core, memory: process, ledger: PinLedger())
         (device, ep) = try machine.addDevices([DeviceDescription(name: "vf", requesterID: RequesterID(bus: 0, device: 1, function: 0),
-                                                                 unit: 0, ats: ats)])[0]
+                                                                 unit: 0, maxPASIDs: pasids, ats: ats)])[0]
         let process = self.process
         func touched(_ length: UInt64) throws -> UInt64 {
             let va = try process.mmap(length: length, permissions: .readWrite)
@@ -189,9 +190,9 @@ final class ArmNestedVMM {
 
     // MARK: DMA and invalidation
 
-    func dmaWrite(_ address: UInt64, value: UInt8 = 0x5A) -> PCIeEndpoint.Completion? {
+    func dmaWrite(_ address: UInt64, value: UInt8 = 0x5A, pasid: PASID? = nil) -> PCIeEndpoint.Completion? {
         var done: PCIeEndpoint.Completion?
-        ep.submit(.write(address, [UInt8](repeating: value, count: 64))) { done = $0 }
+        ep.submit(.write(address, [UInt8](repeating: value, count: 64), pasid: pasid)) { done = $0 }
         try? machine.scheduler.wait(until: { done != nil }, timeoutNs: 1_000_000)
         return done
     }
