@@ -13,7 +13,7 @@ import Kernel
 /// `nested-composition`.
 extension Oracle {
     struct NestedState {
-        struct Stage1 { var parent: Int; var root: UInt64; var levels: Int }
+        struct Stage1 { var parent: Int; var root: UInt64; var levels: Int; var format: NestedStage1.Format = .x86FirstStage }
         /// Nested domain → its first stage.
         var stage1: [Int: Stage1] = [:]
         /// Per nested domain, GVA page → the translation a running guest unmap removes.
@@ -34,7 +34,7 @@ extension Oracle {
 
     func noteNested(_ d: IOMMUDomain) {
         guard nested.stage1[d.id] == nil, let s = d.nestedStage1 else { return }
-        nested.stage1[d.id] = NestedState.Stage1(parent: s.parent.id, root: s.tableAddress, levels: s.levels)
+        nested.stage1[d.id] = NestedState.Stage1(parent: s.parent.id, root: s.tableAddress, levels: s.levels, format: s.format)
     }
 
     /// The guest's translation of `gva`, walking its tables as they are in memory now: the
@@ -42,6 +42,12 @@ extension Oracle {
     /// privileged) requests (U/S); nil where the walk ends in a hole, reserved bits, or a
     /// table page the parent does not map.
     func guestTranslation(_ s: NestedState.Stage1, _ gva: UInt64) -> (gpa: UInt64, writable: Bool, user: Bool)? {
+        switch s.format {
+        case .x86FirstStage: break
+        case .armCDTable(let twoLevel): return armGuestTranslation(s, gva, twoLevel: twoLevel)
+        case .bypass: return (gva, true, true)
+        case .abort: return nil
+        }
         var table = s.root
         var level = s.levels
         var writable = true, user = true
@@ -167,5 +173,50 @@ extension Oracle {
             nested.mapping[domain.id]?.remove(page)
             nested.removed[domain.id]?[page] = nil
         }
+    }
+}
+
+extension Oracle {
+    /// A guest-physical u64 as the parent maps it now (nil where it does not, readably).
+    func guestLoad64(_ s: NestedState.Stage1, _ gpa: UInt64) -> UInt64? {
+        guard let r = shadows[s.parent]?.lookup(gpa), r.permissions.contains(.read) else { return nil }
+        return try? platform.memory.load64(r.physical &+ (gpa &- r.start))
+    }
+
+    /// An SMMUv3 guest's stage 1 for the RID (SubstreamID 0): CD 0 of its CD table (through
+    /// the L1CD when 2-level), then its VMSAv8-64 tables from TTB0 (T0SZ gives the levels),
+    /// every address read through the parent (IHI 0070 §3.3.2, §5.4).
+    func armGuestTranslation(_ s: NestedState.Stage1, _ gva: UInt64, twoLevel: Bool) -> (gpa: UInt64, writable: Bool, user: Bool)? {
+        var cdAddress = s.root
+        if twoLevel {
+            guard let l1 = guestLoad64(s, s.root), l1 & 1 != 0 else { return nil }
+            cdAddress = l1 & PageTableGeometry.addressMask(width: 52) & ~0xFFF
+        }
+        var cd = ContextDescriptor()
+        for i in 0..<4 {
+            guard let w = guestLoad64(s, cdAddress &+ UInt64(i) * 8) else { return nil }
+            cd.data[i] = w
+        }
+        guard cd.valid, !cd.epd0, cd.t0sz >= 16, cd.t0sz <= 39 else { return nil }
+        let ia = 64 - Int(cd.t0sz)
+        guard gva >> UInt64(ia) == 0 else { return nil }
+        var level = (ia - 12 + 8) / 9
+        var table = cd.ttb0 & PageTableGeometry.addressMask(width: 52) & ~0xFFF
+        var writable = true, user = true
+        let mask = PageTableGeometry.addressMask(width: 52)
+        while level >= 1 {
+            guard let raw = guestLoad64(s, table &+ PageTableGeometry.index(gva, level: level) * 8) else { return nil }
+            let e = ArmStage1Format.decode(raw, level: level, addressMask: mask)
+            guard e.present, !e.reserved else { return nil }
+            if !e.permissions.contains(.write) { writable = false }
+            if e.leaf {
+                if !e.permissions.contains(.user) { user = false }
+                let span = PageTableGeometry.span(level: level)
+                return ((e.address & ~(span - 1)) | (gva & (span - 1)), writable, user)
+            }
+            table = e.address
+            level -= 1
+        }
+        return nil
     }
 }

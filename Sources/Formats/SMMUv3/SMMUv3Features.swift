@@ -61,6 +61,9 @@ public struct SMMUv3Features: Equatable, Sendable {
     public var rangeInvalidation: Bool = true
     /// IDR3.STT: small translation tables (TxSZ up to 48).
     public var smallTranslationTables: Bool = false
+    /// IDR3.FWB: STE.S2FWB may force stage 2 write-back (Linux `ARM_SMMU_FEAT_S2FWB`, one of
+    /// the two ways `arm_smmu_get_viommu_size` accepts to keep a guest from bypassing caches).
+    public var s2FWB: Bool = false
     /// IDR1.SSIDSIZE / IDR1.SIDSIZE.
     public var ssidBits: Int = 20
     public var sidBits: Int = 32

@@ -118,9 +118,9 @@ public struct SMMUv3Configuration: Sendable {
             | UInt32(min(20, features.ssidBits)) << 6 | UInt32(min(32, features.sidBits))
     }
 
-    /// SMMU_IDR3: STT 9, RIL 10.
+    /// SMMU_IDR3: FWB 8, STT 9, RIL 10.
     public var idr3: UInt32 {
-        (features.smallTranslationTables ? 1 << 9 : 0) | (features.rangeInvalidation ? 1 << 10 : 0)
+        (features.s2FWB ? 1 << 8 : 0) | (features.smallTranslationTables ? 1 << 9 : 0) | (features.rangeInvalidation ? 1 << 10 : 0)
     }
 
     /// SMMU_IDR5: STALL_MAX 31:16, GRAN64K 6, GRAN16K 5, GRAN4K 4, OAS 2:0.

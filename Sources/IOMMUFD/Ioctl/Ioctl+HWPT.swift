@@ -45,7 +45,11 @@ extension IOMMUFDContext {
             }
             h = try allocNested(&a, dev, parent: parent, viommu: nil)
         case let v as VIOMMUObject:
-            // Linux `iommufd_viommu_alloc_hwpt_nested`: the vIOMMU holds the parent.
+            // Linux `iommufd_viommu_alloc_hwpt_nested`: the vIOMMU holds the parent. The
+            // device must be behind the vIOMMU's unit (EINVAL) before anything else.
+            guard v.driver == ObjectIdentifier(dev.device.driver), v.unit == dev.device.unit else {
+                throw Errno.inval("\(dev.device) is not behind the unit of \(v)")
+            }
             guard flags & ~(UAPI.hwptFaultIDValid | UAPI.hwptAllocPASID) == 0, dataLength > 0 else {
                 throw Errno.notsupp("a nested HWPT takes only FAULT_ID_VALID|PASID and driver data")
             }
@@ -63,13 +67,21 @@ extension IOMMUFDContext {
     /// size is EINVAL before anything is read (both drivers' structs have one version).
     private func allocNested(_ a: inout IoctlArgument, _ dev: DeviceObject, parent: HWPTPaging, viommu: VIOMMUObject?) throws(Errno) -> HWPT {
         let flags = a.u32(4), dataType = a.u32(24), dataLength = a.u32(28)
+        var df: DomainFlags = []
+        if flags & UAPI.hwptAllocPASID != 0 { df.insert(.pasid) }
+        let domain: IOMMUDomain
+        if let viommu, viommu.viommu.copiesNestedData {
+            // The driver copies (and checks) the data itself, flags first.
+            do throws(IOMMUError) {
+                domain = try core.allocNestedDomain(on: viommu.viommu, for: dev.device, flags: df, dataType: dataType,
+                                                    userData: userData(a.u64(32), length: Int(dataLength)))
+            } catch { throw Errno(error) }
+            return try finishNested(&a, domain, dev, parent: parent, viommu: viommu, pasid: df.contains(.pasid))
+        }
         let size = dev.device.driver.nestedDataSize(for: dev.device, dataType: dataType)
         guard size > 0 else { throw Errno.notsupp("\(dev.device.driver.name) takes no nested data of type \(dataType)") }
         guard Int(dataLength) == size else { throw Errno.inval("data_len \(dataLength) is not the driver's \(size)-byte struct") }
         let data = try copyIn(a.u64(32), count: size)
-        var df: DomainFlags = []
-        if flags & UAPI.hwptAllocPASID != 0 { df.insert(.pasid) }
-        let domain: IOMMUDomain
         do throws(IOMMUError) {
             if let viommu {
                 domain = try core.allocNestedDomain(on: viommu.viommu, for: dev.device, flags: df, dataType: dataType, data: data)
@@ -77,13 +89,20 @@ extension IOMMUFDContext {
                 domain = try core.allocNestedDomain(for: dev.device, parent: parent.domain, flags: df, dataType: dataType, data: data)
             }
         } catch { throw Errno(error) }
-        // The fault is looked up once the driver made the domain (its error comes first).
+        return try finishNested(&a, domain, dev, parent: parent, viommu: viommu, pasid: df.contains(.pasid))
+    }
+
+    /// The object of a nested domain the driver made: its fault looked up (the driver's
+    /// error comes first), added, and its holds taken.
+    private func finishNested(_ a: inout IoctlArgument, _ domain: IOMMUDomain, _ dev: DeviceObject, parent: HWPTPaging,
+                              viommu: VIOMMUObject?, pasid: Bool) throws(Errno) -> HWPT {
+        let flags = a.u32(4)
         let fault: FaultObject?
         do throws(Errno) { fault = flags & UAPI.hwptFaultIDValid != 0 ? try get(a.u32(40), .fault) : nil } catch {
             try? core.freeDomain(domain)
             throw error
         }
-        let n = HWPTNested(domain: domain, parent: parent, viommu: viommu, fault: nil, pasidCompatible: df.contains(.pasid))
+        let n = HWPTNested(domain: domain, parent: parent, viommu: viommu, fault: nil, pasidCompatible: pasid)
         do throws(Errno) {
             try add(n)
             if let fault { try give(n, fault: fault) }

@@ -70,17 +70,11 @@ extension IOMMUFDContext {
             if e.count < size { e += [UInt8](repeating: 0, count: size - e.count) }
             entries.append(e)
         }
-        var done: UInt32 = 0
-        for e in entries {
-            do throws(IOMMUError) { try v.viommu.cacheInvalidateUser(entry: e) } catch {
-                a.set32(24, done)
-                a.respond()
-                throw Errno(error)
-            }
-            done += 1
-        }
-        a.set32(24, done)
+        // The driver acts on the array and says how many entries it handled.
+        let (done, error) = v.viommu.cacheInvalidateUser(entries: entries)
+        a.set32(24, UInt32(done))
         a.respond()
+        if let error { throw Errno(error) }
     }
 
     /// `copy_struct_from_user` with a user struct longer than the kernel's: the extra bytes

@@ -163,11 +163,24 @@ open class IOMMUDomain: @unchecked Sendable, CustomStringConvertible {
 
 /// What a nested domain's first stage is (for observers that check nested translations).
 public struct NestedStage1: @unchecked Sendable {
+    /// How the guest's first stage is found and read.
+    public enum Format: Equatable, Sendable {
+        /// x86-64 first-stage tables from `tableAddress` (VT-d).
+        case x86FirstStage
+        /// An SMMUv3 guest CD table at `tableAddress` (linear, or 2-level when `twoLevel`):
+        /// CD 0's TTB0 and T0SZ give a VMSAv8-64 stage 1, all read through the parent.
+        case armCDTable(twoLevel: Bool)
+        /// The guest's first stage translates nothing: GVA = GPA (an SMMUv3 bypass vSTE).
+        case bypass
+        /// The guest's first stage refuses everything (an SMMUv3 abort vSTE).
+        case abort
+    }
     public let parent: IOMMUDomain
-    /// Guest-physical address (an IOVA of the parent) of the top-level table.
+    /// Guest-physical address (an IOVA of the parent) of the top-level table (or CD table).
     public let tableAddress: UInt64
     public let levels: Int
-    public init(parent: IOMMUDomain, tableAddress: UInt64, levels: Int) {
-        self.parent = parent; self.tableAddress = tableAddress; self.levels = levels
+    public let format: Format
+    public init(parent: IOMMUDomain, tableAddress: UInt64, levels: Int, format: Format = .x86FirstStage) {
+        self.parent = parent; self.tableAddress = tableAddress; self.levels = levels; self.format = format
     }
 }

@@ -168,6 +168,17 @@ public final class IOMMUCore: @unchecked Sendable {
         return d
     }
 
+    /// A nested domain made on a vIOMMU that copies the user's data itself.
+    public func allocNestedDomain(on viommu: IOMMUVIOMMU, for device: Device, flags: DomainFlags, dataType: UInt32,
+                                  userData: IOMMUUserData) throws(IOMMUError) -> IOMMUDomain {
+        try checkProbed(device)
+        try checkAlive(viommu.parent)
+        if platform.faults.shouldFail(.domainAlloc) { throw .noMemory("domain allocation (injected)") }
+        let d = try viommu.allocNestedDomain(for: device, flags: flags, dataType: dataType, userData: userData)
+        adopt(d)
+        return d
+    }
+
     /// Frees a domain nothing is attached to (Linux `iommu_domain_free`).
     public func freeDomain(_ domain: IOMMUDomain) throws(IOMMUError) {
         try checkAlive(domain)

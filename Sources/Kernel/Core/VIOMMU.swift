@@ -45,8 +45,29 @@ open class IOMMUVIOMMU: @unchecked Sendable, CustomStringConvertible {
         throw .notSupported("\(self) takes no invalidations")
     }
 
+    /// Acts on the whole copied array (`cache_invalidate`): how many entries to report done
+    /// (`array->entry_num` on return) and the error, if any. By default entry by entry,
+    /// stopping at the first that fails; a driver that batches (SMMUv3) overrides it.
+    open func cacheInvalidateUser(entries: [[UInt8]]) -> (done: Int, error: IOMMUError?) {
+        for (i, e) in entries.enumerated() {
+            do { try cacheInvalidateUser(entry: e) } catch { return (i, error) }
+        }
+        return (entries.count, nil)
+    }
+
     /// A nested domain whose first stage the guest owns (`alloc_domain_nested`).
     open func allocNestedDomain(for device: Device, flags: DomainFlags, dataType: UInt32, data: [UInt8]) throws(IOMMUError) -> IOMMUDomain {
+        throw .notSupported("\(self) makes no nested domains")
+    }
+
+    /// Whether `alloc_domain_nested` copies the user's data itself, as every 6.17 driver
+    /// does with `iommu_copy_struct_from_user` (its flags checked first, then a type other
+    /// than its own or a length other than its struct's is EINVAL); then the user API calls
+    /// `allocNestedDomain(for:flags:dataType:userData:)` instead of copying by the driver's
+    /// `nestedDataSize`.
+    open var copiesNestedData: Bool { false }
+
+    open func allocNestedDomain(for device: Device, flags: DomainFlags, dataType: UInt32, userData: IOMMUUserData) throws(IOMMUError) -> IOMMUDomain {
         throw .notSupported("\(self) makes no nested domains")
     }
 

@@ -79,12 +79,19 @@ final class ArmSMMUCommandQueue {
     /// unit with the next `sync` (or earlier, if the queue fills).
     /// - Complexity: O(1) and allocation-free unless the queue is full.
     func issue(_ command: SMMUCommand) throws(IOMMUError) {
-        if isFull(prod, cons) { try waitForRoom() }
         let raw = command.encode()
+        try issueRaw(raw.w0, raw.w1)
+    }
+
+    /// Writes one command as raw words (Linux `arm_smmu_cmdq_issue_cmdlist` with commands a
+    /// guest built, `arm_vsmmu_cache_invalidate`): the unit decodes them, and refuses an
+    /// illegal one with CERROR_ILL, which is skipped as any other.
+    func issueRaw(_ w0: UInt64, _ w1: UInt64) throws(IOMMUError) {
+        if isFull(prod, cons) { try waitForRoom() }
         let a = slot(prod)
         do {
-            try memory.store64(a, raw.w0)
-            try memory.store64(a + 8, raw.w1)
+            try memory.store64(a, w0)
+            try memory.store64(a + 8, w1)
         } catch { throw .ioError("command queue memory: \(error)") }
         prod = (prod &+ 1) & pointerMask
         commandsIssued &+= 1

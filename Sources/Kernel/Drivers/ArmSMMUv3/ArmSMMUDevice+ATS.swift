@@ -9,7 +9,12 @@ final class ArmSMMUMasterDomain {
     let ssid: UInt32
     /// The attach enabled ATS for this use (counted in the domain's `atsMasters`).
     let ats: Bool
-    init(master: ArmSMMUMaster, ssid: UInt32, ats: Bool) { self.master = master; self.ssid = ssid; self.ats = ats }
+    /// Listed on a nest parent through a nested domain whose vSTE asked for ATS (Linux
+    /// `nested_ats_flush`): a change of the parent invalidates the master's whole ATC.
+    let nestedATSFlush: Bool
+    init(master: ArmSMMUMaster, ssid: UInt32, ats: Bool, nestedATSFlush: Bool = false) {
+        self.master = master; self.ssid = ssid; self.ats = ats; self.nestedATSFlush = nestedATSFlush
+    }
 }
 
 /// What an attach decided before the STE/CD change (Linux `struct arm_smmu_attach_state`).
@@ -19,6 +24,9 @@ struct ArmSMMUAttachState {
     let new: ArmSMMUDomain?
     /// The STE written by this attach has EATS = translate (Linux `state->ats_enabled`).
     let ats: Bool
+    /// The master's vIOMMU identity after a RID attach (Linux `state->vmaster`; nil except
+    /// for a nested domain with a vDEVICE).
+    var vmaster: ArmVMaster? = nil
 }
 
 extension ArmSMMUDevice {
@@ -30,10 +38,13 @@ extension ArmSMMUDevice {
     /// The new domain lists the master first (its invalidations may reach it from now on);
     /// if ATS goes off, the device stops using its ATC before the STE changes (PCIe ATS
     /// Enable cleared, Linux `pci_disable_ats` ahead of the STE write).
-    func attachPrepare(_ master: ArmSMMUMaster, ssid: UInt32, new: ArmSMMUDomain?, cdNeedsATS: Bool = false) -> ArmSMMUAttachState {
-        let ats = master.atsSupported && (new != nil || cdNeedsATS)
+    /// A nested attach lists the master on the nest parent (`to_smmu_domain_devices`) and
+    /// may refuse ATS (`disableATS`: the vSTE's EATS was not translate).
+    func attachPrepare(_ master: ArmSMMUMaster, ssid: UInt32, new: ArmSMMUDomain?, cdNeedsATS: Bool = false,
+                       disableATS: Bool = false, nestedATSFlush: Bool = false) -> ArmSMMUAttachState {
+        let ats = !disableATS && master.atsSupported && (new != nil || cdNeedsATS)
         if let new {
-            new.masterDomains.append(ArmSMMUMasterDomain(master: master, ssid: ssid, ats: ats))
+            new.masterDomains.append(ArmSMMUMasterDomain(master: master, ssid: ssid, ats: ats, nestedATSFlush: nestedATSFlush))
             if ats { new.atsMasters += 1 }
         }
         if !ats && master.atsEnabled { setDeviceATS(master, false) }
@@ -53,6 +64,8 @@ extension ArmSMMUDevice {
             try? atcInvalidateMaster(master, ssid: 0)
         }
         master.atsEnabled = state.ats
+        // Linux `arm_smmu_attach_commit_vmaster`: every RID attach replaces it.
+        if state.ssid == 0 { master.vmaster = state.vmaster }
         if let old = state.old { removeMasterDomain(master, old, ssid: state.ssid) }
         master.domains[state.ssid] = state.new
     }
@@ -77,6 +90,7 @@ extension ArmSMMUDevice {
     func forgetMaster(_ master: ArmSMMUMaster) {
         for (ssid, d) in master.domains { removeMasterDomain(master, d, ssid: ssid) }
         master.domains = [:]
+        master.vmaster = nil
     }
 
     // MARK: ATS (Linux `arm_smmu_enable_ats`, `arm_smmu_atc_inv_master`, `arm_smmu_atc_inv_domain`)
@@ -122,7 +136,10 @@ extension ArmSMMUDevice {
         if driver?.bugs.contains(.skipDeviceTLBInvalidation) ?? false { return }
         try platform.withHardware { () throws(IOMMUError) in
             for md in domain.masterDomains where md.master.atsEnabled {
-                try cmdq.issue(Self.atcCommand(sid: md.master.sid, ssid: md.ssid, address: address, size: size))
+                // A nest parent changed under a nested master: its ATC holds combined
+                // translations, so all of it goes (`nested_ats_flush`).
+                let whole = md.nestedATSFlush
+                try cmdq.issue(Self.atcCommand(sid: md.master.sid, ssid: whole ? 0 : md.ssid, address: whole ? 0 : address, size: whole ? 0 : size))
             }
             try cmdq.sync()
         }

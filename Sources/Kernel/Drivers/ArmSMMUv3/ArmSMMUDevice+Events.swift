@@ -23,7 +23,7 @@ extension ArmSMMUDevice {
             while (cons ^ prod) & mask != 0 {
                 let slot = evtqFrame + UInt64(cons & indexMask) * RawEvent.size
                 let raw = RawEvent((try? load(slot)) ?? 0, (try? load(slot + 8)) ?? 0, (try? load(slot + 16)) ?? 0, (try? load(slot + 24)) ?? 0)
-                report(SMMUEventRecord.decode(raw))
+                report(SMMUEventRecord.decode(raw), raw: raw)
                 cons = (cons & SMMUv3Bits.queueOverflow) | ((cons + 1) & mask)
             }
             // Consumed up to PROD; OVACKFLG takes PROD.OVFLG (Linux `queue_sync_cons_out`
@@ -33,7 +33,7 @@ extension ArmSMMUDevice {
         }
     }
 
-    private func report(_ event: SMMUEventRecord) {
+    private func report(_ event: SMMUEventRecord, raw: RawEvent) {
         eventsHandled += 1
         guard let master = masters[event.sid], let driver, let core = driver.core else {
             // A stall of an unknown stream stays held, as in Linux (`arm_smmu_handle_event`
@@ -50,10 +50,29 @@ extension ArmSMMUDevice {
             core.reportPageFault(master.device, fault)
             return
         }
+        if !event.stall, let vm = master.vmaster, !event.s2, Self.forwardable(event) {
+            // Linux `arm_smmu_handle_event` → `arm_vmaster_report_event`: a stage 1 event
+            // of a nested master goes to its vIOMMU with the vSID in place of the SID. If
+            // no vEVENTQ takes it, Linux dumps it (here: the core's fault report below).
+            if (try? vm.vsmmu.reportGuestEvent(raw, vsid: vm.vsid)) != nil {
+                guestEventsReported += 1
+                return
+            }
+        }
         let record = FaultRecord(source: master.device.requesterID, reason: event.id, address: event.inputAddress,
                                  pasid: event.ssid.map { PASID(truncating: $0) }, isRead: event.read,
                                  execute: event.instruction, privileged: event.privileged)
         core.reportFault(driver: driver, unit: index, record: record, event: event)
+    }
+
+    /// The events `arm_smmu_handle_event` handles at all (6.17): the configuration errors
+    /// a guest's STE or CD can cause and the four translation-related faults.
+    static func forwardable(_ event: SMMUEventRecord) -> Bool {
+        switch event.kind {
+        case .cBadSTE?, .fStreamDisabled?, .cBadSubstreamID?, .cBadCD?, .fTranslation?, .fAddrSize?, .fAccess?, .fPermission?:
+            return true
+        default: return false
+        }
     }
 
     /// The core's page fault for a stall event (Linux `arm_smmu_handle_event`): only the four

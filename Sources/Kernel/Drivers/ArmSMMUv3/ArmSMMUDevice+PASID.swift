@@ -14,7 +14,9 @@ extension ArmSMMUDevice {
         guard ssid != 0, UInt64(ssid) >> UInt64(master.ssidBits) == 0 else {
             throw .invalidArgument("PASID \(ssid) beyond \(master.ssidBits) SSID bits of \(master.device)")
         }
-        guard master.rid != .s2 else { throw .invalidArgument("\(master.device)'s RID is on a stage 2 domain; no PASIDs") }
+        guard master.rid != .s2, master.rid != .nested else {
+            throw .invalidArgument("\(master.device)'s RID is on a stage 2 or nested domain; no PASIDs")
+        }
         let fresh = master.cdTable == 0
         _ = try ensureCDTable(master)
         let previous = master.cd(ssid)

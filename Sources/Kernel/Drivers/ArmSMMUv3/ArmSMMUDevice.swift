@@ -52,6 +52,8 @@ public final class ArmSMMUDevice: @unchecked Sendable {
     public internal(set) var priQueueOverflows = 0
     /// Stall events reported to the core as page faults.
     public internal(set) var stallFaultsReported = 0
+    /// Events of nested masters reported to their vIOMMU's vEVENTQ.
+    public internal(set) var guestEventsReported = 0
     /// CMD_PRI_RESP / CMD_RESUME that could not be written to the command queue.
     public internal(set) var responsesLost = 0
     /// PASID page-request drains, and those whose invalidation or sync failed.
@@ -139,6 +141,7 @@ public final class ArmSMMUDevice: @unchecked Sendable {
         f.ssidBits = Int((idr1 >> 6) & 0x1F)
         f.rangeInvalidation = idr3 & (1 << 10) != 0
         f.smallTranslationTables = idr3 & (1 << 9) != 0
+        f.s2FWB = idr3 & (1 << 8) != 0
         f.outputAddressBits = AddressSize.bits(UInt8(idr5 & 7))
         f.granule4K = idr5 & (1 << 4) != 0
         f.granule16K = idr5 & (1 << 5) != 0

@@ -100,7 +100,7 @@ final class ArmSMMUBlockedDomain: ArmSMMUDomain, @unchecked Sendable {
             switch master.rid {
             case .identity: plain = .bypass()
             case .blocked: plain = .abort()
-            case .s1, .s2: return .removed
+            case .s1, .s2, .nested: return .removed
             }
             let state = u.attachPrepare(master, ssid: 0, new: nil)
             do { _ = try u.writeSTE(master, plain) } catch {

@@ -12,7 +12,7 @@ import Hardware
 /// exceeds one leaf.
 final class ArmSMMUMaster {
     /// What the RID is attached to (the STE's form follows it and whether PASIDs are in use).
-    enum RID { case blocked, identity, s1, s2 }
+    enum RID { case blocked, identity, s1, s2, nested }
 
     /// The core's device (it outlives this state, which goes at release).
     unowned(unsafe) let device: Device
@@ -66,8 +66,12 @@ final class ArmSMMUMaster {
     /// The master reports recoverable faults (PRI or stalls) through the core's fault queue.
     var reportsIOPF: Bool { priEnabled || stallEnabled }
 
-    /// Whether the STE in force translates at stage 1 through the CD table (V, Config 0b1x1).
-    var steUsesCDTable: Bool { ste[0] & 1 != 0 && (ste[0] >> 1) & 1 != 0 }
+    /// Whether the STE in force translates at stage 1 through the driver's CD table (V,
+    /// Config 0b101; a nested STE, 0b111, names the guest's CD table instead).
+    var steUsesCDTable: Bool { ste[0] & 1 != 0 && (ste[0] >> 1) & 7 == 0b101 }
+    /// The vIOMMU and virtual StreamID of a master attached to a nested domain with a
+    /// vDEVICE (Linux `master->vmaster`): its stage 1 events go to the vIOMMU's vEVENTQ.
+    var vmaster: ArmVMaster?
 }
 
 extension ArmSMMUDevice {

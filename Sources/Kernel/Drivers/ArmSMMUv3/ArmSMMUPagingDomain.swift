@@ -58,6 +58,13 @@ class ArmSMMUPagingDomain: ArmSMMUDomain, @unchecked Sendable {
         guard gather.start < gather.end else { return }
         try invalidateRange(start: gather.start, size: gather.end - gather.start,
                             leaf: gather.freedTables.isEmpty, largestPage: gather.largestPage)
+        if stage == .s2 && flags.contains(.nestParent) {
+            // Linux 6.17 `arm_smmu_tlb_inv_range_domain` with `nest_parent`: "When the S2
+            // domain changes all the nested S1 ASIDs have to be flushed too" — TLBI_NH_ALL
+            // with the VMID (the combined entries; TLBI_S2_IPA leaves them, IHI 0070 §4.4.4).
+            let nhAll = SMMUCommand.tlbiNHAll(vmid: tag)
+            try smmu.platform.withHardware { () throws(IOMMUError) in try smmu.cmdq.issueAndSync(nhAll) }
+        }
         if atsMasters > 0 { try smmu.atcInvalidateDomain(self, address: gather.start, size: gather.end - gather.start) }
     }
 
@@ -224,10 +231,13 @@ final class ArmSMMUS2Domain: ArmSMMUPagingDomain, @unchecked Sendable {
 
     public override var tableOwnerTag: UInt32 { pageTable.ownerTag }
 
-    /// Linux `arm_smmu_make_s2_domain_ste`: EATS with ATS, S2S for a master that stalls.
+    /// Linux `arm_smmu_make_s2_domain_ste`: EATS with ATS, S2S for a master that stalls,
+    /// S2FWB for a nest parent on a unit with IDR3.FWB (`IO_PGTABLE_QUIRK_ARM_S2FWB`, set by
+    /// `arm_smmu_domain_finalise` for NEST_PARENT only).
     func streamTableEntry(ats: Bool, stall: Bool) -> StreamTableEntry {
         .s2Domain(vmid: tag, translation: .granule4K(levels: pageTable.levels, outputBits: smmu.features.outputAddressBits),
-                  ttb: pageTable.root, ats: ats, stall: stall)
+                  ttb: pageTable.root, ats: ats, stall: stall,
+                  forcedWriteBack: flags.contains(.nestParent) && smmu.features.s2FWB)
     }
 
     /// Linux `arm_smmu_attach_dev` for stage 2: the STE, then CD 0 cleared (EBUSY while
