@@ -23,7 +23,7 @@ final class VFIODeviceFile {
     /// for what is not mapped when the device has PRI; ASYNC 8: return at once with a
     /// handle), pasid u32, out_status u32 (0 done, 1 the DMA faulted or failed, 2 pending),
     /// iova u64, length u64, data u64 (the program's buffer: what the device writes, or where
-    /// what it read goes; unused with ATS), out_fault_reason u32 (the VT-d fault reason),
+    /// what it read goes; unused with ATS), out_fault_reason u32 (the VT-d fault reason, or the SMMUv3 event number; 0xFF for a silent abort),
     /// out_handle u32} = 48 bytes. `_IO('S', 0x01)`, outside the VFIO range.
     static let deviceDMA: UInt32 = 0x5301
     /// `struct swiftiommu_device_dma_wait` {argsz u32, handle u32, out_status u32,
@@ -191,7 +191,7 @@ final class VFIODeviceFile {
         guard let c = done else { return -Int(ETIMEDOUT) }
         if let f = c.fault {
             s.set32(12, 1)
-            s.set32(40, UInt32(f.reason?.rawValue ?? 0))
+            s.set32(40, UInt32(f.reason?.rawValue ?? f.event?.rawValue ?? 0xFF))
         } else {
             s.set32(12, 0)
             if flags & Self.dmaWrite == 0 {
