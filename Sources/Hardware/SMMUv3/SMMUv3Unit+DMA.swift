@@ -13,19 +13,10 @@ import Formats
 extension SMMUv3Unit {
     /// Makes `checker` see every access, as unit number `index`. The checker must outlive the
     /// unit's DMA (the machine owns both).
-    public func attachChecker(_ checker: DMAAccessChecker, index: Int) {
-        accessChecker = Unmanaged.passUnretained(checker)
-        accessCheckerIndex = index
-    }
+    public func attachChecker(_ checker: DMAAccessChecker, index: Int) { accessWatch.attach(checker, index: index) }
 
     @inline(__always)
-    func reportAccess(_ record: DMAAccessRecord) {
-        if let c = accessChecker {
-            let i = accessCheckerIndex
-            c._withUnsafeGuaranteedRef { $0.check(unit: i, record) }
-        }
-        if let o = accessObserver { o(record) }
-    }
+    func reportAccess(_ record: DMAAccessRecord) { accessWatch.report(record) }
 
     /// A DMA read of `buffer.count` bytes at `address` from StreamID `sid` (with SubstreamID
     /// `ssid`), page by page. Stops at the first fault or stall and returns the bytes moved

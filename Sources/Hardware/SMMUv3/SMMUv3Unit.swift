@@ -192,10 +192,13 @@ public final class SMMUv3Unit: @unchecked Sendable {
     /// Test-only broken hardware: TLBI commands complete without invalidating anything.
     /// Oracle-strength runs only.
     public var dropsTLBInvalidations = false
-    /// Sees every access (the simulator's oracle), held unretained (SMMUv3Unit+DMA.swift).
-    @exclusivity(unchecked) public var accessObserver: ((DMAAccessRecord) -> Void)?
-    @exclusivity(unchecked) var accessChecker: Unmanaged<DMAAccessChecker>?
-    @exclusivity(unchecked) var accessCheckerIndex = 0
+    /// The checker (the simulator's oracle, unretained) and observer of every access.
+    @exclusivity(unchecked) public var accessWatch = DMAAccessWatch()
+    /// Sees every access the unit performed or refused (after the checker).
+    public var accessObserver: ((DMAAccessRecord) -> Void)? {
+        get { accessWatch.observer }
+        set { accessWatch.observer = newValue }
+    }
     /// An ATS Translation Request is being answered: translation faults are not recorded and
     /// nothing stalls (IHI 0070 §3.9.1).
     @exclusivity(unchecked) var answeringTranslationRequest = false

@@ -36,6 +36,32 @@ open class DMAAccessChecker {
     open func check(unit: Int, _ record: DMAAccessRecord) {}
 }
 
+/// Who sees a unit's accesses: the checker (held unretained, so the per-access call costs no
+/// reference counting; it must outlive the unit's DMA, as the machine that owns both ensures)
+/// and an optional observer closure.
+public struct DMAAccessWatch {
+    var checker: Unmanaged<DMAAccessChecker>?
+    var index = 0
+    public var observer: ((DMAAccessRecord) -> Void)?
+
+    public init() {}
+
+    /// Makes `checker` see every access, as unit number `index`.
+    public mutating func attach(_ checker: DMAAccessChecker, index: Int) {
+        self.checker = Unmanaged.passUnretained(checker)
+        self.index = index
+    }
+
+    @inline(__always)
+    func report(_ record: DMAAccessRecord) {
+        if let c = checker {
+            let i = index
+            c._withUnsafeGuaranteedRef { $0.check(unit: i, record) }
+        }
+        if let o = observer { o(record) }
+    }
+}
+
 /// One DMA access a unit performed (or refused), for observers. On SMMUv3 `source` is the
 /// StreamID (the requester ID) and `pasid` the SubstreamID.
 public struct DMAAccessRecord: Equatable, Sendable {

@@ -108,10 +108,13 @@ public final class VTdUnit: @unchecked Sendable {
     public var onFaultEvent: (() -> Void)?
     public var onInvalidationEvent: (() -> Void)?
     public var onPageRequestEvent: (() -> Void)?
-    /// Observes every completed DMA access (the simulator's oracle hangs here).
-    @exclusivity(unchecked) public var accessObserver: ((DMAAccessRecord) -> Void)?
-    @exclusivity(unchecked) var accessChecker: Unmanaged<DMAAccessChecker>?
-    @exclusivity(unchecked) var accessCheckerIndex = 0
+    /// The checker (the simulator's oracle, unretained) and observer of every access.
+    @exclusivity(unchecked) public var accessWatch = DMAAccessWatch()
+    /// Sees every access the unit performed or refused (after the checker).
+    public var accessObserver: ((DMAAccessRecord) -> Void)? {
+        get { accessWatch.observer }
+        set { accessWatch.observer = newValue }
+    }
     /// Called with the physical address of every page-table page the unit reads during a
     /// walk (IOTLB misses only): first-stage and second-stage tables, and for nested walks the
     /// host-physical first-stage table pages and the second-stage table pages used to reach
@@ -190,19 +193,10 @@ public final class VTdUnit: @unchecked Sendable {
 extension VTdUnit {
     /// Makes `checker` see every access, as unit number `index`. The checker must outlive the
     /// unit's DMA (the machine owns both).
-    public func attachChecker(_ checker: DMAAccessChecker, index: Int) {
-        accessChecker = Unmanaged.passUnretained(checker)
-        accessCheckerIndex = index
-    }
+    public func attachChecker(_ checker: DMAAccessChecker, index: Int) { accessWatch.attach(checker, index: index) }
 
     @inline(__always)
-    func reportAccess(_ record: DMAAccessRecord) {
-        if let c = accessChecker {
-            let i = accessCheckerIndex
-            c._withUnsafeGuaranteedRef { $0.check(unit: i, record) }
-        }
-        if let o = accessObserver { o(record) }
-    }
+    func reportAccess(_ record: DMAAccessRecord) { accessWatch.report(record) }
 }
 
 extension VTdUnit {

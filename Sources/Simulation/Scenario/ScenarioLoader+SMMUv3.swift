@@ -51,11 +51,7 @@ extension ScenarioParser {
             if let x = l.optional("wait-ns") { lat.syncNs = try x.unsigned(in: 0...1_000_000_000) }
             if let x = l.optional("interrupt-ns") { lat.interruptNs = try x.unsigned(in: 0...1_000_000_000) }
             if let x = l.optional("walk-access-ns") { walkAccessNs = try x.unsigned(in: 0...1_000_000) }
-            if let x = l.optional("link-ns") { lat.linkNs = try x.unsigned(in: 0...1_000_000_000) }
-            if let x = l.optional("pri-round-trip-ns") {
-                guard l.optional("link-ns") == nil else { throw x.error("give link-ns or pri-round-trip-ns, not both") }
-                lat.linkNs = try x.unsigned(in: 0...2_000_000_000) / 2
-            }
+            if let ns = try Self.linkNs(l) { lat.linkNs = ns }
             if let x = l.optional("device-tlb-invalidation-ns") { lat.atcInvalidationNs = try x.unsigned(in: 0...1_000_000_000) }
             if let x = l.optional("atc-invalidation-timeout-ns") {
                 lat.atcInvalidationTimeoutNs = try x.unsigned(in: 1...10_000_000_000)

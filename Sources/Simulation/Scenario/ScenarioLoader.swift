@@ -209,12 +209,7 @@ struct ScenarioParser {
             if let x = l.optional("wait-ns") { lat.descriptorNs[Int(InvalidationDescriptor.waitType)] = try x.unsigned(in: 0...1_000_000_000) }
             if let x = l.optional("interrupt-ns") { lat.interruptNs = try x.unsigned(in: 0...1_000_000_000) }
             if let x = l.optional("walk-access-ns") { walkAccessNs = try x.unsigned(in: 0...1_000_000) }
-            // The PCIe link between unit and devices, one way; a PRI round trip crosses it twice.
-            if let x = l.optional("link-ns") { lat.linkNs = try x.unsigned(in: 0...1_000_000_000) }
-            if let x = l.optional("pri-round-trip-ns") {
-                guard l.optional("link-ns") == nil else { throw x.error("give link-ns or pri-round-trip-ns, not both") }
-                lat.linkNs = try x.unsigned(in: 0...2_000_000_000) / 2
-            }
+            if let ns = try Self.linkNs(l) { lat.linkNs = ns }
             if let x = l.optional("device-tlb-invalidation-ns") { lat.deviceTLBInvalidationNs = try x.unsigned(in: 0...1_000_000_000) }
             if let x = l.optional("page-request-internal-ns") { lat.pageRequestInternalNs = try x.unsigned(in: 0...1_000_000) }
             try l.finish()
@@ -223,6 +218,16 @@ struct ScenarioParser {
         try m.finish()
         unitIndex[name] = s.units.count
         s.units.append(.init(name: name, configuration: .vtd(config), walkAccessNs: walkAccessNs))
+    }
+
+    /// The PCIe link between unit and devices, one way (`link-ns`, or `pri-round-trip-ns`,
+    /// which crosses it twice), when the latency mapping gives it.
+    static func linkNs(_ l: YAMLMapping) throws(ScenarioError) -> UInt64? {
+        if let x = l.optional("pri-round-trip-ns") {
+            guard l.optional("link-ns") == nil else { throw x.error("give link-ns or pri-round-trip-ns, not both") }
+            return try x.unsigned(in: 0...2_000_000_000) / 2
+        }
+        return try l.optional("link-ns")?.unsigned(in: 0...1_000_000_000)
     }
 
     static func parseRID(_ text: String) -> RequesterID? {
