@@ -33,6 +33,8 @@ public enum TraceKind: UInt16, Sendable, CaseIterable {
     case pageResponse
     /// free-form: a, b, c as the emitter defines.
     case custom
+    /// An SMMUv3 command took effect: a = opcode, b = CMDQ_CONS. Track: the IOMMU unit.
+    case commandCompleted
 }
 
 /// One compact trace record (40 bytes, no references).

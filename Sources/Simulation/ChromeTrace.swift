@@ -62,6 +62,9 @@ public enum ChromeTrace {
                 emit("{\"name\":\"\(stop ? "stop marker" : "page request")\",\"cat\":\"iopf\",\"ph\":\"i\",\"s\":\"t\",\"ts\":\(us(e.time)),\(head),\"args\":{\"address\":\"\(hex(e.a))\",\"group\":\(e.b & 0x1FF),\"last\":\(e.b & (1 << 9) != 0)\(e.c == .max ? "" : ",\"pasid\":\(e.c)")}}")
             case .pageResponse:
                 emit("{\"name\":\"page response\",\"cat\":\"iopf\",\"ph\":\"i\",\"s\":\"t\",\"ts\":\(us(e.time)),\(head),\"args\":{\"group\":\(e.a),\"code\":\(e.b)\(e.c == .max ? "" : ",\"pasid\":\(e.c)")}}")
+            case .commandCompleted:
+                let op = SMMUCommandOpcode(rawValue: UInt8(truncatingIfNeeded: e.a)).map { "CMD \($0)" } ?? "command \(hex(e.a))"
+                emit("{\"name\":\"\(op)\",\"cat\":\"invalidation\",\"ph\":\"i\",\"s\":\"t\",\"ts\":\(us(e.time)),\(head),\"args\":{\"cons\":\(e.b)}}")
             case .custom:
                 emit("{\"name\":\"event\",\"ph\":\"i\",\"s\":\"t\",\"ts\":\(us(e.time)),\(head),\"args\":{\"a\":\(e.a),\"b\":\(e.b),\"c\":\(e.c)}}")
             }

@@ -100,7 +100,7 @@ extension SMMUv3Unit {
         let c = countersStorage
         c.pointee.commands &+= 1
         if Int(opcode) < c.pointee.commandsByOpcode.count { c.pointee.commandsByOpcode[Int(opcode)] &+= 1 }
-        platform.trace.record(TraceEvent(time: scheduler.now, kind: .descriptorCompleted, track: trackID,
+        platform.trace.record(TraceEvent(time: scheduler.now, kind: .commandCompleted, track: trackID,
                                          a: UInt64(opcode), b: UInt64(cmdq.cons)))
         if dropsTLBInvalidations, (0x10...0x30).contains(opcode) {
             // Broken hardware for oracle-strength runs: the TLBI is consumed and does nothing.
