@@ -11,7 +11,8 @@ import Hardware
 /// domains, STE/CD updates through `SMMUEntryWriter`, TLB maintenance with RIL, and the event
 /// queue reported as the core's faults, SubstreamIDs (PASIDs) of stage 1 domains through linear
 /// or 2-level CD tables, ATS with ATC invalidation, IO page faults from the PRI queue and from
-/// stalls, SVA domains, and nesting through the vIOMMU (`ArmVSMMU`, `ArmSMMUNestedDomain`).
+/// stalls, SVA domains, nesting through the vIOMMU (`ArmVSMMU`, `ArmSMMUNestedDomain`), and
+/// dirty tracking on stage 1 with HTTU (`ArmSMMUPagingDomain+Dirty.swift`).
 public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
     public let name: String
     public let platform: PlatformContext
