@@ -133,3 +133,35 @@ struct ArmSMMUv3DirtyTests {
         #expect(try Self.read(rig, d) == [0x10000, 4096])
     }
 }
+
+extension ArmSMMUv3DirtyTests {
+    /// The leaf at `iova` of a stage 1 domain, read from its table.
+    static func leaf(_ d: IOMMUDomain, _ iova: UInt64) throws -> UInt64 {
+        let s1 = try #require(d as? ArmSMMUS1Domain)
+        var table = s1.pageTable.root
+        for level in stride(from: 4, through: 1, by: -1) {
+            let raw = try s1.pageTable.memory.load64(table + PageTableGeometry.index(iova, level: level) * 8)
+            let e = ArmStage1Format.decode(raw, level: level, addressMask: s1.pageTable.addressMask)
+            if e.leaf { return raw }
+            table = e.address
+        }
+        return 0
+    }
+
+    @Test("DBM is set on writable leaves only with dirty tracking (IO_PGTABLE_QUIRK_ARM_HD); never on read-only ones")
+    func dbmOnlyWithTheQuirk() throws {
+        let rig = try ArmSMMUv3Rig()
+        let (_, d) = try Self.tracked(rig)
+        try rig.core.map(d, iova: 0x10000, physical: try rig.buffer(), size: 4096, permissions: .readWrite)
+        try rig.core.map(d, iova: 0x11000, physical: try rig.buffer(), size: 4096, permissions: .read)
+        let w = try Self.leaf(d, 0x10000), r = try Self.leaf(d, 0x11000)
+        #expect(w & ArmStage1Format.dbm != 0 && w & ArmStage1Format.apReadOnly == 0)   // writable-dirty
+        #expect(r & ArmStage1Format.dbm == 0 && r & ArmStage1Format.apReadOnly != 0)
+        let b = try rig.add("b", dev: 2)
+        let plain = try rig.ownedDomain(for: b)
+        try rig.core.map(plain, iova: 0x10000, physical: try rig.buffer(), size: 4096, permissions: .readWrite)
+        let p = try Self.leaf(plain, 0x10000)
+        #expect(p & ArmStage1Format.dbm == 0 && p & ArmStage1Format.apReadOnly == 0)
+        #expect(rig.physical(b, 0x10000, .write) != nil)
+    }
+}

@@ -218,6 +218,8 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
             do { table = try IOPageTable(memory: platform.memory, frames: platform.frames, levels: 4, addressWidth: oas, ownerTag: owner) } catch {
                 throw .noMemory("page-table root")
             }
+            // IO_PGTABLE_QUIRK_ARM_HD only with DIRTY_TRACKING: DBM on writable leaves.
+            if !flags.contains(.dirtyTracking) { table.clearedLeafBits = ArmStage1Format.dbm }
             let asid: UInt16
             do { asid = try allocateASID(on: u) } catch {
                 core?.observer?.unfinishedDomainTablesFreed(ownerTag: owner)
@@ -230,6 +232,8 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
             do { table = try IOPageTable(memory: platform.memory, frames: platform.frames, levels: 4, addressWidth: oas, ownerTag: owner) } catch {
                 throw .noMemory("page-table root")
             }
+            // Stage 2 leaves never carry DBM (no S2 dirty tracking in Linux 6.17).
+            table.clearedLeafBits = ArmStage2Format.dbm
             let vmid: UInt16
             do { vmid = try u.allocateVMID() } catch {
                 core?.observer?.unfinishedDomainTablesFreed(ownerTag: owner)
