@@ -15,10 +15,11 @@ import IOMMUFD
         let ioas: UInt32
         let hwpt: UInt32
         let bitmap: UInt64
+        var device: Device? = nil
     }
 
-    static func setup(contiguous: Bool = false) throws -> Setup {
-        let rig = try IOMMUFDRig(memory: 128 << 20)
+    static func setup(contiguous: Bool = false, smmuv3: Bool = false) throws -> Setup {
+        let rig = try IOMMUFDRig(memory: 128 << 20, smmuv3: smmuv3)
         let (dev, ep) = try rig.addDevice("nic", dev: 1)
         let id = try rig.ctx.bind(dev)
         let ioas = try rig.ioasAlloc()
@@ -27,7 +28,7 @@ import IOMMUFD
         try rig.ctx.attach(id, to: h.id)
         let ram = contiguous ? try rig.process.mmapContiguous(length: 2 << 20, permissions: .readWrite) : try rig.touchedRAM(64 << 10)
         #expect(rig.map(ioas, va: ram, length: contiguous ? 2 << 20 : 64 << 10, iova: 0x4000_0000).rc == 0)
-        return Setup(rig: rig, ep: ep, ioas: ioas, hwpt: h.id, bitmap: try rig.touchedRAM(4096))
+        return Setup(rig: rig, ep: ep, ioas: ioas, hwpt: h.id, bitmap: try rig.touchedRAM(4096), device: dev)
     }
 
     func setTracking(_ s: Setup, _ on: Bool) -> Int32 {

@@ -14,8 +14,11 @@ final class IOMMUFDRig {
     let ctx: IOMMUFDContext
     var core: IOMMUCore { machine.core }
 
-    init(memory: UInt64 = 64 << 20, ledger: PinLedger = PinLedger()) throws {
-        machine = try Machine(seed: 1, memorySize: memory, units: [VTdConfiguration(name: "dmar0")], policy: .strict)
+    /// `smmuv3`: one SMMUv3 unit instead of the VT-d unit.
+    init(memory: UInt64 = 64 << 20, ledger: PinLedger = PinLedger(), smmuv3: Bool = false) throws {
+        machine = try Machine(seed: 1, memorySize: memory,
+                              unitConfigurations: [smmuv3 ? .smmuv3(SMMUv3Configuration(name: "smmu0")) : .vtd(VTdConfiguration(name: "dmar0"))],
+                              policy: .strict)
         process = try machine.core.createProcess()
         ctx = IOMMUFDContext(core: machine.core, memory: process, ledger: ledger)
     }

@@ -58,4 +58,18 @@ struct ArmOracleStrengthTests {
         #expect(broken.findings.contains { $0.invariant == "table-freed-before-flush" }, "\(broken.findings)")
         #expect(Explorer(scenario: s).run(seeds: 1...3, jobs: 2).findings.isEmpty)
     }
+
+    @Test("the VT-d vmm-dirty scenario moved onto an SMMUv3 (stage 1 HTTU) is clean and catches a clear without its IOTLB sync")
+    func dirtyClearWithoutFlushOnArm() throws {
+        var s = try BuiltinScenarios.load("vmm-dirty")
+        s.units = s.units.map { u in
+            var a = u
+            a.configuration = .smmuv3(SMMUv3Configuration(name: u.name))
+            return a
+        }
+        let clean = Explorer(scenario: s).run(seeds: 1...3, jobs: 2)
+        #expect(clean.findings.isEmpty, "\(clean.findings)")
+        let broken = Explorer(scenario: s, breakage: [.dirtyClearWithoutFlush]).run(seeds: 1...3, jobs: 2)
+        #expect(broken.findings.contains { $0.invariant == "dirty-write-missed" }, "\(broken.findings)")
+    }
 }

@@ -20,7 +20,8 @@
 /// set; a write with CD.HD == 1 clears AP[2] (now writable-dirty) instead of faulting. Linux
 /// maps writable leaves writable-dirty (DBM set, AP[2] clear) and cleans by setting AP[2]
 /// (`arm_lpae_read_and_clear_dirty`). This format sets DBM on every writable leaf, which is
-/// inert while CD.HD == 0 (Linux sets it only for dirty-tracking domains).
+/// inert while CD.HD == 0; the SMMUv3 driver strips it (`IOPageTable.clearedLeafBits`) from
+/// domains without dirty tracking, as Linux sets it only with IO_PGTABLE_QUIRK_ARM_HD.
 ///
 /// Not checked here (the hardware model's part): AF == 0 (Access flag fault unless CD.AFFD or
 /// HA), TxSZ input range, WXN/UWXN/PAN. An output or next-table address above `addressMask`

@@ -76,6 +76,10 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     /// Test-only broken behaviour: an unmap frees the table pages it unlinks at once, outside
     /// the gather (so before any invalidation). Never set outside oracle-strength runs.
     public var freesUnlinkedTablesAtOnce = false
+    /// Bits the format's leaves lose when this table makes them (set once, before the first
+    /// map). The SMMUv3 driver strips DBM from the leaves of domains without
+    /// IO_PGTABLE_QUIRK_ARM_HD (Linux `arm_lpae_prot_to_pte` sets DBM only with the quirk).
+    public var clearedLeafBits: UInt64 = 0
 
     /// Level-1 tables of recently walked 2 MiB regions, so a 4 KiB map or unmap in the same
     /// region skips the levels above (the DMA API's IOVAs cluster in a few regions). An entry
@@ -145,7 +149,7 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
         // twice when another CPU wrote it last. A non-empty entry (present or not) takes the
         // general path, which decides.
         if size == 0x1000, let slot = leafSlot4K(iova),
-           (try? memory.compareExchange64Local(slot, expected: 0, desired: F.leaf(address: physical, permissions: permissions, level: 1))) == 0 {
+           (try? memory.compareExchange64Local(slot, expected: 0, desired: F.leaf(address: physical, permissions: permissions, level: 1) & ~clearedLeafBits)) == 0 {
             return
         }
         var done: UInt64 = 0
@@ -184,7 +188,7 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
                     if !e.leaf && level > 1 { target -= 1; table = e.address; level -= 1; continue }
                     throw .alreadyMapped(iova: iova)
                 }
-                try? memory.store64(slot, F.leaf(address: physical, permissions: permissions, level: level))
+                try? memory.store64(slot, F.leaf(address: physical, permissions: permissions, level: level) & ~clearedLeafBits)
                 return PageTableGeometry.span(level: level)
             }
             if e.present {

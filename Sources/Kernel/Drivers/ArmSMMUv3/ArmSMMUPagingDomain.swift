@@ -6,7 +6,7 @@ import Hardware
 public enum ArmSMMUStage: String, Sendable, CaseIterable {
     /// Stage 1: a CD with an ASID, VMSAv8-64 stage 1 tables. Linux's choice where the unit has it.
     case s1
-    /// Stage 2: the STE holds a VMID and the stage 2 tables. Nest parents and dirty tracking.
+    /// Stage 2: the STE holds a VMID and the stage 2 tables. Nest parents.
     case s2
 }
 
@@ -145,7 +145,8 @@ class ArmSMMUPagingDomain: ArmSMMUDomain, @unchecked Sendable {
 
 /// A stage 1 paging domain (Linux `ARM_SMMU_DOMAIN_S1`, `ARM_64_LPAE_S1` io-pgtable): CD 0 of
 /// the master's CD table holds its ASID and tables (`arm_smmu_make_s1_cd`), and the STE points
-/// at the CD table (`arm_smmu_make_cdtable_ste`, S1DSS = SSID0).
+/// at the CD table (`arm_smmu_make_cdtable_ste`, S1DSS = SSID0). Dirty-tracking domains are
+/// of this kind (ArmSMMUPagingDomain+Dirty.swift).
 final class ArmSMMUS1Domain: ArmSMMUPagingDomain, @unchecked Sendable {
     let pageTable: IOPageTable<ArmStage1Format>
 
@@ -157,9 +158,11 @@ final class ArmSMMUS1Domain: ArmSMMUPagingDomain, @unchecked Sendable {
 
     public override var tableOwnerTag: UInt32 { pageTable.ownerTag }
 
-    /// Linux `arm_smmu_make_s1_cd`: S set for a master that stalls.
+    /// Linux `arm_smmu_make_s1_cd`: S set for a master that stalls; HA and HD when the
+    /// io-pgtable has IO_PGTABLE_QUIRK_ARM_HD (the domain was allocated for dirty tracking).
     func contextDescriptor(for master: ArmSMMUMaster) -> ContextDescriptor {
-        .s1(asid: tag, ttb: pageTable.root, inputBits: 48, outputBits: smmu.features.outputAddressBits, stall: master.stallEnabled)
+        .s1(asid: tag, ttb: pageTable.root, inputBits: 48, outputBits: smmu.features.outputAddressBits, stall: master.stallEnabled,
+            dirtyTracking: tracksDirty)
     }
 
     /// Linux `arm_smmu_attach_dev` for stage 1: prepare (ATS decided, the master listed),
@@ -209,6 +212,12 @@ final class ArmSMMUS1Domain: ArmSMMUPagingDomain, @unchecked Sendable {
 
     override func iovaToPhys(_ iova: UInt64) -> UInt64? { pageTable.translate(iova)?.physical }
 
+    override func setDirtyTracking(_ enabled: Bool) throws(IOMMUError) { try setDirtyTrackingS1(enabled) }
+
+    override func readAndClearDirty(iova: UInt64, size: UInt64, clear: Bool, _ record: ((UInt64, UInt64) -> Void)?) throws(IOMMUError) {
+        try readAndClearDirtyS1(iova: iova, size: size, clear: clear, record)
+    }
+
     override func free() {
         var gather = UnmapGather()
         pageTable.destroy(into: &gather)
@@ -217,9 +226,8 @@ final class ArmSMMUS1Domain: ArmSMMUPagingDomain, @unchecked Sendable {
 }
 
 /// A stage 2 paging domain (Linux `ARM_SMMU_DOMAIN_S2`, `ARM_64_LPAE_S2` io-pgtable): the STE
-/// holds the VMID, VTCR and tables (`arm_smmu_make_s2_domain_ste`). Nest parents and
-/// dirty-tracking domains are of this kind (their flags are recorded; nesting and dirty
-/// reads are later slices).
+/// holds the VMID, VTCR and tables (`arm_smmu_make_s2_domain_ste`). Nest parents are of this
+/// kind; dirty tracking never is (Linux 6.17 tracks dirty pages at stage 1 only).
 final class ArmSMMUS2Domain: ArmSMMUPagingDomain, @unchecked Sendable {
     let pageTable: IOPageTable<ArmStage2Format>
 

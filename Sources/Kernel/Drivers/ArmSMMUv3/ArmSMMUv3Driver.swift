@@ -11,7 +11,8 @@ import Hardware
 /// domains, STE/CD updates through `SMMUEntryWriter`, TLB maintenance with RIL, and the event
 /// queue reported as the core's faults, SubstreamIDs (PASIDs) of stage 1 domains through linear
 /// or 2-level CD tables, ATS with ATC invalidation, IO page faults from the PRI queue and from
-/// stalls, SVA domains, and nesting through the vIOMMU (`ArmVSMMU`, `ArmSMMUNestedDomain`).
+/// stalls, SVA domains, nesting through the vIOMMU (`ArmVSMMU`, `ArmSMMUNestedDomain`), and
+/// dirty tracking on stage 1 with HTTU (`ArmSMMUPagingDomain+Dirty.swift`).
 public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
     public let name: String
     public let platform: PlatformContext
@@ -180,11 +181,14 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
         [ReservedRegion(start: 0x0800_0000, last: 0x080F_FFFF, kind: .softwareMSI)]
     }
 
-    /// Linux `arm_smmu_domain_alloc_paging_flags` + `arm_smmu_domain_finalise`: stage 1 when
-    /// the flags are at most PASID and the unit has it ("Prefer S1 if available"), stage 2
-    /// for nest parents (the unit needs both stages) and dirty tracking (HTTU with dirty
-    /// state), else EOPNOTSUPP. The page table is made first, then the ASID or VMID; a
-    /// failure of the second frees the first.
+    /// Linux 6.17 `arm_smmu_domain_alloc_paging_flags` + `arm_smmu_domain_finalise`: stage 1
+    /// when the flags are at most PASID and the unit has it ("Prefer S1 if available"); stage
+    /// 1 for DIRTY_TRACKING (with or without PASID; the unit needs stage 1 and HTTU with dirty
+    /// state, `arm_smmu_dbm_capable`); stage 2 for NEST_PARENT alone (the unit needs both
+    /// stages); any other mix, NEST_PARENT | DIRTY_TRACKING included, EOPNOTSUPP (stage 2
+    /// never tracks dirty pages: `arm_smmu_domain_finalise` returns EOPNOTSUPP for S2 with
+    /// `enable_dirty`). The page table is made first, then the ASID or VMID; a failure of the
+    /// second frees the first.
     public func allocPagingDomain(for device: Device, type: DomainType, flags: DomainFlags) throws(IOMMUError) -> IOMMUDomain {
         let u = try unit(for: device)
         guard type.isPaging else { throw .invalidArgument("\(type) is not a paging type") }
@@ -194,15 +198,17 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
             guard u.features.stage1 || u.features.stage2 else { throw .notSupported("\(u.name) translates at no stage") }
             stage = u.features.stage1 && preferredStage != .s2 ? .s1 : .s2
             if stage == .s2 && !u.features.stage2 { throw .notSupported("\(u.name) has no stage 2") }
-        } else {
-            if flags.contains(.nestParent) && !(u.features.stage1 && u.features.stage2) {
-                throw .notSupported("\(u.name) cannot nest")
-            }
-            if flags.contains(.dirtyTracking) && u.features.httu != .accessFlagAndDirty {
-                throw .notSupported("\(u.name) cannot track dirty pages")
-            }
-            guard u.features.stage2 else { throw .notSupported("\(u.name) has no stage 2") }
+        } else if flags == .nestParent {
+            guard u.features.stage1 && u.features.stage2 else { throw .notSupported("\(u.name) cannot nest") }
             stage = .s2
+        } else if flags.isSubset(of: [.dirtyTracking, .pasid]) {
+            guard u.features.stage1 else { throw .notSupported("\(u.name) has no stage 1") }
+            // IO_PGTABLE_QUIRK_ARM_HD needs ARM_SMMU_FEAT_HD (iommufd checks
+            // IOMMU_CAP_DIRTY_TRACKING first; the driver refuses it on its own too).
+            guard u.features.httu == .accessFlagAndDirty else { throw .notSupported("\(u.name) cannot track dirty pages") }
+            stage = .s1
+        } else {
+            throw .notSupported("flags \(flags): stage 2 does not track dirty pages")
         }
         let oas = u.features.outputAddressBits
         let owner = platform.frames.makeOwnerTag()
@@ -212,6 +218,8 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
             do { table = try IOPageTable(memory: platform.memory, frames: platform.frames, levels: 4, addressWidth: oas, ownerTag: owner) } catch {
                 throw .noMemory("page-table root")
             }
+            // IO_PGTABLE_QUIRK_ARM_HD only with DIRTY_TRACKING: DBM on writable leaves.
+            if !flags.contains(.dirtyTracking) { table.clearedLeafBits = ArmStage1Format.dbm }
             let asid: UInt16
             do { asid = try allocateASID(on: u) } catch {
                 core?.observer?.unfinishedDomainTablesFreed(ownerTag: owner)
@@ -224,6 +232,8 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
             do { table = try IOPageTable(memory: platform.memory, frames: platform.frames, levels: 4, addressWidth: oas, ownerTag: owner) } catch {
                 throw .noMemory("page-table root")
             }
+            // Stage 2 leaves never carry DBM (no S2 dirty tracking in Linux 6.17).
+            table.clearedLeafBits = ArmStage2Format.dbm
             let vmid: UInt16
             do { vmid = try u.allocateVMID() } catch {
                 core?.observer?.unfinishedDomainTablesFreed(ownerTag: owner)
