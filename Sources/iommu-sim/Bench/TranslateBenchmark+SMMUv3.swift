@@ -74,14 +74,9 @@ extension TranslateBenchmark {
 
         // Keep only hit-set addresses whose pages stay resident (as the VT-d measurement).
         _ = measureSMMU(unit, sid, hitStream, ops: 8192)
-        var resident: [UInt64] = []
-        for a in hitStream {
-            let m = unit.counters.tlbMisses
-            _ = unit.translate(streamID: sid, substreamID: nil, address: a, access: .read)
-            if unit.counters.tlbMisses == m { resident.append(a) }
+        hitStream = try Self.residentHitSet(hitStream, misses: { unit.counters.tlbMisses }) {
+            _ = unit.translate(streamID: sid, substreamID: nil, address: $0, access: .read)
         }
-        guard resident.count >= 1024 else { throw BenchFailure.setup("too few resident hit pages") }
-        hitStream = Array(resident.prefix(1024))
         _ = measureSMMU(unit, sid, hitStream, ops: 100_000)
         _ = measureSMMURef(ref, sid, hitStream, ops: 100_000)
         var runs: [(Figures, Figures, Figures, Figures)] = []

@@ -55,6 +55,19 @@ nonisolated struct TranslateBenchmark {
     let rounds: Int
     let batch = 1000
 
+    /// The first 1024 addresses of `stream` whose translation hits after one warm pass (the
+    /// pages of an overflowing TLB set would make a "hit" run measure misses too).
+    static func residentHitSet(_ stream: [UInt64], misses: () -> UInt64, translate: (UInt64) -> Void) throws -> [UInt64] {
+        var resident: [UInt64] = []
+        for a in stream {
+            let m = misses()
+            translate(a)
+            if misses() == m { resident.append(a) }
+        }
+        guard resident.count >= 1024 else { throw BenchFailure.setup("too few resident hit pages") }
+        return Array(resident.prefix(1024))
+    }
+
     func run() throws -> Result {
         let platform: PlatformContext
         do { platform = try PlatformContext(memorySize: 2 << 30, seed: 1) } catch { throw BenchFailure.setup("memory: \(error)") }
@@ -104,14 +117,9 @@ nonisolated struct TranslateBenchmark {
         // Keep only hit-set pages that stay resident: pages whose IOTLB set overflows would
         // make the "hit" run measure misses too.
         _ = measureSwift(unit, rid, hitStream, ops: 8192)
-        var resident: [UInt64] = []
-        for a in hitStream {
-            let m = unit.counters.iotlbMisses
-            _ = unit.translate(source: rid, pasid: nil, address: a, access: .read)
-            if unit.counters.iotlbMisses == m { resident.append(a) }
+        hitStream = try Self.residentHitSet(hitStream, misses: { unit.counters.iotlbMisses }) {
+            _ = unit.translate(source: rid, pasid: nil, address: $0, access: .read)
         }
-        guard resident.count >= 1024 else { throw BenchFailure.setup("too few resident hit pages") }
-        hitStream = Array(resident.prefix(1024))
         // Warm both (fills caches, touches tables), then measure.
         _ = measureSwift(unit, rid, hitStream, ops: 100_000)
         _ = measureC(ref, rid, hitStream, ops: 100_000)
