@@ -1,5 +1,6 @@
 import Testing
 import Hardware
+import Kernel
 @testable import Simulation
 
 /// Oracle strength on SMMUv3: the Arm counterparts of the injected ordering bugs, each caught
@@ -46,14 +47,29 @@ struct ArmOracleStrengthTests {
         #expect(clean.findings.isEmpty, "without the bug \(scenario) is clean: \(clean.findings)")
     }
 
-    @Test("the VT-d table-churn scenario moved onto an SMMUv3 catches tables freed before the unmap's TLBI")
-    func tablesFreedBeforeFlushOnArm() throws {
-        var s = try BuiltinScenarios.load("table-churn")
+    /// A VT-d built-in with every unit made an SMMUv3 (and, with `stage`, domains of that stage).
+    static func onSMMUv3(_ name: String, stage: VTdPagingStage? = nil) throws -> Scenario {
+        var s = try BuiltinScenarios.load(name)
         s.units = s.units.map { u in
             var a = u
             a.configuration = .smmuv3(SMMUv3Configuration(name: u.name))
             return a
         }
+        if let stage { s.machine.pagingStage = stage }
+        return s
+    }
+
+    @Test("replace-storm on an SMMUv3 with stage 2 domains: an STE rewritten through V = 0 but reported hitless is caught (C_BAD_STE at addresses both domains map)")
+    func nonHitlessSTEUpdateReportedHitless() throws {
+        let s = try Self.onSMMUv3("replace-storm", stage: .second)
+        let broken = Explorer(scenario: s, breakage: [.replaceThroughNonPresent]).run(seeds: 1...3, jobs: 2)
+        #expect(broken.findings.contains { $0.invariant == "replace-not-hitless" }, "\(broken.findings)")
+        #expect(Explorer(scenario: s).run(seeds: 1...3, jobs: 2).findings.isEmpty)
+    }
+
+    @Test("the VT-d table-churn scenario moved onto an SMMUv3 catches tables freed before the unmap's TLBI")
+    func tablesFreedBeforeFlushOnArm() throws {
+        let s = try Self.onSMMUv3("table-churn")
         let broken = Explorer(scenario: s, breakage: [.tablesFreedBeforeFlush]).run(seeds: 1...3, jobs: 2)
         #expect(broken.findings.contains { $0.invariant == "table-freed-before-flush" }, "\(broken.findings)")
         #expect(Explorer(scenario: s).run(seeds: 1...3, jobs: 2).findings.isEmpty)
@@ -61,12 +77,7 @@ struct ArmOracleStrengthTests {
 
     @Test("the VT-d vmm-dirty scenario moved onto an SMMUv3 (stage 1 HTTU) is clean and catches a clear without its IOTLB sync")
     func dirtyClearWithoutFlushOnArm() throws {
-        var s = try BuiltinScenarios.load("vmm-dirty")
-        s.units = s.units.map { u in
-            var a = u
-            a.configuration = .smmuv3(SMMUv3Configuration(name: u.name))
-            return a
-        }
+        let s = try Self.onSMMUv3("vmm-dirty")
         let clean = Explorer(scenario: s).run(seeds: 1...3, jobs: 2)
         #expect(clean.findings.isEmpty, "\(clean.findings)")
         let broken = Explorer(scenario: s, breakage: [.dirtyClearWithoutFlush]).run(seeds: 1...3, jobs: 2)
