@@ -59,6 +59,7 @@ let package = Package(
         .testTarget(name: "IOMMUFDTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"]),
         .testTarget(name: "SimulationTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"]),
         // The CLI's benchmarks and option parsing (`@testable import iommu_sim`).
-        .testTarget(name: "IOMMUSimTests", dependencies: ["iommu-sim", "Hardware", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .testTarget(name: "IOMMUSimTests", dependencies: ["iommu-sim", "Hardware", "Simulation", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                                        .product(name: "Yams", package: "Yams")]),
     ]
 )

@@ -25,6 +25,9 @@ public struct Explorer: Sendable {
         public var wallNs: UInt64
         public var translations: UInt64
         public var seedsPerMinute: Double { wallNs == 0 ? 0 : Double(runs) * 60e9 / Double(wallNs) }
+        public init(scenario: String, runs: Int, findings: [Finding], wallNs: UInt64, translations: UInt64) {
+            self.scenario = scenario; self.runs = runs; self.findings = findings; self.wallNs = wallNs; self.translations = translations
+        }
     }
 
     /// One injected fault: the `nth` hit of `point` fails (`iommu-sim run --fail-point point

@@ -55,6 +55,15 @@ struct ExploreCommand: ParsableCommand {
     @Flag(name: .customLong("inject-faults"), help: "Each seed also fails one fault-injection point at one hit, both chosen from the seed; violations name it and replay it.")
     var injectFaults = false
 
+    @Option(help: "Run slice K of N deterministic contiguous slices of the seeds (0 ≤ K < N, as JOB_COMPLETION_INDEX counts); `iommu-sim merge` joins the shards' --json reports.")
+    var shard: String?
+
+    func parseShard() throws -> Shard? {
+        guard let shard else { return nil }
+        guard let s = Shard(shard) else { throw ValidationError("--shard must be K/N with 0 ≤ K < N ≤ 1000000, got '\(shard)'") }
+        return s
+    }
+
     func parseSeeds() throws -> ClosedRange<UInt64> {
         let parts = seeds.components(separatedBy: "..")
         guard parts.count == 2, let a = UInt64(parts[0]), let b = UInt64(parts[1]), a <= b, b - a < 100_000_000 else {
@@ -63,44 +72,68 @@ struct ExploreCommand: ParsableCommand {
         return a...b
     }
 
-    func run() throws {
+    /// Runs the seeds (this shard's slice of them) and returns the report as `--json` prints
+    /// it, with the host figures.
+    func explore() throws -> (summary: ExploreSummary, report: Explorer.Report) {
         let range = try parseSeeds()
+        let shard = try parseShard()
         if let jobs, !(1...1024).contains(jobs) { throw ValidationError("--jobs must be between 1 and 1024") }
         let loaded = try loadScenario(scenario)
         let breakage = try parseBreakage(`break`)
         let progress = Progress()
-        let report = Explorer(scenario: loaded, breakage: breakage, injectFaults: injectFaults).run(
-            seeds: range, jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount) { done, total, violating in
-            progress.update(done: done, total: total, extra: "\(violating) with violations")
+        let explorer = Explorer(scenario: loaded, breakage: breakage, injectFaults: injectFaults)
+        let report: Explorer.Report
+        if let shard, shard.slice(of: range) == nil {
+            // More shards than seeds: this one has nothing to run.
+            report = Explorer.Report(scenario: loaded.name, runs: 0, findings: [], wallNs: 0, translations: 0)
+        } else {
+            report = explorer.run(seeds: shard?.slice(of: range) ?? range, jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount) { done, total, violating in
+                progress.update(done: done, total: total, extra: "\(violating) with violations")
+            }
         }
         let breakFlags = `break`.map { " --break \($0)" }.joined()
         func replay(_ f: Explorer.Finding) -> String {
             let inject = f.injection.map { " --fail-point \($0.point) --fail-nth \($0.nth)" } ?? ""
             return "iommu-sim run \(scenario) --seed \(f.seed)\(breakFlags)\(inject) --trace t.json"
         }
+        let summary = ExploreSummary(scenario: report.scenario, seeds: "\(range.lowerBound)..\(range.upperBound)", runs: report.runs,
+                                     violations: report.findings.map {
+                                         .init(seed: $0.seed, invariant: $0.invariant, detail: $0.detail, seeds: $0.seeds, timeNs: $0.timeNs, replay: replay($0))
+                                     }, shard: shard)
+        return (summary, report)
+    }
+
+    func run() throws {
+        let (summary, report) = try explore()
         if json {
-            let j = JSON.object([
-                ("scenario", .string(report.scenario)),
-                ("seeds", .string("\(range.lowerBound)..\(range.upperBound)")),
-                ("runs", .int(Int64(report.runs))),
-                ("violations", .array(report.findings.map { f in
-                    .object([("seed", .uint(f.seed)), ("invariant", .string(f.invariant)), ("detail", .string(f.detail)),
-                             ("seeds", .int(Int64(f.seeds))), ("timeNs", .uint(f.timeNs)), ("replay", .string(replay(f)))])
-                })),
-                ("host", .object([("wallNs", .uint(report.wallNs)), ("seedsPerMinute", .double(report.seedsPerMinute)),
-                                  ("translations", .uint(report.translations)), ("peakRSSBytes", .uint(peakResidentBytes()))])),
-            ])
-            print(j.render())
+            let host = JSON.object([("wallNs", .uint(report.wallNs)), ("seedsPerMinute", .double(report.seedsPerMinute)),
+                                    ("translations", .uint(report.translations)), ("peakRSSBytes", .uint(peakResidentBytes()))])
+            print(Self.render(summary, host: host).render())
         } else {
-            print("Explored \(report.scenario) over seeds \(range.lowerBound)...\(range.upperBound): \(report.runs) runs, \(report.findings.count) distinct violation(s)")
-            for f in report.findings {
-                print("  [\(f.invariant)] in \(f.seeds) seed(s); soonest: seed \(f.seed) at \(f.timeNs) ns: \(f.detail)")
-                print("    replay: \(replay(f))")
+            let slice = summary.shard.map { " (shard \($0.index)/\($0.count))" } ?? ""
+            print("Explored \(report.scenario) over seeds \(summary.seeds.replacingOccurrences(of: "..", with: "..."))\(slice): \(report.runs) runs, \(report.findings.count) distinct violation(s)")
+            for v in summary.violations {
+                print("  [\(v.invariant)] in \(v.seeds) seed(s); soonest: seed \(v.seed) at \(v.timeNs) ns: \(v.detail)")
+                print("    replay: \(v.replay)")
             }
             print(String(format: "Host: %.1f s wall, %.0f seeds/min, peak RSS %.0f MB", Double(report.wallNs) / 1e9, report.seedsPerMinute,
                          Double(peakResidentBytes()) / 1e6))
         }
         if !report.findings.isEmpty { throw ExitCode(1) }
+    }
+
+    /// An explore report as JSON: scenario, seeds (the whole range), shard (when sharded),
+    /// runs, violations, host.
+    static func render(_ s: ExploreSummary, host: JSON) -> JSON {
+        var fields: [(String, JSON)] = [("scenario", .string(s.scenario)), ("seeds", .string(s.seeds))]
+        if let shard = s.shard { fields.append(("shard", .object([("index", .int(Int64(shard.index))), ("count", .int(Int64(shard.count)))]))) }
+        fields.append(("runs", .int(Int64(s.runs))))
+        fields.append(("violations", .array(s.violations.map { v in
+            .object([("seed", .uint(v.seed)), ("invariant", .string(v.invariant)), ("detail", .string(v.detail)),
+                     ("seeds", .int(Int64(v.seeds))), ("timeNs", .uint(v.timeNs)), ("replay", .string(v.replay))])
+        })))
+        fields.append(("host", host))
+        return .object(fields)
     }
 }
 
