@@ -41,8 +41,6 @@ public final class Machine: @unchecked Sendable {
 
     /// Whether the units are SMMUv3s.
     public var isArm: Bool { smmuDriver != nil }
-    /// How many IOMMU units the machine has.
-    public var unitCount: Int { isArm ? smmuUnits.count : units.count }
 
     public convenience init(seed: UInt64, memorySize: UInt64 = 256 << 20, units configurations: [VTdConfiguration],
                             policy: DMAPolicy = .strict, cpus: Int = 2, pagingStage: VTdPagingStage? = nil, pagingLevels: Int = 4,

@@ -21,7 +21,7 @@ struct NestedBadInputTests {
 
     static func resources(_ rig: IOMMUFDRig) -> Resources {
         Resources(frames: rig.machine.platform.frames.inUse - rig.process.residentPages.count, domains: rig.core.liveDomains.count,
-                  dids: rig.machine.vtdDriver!.units[0].domainIDs.allocated, pins: rig.process.pinnedPages)
+                  dids: rig.machine.vtdDriver?.units.first?.domainIDs.allocated ?? 0, pins: rig.process.pinnedPages)
     }
 
     static func randomBytes(_ rng: inout SeededRNG, _ count: Int) -> [UInt8] {

@@ -101,7 +101,7 @@ final class NestedVMM {
     }
 
     func pasidEntry(pasid: UInt32 = 0) throws -> PASIDEntry {
-        let u = rig.machine.vtdDriver!.units[0]
+        let u = try #require(rig.machine.vtdDriver?.units.first)
         let info = try #require(u.devices[device.requesterID.rawValue])
         let address = try #require(try u.pasidEntryAddress(info, pasid, create: false))
         return try u.readEntry(address)
@@ -246,7 +246,7 @@ struct NestedHWPTTests {
             #expect(n.rc == 0, "the driver checks the stage-1 configuration at attach")
             #expect(errnoOf { _ = try v.rig.ctx.attach(v.devID, to: n.id) } == Errno.EINVAL, "flags \(flags) width \(width)")
             #expect(errnoOf { _ = try v.rig.ctx.attach(v.devID, to: n.id, pasid: PASID(truncating: 3)) } == Errno.EINVAL)
-            #expect(v.rig.machine.vtdDriver!.units[0].domainIDs.allocated == 0, "nothing holds a DID")
+            #expect(v.rig.machine.vtdDriver?.units.first?.domainIDs.allocated == 0, "nothing holds a DID")
         }
         let ok = v.allocNested(data: v.s1(flags: 1, width: 57))
         #expect(ok.rc == 0 && errnoOf { _ = try v.rig.ctx.attach(v.devID, to: ok.id) } == nil)

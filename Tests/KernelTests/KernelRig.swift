@@ -10,8 +10,8 @@ import Kernel
 struct KernelRig {
     let machine: Machine
     var core: IOMMUCore { machine.core }
-    /// The rig's machine is VT-d: its driver is always there (a nil would be a rig bug).
-    var driver: VTdDriver { machine.vtdDriver! }
+    /// The rig's machine is VT-d, so it has the VT-d driver.
+    let driver: VTdDriver
     var oracle: Oracle { machine.oracle }
     var scheduler: Scheduler { machine.scheduler }
     var platform: PlatformContext { machine.platform }
@@ -22,6 +22,7 @@ struct KernelRig {
         machine = try Machine(seed: seed, memorySize: 64 << 20,
                               units: units ?? [VTdConfiguration(name: "dmar0"), VTdConfiguration(name: "dmar1")],
                               policy: policy, pagingStage: stage, pagingLevels: levels)
+        driver = try #require(machine.vtdDriver)
     }
 
     /// The stage paging domains get here.

@@ -64,10 +64,8 @@ extension PCIeEndpoint {
         guard case .smmuv3(let unit) = upstream, let t = stalledTLPs.removeValue(forKey: stag) else { return }
         if case .stalled(let again) = result {
             // Stalled again on the retry: a new fault, seen by the checker now.
-            var buffer = [UInt8](repeating: 0, count: max(0, t.length))
-            _ = buffer.withUnsafeMutableBytes {
-                unit.completeStalled(streamID: streamID, substreamID: t.pasid?.rawValue, address: t.address, result: result, buffer: $0, write: t.write)
-            }
+            _ = unit.reportStall(streamID: streamID, substreamID: t.pasid?.rawValue, address: t.address, length: t.length,
+                                 access: t.write ? .write : .read, stag: again)
             stalledTLPs[again] = t
             return
         }

@@ -62,12 +62,7 @@ extension SMMUv3Unit {
                                                  b: UInt64(event?.rawValue ?? 0), c: ssid.map { UInt64($0) } ?? .max))
                 return (done, DMAFault(address: iova, event: event))
             case .stalled(let stag):
-                // The stall is the translation's fault, as of now: the checker sees it here
-                // (a later software termination is not another fault).
-                let event = stalled.last(where: { $0.sid == sid && $0.stag == stag })?.event
-                reportAccess(DMAAccessRecord(source: source, pasid: pasid, address: iova, length: UInt64(chunk),
-                                             access: access, physical: nil, fault: nil, time: now, event: event))
-                return (done, DMAFault(address: iova, event: event, stallTag: stag))
+                return (done, reportStall(streamID: sid, substreamID: ssid, address: iova, length: chunk, access: access, stag: stag))
             }
             done += chunk
         }
@@ -104,11 +99,20 @@ extension SMMUv3Unit {
             return DMAFault(address: address, event: event)
         case .stalled(let stag):
             // Stalled again on the retry: a new fault, as of now.
-            let event = stalled.last(where: { $0.sid == sid && $0.stag == stag })?.event
-            reportAccess(DMAAccessRecord(source: source, pasid: pasid, address: address, length: UInt64(buffer.count),
-                                         access: access, physical: nil, fault: nil, time: now, event: event))
-            return DMAFault(address: address, event: event, stallTag: stag)
+            return reportStall(streamID: sid, substreamID: ssid, address: address, length: buffer.count, access: access, stag: stag)
         }
+    }
+
+    /// A transaction that just stalled under `stag`: the stall is the translation's fault as
+    /// of now, so the checker sees it here (a later termination by software is not another
+    /// fault). Returns the fault the device holds the TLP under.
+    public func reportStall(streamID sid: UInt32, substreamID ssid: UInt32?, address: UInt64, length: Int,
+                            access: DMAAccess, stag: UInt16) -> DMAFault {
+        let event = stalled.last(where: { $0.sid == sid && $0.stag == stag })?.event
+        reportAccess(DMAAccessRecord(source: RequesterID(rawValue: UInt16(truncatingIfNeeded: sid)), pasid: ssid.map { PASID(truncating: $0) },
+                                     address: address, length: UInt64(max(0, length)), access: access, physical: nil, fault: nil,
+                                     time: scheduler.now, event: event))
+        return DMAFault(address: address, event: event, stallTag: stag)
     }
 
     // MARK: ATS

@@ -18,14 +18,6 @@ public struct DMAFault: Equatable, Sendable {
     public init(address: UInt64, reason: VTdFaultReason? = nil, event: SMMUEventID? = nil, stallTag: UInt16? = nil) {
         self.address = address; self.reason = reason; self.event = event; self.stallTag = stallTag
     }
-
-    /// The fault as the architecture names it.
-    public var cause: String {
-        if let reason { return "\(reason)" }
-        if let stallTag { return "stalled (STAG \(stallTag))" }
-        if let event { return "\(event)" }
-        return "abort"
-    }
 }
 
 /// Something that checks every DMA access a unit performs (the simulator's oracle). A class,

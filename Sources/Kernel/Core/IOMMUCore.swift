@@ -160,21 +160,26 @@ public final class IOMMUCore: @unchecked Sendable {
     /// A nested domain made on a vIOMMU (Linux `viommu->ops->alloc_domain_nested`).
     public func allocNestedDomain(on viommu: IOMMUVIOMMU, for device: Device, flags: DomainFlags, dataType: UInt32,
                                   data: [UInt8]) throws(IOMMUError) -> IOMMUDomain {
-        try checkProbed(device)
-        try checkAlive(viommu.parent)
-        if platform.faults.shouldFail(.domainAlloc) { throw .noMemory("domain allocation (injected)") }
-        let d = try viommu.allocNestedDomain(for: device, flags: flags, dataType: dataType, data: data)
-        adopt(d)
-        return d
+        try allocNested(on: viommu, for: device) { () throws(IOMMUError) in
+            try viommu.allocNestedDomain(for: device, flags: flags, dataType: dataType, data: data)
+        }
     }
 
     /// A nested domain made on a vIOMMU that copies the user's data itself.
     public func allocNestedDomain(on viommu: IOMMUVIOMMU, for device: Device, flags: DomainFlags, dataType: UInt32,
                                   userData: IOMMUUserData) throws(IOMMUError) -> IOMMUDomain {
+        try allocNested(on: viommu, for: device) { () throws(IOMMUError) in
+            try viommu.allocNestedDomain(for: device, flags: flags, dataType: dataType, userData: userData)
+        }
+    }
+
+    /// The checks and bookkeeping of every vIOMMU nested allocation around the driver's `make`.
+    private func allocNested(on viommu: IOMMUVIOMMU, for device: Device,
+                             _ make: () throws(IOMMUError) -> IOMMUDomain) throws(IOMMUError) -> IOMMUDomain {
         try checkProbed(device)
         try checkAlive(viommu.parent)
         if platform.faults.shouldFail(.domainAlloc) { throw .noMemory("domain allocation (injected)") }
-        let d = try viommu.allocNestedDomain(for: device, flags: flags, dataType: dataType, userData: userData)
+        let d = try make()
         adopt(d)
         return d
     }
