@@ -67,6 +67,9 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     var untrustedDevices: Set<UInt64> = []
     /// The machine's default-domain policy: deferred unmaps exist only under `lazy`.
     public var policy: DMAPolicy = .lazy
+    /// Records exposure windows, flushes and IOVA use for `compare` and the HTML pages (nil:
+    /// not recording; one nil check per unmap, flush and DMA-API map, none per DMA).
+    public var recorder: RunRecorder?
     private var liveDIDs: [Set<UInt16>]
     /// SMMUv3 ASIDs and VMIDs handed out (Oracle+SMMUv3.swift).
     var liveTLBTags: Set<TLBTagKey> = []
@@ -335,6 +338,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
 
     public func unmapBegan(_ domain: IOMMUDomain, iova: UInt64, size: UInt64) {
         domainChanged(domain.id)
+        if let r = recorder { r.unmapBegan(domain: domain.id, now: platform.scheduler.now) }
         shadows[domain.id]?.setState(iova, iova + size, to: .unmapping, from: .settled)
     }
 
@@ -343,6 +347,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         releaseStrictTables(domain.id)
         retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &graveyards)
         checkDeviceTLBs(domain, iova: iova, size: unmapped)
+        if let r = recorder { r.unmapEnded(domain: domain.id, bytes: unmapped, dma: domain.type == .dma, now: platform.scheduler.now) }
     }
 
     public func unmapFailed(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {
@@ -356,12 +361,14 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         domainChanged(domain.id)
         checkDeferral(domain, iova: iova)
         retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &deferred)
+        if let r = recorder { r.unmapDeferred(domain: domain.id, bytes: unmapped, now: platform.scheduler.now) }
         for t in tables { pendingTables[t] = domain.id; liveTables[t] = nil }
         deferredTables[domain.id, default: []] += tables
     }
 
     public func deferredFlushBegan(_ domain: IOMMUDomain) {
         let id = domain.id
+        if let r = recorder { r.flushBegan(domain: id, now: platform.scheduler.now) }
         if let d = deferred.removeValue(forKey: id) { covering[id, default: ShadowMap()].merge(d) }
         if let t = deferredTables.removeValue(forKey: id) { coveringTables[id, default: []] += t }
     }
@@ -371,6 +378,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         let id = domain.id
         let c = covering.removeValue(forKey: id)
         let t = coveringTables.removeValue(forKey: id) ?? []
+        if let r = recorder { r.flushEnded(domain: id, completed: completed, now: platform.scheduler.now) }
         if completed {
             if let c { graveyards[id, default: ShadowMap()].merge(c) }
             for f in t { pendingTables[f] = nil }
@@ -430,6 +438,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     public func domainFreed(_ domain: IOMMUDomain) {
         generation &+= 1
         let id = domain.id
+        if let r = recorder { r.domainFreed(id, now: platform.scheduler.now) }
         nested.forget(id)
         shadows[id] = nil
         graveyards[id] = nil

@@ -5,7 +5,7 @@ struct IOMMUSim: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "iommu-sim",
         abstract: "The Linux IOMMU subsystem over emulated VT-d hardware: simulate, check, measure.",
-        subcommands: [RunCommand.self, ScenariosCommand.self, ExploreCommand.self, MergeCommand.self, FaultsCommand.self, Bench.self, PreloadCommand.self],
+        subcommands: [RunCommand.self, CompareCommand.self, ScenariosCommand.self, ExploreCommand.self, MergeCommand.self, FaultsCommand.self, Bench.self, PreloadCommand.self],
         defaultSubcommand: nil
     )
 }

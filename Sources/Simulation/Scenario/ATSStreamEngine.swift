@@ -44,6 +44,10 @@ final class ATSStreamEngine {
         }
     }
 
+    /// Called with (access start, result) for an access that sent page requests (set only
+    /// when a run records: `RunRecorder.pageFault`).
+    var onPageFaultAccess: ((UInt64, ATSAccessResult) -> Void)?
+
     private func tick() {
         guard inFlight < spec.outstanding, let t = target(), t.pages > 0 else { return }
         let span = min(spec.pagesPerAccess, t.pages)
@@ -56,9 +60,11 @@ final class ATSStreamEngine {
         }
         inFlight += 1
         started += 1
+        let startNs = scheduler.now
         endpoint.atsAccess(pasid: t.pasid, address: t.base &+ page << 12, length: span << 12, write: write) { [weak self] r in
             guard let self else { return }
             self.inFlight -= 1
+            if r.groups > 0, let observe = self.onPageFaultAccess { observe(startNs, r) }
             if r.outcome == .completed { self.completed += 1 } else { self.failed[Self.name(r.outcome), default: 0] += 1 }
         }
     }

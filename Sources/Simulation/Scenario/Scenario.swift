@@ -19,6 +19,12 @@ public struct Scenario: Sendable {
         public var memoryMiB: UInt64 = 256
         public var cpus = 2
         public var policy: DMAPolicy = .strict
+        /// Under the lazy policy, one large flush queue per domain instead of per-CPU ones
+        /// (the driver says invalidations are expensive: Linux `shadow_on_flush`, whose
+        /// domains get `IOVA_SINGLE_FQ_SIZE` 32768 entries and a 1 s timeout instead of
+        /// `IOVA_DEFAULT_FQ_SIZE` 256 per CPU and 10 ms; drivers/iommu/dma-iommu.c).
+        /// Scenario files: `flush-queue: single` (default `per-cpu`).
+        public var singleFlushQueue = false
         /// The stage of DMA and unmanaged paging domains (`paging-stage`): nil follows Linux
         /// (first stage where the unit has FLTS).
         public var pagingStage: VTdPagingStage?

@@ -128,6 +128,7 @@ struct ScenarioParser {
         if let v = m.optional("policy") {
             s.machine.policy = DMAPolicy(rawValue: try v.oneOf(DMAPolicy.allCases.map(\.rawValue))) ?? .strict
         }
+        if let v = m.optional("flush-queue") { s.machine.singleFlushQueue = try v.oneOf(["per-cpu", "single"]) == "single" }
         if let v = m.optional("paging-stage") {
             let name = try v.oneOf(["linux"] + VTdPagingStage.allCases.map(\.rawValue))
             s.machine.pagingStage = VTdPagingStage(rawValue: name)

@@ -107,6 +107,8 @@ extension ScenarioRunner {
             for _ in 0..<pairs {
                 guard step(label, line: line, { () throws(IOMMUError) in
                     let a = try m.dma.mapPage(dev, physical: scratch, size: 4096, direction: .toDevice, cpu: cpu)
+                    let began = m.scheduler.now
+                    defer { if let rec = recorder { rec.unmapReturned(ns: m.scheduler.now &- began, now: m.scheduler.now) } }
                     try m.dma.unmapPage(dev, address: a, size: 4096, cpu: cpu)
                 }) else { break }
             }

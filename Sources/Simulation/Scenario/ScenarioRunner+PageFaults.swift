@@ -122,6 +122,12 @@ extension ScenarioRunner {
             guard misbehaves, let p = lastPASID else { return nil }
             return (p, region.address, region.pages)
         }
+        if let rec = recorder {
+            e.onPageFaultAccess = { [unowned self] start, r in
+                rec.pageFault(latencyNs: r.time &- start)
+                rec.maybeSample(self.m)
+            }
+        }
         return e
     }
 

@@ -29,6 +29,8 @@ extension ScenarioRunner {
         let dev = devices[r.spec.device]
         let frames = try ringFrames(r)
         let address: UInt64
+        let began = m.scheduler.now
+        defer { if let rec = recorder { rec.mapped(ns: m.scheduler.now &- began) } }
         if r.spec.pages == 1 {
             address = try m.dma.mapPage(dev, physical: frames[0] + r.spec.offset, size: r.spec.size, direction: r.spec.direction, cpu: cpu)
         } else if r.spec.contiguous {
@@ -46,6 +48,8 @@ extension ScenarioRunner {
     /// Unmaps buffer `k` (mapped at `address` on `cpu`).
     func ringUnmap(_ r: RingState, _ k: Int, address: UInt64, cpu: Int) throws(IOMMUError) {
         let dev = devices[r.spec.device]
+        let began = m.scheduler.now
+        defer { if let rec = recorder { rec.unmapReturned(ns: m.scheduler.now &- began, now: m.scheduler.now) } }
         if let sg = r.scatter[k] {
             try m.dma.unmapSG(dev, sg, cpu: cpu)
             r.scatter[k] = nil
@@ -80,6 +84,10 @@ extension ScenarioRunner {
             }
         }) else { return }
         let next = (cpu + 1) % scenario.machine.cpus
-        step("\(dev.name) dma_map", line: 0) { () throws(IOMMUError) in try ringMap(r, k, cpu: next) }
+        let mapped = step("\(dev.name) dma_map", line: 0) { () throws(IOMMUError) in try ringMap(r, k, cpu: next) }
+        if mapped, let rec = recorder {
+            rec.cycled(bytes: r.spec.length)
+            rec.maybeSample(m)
+        }
     }
 }

@@ -58,7 +58,13 @@ extension ScenarioRunner {
     /// Counters for the trace, sampled by DMA streams (no extra events: tracing does not
     /// change the run).
     func attachSampler(_ engine: DMAStreamEngine) {
+        if let rec = recorder, !options.trace {
+            engine.sampler = { [unowned self] in rec.maybeSample(self.m) }
+            return
+        }
         guard options.trace else { return }
+        let rec = recorder
+        let machine = m
         let t = m.platform.trace
         let units = m.units
         let unitTracks = units.map(\.trackID)
@@ -72,6 +78,7 @@ extension ScenarioRunner {
                 t.record(TraceEvent(time: now, kind: .counter, track: unitTracks[i], a: hitRate, b: rate))
                 t.record(TraceEvent(time: now, kind: .counter, track: unitTracks[i], a: depth, b: UInt64(u.invalidationQueueDepth) * 1000))
             }
+            rec?.maybeSample(machine)
         }
     }
 

@@ -64,6 +64,9 @@ public final class ScenarioRunner {
         public var trace = false
         public var faultMode: FaultInjector.Mode = .off
         public var breakage: Set<Breakage> = []
+        /// Record exposure windows, flushes, DMA-API latencies and a counter timeline
+        /// (`ScenarioOutcome.recording`): for `compare` and the HTML pages.
+        public var record = false
         public init(seed: UInt64) { self.seed = seed }
     }
 
@@ -98,7 +101,19 @@ public final class ScenarioRunner {
                         policy: scenario.machine.policy, cpus: scenario.machine.cpus,
                         pagingStage: scenario.machine.pagingStage, pagingLevels: scenario.machine.pagingLevels,
                         smmuStage: scenario.machine.pagingStage.map { $0 == .first ? .s1 : .s2 })
+        if scenario.machine.singleFlushQueue {
+            m.vtdDriver?.shadowOnFlush = true
+            m.smmuDriver?.shadowOnFlush = true
+        }
+        if options.record {
+            let r = RunRecorder()
+            m.oracle.recorder = r
+            recorder = r
+        }
     }
+
+    /// What the run records (`Options.record`), or nil.
+    var recorder: RunRecorder?
 
     // Run state.
     let m: Machine
@@ -242,7 +257,7 @@ public final class ScenarioRunner {
                                domainIDs: domainIDRecords, pasids: pasidRecords,
                                wallNs: UInt64(wall.components.seconds) * 1_000_000_000 + UInt64(wall.components.attoseconds / 1_000_000_000))
         return ScenarioOutcome(result: result, steps: records, expectationFailures: check ? checkExpectations(result) : [],
-                               trace: options.trace ? m.platform.trace : nil, injected: m.platform.faults.fired.map { ($0.point.name, $0.hit) },
+                               trace: options.trace ? m.platform.trace : nil, recording: recorder, injected: m.platform.faults.fired.map { ($0.point.name, $0.hit) },
                                pointHitsByName: m.platform.faults.hits.map { ($0.key.name, $0.value) }.sorted { $0.0 < $1.0 })
     }
 
@@ -347,6 +362,10 @@ public final class ScenarioRunner {
         let s = m.scheduler
         // Items due before the timeline began (probing takes virtual time) are not late.
         let begin = s.now
+        if let rec = recorder {
+            rec.sampleEveryNs = max(1_000, (scenario.endNs &- min(begin, scenario.endNs)) / 200)
+            rec.timedPhaseBegan(m)
+        }
         var previousDue: UInt64 = 0
         for it in items {
             defer { previousDue = it.at }
@@ -377,6 +396,7 @@ public final class ScenarioRunner {
             }
         }
         s.run(until: scenario.endNs)
+        recorder?.timedPhaseEnded(m)
         noteBudget()
     }
 
@@ -389,6 +409,8 @@ public struct ScenarioOutcome: @unchecked Sendable {
     public var steps: [ScenarioRunner.StepRecord]
     public var expectationFailures: [String]
     public var trace: TraceBuffer?
+    /// What the run recorded (`Options.record`), or nil.
+    public var recording: RunRecorder?
     /// Injected faults that fired: point and global hit number.
     public var injected: [(String, Int)]
     /// Fault-point hits by point name (with the injector counting).

@@ -21,6 +21,9 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Write a Chrome trace-event JSON file (opens in Perfetto / chrome://tracing).")
     var trace: String?
 
+    @Option(help: "Write a self-contained HTML page of the run (IOTLB hit rate over time, faults and invalidations on a timeline, page-fault latency histogram).")
+    var html: String?
+
     @Option(help: "Inject a broken behaviour to see the oracle catch it: \(Breakage.allCases.map(\.rawValue).joined(separator: ", ")).")
     var `break`: [String] = []
 
@@ -34,6 +37,7 @@ struct RunCommand: ParsableCommand {
         let loaded = try loadScenario(scenario)
         var options = ScenarioRunner.Options(seed: seed)
         options.trace = trace != nil
+        options.record = html != nil
         if let failNth {
             guard failNth >= 1 else { throw ValidationError("--fail-nth must be at least 1") }
             var only: FaultPoint?
@@ -71,6 +75,7 @@ struct RunCommand: ParsableCommand {
                 throw RunFailure(message: "cannot write \(trace): \(error.localizedDescription)")
             }
         }
+        if let html { try writePage(RunPage.render(outcome), to: html) }
         let report = Self.report(outcome)
         print(json ? report.json().render() : report.text())
         if outcome.result.violationCount > 0 || !outcome.expectationFailures.isEmpty { throw ExitCode(1) }
