@@ -32,7 +32,7 @@ enum SVGPlot {
 
     // Layout.
     static let width = 640.0, height = 380.0
-    static let left = 78.0, right = 20.0, top = 40.0, bottom = 58.0
+    static let left = 78.0, right = 20.0, top = 54.0, bottom = 58.0
 
     // MARK: Line plot
 
@@ -100,7 +100,8 @@ enum SVGPlot {
     // MARK: Timeline
 
     /// Lanes over [x0, x1]: each event a bar as wide as it lasted (at least one pixel),
-    /// merged per pixel column, as tall as its weight relative to the lane's largest.
+    /// merged per pixel column, as tall as its weight relative to the lane's largest. An
+    /// empty lane says so ("none in this run", a mark: the plot states that there was none).
     static func timeline(id: String, title: String, x: Axis, range: (Double, Double), lanes: [Lane]) -> String {
         let laneH = 34.0
         let h = top + Double(lanes.count) * (laneH + 8) + bottom
@@ -130,7 +131,7 @@ enum SVGPlot {
             }
             let top = col.max() ?? 0
             if top <= 0 {
-                out += "<text x=\"\(f(plotL + 8))\" y=\"\(f(y0 + laneH / 2 + 4))\" font-size=\"11\" fill=\"#888\">none</text>"
+                out += "<text class=\"mark empty\" x=\"\(f(plotL + 8))\" y=\"\(f(y0 + laneH / 2 + 4))\" font-size=\"11\" fill=\"#888\">none in this run</text>"
                 continue
             }
             for (c, w) in col.enumerated() where w > 0 {
@@ -183,7 +184,7 @@ enum SVGPlot {
     private static func legend(_ items: [(String, String, Bool)]) -> String {
         var out = "<g class=\"legend\" font-size=\"11\">"
         var x = left + 8
-        let y = top + 10
+        let y = top - 14
         for (name, color, dashed) in items {
             out += "<line x1=\"\(f(x))\" x2=\"\(f(x + 18))\" y1=\"\(f(y))\" y2=\"\(f(y))\" stroke=\"\(color)\" stroke-width=\"3\"\(dashed ? " stroke-dasharray=\"4 3\"" : "")/>"
             out += "<text x=\"\(f(x + 22))\" y=\"\(f(y + 4))\">\(esc(name))</text>"
@@ -219,7 +220,12 @@ enum SVGPlot {
                 self.scale = .linear
                 var l = zeroBased ? min(0, finite.min() ?? 0) : (finite.min() ?? 0)
                 var h = finite.max() ?? 1
-                if h <= l { h = l + 1 }
+                if h <= l {
+                    // One value: centre it (or start at 0 for a zero-based axis).
+                    let pad = max(abs(h) * 0.5, 1)
+                    l = zeroBased ? min(0, l - pad) : l - pad
+                    h += pad
+                }
                 let step = Mapper.step(h - l)
                 if !exact {
                     l = (l / step).rounded(.down) * step
