@@ -29,7 +29,6 @@ extension Oracle {
     /// address).
     public func dmaMapped(_ device: Device, iova: UInt64, size: UInt64) {
         checks &+= 1
-        if let r = recorder { r.dmaMapped(bytes: size) }
         let (last, overflow) = iova.addingReportingOverflow(size &- 1)
         if overflow || size == 0 || last > device.dmaMask {
             violate("iova-beyond-dma-mask", "\(device.name) was handed IOVA \(Self.hex(iova))+\(Self.hex(size)), beyond its DMA mask \(Self.hex(device.dmaMask))")

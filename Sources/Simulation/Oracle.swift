@@ -328,6 +328,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
 
     public func mapEnded(_ domain: IOMMUDomain, iova: UInt64, size: UInt64, mapped: Bool) {
         releaseStrictTables(domain.id)
+        if mapped, let r = recorder { r.mapped(bytes: size) }
         if mapped {
             shadows[domain.id]?.setState(iova, iova + size, to: .settled, from: .mapping)
             graveyards[domain.id]?.remove(iova, iova + size)
@@ -347,7 +348,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         releaseStrictTables(domain.id)
         retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &graveyards)
         checkDeviceTLBs(domain, iova: iova, size: unmapped)
-        if let r = recorder { r.unmapEnded(domain: domain.id, bytes: unmapped, dma: domain.type == .dma, now: platform.scheduler.now) }
+        if let r = recorder { r.unmapEnded(domain: domain.id, bytes: unmapped, now: platform.scheduler.now) }
     }
 
     public func unmapFailed(_ domain: IOMMUDomain, iova: UInt64, requested: UInt64, unmapped: UInt64) {

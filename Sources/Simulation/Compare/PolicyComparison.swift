@@ -56,7 +56,7 @@ public struct PolicyRun: Sendable {
     /// Invalidation descriptors (commands) and waits (CMD_SYNCs) during the timed phase.
     public var invalidations: UInt64
     public var waits: UInt64
-    /// IOVA space in use, 4 KiB pages: mapped through the DMA API or awaiting a flush.
+    /// IOVA space in use over the paging domains, 4 KiB pages: mapped, or unmapped and awaiting a flush.
     public var iovaPeakPages: Int64
     public var iovaEndPages: Int64
     /// Exposure windows of unmapped pages (weighted by pages), ns.

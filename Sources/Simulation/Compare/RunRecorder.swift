@@ -55,7 +55,8 @@ public final class RunRecorder {
     var unmapStarted: [Int: UInt64] = [:]
     var flushStarted: [Int: UInt64] = [:]
 
-    // IOVA space in use (4 KiB pages): DMA-API mapped, or unmapped and awaiting a flush.
+    // IOVA space in use (4 KiB pages) over all paging domains: mapped, or unmapped and
+    // awaiting the flush that covers it (from the run's start to the timed phase's end).
     public private(set) var iovaPagesInUse: Int64 = 0
     public private(set) var iovaPagesPeak: Int64 = 0
     public private(set) var iovaPagesAtEnd: Int64 = 0
@@ -90,12 +91,12 @@ public final class RunRecorder {
 
     func unmapBegan(domain: Int, now: UInt64) { unmapStarted[domain] = now }
 
-    func unmapEnded(domain: Int, bytes: UInt64, dma: Bool, now: UInt64) {
+    func unmapEnded(domain: Int, bytes: UInt64, now: UInt64) {
         guard !timedPhaseOver else { return }
         let pages = Self.pages(bytes)
         strictPages &+= pages
         strictUnmaps &+= 1
-        if dma { inUse(-Int64(pages)) }
+        inUse(-Int64(pages))
         addFlush(FlushEvent(startNs: unmapStarted.removeValue(forKey: domain) ?? now, endNs: now, kind: .strict))
     }
 
@@ -124,7 +125,7 @@ public final class RunRecorder {
         if let start = flushStarted.removeValue(forKey: domain) { addFlush(FlushEvent(startNs: start, endNs: now, kind: .deferred)) }
     }
 
-    func dmaMapped(bytes: UInt64) { if !timedPhaseOver { inUse(Int64(Self.pages(bytes))) } }
+    func mapped(bytes: UInt64) { if !timedPhaseOver { inUse(Int64(Self.pages(bytes))) } }
 
     /// A domain is freed after it was detached everywhere with a full invalidation: what
     /// still waited for a flush is no longer reachable.
