@@ -106,7 +106,9 @@ extension ScenarioRunner {
             guard step("\(label): buffer", line: line, { () throws(IOMMUError) in scratch = try m.allocateBuffer() }) else { return }
             for _ in 0..<pairs {
                 guard step(label, line: line, { () throws(IOMMUError) in
+                    let mapBegan = m.scheduler.now
                     let a = try m.dma.mapPage(dev, physical: scratch, size: 4096, direction: .toDevice, cpu: cpu)
+                    if let rec = recorder { rec.mapped(ns: m.scheduler.now &- mapBegan) }
                     let began = m.scheduler.now
                     defer { if let rec = recorder { rec.unmapReturned(ns: m.scheduler.now &- began, now: m.scheduler.now) } }
                     try m.dma.unmapPage(dev, address: a, size: 4096, cpu: cpu)
