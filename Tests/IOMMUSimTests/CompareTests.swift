@@ -113,12 +113,12 @@ struct CompareTests {
         return out
     }
 
-    @Test("the compare page is one self-contained document with four plots, each with axes, a legend or lanes, and data marks; text is escaped")
+    @Test("the compare page is one self-contained document with five plots, each with axes, a legend or lanes, and data marks; text is escaped")
     func comparePage() throws {
         let runs = try Self.runs([.strict, .lazy], [500, 2000])
         let page = CompareReport.page(CompareReport(scenario: "a<b>&\"c\"", seed: 1, runs: runs))
         let plots = Self.plots(page)
-        #expect(Set(plots.keys) == ["throughput", "exposure", "flushes", "unmap-latency"])
+        #expect(Set(plots.keys) == ["throughput", "exposure", "flushes", "flushes-zoom", "unmap-latency"])
         for (id, svg) in plots {
             #expect(svg.contains("class=\"mark"), "\(id) has data marks")
             #expect(svg.contains("<title>") && svg.contains("class=\"axis\""), "\(id) has a title and axes")

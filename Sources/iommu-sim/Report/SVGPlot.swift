@@ -102,7 +102,7 @@ enum SVGPlot {
     /// Lanes over [x0, x1]: each event a bar as wide as it lasted (at least one pixel),
     /// merged per pixel column, as tall as its weight relative to the lane's largest. An
     /// empty lane says so ("none in this run", a mark: the plot states that there was none).
-    static func timeline(id: String, title: String, x: Axis, range: (Double, Double), lanes: [Lane]) -> String {
+    static func timeline(id: String, title: String, x: Axis, range: (Double, Double), lanes: [Lane], emptyText: String = "none in this run") -> String {
         let laneH = 34.0
         let h = top + Double(lanes.count) * (laneH + 8) + bottom
         let xm = Mapper(values: [range.0, range.1], scale: .linear, from: left + 60, to: width - right, zeroBased: false, exact: true)
@@ -127,11 +127,15 @@ enum SVGPlot {
                 let a = Int(((xm.map(max(e.start, range.0)) - plotL)).rounded(.down))
                 let b = Int(((xm.map(min(max(e.end, e.start), range.1)) - plotL)).rounded(.down))
                 guard b >= 0, a < col.count else { continue }
-                for c in max(a, 0)...min(max(a, b), col.count - 1) { col[c] = max(col[c], e.weight) }
+                // An event three or more pixels wide leaves its first and last columns free,
+                // so back-to-back events stay apart.
+                let (first, last) = b - a >= 3 ? (a + 1, b - 1) : (a, max(a, b))
+                guard last >= 0, first < col.count else { continue }
+                for c in max(first, 0)...min(last, col.count - 1) { col[c] = max(col[c], e.weight) }
             }
             let top = col.max() ?? 0
             if top <= 0 {
-                out += "<text class=\"mark empty\" x=\"\(f(plotL + 8))\" y=\"\(f(y0 + laneH / 2 + 4))\" font-size=\"11\" fill=\"#888\">none in this run</text>"
+                out += "<text class=\"mark empty\" x=\"\(f(plotL + 8))\" y=\"\(f(y0 + laneH / 2 + 4))\" font-size=\"11\" fill=\"#888\">\(esc(emptyText))</text>"
                 continue
             }
             for (c, w) in col.enumerated() where w > 0 {

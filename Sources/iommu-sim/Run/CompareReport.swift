@@ -126,6 +126,14 @@ struct CompareReport {
         page.figure(SVGPlot.timeline(id: "flushes", title: "TLB flushes over the run at \(shown) ns",
                                      x: SVGPlot.Axis(label: "virtual time (µs)"), range: (0, max(end, 1)), lanes: lanes),
                     caption: "Each bar is a flush in progress: a strict unmap's invalidation and wait, or a flush queue's flush of a whole domain. The count follows each policy's name; single-queue may not flush before teardown.")
+        // The same lanes over 40 µs: strict's flushes one by one, around the flush-queue flush
+        // nearest the middle of the run when there is one.
+        let queued = at.filter { $0.policy != .strict }.flatMap(\.flushes).map { Double($0.startNs) / 1000 }
+        let near = queued.min { abs($0 - end / 2) < abs($1 - end / 2) }
+        let mid = max(0, ((near ?? end / 2) - 10).rounded(.down))
+        page.figure(SVGPlot.timeline(id: "flushes-zoom", title: "The same flushes, \(Int(mid))–\(Int(mid) + 40) µs",
+                                     x: SVGPlot.Axis(label: "virtual time (µs)"), range: (mid, mid + 40), lanes: lanes, emptyText: "none in this window"),
+                    caption: "A 40 µs window of the timeline above: each strict unmap waits out its own invalidation; lazy unmaps return at once and one flush of the domain now and then covers a whole queue.")
         let (low, top) = bucketRange(at.map(\.unmapLatency))
         let categories = (low...top).map { bucketLabel($0) }
         page.figure(SVGPlot.histogram(id: "unmap-latency", title: "DMA-API unmap latency at \(shown) ns", categories: categories,
