@@ -68,7 +68,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
     /// The machine's default-domain policy: deferred unmaps exist only under `lazy`.
     public var policy: DMAPolicy = .lazy
     /// Records exposure windows, flushes and IOVA use for `compare` and the HTML pages (nil:
-    /// not recording; one nil check per unmap, flush and DMA-API map, none per DMA).
+    /// not recording; one nil check per map, unmap and flush, none per DMA).
     public var recorder: RunRecorder?
     private var liveDIDs: [Set<UInt16>]
     /// SMMUv3 ASIDs and VMIDs handed out (Oracle+SMMUv3.swift).

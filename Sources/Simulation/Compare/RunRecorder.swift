@@ -1,6 +1,6 @@
 /// What a run records for `compare` and the HTML pages, only when asked
 /// (`ScenarioRunner.Options.record`): the oracle and the runner call it where they already
-/// are (an unmap, a flush, a DMA-API call), so a run that does not record pays one nil check
+/// are (a map, an unmap, a flush, a DMA-API call), so a run that does not record pays one nil check
 /// at those points and nothing per DMA.
 ///
 /// The **exposure window** of an unmapped page is how long after its unmap returned a device
