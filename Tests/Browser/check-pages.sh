@@ -13,6 +13,7 @@ cd "$(dirname "$0")/../.."
 bin="${1:-$(swift build --show-bin-path)/iommu-sim}"
 out="${2:-$(mktemp -d "${TMPDIR:-/tmp}/iommu-sim-pages.XXXXXX")}"
 mkdir -p "$out"
+out="$(cd "$out" && pwd)"
 browser="$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)"
 if [ -z "$browser" ]; then
     echo "check-pages: no chromium on PATH (install it: apt-get install -y chromium)" >&2
