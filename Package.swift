@@ -4,6 +4,7 @@ import PackageDescription
 // Layers (bottom-up; a layer imports only layers below it):
 //   CIOMMUSupport (C atomics) -> Platform -> Formats -> Hardware -> Kernel -> IOMMUFD -> Simulation -> iommu-sim
 //   Simulation -> Preload (+ the CPreload shim): the LD_PRELOAD library, a dynamic product
+//   Simulation -> Fuzzing: the fuzz targets (libFuzzer entry in fuzz/, a package of its own)
 // CReference holds plain-C reference implementations used only by the benchmarks.
 // Release builds drop the runtime exclusivity checks (swift_beginAccess on every class-property
 // access that spans a call or crosses a module; about 15% of a `run`). Debug builds, which
@@ -22,6 +23,8 @@ let package = Package(
         .executable(name: "iommu-sim", targets: ["iommu-sim"]),
         // LD_PRELOAD this into an unmodified program: it serves /dev/iommu (docs/architecture.md, "The C ABI").
         .library(name: "IOMMUPreload", type: .dynamic, targets: ["Preload"]),
+        // The fuzz targets (`fuzz/run.sh TARGET SECONDS` builds them under libFuzzer).
+        .library(name: "Fuzzing", targets: ["Fuzzing"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -44,6 +47,8 @@ let package = Package(
         .target(name: "CPreload"),
         .target(name: "Preload", dependencies: ["CPreload", "CIOMMUSupport", "Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"],
                 swiftSettings: releaseSettings),
+        .target(name: "Fuzzing", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"],
+                swiftSettings: releaseSettings),
         .executableTarget(
             name: "iommu-sim",
             dependencies: [
@@ -57,6 +62,7 @@ let package = Package(
         .testTarget(name: "HardwareTests", dependencies: ["Platform", "Formats", "Hardware"]),
         .testTarget(name: "KernelTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"]),
         .testTarget(name: "IOMMUFDTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"]),
+        .testTarget(name: "FuzzingTests", dependencies: ["Fuzzing"]),
         .testTarget(name: "SimulationTests", dependencies: ["Platform", "Formats", "Hardware", "Kernel", "IOMMUFD", "Simulation"]),
         // The CLI's benchmarks and option parsing (`@testable import iommu_sim`).
         .testTarget(name: "IOMMUSimTests", dependencies: ["iommu-sim", "Hardware", "Simulation", .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -195,6 +195,21 @@ public final class FrameAllocator: @unchecked Sendable {
         return state.withLock { $0.allocated[i >> 6] & (1 << UInt64(i & 63)) != 0 }
     }
 
+    /// Every allocated frame with its purpose, in address order (the fuzzers find the
+    /// structures a device's garbage may reach this way).
+    public func allocatedFrames() -> [(address: UInt64, purpose: Purpose)] {
+        state.withLock { s in
+            var out: [(address: UInt64, purpose: Purpose)] = []
+            for (w, bits) in s.allocated.enumerated() where bits != 0 {
+                for b in 0..<64 where bits & (1 << UInt64(b)) != 0 {
+                    let i = w * 64 + b
+                    out.append(((firstFrame + UInt64(i)) << PhysicalMemory.frameShift, Purpose(rawValue: Int(s.purposeOf[i])) ?? .other))
+                }
+            }
+            return out
+        }
+    }
+
     /// Frames in use for `purpose`.
     public func inUse(_ purpose: Purpose) -> Int { state.withLock { $0.inUseByPurpose[purpose.rawValue] } }
 }

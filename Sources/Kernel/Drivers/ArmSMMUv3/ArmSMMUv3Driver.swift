@@ -59,6 +59,25 @@ public final class ArmSMMUv3Driver: IOMMUDriver, @unchecked Sendable {
     }
 
     public var unitCount: Int { units.count }
+
+    /// Invalidates every configuration and TLB entry of every unit, as the reset does
+    /// (Linux `arm_smmu_device_reset`: CMD_CFGI_ALL, CMD_TLBI_EL2_ALL, CMD_TLBI_NSNH_ALL).
+    public func flushAllCaches() throws(IOMMUError) {
+        for u in units {
+            try u.cmdq.issueAndSync(.cfgiAll)
+            if u.features.hyp { try u.cmdq.issue(.tlbiEL2All) }
+            try u.cmdq.issueAndSync(.tlbiNSNHAll)
+        }
+    }
+
+    /// Issues commands given as raw words to unit `index`'s command queue, then a CMD_SYNC
+    /// (Linux `arm_smmu_cmdq_issue_cmdlist`); an illegal one is skipped as
+    /// `arm_smmu_cmdq_skip_err` does.
+    public func submitRawCommands(_ commands: [(UInt64, UInt64)], unit index: Int) throws(IOMMUError) {
+        guard units.indices.contains(index) else { throw .invalidArgument("no unit \(index)") }
+        for (w0, w1) in commands { try units[index].cmdq.issueRaw(w0, w1) }
+        try units[index].cmdq.sync()
+    }
     public var blockedDomain: IOMMUDomain { blocked }
     public var identityDomain: IOMMUDomain? { identity }
 

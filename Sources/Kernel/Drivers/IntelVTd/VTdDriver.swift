@@ -62,6 +62,21 @@ public final class VTdDriver: IOMMUDriver, @unchecked Sendable {
     }
 
     public var unitCount: Int { units.count }
+
+    /// Invalidates every context, PASID and IOTLB/paging-structure cache entry of every unit
+    /// (Linux `iommu_flush_all`, as after resume, plus the PASID cache of scalable mode).
+    public func flushAllCaches() throws(IOMMUError) {
+        for u in units { try u.queue.submitAndWait([.contextCache(.global), .pasidCache(.global), .iotlb(.global)]) }
+    }
+
+    /// Submits raw descriptors to unit `index`'s invalidation queue, each batch followed by a
+    /// wait (Linux `qi_submit_sync` with caller-built `qi_desc`s). A descriptor the hardware
+    /// refuses gives `EIO` after the queue is recovered as `qi_check_fault` does.
+    public func submitRawInvalidations(_ descriptors: [RawDescriptor], unit index: Int) throws(IOMMUError) {
+        guard units.indices.contains(index) else { throw .invalidArgument("no unit \(index)") }
+        guard !descriptors.isEmpty else { return }
+        try units[index].queue.submitRawAndWait(descriptors)
+    }
     /// The DID `domain` holds on unit `index`: a paging domain's own, while something on that
     /// unit uses it; nil otherwise (SVA and identity domains use the fixed shared DIDs).
     public func domainID(of domain: IOMMUDomain, onUnit index: Int) -> DomainID? {

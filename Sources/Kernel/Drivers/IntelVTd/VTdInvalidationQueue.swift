@@ -61,8 +61,22 @@ final class VTdInvalidationQueue {
         }
     }
 
-    private func write(_ d: InvalidationDescriptor) throws(IOMMUError) {
-        let raw = d.encode()
+    /// Submits descriptors given as raw bits (each batch followed by a wait), as Linux's
+    /// `qi_submit_sync` takes the `qi_desc`s its callers built: the fuzzers put garbage here.
+    func submitRawAndWait(_ descriptors: [RawDescriptor]) throws(IOMMUError) {
+        try platform.withHardware { () throws(IOMMUError) in
+            var i = 0
+            repeat {
+                let end = min(descriptors.count, i + Self.batchLimit)
+                try submitBatch(count: end - i, drain: false) { descriptors[i + $0] }
+                i = end
+            } while i < descriptors.count
+        }
+    }
+
+    private func write(_ d: InvalidationDescriptor) throws(IOMMUError) { try write(d.encode()) }
+
+    private func write(_ raw: RawDescriptor) throws(IOMMUError) {
         do { try memory.store256(base + tail, raw.qw0, raw.qw1, raw.qw2, raw.qw3) } catch {
             throw .ioError("invalidation queue memory: \(error)")
         }
@@ -70,12 +84,16 @@ final class VTdInvalidationQueue {
     }
 
     private func submitBatch(_ batch: UnsafeBufferPointer<InvalidationDescriptor>, drain: Bool) throws(IOMMUError) {
+        try submitBatch(count: batch.count, drain: drain) { batch[$0].encode() }
+    }
+
+    private func submitBatch(count: Int, drain: Bool, _ descriptor: (Int) -> RawDescriptor) throws(IOMMUError) {
         // Normally the queue is empty here (every batch is waited for); after a time-out the
         // hardware may still be behind, so wait for room as Linux's `qi_submit_sync` does.
         // As Linux, the room is counted in software (`qi->free_cnt`): every completed wait
         // means everything before it is done and the queue is empty again; only after a
         // time-out or an error does the hardware's head have to be read.
-        let needed = UInt64(batch.count + 1)
+        let needed = UInt64(count + 1)
         if !queueIsEmpty, freeSlots() < needed {
             do { try scheduler.wait(until: { freeSlots() >= needed }, timeoutNs: timeoutNs) } catch {
                 timeouts += 1
@@ -85,10 +103,10 @@ final class VTdInvalidationQueue {
         queueIsEmpty = false
         let status = nextStatus
         nextStatus = nextStatus == .max ? 1 : nextStatus + 1
-        for d in batch { try write(d) }
+        for i in 0..<count { try write(descriptor(i)) }
         try write(.wait(InvalidationWait(statusWrite: true, fence: true, pageDrain: drain, statusData: status, statusAddress: statusAddress)))
         submissions += 1
-        descriptorsSubmitted += UInt64(batch.count)
+        descriptorsSubmitted += UInt64(count)
         unit.write64(VTdRegister.invalidationQueueTail, tail)
         let written = statusWritten(status)
         if written || queueStopped() {

@@ -1,0 +1,5 @@
+enum SMMUv3PRIQTarget {
+    static func run(_ input: inout FuzzInput, _ result: inout FuzzResult) {
+        result.fail("not written yet")
+    }
+}

@@ -1,0 +1,5 @@
+enum VTdInvalidationTarget {
+    static func run(_ input: inout FuzzInput, _ result: inout FuzzResult) {
+        result.fail("not written yet")
+    }
+}
