@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Platform
 import Formats
 import Hardware
@@ -101,6 +104,19 @@ final class FuzzRig {
     }
 
     private func copyFrame(_ address: UInt64) -> [UInt8] { copy(address, 4096) }
+
+    /// Whether the frame at `address` still holds `copy` (memcmp: a byte loop would be traced
+    /// compare by compare by the fuzzer's instrumentation, most of an input's time).
+    private var scratch = [UInt8](repeating: 0, count: 4096)
+    private func unchanged(_ address: UInt64, _ copy: [UInt8]) -> Bool {
+        scratch.withUnsafeMutableBytes { buffer in
+            guard (try? memory.read(address, into: buffer)) != nil else { return false }
+            return copy.withUnsafeBytes { c in
+                guard let a = buffer.baseAddress, let b = c.baseAddress, c.count == buffer.count else { return false }
+                return memcmp(a, b, buffer.count) == 0
+            }
+        }
+    }
     private func copyWord(_ address: UInt64) -> [UInt8] { copy(address, 8) }
     private func copy(_ address: UInt64, _ count: Int) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: count)
@@ -180,7 +196,7 @@ final class FuzzRig {
         inputsRun += 1
         settle(2_000_000)
         for (a, c) in victimCopy { c.withUnsafeBytes { try? memory.write(a, from: $0) } }
-        for (a, c) in protected where copyFrame(a) != c {
+        for (a, c) in protected where !unchanged(a, c) {
             result.escaped = true
             c.withUnsafeBytes { try? memory.write(a, from: $0) }
         }

@@ -15,6 +15,13 @@ public enum RigPool {
     static func with<Rig: AnyObject>(_ key: Rig.Type, _ result: inout FuzzResult, make: () throws -> Rig,
                                      inputs: (Rig) -> Int, finish: (Rig, inout FuzzResult) -> Void,
                                      teardown: (Rig, inout FuzzResult) -> Void, _ body: (Rig) -> Void) {
+        with(key, &result, make: make, inputs: inputs, finish: finish, teardown: teardown) { rig, _ in body(rig) }
+    }
+
+    /// The same, for a body that records failures of its own.
+    static func with<Rig: AnyObject>(_ key: Rig.Type, _ result: inout FuzzResult, make: () throws -> Rig,
+                                     inputs: (Rig) -> Int, finish: (Rig, inout FuzzResult) -> Void,
+                                     teardown: (Rig, inout FuzzResult) -> Void, _ body: (Rig, inout FuzzResult) -> Void) {
         let id = ObjectIdentifier(key)
         let rig: Rig
         if persistent, let r = rigs[id] as? Rig {
@@ -25,7 +32,7 @@ public enum RigPool {
                 return
             }
         }
-        body(rig)
+        body(rig, &result)
         finish(rig, &result)
         if persistent && result.failures.isEmpty && inputs(rig) < inputsPerRig {
             rigs[id] = rig

@@ -347,7 +347,7 @@ extension PCIeEndpoint {
         }
     }
 
-    private func sendPageRequest(_ d: PageRequestDescriptor) {
+    func sendPageRequest(_ d: PageRequestDescriptor) {
         atsCounters.pageRequests &+= 1
         let u = upstream
         link.up(pageRequest: true) { u.pageRequest(d) }

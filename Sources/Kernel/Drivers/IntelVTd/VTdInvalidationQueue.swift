@@ -153,14 +153,23 @@ final class VTdInvalidationQueue {
     private func statusWritten(_ status: UInt32) -> Bool { (try? memory.load32(statusAddress)) == status }
 
     /// Replaces the descriptor at the head (the one the hardware refused) with a harmless
-    /// wait without status write, then clears IQE so the queue continues.
+    /// wait without status write, then clears IQE so the queue continues (Linux
+    /// `qi_check_fault`). A later descriptor of the same batch may stop the queue again: each
+    /// stop is recovered the same way (at most once per slot), so the queue is never left stopped.
     private func recoverFromQueueError() {
-        let head = unit.read64(VTdRegister.invalidationQueueHead)
-        let nop = InvalidationDescriptor.wait(InvalidationWait(statusWrite: false, fence: false)).encode()
-        try? memory.store256(base + (head & (Self.bytes - 1)), nop.qw0, nop.qw1, 0, 0)
-        unit.write32(VTdRegister.faultStatus, VTdFaultStatus.invalidationQueueError)
         let u = unit
         let t = tail
-        _ = try? scheduler.wait(until: { u.read64(VTdRegister.invalidationQueueHead) == t }, timeoutNs: timeoutNs)
+        let nop = InvalidationDescriptor.wait(InvalidationWait(statusWrite: false, fence: false)).encode()
+        for _ in 0..<Int(Self.bytes / 32) {
+            let head = unit.read64(VTdRegister.invalidationQueueHead)
+            try? memory.store256(base + (head & (Self.bytes - 1)), nop.qw0, nop.qw1, 0, 0)
+            unit.write32(VTdRegister.faultStatus, VTdFaultStatus.invalidationQueueError)
+            _ = try? scheduler.wait(until: {
+                u.read64(VTdRegister.invalidationQueueHead) == t
+                    || u.read32(VTdRegister.faultStatus) & VTdFaultStatus.invalidationQueueError != 0
+            }, timeoutNs: timeoutNs)
+            guard u.read32(VTdRegister.faultStatus) & VTdFaultStatus.invalidationQueueError != 0 else { return }
+            queueErrors += 1
+        }
     }
 }
