@@ -39,3 +39,28 @@ struct CorpusReplayTests {
         }
     }
 }
+
+/// The fuzz targets are the same everywhere they are listed.
+@Suite("Fuzz target lists")
+struct FuzzTargetListTests {
+    static func text(_ path: String) -> String {
+        (try? String(contentsOf: CorpusReplayTests.fuzzRoot.deletingLastPathComponent().appendingPathComponent(path), encoding: .utf8)) ?? ""
+    }
+
+    @Test("every fuzz target has a seed corpus, a regressions folder, and is named by run.sh, the fuzz workflow and the README")
+    func listed() {
+        let runScript = Self.text("fuzz/run.sh"), workflow = Self.text(".github/workflows/fuzz.yml"), readme = Self.text("README.md")
+        for t in FuzzTarget.allCases {
+            for kind in ["corpus", "regressions"] {
+                var isDirectory: ObjCBool = false
+                let path = CorpusReplayTests.fuzzRoot.appendingPathComponent(kind).appendingPathComponent(t.rawValue).path
+                #expect(FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) && isDirectory.boolValue, "\(path)")
+            }
+            #expect(runScript.contains(t.rawValue), "fuzz/run.sh does not name \(t.rawValue)")
+            #expect(workflow.contains(t.rawValue), ".github/workflows/fuzz.yml does not run \(t.rawValue)")
+            #expect(readme.contains("`\(t.rawValue)`"), "README does not name \(t.rawValue)")
+        }
+        let corpora = (try? FileManager.default.contentsOfDirectory(atPath: CorpusReplayTests.fuzzRoot.appendingPathComponent("corpus").path)) ?? []
+        #expect(Set(corpora) == Set(FuzzTarget.allCases.map(\.rawValue)), "fuzz/corpus has folders for no target")
+    }
+}
