@@ -28,5 +28,6 @@ extra=()
 [[ -f "fuzz/dictionaries/$target.dict" ]] && extra+=("-dict=fuzz/dictionaries/$target.dict")
 export IOMMU_FUZZ_TARGET="$target" SWIFT_BACKTRACE=enable=no
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
+export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$PWD/fuzz/lsan.supp:print_suppressions=0}"
 exec .build-fuzz/release/iommu-fuzz -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -max_len=4096 \
     -print_final_stats=1 -artifact_prefix="$crashes/" "${extra[@]}" "$@" "$work" "fuzz/corpus/$target"

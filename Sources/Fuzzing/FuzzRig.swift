@@ -96,6 +96,9 @@ final class FuzzRig {
         protected = protected.map { ($0.address, copyFrame($0.address)) }
         victimCopy = victimFrames.map { ($0, copyFrame($0)) }
         victimCopy += victimWords.map { ($0, copyWord($0)) }
+        settle()
+        baselineViolations = machine.oracle.violations.count
+        baselineFrames = machine.platform.frames.inUse
     }
 
     /// Words outside the victim's own frames that only the victim uses: its VT-d root entry
@@ -108,7 +111,6 @@ final class FuzzRig {
             return [root + UInt64(rid.bus) * 16, root + UInt64(rid.bus) * 16 + 8]
         case .smmuv3:
             guard let u = m.smmuUnits.first else { return [] }
-            let cfg = u.read32(SMMUv3Register.strtabBaseCfg)
             // The register values the driver wrote (ArmSMMUDevice.install: Linux
             // `arm_smmu_write_strtab`), looked up as the unit does (IHI 0070 §5.1, §6.3.24).
             let st = StreamTableConfig(base: u.read64(SMMUv3Register.strtabBase), cfg: u.read32(SMMUv3Register.strtabBaseCfg))
@@ -257,13 +259,14 @@ final class FuzzRig {
 
     /// Inputs this rig has run, and what the oracle and the frame allocator held after setup.
     private(set) var inputsRun = 0
-    private lazy var baselineViolations = machine.oracle.violations.count
-    private lazy var baselineFrames = machine.platform.frames.inUse
+    /// Taken at the end of `init` (taken at the first `finishInput`, they would absorb what
+    /// the first input broke or leaked).
+    private var baselineViolations = 0
+    private var baselineFrames = 0
 
     /// Ends one input: puts memory back, invalidates every cache, and checks the bystander's
     /// DMA, the oracle and the frame count. The machine then takes the next input.
     func finishInput(_ result: inout FuzzResult) {
-        _ = (baselineViolations, baselineFrames)
         inputsRun += 1
         settle(2_000_000)
         for (a, c) in victimCopy { c.withUnsafeBytes { try? memory.write(a, from: $0) } }
