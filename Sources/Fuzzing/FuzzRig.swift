@@ -97,6 +97,12 @@ final class FuzzRig {
         victimCopy = victimFrames.map { ($0, copyFrame($0)) }
         victimCopy += victimWords.map { ($0, copyWord($0)) }
         settle()
+        takeBaseline()
+    }
+
+    /// What the oracle and the frame allocator hold now is the state every input must leave
+    /// (a target that adds to the rig, a scratch frame, calls it again).
+    func takeBaseline() {
         baselineViolations = machine.oracle.violations.count
         baselineFrames = machine.platform.frames.inUse
     }

@@ -52,6 +52,7 @@ enum SMMUv3CommandTarget {
             // PRI_RESP / RESUME the input sends the victim are no protocol breach of its own;
             // the endpoint should not count them as the kernel's.
             rig.victimEndpoint.misbehaviour = .all
+            rig.takeBaseline()
         }
 
         func commands(_ input: inout FuzzInput) {

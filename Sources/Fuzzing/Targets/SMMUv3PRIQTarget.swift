@@ -41,8 +41,8 @@ enum SMMUv3PRIQTarget {
         // The device breaks the PRI protocol as it likes: more requests than its credits,
         // indices still in use, requests after a stop; responses it never asked for are
         // not the kernel's fault.
-        rig.victimEndpoint.misbehaviour = Misbehaviour(rawValue: input.u8() & Misbehaviour.all.rawValue)
-        defer { rig.victimEndpoint.misbehaviour = [] }
+        // Injected requests are a breach too (their answers are unexpected): never none.
+        rig.victimEndpoint.misbehaviour = Misbehaviour(rawValue: input.u8() & Misbehaviour.all.rawValue).union(.requestsAfterStop)
         var ops = 0
         while !input.isEmpty && ops < 48 {
             ops += 1
@@ -95,10 +95,15 @@ enum SMMUv3PRIQTarget {
     /// misbehaviour), which the handler must answer: the access ends with an answer, not by
     /// waiting for one forever.
     static func drainAndProbe(_ rig: FuzzRig, _ result: inout FuzzResult) {
-        guard let pasid = rig.victimPASID, let handler = rig.faultHandler else { return }
+        guard let pasid = rig.victimPASID, let handler = rig.faultHandler else {
+            rig.victimEndpoint.misbehaviour = []
+            return
+        }
         rig.settle(2_000_000)
         rig.victimEndpoint.resetATS()
         rig.cyclePASID(&result)
+        // From here the device behaves: an unexpected answer to its probe is a violation.
+        rig.victimEndpoint.misbehaviour = []
         let groups = handler.groups
         var outcome: ATSAccessOutcome?
         rig.victimEndpoint.atsAccess(pasid: pasid, address: 0x30_0000, length: 4096, write: true) { outcome = $0.outcome }
