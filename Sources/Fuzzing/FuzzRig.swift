@@ -37,7 +37,14 @@ final class FuzzRig {
     var memory: PhysicalMemory { machine.platform.memory }
     var scheduler: Scheduler { machine.scheduler }
 
-    init(_ arch: Arch, seed: UInt64 = 1, victimPASIDs: UInt32 = 64, ats: Bool = true, pri: Bool = true) throws {
+    /// The victim PASID domain's page request handler (nil: the domain takes no faults).
+    private(set) var faultHandler: AnsweringIOPFHandler?
+    /// Words of the victim's live entries (SMMUv3: its STE, the CDs of SSID 0 and of its
+    /// PASID, the L1 CD descriptors on the way), for garbage that hits fields in use.
+    private(set) var liveWords: [UInt64] = []
+
+    init(_ arch: Arch, seed: UInt64 = 1, victimPASIDs: UInt32 = 64, ats: Bool = true, pri: Bool = true,
+         canStall: Bool = false, pasidFaultHandler: Bool = false) throws {
         switch arch {
         case .vtd:
             machine = try Machine(seed: seed, memorySize: 16 << 20, units: [VTdConfiguration(name: "dmar0")])
@@ -54,7 +61,7 @@ final class FuzzRig {
         let before = Set(machine.platform.frames.allocatedFrames().map(\.address))
         (victim, victimEndpoint) = try machine.addDevices([DeviceDescription(
             name: "victim", requesterID: RequesterID(bus: 0x10, device: 0, function: 0), maxPASIDs: victimPASIDs,
-            ats: ats, pri: pri)])[0]
+            ats: ats, pri: pri, canStall: canStall)])[0]
         for _ in 0..<4 {
             let pa = try machine.allocateBuffer()
             victimIOVAs.append(try machine.dma.mapPage(victim, physical: pa, size: 4096, direction: .bidirectional))
@@ -62,6 +69,11 @@ final class FuzzRig {
         if victimPASIDs > 0 {
             let d = try machine.core.allocDomain(for: victim, flags: .pasid)
             let p = try machine.core.allocGlobalPASID(for: victim)
+            if pasidFaultHandler {
+                let h = AnsweringIOPFHandler(core: machine.core)
+                try machine.core.setFaultHandler(h, for: d)
+                faultHandler = h
+            }
             for i in 0..<4 {
                 try machine.core.map(d, iova: 0x10_0000 + UInt64(i) * 4096, physical: try machine.allocateBuffer(), size: 4096,
                                      permissions: .readWrite)
@@ -77,12 +89,25 @@ final class FuzzRig {
             }
         }
         victimWords = Self.sharedWords(machine, arch: arch, rid: victimEndpoint.requesterID)
+        if arch == .smmuv3 {
+            liveWords = Self.smmuLiveWords(machine, sid: UInt32(victimEndpoint.requesterID.rawValue),
+                                           ssids: [0] + (victimPASID.map { [$0.rawValue] } ?? []))
+        }
         filter = VictimFilter(oracle: machine.oracle, victim: victimEndpoint.requesterID)
         for u in machine.units { u.attachChecker(filter, index: 0) }
         for u in machine.smmuUnits { u.attachChecker(filter, index: 0) }
         protected = protected.map { ($0.address, copyFrame($0.address)) }
         victimCopy = victimFrames.map { ($0, copyFrame($0)) }
         victimCopy += victimWords.map { ($0, copyWord($0)) }
+        settle()
+        takeBaseline()
+    }
+
+    /// What the oracle and the frame allocator hold now is the state every input must leave
+    /// (a target that adds to the rig, a scratch frame, calls it again).
+    func takeBaseline() {
+        baselineViolations = machine.oracle.violations.count
+        baselineFrames = machine.platform.frames.inUse
     }
 
     /// Words outside the victim's own frames that only the victim uses: its VT-d root entry
@@ -95,12 +120,51 @@ final class FuzzRig {
             return [root + UInt64(rid.bus) * 16, root + UInt64(rid.bus) * 16 + 8]
         case .smmuv3:
             guard let u = m.smmuUnits.first else { return [] }
-            let cfg = u.read32(SMMUv3Register.strtabBaseCfg)
-            guard (cfg >> 16) & 3 == 1 else { return [] }        // linear: the STE is in the victim's frames
-            let split = UInt64((cfg >> 6) & 0x1F)
-            let base = u.read64(SMMUv3Register.strtabBase) & 0x000F_FFFF_FFFF_FFC0
-            return [base + (UInt64(rid.rawValue) >> split) * 8]
+            // The register values the driver wrote (ArmSMMUDevice.install: Linux
+            // `arm_smmu_write_strtab`), looked up as the unit does (IHI 0070 §5.1, §6.3.24).
+            let st = StreamTableConfig(base: u.read64(SMMUv3Register.strtabBase), cfg: u.read32(SMMUv3Register.strtabBaseCfg))
+            switch st.lookup(sid: UInt32(rid.rawValue), sidBits: u.features.sidBits) {
+            case .l1Descriptor(let address, _): return [address]
+            // A linear table was allocated before the bystander: the victim's STE is shared memory.
+            case .ste(let address): return (0..<8).map { address + UInt64($0) * 8 }
+            case .outOfRange: return []
+            }
         }
+    }
+
+    /// The words of `sid`'s STE and of the CDs of `ssids` (with the L1 CD descriptors
+    /// leading to them), found by walking the tables as the unit does: STE.S1ContextPtr and
+    /// S1Fmt (IHI 0070 §5.2), linear CD tables or 2-level ones with 64 KiB leaves (§5.4.1,
+    /// Linux `arm_smmu_get_cd_ptr`).
+    private static func smmuLiveWords(_ m: Machine, sid: UInt32, ssids: [UInt32]) -> [UInt64] {
+        guard let u = m.smmuUnits.first else { return [] }
+        let memory = m.platform.memory
+        let st = StreamTableConfig(base: u.read64(SMMUv3Register.strtabBase), cfg: u.read32(SMMUv3Register.strtabBaseCfg))
+        let ste: UInt64
+        switch st.lookup(sid: sid, sidBits: u.features.sidBits) {
+        case .ste(let a): ste = a
+        case .l1Descriptor(let a, let index):
+            guard let raw = try? memory.load64(a), let s = st.steAddress(l1: L1StreamTableDescriptor(raw: raw), index: index) else { return [] }
+            ste = s
+        case .outOfRange: return []
+        }
+        var words = (0..<8).map { ste + UInt64($0) * 8 }
+        guard let w0 = try? memory.load64(ste), (w0 >> 1) & 7 == 0b101 || (w0 >> 1) & 7 == 0b111 else { return words }
+        let cdTable = w0 & 0x000F_FFFF_FFFF_FFC0
+        let s1fmt = (w0 >> 4) & 3
+        for ssid in ssids {
+            var cd = cdTable + UInt64(ssid) * 64
+            if s1fmt != 0 {
+                // 2-level: SSID[19:10] (64 KiB leaves) or SSID[19:6] (4 KiB leaves) picks the L1CD.
+                let leafBits: UInt64 = s1fmt == 2 ? 10 : 6
+                let l1 = cdTable + (UInt64(ssid) >> leafBits) * 8
+                words.append(l1)
+                guard let d = try? memory.load64(l1), d & 1 != 0 else { continue }
+                cd = (d & 0x000F_FFFF_FFFF_F000) + (UInt64(ssid) & ((1 << leafBits) - 1)) * 64
+            }
+            words += (0..<8).map { cd + UInt64($0) * 8 }
+        }
+        return words
     }
 
     private func copyFrame(_ address: UInt64) -> [UInt8] { copy(address, 4096) }
@@ -146,6 +210,37 @@ final class FuzzRig {
         try? memory.store64(address, new)
     }
 
+    /// Garbage in one word of the victim's live entries (its STE, CDs, L1 descriptors).
+    func corruptLive(_ input: inout FuzzInput) {
+        guard !liveWords.isEmpty else { return corrupt(&input) }
+        let address = liveWords[input.below(liveWords.count)]
+        guard let old = try? memory.load64(address) else { return }
+        let new: UInt64
+        switch input.u8() & 3 {
+        case 0: new = old ^ input.word()
+        case 1: new = input.word()
+        case 2: new = old ^ (1 << UInt64(input.u8() & 63))
+        default: new = old ^ UInt64(input.u16()) << UInt64(input.u8() & 63)
+        }
+        try? memory.store64(address, new)
+    }
+
+    /// The victim's PASID goes through a stop and a detach (the driver drains its page
+    /// requests: Linux `iommu_detach_device_pasid` → `iopf_queue_remove_device`-style
+    /// flush, ArmSMMUDevice.drainPageRequests) and is attached again; the oracle checks that
+    /// no partial request of the old use ends up in a later group.
+    func cyclePASID(_ result: inout FuzzResult) {
+        guard let d = pasidDomain, let p = victimPASID else { return }
+        var stopped = false
+        victimEndpoint.stopPASID(p, stopMarker: true) { stopped = true }
+        for _ in 0..<40 where !stopped { settle(500_000) }
+        do {
+            try machine.core.detachPASID(d, from: victim, pasid: p)
+            victimEndpoint.startPASID(p)
+            _ = try machine.core.attachPASID(d, to: victim, pasid: p)
+        } catch { result.fail("detaching and attaching the victim's PASID again failed: \(error)") }
+    }
+
     /// A DMA address the victim might use: one it mapped, its PASID domain's, or any.
     func victimAddress(_ input: inout FuzzInput) -> UInt64 {
         switch input.u8() & 3 {
@@ -186,13 +281,14 @@ final class FuzzRig {
 
     /// Inputs this rig has run, and what the oracle and the frame allocator held after setup.
     private(set) var inputsRun = 0
-    private lazy var baselineViolations = machine.oracle.violations.count
-    private lazy var baselineFrames = machine.platform.frames.inUse
+    /// Taken at the end of `init` (taken at the first `finishInput`, they would absorb what
+    /// the first input broke or leaked).
+    private var baselineViolations = 0
+    private var baselineFrames = 0
 
     /// Ends one input: puts memory back, invalidates every cache, and checks the bystander's
     /// DMA, the oracle and the frame count. The machine then takes the next input.
     func finishInput(_ result: inout FuzzResult) {
-        _ = (baselineViolations, baselineFrames)
         inputsRun += 1
         settle(2_000_000)
         for (a, c) in victimCopy { c.withUnsafeBytes { try? memory.write(a, from: $0) } }
@@ -259,6 +355,18 @@ final class FuzzRig {
         for v in machine.oracle.violations.dropFirst(baselineViolations) { result.fail("oracle at teardown: \(v)") }
         let left = machine.platform.frames.inUse
         if left != 0 { result.fail("\(left) frames still allocated after teardown") }
+    }
+}
+
+/// Answers every page request group at once, Success or Invalid Request by turns (an SVA
+/// handler after `handle_mm_fault`, Linux `iommu_sva_handle_iopf`).
+final class AnsweringIOPFHandler: IOPFHandler {
+    unowned let core: IOMMUCore
+    private(set) var groups = 0
+    init(core: IOMMUCore) { self.core = core }
+    func handle(_ group: IOPFGroup) throws(IOMMUError) {
+        groups += 1
+        core.respond(group, groups % 3 == 0 ? .invalidRequest : .success)
     }
 }
 

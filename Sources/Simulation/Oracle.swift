@@ -522,10 +522,13 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         }
     }
 
-    /// A stop marker is never a fault: drivers drop it before the core sees it.
+    /// A stop marker is never a fault: drivers drop it before the core sees it. A stop
+    /// marker stops a PASID and carries it (PCIe Stop Marker: L = 1, R = W = 0 with a PASID
+    /// TLP prefix; SMMUv3 PRIQEntry.isStopMarker needs SSV): the same bits without a PASID
+    /// are an ordinary (if useless) request an SMMUv3 driver reports like any other.
     public func pageFaultReported(_ device: Device, _ fault: PageFault) {
         checks &+= 1
-        if fault.isLast && fault.permissions.isDisjoint(with: [.read, .write]) {
+        if fault.isLast && fault.requestPASID != nil && fault.permissions.isDisjoint(with: [.read, .write]) {
             violate("stop-marker-reported", "\(device) stop marker (group \(fault.groupIndex)) was reported to the core as a fault")
         }
     }

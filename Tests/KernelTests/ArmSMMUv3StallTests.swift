@@ -113,6 +113,30 @@ struct ArmSMMUv3StallTests {
         #expect(rig.unit.stalledTransactions.isEmpty && rig.commands(.resume) == 1)
     }
 
+    /// Found by the smmuv3-tables fuzz target (fuzz/regressions/smmuv3-tables/
+    /// stray-stall-answered-as-pri-resp): garbage clears a PRI master's S1STALLD and sets CD.S,
+    /// so the unit stalls a transaction of a master the driver never enabled stalls for. Its
+    /// answer must be CMD_RESUME (abort), not a CMD_PRI_RESP naming the STAG as a PRG index.
+    @Test("a stall of a master without stalls enabled (garbage STE/CD) is aborted with CMD_RESUME, never answered by PRI_RESP")
+    func strayStall() throws {
+        let rig = try ArmSMMUv3Rig()
+        let (b, _) = try rig.addEndpoint("b", dev: 2, ats: true, pri: true)
+        let h = RecordingIOPFHandler(core: rig.core)
+        _ = try rig.faultingDomain(for: b, handler: h)
+        let m = try ArmSMMUv3Rig.master(b)
+        #expect(!m.stallEnabled && m.priEnabled)
+        let memory = rig.platform.memory
+        let w1 = try memory.load64(m.steAddress + 8), cd = try memory.load64(m.cdTable)
+        try memory.store64(m.steAddress + 8, w1 & ~(1 << 27))       // STE.S1STALLD = 0
+        try memory.store64(m.cdTable, cd | 1 << 44)                 // CD.S = 1
+        try rig.driver.flushAllCaches()
+        guard case .stalled = Self.translate(rig, b, 0x5000) else { Issue.record("no stall"); return }
+        rig.settle()
+        #expect(rig.unit.stalledTransactions.isEmpty)
+        #expect(rig.commands(.resume) == 1 && rig.commands(.priResp) == 0)
+        #expect(rig.smmu.strayStallsTerminated == 1 && h.groups.isEmpty && rig.core.pageFaultsReported == 0)
+    }
+
     @Test("release with stalls pending (answered or not yet seen by the handler) leaves no transaction held", arguments: [false, true])
     func releasePending(settleFirst: Bool) throws {
         let rig = try ArmSMMUv3Rig()

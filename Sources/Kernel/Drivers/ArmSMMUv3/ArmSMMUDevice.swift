@@ -52,6 +52,9 @@ public final class ArmSMMUDevice: @unchecked Sendable {
     public internal(set) var priQueueOverflows = 0
     /// Stall events reported to the core as page faults.
     public internal(set) var stallFaultsReported = 0
+    /// Stall events of masters whose stalls the driver never enabled (garbage in their STE
+    /// or CD set CD.S), terminated at once instead of being reported as page requests.
+    public internal(set) var strayStallsTerminated = 0
     /// Events of nested masters reported to their vIOMMU's vEVENTQ.
     public internal(set) var guestEventsReported = 0
     /// CMD_PRI_RESP / CMD_RESUME that could not be written to the command queue.
