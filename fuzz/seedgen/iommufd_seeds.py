@@ -27,7 +27,7 @@ def call(cmd, *fields, user=False):
     return out
 
 def write_words(off, words):
-    out = [11, 0] + list(struct.pack("<H", off // 8)) + [0, len(words)]
+    out = [11] + list(struct.pack("<H", off // 8)) + [0, len(words)]
     for w in words: out += [0] + list(struct.pack("<Q", w))
     return out
 
@@ -71,7 +71,7 @@ seeds = {
         + dev(0, False, 5) + ats(8) + faults(1) + ats(0) + faults(2),
     # IOAS_MAP_FILE of the memfd, IOAS_COPY to a second IOAS, CHANGE_PROCESS.
     "map-file-copy": call("ioasAlloc", FLAGS(0)) + call("ioasAlloc", FLAGS(0))
-        + call("mapFile", FLAGS(7), ID(3), FD(3), IOVA(0), LEN(4), IOVA(0))
+        + call("mapFile", FLAGS(7), ID(3), FD(3), [2, 0], LEN(4), IOVA(0))
         + call("copy", FLAGS(7), ID(4), ID(3), LEN(2), IOVA(0), IOVA(0)) + call("changeProcess")
         + dev(0, True, 4) + dma(True, 1, True),
     # VFIO type1 compatibility: IOMMU_VFIO_IOAS set, SET_IOMMU, MAP_DMA, GET_INFO, UNMAP_DMA.

@@ -23,10 +23,14 @@ enum ScenarioYAMLTarget {
     /// timer (drivers/iommu/dma-iommu.c, IOVA_DEFAULT_FQ_SIZE's timeout) to fire.
     static let maxSettleNs: UInt64 = 11_000_000
 
+    /// Prints load errors, failed steps and counts (seed checks in a debug session).
+    nonisolated(unsafe) static var trace = false
+
     static func run(_ input: inout FuzzInput, _ result: inout FuzzResult) {
         let text = String(decoding: input.rest(), as: UTF8.self)
         var scenario: Scenario
         do { scenario = try ScenarioLoader.load(yaml: text, file: "fuzz.yaml") } catch {
+            if trace { print("load: \(error)") }
             result.rejected = true
             return
         }
@@ -37,13 +41,19 @@ enum ScenarioYAMLTarget {
             options.tolerant = true
             outcome = try ScenarioRunner(scenario: scenario, options: options).run()
         } catch is ScenarioRunner.BudgetExceeded {
+            if trace { print("budget exceeded") }
             result.rejected = true
             return
         } catch {
             // The machine could not be built (a unit configuration the hardware refuses), or a
             // step failed outside tolerance: the scenario was refused, nothing to check.
+            if trace { print("run: \(error)") }
             result.rejected = true
             return
+        }
+        if trace {
+            for s in outcome.steps { print("step \(s.label) at \(s.time): \(s.error ?? "ok")") }
+            print("events \(outcome.result.eventsRun), translations \(outcome.result.translations), violations \(outcome.result.violationCount), end \(outcome.result.virtualTimeNs) ns")
         }
         for s in outcome.steps where !s.notRolledBack.isEmpty {
             result.fail("step '\(s.label)' (line \(s.line)) failed with \(s.error ?? "no error") and did not roll back: \(s.notRolledBack.joined(separator: "; "))")
