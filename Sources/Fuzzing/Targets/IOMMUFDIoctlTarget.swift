@@ -63,7 +63,7 @@ enum IOMMUFDIoctlTarget {
         /// What the calls of this input broke (merged into the input's result at its end:
         /// the pool holds the result while the body runs).
         var stepResult = FuzzResult()
-        let baselineFrames: Int
+        let baselineFrames: Int, baselineLeaves: Int
         let baselineViolations: Int
 
         init() throws {
@@ -86,7 +86,9 @@ enum IOMMUFDIoctlTarget {
             for p in stride(from: rw, to: rw + Self.pages * 4096, by: 4096) { process.fault(at: p, access: [.read, .write]) }
             process.fault(at: ro, access: .read)
             machine.scheduler.run(until: machine.scheduler.now + 1_000_000)
-            baselineFrames = machine.platform.frames.inUse
+            let leaves = machine.platform.frames.allocatedFrames().lazy.filter { $0.purpose == .pasidTable }.count
+            baselineFrames = machine.platform.frames.inUse - leaves
+            baselineLeaves = leaves
             baselineViolations = machine.oracle.violations.count
         }
 
@@ -365,7 +367,9 @@ enum IOMMUFDIoctlTarget {
             let address = iova(&input) &+ UInt64(input.below(4096))
             let pasid: PASID? = ep === accelEndpoint && input.u8() % 4 == 0 ? PASID(truncating: UInt32(input.below(8))) : nil
             let length = 1 + input.below(8192)
-            switch input.u8() % 3 {
+            let kind = input.u8() % 3
+            if IOMMUFDIoctlTarget.trace { print("dma \(ep.name) kind \(kind) at 0x\(String(address, radix: 16)) pasid \(String(describing: pasid)) length \(length)") }
+            switch kind {
             case 0: _ = ep.submit(.read(address, length: length, pasid: pasid))
             case 1: _ = ep.submit(.write(address, [UInt8](repeating: 0xA5, count: min(length, 256)), pasid: pasid))
             default:
@@ -386,6 +390,7 @@ enum IOMMUFDIoctlTarget {
             let files = ctx.objects.filter { $0 is FaultObject || $0 is VEventQueueObject }
             guard !files.isEmpty else { return }
             let o = files[input.below(files.count)]
+            if IOMMUFDIoctlTarget.trace { print("file \(o)") }
             if let q = o as? VEventQueueObject {
                 var buffer = [UInt8](repeating: 0, count: input.below(128))
                 _ = buffer.withUnsafeMutableBytes { q.read(into: $0) }
@@ -446,8 +451,22 @@ enum IOMMUFDIoctlTarget {
             }
             checkBystander(&result)
             for v in machine.oracle.violations.dropFirst(baselineViolations) { result.fail("oracle: \(v)") }
-            let frames = machine.platform.frames.inUse
-            if frames != baselineFrames { result.fail("\(frames) frames allocated after the input, \(baselineFrames) before") }
+            let (frames, leaves) = countFrames()
+            if frames != baselineFrames { result.fail("\(frames) frames allocated after the input, \(baselineFrames) before (PASID table leaves apart)") }
+            if leaves > baselineLeaves + Self.maxNewLeaves {
+                result.fail("\(leaves) PASID table leaves after the input, at most \(baselineLeaves + Self.maxNewLeaves) possible")
+            }
+        }
+
+        /// PASID-table leaves a device keeps once made, until it is released (Linux
+        /// intel_pasid_get_entry allocates them on first use, intel_pasid_free_table frees
+        /// them at release_device): the accelerator's 256 PASIDs fill at most 4 of 64 entries.
+        static let maxNewLeaves = 4
+
+        /// Frames in use, PASID-table leaves apart, and the leaves.
+        func countFrames() -> (Int, Int) {
+            let leaves = machine.platform.frames.allocatedFrames().lazy.filter { $0.purpose == .pasidTable }.count
+            return (machine.platform.frames.inUse - leaves, leaves)
         }
 
         /// The bystander writes and reads back its buffer through its DMA API mapping.
