@@ -177,6 +177,7 @@ enum IOMMUFDIoctlTarget {
             default: break
             }
             withUnsafeBytes(of: UInt32(truncatingIfNeeded: size).littleEndian) { s in for i in 0..<4 { bytes[i] = s[i] } }
+            if IOMMUFDIoctlTarget.trace { print("\(c.name) args " + bytes.map { String($0, radix: 16) }.joined(separator: " ")) }
             call(ctx, c.number, &bytes, &input, &result, name: c.name)
         }
 
