@@ -39,6 +39,16 @@ extension Oracle {
         dirty[domain.id] = nil
     }
 
+    /// An unmap that returned took its pages' dirty bits with their PTEs: a later clearing
+    /// read cannot report them (Linux iopt_read_and_clear_dirty_data walks the mapped areas
+    /// only, and IOMMU_IOAS_UNMAP returns no dirty bits, drivers/iommu/iommufd/io_pagetable.c),
+    /// so the VMM must read before it unmaps: writes to those pages are no longer owed.
+    func dirtyRangeUnmapped(domain id: Int, iova: UInt64, size: UInt64) {
+        guard let state = dirty[id], size > 0, !state.pending.isEmpty else { return }
+        let end = iova &+ size
+        for page in state.pending.keys where page >= iova & ~0xFFF && page < end { state.pending[page] = nil }
+    }
+
     public func dirtyTrackingChanged(_ domain: IOMMUDomain, enabled: Bool) {
         checks &+= 1
         dirty[domain.id] = enabled ? DirtyState() : nil

@@ -347,6 +347,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         domainChanged(domain.id)
         releaseStrictTables(domain.id)
         retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &graveyards)
+        if !dirty.isEmpty { dirtyRangeUnmapped(domain: domain.id, iova: iova, size: unmapped) }
         checkDeviceTLBs(domain, iova: iova, size: unmapped)
         if let r = recorder { r.unmapEnded(domain: domain.id, bytes: unmapped, now: platform.scheduler.now) }
     }
@@ -362,6 +363,7 @@ public final class Oracle: DMAAccessChecker, KernelObserver, @unchecked Sendable
         domainChanged(domain.id)
         checkDeferral(domain, iova: iova)
         retire(domain.id, iova: iova, requested: requested, unmapped: unmapped, into: &deferred)
+        if !dirty.isEmpty { dirtyRangeUnmapped(domain: domain.id, iova: iova, size: unmapped) }
         if let r = recorder { r.unmapDeferred(domain: domain.id, bytes: unmapped, now: platform.scheduler.now) }
         for t in tables { pendingTables[t] = domain.id; liveTables[t] = nil }
         deferredTables[domain.id, default: []] += tables
