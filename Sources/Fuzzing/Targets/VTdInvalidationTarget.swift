@@ -14,6 +14,7 @@ enum VTdInvalidationTarget {
         init() throws {
             rig = try FuzzRig(.vtd)
             scratch = try rig.machine.allocateBuffer()
+            rig.takeBaseline()
         }
     }
 
