@@ -10,35 +10,46 @@ public enum RigPool {
 
     nonisolated(unsafe) private static var rigs: [ObjectIdentifier: AnyObject] = [:]
 
-    /// Runs `body` on the rig of `key`'s kind (made by `make` when there is none), then ends
-    /// the input with `finish` and, when the rig is done, `teardown`.
-    static func with<Rig: AnyObject>(_ key: Rig.Type, _ result: inout FuzzResult, make: () throws -> Rig,
-                                     inputs: (Rig) -> Int, finish: (Rig, inout FuzzResult) -> Void,
-                                     teardown: (Rig, inout FuzzResult) -> Void, _ body: (Rig) -> Void) {
-        with(key, &result, make: make, inputs: inputs, finish: finish, teardown: teardown) { rig, _ in body(rig) }
-    }
-
-    /// The same, for a body that records failures of its own.
-    static func with<Rig: AnyObject>(_ key: Rig.Type, _ result: inout FuzzResult, make: () throws -> Rig,
-                                     inputs: (Rig) -> Int, finish: (Rig, inout FuzzResult) -> Void,
-                                     teardown: (Rig, inout FuzzResult) -> Void, _ body: (Rig, inout FuzzResult) -> Void) {
+    /// Runs `body` on the rig of type `Rig` (built when there is none), then ends the input
+    /// with the rig's checks and, when the rig is done, its teardown.
+    static func with<Rig: PooledRig>(_ key: Rig.Type, _ result: inout FuzzResult, _ body: (Rig, inout FuzzResult) -> Void) {
         let id = ObjectIdentifier(key)
         let rig: Rig
         if persistent, let r = rigs[id] as? Rig {
             rig = r
         } else {
-            do { rig = try make() } catch {
+            do { rig = try Rig() } catch {
                 result.fail("the fuzz machine could not be built: \(error)")
                 return
             }
         }
         body(rig, &result)
-        finish(rig, &result)
-        if persistent && result.failures.isEmpty && inputs(rig) < inputsPerRig {
+        rig.finishInput(&result)
+        if persistent && result.failures.isEmpty && rig.inputsRun < inputsPerRig {
             rigs[id] = rig
         } else {
             rigs[id] = nil
-            teardown(rig, &result)
+            rig.teardown(&result)
         }
     }
+}
+
+/// A rig the pool keeps: built from nothing, counting its inputs, checked after each input
+/// and when it is retired.
+protocol PooledRig: AnyObject {
+    init() throws
+    var inputsRun: Int { get }
+    func finishInput(_ result: inout FuzzResult)
+    func teardown(_ result: inout FuzzResult)
+}
+
+/// A pooled rig made of a `FuzzRig` (victim and bystander) and what a target adds to it.
+protocol HoldsFuzzRig: PooledRig {
+    var rig: FuzzRig { get }
+}
+
+extension HoldsFuzzRig {
+    var inputsRun: Int { rig.inputsRun }
+    func finishInput(_ result: inout FuzzResult) { rig.finishInput(&result) }
+    func teardown(_ result: inout FuzzResult) { rig.teardown(&result) }
 }

@@ -29,8 +29,7 @@ enum IOMMUFDIoctlTarget {
     nonisolated(unsafe) static var trace = false
 
     static func run(_ input: inout FuzzInput, _ result: inout FuzzResult) {
-        RigPool.with(Rig.self, &result, make: { try Rig() }, inputs: { $0.inputsRun },
-                     finish: { $0.finishInput(&$1) }, teardown: { $0.teardown(&$1) }) { rig in
+        RigPool.with(Rig.self, &result) { rig, _ in
             rig.beginInput()
             var calls = 0
             while !input.isEmpty && calls < 32 {
@@ -43,7 +42,7 @@ enum IOMMUFDIoctlTarget {
     /// A persistent machine (one VT-d unit; a plain device, a PASID/ATS/PRI one and a
     /// bystander on the DMA API) with a user process whose memory is resident; each input
     /// gets a fresh `IOMMUFDContext` on it, closed at the end of the input.
-    final class Rig {
+    final class Rig: PooledRig {
         let machine: Machine
         let process: Process
         let nic: Device, nicEndpoint: PCIeEndpoint

@@ -21,13 +21,11 @@ import Simulation
 enum SMMUv3CommandTarget {
     static func run(_ input: inout FuzzInput, _ result: inout FuzzResult) {
         if input.u8() & 1 == 0 {
-            RigPool.with(RawRig.self, &result, make: { try RawRig() }, inputs: { $0.rig.inputsRun },
-                         finish: { $0.rig.finishInput(&$1) }, teardown: { $0.rig.teardown(&$1) }) { r in
+            RigPool.with(RawRig.self, &result) { r, _ in
                 r.commands(&input)
             }
         } else {
-            RigPool.with(GuestRig.self, &result, make: { try GuestRig() }, inputs: { $0.inputsRun },
-                         finish: { $0.finishInput(&$1) }, teardown: { $0.teardown(&$1) }) { r in
+            RigPool.with(GuestRig.self, &result) { r, _ in
                 r.commands(&input)
             }
         }
@@ -43,7 +41,7 @@ enum SMMUv3CommandTarget {
 
     // MARK: (a) raw commands
 
-    final class RawRig {
+    final class RawRig: HoldsFuzzRig {
         let rig: FuzzRig
         let scratch: UInt64
         init() throws {
@@ -118,7 +116,7 @@ enum SMMUv3CommandTarget {
     /// device bound to iommufd with a nest-parent HWPT over guest RAM, a vIOMMU, a vDEVICE
     /// (vSID 0x42) and a nested HWPT whose CD and stage 1 tables the guest built; and a host
     /// device (the bystander) on the DMA API.
-    final class GuestRig {
+    final class GuestRig: PooledRig {
         let machine: Machine
         let process: Process
         let ctx: IOMMUFDContext

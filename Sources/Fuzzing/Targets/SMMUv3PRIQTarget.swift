@@ -16,20 +16,21 @@ import Kernel
 /// again, and a well-formed page request group from the victim is answered (the queue did
 /// not wedge); then the bystander, the oracle and the frames, as FuzzRig checks them.
 enum SMMUv3PRIQTarget {
-    final class Rig {
+    final class Rig: HoldsFuzzRig {
         let rig: FuzzRig
         init() throws {
             rig = try FuzzRig(.smmuv3, victimPASIDs: 64, pasidFaultHandler: true)
         }
+
+        /// The PASID drained and the queue probed before the rig's own checks.
+        func finishInput(_ result: inout FuzzResult) {
+            drainAndProbe(rig, &result)
+            rig.finishInput(&result)
+        }
     }
 
     static func run(_ input: inout FuzzInput, _ result: inout FuzzResult) {
-        RigPool.with(Rig.self, &result, make: { try Rig() }, inputs: { $0.rig.inputsRun },
-                     finish: { r, res in
-                         drainAndProbe(r.rig, &res)
-                         r.rig.finishInput(&res)
-                     },
-                     teardown: { $0.rig.teardown(&$1) }) { r in
+        RigPool.with(Rig.self, &result) { r, _ in
             requests(r.rig, &input)
         }
     }

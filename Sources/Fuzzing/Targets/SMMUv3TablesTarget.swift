@@ -8,24 +8,22 @@
 /// nothing leaks.
 enum SMMUv3TablesTarget {
     /// Linear CD table (64 SSIDs), no stalls, PASID domain without fault handler.
-    final class Rig { let rig: FuzzRig; init() throws { rig = try FuzzRig(.smmuv3) } }
+    final class Rig: HoldsFuzzRig { let rig: FuzzRig; init() throws { rig = try FuzzRig(.smmuv3) } }
     /// A `dma-can-stall` victim (CD.S set by `arm_smmu_write_cd_entry` when the master can
     /// stall), 2048 SSIDs (a 2-level CD table, `arm_smmu_alloc_cd_tables`), a PASID domain
     /// whose faults a handler answers.
-    final class StallRig {
+    final class StallRig: HoldsFuzzRig {
         let rig: FuzzRig
         init() throws { rig = try FuzzRig(.smmuv3, victimPASIDs: 2048, canStall: true, pasidFaultHandler: true) }
     }
 
     static func run(_ input: inout FuzzInput, _ result: inout FuzzResult) {
         if input.u8() & 3 == 3 {
-            RigPool.with(StallRig.self, &result, make: { try StallRig() }, inputs: { $0.rig.inputsRun },
-                         finish: { $0.rig.finishInput(&$1) }, teardown: { $0.rig.teardown(&$1) }) { r in
+            RigPool.with(StallRig.self, &result) { r, _ in
                 tableGarbage(r.rig, &input)
             }
         } else {
-            RigPool.with(Rig.self, &result, make: { try Rig() }, inputs: { $0.rig.inputsRun },
-                         finish: { $0.rig.finishInput(&$1) }, teardown: { $0.rig.teardown(&$1) }) { r in
+            RigPool.with(Rig.self, &result) { r, _ in
                 tableGarbage(r.rig, &input)
             }
         }

@@ -7,7 +7,7 @@ import Kernel
 /// recovers as `qi_check_fault` does, and afterwards the queue still completes a wait, the
 /// other device's translations are intact, and nothing leaked.
 enum VTdInvalidationTarget {
-    final class Rig {
+    final class Rig: HoldsFuzzRig {
         let rig: FuzzRig
         /// A frame where a garbage wait descriptor's status write may land.
         let scratch: UInt64
@@ -19,8 +19,7 @@ enum VTdInvalidationTarget {
     }
 
     static func run(_ input: inout FuzzInput, _ result: inout FuzzResult) {
-        RigPool.with(Rig.self, &result, make: { try Rig() }, inputs: { $0.rig.inputsRun },
-                     finish: { $0.rig.finishInput(&$1) }, teardown: { $0.rig.teardown(&$1) }) { r, result in
+        RigPool.with(Rig.self, &result) { r, result in
             descriptors(r, &input, &result)
         }
     }

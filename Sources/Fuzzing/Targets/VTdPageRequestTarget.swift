@@ -10,7 +10,7 @@ import Kernel
 /// trap, the queue keeps working (a real fault is still served after the input), the other
 /// device isolated, nothing leaked.
 enum VTdPageRequestTarget {
-    final class Rig {
+    final class Rig: HoldsFuzzRig {
         let rig: FuzzRig
         init() throws {
             rig = try FuzzRig(.vtd)
@@ -19,8 +19,7 @@ enum VTdPageRequestTarget {
     }
 
     static func run(_ input: inout FuzzInput, _ result: inout FuzzResult) {
-        RigPool.with(Rig.self, &result, make: { try Rig() }, inputs: { $0.rig.inputsRun },
-                     finish: { $0.rig.finishInput(&$1) }, teardown: { $0.rig.teardown(&$1) }) { r, result in
+        RigPool.with(Rig.self, &result) { r, result in
             pageRequests(r.rig, &input, &result)
         }
     }

@@ -4,11 +4,10 @@
 /// must refuse or translate, never trap; the driver handles every fault record; the other
 /// device on the unit stays isolated, and nothing leaks.
 enum VTdTablesTarget {
-    final class Rig { let rig: FuzzRig; init() throws { rig = try FuzzRig(.vtd) } }
+    final class Rig: HoldsFuzzRig { let rig: FuzzRig; init() throws { rig = try FuzzRig(.vtd) } }
 
     static func run(_ input: inout FuzzInput, _ result: inout FuzzResult) {
-        RigPool.with(Rig.self, &result, make: { try Rig() }, inputs: { $0.rig.inputsRun },
-                     finish: { $0.rig.finishInput(&$1) }, teardown: { $0.rig.teardown(&$1) }) { r in
+        RigPool.with(Rig.self, &result) { r, _ in
             tableGarbage(r.rig, &input)
         }
     }
