@@ -358,7 +358,10 @@ public final class IOPageTable<F: PageTableFormat>: @unchecked Sendable {
     private func collect(table: UInt64, level: Int, into gather: inout UnmapGather) {
         if level > 1 {
             for i in 0..<UInt64(512) {
+                // An all-zero entry is not present in any format (VT-d R/W, x86 P, Arm valid
+                // bit 0): most of a sparse table, skipped without decoding.
                 let raw = (try? memory.load64(table + i * 8)) ?? 0
+                if raw == 0 { continue }
                 let e = F.decode(raw, level: level, addressMask: addressMask)
                 if e.present && !e.leaf { collect(table: e.address, level: level - 1, into: &gather) }
             }

@@ -14,7 +14,10 @@ public enum ScenarioLoader {
         let text = text.hasPrefix("\u{FEFF}") ? String(text.dropFirst()) : text
         let root: Node
         do {
-            guard let node = try Yams.compose(yaml: text) else {
+            // The loader reads every scalar as text (YAMLField), never Yams's implicit tags:
+            // the basic resolver skips the tag regexes that hashing keys for the duplicate
+            // check runs, and an explicit encoding skips an environment lookup per load.
+            guard let node = try Yams.compose(yaml: text, .basic, .default, .utf8) else {
                 throw ScenarioError(file: file, line: 1, column: 1, field: "", message: "the file is empty; expected a scenario mapping")
             }
             root = node
