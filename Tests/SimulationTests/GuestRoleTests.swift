@@ -56,6 +56,51 @@ struct GuestRoleTests {
                      "parent: s2, device: vf0, pasid: true}\n  - {at: 0, do: hwpt-alloc, name: s1-pasid")?.message.contains("guest table") == true)
     }
 
+    /// Found by the scenario-yaml fuzz target: a guest-map over pages the guest had mapped
+    /// rewrote present leaves without an invalidation, and the unit rightly kept using the
+    /// cached composition, which the oracle then reported as `nested-composition`.
+    @Test("guest-map over a page the guest already mapped is EEXIST, writes nothing, and the device keeps the old translation")
+    func guestMapOverMappedPageIsEEXIST() throws {
+        let yaml = """
+            name: guest-remap
+            units: [{name: dmar0}]
+            devices: [{name: vf0, rid: "00:04.0", unit: dmar0}]
+            workloads:
+              - {name: rid-traffic, type: dma, device: vf0, iova: 0x10000000, pages: 8, interval-ns: 300, burst: 2,
+                 direction: both, start: 3000, stop: 30000}
+            actions:
+              - {at: 0, do: create-process, name: qemu}
+              - {at: 0, do: mmap, name: guest-ram, process: qemu, pages: 64}
+              - {at: 0, do: iommufd-open, name: iommufd, process: qemu}
+              - {at: 0, do: iommufd-bind, iommufd: iommufd, device: vf0}
+              - {at: 0, do: ioas-alloc, name: ram, iommufd: iommufd}
+              - {at: 0, do: ioas-map, ioas: ram, region: guest-ram, iova: 0}
+              - {at: 0, do: hwpt-alloc, name: s2, ioas: ram, device: vf0, nest-parent: true}
+              - {at: 0, do: guest-table, name: gt, region: guest-ram, gpa: 0, table-pages: 8}
+              - {at: 0, do: hwpt-alloc, name: s1, parent: s2, device: vf0, guest-table: gt}
+              - {at: 0, do: guest-map, table: gt, gva: 0x10000000, gpa: 0x10000, pages: 8}
+              - {at: 1000, do: iommufd-attach, device: vf0, to: s1}
+              - {at: 10500, do: guest-map, table: gt, gva: 0x10004000, gpa: 0x20000, pages: 8}
+              - {at: 35000, do: iommufd-detach, device: vf0}
+            end-ns: 40000
+
+            """
+        let scenario = try ScenarioLoader.load(yaml: yaml, file: "guest-remap.yaml")
+        do {
+            _ = try ScenarioRunner(scenario: scenario, options: .init(seed: 1)).run()
+            Issue.record("the remap over mapped pages succeeded")
+        } catch let e as ScenarioRunner.StepFailed {
+            #expect(e.record.line == 19, "\(e)")
+            #expect(e.record.error?.contains("0x10004000 is already mapped") == true, "\(e)")
+            #expect(e.record.notRolledBack.isEmpty, "\(e)")
+        }
+        var options = ScenarioRunner.Options(seed: 1)
+        options.tolerant = true
+        let o = try ScenarioRunner(scenario: scenario, options: options).run()
+        #expect(o.result.violationCount == 0, "\(o.result.violations.prefix(3))")
+        #expect(o.result.devices.first { $0.name == "vf0" }.map { $0.requests > 20 } == true)
+    }
+
     @Test("paging-stage and paging-levels select the domains' stage and levels; linux is the default")
     func pagingKeys() throws {
         let text = try #require(BuiltinScenarios.text(named: "did-reuse"))

@@ -67,6 +67,32 @@ final class GuestPageTable {
         try write(slot, FirstStageFormat.leaf(address: gpa, permissions: writable ? [.read, .write, .user, .execute] : [.read, .user, .execute], level: 1))
     }
 
+    /// Maps `pages` pages from `gva` to `gpa`, or none: a page already mapped (a present
+    /// leaf, or a guest superpage) is EEXIST before anything is written. The guest maps
+    /// without invalidating, which holds only for entries that were not present; a guest
+    /// changing a present leaf without an invalidation would leave the unit free to use
+    /// either translation (Linux's page-table code refuses such a map the same way).
+    func map(gva: UInt64, gpa: UInt64, pages: Int, writable: Bool) throws(IOMMUError) {
+        for i in 0..<UInt64(pages) where isMapped(gva: gva + i * 4096) {
+            throw .exists("GVA 0x\(String(gva + i * 4096, radix: 16)) is already mapped in the guest table")
+        }
+        for i in 0..<UInt64(pages) { try map(gva: gva + i * 4096, gpa: gpa + i * 4096, writable: writable) }
+    }
+
+    /// Whether `gva` has a present leaf (of any size) in the table.
+    func isMapped(gva: UInt64) -> Bool {
+        var table = root
+        var level = levels
+        while level > 1 {
+            guard let raw = read(table + PageTableGeometry.index(gva, level: level) * 8), raw & FirstStageFormat.p != 0 else { return false }
+            if raw & FirstStageFormat.ps != 0 { return true }
+            table = raw & 0x000F_FFFF_FFFF_F000
+            level -= 1
+        }
+        guard let raw = read(table + PageTableGeometry.index(gva, level: 1) * 8) else { return false }
+        return raw & FirstStageFormat.p != 0
+    }
+
     /// Clears the leaf of one page; false when it was not mapped.
     @discardableResult
     func unmap(gva: UInt64) throws(IOMMUError) -> Bool {

@@ -32,7 +32,7 @@ extension ScenarioRunner {
                 let nested = nestedDomains(g)
                 for n in nested { m.oracle.guestMapBegan(n.domain, gva: gva, pages: pages) }
                 defer { for n in nested { m.oracle.guestMapEnded(n.domain, gva: gva, pages: pages) } }
-                for i in 0..<UInt64(pages) { try g.map(gva: gva + i * 4096, gpa: gpa + i * 4096, writable: writable) }
+                try g.map(gva: gva, gpa: gpa, pages: pages, writable: writable)
             }
         case .guestUnmap(let tname, let gva, let pages, let invalidate):
             step(label, line: line) { () throws(IOMMUError) in
