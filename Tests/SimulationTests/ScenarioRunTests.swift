@@ -112,6 +112,46 @@ struct ScenarioRunTests {
     }
 }
 
+/// Found by the scenario-yaml fuzz target: a second buffer set at the IOVAs of a mapped one
+/// reached `iommu_map` over live translations, which the oracle reports as the caller's bug.
+@Suite("BufferMaps: a buffer set mapped over IOVAs its domain already maps is EEXIST before anything is mapped")
+struct BufferMapOverlapTests {
+    @Test("map of a buffer set over a live IOVA range fails with EEXIST at its line, maps nothing, and the run has no violation")
+    func mapOverLiveRangeIsEEXIST() throws {
+        let yaml = """
+            name: overlap
+            units: [{name: smmu0, type: smmuv3}]
+            devices: [{name: gpu0, rid: "00:03.0", unit: smmu0}]
+            buffers:
+              - {name: a, domain: A, iova: 0x10000000, count: 4}
+              - {name: b, domain: A, iova: 0x10002000, count: 4}
+            workloads:
+              - {name: gpu-dma, type: dma, device: gpu0, buffers: a, interval-ns: 200, burst: 2, start: 1000, stop: 20000}
+            actions:
+              - {at: 0, do: claim-owner, device: gpu0}
+              - {at: 0, do: alloc-domain, name: A, device: gpu0}
+              - {at: 0, do: map, buffers: a}
+              - {at: 0, do: attach, domain: A, device: gpu0}
+              - {at: 5000, do: map, buffers: b}
+            end-ns: 30000
+
+            """
+        let scenario = try ScenarioLoader.load(yaml: yaml, file: "overlap.yaml")
+        do {
+            _ = try ScenarioRunner(scenario: scenario, options: .init(seed: 1)).run()
+            Issue.record("mapping b over a's IOVAs succeeded")
+        } catch let e as ScenarioRunner.StepFailed {
+            #expect(e.record.line == 14, "\(e)")
+            #expect(e.record.error?.contains("0x10002000 of domain A is already mapped") == true, "\(e)")
+            #expect(e.record.notRolledBack.isEmpty, "\(e)")
+        }
+        var options = ScenarioRunner.Options(seed: 1)
+        options.tolerant = true
+        let o = try ScenarioRunner(scenario: scenario, options: options).run()
+        #expect(o.result.violationCount == 0, "\(o.result.violations.prefix(3))")
+    }
+}
+
 @Suite("ChromeTrace: --trace writes trace-event JSON with device, unit and software tracks on virtual time")
 struct ChromeTraceTests {
     @Test("the trace parses as JSON with named tracks, DMA instants, software spans and counters")

@@ -158,6 +158,17 @@ extension ScenarioRunner {
         }) { () throws(IOMMUError) in
             let d = try domain(named: spec.domain)
             let identity = d.type == .identity
+            // The caller picks the IOVAs, so the caller checks them, as VFIO (`vfio_find_dma`)
+            // and iommufd (the IOVA tree) do: mapping over a live translation is EEXIST
+            // before anything is mapped, never a page-table WARN ("PTE already set").
+            if !identity {
+                for k in 0..<spec.count {
+                    let iova = spec.iova + UInt64(k) * spec.stride
+                    for p in 0..<UInt64(spec.pages) where m.core.iovaToPhys(d, iova + p * 4096) != nil {
+                        throw .exists("IOVA 0x\(String(iova + p * 4096, radix: 16)) of domain \(spec.domain) is already mapped")
+                    }
+                }
+            }
             for k in 0..<spec.count {
                 var frames: [UInt64] = []
                 if let like = spec.like {
