@@ -26,9 +26,15 @@ extension Oracle {
         /// forwarded HWPT_INVALIDATE failed): the unit may use them until a later
         /// invalidation of the page succeeds.
         var abandoned: [Int: [UInt64: (gpa: UInt64, writable: Bool)]] = [:]
+        /// Per nested domain, whether its guest table still holds exactly what the guest
+        /// wrote (the scenario's guest role keeps its own record).
+        var tableIntact: [Int: () -> Bool] = [:]
+        /// Nested domains whose guest table something other than the guest wrote.
+        var overwritten: Set<Int> = []
 
         mutating func forget(_ id: Int) {
             stage1[id] = nil; unmapping[id] = nil; mapping[id] = nil; removed[id] = nil; abandoned[id] = nil
+            tableIntact[id] = nil; overwritten.remove(id)
         }
     }
 
@@ -123,6 +129,28 @@ extension Oracle {
     }
 
     // MARK: The guest's side (the scenario's guest role tells what it is about to change)
+
+    /// The guest that owns `domain`'s first-stage table can tell whether the table still
+    /// holds what it wrote.
+    public func guestTableBuilt(_ domain: IOMMUDomain, intact: @escaping () -> Bool) {
+        noteNested(domain)
+        nested.tableIntact[domain.id] = intact
+    }
+
+    /// Whether nested domain `id`'s guest table was written by someone other than its guest
+    /// (a device given the guest's own table pages, e.g. through the nest parent at IOVA =
+    /// GPA): the guest's bug, reported once as `guest-table-overwritten`. The unit may then
+    /// use cached translations the tables no longer give, or walk garbage, and either is
+    /// right (VT-d 6.5: software must invalidate after changing a present entry), so the
+    /// domain's translations are not judged from then on. Asked only where a nested access
+    /// would otherwise be a violation.
+    func guestTableOverwritten(_ id: Int, by who: String) -> Bool {
+        if nested.overwritten.contains(id) { return true }
+        guard let intact = nested.tableIntact[id], !intact() else { return false }
+        nested.overwritten.insert(id)
+        violate("guest-table-overwritten", "the guest table of nested domain \(id) no longer holds what its guest wrote (seen when \(who) used it): a device wrote the guest's own page-table pages, the guest's bug; the domain's translations are not judged from here on")
+        return true
+    }
 
     /// A guest unmap of `pages` pages from `gva` begins: until it ends, the translations the
     /// guest tables give now stay permitted.

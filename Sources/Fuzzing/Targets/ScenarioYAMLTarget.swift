@@ -11,8 +11,10 @@ import Simulation
 /// tolerant of failing steps so that the teardown always runs (the run goes on past a step
 /// that fails, as fault sweeps do). Checks: no trap; every failed step rolled back what it
 /// changed; the oracle saw no violation (which covers the teardown's leak checks: frames,
-/// domains, PASIDs) unless the file makes the hardware misbehave on purpose (a
-/// `descriptor-fault` that drops or delays invalidations: violations are then the point).
+/// domains, PASIDs) unless the file makes the hardware or its guest misbehave on purpose (a
+/// `descriptor-fault` that drops or delays invalidations, a `guest-unmap` with `invalidate:
+/// false`: violations are then the point); a guest table a device overwrote is the file's
+/// guest's bug, reported once (`guest-table-overwritten`) and not held against the run.
 /// A run that spends its budget is not torn down and counts as refused.
 enum ScenarioYAMLTarget {
     /// The timed phase's end, at most (virtual ns).
@@ -58,9 +60,13 @@ enum ScenarioYAMLTarget {
         for s in outcome.steps where !s.notRolledBack.isEmpty {
             result.fail("step '\(s.label)' (line \(s.line)) failed with \(s.error ?? "no error") and did not roll back: \(s.notRolledBack.joined(separator: "; "))")
         }
-        if outcome.result.violationCount > 0 && !breaksHardware(scenario) {
-            for v in outcome.result.violations.prefix(5) { result.fail("oracle: \(v)") }
-            if outcome.result.violationCount > 5 { result.fail("… \(outcome.result.violationCount) violations in all") }
+        // The oracle reports a guest table written behind its guest once, then stops judging
+        // that nested domain: the file's guest broke its own rules.
+        let judged = outcome.result.violations.filter { $0.invariant != "guest-table-overwritten" }
+        let judgedCount = outcome.result.violationCount - (outcome.result.violations.count - judged.count)
+        if judgedCount > 0 && !breaksHardware(scenario) && !skipsGuestInvalidation(scenario) {
+            for v in judged.prefix(5) { result.fail("oracle: \(v)") }
+            if judgedCount > 5 { result.fail("… \(judgedCount) violations in all") }
         }
     }
 
@@ -77,6 +83,15 @@ enum ScenarioYAMLTarget {
         s.machine.settleNs = min(s.machine.settleNs, maxSettleNs)
         s.machine.maxEvents = min(s.machine.maxEvents, maxEvents)
         s.machine.maxWallSeconds = min(s.machine.maxWallSeconds, maxWallSeconds)
+    }
+
+    /// The file's guest unmaps without invalidating (`invalidate: false`, a guest bug on
+    /// purpose: the stale translations it leaves are what the oracle should then find).
+    static func skipsGuestInvalidation(_ s: Scenario) -> Bool {
+        s.actions.contains { a in
+            if case .iommufd(.guestUnmap(_, _, _, let invalidate)) = a.action { return !invalidate }
+            return false
+        }
     }
 
     /// The file makes a VT-d unit drop or delay invalidation descriptors (a broken unit:

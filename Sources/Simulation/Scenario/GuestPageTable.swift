@@ -19,12 +19,16 @@ final class GuestPageTable {
     private let tableLimit: UInt64
     /// The nested HWPTs built on this table (their invalidations follow the guest's unmaps).
     var hwpts: [String] = []
+    /// What the guest wrote in the table pages it has used (from the root on), u64 by u64:
+    /// the guest's own record, to tell when something else wrote them.
+    private var written: [UInt64]
 
     init(region: String, process: Process, va: UInt64, gpaBase: UInt64, tablePages: Int, levels: Int) throws(IOMMUError) {
         self.region = region; self.process = process; self.va = va; self.gpaBase = gpaBase; self.levels = levels
         root = gpaBase
         nextTable = gpaBase + 4096
         tableLimit = gpaBase + UInt64(tablePages) * 4096
+        written = [UInt64](repeating: 0, count: 512)
         let zeros = [UInt8](repeating: 0, count: 4096)
         for i in 0..<UInt64(tablePages) {
             let ok = zeros.withUnsafeBytes { process.copyOut(to: va + i * 4096, from: $0) }
@@ -42,6 +46,21 @@ final class GuestPageTable {
         var v = value
         let ok = withUnsafeBytes(of: &v) { process.copyOut(to: va &+ (gpa &- gpaBase), from: $0) }
         guard ok else { throw .invalidArgument("guest page-table write at GPA 0x\(String(gpa, radix: 16)) failed") }
+        let i = Int((gpa &- gpaBase) >> 3)
+        if i < written.count { written[i] = value }
+    }
+
+    /// Whether the table pages in use hold what the guest wrote, apart from the Accessed and
+    /// Dirty bits the unit sets as it walks (VT-d 3.6.2): false once a device given them
+    /// (the guest's bug) changed anything else, or when they cannot be read.
+    func isIntact() -> Bool {
+        let unitBits = FirstStageFormat.accessedBit | FirstStageFormat.dirtyBit
+        var page = [UInt64](repeating: 0, count: 512)
+        for p in 0..<written.count / 512 {
+            let ok = page.withUnsafeMutableBytes { process.copyIn(from: va + UInt64(p) * 4096, into: $0) }
+            guard ok, page.elementsEqual(written[p * 512..<(p + 1) * 512], by: { ($0 ^ $1) & ~unitBits == 0 }) else { return false }
+        }
+        return true
     }
 
     /// Maps one 4 KiB page (present, user, writable when asked), making tables on the way.
@@ -58,6 +77,7 @@ final class GuestPageTable {
                 guard nextTable < tableLimit else { throw .noMemory("the guest's page-table pages") }
                 let next = nextTable
                 nextTable += 4096
+                written.append(contentsOf: repeatElement(0, count: 512))
                 try write(slot, FirstStageFormat.table(address: next))
                 table = next
             }
@@ -72,40 +92,51 @@ final class GuestPageTable {
     /// without invalidating, which holds only for entries that were not present; a guest
     /// changing a present leaf without an invalidation would leave the unit free to use
     /// either translation (Linux's page-table code refuses such a map the same way).
+    /// A GPA range reaching the table's own pages is EINVAL: a guest never gives its device
+    /// its IOMMU tables (its DMA API maps buffers, not the page-table pages its vIOMMU
+    /// driver allocated); a device writing them would change translations behind the
+    /// unit's caches, with no invalidation anyone could send.
     func map(gva: UInt64, gpa: UInt64, pages: Int, writable: Bool) throws(IOMMUError) {
+        let (span, o1) = UInt64(max(pages, 0)).multipliedReportingOverflow(by: 4096)
+        let (end, o2) = gpa.addingReportingOverflow(span)
+        if gpa < tableLimit && (o1 || o2 || end > gpaBase) {
+            throw .invalidArgument("GPA 0x\(String(gpa, radix: 16)) + \(pages) page(s) reaches the guest table's own pages (GPA 0x\(String(gpaBase, radix: 16))-0x\(String(tableLimit - 1, radix: 16)))")
+        }
         for i in 0..<UInt64(pages) where isMapped(gva: gva + i * 4096) {
             throw .exists("GVA 0x\(String(gva + i * 4096, radix: 16)) is already mapped in the guest table")
         }
         for i in 0..<UInt64(pages) { try map(gva: gva + i * 4096, gpa: gpa + i * 4096, writable: writable) }
     }
 
-    /// Whether `gva` has a present leaf (of any size) in the table.
-    func isMapped(gva: UInt64) -> Bool {
+    /// The GPA of `gva`'s level-1 entry, walking present tables; `.superpage` when a present
+    /// large leaf covers it, nil when the walk ends in a hole.
+    private enum Leaf { case slot(UInt64), superpage }
+    private func leaf(gva: UInt64) -> Leaf? {
         var table = root
         var level = levels
         while level > 1 {
-            guard let raw = read(table + PageTableGeometry.index(gva, level: level) * 8), raw & FirstStageFormat.p != 0 else { return false }
-            if raw & FirstStageFormat.ps != 0 { return true }
+            guard let raw = read(table + PageTableGeometry.index(gva, level: level) * 8), raw & FirstStageFormat.p != 0 else { return nil }
+            if raw & FirstStageFormat.ps != 0 { return .superpage }
             table = raw & 0x000F_FFFF_FFFF_F000
             level -= 1
         }
-        guard let raw = read(table + PageTableGeometry.index(gva, level: 1) * 8) else { return false }
-        return raw & FirstStageFormat.p != 0
+        return .slot(table + PageTableGeometry.index(gva, level: 1) * 8)
     }
 
-    /// Clears the leaf of one page; false when it was not mapped.
+    /// Whether `gva` has a present leaf (of any size) in the table.
+    func isMapped(gva: UInt64) -> Bool {
+        switch leaf(gva: gva) {
+        case .superpage: return true
+        case .slot(let slot): return (read(slot) ?? 0) & FirstStageFormat.p != 0
+        case nil: return false
+        }
+    }
+
+    /// Clears the leaf of one page; false when it was not mapped (or is in a superpage,
+    /// which the guest role never makes).
     @discardableResult
     func unmap(gva: UInt64) throws(IOMMUError) -> Bool {
-        var table = root
-        var level = levels
-        while level > 1 {
-            guard let raw = read(table + PageTableGeometry.index(gva, level: level) * 8), raw & FirstStageFormat.p != 0,
-                  raw & FirstStageFormat.ps == 0 else { return false }
-            table = raw & 0x000F_FFFF_FFFF_F000
-            level -= 1
-        }
-        let slot = table + PageTableGeometry.index(gva, level: 1) * 8
-        guard let raw = read(slot), raw & FirstStageFormat.p != 0 else { return false }
+        guard case .slot(let slot)? = leaf(gva: gva), let raw = read(slot), raw & FirstStageFormat.p != 0 else { return false }
         try write(slot, 0)
         return true
     }

@@ -23,6 +23,11 @@ extension ScenarioRunner {
             step(label, line: line) { () throws(IOMMUError) in
                 guard let r = regions[rname], let p = processes[r.process] else { throw .notFound("region \(rname) is not mapped") }
                 guard tablePages <= r.pages else { throw .invalidArgument("\(tablePages) table pages do not fit region \(rname)") }
+                // Tables come from the region's first pages: a second table there would zero
+                // and take the first one's pages under its live translations.
+                if let (other, _) = guestTables.first(where: { $0.value.region == rname }) {
+                    throw .busy("region \(rname) already holds guest table \(other)")
+                }
                 guestTables[name] = try GuestPageTable(region: rname, process: p, va: r.address, gpaBase: gpa,
                                                        tablePages: tablePages, levels: levels)
             }

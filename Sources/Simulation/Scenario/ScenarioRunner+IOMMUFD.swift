@@ -106,7 +106,10 @@ extension ScenarioRunner {
                     if let data { s.set32(24, UAPI.hwptDataVTdS1); s.set32(28, UInt32(VTdStage1Configuration.size)); s.set64(32, data.address) }
                 }
                 iommufdNames[name] = (iommufdNames[on]?.context ?? "", out.u32(16))
-                if let guestTable { guestTables[guestTable]?.hwpts.append(name) }
+                if let guestTable, let g = guestTables[guestTable] {
+                    g.hwpts.append(name)
+                    if let h = c.object(out.u32(16)) as? HWPTNested { m.oracle.guestTableBuilt(h.domain) { g.isIntact() } }
+                }
             }
         case .attach(let d, let target, let pasid), .replace(let d, let target, let pasid):
             var replace = false
