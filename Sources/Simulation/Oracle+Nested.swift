@@ -141,7 +141,7 @@ extension Oracle {
     /// (a device given the guest's own table pages, e.g. through the nest parent at IOVA =
     /// GPA): the guest's bug, reported once as `guest-table-overwritten`. The unit may then
     /// use cached translations the tables no longer give, or walk garbage, and either is
-    /// right (VT-d 6.5: software must invalidate after changing a present entry), so the
+    /// right (VT-d §6.5: software must invalidate after changing a present entry), so the
     /// domain's translations are not judged from then on. Asked only where a nested access
     /// would otherwise be a violation.
     func guestTableOverwritten(_ id: Int, by who: String) -> Bool {

@@ -51,7 +51,7 @@ final class GuestPageTable {
     }
 
     /// Whether the table pages in use hold what the guest wrote, apart from the Accessed and
-    /// Dirty bits the unit sets as it walks (VT-d 3.6.2): false once a device given them
+    /// Dirty bits the unit sets as it walks (VT-d §3.6.2): false once a device given them
     /// (the guest's bug) changed anything else, or when they cannot be read.
     func isIntact() -> Bool {
         let unitBits = FirstStageFormat.accessedBit | FirstStageFormat.dirtyBit
