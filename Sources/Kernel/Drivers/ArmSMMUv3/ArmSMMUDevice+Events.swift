@@ -41,19 +41,19 @@ extension ArmSMMUDevice {
             unknownStreamEvents += 1
             return
         }
-        if event.stall, !master.stallEnabled, let fault = Self.stallFault(event) {
-            // A stall the driver never asked for: the master is not `stall_enabled`, so its
-            // STE or CD was not written to stall (IHI 0070 §5.4 CD.S, STE.S1STALLD); garbage
-            // there did it. Reported to the core, its answer would go out as the master's
-            // CMD_PRI_RESP naming the STAG as a PRG index (a response the device never asked
-            // for), or nowhere (Linux `arm_smmu_page_response` WARNs and leaves it held).
-            // Terminate it with CMD_RESUME (Action = Abort, §4.6.2) as a master without a
-            // fault handler would get.
-            strayStallsTerminated += 1
-            sendResume(sid: event.sid, stag: fault.groupIndex, retry: false)
-            return
-        }
         if event.stall, let fault = Self.stallFault(event) {
+            guard master.stallEnabled else {
+                // A stall the driver never asked for: the master is not `stall_enabled`, so
+                // its STE or CD was not written to stall (IHI 0070 §5.4 CD.S, STE.S1STALLD);
+                // garbage there did it. Reported to the core, its answer would go out as the
+                // master's CMD_PRI_RESP naming the STAG as a PRG index (a response the device
+                // never asked for), or nowhere (Linux `arm_smmu_page_response` WARNs and
+                // leaves it held). Terminate it with CMD_RESUME (Action = Abort, §4.6.2) as a
+                // master without a fault handler would get.
+                strayStallsTerminated += 1
+                sendResume(sid: event.sid, stag: fault.groupIndex, retry: false)
+                return
+            }
             // Linux `arm_smmu_handle_event`: a stalled translation, address size, access or
             // permission fault is a page request of one page (LAST, PRG index = STAG) for
             // the IOPF pipeline; `arm_smmu_page_response` answers it with CMD_RESUME. A master
