@@ -80,7 +80,7 @@ final class PreloadRuntime: @unchecked Sendable {
     /// SWIFTIOMMU_ORACLE=0: the system alone, as Linux runs it (benchmarks); by default the
     /// oracle checks every map and DMA of the program's machine.
     static func applyOracleSetting(_ machine: Machine) {
-        if let o = getenv("SWIFTIOMMU_ORACLE"), String(cString: o) == "0" { machine.core.observer = nil }
+        if let o = getenv("SWIFTIOMMU_ORACLE"), String(cString: o) == "0" { machine.detachOracle() }
         // Fault-safe copies without system calls, and no SIGBUS from the RAM window.
         let m = machine.platform.memory
         swiftiommu_shim_install_guard(m.hostAddress, m.hostAddress &+ m.size)

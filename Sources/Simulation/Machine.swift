@@ -108,11 +108,21 @@ public final class Machine: @unchecked Sendable {
         // Endpoints and units reference each other, and events still pending (a run that stopped
         // at a failing step, a machine never run) hold the hardware that holds the scheduler;
         // without this a machine would never be freed.
-        for u in units { u.disconnectAll(); u.onTableRead = nil }
-        for u in smmuUnits { u.disconnectAll(); u.onTableRead = nil }
+        for u in units { u.disconnectAll() }
+        for u in smmuUnits { u.disconnectAll() }
         platform.scheduler.discardPending()
         // The oracle goes with the machine; what outlives it (a user API context closed later)
         // may still free frames, with nobody watching.
+        detachOracle()
+    }
+
+    /// Stops the oracle watching: from here on no hook of the core, the frame allocator or
+    /// the units calls it. For the system alone, as Linux runs it (benchmarks,
+    /// SWIFTIOMMU_ORACLE=0), and for callers on real threads: the oracle is single-threaded,
+    /// like the scheduler that normally drives every call.
+    public func detachOracle() {
+        for u in units { u.onTableRead = nil }
+        for u in smmuUnits { u.onTableRead = nil }
         platform.frames.freeObserver = nil
         platform.frames.ownedAllocationObserver = nil
         if core.observer === oracle { core.observer = nil }

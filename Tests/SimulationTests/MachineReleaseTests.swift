@@ -1,5 +1,6 @@
 import Testing
 import Platform
+import Formats
 import Hardware
 import Kernel
 @testable import Simulation
@@ -81,5 +82,23 @@ struct MachineReleaseTests {
             #expect(throws: ScenarioRunner.StepFailed.self) { try r.run() }
         }
         #expect(memory == nil && unit == nil)
+    }
+
+    /// Found by CI: DMAAPITests' real threads detached two of the oracle's hooks but not the
+    /// allocator's, so both threads wrote the oracle's table set at once (SIGSEGV).
+    @Test("detachOracle leaves no hook calling the oracle: maps, unmaps and table frees after it change nothing it holds")
+    func detachOracleRemovesEveryHook() throws {
+        let m = try Machine(seed: 1, unitConfigurations: [.vtd(VTdConfiguration(name: "dmar0"))])
+        let device = try m.addDevices([DeviceDescription(name: "nic", requesterID: RequesterID(bus: 0, device: 1, function: 0))])[0].0
+        m.detachOracle()
+        let checks = m.oracle.checks, tables = m.oracle.liveTables.count
+        let d = try m.core.allocDomain(for: device)
+        // 1 GiB apart: each map needs table pages of its own, which the unmaps then free.
+        for i in 0..<UInt64(4) { try m.core.map(d, iova: i << 30, physical: 1 << 20, size: 4096, permissions: PagePermissions.readWrite) }
+        for i in 0..<UInt64(4) { _ = try m.core.unmap(d, iova: i << 30, size: 4096) }
+        try m.core.freeDomain(d)
+        #expect(m.oracle.checks == checks && m.oracle.liveTables.count == tables && m.oracle.freedTables.isEmpty)
+        #expect(m.platform.frames.freeObserver == nil && m.platform.frames.ownedAllocationObserver == nil)
+        #expect(m.core.observer == nil && m.units.allSatisfy { $0.onTableRead == nil })
     }
 }

@@ -38,7 +38,7 @@ public final class IOPFRoundTrip {
     public init(memorySize: UInt64 = 512 << 20, maxPagesPerGroup: Int = 512) throws {
         do {
             machine = try Machine(seed: 1, memorySize: memorySize, units: [VTdConfiguration(name: "dmar0")], policy: .strict)
-            machine.core.observer = nil
+            machine.detachOracle()
             let desc = DeviceDescription(name: "accel", requesterID: RequesterID(bus: 0, device: 4, function: 0), maxPASIDs: 1 << 8,
                                          ats: true, pri: true)
             let (dev, ep) = try machine.addDevices([desc], pri: [PRIConfiguration(credits: 512, maxPagesPerGroup: maxPagesPerGroup,

@@ -53,7 +53,7 @@ struct IOMMUFDBenchmark {
         do {
             machine = try Machine(seed: 1, memorySize: (1 << 30) + (256 << 20), units: [VTdConfiguration(name: "dmar0")], policy: .strict)
             // The system alone, as Linux runs it: no oracle watching every map and DMA.
-            machine.core.observer = nil
+            machine.detachOracle()
             process = try machine.core.createProcess()
             ctx = IOMMUFDContext(core: machine.core, memory: process)
             let nic = try machine.addDevices([DeviceDescription(name: "nic", requesterID: RequesterID(bus: 0, device: 1, function: 0))])[0].0
