@@ -94,15 +94,22 @@ struct GuestRoleTests {
             """
     }
 
+    /// Runs `guestRig(extra)`: its step at `line` must be refused with `error` and roll back,
+    /// and the tolerant run must stay quiet while vf0 keeps translating through the table.
+    func expectGuestStepRefused(_ extra: String, line: Int, error: String,
+                                sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let scenario = try ScenarioLoader.load(yaml: Self.guestRig(extra), file: "guest-rig.yaml")
+        let o = try expectStepRefused(scenario, line: line, error: error, sourceLocation: sourceLocation)
+        #expect(o.result.devices.first { $0.name == "vf0" }.map { $0.requests > 20 } == true, sourceLocation: sourceLocation)
+    }
+
     /// Found by the scenario-yaml fuzz target: a guest-map over pages the guest had mapped
     /// rewrote present leaves without an invalidation, and the unit rightly kept using the
     /// cached composition, which the oracle then reported as `nested-composition`.
     @Test("guest-map over a page the guest already mapped is EEXIST, writes nothing, and the device keeps the old translation")
     func guestMapOverMappedPageIsEEXIST() throws {
-        let yaml = Self.guestRig("  - {at: 10500, do: guest-map, table: gt, gva: 0x10004000, gpa: 0x20000, pages: 8}")
-        let scenario = try ScenarioLoader.load(yaml: yaml, file: "guest-remap.yaml")
-        let o = try expectStepRefused(scenario, line: 20, error: "0x10004000 is already mapped")
-        #expect(o.result.devices.first { $0.name == "vf0" }.map { $0.requests > 20 } == true)
+        try expectGuestStepRefused("  - {at: 10500, do: guest-map, table: gt, gva: 0x10004000, gpa: 0x20000, pages: 8}",
+                                   line: 20, error: "0x10004000 is already mapped")
     }
 
     /// Found by the scenario-yaml fuzz target: the guest mapped GVAs onto its own table pages
@@ -110,21 +117,16 @@ struct GuestRoleTests {
     /// the oracle (walking the tables in memory) reported as `nested-composition`.
     @Test("guest-map onto the guest table's own pages is EINVAL and writes nothing; the tables stay the device's to use, not to write")
     func guestMapOfTablePagesIsEINVAL() throws {
-        let yaml = Self.guestRig("""
+        try expectGuestStepRefused("""
               - {at: 10000, do: guest-unmap, table: gt, gva: 0x10000000, pages: 4}
               - {at: 11000, do: guest-map, table: gt, gva: 0x10000000, gpa: 0, pages: 4}
-            """)
-        let scenario = try ScenarioLoader.load(yaml: yaml, file: "guest-own-tables.yaml")
-        let o = try expectStepRefused(scenario, line: 21, error: "reaches the guest table's own pages")
-        #expect(o.result.devices.first { $0.name == "vf0" }.map { $0.requests > 20 } == true)
+            """, line: 21, error: "reaches the guest table's own pages")
     }
 
     @Test("a second guest-table on a region that holds one is EBUSY and zeroes nothing under the first one's translations")
     func secondGuestTableOnRegionIsEBUSY() throws {
-        let yaml = Self.guestRig("  - {at: 10000, do: guest-table, name: gt2, region: guest-ram, gpa: 0, table-pages: 4}")
-        let scenario = try ScenarioLoader.load(yaml: yaml, file: "guest-table-twice.yaml")
-        let o = try expectStepRefused(scenario, line: 20, error: "region guest-ram already holds guest table gt")
-        #expect(o.result.devices.first { $0.name == "vf0" }.map { $0.requests > 20 } == true)
+        try expectGuestStepRefused("  - {at: 10000, do: guest-table, name: gt2, region: guest-ram, gpa: 0, table-pages: 4}",
+                                   line: 20, error: "region guest-ram already holds guest table gt")
     }
 
     /// vf1, attached to the nest parent, writes GPA 0 on (IOVA = GPA): the guest table's

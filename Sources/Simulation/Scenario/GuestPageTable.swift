@@ -15,18 +15,18 @@ final class GuestPageTable {
     let gpaBase: UInt64
     let levels: Int
     let root: UInt64
-    private var nextTable: UInt64
     private let tableLimit: UInt64
     /// The nested HWPTs built on this table (their invalidations follow the guest's unmaps).
     var hwpts: [String] = []
     /// What the guest wrote in the table pages it has used (from the root on), u64 by u64:
     /// the guest's own record, to tell when something else wrote them.
     private var written: [UInt64]
+    /// The next table page to take: the one after those in use.
+    private var nextTable: UInt64 { gpaBase + UInt64(written.count / 512) * 4096 }
 
     init(region: String, process: Process, va: UInt64, gpaBase: UInt64, tablePages: Int, levels: Int) throws(IOMMUError) {
         self.region = region; self.process = process; self.va = va; self.gpaBase = gpaBase; self.levels = levels
         root = gpaBase
-        nextTable = gpaBase + 4096
         tableLimit = gpaBase + UInt64(tablePages) * 4096
         written = [UInt64](repeating: 0, count: 512)
         let zeros = [UInt8](repeating: 0, count: 4096)
@@ -76,7 +76,6 @@ final class GuestPageTable {
             } else {
                 guard nextTable < tableLimit else { throw .noMemory("the guest's page-table pages") }
                 let next = nextTable
-                nextTable += 4096
                 written.append(contentsOf: repeatElement(0, count: 512))
                 try write(slot, FirstStageFormat.table(address: next))
                 table = next
